@@ -1,0 +1,107 @@
+//! The alert: what cdrguard emits. Defined here as part of the wire contract; the rule engine fills it.
+
+use serde::{Deserialize, Serialize};
+
+use super::{EventTime, Segment};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    Fraud,
+    Arrears,
+    Customer,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Department {
+    Fraud,
+    Collections,
+    KeyAccounts,
+    Care,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntityType {
+    Subscriber,
+    Account,
+    CallingNumber,
+    Imei,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Live,
+    Replay,
+    Shadow,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Deterministic: derived from (rule id, entity key, window bucket or trigger), so replays and
+    /// at-least-once redelivery produce the same id.
+    pub alert_id: String,
+    pub rule: RuleRef,
+    pub category: Category,
+    pub severity: Severity,
+    /// 0–100.
+    pub score: u8,
+    pub entity: EntityRef,
+    pub departments: Vec<Department>,
+    pub trigger_event_time: EventTime,
+    pub detected_at: EventTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<AlertWindow>,
+    pub evidence: Evidence,
+    pub recommended_actions: Vec<String>,
+    pub mode: Mode,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuleRef {
+    pub id: String,
+    pub version: String,
+    pub ruleset_version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EntityRef {
+    #[serde(rename = "type")]
+    pub kind: EntityType,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msisdn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<Segment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertWindow {
+    /// e.g. `1h`.
+    pub size: String,
+    pub start: EventTime,
+    pub end: EventTime,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Measured values, e.g. `{"calls": 4, "minutes": 12.5}`; ordered for byte-identical replays.
+    pub metrics: std::collections::BTreeMap<String, serde_json::Value>,
+    pub thresholds: std::collections::BTreeMap<String, serde_json::Value>,
+    pub record_ids: Vec<String>,
+    pub explanation: String,
+}

@@ -1,0 +1,173 @@
+//! The usage record (a CDR after mediation): wire shape and the compact decoded form.
+
+use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
+
+use super::{EventTime, Money, Number};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordType {
+    Voice,
+    Sms,
+    Data,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Mobile originated: the served subscriber placed the call / sent the SMS.
+    Mo,
+    /// Mobile terminated: the served subscriber received it.
+    Mt,
+    /// The call was forwarded by the served subscriber's line to `forwarding.forwarded_to_number`.
+    Forwarded,
+}
+
+/// A decoded usage record. Numbers are packed, money is exact, optional blocks have their defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub record_id: CompactString,
+    pub record_type: RecordType,
+    /// Present for voice and SMS (the decoder enforces it), absent for data.
+    pub direction: Option<Direction>,
+    pub event_start: EventTime,
+    #[serde(default)]
+    pub duration_s: u32,
+    #[serde(default = "yes")]
+    pub answered: bool,
+    pub served: Served,
+    #[serde(default)]
+    pub other_party: OtherParty,
+    #[serde(default)]
+    pub location: Location,
+    #[serde(default)]
+    pub roaming: Roaming,
+    #[serde(default)]
+    pub forwarding: Forwarding,
+    #[serde(default)]
+    pub volume: Volume,
+    #[serde(default)]
+    pub charge: Charge,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Served {
+    pub msisdn: Number,
+    #[serde(default)]
+    pub imsi: Option<Number>,
+    #[serde(default)]
+    pub imei: Option<Number>,
+    #[serde(default)]
+    pub account_id: Option<CompactString>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OtherParty {
+    #[serde(default)]
+    pub number: Option<Number>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Location {
+    #[serde(default)]
+    pub cell_id: Option<u64>,
+    #[serde(default)]
+    pub lat: Option<f64>,
+    #[serde(default)]
+    pub lon: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Roaming {
+    #[serde(default)]
+    pub is_roaming: bool,
+    #[serde(default)]
+    pub visited_plmn: Option<CompactString>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Forwarding {
+    #[serde(default)]
+    pub forwarded_to_number: Option<Number>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Volume {
+    #[serde(default)]
+    pub bytes_up: u64,
+    #[serde(default)]
+    pub bytes_down: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Charge {
+    #[serde(default)]
+    pub amount: Money,
+    #[serde(default)]
+    pub currency: Option<CompactString>,
+}
+
+impl UsageRecord {
+    /// The number a forwarded call went to: the forwarding block, else the other party.
+    pub fn forwarded_to(&self) -> Option<Number> {
+        self.forwarding
+            .forwarded_to_number
+            .or(match self.direction {
+                Some(Direction::Forwarded) => self.other_party.number,
+                _ => None,
+            })
+    }
+
+    pub fn is_forwarded(&self) -> bool {
+        self.direction == Some(Direction::Forwarded)
+            || self.forwarding.forwarded_to_number.is_some()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.volume.bytes_up.saturating_add(self.volume.bytes_down)
+    }
+
+    /// Checks that serde cannot express. Each error names its field path.
+    pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.record_id.is_empty() {
+            return Err(("record_id", "must not be empty".into()));
+        }
+        if self.direction.is_none() && self.record_type != RecordType::Data {
+            return Err((
+                "direction",
+                format!(
+                    "missing field `direction` (required for {:?} records)",
+                    self.record_type
+                ),
+            ));
+        }
+        if let Some(lat) = self.location.lat {
+            if !(-90.0..=90.0).contains(&lat) {
+                return Err(("location.lat", format!("latitude {lat} outside -90..90")));
+            }
+        }
+        if let Some(lon) = self.location.lon {
+            if !(-180.0..=180.0).contains(&lon) {
+                return Err(("location.lon", format!("longitude {lon} outside -180..180")));
+            }
+        }
+        if self.charge.amount.is_negative() {
+            return Err((
+                "charge.amount",
+                format!("negative charge {}", self.charge.amount),
+            ));
+        }
+        if self.duration_s > 7 * 86_400 {
+            return Err((
+                "duration_s",
+                format!("{} s is longer than a week", self.duration_s),
+            ));
+        }
+        Ok(())
+    }
+}
