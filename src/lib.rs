@@ -1,2 +1,29 @@
+//! # cdrguard
+//!
+//! Real-time fraud and arrears detection over telecom usage records (CDRs) and account events.
+//!
+//! ```text
+//!  usage records ─┐  source       decode        classify       state                   rules ─► alerts
+//!  (NDJSON/Kafka) ├─► lines ──► typed record ──► record ──► windows per subscriber,   (Rhai,    per
+//!  account events ┘  merged by   (bad → dead     class      account, calling number;  next)     department
+//!                    event time   letter)                   ledger; timers; dedup
+//! ```
+//!
+//! Modules in data-flow order: [`source`] reads lines, [`record`] decodes them, [`classify`] gives each
+//! record its class, [`state`] keeps the windows, ledgers and timers, [`pipeline`] wires those stages per
+//! record, [`sink`] writes dead letters (and alerts), [`replay`] and [`inspect`] drive it from files.
 #![forbid(unsafe_code)]
+
+pub mod classify;
+pub mod inspect;
+pub mod pipeline;
 pub mod record;
+pub mod replay;
+pub mod sink;
+pub mod source;
+pub mod state;
+
+pub mod cli;
+pub mod config;
+pub mod gen;
+pub mod telemetry;

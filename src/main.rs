@@ -1,1 +1,18 @@
-fn main() {}
+//! `cdrguard`: parse the command line, set up logging, run, map the outcome to an exit code.
+
+use clap::Parser;
+
+fn main() {
+    let cli = cdrguard::cli::Cli::parse();
+    if let Err(e) = cdrguard::cli::init_tracing(&cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+    match cdrguard::cli::run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

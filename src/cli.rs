@@ -1,0 +1,262 @@
+//! Command line: parse, dispatch, and map outcomes to exit codes. Library code does the work.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::classify::ClassFilter;
+use crate::inspect::{self, Target};
+use crate::record::{EventTime, Number};
+use crate::replay::{self, ReplayOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cdrguard",
+    version,
+    about = "Real-time telecom fraud and arrears detection over CDR streams"
+)]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `cdrguard=debug`. Env: CDRGUARD_LOG.
+    #[arg(long, global = true, env = "CDRGUARD_LOG", default_value = "info")]
+    pub log: String,
+    /// Log format.
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Replay NDJSON history through the pipeline (decode → state → rules → alerts) and summarise.
+    Replay(ReplayArgs),
+    /// Replay, then print one entity's window features and account view.
+    Inspect(InspectArgs),
+    /// Write realistic generated traffic (usage records and account events) as NDJSON.
+    Gen(GenArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InputArgs {
+    /// Usage records, NDJSON (`-` for stdin).
+    #[arg(long)]
+    pub usage: PathBuf,
+    /// Account events, NDJSON; merged with usage by event time.
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    /// Configuration file (TOML); defaults apply without one.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Alerts output, NDJSON (default stdout).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Rejected lines with reasons (default `<out>.rejected.ndjson`, or `<usage>.rejected.ndjson`).
+    #[arg(long)]
+    pub dead_letter: Option<PathBuf>,
+    /// Also write the summary as JSON to this file.
+    #[arg(long)]
+    pub summary_json: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["msisdn", "account", "calling_number", "imei"])))]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// A subscriber (E.164 digits).
+    #[arg(long)]
+    pub msisdn: Option<String>,
+    /// An account id.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// A calling number tracked from MT calls.
+    #[arg(long)]
+    pub calling_number: Option<String>,
+    /// A device (needs state.track_imei).
+    #[arg(long)]
+    pub imei: Option<String>,
+    /// Features as of this RFC 3339 instant (records after it are not applied). Default: end of input.
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Windows to show (repeatable), e.g. `--window 1h --window 24h`.
+    #[arg(long = "window")]
+    pub windows: Vec<String>,
+    /// Record-class filters to show (repeatable), e.g. `voice.mo.international`.
+    #[arg(long = "filter")]
+    pub filters: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Where rejected lines go (default: a temporary file, reported if any).
+    #[arg(long)]
+    pub dead_letter: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct GenArgs {
+    /// Usage records output file.
+    #[arg(long)]
+    pub usage: PathBuf,
+    /// Account events output file.
+    #[arg(long)]
+    pub events: PathBuf,
+    #[arg(long, default_value_t = 10_000)]
+    pub subscribers: u32,
+    #[arg(long, default_value_t = 100_000)]
+    pub records: u64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// First instant of the traffic (RFC 3339 with offset).
+    #[arg(long, default_value = "2026-11-01T00:00:00+01:00")]
+    pub start: String,
+    #[arg(long, default_value_t = 1)]
+    pub days: u32,
+    #[arg(long, default_value = "33")]
+    pub home_cc: String,
+}
+
+pub fn init_tracing(cli: &Cli) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .with_context(|| format!("--log {:?}", cli.log))?;
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+    Ok(())
+}
+
+/// Runs a command; the result is the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Replay(a) => replay_cmd(a),
+        Command::Inspect(a) => inspect_cmd(a),
+        Command::Gen(a) => gen_cmd(a),
+    }
+}
+
+fn replay_cmd(a: ReplayArgs) -> anyhow::Result<i32> {
+    let opts = ReplayOptions {
+        usage: a.input.usage,
+        events: a.input.events,
+        out: a.out,
+        dead_letter: a.dead_letter,
+        config: a.input.config,
+        cutoff: None,
+        progress: !a.quiet,
+        keep_fired: false,
+    };
+    let (report, _) = replay::run(&opts)?;
+    eprint!("{}", report.render());
+    if let Some(p) = a.summary_json {
+        let f = File::create(&p).with_context(|| format!("creating {}", p.display()))?;
+        serde_json::to_writer_pretty(BufWriter::new(f), &report)?;
+    }
+    Ok(0)
+}
+
+fn number(s: &str, what: &str) -> anyhow::Result<Number> {
+    Number::parse(s).map_err(|why| anyhow::anyhow!("--{what} {s:?}: {why}"))
+}
+
+fn inspect_cmd(a: InspectArgs) -> anyhow::Result<i32> {
+    let target = match (&a.msisdn, &a.account, &a.calling_number, &a.imei) {
+        (Some(m), ..) => Target::Subscriber(number(m, "msisdn")?),
+        (_, Some(acc), ..) => Target::Account(acc.clone()),
+        (_, _, Some(c), _) => Target::CallingNumber(number(c, "calling-number")?),
+        (.., Some(i)) => Target::Imei(number(i, "imei")?),
+        _ => unreachable!("clap requires a target"),
+    };
+    let at =
+        a.at.as_deref()
+            .map(|s| EventTime::parse(s).map_err(|why| anyhow::anyhow!("--at {s:?}: {why}")))
+            .transpose()?;
+    let windows = if a.windows.is_empty() {
+        inspect::DEFAULT_WINDOWS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        a.windows
+    };
+    let windows: Vec<inspect::WindowSpec> = windows
+        .iter()
+        .map(|w| inspect::WindowSpec::parse(w).map_err(anyhow::Error::msg))
+        .collect::<Result<_, _>>()?;
+    let filters = if a.filters.is_empty() {
+        inspect::DEFAULT_FILTERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        a.filters
+    };
+    let filters: Vec<ClassFilter> = filters
+        .iter()
+        .map(|f| ClassFilter::parse(f).map_err(anyhow::Error::msg))
+        .collect::<Result<_, _>>()?;
+    let tmp;
+    let dl = match a.dead_letter {
+        Some(p) => p,
+        None => {
+            tmp = tempdir()?;
+            tmp.join("inspect.rejected.ndjson")
+        }
+    };
+    let (report, pipeline) = replay::run_quiet(
+        &a.input.usage,
+        a.input.events.as_deref(),
+        a.input.config.as_deref(),
+        at,
+        dl,
+    )?;
+    if report.counts.rejected_total() > 0 {
+        eprintln!(
+            "note: {} input lines were rejected (see `cdrguard replay` for details)",
+            report.counts.rejected_total()
+        );
+    }
+    let as_of =
+        at.unwrap_or_else(|| EventTime::from_utc(pipeline.store.newest_event_time().unwrap_or(0)));
+    let v = inspect::report(
+        &pipeline.store,
+        &pipeline.fired,
+        &target,
+        as_of,
+        &windows,
+        &filters,
+    )?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &v)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", inspect::render_text(&v))?;
+    }
+    Ok(0)
+}
+
+fn tempdir() -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("cdrguard-inspect-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+fn gen_cmd(_a: GenArgs) -> anyhow::Result<i32> {
+    anyhow::bail!("TEMP")
+}

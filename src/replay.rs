@@ -1,0 +1,218 @@
+//! `replay`: run NDJSON history files through the same pipeline as the daemon, in event time.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::pipeline::{Counts, Pipeline, Verdict};
+use crate::record::EventTime;
+use crate::sink::DeadLetterFile;
+use crate::source::MergedSource;
+use crate::state::{StoreCounters, StoreSize, WindowStore};
+use crate::telemetry::{peak_rss_bytes, Progress};
+
+#[derive(Clone, Debug, Default)]
+pub struct ReplayOptions {
+    /// Usage records, NDJSON; `-` for stdin.
+    pub usage: PathBuf,
+    /// Account events, NDJSON.
+    pub events: Option<PathBuf>,
+    /// Alerts output; `None` for stdout.
+    pub out: Option<PathBuf>,
+    /// Rejected lines; default `<out>.rejected.ndjson` (or `<usage>.rejected.ndjson` with stdout).
+    pub dead_letter: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    /// Stop applying records after this instant (inspect `--at`).
+    pub cutoff: Option<EventTime>,
+    pub progress: bool,
+    /// Keep fired timers for the report (inspect).
+    pub keep_fired: bool,
+}
+
+/// What a replay did, for the summary and for tests.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReplayReport {
+    pub counts: Counts,
+    pub blank_lines: u64,
+    pub store: StoreCounters,
+    pub size: StoreSize,
+    pub elapsed: Duration,
+    pub peak_rss_bytes: Option<u64>,
+    pub dead_letter: Option<PathBuf>,
+}
+
+impl ReplayReport {
+    pub fn records_per_sec(&self) -> f64 {
+        self.counts.lines as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The summary printed to stderr.
+    pub fn render(&self) -> String {
+        let c = &self.counts;
+        let mut s = String::new();
+        let n = |v: u64| group(v);
+        let _ = writeln!(s, "replay summary");
+        let _ = writeln!(
+            s,
+            "  lines read          {:>12}   (blank lines skipped: {})",
+            n(c.lines),
+            n(self.blank_lines)
+        );
+        let _ = writeln!(s, "  usage accepted      {:>12}", n(c.usage_accepted));
+        let _ = writeln!(s, "  events accepted     {:>12}", n(c.events_accepted));
+        let _ = writeln!(s, "  duplicates          {:>12}", n(c.duplicates));
+        let dl = self
+            .dead_letter
+            .as_ref()
+            .map(|p| format!("   → {}", p.display()))
+            .unwrap_or_default();
+        let _ = writeln!(s, "  rejected            {:>12}{dl}", n(c.rejected_total()));
+        for (reason, count) in &c.rejected {
+            let _ = writeln!(s, "    {:<18}{:>12}", reason.as_str(), n(*count));
+        }
+        if c.after_cutoff > 0 {
+            let _ = writeln!(
+                s,
+                "  after --at          {:>12}   (not applied)",
+                n(c.after_cutoff)
+            );
+        }
+        for (w, count) in &self.store.ledger_warnings {
+            let _ = writeln!(s, "  ledger warning {w:<16}{:>6}", n(*count));
+        }
+        let z = &self.size;
+        let _ = writeln!(
+            s,
+            "  timers              {:>12} fired, {} pending",
+            n(self.store.timers_fired),
+            n(z.timers_pending as u64)
+        );
+        let _ = writeln!(
+            s,
+            "  entities            subscribers {} · accounts {} · calling numbers {} · imeis {} (evicted {})",
+            n(z.subscribers as u64),
+            n(z.accounts as u64),
+            n(z.calling_numbers as u64),
+            n(z.imeis as u64),
+            n(self.store.evicted_entities)
+        );
+        let per_sub = if z.subscribers > 0 {
+            z.estimated_bytes / z.subscribers
+        } else {
+            0
+        };
+        let _ = writeln!(
+            s,
+            "  state               {:.1} MiB estimated ({} cells, {} dedup ids; {} B per subscriber)",
+            z.estimated_bytes as f64 / 1048576.0,
+            n(z.cells as u64),
+            n(z.dedup_ids as u64),
+            per_sub
+        );
+        let _ = writeln!(
+            s,
+            "  elapsed             {:.2} s · {} records/s",
+            self.elapsed.as_secs_f64(),
+            n(self.records_per_sec() as u64)
+        );
+        if let Some(p) = self.peak_rss_bytes {
+            let _ = writeln!(s, "  peak RSS            {:.1} MiB", p as f64 / 1048576.0);
+        }
+        s
+    }
+}
+
+/// 1234567 → "1,234,567".
+pub fn group(v: u64) -> String {
+    let d = v.to_string();
+    let mut out = String::with_capacity(d.len() + d.len() / 3);
+    for (i, ch) in d.chars().enumerate() {
+        if i > 0 && (d.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn default_dead_letter(opts: &ReplayOptions) -> PathBuf {
+    let base = match (&opts.out, opts.usage.as_os_str() == "-") {
+        (Some(out), _) => out.clone(),
+        (None, false) => opts.usage.clone(),
+        (None, true) => PathBuf::from("cdrguard"),
+    };
+    let mut s = base.into_os_string();
+    s.push(".rejected.ndjson");
+    PathBuf::from(s)
+}
+
+/// Builds the pipeline from a config file (or defaults) and runs the inputs through it.
+pub fn run(opts: &ReplayOptions) -> anyhow::Result<(ReplayReport, Pipeline)> {
+    let (cfg, base) = Config::load(opts.config.as_deref())?;
+    let classifier = cfg.classifier(&base).context("loading reference data")?;
+    let mut pipeline = Pipeline::new(classifier, WindowStore::new(cfg.state.clone()));
+    pipeline.cutoff = opts.cutoff.map(|t| t.utc);
+    pipeline.keep_fired = opts.keep_fired;
+    let mut source = MergedSource::open(&opts.usage, opts.events.as_deref(), cfg.decoder())?;
+    let dl_path = opts
+        .dead_letter
+        .clone()
+        .unwrap_or_else(|| default_dead_letter(opts));
+    let mut dead_letter = DeadLetterFile::new(dl_path);
+    let mut out: Box<dyn Write> = match &opts.out {
+        Some(p) => Box::new(BufWriter::new(
+            File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(BufWriter::new(io::stdout().lock())),
+    };
+    let mut progress = Progress::new(opts.progress);
+    let started = Instant::now();
+    loop {
+        let Some(d) = source.next()? else { break };
+        let (src, line, raw, truncated) = (d.source.to_string(), d.line, d.raw, d.truncated);
+        if let Verdict::Reject(reject) = pipeline.process(d) {
+            dead_letter.write(&src, line, raw, truncated, &reject)?;
+        }
+        progress.tick(pipeline.counts.lines, source.progress());
+    }
+    pipeline.finish();
+    progress.done();
+    dead_letter.flush()?;
+    out.flush()?;
+    let report = ReplayReport {
+        counts: pipeline.counts.clone(),
+        blank_lines: source.blank_lines,
+        store: pipeline.store.counters.clone(),
+        size: pipeline.store.size(),
+        elapsed: started.elapsed(),
+        peak_rss_bytes: peak_rss_bytes(),
+        dead_letter: (dead_letter.written > 0).then(|| dead_letter.path().to_path_buf()),
+    };
+    Ok((report, pipeline))
+}
+
+/// Runs a replay with no alert output (inspect, tests).
+pub fn run_quiet(
+    usage: &Path,
+    events: Option<&Path>,
+    config: Option<&Path>,
+    cutoff: Option<EventTime>,
+    dead_letter: PathBuf,
+) -> anyhow::Result<(ReplayReport, Pipeline)> {
+    let opts = ReplayOptions {
+        usage: usage.to_path_buf(),
+        events: events.map(Path::to_path_buf),
+        out: Some(PathBuf::from("/dev/null")),
+        dead_letter: Some(dead_letter),
+        config: config.map(Path::to_path_buf),
+        cutoff,
+        progress: false,
+        keep_fired: true,
+    };
+    run(&opts)
+}

@@ -1,0 +1,140 @@
+//! Dead-letter file: every rejected line, with its original bytes, where it came from and why.
+//!
+//! One JSON object per line: `{"source","line","reason","field","detail","raw"}`; `raw` is the original
+//! text, or `raw_base64` when the bytes are not UTF-8 (they are kept exactly either way). The file is
+//! created on the first reject, so a clean run leaves no empty file behind.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::record::Reject;
+
+#[derive(Serialize)]
+struct Entry<'a> {
+    source: &'a str,
+    line: u64,
+    reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_base64: Option<String>,
+    /// Bytes of an oversized line that were not kept.
+    #[serde(skip_serializing_if = "is_zero")]
+    raw_truncated_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+pub struct DeadLetterFile {
+    path: PathBuf,
+    out: Option<BufWriter<File>>,
+    pub written: u64,
+}
+
+impl DeadLetterFile {
+    pub fn new(path: PathBuf) -> Self {
+        DeadLetterFile {
+            path,
+            out: None,
+            written: 0,
+        }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    pub fn write(
+        &mut self,
+        source: &str,
+        line: u64,
+        raw: &[u8],
+        truncated: u64,
+        reject: &Reject,
+    ) -> io::Result<()> {
+        let out = match &mut self.out {
+            Some(o) => o,
+            None => {
+                let f = File::create(&self.path).map_err(|e| {
+                    io::Error::new(e.kind(), format!("{}: {e}", self.path.display()))
+                })?;
+                self.out.insert(BufWriter::new(f))
+            }
+        };
+        let text = std::str::from_utf8(raw).ok();
+        let entry = Entry {
+            source,
+            line,
+            reason: reject.reason.as_str(),
+            field: reject.field.as_deref(),
+            detail: &reject.detail,
+            raw: text,
+            raw_base64: if text.is_none() {
+                Some(base64(raw))
+            } else {
+                None
+            },
+            raw_truncated_bytes: truncated,
+        };
+        serde_json::to_writer(&mut *out, &entry)?;
+        out.write_all(b"\n")?;
+        self.written += 1;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        match &mut self.out {
+            Some(o) => o.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Standard base64 with padding (RFC 4648); rejects are rare, so no crate for it.
+pub fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+}
