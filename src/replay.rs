@@ -173,10 +173,12 @@ pub fn run(opts: &ReplayOptions) -> anyhow::Result<(ReplayReport, Pipeline)> {
     let mut progress = Progress::new(opts.progress);
     let started = Instant::now();
     loop {
-        let Some(d) = source.next()? else { break };
-        let (src, line, raw, truncated) = (d.source.to_string(), d.line, d.raw, d.truncated);
+        let Some(d) = source.next_decoded()? else {
+            break;
+        };
+        let (src, line, raw, truncated) = (d.source, d.line, d.raw, d.truncated);
         if let Verdict::Reject(reject) = pipeline.process(d) {
-            dead_letter.write(&src, line, raw, truncated, &reject)?;
+            dead_letter.write(src, line, raw, truncated, &reject)?;
         }
         progress.tick(pipeline.counts.lines, source.progress());
     }

@@ -156,6 +156,11 @@ impl Decoder {
                 ),
             ));
         }
+        // serde's derived structs also accept a JSON array of their fields in order; the contract is
+        // objects only, so check the first byte (blocks are checked by `object` in the field types).
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(explain::<T>(bytes));
+        }
         match serde_json::from_slice::<T>(bytes) {
             Ok(v) => Ok(v),
             Err(_) => Err(explain::<T>(bytes)),
@@ -187,7 +192,13 @@ fn explain<T: DeserializeOwned>(bytes: &[u8]) -> Reject {
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let err = match serde_path_to_error::deserialize::<_, T>(&mut de) {
-        Ok(_) => return Reject::new(RejectReason::InvalidJson, None, "inconsistent decode"),
+        Ok(_) => {
+            return Reject::new(
+                RejectReason::InvalidJson,
+                None,
+                "decoded on the second pass only (please report)",
+            )
+        }
         Err(e) => e,
     };
     let path = err.path().to_string();
@@ -325,6 +336,10 @@ mod tests {
             ),
             (GOOD[..40].to_string(), RejectReason::InvalidJson, None),
             ("[1,2]".to_string(), RejectReason::NotAnObject, None),
+            // serde would read an array as the struct's fields in order: the contract says objects.
+            (r#"["r1","data",null,"2026-11-21T03:17:05Z",0,true,["33612345678"]]"#.to_string(), RejectReason::NotAnObject, None),
+            (GOOD.replace(r#"{"msisdn":"33612345678","imsi":"208011234567890","imei":"35698701234567","account_id":"A-1001"}"#, r#"["33612345678"]"#), RejectReason::WrongType, Some("served")),
+            (GOOD.replace(r#"{"amount":"1.25","currency":"EUR"}"#, r#"["1.25","EUR"]"#), RejectReason::WrongType, Some("charge")),
         ];
         for (input, reason, field) in cases {
             let r = reject(&input);

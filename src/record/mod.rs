@@ -5,6 +5,7 @@ mod alert;
 mod decode;
 mod money;
 mod number;
+mod object;
 mod text;
 pub mod time;
 mod usage;

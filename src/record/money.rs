@@ -135,9 +135,11 @@ impl<'de> serde::Deserialize<'de> for Money {
                     .map_err(|why| E::custom(format_args!("invalid amount {s:?}: {why}")))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Money, E> {
-                v.checked_mul(MICROS)
-                    .map(Money)
-                    .ok_or_else(|| E::custom("invalid amount: too large"))
+                // The same bound as for strings: at most 12 integer digits.
+                if v.unsigned_abs() >= 1_000_000_000_000 {
+                    return Err(E::custom("invalid amount: too large"));
+                }
+                Ok(Money(v * MICROS))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Money, E> {
                 i64::try_from(v)

@@ -70,7 +70,7 @@ impl Number {
     pub fn prefix(self, n: usize) -> Number {
         let len = self.digits();
         debug_assert!(n <= len);
-        Number(((n as u64) << VALUE_BITS) | self.value() / POW10[len - n])
+        Number(((n as u64) << VALUE_BITS) | (self.value() / POW10[len - n]))
     }
 
     pub fn starts_with(self, p: Number) -> bool {

@@ -3,6 +3,7 @@
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
+use super::object::object;
 use super::{EventTime, Money, Number};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -36,18 +37,19 @@ pub struct UsageRecord {
     pub duration_s: u32,
     #[serde(default = "yes")]
     pub answered: bool,
+    #[serde(deserialize_with = "object")]
     pub served: Served,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub other_party: OtherParty,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub location: Location,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub roaming: Roaming,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub forwarding: Forwarding,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub volume: Volume,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub charge: Charge,
 }
 

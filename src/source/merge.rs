@@ -101,7 +101,7 @@ impl MergedSource {
     }
 
     /// The next line in event-time order, or `None` at the end of every input.
-    pub fn next(&mut self) -> std::io::Result<Option<Decoded<'_>>> {
+    pub fn next_decoded(&mut self) -> std::io::Result<Option<Decoded<'_>>> {
         if let Some(i) = self.current.take() {
             self.inputs[i].head = None;
         }
