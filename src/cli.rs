@@ -99,7 +99,7 @@ pub struct InspectArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Where rejected lines go (default: a temporary file, reported if any).
+    /// Write rejected lines here (default: only count them; `replay` reports them in full).
     #[arg(long)]
     pub dead_letter: Option<PathBuf>,
 }
@@ -132,7 +132,8 @@ pub fn init_tracing(cli: &Cli) -> anyhow::Result<()> {
         .with_context(|| format!("--log {:?}", cli.log))?;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if cli.log_format == "json" {
         b.json().init();
     } else {
@@ -160,6 +161,7 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<i32> {
         cutoff: None,
         progress: !a.quiet,
         keep_fired: false,
+        no_dead_letter: false,
     };
     let (report, _) = replay::run(&opts)?;
     eprint!("{}", report.render());
@@ -210,14 +212,7 @@ fn inspect_cmd(a: InspectArgs) -> anyhow::Result<i32> {
         .iter()
         .map(|f| ClassFilter::parse(f).map_err(anyhow::Error::msg))
         .collect::<Result<_, _>>()?;
-    let tmp;
-    let dl = match a.dead_letter {
-        Some(p) => p,
-        None => {
-            tmp = tempdir()?;
-            tmp.join("inspect.rejected.ndjson")
-        }
-    };
+    let dl = a.dead_letter;
     let (report, pipeline) = replay::run_quiet(
         &a.input.usage,
         a.input.events.as_deref(),
@@ -251,12 +246,35 @@ fn inspect_cmd(a: InspectArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn tempdir() -> anyhow::Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("cdrguard-inspect-{}", std::process::id()));
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
-}
-
-fn gen_cmd(_a: GenArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("TEMP")
+fn gen_cmd(a: GenArgs) -> anyhow::Result<i32> {
+    let start = EventTime::parse(&a.start)
+        .map_err(|why| anyhow::anyhow!("--start {:?}: {why}", a.start))?;
+    let cfg = crate::gen::GenConfig {
+        seed: a.seed,
+        subscribers: a.subscribers,
+        records: a.records,
+        start,
+        days: a.days,
+        home_cc: a.home_cc,
+    };
+    let mut usage = BufWriter::with_capacity(
+        1 << 20,
+        File::create(&a.usage).with_context(|| format!("creating {}", a.usage.display()))?,
+    );
+    let mut events = BufWriter::new(
+        File::create(&a.events).with_context(|| format!("creating {}", a.events.display()))?,
+    );
+    let t = std::time::Instant::now();
+    let s = crate::gen::generate(&cfg, &mut usage, &mut events)?;
+    usage.flush()?;
+    events.flush()?;
+    eprintln!(
+        "generated {} usage records and {} account events for {} subscribers in {} accounts in {:.2} s",
+        s.usage_records,
+        s.account_events,
+        s.subscribers,
+        s.accounts,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(0)
 }

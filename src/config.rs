@@ -10,6 +10,7 @@ use crate::record::time::{format_duration, parse_duration};
 use crate::record::{Decoder, Number};
 
 pub const DEFAULT_HIGH_RISK_PREFIXES: &str = "rules/lists/high_risk_prefixes.txt";
+const BUILTIN_HIGH_RISK_PREFIXES: &str = include_str!("../rules/lists/high_risk_prefixes.txt");
 
 /// A length of time written as `20s`, `10m`, `6h`, `35d` or `2w`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,8 +66,8 @@ pub struct ReferenceConfig {
     /// Home country calling code; other numbers are international. Default `33`.
     pub home_country_code: String,
     /// High-risk prefix list (longest-prefix match, `!` exemptions). A relative path set here is
-    /// resolved from the config file's folder. Default: `rules/lists/high_risk_prefixes.txt` in the
-    /// working directory.
+    /// resolved from the config file's folder and must exist. Default: `rules/lists/high_risk_prefixes.txt`
+    /// in the working directory, else the list shipped inside the binary.
     pub high_risk_prefixes: Option<PathBuf>,
     /// Numbers shorter than this are short codes and never international. Default 7.
     pub min_international_digits: usize,
@@ -229,11 +230,24 @@ impl Config {
     /// Builds the classifier, loading the prefix list relative to `base`.
     pub fn classifier(&self, base: &Path) -> anyhow::Result<Classifier> {
         let r = &self.reference;
-        let path = match &r.high_risk_prefixes {
-            Some(p) => base.join(p),
-            None => PathBuf::from(DEFAULT_HIGH_RISK_PREFIXES),
+        let list = match &r.high_risk_prefixes {
+            Some(p) => PrefixList::load(&base.join(p))?,
+            None if Path::new(DEFAULT_HIGH_RISK_PREFIXES).exists() => {
+                tracing::debug!(
+                    path = DEFAULT_HIGH_RISK_PREFIXES,
+                    "Loading the high-risk prefix list."
+                );
+                PrefixList::load(Path::new(DEFAULT_HIGH_RISK_PREFIXES))?
+            }
+            None => {
+                // Run from elsewhere (an installed binary): the list shipped with this build.
+                tracing::info!("No {DEFAULT_HIGH_RISK_PREFIXES} here; using the high-risk prefix list built into cdrguard.");
+                PrefixList::parse(
+                    BUILTIN_HIGH_RISK_PREFIXES,
+                    "(built-in high_risk_prefixes.txt)",
+                )?
+            }
         };
-        let list = PrefixList::load(&path)?;
         let mut c = Classifier::new(
             Number::parse(&r.home_country_code).map_err(anyhow::Error::msg)?,
             list,

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::classify::ClassFilter;
 use crate::record::{EventTime, Money, Number};
-use crate::state::{Account, Entity, Fix, Timer, WindowStore};
+use crate::state::{Account, AccountUsage, Entity, Fix, Timer, WindowStore};
 
 pub const DEFAULT_WINDOWS: &[&str] = &["10m", "1h", "4h", "24h", "72h", "7d", "30d"];
 pub const DEFAULT_FILTERS: &[&str] = &[
@@ -68,8 +68,39 @@ pub struct FeatureRow {
     pub distinct_cells: Option<u32>,
 }
 
+/// Window features of one entity or of an account's lines together.
+pub trait Features {
+    fn sum(&self, filter: &ClassFilter, window_s: i64, end: i64) -> crate::state::WindowSums;
+    fn distinct_numbers(&self, filter: &ClassFilter, window_s: i64, end: i64) -> u32;
+    fn distinct_cells(&self, filter: &ClassFilter, window_s: i64, end: i64) -> u32;
+}
+
+impl Features for Entity {
+    fn sum(&self, f: &ClassFilter, w: i64, end: i64) -> crate::state::WindowSums {
+        Entity::sum(self, f, w, end)
+    }
+    fn distinct_numbers(&self, f: &ClassFilter, w: i64, end: i64) -> u32 {
+        Entity::distinct_numbers(self, f, w, end)
+    }
+    fn distinct_cells(&self, f: &ClassFilter, w: i64, end: i64) -> u32 {
+        Entity::distinct_cells(self, f, w, end)
+    }
+}
+
+impl Features for AccountUsage<'_> {
+    fn sum(&self, f: &ClassFilter, w: i64, end: i64) -> crate::state::WindowSums {
+        AccountUsage::sum(self, f, w, end)
+    }
+    fn distinct_numbers(&self, f: &ClassFilter, w: i64, end: i64) -> u32 {
+        AccountUsage::distinct_numbers(self, f, w, end)
+    }
+    fn distinct_cells(&self, f: &ClassFilter, w: i64, end: i64) -> u32 {
+        AccountUsage::distinct_cells(self, f, w, end)
+    }
+}
+
 fn features(
-    e: &Entity,
+    e: &dyn Features,
     at: i64,
     windows: &[WindowSpec],
     filters: &[ClassFilter],
@@ -96,9 +127,16 @@ fn features(
     rows
 }
 
+fn round5(x: f32) -> f64 {
+    (x as f64 * 1e5).round() / 1e5
+}
+
 fn fix_json(f: &Option<Fix>) -> Value {
     match f {
-        Some(f) => json!({"at": EventTime::from_utc(f.at), "lat": f.lat, "lon": f.lon}),
+        // Stored as f32 (~1 m); print 5 decimals rather than f32 noise such as 48.849998474121094.
+        Some(f) => {
+            json!({"at": EventTime::from_utc(f.at), "lat": round5(f.lat), "lon": round5(f.lon)})
+        }
         None => Value::Null,
     }
 }
@@ -171,12 +209,7 @@ pub fn report(
             let a = store
                 .account(id)
                 .ok_or_else(|| not_found(&format!("account {id}")))?;
-            (
-                "account",
-                id.clone(),
-                (a.usage.last_seen != 0).then_some(&a.usage),
-                Some(a),
-            )
+            ("account", id.clone(), None, Some(a))
         }
         Target::CallingNumber(n) => {
             let e = store.calling_number(*n).ok_or_else(|| {
@@ -201,6 +234,19 @@ pub fn report(
     if let Some(e) = entity {
         v["state"] = entity_json(e, at.utc);
         v["features"] = serde_json::to_value(features(e, at.utc, windows, filters, horizon))?;
+    } else if let Some(a) = account {
+        // The account's usage is its lines' usage, read together.
+        let usage = store.usage_of(a);
+        if !usage.is_empty() {
+            v["state"] = json!({
+                "first_seen": usage.first_seen().map(EventTime::from_utc),
+                "last_seen": usage.last_seen().map(EventTime::from_utc),
+                "open_calls": usage.open_calls(at.utc),
+                "lines_in_state": a.lines.iter().filter(|l| store.subscriber(**l).is_some()).count(),
+            });
+            v["features"] =
+                serde_json::to_value(features(&usage, at.utc, windows, filters, horizon))?;
+        }
     }
     if let Some(a) = account {
         let mut pending: Vec<&Timer> = store.pending_timers(&a.id).collect();
@@ -221,7 +267,7 @@ pub fn render_text(v: &Value) -> String {
         e["type"].as_str().unwrap_or(""),
         e["key"].as_str().unwrap_or("")
     );
-    if let Some(a) = v["account_id"].as_str() {
+    if let (Some(a), false) = (v["account_id"].as_str(), e["type"] == "account") {
         let _ = write!(s, " (account {a})");
     }
     let _ = writeln!(s, " as of {}", v["as_of"].as_str().unwrap_or(""));
@@ -232,7 +278,7 @@ pub fn render_text(v: &Value) -> String {
             "  first seen {}, last seen {}, open calls {}",
             st["first_seen"].as_str().unwrap_or("-"),
             st["last_seen"].as_str().unwrap_or("-"),
-            st["open_calls"]
+            st["open_calls"].as_u64().unwrap_or(0)
         );
         for k in ["previous_location", "last_location"] {
             if let Some(f) = st[k].as_object() {
@@ -269,7 +315,7 @@ pub fn render_text(v: &Value) -> String {
                 "  {:<30}{:>6}{:>8}{:>9.1}{:>11.2}{:>12}{:>9}{:>7}",
                 shown,
                 r["window"].as_str().unwrap_or(""),
-                r["count"],
+                r["count"].as_u64().unwrap_or(0),
                 r["duration_s"].as_u64().unwrap_or(0) as f64 / 60.0,
                 r["bytes"].as_u64().unwrap_or(0) as f64 / 1e6,
                 r["charge"].as_str().unwrap_or(""),

@@ -26,6 +26,8 @@ pub struct ReplayOptions {
     pub out: Option<PathBuf>,
     /// Rejected lines; default `<out>.rejected.ndjson` (or `<usage>.rejected.ndjson` with stdout).
     pub dead_letter: Option<PathBuf>,
+    /// Count rejects without writing them anywhere (inspect).
+    pub no_dead_letter: bool,
     pub config: Option<PathBuf>,
     /// Stop applying records after this instant (inspect `--at`).
     pub cutoff: Option<EventTime>,
@@ -101,18 +103,18 @@ impl ReplayReport {
             n(z.imeis as u64),
             n(self.store.evicted_entities)
         );
-        let per_sub = if z.subscribers > 0 {
-            z.estimated_bytes / z.subscribers
-        } else {
-            0
-        };
+        let per_sub = |b: usize| b.checked_div(z.subscribers).unwrap_or(0);
         let _ = writeln!(
             s,
-            "  state               {:.1} MiB estimated ({} cells, {} dedup ids; {} B per subscriber)",
+            "  state               {:.1} MiB estimated: windows {:.1} MiB ({} cells, {} distinct entries; {} B per subscriber), accounts {:.1} MiB, dedup {:.1} MiB ({} ids)",
             z.estimated_bytes as f64 / 1048576.0,
+            z.entity_bytes as f64 / 1048576.0,
             n(z.cells as u64),
+            n(z.distinct_entries as u64),
+            per_sub(z.entity_bytes),
+            z.account_bytes as f64 / 1048576.0,
+            z.dedup_bytes as f64 / 1048576.0,
             n(z.dedup_ids as u64),
-            per_sub
         );
         let _ = writeln!(
             s,
@@ -151,25 +153,56 @@ fn default_dead_letter(opts: &ReplayOptions) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Builds the pipeline from a config file (or defaults) and runs the inputs through it.
+/// Builds the pipeline from a config file (or defaults) and runs the inputs through it, writing alerts
+/// to `opts.out` (stdout when `None`).
 pub fn run(opts: &ReplayOptions) -> anyhow::Result<(ReplayReport, Pipeline)> {
+    let out: Box<dyn Write> = match &opts.out {
+        Some(p) => Box::new(BufWriter::new(
+            File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(BufWriter::new(io::stdout().lock())),
+    };
+    run_with_output(opts, out)
+}
+
+/// Runs a replay with no alert output (inspect, tests); rejects go to `dead_letter` or are only counted.
+pub fn run_quiet(
+    usage: &Path,
+    events: Option<&Path>,
+    config: Option<&Path>,
+    cutoff: Option<EventTime>,
+    dead_letter: Option<PathBuf>,
+) -> anyhow::Result<(ReplayReport, Pipeline)> {
+    let opts = ReplayOptions {
+        usage: usage.to_path_buf(),
+        events: events.map(Path::to_path_buf),
+        out: None,
+        no_dead_letter: dead_letter.is_none(),
+        dead_letter,
+        config: config.map(Path::to_path_buf),
+        cutoff,
+        progress: false,
+        keep_fired: true,
+    };
+    run_with_output(&opts, Box::new(io::sink()))
+}
+
+fn run_with_output(
+    opts: &ReplayOptions,
+    mut out: Box<dyn Write>,
+) -> anyhow::Result<(ReplayReport, Pipeline)> {
     let (cfg, base) = Config::load(opts.config.as_deref())?;
     let classifier = cfg.classifier(&base).context("loading reference data")?;
     let mut pipeline = Pipeline::new(classifier, WindowStore::new(cfg.state.clone()));
     pipeline.cutoff = opts.cutoff.map(|t| t.utc);
     pipeline.keep_fired = opts.keep_fired;
     let mut source = MergedSource::open(&opts.usage, opts.events.as_deref(), cfg.decoder())?;
-    let dl_path = opts
-        .dead_letter
-        .clone()
-        .unwrap_or_else(|| default_dead_letter(opts));
-    let mut dead_letter = DeadLetterFile::new(dl_path);
-    let mut out: Box<dyn Write> = match &opts.out {
-        Some(p) => Box::new(BufWriter::new(
-            File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        )),
-        None => Box::new(BufWriter::new(io::stdout().lock())),
+    let dl_path = match (opts.no_dead_letter, &opts.dead_letter) {
+        (true, _) => None,
+        (false, Some(p)) => Some(p.clone()),
+        (false, None) => Some(default_dead_letter(opts)),
     };
+    let mut dead_letter = DeadLetterFile::new(dl_path);
     let mut progress = Progress::new(opts.progress);
     let started = Instant::now();
     loop {
@@ -193,28 +226,10 @@ pub fn run(opts: &ReplayOptions) -> anyhow::Result<(ReplayReport, Pipeline)> {
         size: pipeline.store.size(),
         elapsed: started.elapsed(),
         peak_rss_bytes: peak_rss_bytes(),
-        dead_letter: (dead_letter.written > 0).then(|| dead_letter.path().to_path_buf()),
+        dead_letter: dead_letter
+            .path()
+            .filter(|_| dead_letter.written > 0)
+            .map(Path::to_path_buf),
     };
     Ok((report, pipeline))
-}
-
-/// Runs a replay with no alert output (inspect, tests).
-pub fn run_quiet(
-    usage: &Path,
-    events: Option<&Path>,
-    config: Option<&Path>,
-    cutoff: Option<EventTime>,
-    dead_letter: PathBuf,
-) -> anyhow::Result<(ReplayReport, Pipeline)> {
-    let opts = ReplayOptions {
-        usage: usage.to_path_buf(),
-        events: events.map(Path::to_path_buf),
-        out: Some(PathBuf::from("/dev/null")),
-        dead_letter: Some(dead_letter),
-        config: config.map(Path::to_path_buf),
-        cutoff,
-        progress: false,
-        keep_fired: true,
-    };
-    run(&opts)
 }

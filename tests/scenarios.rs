@@ -83,7 +83,7 @@ fn run_scenario(dir: &Path) -> Vec<String> {
         events.as_deref(),
         config.as_deref(),
         None,
-        tmp.path().join("dl.ndjson"),
+        Some(tmp.path().join("dl.ndjson")),
     )
     .unwrap();
     if let Some(s) = expect.get("summary") {
@@ -124,14 +124,8 @@ fn run_scenario(dir: &Path) -> Vec<String> {
         .enumerate()
     {
         let at = check["at"].as_str().map(|s| EventTime::parse(s).unwrap());
-        let (_, p) = replay::run_quiet(
-            &usage,
-            events.as_deref(),
-            config.as_deref(),
-            at,
-            tmp.path().join("dl2.ndjson"),
-        )
-        .unwrap();
+        let (_, p) =
+            replay::run_quiet(&usage, events.as_deref(), config.as_deref(), at, None).unwrap();
         let as_of = at.unwrap_or_else(|| EventTime::from_utc(p.store.newest_event_time().unwrap()));
         let strs = |k: &str, d: &[&str]| -> Vec<String> {
             check[k]

@@ -161,7 +161,12 @@ impl Decoder {
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(explain::<T>(bytes));
         }
-        match serde_json::from_slice::<T>(bytes) {
+        // One UTF-8 check of the whole line, then `from_str`, which trusts it: `from_slice` would
+        // validate every string field again (measured: ~4% of replay time).
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return Err(explain::<T>(bytes));
+        };
+        match serde_json::from_str::<T>(text) {
             Ok(v) => Ok(v),
             Err(_) => Err(explain::<T>(bytes)),
         }

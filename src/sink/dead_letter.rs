@@ -34,13 +34,14 @@ fn is_zero(n: &u64) -> bool {
 }
 
 pub struct DeadLetterFile {
-    path: PathBuf,
+    path: Option<PathBuf>,
     out: Option<BufWriter<File>>,
     pub written: u64,
 }
 
 impl DeadLetterFile {
-    pub fn new(path: PathBuf) -> Self {
+    /// Without a path, rejects are counted but not written (inspect).
+    pub fn new(path: Option<PathBuf>) -> Self {
         DeadLetterFile {
             path,
             out: None,
@@ -48,8 +49,8 @@ impl DeadLetterFile {
         }
     }
 
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.path.as_deref()
     }
 
     pub fn write(
@@ -60,12 +61,12 @@ impl DeadLetterFile {
         truncated: u64,
         reject: &Reject,
     ) -> io::Result<()> {
-        let out = match &mut self.out {
-            Some(o) => o,
-            None => {
-                let f = File::create(&self.path).map_err(|e| {
-                    io::Error::new(e.kind(), format!("{}: {e}", self.path.display()))
-                })?;
+        let out = match (&mut self.out, &self.path) {
+            (Some(o), _) => o,
+            (None, None) => return Ok(()),
+            (None, Some(path)) => {
+                let f = File::create(path)
+                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
                 self.out.insert(BufWriter::new(f))
             }
         };

@@ -134,6 +134,7 @@ impl Cells {
         match pos {
             Ok(i) => self.cells[i].add(1, units, charge.micros()),
             Err(i) => {
+                super::reserve_tight(&mut self.cells);
                 let mut c = probe;
                 c.add(1, units, charge.micros());
                 self.cells.insert(i, c);

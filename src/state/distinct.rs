@@ -47,7 +47,10 @@ impl DistinctSet {
         };
         match self.seen.binary_search_by_key(&e.key(), Seen::key) {
             Ok(i) => self.seen[i].tick = self.seen[i].tick.max(e.tick),
-            Err(i) => self.seen.insert(i, e),
+            Err(i) => {
+                super::reserve_tight(&mut self.seen);
+                self.seen.insert(i, e)
+            }
         }
     }
 
@@ -72,6 +75,27 @@ impl DistinctSet {
             }
         }
         n
+    }
+
+    /// Appends the fingerprints `count` would count (not de-duplicated), for unions across entities.
+    pub fn collect(
+        &self,
+        kind: SeenKind,
+        filter: &ClassFilter,
+        window_s: i64,
+        end: i64,
+        out: &mut Vec<u32>,
+    ) {
+        let (from, to) = (tick_of(end - window_s), tick_of(end));
+        let lo = self.seen.partition_point(|s| (s.tag >> 15) < kind as u16);
+        for s in self.seen[lo..]
+            .iter()
+            .take_while(|s| (s.tag >> 15) == kind as u16)
+        {
+            if s.tick >= from && s.tick <= to && filter.matches(RecordClass(s.tag & 0x3ff)) {
+                out.push(s.hash);
+            }
+        }
     }
 
     pub fn prune(&mut self, oldest: i64) {

@@ -54,8 +54,9 @@ pub struct Contribution {
     pub fix: Option<Fix>,
 }
 
-/// How often (entity event time) cells are rolled up; rolling later only means finer cells for longer.
-const COMPACTION_EVERY_S: i64 = 600;
+/// How often (entity event time) cells are rolled up. Rolling later only keeps finer cells for longer,
+/// and the finest tier lasts an hour, so hourly is enough (every 10 min cost a pass per light user's record).
+const COMPACTION_EVERY_S: i64 = 3600;
 
 impl Entity {
     pub fn new(at: i64) -> Self {
@@ -69,13 +70,6 @@ impl Entity {
     }
 
     pub fn apply(&mut self, c: &Contribution, limits: &Limits) {
-        if self.last_seen == 0 {
-            // A default (never used) entity, e.g. a fresh account created by an account event.
-            *self = Entity {
-                account: self.account,
-                ..Entity::new(c.at)
-            };
-        }
         self.first_seen = self.first_seen.min(c.at);
         self.last_seen = self.last_seen.max(c.at);
         self.cells
@@ -87,6 +81,7 @@ impl Entity {
             self.distinct.add(SeenKind::Cell, h, c.class, c.at);
         }
         if let Some(span) = c.call {
+            super::reserve_tight(&mut self.calls);
             self.calls.push(span);
         }
         if let Some(fix) = c.fix {

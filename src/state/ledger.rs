@@ -104,6 +104,7 @@ impl Ledger {
                     let paid = self.invoices[i].paid;
                     self.invoices[i] = InvoiceState { paid, ..state };
                 } else {
+                    super::reserve_tight(&mut self.invoices);
                     self.invoices.push(state);
                 }
                 // Credit sitting on the account settles the new invoice first.
@@ -126,6 +127,7 @@ impl Ledger {
                 let p = e.payment.as_ref().expect("validated");
                 let amount = e.amount.as_ref().expect("validated").value;
                 let allocations = self.allocate(amount, p.invoice_id.as_deref());
+                super::reserve_tight(&mut self.payments);
                 self.payments.push(PaymentState {
                     payment_id: p.payment_id.clone(),
                     at: e.occurred_at,
@@ -137,7 +139,7 @@ impl Ledger {
             EventType::PaymentReversed => {
                 let p = e.payment.as_ref().expect("validated");
                 let target = p.reversed_payment_id.as_ref().expect("validated");
-                match self.payments.iter_mut().find(|x| &x.payment_id == target) {
+                match self.payments.iter_mut().find(|x| x.payment_id == target) {
                     None => warn = Some(LedgerWarning::UnknownPayment(target.clone())),
                     Some(pay) if pay.reversed_at.is_some() => {
                         warn = Some(LedgerWarning::AlreadyReversed(target.clone()))
@@ -147,7 +149,7 @@ impl Ledger {
                         let mut unallocated = pay.amount;
                         for (inv_id, amt) in &pay.allocations {
                             if let Some(inv) =
-                                self.invoices.iter_mut().find(|x| &x.invoice_id == inv_id)
+                                self.invoices.iter_mut().find(|x| x.invoice_id == inv_id)
                             {
                                 inv.paid -= *amt;
                             }
@@ -157,6 +159,7 @@ impl Ledger {
                     }
                 }
                 // Even an unknown reversal is a reversal: count it for the "second within 90 days" test.
+                super::reserve_tight(&mut self.reversals);
                 self.reversals.push(e.occurred_at);
             }
             EventType::CreditLimitChanged => {

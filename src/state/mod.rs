@@ -12,5 +12,13 @@ pub use cells::{Cells, WindowSums, MAX_BUCKET_S, TICK_S};
 pub use distinct::SeenKind;
 pub use entity::{Entity, Fix, Limits, Span};
 pub use ledger::{InvoiceState, Ledger, PaymentState};
-pub use store::{Account, Outcome, StoreCounters, StoreSize, WindowStore};
+pub use store::{Account, AccountUsage, Outcome, StoreCounters, StoreSize, WindowStore};
 pub use timers::{Timer, TimerKind};
+
+/// Grows `v` by half (at least 2) with an exact reservation before it would reallocate: per-entity
+/// vectors are many and small, and doubling leaves a quarter of their bytes unused on average.
+pub(crate) fn reserve_tight<T>(v: &mut Vec<T>) {
+    if v.len() == v.capacity() {
+        v.reserve_exact((v.len() / 2).max(2));
+    }
+}
