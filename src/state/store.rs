@@ -367,12 +367,11 @@ impl WindowStore {
             };
             let acct = self.accounts[slot as usize].as_mut().expect("live slot");
             acct.ledger.unbilled = unbilled;
-            for &days in &self.cfg.invoice_overdue_days {
+            // Only the first stage is pending; each stage schedules the next when it fires (`advance`),
+            // so an invoice costs one pending timer, not one per stage.
+            if let Some(&days) = self.cfg.invoice_overdue_days.iter().min() {
                 let at = due.plus_days(days as i32).midnight(issued_at.offset_min);
-                let kind = TimerKind::InvoiceOverdue {
-                    invoice_id: invoice_id.clone(),
-                    days,
-                };
+                let kind = TimerKind::InvoiceOverdue { invoice_id, days };
                 self.timers.schedule(at, acct.id.clone(), kind);
             }
         }
@@ -382,9 +381,28 @@ impl WindowStore {
     /// Fires the timers the watermark has passed and runs periodic maintenance.
     pub fn advance(&mut self, fired: &mut Vec<Timer>) {
         let Some(w) = self.watermark() else { return };
-        let before = fired.len();
-        self.timers.due(w, fired);
-        self.counters.timers_fired += (fired.len() - before) as u64;
+        // One at a time, so a stage scheduled by an earlier one that is already due fires in time order.
+        while let Some(t) = self.timers.pop_due(w) {
+            self.counters.timers_fired += 1;
+            let TimerKind::InvoiceOverdue { invoice_id, days } = &t.kind;
+            let next = self
+                .cfg
+                .invoice_overdue_days
+                .iter()
+                .copied()
+                .filter(|d| d > days)
+                .min();
+            if let Some(next) = next {
+                let due_date = crate::record::Date::of(t.at).plus_days(-(*days as i32));
+                let at = due_date.plus_days(next as i32).midnight(t.at.offset_min);
+                let kind = TimerKind::InvoiceOverdue {
+                    invoice_id: invoice_id.clone(),
+                    days: next,
+                };
+                self.timers.schedule(at, t.account_id.clone(), kind);
+            }
+            fired.push(t);
+        }
         if w >= self.next_maintenance {
             self.maintain(w);
             self.next_maintenance = w + MAINTENANCE_EVERY_S;

@@ -48,13 +48,20 @@ impl TimerQueue {
         self.heap.push(Reverse((at.utc, self.seq, t)));
     }
 
-    /// Pops every timer due at or before `watermark`, in firing order.
-    pub fn due(&mut self, watermark: i64, out: &mut Vec<Timer>) {
-        while let Some(Reverse((at, _, _))) = self.heap.peek() {
-            if *at > watermark {
-                break;
+    /// Pops the earliest timer if it is due at or before `watermark`.
+    pub fn pop_due(&mut self, watermark: i64) -> Option<Timer> {
+        match self.heap.peek() {
+            Some(Reverse((at, _, _))) if *at <= watermark => {
+                self.heap.pop().map(|Reverse((_, _, t))| t)
             }
-            let Reverse((_, _, t)) = self.heap.pop().expect("peeked");
+            _ => None,
+        }
+    }
+
+    /// Pops every timer due at or before `watermark`, in firing order.
+    #[cfg(test)]
+    pub fn due(&mut self, watermark: i64, out: &mut Vec<Timer>) {
+        while let Some(t) = self.pop_due(watermark) {
             out.push(t);
         }
     }

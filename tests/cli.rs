@@ -1,0 +1,174 @@
+//! The binary as users run it: arguments, stdin, exit codes, files it writes, messages it prints.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cdrguard");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn run(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(ROOT)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn replay_from_stdin_dead_letters_next_to_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("alerts.ndjson");
+    let input = std::fs::read(format!(
+        "{ROOT}/fixtures/scenarios/malformed_input/usage.ndjson"
+    ))
+    .unwrap();
+    let (code, _, err) = run(
+        &[
+            "replay",
+            "--usage",
+            "-",
+            "--out",
+            out.to_str().unwrap(),
+            "--config",
+            "fixtures/scenarios/malformed_input/config.toml",
+            "--quiet",
+        ],
+        Some(&input),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("usage accepted                29"), "{err}");
+    assert!(err.contains("late                         1"), "{err}");
+    let dl = std::fs::read_to_string(dir.path().join("alerts.ndjson.rejected.ndjson")).unwrap();
+    assert_eq!(dl.lines().count(), 28);
+    assert!(dl.lines().all(|l| l.contains("\"source\":\"stdin\"")));
+    assert!(out.exists(), "alerts file is created even when empty");
+}
+
+#[test]
+fn summary_json_is_machine_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("summary.json");
+    let (code, _, err) = run(
+        &[
+            "replay",
+            "--usage",
+            "fixtures/scenarios/account_aggregation/usage.ndjson",
+            "--events",
+            "fixtures/scenarios/account_aggregation/events.ndjson",
+            "--out",
+            dir.path().join("a.ndjson").to_str().unwrap(),
+            "--summary-json",
+            summary.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap();
+    assert_eq!(v["counts"]["usage_accepted"], 5);
+    assert_eq!(v["counts"]["events_accepted"], 3);
+    assert_eq!(v["size"]["subscribers"], 3);
+}
+
+#[test]
+fn inspect_prints_features_and_account_view() {
+    let (code, out, err) = run(
+        &[
+            "inspect",
+            "--usage",
+            "fixtures/scenarios/timers_on_watermark/usage.ndjson",
+            "--events",
+            "fixtures/scenarios/timers_on_watermark/events.ndjson",
+            "--account",
+            "A-3",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("invoice INV-1"), "{out}");
+    assert!(
+        out.contains("timer fired    2026-11-12T00:00:00+01:00"),
+        "{out}"
+    );
+    assert!(
+        out.contains("timer pending  2026-12-05T00:00:00+01:00"),
+        "{out}"
+    );
+}
+
+#[test]
+fn errors_are_clear_and_exit_non_zero() {
+    let (code, _, err) = run(
+        &["replay", "--usage", "no/such/file.ndjson", "--quiet"],
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("no/such/file.ndjson: No such file"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[state]\nallowed_lateness = \"6h\"\ndistinct_horizon = \"1m\"\n[input]\ncurrency = \"euro\"\n").unwrap();
+    let (code, _, err) = run(
+        &[
+            "replay",
+            "--usage",
+            "fixtures/demo/usage.ndjson",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--quiet",
+        ],
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("input.currency") && err.contains("state.distinct_horizon"),
+        "every problem at once: {err}"
+    );
+
+    let (code, _, err) = run(
+        &[
+            "inspect",
+            "--usage",
+            "fixtures/demo/usage.ndjson",
+            "--msisdn",
+            "33999999999",
+        ],
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("subscriber 33999999999 does not appear in the input"),
+        "{err}"
+    );
+
+    let (code, _, err) = run(
+        &[
+            "inspect",
+            "--usage",
+            "fixtures/demo/usage.ndjson",
+            "--msisdn",
+            "33600000001",
+            "--filter",
+            "voice.outgoing",
+        ],
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown filter token \"outgoing\""), "{err}");
+}
