@@ -226,8 +226,10 @@ fn inspect_cmd(a: InspectArgs) -> anyhow::Result<i32> {
             report.counts.rejected_total()
         );
     }
-    let as_of =
-        at.unwrap_or_else(|| EventTime::from_utc(pipeline.store.newest_event_time().unwrap_or(0)));
+    let as_of = at.unwrap_or_else(|| EventTime {
+        utc: pipeline.store.newest_event_time().unwrap_or(0),
+        offset_min: pipeline.display_offset,
+    });
     let v = inspect::report(
         &pipeline.store,
         &pipeline.fired,

@@ -127,26 +127,31 @@ fn features(
     rows
 }
 
+/// Instants are shown in the offset of the `as of` time, so a report reads in one local clock.
+fn local(utc: i64, offset_min: i16) -> EventTime {
+    EventTime { utc, offset_min }
+}
+
 fn round5(x: f32) -> f64 {
     (x as f64 * 1e5).round() / 1e5
 }
 
-fn fix_json(f: &Option<Fix>) -> Value {
+fn fix_json(f: &Option<Fix>, off: i16) -> Value {
     match f {
         // Stored as f32 (~1 m); print 5 decimals rather than f32 noise such as 48.849998474121094.
         Some(f) => {
-            json!({"at": EventTime::from_utc(f.at), "lat": round5(f.lat), "lon": round5(f.lon)})
+            json!({"at": local(f.at, off), "lat": round5(f.lat), "lon": round5(f.lon)})
         }
         None => Value::Null,
     }
 }
 
-fn entity_json(e: &Entity, at: i64) -> Value {
+fn entity_json(e: &Entity, at: EventTime) -> Value {
     json!({
-        "first_seen": EventTime::from_utc(e.first_seen),
-        "last_seen": EventTime::from_utc(e.last_seen),
-        "previous_location": fix_json(&e.fixes[0]),
-        "last_location": fix_json(&e.fixes[1]),
+        "first_seen": local(e.first_seen, at.offset_min),
+        "last_seen": local(e.last_seen, at.offset_min),
+        "previous_location": fix_json(&e.fixes[0], at.offset_min),
+        "last_location": fix_json(&e.fixes[1], at.offset_min),
         "open_calls": e.open_calls(at),
         "cells_stored": e.cells.len(),
     })
@@ -232,15 +237,15 @@ pub fn report(
         "account_id": account.map(|a| a.id.as_str()),
     });
     if let Some(e) = entity {
-        v["state"] = entity_json(e, at.utc);
+        v["state"] = entity_json(e, at);
         v["features"] = serde_json::to_value(features(e, at.utc, windows, filters, horizon))?;
     } else if let Some(a) = account {
         // The account's usage is its lines' usage, read together.
         let usage = store.usage_of(a);
         if !usage.is_empty() {
             v["state"] = json!({
-                "first_seen": usage.first_seen().map(EventTime::from_utc),
-                "last_seen": usage.last_seen().map(EventTime::from_utc),
+                "first_seen": usage.first_seen().map(|t| local(t, at.offset_min)),
+                "last_seen": usage.last_seen().map(|t| local(t, at.offset_min)),
                 "open_calls": usage.open_calls(at.utc),
                 "lines_in_state": a.lines.iter().filter(|l| store.subscriber(**l).is_some()).count(),
             });

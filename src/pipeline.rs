@@ -52,6 +52,8 @@ pub struct Pipeline {
     pub fired: Vec<Timer>,
     pub keep_fired: bool,
     newest_any: Option<i64>,
+    /// UTC offset of the latest accepted usage record: reports default to the records' own clock.
+    pub display_offset: i16,
 }
 
 impl Pipeline {
@@ -64,6 +66,7 @@ impl Pipeline {
             fired: Vec::new(),
             keep_fired: false,
             newest_any: None,
+            display_offset: 0,
         }
     }
 
@@ -81,6 +84,7 @@ impl Pipeline {
                     Outcome::Accepted => {
                         self.counts.usage_accepted += 1;
                         self.note_time(r.event_start.utc);
+                        self.display_offset = r.event_start.offset_min;
                         Verdict::Applied
                     }
                     Outcome::Duplicate => Verdict::Duplicate,

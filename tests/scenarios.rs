@@ -126,7 +126,10 @@ fn run_scenario(dir: &Path) -> Vec<String> {
         let at = check["at"].as_str().map(|s| EventTime::parse(s).unwrap());
         let (_, p) =
             replay::run_quiet(&usage, events.as_deref(), config.as_deref(), at, None).unwrap();
-        let as_of = at.unwrap_or_else(|| EventTime::from_utc(p.store.newest_event_time().unwrap()));
+        let as_of = at.unwrap_or_else(|| EventTime {
+            utc: p.store.newest_event_time().unwrap(),
+            offset_min: p.display_offset,
+        });
         let strs = |k: &str, d: &[&str]| -> Vec<String> {
             check[k]
                 .as_array()

@@ -1,239 +1,309 @@
-//! Usage records: when (diurnal), who (by activity weight), what (voice / SMS / data mix) and to whom.
+//! Usage records: who (by activity weight), when (diurnal), what (voice / SMS / data), with whom, where,
+//! and what it cost.
 
-use compact_str::format_compact;
+use std::io::{self, Write};
 
+use compact_str::{format_compact, CompactString};
+use fastrand::Rng;
+
+use super::clock::Clock;
+use super::contacts;
+use super::dist::{chance, log_normal, weighted};
+use super::numbering::NumberPlan;
+use super::population::{Line, Population};
+use super::tariff::{per_mb, per_minute, VisitedNetwork, SMS_INTERNATIONAL, VISITED};
 use crate::record::{
-    Charge, Direction, EventTime, Forwarding, Location, Money, Number, OtherParty, RecordType,
-    Roaming, Served, UsageRecord, Volume,
+    Charge, Direction, Forwarding, Location, Money, Number, OtherParty, RecordType, Roaming,
+    Served, UsageRecord, Volume,
 };
 
-use super::population::{Line, Population};
+/// Voice, SMS, data, in percent of records.
+const MIX: [u32; 3] = [45, 20, 35];
+/// Share of voice and SMS placed by the served line (the rest it receives).
+const MO_SHARE: f64 = 0.55;
+/// Share of calls the line forwards (busy, no answer, unconditional).
+const FORWARDED_SHARE: f64 = 0.005;
+const ANSWERED_SHARE: f64 = 0.85;
+/// Shares of voice calls to or from abroad and to high-risk ranges: enough for international rules to
+/// have a baseline, far too little (and too scattered) to look like IRSF.
+const INTERNATIONAL_VOICE: f64 = 0.05;
+const HIGH_RISK_VOICE: f64 = 0.0005;
+const INTERNATIONAL_SMS: f64 = 0.03;
+/// Received SMS from short codes (one-time passwords, delivery notices).
+const A2P_SMS: f64 = 0.15;
+/// Calls and messages with someone outside the contact book (shops, call centres, wrong numbers).
+const STRANGER_SHARE: f64 = 0.1;
+/// Records without a location (mediation could not resolve the cell).
+const NO_LOCATION: f64 = 0.03;
 
-/// Relative traffic by local hour: quiet 01:00–06:00, peaks late morning and early evening.
-pub const HOURLY_WEIGHTS: [f64; 24] = [
-    0.8, 0.4, 0.25, 0.2, 0.2, 0.3, 0.8, 2.0, 3.5, 4.5, 5.0, 5.2, 4.8, 4.6, 4.5, 4.6, 5.0, 5.6, 6.0,
-    5.6, 4.6, 3.6, 2.6, 1.6,
-];
-
-/// International destinations a French subscriber calls (country codes).
-const ABROAD: [&str; 10] = ["44", "49", "34", "39", "1", "32", "41", "212", "351", "216"];
-/// High-risk ranges (from the shipped list) that a small share of calls reach.
-const HIGH_RISK: [&str; 5] = ["88213", "88216", "5399", "23276", "67579"];
-const PLMNS: [&str; 6] = ["23415", "26201", "21407", "22201", "31026", "20404"];
-
-/// Picks an index with probability proportional to its weight (cumulative sums + binary search).
-pub struct WeightedPick {
-    cumulative: Vec<f64>,
+/// Writes `records` usage records as NDJSON, sorted by `event_start`. Returns the count.
+pub fn write(
+    rng: &mut Rng,
+    records: u64,
+    pop: &Population,
+    plan: &NumberPlan,
+    clock: &Clock,
+    seed: u64,
+    out: &mut dyn Write,
+) -> io::Result<u64> {
+    let slots = schedule(rng, records, pop, clock);
+    let mut maker = Maker {
+        pop,
+        plan,
+        clock,
+        seed,
+        busy_until: vec![0; pop.lines.len()],
+        seq: [0; 3],
+    };
+    let mut buf = Vec::with_capacity(1024);
+    for slot in slots {
+        let rec = maker.record(rng, slot as u32, (slot >> 32) as u32);
+        buf.clear();
+        serde_json::to_writer(&mut buf, &rec)?;
+        buf.push(b'\n');
+        out.write_all(&buf)?;
+    }
+    Ok(records)
 }
 
-impl WeightedPick {
-    pub fn new(weights: impl Iterator<Item = f64>) -> Self {
-        let mut acc = 0.0;
-        WeightedPick {
-            cumulative: weights
-                .map(|w| {
-                    acc += w;
-                    acc
-                })
-                .collect(),
-        }
+/// Who and when for every record, sorted by time: `seconds after start << 32 | line`, 8 bytes a record
+/// (8 MB for 10⁶). Sorting whole keys makes the order independent of the sort algorithm.
+fn schedule(rng: &mut Rng, records: u64, pop: &Population, clock: &Clock) -> Vec<u64> {
+    let n = pop.lines.len() as u64;
+    let mut slots: Vec<u64> = Vec::with_capacity(records as usize);
+    // Everyone appears at least once when there are enough records; the rest go by activity weight.
+    if records >= n {
+        slots.extend(0..n);
     }
-
-    pub fn pick(&self, rng: &mut fastrand::Rng) -> usize {
-        let total = *self.cumulative.last().expect("non-empty");
+    let mut total = 0.0;
+    let cumulative: Vec<f64> = pop
+        .lines
+        .iter()
+        .map(|l| {
+            total += l.weight;
+            total
+        })
+        .collect();
+    while (slots.len() as u64) < records {
         let x = rng.f64() * total;
-        self.cumulative
-            .partition_point(|&c| c <= x)
-            .min(self.cumulative.len() - 1)
+        let i = cumulative.partition_point(|&c| c <= x).min(n as usize - 1);
+        slots.push(i as u64);
     }
-}
-
-/// A local instant in `[start, start + days)` with the diurnal shape.
-pub fn diurnal_time(
-    rng: &mut fastrand::Rng,
-    hours: &WeightedPick,
-    start: EventTime,
-    days: u32,
-) -> i64 {
-    let day = rng.u32(0..days.max(1)) as i64;
-    let hour = hours.pick(rng) as i64;
-    // Hours are local: offset from the start's local midnight.
-    let local_midnight =
-        start.local_secs().div_euclid(86_400) * 86_400 - start.offset_min as i64 * 60;
-    let t = local_midnight + day * 86_400 + hour * 3600 + rng.i64(0..3600);
-    t.max(start.utc)
-}
-
-fn money(rng: &mut fastrand::Rng, lo_cents: i64, hi_cents: i64) -> Money {
-    Money(rng.i64(lo_cents..=hi_cents) * 10_000)
-}
-
-fn random_home_number(rng: &mut fastrand::Rng, home_cc: &str) -> Number {
-    let prefix = if rng.bool() { "6" } else { "7" };
-    Number::parse(&format!("{home_cc}{prefix}{:08}", rng.u32(0..100_000_000))).expect("digits")
-}
-
-fn foreign_number(rng: &mut fastrand::Rng, cc: &str) -> Number {
-    let len = 11usize.saturating_sub(cc.len()).max(6);
-    let n = rng.u64(0..10u64.pow(len as u32));
-    Number::parse(&format!("{cc}{n:0len$}")).expect("digits")
-}
-
-pub struct TrafficMaker<'a> {
-    pub pop: &'a Population,
-    pub home_cc: &'a str,
-    pub offset_min: i16,
-}
-
-impl TrafficMaker<'_> {
-    fn other_party(&self, rng: &mut fastrand::Rng, me: u32) -> Number {
-        let r = rng.f64();
-        if r < 0.0005 {
-            let cc = HIGH_RISK[rng.usize(..HIGH_RISK.len())];
-            foreign_number(rng, cc)
-        } else if r < 0.05 {
-            let cc = ABROAD[rng.usize(..ABROAD.len())];
-            foreign_number(rng, cc)
-        } else if r < 0.75 {
-            // Mostly people on the same network, ideally someone we generate traffic for.
-            let other = rng.u32(..self.pop.lines.len() as u32);
-            if other == me {
-                random_home_number(rng, self.home_cc)
-            } else {
-                self.pop.lines[other as usize].msisdn
-            }
-        } else {
-            random_home_number(rng, self.home_cc)
-        }
+    for slot in &mut slots {
+        let line = &pop.lines[*slot as usize];
+        *slot |= (clock.sample(rng, line.profile) as u64) << 32;
     }
+    slots.sort_unstable();
+    slots
+}
 
-    pub fn record(&self, rng: &mut fastrand::Rng, seq: u64, who: u32, at: i64) -> UsageRecord {
-        let line: &Line = &self.pop.lines[who as usize];
-        let roaming = rng.f64() < 0.02;
-        let kind = rng.f64();
-        let record_type = if kind < 0.45 {
-            RecordType::Voice
-        } else if kind < 0.65 {
-            RecordType::Sms
-        } else {
-            RecordType::Data
+struct Maker<'a> {
+    pop: &'a Population,
+    plan: &'a NumberPlan,
+    clock: &'a Clock,
+    seed: u64,
+    /// Per line, seconds after start until which it is in a call: a line in a call misses the next one
+    /// instead of holding two, which simultaneous-call rules would rightly flag.
+    busy_until: Vec<u32>,
+    /// Record sequence numbers per record type, for the record ids.
+    seq: [u64; 3],
+}
+
+impl Maker<'_> {
+    fn record(&mut self, rng: &mut Rng, line_idx: u32, t: u32) -> UsageRecord {
+        let line = &self.pop.lines[line_idx as usize];
+        let visiting = line.visiting.map(|v| &VISITED[v as usize]);
+        let record_type =
+            [RecordType::Voice, RecordType::Sms, RecordType::Data][weighted(rng, &MIX)];
+        let seq = &mut self.seq[record_type as usize];
+        *seq += 1;
+        let record_id = match record_type {
+            RecordType::Voice => format_compact!("msc{}-{:09}", line.msc, *seq),
+            RecordType::Sms => format_compact!("sms-{:09}", *seq),
+            RecordType::Data => format_compact!("pgw-{:09}", *seq),
         };
-        let mut direction = match record_type {
-            RecordType::Data => None,
-            _ if rng.f64() < 0.55 => Some(Direction::Mo),
-            _ => Some(Direction::Mt),
-        };
-        let mut forwarding = Forwarding::default();
-        let mut other = OtherParty::default();
-        let (mut duration_s, mut answered, mut volume, mut charge) =
-            (0u32, true, Volume::default(), Money::ZERO);
-        match record_type {
-            RecordType::Voice => {
-                let n = self.other_party(rng, who);
-                other.number = Some(n);
-                if rng.f64() < 0.005 {
-                    direction = Some(Direction::Forwarded);
-                    forwarding.forwarded_to_number = Some(random_home_number(rng, self.home_cc));
-                }
-                answered = rng.f64() < 0.85;
-                if answered {
-                    // Log-normal-ish: median ~1.5 min, tail to 30 min.
-                    let secs = (4.5 + rng.f64() * 1.2 + rng.f64() * 1.2 - 1.2).exp();
-                    duration_s = secs.clamp(5.0, 1800.0) as u32;
-                }
-                let minutes = (duration_s as i64 + 59) / 60;
-                let international = !n.starts_with(Number::parse(self.home_cc).expect("digits"));
-                if direction != Some(Direction::Mt) && answered {
-                    if international {
-                        charge = Money(money(rng, 10, 200).micros() * minutes);
-                    } else if roaming {
-                        charge = Money(500_000 * minutes);
-                    } else if rng.f64() < 0.3 {
-                        charge = money(rng, 1, 20);
-                    }
-                } else if roaming && answered {
-                    charge = Money(200_000 * minutes);
-                }
-            }
-            RecordType::Sms => {
-                other.number = Some(self.other_party(rng, who));
-                if direction == Some(Direction::Mo) && (roaming || rng.f64() < 0.3) {
-                    charge = money(rng, 5, 20);
-                }
-            }
-            RecordType::Data => {
-                duration_s = rng.u32(60..=3600);
-                let down = (rng.f64() * rng.f64() * 200e6) as u64;
-                volume = Volume {
-                    bytes_up: down / rng.u64(5..20),
-                    bytes_down: down,
-                };
-                if roaming {
-                    charge = Money(((down / 1_000_000) as i64 + 1) * 10_000);
-                }
-            }
-        }
-        let location = if roaming {
-            if rng.f64() < 0.5 {
-                Location::default()
-            } else {
-                Location {
-                    cell_id: None,
-                    lat: Some(40.0 + rng.f64() * 15.0),
-                    lon: Some(-5.0 + rng.f64() * 25.0),
-                }
-            }
-        } else if rng.f64() < 0.05 {
-            Location::default()
-        } else {
-            let cell = line.cells[if rng.f64() < 0.6 {
-                0
-            } else {
-                rng.usize(..line.cells.len())
-            }];
-            Location {
-                cell_id: Some(cell),
-                lat: Some(round4(line.lat)),
-                lon: Some(round4(line.lon)),
-            }
-        };
-        let prefix = match record_type {
-            RecordType::Voice => "msc1",
-            RecordType::Sms => "sms",
-            RecordType::Data => "pgw",
-        };
-        UsageRecord {
-            record_id: format_compact!("{prefix}-{}-{seq}", at),
+        let mut rec = UsageRecord {
+            record_id,
             record_type,
-            direction,
-            event_start: EventTime {
-                utc: at,
-                offset_min: self.offset_min,
-            },
-            duration_s,
-            answered,
+            direction: None,
+            event_start: self.clock.at(t as i64),
+            duration_s: 0,
+            answered: true,
             served: Served {
                 msisdn: line.msisdn,
                 imsi: Some(line.imsi),
                 imei: Some(line.imei),
                 account_id: Some(self.pop.accounts[line.account as usize].id.clone()),
             },
-            other_party: other,
-            location,
-            roaming: Roaming {
-                is_roaming: roaming,
-                visited_plmn: roaming.then(|| PLMNS[rng.usize(..PLMNS.len())].into()),
+            other_party: OtherParty::default(),
+            location: location(rng, line),
+            roaming: match visiting {
+                Some(v) => Roaming {
+                    is_roaming: true,
+                    visited_plmn: Some(CompactString::const_new(v.plmn)),
+                },
+                None => Roaming::default(),
             },
-            forwarding,
-            volume,
+            forwarding: Forwarding::default(),
+            volume: Volume::default(),
             charge: Charge {
-                amount: charge,
-                currency: Some("EUR".into()),
+                amount: Money::ZERO,
+                currency: Some(CompactString::const_new("EUR")),
             },
+        };
+        match record_type {
+            RecordType::Voice => self.voice(rng, line_idx, t, visiting, &mut rec),
+            RecordType::Sms => self.sms(rng, line_idx, visiting, &mut rec),
+            RecordType::Data => data(rng, visiting, &mut rec),
+        }
+        rec
+    }
+
+    fn voice(
+        &mut self,
+        rng: &mut Rng,
+        line_idx: u32,
+        t: u32,
+        visiting: Option<&VisitedNetwork>,
+        rec: &mut UsageRecord,
+    ) {
+        let line = &self.pop.lines[line_idx as usize];
+        let mut direction = if chance(rng, FORWARDED_SHARE) {
+            Direction::Forwarded
+        } else if chance(rng, MO_SHARE) {
+            Direction::Mo
+        } else {
+            Direction::Mt
+        };
+        let (party, abroad_rate) = {
+            let u = rng.f64();
+            if u < HIGH_RISK_VOICE {
+                self.plan.high_risk(rng).map_or_else(
+                    || (self.plan.home_any(rng), None),
+                    |(n, rate)| (n, Some(rate)),
+                )
+            } else if u < HIGH_RISK_VOICE + INTERNATIONAL_VOICE {
+                let (n, rate) = contacts::abroad(self.seed, line_idx, self.plan, rng);
+                (n, Some(rate))
+            } else {
+                (self.home_party(rng, line_idx), None)
+            }
+        };
+        let busy = self.busy_until[line_idx as usize] > t;
+        if busy && direction == Direction::Mo {
+            // Nobody dials out mid-call; what reaches a busy line is a waiting call it does not take.
+            direction = Direction::Mt;
+        }
+        let answered = !busy && chance(rng, ANSWERED_SHARE);
+        let duration = if answered {
+            // Median ~75 s; the clamp keeps the tail at half an hour, as a switch's partial records would.
+            log_normal(rng, 75.0, 1.1).clamp(5.0, 1800.0) as u32
+        } else {
+            0
+        };
+        if answered && direction != Direction::Forwarded {
+            self.busy_until[line_idx as usize] = t + duration;
+        }
+        if direction == Direction::Forwarded {
+            // The caller stays the other party; the forward target goes in the forwarding block,
+            // where the classifier looks for it.
+            rec.forwarding.forwarded_to_number = Some(contacts::forward_target(
+                self.seed, line_idx, self.pop, self.plan,
+            ));
+        }
+        // Unanswered calls last 0 s, so whatever the rate they cost nothing.
+        let rate = match (visiting, direction) {
+            (Some(v), Direction::Mt) => v.voice_mt_per_min,
+            (Some(v), _) => v.voice_mo_per_min.max(abroad_rate.unwrap_or(Money::ZERO)),
+            (None, Direction::Mt) => Money::ZERO,
+            // The forwarded leg is billed like a call the line placed to the (domestic) target.
+            (None, Direction::Forwarded) => line.voice_per_min,
+            (None, Direction::Mo) => abroad_rate.unwrap_or(line.voice_per_min),
+        };
+        rec.direction = Some(direction);
+        rec.other_party.number = Some(party);
+        rec.answered = answered;
+        rec.duration_s = duration;
+        rec.charge.amount = per_minute(rate, duration);
+    }
+
+    fn sms(
+        &self,
+        rng: &mut Rng,
+        line_idx: u32,
+        visiting: Option<&VisitedNetwork>,
+        rec: &mut UsageRecord,
+    ) {
+        let line = &self.pop.lines[line_idx as usize];
+        let direction = if chance(rng, MO_SHARE) {
+            Direction::Mo
+        } else {
+            Direction::Mt
+        };
+        let (party, international) = if chance(rng, INTERNATIONAL_SMS) {
+            (
+                contacts::abroad(self.seed, line_idx, self.plan, rng).0,
+                true,
+            )
+        } else if direction == Direction::Mt && chance(rng, A2P_SMS) {
+            (self.plan.short_code(rng), false)
+        } else {
+            (self.home_party(rng, line_idx), false)
+        };
+        rec.direction = Some(direction);
+        rec.other_party.number = Some(party);
+        rec.charge.amount = match (direction, visiting) {
+            (Direction::Mo, Some(v)) => v.sms_mo,
+            (Direction::Mo, None) if international => SMS_INTERNATIONAL,
+            (Direction::Mo, None) => line.sms,
+            _ => Money::ZERO,
+        };
+    }
+
+    /// Mostly the line's own contacts, sometimes a stranger.
+    fn home_party(&self, rng: &mut Rng, line_idx: u32) -> Number {
+        if chance(rng, STRANGER_SHARE) {
+            self.plan.home_any(rng)
+        } else {
+            contacts::at_home(self.seed, line_idx, self.pop, self.plan, rng)
         }
     }
 }
 
-fn round4(x: f64) -> f64 {
-    (x * 1e4).round() / 1e4
+fn data(rng: &mut Rng, visiting: Option<&VisitedNetwork>, rec: &mut UsageRecord) {
+    let duration = rng.u32(60..=3600);
+    // Volume grows with session length but far less than linearly (most of a long session is idle).
+    let mut down = log_normal(rng, 4e6, 1.5) * (duration as f64 / 900.0).sqrt();
+    if visiting.is_some() {
+        // Travellers ration data they pay for.
+        down /= 4.0;
+    }
+    let down = down.clamp(2e3, 3e9) as u64;
+    let up = (down as f64 * (0.04 + rng.f64() * 0.2)) as u64;
+    rec.duration_s = duration;
+    rec.volume = Volume {
+        bytes_up: up,
+        bytes_down: down,
+    };
+    if let Some(v) = visiting {
+        rec.charge.amount = per_mb(v.data_per_mb, up + down);
+    }
+}
+
+/// Usually the home cell, otherwise one of the line's other cells; sometimes unknown.
+fn location(rng: &mut Rng, line: &Line) -> Location {
+    let cells = line.cells();
+    if cells.is_empty() || chance(rng, NO_LOCATION) {
+        return Location::default();
+    }
+    let c = if cells.len() == 1 || chance(rng, 0.6) {
+        cells[0]
+    } else {
+        cells[rng.usize(1..cells.len())]
+    };
+    Location {
+        cell_id: Some(c.id),
+        lat: Some(c.lat),
+        lon: Some(c.lon),
+    }
 }
