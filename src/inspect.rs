@@ -152,7 +152,7 @@ fn entity_json(e: &Entity, at: EventTime) -> Value {
         "last_seen": local(e.last_seen, at.offset_min),
         "previous_location": fix_json(&e.fixes[0], at.offset_min),
         "last_location": fix_json(&e.fixes[1], at.offset_min),
-        "open_calls": e.open_calls(at),
+        "open_calls": e.open_calls(at.utc),
         "cells_stored": e.cells.len(),
     })
 }
