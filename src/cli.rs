@@ -226,8 +226,9 @@ fn inspect_cmd(a: InspectArgs) -> anyhow::Result<i32> {
             report.counts.rejected_total()
         );
     }
+    // "As of" is where the input closed every window: the final watermark, which timers fired up to.
     let as_of = at.unwrap_or_else(|| EventTime {
-        utc: pipeline.store.newest_event_time().unwrap_or(0),
+        utc: pipeline.store.watermark().unwrap_or(0),
         offset_min: pipeline.display_offset,
     });
     let v = inspect::report(

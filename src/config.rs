@@ -108,6 +108,9 @@ pub struct StateConfig {
     /// Usage records older than (newest event time − this) are dead-lettered as `late`. Default `6h`
     /// (roaming NRTRDE files arrive up to 4 h late).
     pub allowed_lateness: Span,
+    /// Usage stamped more than this after the real time now is rejected as `future` (a broken
+    /// producer clock; a local time written with `Z`). Default `1h`.
+    pub max_future_skew: Span,
     /// Record ids are remembered at least this long (event time) to drop redeliveries. Default `24h`.
     pub dedup_horizon: Span,
     /// The longest window any feature can ask for; older buckets are dropped, and entities idle this
@@ -129,6 +132,7 @@ impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             allowed_lateness: Span(6 * 3600),
+            max_future_skew: Span(3600),
             dedup_horizon: Span(24 * 3600),
             max_window: Span(35 * 86_400),
             distinct_horizon: Span(72 * 3600),
@@ -206,6 +210,9 @@ impl Config {
         }
         if s.allowed_lateness.0 < 0 || s.allowed_lateness.0 > s.max_window.0 {
             errs.push("state.allowed_lateness: must be between 0s and state.max_window".into());
+        }
+        if s.max_future_skew.0 < 0 {
+            errs.push("state.max_future_skew: must not be negative".into());
         }
         if s.dedup_horizon.0 <= 0 {
             errs.push("state.dedup_horizon: must be positive".into());

@@ -42,6 +42,12 @@ pub enum Verdict {
     Skipped,
 }
 
+fn wall_clock_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 pub struct Pipeline {
     pub classifier: Classifier,
     pub store: WindowStore,
@@ -72,6 +78,9 @@ impl Pipeline {
 
     pub fn process(&mut self, d: Decoded<'_>) -> Verdict {
         self.counts.lines += 1;
+        if self.counts.lines % 4096 == 1 {
+            self.store.set_wall_clock(wall_clock_now());
+        }
         let verdict = match d.item {
             Err(reject) => Verdict::Reject(reject),
             Ok(item) if self.cutoff.is_some_and(|c| item.time() > c) => {
@@ -88,6 +97,17 @@ impl Pipeline {
                         Verdict::Applied
                     }
                     Outcome::Duplicate => Verdict::Duplicate,
+                    Outcome::Future => Verdict::Reject(Reject::new(
+                        RejectReason::Future,
+                        Some("event_start".into()),
+                        format!(
+                            "event_start {} is more than {} after the current time",
+                            r.event_start,
+                            crate::record::time::format_duration(
+                                self.store.config().max_future_skew.0
+                            )
+                        ),
+                    )),
                     Outcome::Late => {
                         let wm = self.store.watermark().unwrap_or_default();
                         Verdict::Reject(Reject::new(
@@ -139,7 +159,13 @@ impl Pipeline {
     /// End of input: close windows up to the newest event time (or the cutoff) and fire what is due.
     pub fn finish(&mut self) {
         let before = self.fired.len();
-        if let Some(t) = self.cutoff.or(self.newest_any) {
+        // The confirmed newest usage time ends the input (not an unconfirmed clock outlier, and not an
+        // account event, which can carry a future business date).
+        if let Some(t) = self
+            .cutoff
+            .or(self.store.newest_event_time())
+            .or(self.newest_any)
+        {
             self.store.finish(t, &mut self.fired);
         }
         self.on_fired(before);

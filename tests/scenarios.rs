@@ -127,7 +127,7 @@ fn run_scenario(dir: &Path) -> Vec<String> {
         let (_, p) =
             replay::run_quiet(&usage, events.as_deref(), config.as_deref(), at, None).unwrap();
         let as_of = at.unwrap_or_else(|| EventTime {
-            utc: p.store.newest_event_time().unwrap(),
+            utc: p.store.watermark().unwrap(),
             offset_min: p.display_offset,
         });
         let strs = |k: &str, d: &[&str]| -> Vec<String> {

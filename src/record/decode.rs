@@ -43,6 +43,8 @@ pub enum RejectReason {
     CurrencyMismatch,
     /// Older than the watermark (max event time − allowed lateness): windows have moved on.
     Late,
+    /// Stamped after the real time now plus `state.max_future_skew`: a broken producer clock.
+    Future,
 }
 
 impl RejectReason {
@@ -59,6 +61,7 @@ impl RejectReason {
             RejectReason::BadTimestamp => "bad_timestamp",
             RejectReason::CurrencyMismatch => "currency_mismatch",
             RejectReason::Late => "late",
+            RejectReason::Future => "future",
         }
     }
 }
@@ -117,7 +120,15 @@ impl Default for Decoder {
 
 impl Decoder {
     pub fn usage(&self, bytes: &[u8]) -> Result<UsageRecord, Reject> {
-        let rec: UsageRecord = self.decode(bytes)?;
+        let mut rec: UsageRecord = self.decode(bytes)?;
+        // Mediation often writes "" for an unknown account: that is no account, not one shared by all.
+        if rec.served.account_id.as_deref() == Some("") {
+            rec.served.account_id = None;
+        }
+        // The contract ignores `direction` on data records; keep it out of the record class.
+        if rec.record_type == super::RecordType::Data {
+            rec.direction = None;
+        }
         rec.validate().map_err(|(path, why)| invalid(path, why))?;
         if let Some(c) = &rec.charge.currency {
             self.check_currency(c, "charge.currency")?;

@@ -186,16 +186,27 @@ impl Cells {
             if c.end_s() <= start || !filter.matches(c.class()) {
                 continue;
             }
-            s.count += c.count() as u64;
+            s.count = s.count.saturating_add(c.count() as u64);
             charge = charge.saturating_add(c.charge);
             match c.class().bits() & 3 {
-                0 => s.duration_s += c.units,
-                2 => s.bytes += c.units,
+                0 => s.duration_s = s.duration_s.saturating_add(c.units),
+                2 => s.bytes = s.bytes.saturating_add(c.units),
                 _ => {}
             }
         }
         s.charge = Money(charge);
         s
+    }
+
+    /// Charges of every class in cells starting at or after `from`.
+    pub fn charges_since(&self, from: i64) -> Money {
+        let sum = self
+            .cells
+            .iter()
+            .rev()
+            .take_while(|c| c.start_s() >= from)
+            .fold(0i64, |a, c| a.saturating_add(c.charge));
+        Money(sum)
     }
 
     pub fn len(&self) -> usize {

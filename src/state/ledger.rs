@@ -65,6 +65,8 @@ pub struct LedgerEffects {
     pub invoice_issued: Option<(CompactString, Date, EventTime)>,
     /// A line (msisdn) named by the event belongs to this account.
     pub line: Option<Number>,
+    /// The newest invoice moved the billing cut here: unbilled usage restarts from it.
+    pub billing_cut: Option<EventTime>,
 }
 
 /// Why an event could not be applied in full; counted, never fatal.
@@ -76,6 +78,8 @@ pub enum LedgerWarning {
     AlreadyReversed(CompactString),
     #[error("invoice {0:?} issued twice; the second replaces the first")]
     InvoiceReissued(CompactString),
+    #[error("payment {0:?} received twice under different event ids; applied once")]
+    DuplicatePayment(CompactString),
 }
 
 impl Ledger {
@@ -118,27 +122,36 @@ impl Ledger {
                     inv.paid += take;
                     self.credit_balance -= take;
                 }
-                if self.last_invoice_at.is_none_or(|t| e.occurred_at >= t) {
+                if self.last_invoice_at.is_none_or(|t| e.occurred_at > t) {
                     self.last_invoice_at = Some(e.occurred_at);
+                    fx.billing_cut = Some(e.occurred_at);
                 }
-                fx.invoice_issued = Some((inv.invoice_id.clone(), inv.due_date, e.occurred_at));
+                // A reissue keeps its timer chain; the timer checks the due date when it fires.
+                if warn.is_none() {
+                    fx.invoice_issued = Some((inv.invoice_id.clone(), inv.due_date, e.occurred_at));
+                }
             }
             EventType::PaymentReceived => {
                 let p = e.payment.as_ref().expect("validated");
                 let amount = e.amount.as_ref().expect("validated").value;
-                let allocations = self.allocate(amount, p.invoice_id.as_deref());
-                super::reserve_tight(&mut self.payments);
-                self.payments.push(PaymentState {
-                    payment_id: p.payment_id.clone(),
-                    at: e.occurred_at,
-                    amount,
-                    allocations,
-                    reversed_at: None,
-                });
+                if self.payments.iter().any(|x| x.payment_id == p.payment_id) {
+                    warn = Some(LedgerWarning::DuplicatePayment(p.payment_id.clone()));
+                } else {
+                    let allocations = self.allocate(amount, p.invoice_id.as_deref());
+                    super::reserve_tight(&mut self.payments);
+                    self.payments.push(PaymentState {
+                        payment_id: p.payment_id.clone(),
+                        at: e.occurred_at,
+                        amount,
+                        allocations,
+                        reversed_at: None,
+                    });
+                }
             }
             EventType::PaymentReversed => {
                 let p = e.payment.as_ref().expect("validated");
                 let target = p.reversed_payment_id.as_ref().expect("validated");
+                let amount = e.amount.as_ref().expect("validated").value;
                 match self.payments.iter_mut().find(|x| x.payment_id == target) {
                     None => warn = Some(LedgerWarning::UnknownPayment(target.clone())),
                     Some(pay) if pay.reversed_at.is_some() => {
@@ -146,16 +159,25 @@ impl Ledger {
                     }
                     Some(pay) => {
                         pay.reversed_at = Some(e.occurred_at);
-                        let mut unallocated = pay.amount;
-                        for (inv_id, amt) in &pay.allocations {
-                            if let Some(inv) =
-                                self.invoices.iter_mut().find(|x| x.invoice_id == inv_id)
-                            {
-                                inv.paid -= *amt;
+                        // A chargeback may be partial: undo up to its amount, credit first, then the
+                        // most recent allocations. What cannot go back on an invoice (pruned, or settled
+                        // from credit this payment created) becomes negative credit: money owed.
+                        let mut left = amount.min(pay.amount);
+                        let allocated: Money = pay.allocations.iter().map(|(_, m)| *m).sum();
+                        let from_credit = (pay.amount - allocated).min(left);
+                        self.credit_balance -= from_credit;
+                        left -= from_credit;
+                        for (inv_id, amt) in pay.allocations.iter().rev() {
+                            if left <= Money::ZERO {
+                                break;
                             }
-                            unallocated -= *amt;
+                            let undo = (*amt).min(left);
+                            left -= undo;
+                            match self.invoices.iter_mut().find(|x| x.invoice_id == inv_id) {
+                                Some(inv) => inv.paid -= undo,
+                                None => self.credit_balance -= undo,
+                            }
                         }
-                        self.credit_balance -= unallocated;
                     }
                 }
                 // Even an unknown reversal is a reversal: count it for the "second within 90 days" test.
@@ -191,8 +213,14 @@ impl Ledger {
             }
         };
         if let Some(id) = invoice_id {
-            if let Some(inv) = self.invoices.iter_mut().find(|x| x.invoice_id == id) {
-                settle(inv, &mut left);
+            match self.invoices.iter_mut().find(|x| x.invoice_id == id) {
+                Some(inv) => settle(inv, &mut left),
+                // Paid before billing told us about the invoice: hold it as credit, which settles
+                // the invoice when it is issued, instead of spending it on an older one.
+                None => {
+                    self.credit_balance += left;
+                    return out;
+                }
             }
         }
         let mut open: Vec<usize> = (0..self.invoices.len())
@@ -224,7 +252,8 @@ impl Ledger {
 
     /// Unpaid invoices plus unbilled usage: what the customer owes or will owe.
     pub fn exposure(&self) -> Money {
-        self.unpaid() + self.unbilled - self.credit_balance.max(Money::ZERO)
+        // Negative credit (a reversal that could not go back on an invoice) is owed too.
+        self.unpaid() + self.unbilled - self.credit_balance
     }
 
     pub fn promise_active(&self, at: EventTime) -> bool {
@@ -250,9 +279,17 @@ impl Ledger {
     /// True when the ledger holds nothing worth keeping for an idle account.
     pub fn is_empty(&self) -> bool {
         self.invoices.is_empty()
+            && self.payments.is_empty()
+            && self.reversals.is_empty()
             && self.credit_limit.is_none()
             && self.segment == Segment::Consumer
-            && self.payments.is_empty()
+            && self.activated_at.is_none()
+            && self.deactivated_at.is_none()
+            && self.promise_to_pay_until.is_none()
+            && self.credit_balance == Money::ZERO
+            && self.unbilled == Money::ZERO
+            && self.last_invoice_at.is_none()
+            && self.last_sim_change.is_none()
     }
 }
 
@@ -310,6 +347,46 @@ mod tests {
         l.apply(&invoice("I1", "2026-11-15", "80.00"));
         assert_eq!(l.unpaid(), Money::parse("50").unwrap());
         assert_eq!(l.credit_balance, Money::ZERO);
+    }
+
+    fn reversal(id: &str, of: &str, amount: &str) -> AccountEvent {
+        ev(&format!(
+            r#"{{"event_id":"e-{id}","event_type":"payment_reversed","occurred_at":"2026-11-12T00:00:00+01:00","account_id":"A","payment":{{"payment_id":"{id}","reversed_payment_id":"{of}"}},"amount":{{"value":"{amount}"}}}}"#
+        ))
+    }
+
+    // Regression (review): reversing a payment whose credit had settled a later invoice left the
+    // account owing less than billing says.
+    #[test]
+    fn reversing_credit_that_was_spent_leaves_the_debt() {
+        let mut l = Ledger::default();
+        l.apply(&payment("P1", None, "30.00"));
+        l.apply(&invoice("I1", "2026-11-15", "80.00"));
+        l.apply(&reversal("R1", "P1", "30.00"));
+        assert_eq!(l.exposure(), Money::parse("80").unwrap());
+    }
+
+    // Regression (review): a partial chargeback reversed the whole payment.
+    #[test]
+    fn partial_chargeback_reverses_only_its_amount() {
+        let mut l = Ledger::default();
+        l.apply(&invoice("I1", "2026-11-15", "80.00"));
+        l.apply(&payment("P1", Some("I1"), "80.00"));
+        l.apply(&reversal("R1", "P1", "30.00"));
+        assert_eq!(l.unpaid(), Money::parse("30").unwrap());
+    }
+
+    // Regression (review): a payment naming an invoice not yet issued went to an older invoice.
+    #[test]
+    fn payment_for_an_unknown_invoice_waits_as_credit() {
+        let mut l = Ledger::default();
+        l.apply(&invoice("OLD", "2026-10-15", "20.00"));
+        l.apply(&payment("P1", Some("NEW"), "50.00"));
+        assert_eq!(l.invoices[0].remaining(), Money::parse("20").unwrap());
+        l.apply(&invoice("NEW", "2026-11-15", "50.00"));
+        assert_eq!(l.unpaid(), Money::parse("20").unwrap());
+        let (_, warn) = l.apply(&payment("P1", Some("NEW"), "50.00"));
+        assert_eq!(warn, Some(LedgerWarning::DuplicatePayment("P1".into())));
     }
 
     #[test]

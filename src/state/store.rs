@@ -36,6 +36,10 @@ pub enum Outcome {
     Duplicate,
     /// Older than the watermark: dead-lettered by the caller with reason `late`.
     Late,
+    /// Stamped after the wall clock plus `max_future_skew`: dead-lettered with reason `future`. One
+    /// such record (year 2099, or 2027 for 2026) would otherwise move the watermark and make all real
+    /// traffic late.
+    Future,
 }
 
 /// An account: its credit ledger and its lines. Usage features come from the lines (`AccountUsage`).
@@ -57,12 +61,17 @@ impl AccountUsage<'_> {
         let mut total = WindowSums::default();
         for e in &self.lines {
             let s = e.sum(filter, window_s, end);
-            total.count += s.count;
-            total.duration_s += s.duration_s;
-            total.bytes += s.bytes;
+            total.count = total.count.saturating_add(s.count);
+            total.duration_s = total.duration_s.saturating_add(s.duration_s);
+            total.bytes = total.bytes.saturating_add(s.bytes);
             total.charge += s.charge;
         }
         total
+    }
+
+    /// Charges in buckets starting at or after `from` (unbilled usage since an invoice).
+    pub fn charges_since(&self, from: i64) -> crate::record::Money {
+        self.lines.iter().map(|e| e.cells.charges_since(from)).sum()
     }
 
     fn distinct(&self, kind: SeenKind, filter: &ClassFilter, window_s: i64, end: i64) -> u32 {
@@ -121,6 +130,8 @@ pub struct WindowStore {
     dedup: Dedup,
     /// Newest usage event time (UTC seconds), if any.
     newest: Option<i64>,
+    /// Real time now; usage stamped later than this plus `max_future_skew` cannot be genuine.
+    wall_clock: i64,
     /// Set by `finish`: the end of input closes every window.
     final_watermark: Option<i64>,
     next_maintenance: i64,
@@ -135,7 +146,11 @@ pub struct StoreCounters {
     pub duplicates: u64,
     pub late: u64,
     pub timers_fired: u64,
+    /// Timers whose invoice was reissued with another due date or whose account is gone.
+    pub timers_cancelled: u64,
     pub evicted_entities: u64,
+    /// Usage stamped in the future of the wall clock (a broken producer clock).
+    pub future: u64,
     /// Account events that could not be applied in full, by reason (`unknown_payment`...).
     pub ledger_warnings: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -179,6 +194,7 @@ impl WindowStore {
             line_accounts: AHashMap::new(),
             timers: TimerQueue::default(),
             newest: None,
+            wall_clock: i64::MAX / 2,
             final_watermark: None,
             next_maintenance: i64::MIN,
             counters: StoreCounters::default(),
@@ -200,6 +216,10 @@ impl WindowStore {
         if self.watermark().is_some_and(|w| t < w) {
             self.counters.late += 1;
             return Outcome::Late;
+        }
+        if t > self.wall_clock + self.cfg.max_future_skew.0 {
+            self.counters.future += 1;
+            return Outcome::Future;
         }
         let newest = self.newest.map_or(t, |n| n.max(t));
         if self.dedup.check_and_insert(0, &r.record_id, newest) {
@@ -251,38 +271,31 @@ impl WindowStore {
             .entry(msisdn.key())
             .or_insert_with(|| Entity::new(t));
         sub.apply(&c, &limits);
+        let previous = sub.account;
         let known = self
             .accounts
-            .get(sub.account as usize)
+            .get(previous as usize)
             .and_then(Option::as_deref);
         let slot = match (&r.served.account_id, known) {
             // The common case: the same account as last time, no index lookup.
-            (Some(id), Some(acct)) if acct.id == *id => sub.account,
-            (Some(id), _) => {
-                let slot = account_slot(&mut self.accounts, &mut self.account_index, id);
-                sub.account = slot;
-                slot
-            }
-            (None, _) if sub.account == NO_ACCOUNT => {
-                let slot = self
-                    .line_accounts
-                    .get(&msisdn.key())
-                    .copied()
-                    .unwrap_or(NO_ACCOUNT);
-                sub.account = slot;
-                slot
-            }
-            (None, _) => sub.account,
+            (Some(id), Some(acct)) if acct.id == *id => previous,
+            (Some(id), _) => account_slot(&mut self.accounts, &mut self.account_index, id),
+            (None, _) if previous == NO_ACCOUNT => self
+                .line_accounts
+                .get(&msisdn.key())
+                .copied()
+                .unwrap_or(NO_ACCOUNT),
+            (None, _) => previous,
         };
+        sub.account = slot;
+        if slot != previous {
+            move_line(&mut self.accounts, msisdn, previous, slot);
+        }
         if let Some(acct) = self
             .accounts
             .get_mut(slot as usize)
             .and_then(Option::as_mut)
         {
-            if !acct.lines.contains(&msisdn) {
-                super::reserve_tight(&mut acct.lines);
-                acct.lines.push(msisdn);
-            }
             if acct.ledger.last_invoice_at.is_none_or(|i| t >= i.utc) {
                 acct.ledger.unbilled += r.charge.amount;
             }
@@ -322,10 +335,8 @@ impl WindowStore {
     }
 
     pub fn apply_event(&mut self, e: &AccountEvent) -> Outcome {
-        let newest = self
-            .newest
-            .unwrap_or(e.occurred_at.utc)
-            .max(e.occurred_at.utc);
+        // Usage time clocks the dedup generations; billing's business dates must not rotate them.
+        let newest = self.newest.unwrap_or(e.occurred_at.utc);
         if self.dedup.check_and_insert(1, &e.event_id, newest) {
             self.counters.duplicates += 1;
             return Outcome::Duplicate;
@@ -339,40 +350,42 @@ impl WindowStore {
                 LedgerWarning::UnknownPayment(_) => "unknown_payment",
                 LedgerWarning::AlreadyReversed(_) => "already_reversed",
                 LedgerWarning::InvoiceReissued(_) => "invoice_reissued",
+                LedgerWarning::DuplicatePayment(_) => "duplicate_payment",
             };
             *self.counters.ledger_warnings.entry(key).or_default() += 1;
             tracing::debug!(account = %e.account_id, event = %e.event_id, "{w}");
         }
         if let Some(line) = fx.line {
-            if !acct.lines.contains(&line) {
-                super::reserve_tight(&mut acct.lines);
-                acct.lines.push(line);
-            }
             self.line_accounts.insert(line.key(), slot);
-            if let Some(sub) = self.subscribers.get_mut(&line.key()) {
-                sub.account = slot;
-            }
+            let previous = match self.subscribers.get_mut(&line.key()) {
+                Some(sub) => std::mem::replace(&mut sub.account, slot),
+                None => NO_ACCOUNT,
+            };
+            move_line(&mut self.accounts, line, previous, slot);
+        }
+        if let Some(issued_at) = fx.billing_cut {
+            // Usage before the invoice was billed by it; what remains unbilled is usage since. Buckets
+            // that start before the cut are left out (usage within a bucket of an invoice is billed).
+            let acct = self.accounts[slot as usize].as_deref().expect("live slot");
+            let unbilled = self.usage_of(acct).charges_since(issued_at.utc);
+            self.accounts[slot as usize]
+                .as_mut()
+                .expect("live slot")
+                .ledger
+                .unbilled = unbilled;
         }
         if let Some((invoice_id, due, issued_at)) = fx.invoice_issued {
-            // Usage before the invoice was billed by it; what remains unbilled is usage since.
-            let acct = self.accounts[slot as usize].as_deref().expect("live slot");
-            let usage = self.usage_of(acct);
-            let unbilled = match usage.last_seen() {
-                Some(last) => {
-                    usage
-                        .sum(&ClassFilter::all(), (last - issued_at.utc).max(0), last)
-                        .charge
-                }
-                None => crate::record::Money::ZERO,
-            };
-            let acct = self.accounts[slot as usize].as_mut().expect("live slot");
-            acct.ledger.unbilled = unbilled;
             // Only the first stage is pending; each stage schedules the next when it fires (`advance`),
             // so an invoice costs one pending timer, not one per stage.
             if let Some(&days) = self.cfg.invoice_overdue_days.iter().min() {
                 let at = due.plus_days(days as i32).midnight(issued_at.offset_min);
                 let kind = TimerKind::InvoiceOverdue { invoice_id, days };
-                self.timers.schedule(at, acct.id.clone(), kind);
+                let id = self.accounts[slot as usize]
+                    .as_ref()
+                    .expect("live slot")
+                    .id
+                    .clone();
+                self.timers.schedule(at, id, kind);
             }
         }
         Outcome::Accepted
@@ -381,10 +394,30 @@ impl WindowStore {
     /// Fires the timers the watermark has passed and runs periodic maintenance.
     pub fn advance(&mut self, fired: &mut Vec<Timer>) {
         let Some(w) = self.watermark() else { return };
+        self.fire_timers(w, fired);
+        if w >= self.next_maintenance {
+            self.maintain(w);
+            self.next_maintenance = w + MAINTENANCE_EVERY_S;
+        }
+    }
+
+    fn fire_timers(&mut self, w: i64, fired: &mut Vec<Timer>) {
         // One at a time, so a stage scheduled by an earlier one that is already due fires in time order.
         while let Some(t) = self.timers.pop_due(w) {
-            self.counters.timers_fired += 1;
             let TimerKind::InvoiceOverdue { invoice_id, days } = &t.kind;
+            let due_date = crate::record::Date::of(t.at).plus_days(-(*days as i32));
+            // An invoice reissued with another due date, or an evicted account, cancels the timer.
+            let current = self.account(&t.account_id).is_some_and(|a| {
+                a.ledger
+                    .invoices
+                    .iter()
+                    .any(|i| i.invoice_id == *invoice_id && i.due_date == due_date)
+            });
+            if !current {
+                self.counters.timers_cancelled += 1;
+                continue;
+            }
+            self.counters.timers_fired += 1;
             let next = self
                 .cfg
                 .invoice_overdue_days
@@ -393,7 +426,6 @@ impl WindowStore {
                 .filter(|d| d > days)
                 .min();
             if let Some(next) = next {
-                let due_date = crate::record::Date::of(t.at).plus_days(-(*days as i32));
                 let at = due_date.plus_days(next as i32).midnight(t.at.offset_min);
                 let kind = TimerKind::InvoiceOverdue {
                     invoice_id: invoice_id.clone(),
@@ -403,18 +435,21 @@ impl WindowStore {
             }
             fired.push(t);
         }
-        if w >= self.next_maintenance {
-            self.maintain(w);
-            self.next_maintenance = w + MAINTENANCE_EVERY_S;
-        }
     }
 
-    /// End of input: no more records can arrive, so the watermark moves up to the newest event time of
-    /// any record (usage or account event) and due timers fire. Timers later than that stay pending.
-    pub fn finish(&mut self, newest_any: i64, fired: &mut Vec<Timer>) {
-        let w = self.newest.unwrap_or(newest_any).max(newest_any);
+    /// End of input: no more records can arrive, so the watermark moves up to `end` (the newest usage
+    /// time, or the inspect cutoff) and due timers fire. No eviction here: the final state is what
+    /// `inspect` and the summary report on.
+    pub fn finish(&mut self, end: i64, fired: &mut Vec<Timer>) {
+        let w = self.newest.map_or(end, |n| n.max(end));
         self.final_watermark = Some(w);
-        self.advance(fired);
+        self.fire_timers(w, fired);
+    }
+
+    /// The real time now (UTC seconds), for the future-skew check. The caller reads the system clock;
+    /// event time drives everything else.
+    pub fn set_wall_clock(&mut self, now: i64) {
+        self.wall_clock = now;
     }
 
     /// Rolls every entity up to `now` and evicts those idle for longer than the longest window.
@@ -554,6 +589,22 @@ impl WindowStore {
             account_bytes,
             dedup_bytes,
             estimated_bytes: entity_bytes + account_bytes + dedup_bytes,
+        }
+    }
+}
+
+/// Moves a line's membership from one account slot to another (either may be `NO_ACCOUNT`), so a
+/// number ported between customers is counted in one account's view only.
+fn move_line(accounts: &mut [Option<Box<Account>>], line: Number, from: u32, to: u32) {
+    if from != to {
+        if let Some(old) = accounts.get_mut(from as usize).and_then(Option::as_mut) {
+            old.lines.retain(|l| *l != line);
+        }
+    }
+    if let Some(new) = accounts.get_mut(to as usize).and_then(Option::as_mut) {
+        if !new.lines.contains(&line) {
+            super::reserve_tight(&mut new.lines);
+            new.lines.push(line);
         }
     }
 }
