@@ -627,3 +627,69 @@ fn account_slot(
     index.insert(id.clone(), slot);
     slot
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{Classifier, PrefixList};
+    use crate::record::Decoder;
+
+    fn record(id: &str, t: &str, msisdn: &str, account: &str) -> UsageRecord {
+        let json = format!(
+            r#"{{"record_id":"{id}","record_type":"voice","direction":"mo","event_start":"{t}","duration_s":60,"served":{{"msisdn":"{msisdn}","account_id":"{account}"}},"other_party":{{"number":"33611111111"}}}}"#
+        );
+        Decoder::default().usage(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn idle_entities_are_evicted_after_the_longest_window_but_ledgers_stay() {
+        let classifier = Classifier::new(Number::parse("33").unwrap(), PrefixList::new());
+        let mut store = WindowStore::new(StateConfig::default());
+        let mut fired = Vec::new();
+        let apply = |store: &mut WindowStore, r: UsageRecord, fired: &mut Vec<Timer>| {
+            let class = classifier.classify(&r);
+            assert_eq!(store.apply_usage(&r, class), Outcome::Accepted);
+            store.advance(fired);
+        };
+        apply(
+            &mut store,
+            record("a", "2026-09-01T10:00:00Z", "33600000001", "A-1"),
+            &mut fired,
+        );
+        let limit = Decoder::default()
+            .account_event(br#"{"event_id":"c","event_type":"credit_limit_changed","occurred_at":"2026-09-01T10:00:00Z","account_id":"A-1","credit":{"credit_limit":"50"}}"#)
+            .unwrap();
+        store.apply_event(&limit);
+        apply(
+            &mut store,
+            record("b", "2026-09-01T10:00:00Z", "33600000002", "A-2"),
+            &mut fired,
+        );
+        // 34 days later both are still within the 35-day window.
+        apply(
+            &mut store,
+            record("c", "2026-10-05T10:00:00Z", "33600000003", "A-3"),
+            &mut fired,
+        );
+        assert_eq!(store.size().subscribers, 3);
+        // 36 days later: the idle subscribers go, the account with a credit limit keeps its ledger,
+        // the account with nothing left goes too.
+        apply(
+            &mut store,
+            record("d", "2026-10-08T10:00:00Z", "33600000003", "A-3"),
+            &mut fired,
+        );
+        assert!(store
+            .subscriber(Number::parse("33600000001").unwrap())
+            .is_none());
+        assert!(store
+            .subscriber(Number::parse("33600000003").unwrap())
+            .is_some());
+        assert_eq!(
+            store.account("A-1").unwrap().ledger.credit_limit,
+            Some(crate::record::Money::from_units(50))
+        );
+        assert!(store.account("A-2").is_none());
+        assert_eq!(store.counters.evicted_entities, 3);
+    }
+}
