@@ -147,14 +147,16 @@ impl Kind {
     }
 }
 
-fn check_valid_fixture(file: &str, kind: Kind, min_lines: usize) {
+/// The schema for `kind` and the lines of a fixture that must hold at least `min_lines`.
+fn load_fixture(file: &str, kind: Kind, min_lines: usize) -> (Schema, Vec<(usize, String)>) {
     let schema = Schema::load(kind.schema());
     let lines = fixture(file);
-    assert!(
-        lines.len() >= min_lines,
-        "{file}: {} lines, want ≥ {min_lines}",
-        lines.len()
-    );
+    assert!(lines.len() >= min_lines, "{file}: {} lines, want ≥ {min_lines}", lines.len());
+    (schema, lines)
+}
+
+fn check_valid_fixture(file: &str, kind: Kind, min_lines: usize) {
+    let (schema, lines) = load_fixture(file, kind, min_lines);
     let mut failures = Vec::new();
     for (n, line) in &lines {
         let value = parse(file, *n, line);
@@ -173,13 +175,7 @@ fn check_valid_fixture(file: &str, kind: Kind, min_lines: usize) {
 }
 
 fn check_invalid_fixture(file: &str, kind: Kind, min_lines: usize) {
-    let schema = Schema::load(kind.schema());
-    let lines = fixture(file);
-    assert!(
-        lines.len() >= min_lines,
-        "{file}: {} lines, want ≥ {min_lines}",
-        lines.len()
-    );
+    let (schema, lines) = load_fixture(file, kind, min_lines);
     let mut failures = Vec::new();
     for (n, line) in &lines {
         let value = parse(file, *n, line);
