@@ -151,7 +151,11 @@ impl Kind {
 fn load_fixture(file: &str, kind: Kind, min_lines: usize) -> (Schema, Vec<(usize, String)>) {
     let schema = Schema::load(kind.schema());
     let lines = fixture(file);
-    assert!(lines.len() >= min_lines, "{file}: {} lines, want ≥ {min_lines}", lines.len());
+    assert!(
+        lines.len() >= min_lines,
+        "{file}: {} lines, want ≥ {min_lines}",
+        lines.len()
+    );
     (schema, lines)
 }
 
