@@ -114,8 +114,9 @@ impl Pipeline {
                             RejectReason::Late,
                             Some("event_start".into()),
                             format!(
-                                "event_start {} is before the watermark {} (allowed lateness {})",
+                                "event_start {} + duration_s {} ends before the watermark {} (allowed lateness {})",
                                 r.event_start,
+                                r.duration_s,
                                 crate::record::EventTime {
                                     utc: wm,
                                     offset_min: r.event_start.offset_min

@@ -213,7 +213,11 @@ impl WindowStore {
 
     pub fn apply_usage(&mut self, r: &UsageRecord, class: RecordClass) -> Outcome {
         let t = r.event_start.utc;
-        if self.watermark().is_some_and(|w| t < w) {
+        // A CDR exists only once its call or session has ended, so lateness is judged on its end: a
+        // 7-hour data session delivered when it closes is on time, though it started before the
+        // watermark. Windows still place it at its start.
+        let ends = t + r.duration_s as i64;
+        if self.watermark().is_some_and(|w| ends < w) {
             self.counters.late += 1;
             return Outcome::Late;
         }
