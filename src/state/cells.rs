@@ -54,7 +54,7 @@ fn tier_for_age(age_s: i64) -> u32 {
 }
 
 /// 24 bytes: bucket start + tier, class + count, and the three sums.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cell {
     /// tier (2 bits) << 28 | tick of the bucket start (28 bits: good until year 2170).
     key: u32,
@@ -107,7 +107,7 @@ pub struct WindowSums {
 }
 
 /// The sorted cells of one entity.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Cells {
     cells: Vec<Cell>,
 }

@@ -10,6 +10,10 @@ use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// The fingerprints are already uniformly distributed: hashing them again would waste time.
+fn fingerprint_hasher() -> ahash::RandomState {
+    ahash::RandomState::with_seeds(0x6364_7267, 0x7561_7264, 0x6475_7065, 0x6b65_7973)
+}
+
 #[derive(Default)]
 pub struct Identity(u64);
 
@@ -27,11 +31,14 @@ impl Hasher for Identity {
 
 type FingerprintSet = HashSet<u64, BuildHasherDefault<Identity>>;
 
+/// Snapshotted as the two fingerprint sets and the generation start; the hasher has fixed seeds.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Dedup {
     current: FingerprintSet,
     previous: FingerprintSet,
     generation_start: Option<i64>,
     horizon_s: i64,
+    #[serde(skip, default = "fingerprint_hasher")]
     hasher: ahash::RandomState,
 }
 

@@ -18,7 +18,7 @@ pub enum SeenKind {
     Cell = 1,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Seen {
     hash: u32,
     /// Tick (20 s) of the last sighting.
@@ -33,7 +33,7 @@ impl Seen {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct DistinctSet {
     seen: Vec<Seen>,
 }

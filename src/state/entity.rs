@@ -7,7 +7,7 @@ use super::cells::{Cells, WindowSums};
 use super::distinct::{DistinctSet, SeenKind};
 
 /// A position fix from a record's location block.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Fix {
     pub at: i64,
     pub lat: f32,
@@ -15,7 +15,7 @@ pub struct Fix {
 }
 
 /// A voice call's time span, for overlap (simultaneous calls from one identity).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Span {
     pub start: i64,
     pub end: i64,
@@ -23,7 +23,7 @@ pub struct Span {
 
 /// State of one entity. Every part is empty (no heap) until used: an entity with one record costs
 /// the struct plus one cell, one or two distinct entries.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Entity {
     pub cells: Cells,
     pub distinct: DistinctSet,
@@ -144,7 +144,7 @@ impl Entity {
 }
 
 /// The retention limits every entity applies (from `StateConfig`).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     pub retention_s: i64,
     pub distinct_horizon_s: i64,

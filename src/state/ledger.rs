@@ -5,11 +5,11 @@
 //! allocations of the payment it reverses, so the ledger never drifts from billing's view.
 
 use compact_str::CompactString;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::record::{AccountEvent, Date, EventTime, EventType, Money, Number, Segment};
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InvoiceState {
     pub invoice_id: CompactString,
     pub issued_at: EventTime,
@@ -29,7 +29,7 @@ impl InvoiceState {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PaymentState {
     pub payment_id: CompactString,
     pub at: EventTime,
@@ -39,7 +39,7 @@ pub struct PaymentState {
     pub reversed_at: Option<EventTime>,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Ledger {
     pub segment: Segment,
     pub credit_limit: Option<Money>,

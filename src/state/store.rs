@@ -43,7 +43,7 @@ pub enum Outcome {
 }
 
 /// An account: its credit ledger and its lines. Usage features come from the lines (`AccountUsage`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Account {
     pub id: CompactString,
     pub ledger: Ledger,
@@ -114,6 +114,7 @@ impl AccountUsage<'_> {
 /// themselves up as they are updated; this sweep is for memory held by the idle ones.
 const MAINTENANCE_EVERY_S: i64 = 6 * 3600;
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct WindowStore {
     cfg: StateConfig,
     limits: Limits,
@@ -130,7 +131,9 @@ pub struct WindowStore {
     dedup: Dedup,
     /// Newest usage event time (UTC seconds), if any.
     newest: Option<i64>,
-    /// Real time now; usage stamped later than this plus `max_future_skew` cannot be genuine.
+    /// Real time now; usage stamped later than this plus `max_future_skew` cannot be genuine. Read
+    /// again after a restore, never snapshotted.
+    #[serde(skip, default = "far_future")]
     wall_clock: i64,
     /// Set by `finish`: the end of input closes every window.
     final_watermark: Option<i64>,
@@ -139,7 +142,7 @@ pub struct WindowStore {
 }
 
 /// Counts the store keeps for the summary and metrics.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct StoreCounters {
     pub usage_applied: u64,
     pub events_applied: u64,
@@ -152,7 +155,7 @@ pub struct StoreCounters {
     /// Usage stamped in the future of the wall clock (a broken producer clock).
     pub future: u64,
     /// Account events that could not be applied in full, by reason (`unknown_payment`...).
-    pub ledger_warnings: std::collections::BTreeMap<&'static str, u64>,
+    pub ledger_warnings: std::collections::BTreeMap<String, u64>,
 }
 
 /// Entity counts and an estimate of heap bytes, for the summary and memory reports.
@@ -194,7 +197,7 @@ impl WindowStore {
             line_accounts: AHashMap::new(),
             timers: TimerQueue::default(),
             newest: None,
-            wall_clock: i64::MAX / 2,
+            wall_clock: far_future(),
             final_watermark: None,
             next_maintenance: i64::MIN,
             counters: StoreCounters::default(),
@@ -356,7 +359,11 @@ impl WindowStore {
                 LedgerWarning::InvoiceReissued(_) => "invoice_reissued",
                 LedgerWarning::DuplicatePayment(_) => "duplicate_payment",
             };
-            *self.counters.ledger_warnings.entry(key).or_default() += 1;
+            *self
+                .counters
+                .ledger_warnings
+                .entry(key.to_string())
+                .or_default() += 1;
             tracing::debug!(account = %e.account_id, event = %e.event_id, "{w}");
         }
         if let Some(line) = fx.line {
@@ -595,6 +602,10 @@ impl WindowStore {
             estimated_bytes: entity_bytes + account_bytes + dedup_bytes,
         }
     }
+}
+
+fn far_future() -> i64 {
+    i64::MAX / 2
 }
 
 /// Moves a line's membership from one account slot to another (either may be `NO_ACCOUNT`), so a

@@ -6,11 +6,11 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use compact_str::CompactString;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::record::EventTime;
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TimerKind {
     /// `days` days after the invoice's due date (local midnight of the invoice's offset).
@@ -20,9 +20,10 @@ pub enum TimerKind {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Timer {
     pub at: EventTime,
+    /// Firing order among timers due at the same instant (scheduling order).
     #[serde(skip)]
     pub seq: u64,
     pub account_id: CompactString,
@@ -30,7 +31,10 @@ pub struct Timer {
     pub kind: TimerKind,
 }
 
-#[derive(Clone, Debug, Default)]
+/// Snapshotted as the pending timers in firing order; restoring renumbers them in that order, so the
+/// firing order survives a restart.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(from = "Vec<Timer>", into = "Vec<Timer>")]
 pub struct TimerQueue {
     heap: BinaryHeap<Reverse<(i64, u64, Timer)>>,
     seq: u64,
@@ -79,6 +83,24 @@ impl TimerQueue {
 
     pub fn heap_bytes(&self) -> usize {
         self.heap.capacity() * std::mem::size_of::<Reverse<(i64, u64, Timer)>>()
+    }
+}
+
+impl From<TimerQueue> for Vec<Timer> {
+    fn from(q: TimerQueue) -> Vec<Timer> {
+        let mut v: Vec<_> = q.heap.into_iter().map(|Reverse(e)| e).collect();
+        v.sort();
+        v.into_iter().map(|(_, _, t)| t).collect()
+    }
+}
+
+impl From<Vec<Timer>> for TimerQueue {
+    fn from(v: Vec<Timer>) -> TimerQueue {
+        let mut q = TimerQueue::default();
+        for t in v {
+            q.schedule(t.at, t.account_id, t.kind);
+        }
+        q
     }
 }
 
