@@ -91,6 +91,42 @@ fn bench(c: &mut Criterion) {
             size.estimated_bytes / size.subscribers.max(1)
         );
     }
+
+    // A Wangiri wave: one foreign number rings 100,000 distinct subscribers (short MT calls). Its
+    // distinct-victims set grows with every call; each call must stay cheap while it does.
+    let mut store = WindowStore::new(StateConfig::default());
+    let mut rng = fastrand::Rng::with_seed(9);
+    let wave = |i: u64, t: i64| {
+        let json = format!(
+            r#"{{"record_id":"w-{i}","record_type":"voice","direction":"mt","event_start":"{}","duration_s":1,"answered":false,"served":{{"msisdn":"3360{:07}"}},"other_party":{{"number":"88213000123"}}}}"#,
+            EventTime {
+                utc: t,
+                offset_min: 60
+            },
+            i % 10_000_000
+        );
+        Decoder::default().usage(json.as_bytes()).unwrap()
+    };
+    let mut t = 1_795_000_000i64;
+    for i in 0..100_000u64 {
+        t += rng.i64(0..2);
+        let r = wave(i, t);
+        let class = classifier.classify(&r);
+        store.apply_usage(&r, class);
+    }
+    let mut next = 100_000u64;
+    g.bench_function("apply_usage/wangiri_caller_100k_victims", |b| {
+        b.iter_batched(
+            || {
+                next += 1;
+                let r = wave(next, t);
+                let class = classifier.classify(&r);
+                (r, class)
+            },
+            |(r, class)| store.apply_usage(&r, class),
+            BatchSize::SmallInput,
+        )
+    });
     g.finish();
 }
 
