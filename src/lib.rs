@@ -10,18 +10,19 @@
 //! ```
 //!
 //! Modules in data-flow order: [`source`] reads lines, [`record`] decodes them, [`classify`] gives each
-//! record its class, [`state`] keeps the windows, ledgers and timers, [`pipeline`] wires those stages per
+//! record its class, [`state`] keeps the windows, ledgers and timers, [`rules`] holds the sandbox rule scripts run in, [`pipeline`] wires those stages per
 //! record, [`sink`] writes dead letters (and alerts), [`replay`] and [`inspect`] drive it from files.
 #![forbid(unsafe_code)]
 
-pub mod classify;
-pub mod inspect;
-pub mod pipeline;
-pub mod record;
-pub mod replay;
-pub mod sink;
 pub mod source;
+pub mod record;
+pub mod classify;
 pub mod state;
+pub mod rules;
+pub mod pipeline;
+pub mod sink;
+pub mod replay;
+pub mod inspect;
 
 pub mod cli;
 pub mod config;

@@ -1,0 +1,273 @@
+//! The Rhai sandbox: the one place an engine for rule scripts is built, and the one place script
+//! failures are classified.
+//!
+//! Rule scripts are written by risk analysts and hot-reloaded into a process that handles every CDR of
+//! the operator, so a script must never hang, exhaust memory, read files or pull in code. Every limit is
+//! set explicitly here (Rhai's defaults differ between debug and release builds, so relying on them
+//! would make tests and production disagree): operations per call, call depth, expression depth,
+//! string/array/map sizes, variables and functions; `eval` is disabled; `import` resolves nothing (a
+//! resolver that finds no module, so the error names the module the analyst tried); variables must be declared (a typo is a compile error, not a silent `()`);
+//! `print`/`debug` go to the log, never to stdout.
+
+use std::fmt;
+
+use rhai::{Dynamic, Engine, EvalAltResult, Position, Scope, AST};
+
+/// Resource limits for one rule evaluation. Defaults fit the shipped rule catalogue with a wide margin
+/// (the largest rule runs in a few hundred operations).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxLimits {
+    /// Operations per call (a loop iteration, an expression, a function call each count). Default 100,000.
+    pub max_operations: u64,
+    /// Nested function calls (recursion depth). Default 16.
+    pub max_call_levels: usize,
+    /// Nesting depth of expressions at top level / inside functions. Defaults 64 / 32.
+    pub max_expr_depth: usize,
+    pub max_function_expr_depth: usize,
+    /// Longest string, in bytes. Default 4,096.
+    pub max_string_size: usize,
+    /// Largest array / object map. Defaults 1,024 / 256.
+    pub max_array_size: usize,
+    pub max_map_size: usize,
+    /// Variables in scope / functions defined per script. Defaults 256 / 64.
+    pub max_variables: usize,
+    pub max_functions: usize,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        SandboxLimits {
+            max_operations: 100_000,
+            max_call_levels: 16,
+            max_expr_depth: 64,
+            max_function_expr_depth: 32,
+            max_string_size: 4096,
+            max_array_size: 1024,
+            max_map_size: 256,
+            max_variables: 256,
+            max_functions: 64,
+        }
+    }
+}
+
+/// Builds the engine every rule runs in. This is the only constructor of `rhai::Engine` in cdrguard.
+pub fn build_engine(limits: &SandboxLimits) -> Engine {
+    let mut engine = Engine::new();
+    engine
+        .set_max_operations(limits.max_operations)
+        .set_max_call_levels(limits.max_call_levels)
+        .set_max_expr_depths(limits.max_expr_depth, limits.max_function_expr_depth)
+        .set_max_string_size(limits.max_string_size)
+        .set_max_array_size(limits.max_array_size)
+        .set_max_map_size(limits.max_map_size)
+        .set_max_variables(limits.max_variables)
+        .set_max_functions(limits.max_functions)
+        .set_strict_variables(true);
+    engine.disable_symbol("eval");
+    engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
+    engine.on_print(|text| tracing::info!(target: "cdrguard::rules::print", "{text}"));
+    engine.on_debug(|text, source, pos| {
+        tracing::debug!(target: "cdrguard::rules::debug", source = source.unwrap_or(""), line = pos.line(), "{text}")
+    });
+    engine
+}
+
+/// What went wrong in a script, precise enough to count per rule and to show an analyst.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScriptError {
+    /// The script does not compile (syntax, undeclared variable, `eval`).
+    Compile {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A sandbox limit stopped the script.
+    Limit {
+        limit: Limit,
+        line: usize,
+        column: usize,
+    },
+    /// `import` of any module.
+    Import {
+        line: usize,
+        column: usize,
+        module: String,
+    },
+    /// The script threw or failed at run time (division by zero, a missing function, `throw`).
+    Runtime {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// The script returned something its caller cannot use.
+    BadReturn { expected: &'static str, got: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    Operations,
+    CallDepth,
+    ExpressionDepth,
+    DataSize,
+    Variables,
+}
+
+impl fmt::Display for ScriptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScriptError::Compile {
+                file,
+                line,
+                column,
+                message,
+            } => write!(f, "{file}:{line}:{column}: {message}"),
+            ScriptError::Limit {
+                limit,
+                line,
+                column,
+            } => {
+                let what = match limit {
+                    Limit::Operations => "too many operations (runaway loop?)",
+                    Limit::CallDepth => "calls nested too deep (runaway recursion?)",
+                    Limit::ExpressionDepth => "expression nested too deep",
+                    Limit::DataSize => "string, array or map too large",
+                    Limit::Variables => "too many variables",
+                };
+                // Some limits (stack overflow) come without a position.
+                if *line > 0 {
+                    write!(f, "{line}:{column}: ")?;
+                }
+                write!(f, "sandbox limit: {what}")
+            }
+            ScriptError::Import {
+                line,
+                column,
+                module,
+            } => write!(
+                f,
+                "{line}:{column}: import of {module:?} is not allowed in rules"
+            ),
+            ScriptError::Runtime {
+                line,
+                column,
+                message,
+            } => write!(f, "{line}:{column}: {message}"),
+            ScriptError::BadReturn { expected, got } => {
+                write!(f, "returned {got}, expected {expected}")
+            }
+        }
+    }
+}
+
+fn line_col(p: Position) -> (usize, usize) {
+    (p.line().unwrap_or(0), p.position().unwrap_or(0))
+}
+
+/// Classifies a run-time failure. Errors inside functions arrive wrapped (`ErrorInFunctionCall`): the
+/// innermost cause and position are the useful ones.
+pub fn classify(err: &EvalAltResult) -> ScriptError {
+    let mut err = err;
+    // Some causes (stack overflow) carry no position: then the innermost call site that has one.
+    let mut pos = err.position();
+    while let EvalAltResult::ErrorInFunctionCall(_, _, inner, at) = err {
+        if !at.is_none() {
+            pos = *at;
+        }
+        err = inner;
+    }
+    if !err.position().is_none() {
+        pos = err.position();
+    }
+    let (line, column) = line_col(pos);
+    let limit = |limit| ScriptError::Limit {
+        limit,
+        line,
+        column,
+    };
+    match err {
+        EvalAltResult::ErrorTooManyOperations(..) => limit(Limit::Operations),
+        EvalAltResult::ErrorStackOverflow(..) => limit(Limit::CallDepth),
+        EvalAltResult::ErrorDataTooLarge(..) => limit(Limit::DataSize),
+        EvalAltResult::ErrorTooManyVariables(..) => limit(Limit::Variables),
+        EvalAltResult::ErrorModuleNotFound(m, ..) => ScriptError::Import {
+            line,
+            column,
+            module: m.clone(),
+        },
+        EvalAltResult::ErrorTooManyModules(..) => ScriptError::Import {
+            line,
+            column,
+            module: String::new(),
+        },
+        EvalAltResult::ErrorParsing(rhai::ParseErrorType::ExprTooDeep, ..) => {
+            limit(Limit::ExpressionDepth)
+        }
+        other => ScriptError::Runtime {
+            line,
+            column,
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Compiles a script and runs its top level once (where rules declare their metadata), so that an
+/// `import` or a failing top-level statement is refused at load time, not on the first record.
+pub fn load(
+    engine: &Engine,
+    file: &str,
+    source: &str,
+) -> Result<(AST, Scope<'static>), ScriptError> {
+    let ast = engine.compile(source).map_err(|e| {
+        let (line, column) = line_col(e.position());
+        let message = match e.err_type() {
+            rhai::ParseErrorType::ExprTooDeep => {
+                "expression nested too deep (sandbox limit)".to_string()
+            }
+            other => other.to_string(),
+        };
+        ScriptError::Compile {
+            file: file.to_string(),
+            line,
+            column,
+            message,
+        }
+    })?;
+    let mut scope = Scope::new();
+    engine
+        .run_ast_with_scope(&mut scope, &ast)
+        .map_err(|e| classify(&e))?;
+    Ok((ast, scope))
+}
+
+/// Calls `function` of a loaded script without re-running its top level.
+pub fn call(
+    engine: &Engine,
+    ast: &AST,
+    scope: &mut Scope,
+    function: &str,
+    args: impl rhai::FuncArgs,
+) -> Result<Dynamic, ScriptError> {
+    let options = rhai::CallFnOptions::new()
+        .eval_ast(false)
+        .rewind_scope(true);
+    engine
+        .call_fn_with_options::<Dynamic>(options, scope, ast, function, args)
+        .map_err(|e| classify(&e))
+}
+
+/// A rule's verdict must be nothing (`()`) or an object map describing the alert.
+pub fn expect_map_or_unit(value: Dynamic) -> Result<Option<rhai::Map>, ScriptError> {
+    if value.is_unit() {
+        return Ok(None);
+    }
+    let got = value.type_name().to_string();
+    value
+        .try_cast::<rhai::Map>()
+        .map(Some)
+        .ok_or(ScriptError::BadReturn {
+            expected: "() or an object map",
+            got,
+        })
+}
