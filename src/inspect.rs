@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::classify::ClassFilter;
 use crate::record::{EventTime, Money, Number};
-use crate::state::{Account, AccountUsage, Entity, Fix, Timer, WindowStore};
+use crate::state::{Account, Entity, Features, Fix, Timer, WindowStore};
 
 pub const DEFAULT_WINDOWS: &[&str] = &["10m", "1h", "4h", "24h", "72h", "7d", "30d"];
 pub const DEFAULT_FILTERS: &[&str] = &[
@@ -66,37 +66,6 @@ pub struct FeatureRow {
     /// `None` when the window is longer than the distinct horizon.
     pub distinct_numbers: Option<u32>,
     pub distinct_cells: Option<u32>,
-}
-
-/// Window features of one entity or of an account's lines together.
-pub trait Features {
-    fn sum(&self, filter: &ClassFilter, window_s: i64, end: i64) -> crate::state::WindowSums;
-    fn distinct_numbers(&self, filter: &ClassFilter, window_s: i64, end: i64) -> u32;
-    fn distinct_cells(&self, filter: &ClassFilter, window_s: i64, end: i64) -> u32;
-}
-
-impl Features for Entity {
-    fn sum(&self, f: &ClassFilter, w: i64, end: i64) -> crate::state::WindowSums {
-        Entity::sum(self, f, w, end)
-    }
-    fn distinct_numbers(&self, f: &ClassFilter, w: i64, end: i64) -> u32 {
-        Entity::distinct_numbers(self, f, w, end)
-    }
-    fn distinct_cells(&self, f: &ClassFilter, w: i64, end: i64) -> u32 {
-        Entity::distinct_cells(self, f, w, end)
-    }
-}
-
-impl Features for AccountUsage<'_> {
-    fn sum(&self, f: &ClassFilter, w: i64, end: i64) -> crate::state::WindowSums {
-        AccountUsage::sum(self, f, w, end)
-    }
-    fn distinct_numbers(&self, f: &ClassFilter, w: i64, end: i64) -> u32 {
-        AccountUsage::distinct_numbers(self, f, w, end)
-    }
-    fn distinct_cells(&self, f: &ClassFilter, w: i64, end: i64) -> u32 {
-        AccountUsage::distinct_cells(self, f, w, end)
-    }
 }
 
 fn features(

@@ -159,18 +159,19 @@ fn load_fixture(file: &str, kind: Kind, min_lines: usize) -> (Schema, Vec<(usize
     (schema, lines)
 }
 
+/// "<context>: schema rejects: <errors>" when `schema` rejects `value`.
+fn schema_rejection(schema: &Schema, value: &Value, context: &str) -> Option<String> {
+    let errors = schema.errors(value);
+    (!errors.is_empty())
+        .then(|| format!("{context}: schema rejects:\n    {}", errors.join("\n    ")))
+}
+
 fn check_valid_fixture(file: &str, kind: Kind, min_lines: usize) {
     let (schema, lines) = load_fixture(file, kind, min_lines);
     let mut failures = Vec::new();
     for (n, line) in &lines {
         let value = parse(file, *n, line);
-        let errors = schema.errors(&value);
-        if !errors.is_empty() {
-            failures.push(format!(
-                "{file}:{n}: schema rejects:\n    {}",
-                errors.join("\n    ")
-            ));
-        }
+        failures.extend(schema_rejection(&schema, &value, &format!("{file}:{n}")));
         if let Err(r) = kind.decode(line.as_bytes()) {
             failures.push(format!("{file}:{n}: decoder rejects: {r}"));
         }
@@ -327,13 +328,7 @@ fn alerts_round_trip_through_the_rust_type_and_validate() {
     let mut failures = Vec::new();
     for (n, line) in &lines {
         let value = parse(file, *n, line);
-        let errors = schema.errors(&value);
-        if !errors.is_empty() {
-            failures.push(format!(
-                "{file}:{n}: schema rejects the fixture:\n    {}",
-                errors.join("\n    ")
-            ));
-        }
+        failures.extend(schema_rejection(&schema, &value, &format!("{file}:{n}")));
         let alert: Alert = match serde_json::from_str(line) {
             Ok(a) => a,
             Err(e) => {
@@ -342,13 +337,11 @@ fn alerts_round_trip_through_the_rust_type_and_validate() {
             }
         };
         let out = serde_json::to_value(&alert).unwrap();
-        let errors = schema.errors(&out);
-        if !errors.is_empty() {
-            failures.push(format!(
-                "{file}:{n}: schema rejects the re-serialized alert {out}:\n    {}",
-                errors.join("\n    ")
-            ));
-        }
+        failures.extend(schema_rejection(
+            &schema,
+            &out,
+            &format!("{file}:{n}: re-serialized alert {out}"),
+        ));
         if out != value {
             failures.push(format!(
                 "{file}:{n}: re-serialization differs:\n    in:  {value}\n    out: {out}"

@@ -51,12 +51,7 @@ impl Classifier {
 
     pub fn classify(&self, r: &UsageRecord) -> RecordClass {
         let mut flags = 0u16;
-        // For a forwarded call the risk is where it was forwarded to, not who called.
-        let dest = if r.is_forwarded() {
-            r.forwarded_to().or(r.other_party.number)
-        } else {
-            r.other_party.number
-        };
+        let dest = r.destination();
         if let Some(n) = dest {
             if self.is_international(n) {
                 flags |= INTERNATIONAL;

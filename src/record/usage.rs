@@ -125,6 +125,16 @@ impl UsageRecord {
             })
     }
 
+    /// The number this record's traffic went to: for a forwarded call the forward target (the risk
+    /// is where it was forwarded, not who called), else the other party.
+    pub fn destination(&self) -> Option<Number> {
+        if self.is_forwarded() {
+            self.forwarded_to().or(self.other_party.number)
+        } else {
+            self.other_party.number
+        }
+    }
+
     pub fn is_forwarded(&self) -> bool {
         self.direction == Some(Direction::Forwarded)
             || self.forwarding.forwarded_to_number.is_some()

@@ -106,6 +106,15 @@ pub struct WindowSums {
     pub charge: Money,
 }
 
+impl std::ops::AddAssign for WindowSums {
+    fn add_assign(&mut self, o: WindowSums) {
+        self.count = self.count.saturating_add(o.count);
+        self.duration_s = self.duration_s.saturating_add(o.duration_s);
+        self.bytes = self.bytes.saturating_add(o.bytes);
+        self.charge += o.charge;
+    }
+}
+
 /// The sorted cells of one entity.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Cells {

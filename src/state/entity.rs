@@ -5,6 +5,7 @@ use crate::record::Money;
 
 use super::cells::{Cells, WindowSums};
 use super::distinct::{DistinctSet, SeenKind};
+use super::Features;
 
 /// A position fix from a record's location block.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -112,18 +113,6 @@ impl Entity {
         self.next_compaction = now + COMPACTION_EVERY_S;
     }
 
-    pub fn sum(&self, filter: &ClassFilter, window_s: i64, end: i64) -> WindowSums {
-        self.cells.sum(filter, window_s, end)
-    }
-
-    pub fn distinct_numbers(&self, filter: &ClassFilter, window_s: i64, end: i64) -> u32 {
-        self.distinct.count(SeenKind::Number, filter, window_s, end)
-    }
-
-    pub fn distinct_cells(&self, filter: &ClassFilter, window_s: i64, end: i64) -> u32 {
-        self.distinct.count(SeenKind::Cell, filter, window_s, end)
-    }
-
     /// Calls in progress at `at` (start ≤ at < end).
     pub fn open_calls(&self, at: i64) -> usize {
         self.calls
@@ -149,4 +138,18 @@ pub struct Limits {
     pub retention_s: i64,
     pub distinct_horizon_s: i64,
     pub allowed_lateness_s: i64,
+}
+
+impl Features for Entity {
+    fn sum(&self, filter: &ClassFilter, window_s: i64, end: i64) -> WindowSums {
+        self.cells.sum(filter, window_s, end)
+    }
+
+    fn distinct_numbers(&self, filter: &ClassFilter, window_s: i64, end: i64) -> u32 {
+        self.distinct.count(SeenKind::Number, filter, window_s, end)
+    }
+
+    fn distinct_cells(&self, filter: &ClassFilter, window_s: i64, end: i64) -> u32 {
+        self.distinct.count(SeenKind::Cell, filter, window_s, end)
+    }
 }

@@ -8,6 +8,16 @@ mod ledger;
 mod store;
 mod timers;
 
+use crate::classify::ClassFilter;
+
+/// Window features of one entity, or of an account's lines read together: what `inspect` shows and
+/// rules will ask. Windows are `(end − window_s, end]` (see `cells` for the bucket rule).
+pub trait Features {
+    fn sum(&self, filter: &ClassFilter, window_s: i64, end: i64) -> WindowSums;
+    fn distinct_numbers(&self, filter: &ClassFilter, window_s: i64, end: i64) -> u32;
+    fn distinct_cells(&self, filter: &ClassFilter, window_s: i64, end: i64) -> u32;
+}
+
 pub use cells::{Cells, WindowSums, MAX_BUCKET_S, TICK_S};
 pub use distinct::SeenKind;
 pub use entity::{Entity, Fix, Limits, Span};

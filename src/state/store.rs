@@ -26,6 +26,7 @@ use super::distinct::SeenKind;
 use super::entity::{Contribution, Entity, Fix, Limits, Span, NO_ACCOUNT};
 use super::ledger::{Ledger, LedgerWarning};
 use super::timers::{Timer, TimerKind, TimerQueue};
+use super::Features;
 
 /// What happened to a record offered to the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,18 +58,6 @@ pub struct AccountUsage<'a> {
 }
 
 impl AccountUsage<'_> {
-    pub fn sum(&self, filter: &ClassFilter, window_s: i64, end: i64) -> WindowSums {
-        let mut total = WindowSums::default();
-        for e in &self.lines {
-            let s = e.sum(filter, window_s, end);
-            total.count = total.count.saturating_add(s.count);
-            total.duration_s = total.duration_s.saturating_add(s.duration_s);
-            total.bytes = total.bytes.saturating_add(s.bytes);
-            total.charge += s.charge;
-        }
-        total
-    }
-
     /// Charges in buckets starting at or after `from` (unbilled usage since an invoice).
     pub fn charges_since(&self, from: i64) -> crate::record::Money {
         self.lines.iter().map(|e| e.cells.charges_since(from)).sum()
@@ -82,14 +71,6 @@ impl AccountUsage<'_> {
         all.sort_unstable();
         all.dedup();
         all.len() as u32
-    }
-
-    pub fn distinct_numbers(&self, filter: &ClassFilter, window_s: i64, end: i64) -> u32 {
-        self.distinct(SeenKind::Number, filter, window_s, end)
-    }
-
-    pub fn distinct_cells(&self, filter: &ClassFilter, window_s: i64, end: i64) -> u32 {
-        self.distinct(SeenKind::Cell, filter, window_s, end)
     }
 
     /// Calls in progress at `at` across all lines (a PBX's concurrent calls).
@@ -107,6 +88,24 @@ impl AccountUsage<'_> {
 
     pub fn is_empty(&self) -> bool {
         self.lines.is_empty()
+    }
+}
+
+impl Features for AccountUsage<'_> {
+    fn sum(&self, filter: &ClassFilter, window_s: i64, end: i64) -> WindowSums {
+        let mut total = WindowSums::default();
+        for e in &self.lines {
+            total += e.sum(filter, window_s, end);
+        }
+        total
+    }
+
+    fn distinct_numbers(&self, filter: &ClassFilter, window_s: i64, end: i64) -> u32 {
+        self.distinct(SeenKind::Number, filter, window_s, end)
+    }
+
+    fn distinct_cells(&self, filter: &ClassFilter, window_s: i64, end: i64) -> u32 {
+        self.distinct(SeenKind::Cell, filter, window_s, end)
     }
 }
 
@@ -236,11 +235,7 @@ impl WindowStore {
         self.newest = Some(newest);
         self.counters.usage_applied += 1;
 
-        let other = if r.is_forwarded() {
-            r.forwarded_to().or(r.other_party.number)
-        } else {
-            r.other_party.number
-        };
+        let other = r.destination();
         let units = match r.record_type {
             RecordType::Voice => r.duration_s as u64,
             RecordType::Data => r.bytes(),
