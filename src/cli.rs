@@ -37,6 +37,34 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Write realistic generated traffic (usage records and account events) as NDJSON.
     Gen(GenArgs),
+    /// Compile and validate the rule library; print every problem as file:line:col. Exit 1 on errors.
+    Check(CheckArgs),
+    /// Run every rule's test cases and report pass/fail with a diff. Exit 1 on failure.
+    Test(TestArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Rule library folder (default: `rules.dir` from the config, else `rules/`).
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// Configuration file (sandbox limits, state windows).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct TestArgs {
+    /// Rule library folder (default: `rules.dir` from the config, else `rules/`).
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// Folder of cases by rule id: `<dir>/<rule_id>/<case>/`. Cases beside a rule
+    /// (`<rule_id>.cases/<case>/`) are found too.
+    #[arg(long, default_value = "fixtures/rules")]
+    pub cases: PathBuf,
+    /// Configuration file, to find `rules.dir`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -68,6 +96,15 @@ pub struct ReplayArgs {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Rule library folder (default: `rules.dir` from the config, else `rules/`).
+    #[arg(long, conflicts_with = "no_rules")]
+    pub rules: Option<PathBuf>,
+    /// Replay without rules (state and dead letters only).
+    #[arg(long)]
+    pub no_rules: bool,
+    /// Reload the rules when their files change or on SIGHUP, e.g. while replaying from stdin.
+    #[arg(long)]
+    pub watch_rules: bool,
 }
 
 #[derive(Args, Debug)]
@@ -148,7 +185,77 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Replay(a) => replay_cmd(a),
         Command::Inspect(a) => inspect_cmd(a),
         Command::Gen(a) => gen_cmd(a),
+        Command::Check(a) => check_cmd(a),
+        Command::Test(a) => test_cmd(a),
     }
+}
+
+/// The rule library folder: `--rules`, else `rules.dir` of the config, else `rules/`.
+fn rules_dir(
+    flag: Option<PathBuf>,
+    cfg: &crate::config::Config,
+    base: &std::path::Path,
+) -> PathBuf {
+    flag.or_else(|| cfg.rules.dir.as_ref().map(|d| base.join(d)))
+        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_RULES_DIR))
+}
+
+fn check_cmd(a: CheckArgs) -> anyhow::Result<i32> {
+    use crate::rules::{RuleSet, RuleSources, Shared};
+    let (cfg, base) = crate::config::Config::load(a.config.as_deref())?;
+    let dir = rules_dir(a.rules, &cfg, &base);
+    let sources = RuleSources::read(&dir)?;
+    let store = std::rc::Rc::new(std::cell::RefCell::new(crate::state::WindowStore::new(
+        cfg.state.clone(),
+    )));
+    let shared = Shared::new(store, Default::default());
+    let (errors, warnings, rules) = match RuleSet::build(&sources, &cfg.rules.sandbox, &shared) {
+        Ok(set) => (vec![], set.warnings.clone(), set.rules.len()),
+        Err(e) => (e.errors, e.warnings, 0),
+    };
+    for p in &errors {
+        println!(
+            "{}:{}:{}: error: {}",
+            p.file,
+            p.line.max(1),
+            p.column.max(1),
+            p.message
+        );
+    }
+    for p in &warnings {
+        println!(
+            "{}:{}:{}: warning: {}",
+            p.file,
+            p.line.max(1),
+            p.column.max(1),
+            p.message
+        );
+    }
+    if errors.is_empty() {
+        eprintln!(
+            "{}: {rules} rules OK (rule set {}), {} warning(s)",
+            dir.display(),
+            sources.version,
+            warnings.len()
+        );
+        Ok(0)
+    } else {
+        eprintln!(
+            "{}: {} error(s), {} warning(s)",
+            dir.display(),
+            errors.len(),
+            warnings.len()
+        );
+        Ok(1)
+    }
+}
+
+fn test_cmd(a: TestArgs) -> anyhow::Result<i32> {
+    let (cfg, base) = crate::config::Config::load(a.config.as_deref())?;
+    let dir = rules_dir(a.rules, &cfg, &base);
+    let report = crate::ruletest::run(&dir, &a.cases)?;
+    print!("{}", report.render());
+    Ok(if report.failed() > 0 { 1 } else { 0 })
 }
 
 fn replay_cmd(a: ReplayArgs) -> anyhow::Result<i32> {
@@ -162,6 +269,12 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<i32> {
         progress: !a.quiet,
         keep_fired: false,
         no_dead_letter: false,
+        rules: match (a.rules, a.no_rules) {
+            (_, true) => replay::RulesChoice::Off,
+            (Some(d), _) => replay::RulesChoice::Dir(d),
+            (None, false) => replay::RulesChoice::Default,
+        },
+        watch_rules: a.watch_rules,
     };
     let (report, _) = replay::run(&opts)?;
     eprint!("{}", report.render());
@@ -228,11 +341,11 @@ fn inspect_cmd(a: InspectArgs) -> anyhow::Result<i32> {
     }
     // "As of" is where the input closed every window: the final watermark, which timers fired up to.
     let as_of = at.unwrap_or_else(|| EventTime {
-        utc: pipeline.store.watermark().unwrap_or(0),
+        utc: pipeline.store.borrow().watermark().unwrap_or(0),
         offset_min: pipeline.display_offset,
     });
     let v = inspect::report(
-        &pipeline.store,
+        &pipeline.store.borrow(),
         &pipeline.fired,
         &target,
         as_of,

@@ -40,7 +40,38 @@ pub struct Config {
     pub reference: ReferenceConfig,
     /// Window state, lateness, de-duplication and timers.
     pub state: StateConfig,
+    /// The rule library and the sandbox its scripts run in.
+    pub rules: RulesConfig,
 }
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// The rule library folder (scripts, `params.toml`, `lists/`). Relative paths are resolved from
+    /// the config file's folder. Default `rules` in the working directory.
+    pub dir: Option<PathBuf>,
+    /// A rule that fails this many times (limits, runtime errors, bad verdicts) is quarantined until
+    /// the next reload. Default 50.
+    pub quarantine_after: u64,
+    /// How often the library folder is checked for changes when watching. Default `2s`.
+    pub watch_interval: Span,
+    /// Per-evaluation limits of the Rhai sandbox.
+    pub sandbox: crate::rules::SandboxLimits,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            dir: None,
+            quarantine_after: 50,
+            watch_interval: Span(2),
+            sandbox: Default::default(),
+        }
+    }
+}
+
+/// The rule library folder used when neither `--rules` nor `rules.dir` names one.
+pub const DEFAULT_RULES_DIR: &str = "rules";
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -219,6 +250,18 @@ impl Config {
         }
         if s.invoice_overdue_days.iter().any(|&d| d > 365) {
             errs.push("state.invoice_overdue_days: at most 365 days".into());
+        }
+        if self.rules.quarantine_after == 0 {
+            errs.push("rules.quarantine_after: at least 1".into());
+        }
+        if self.rules.watch_interval.0 <= 0 {
+            errs.push("rules.watch_interval: must be positive".into());
+        }
+        let sb = &self.rules.sandbox;
+        if sb.max_operations == 0 || sb.max_call_levels == 0 || sb.max_expr_depth == 0 {
+            errs.push(
+                "rules.sandbox: limits must be positive (0 would mean unlimited in Rhai)".into(),
+            );
         }
         if errs.is_empty() {
             Ok(())

@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod sink;
 pub mod replay;
 pub mod inspect;
+pub mod ruletest;
 
 pub mod cli;
 pub mod config;

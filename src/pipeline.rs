@@ -2,14 +2,23 @@
 //! feed it; everything between source and sink is this code in both modes.
 //!
 //! ```text
-//! decoded line ─► classify ─► state (lateness, dedup, windows, ledger) ─► timers due ─► (rules)
-//!      └─ rejected ─────────────────┴─ late ──► dead letter
+//! decoded line ─► classify ─► state (lateness, dedup, windows, ledger) ─► rules ─► timers due ─► rules
+//!      └─ rejected ─────────────────┴─ late ──► dead letter                 └──────── alerts ◄──┘
 //! ```
+//!
+//! The window store is shared (`Rc<RefCell<_>>`) with the rule views, which read it during rule
+//! evaluation; the pipeline mutates it only between evaluations, so borrows never overlap.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use crate::classify::Classifier;
 use crate::record::{Reject, RejectReason};
+use crate::rules::{
+    memory::AlertMemory, BuildErrors, RuleEngine, RuleSet, RuleSources, SandboxLimits, Shared,
+    SharedStore,
+};
 use crate::source::{Decoded, Item};
 use crate::state::{Outcome, Timer, WindowStore};
 
@@ -50,7 +59,12 @@ fn wall_clock_now() -> i64 {
 
 pub struct Pipeline {
     pub classifier: Classifier,
-    pub store: WindowStore,
+    pub store: SharedStore,
+    /// The rule engine, when rules are enabled (`inspect` runs without).
+    pub rules: Option<RuleEngine>,
+    /// Classification takes the high-risk list from the rule library (and its reloads) rather than
+    /// from a path in the config.
+    pub high_risk_from_rules: bool,
     pub counts: Counts,
     /// Records later than this are skipped (inspect `--at`).
     pub cutoff: Option<i64>,
@@ -66,7 +80,9 @@ impl Pipeline {
     pub fn new(classifier: Classifier, store: WindowStore) -> Self {
         Pipeline {
             classifier,
-            store,
+            store: Rc::new(RefCell::new(store)),
+            rules: None,
+            high_risk_from_rules: false,
             counts: Counts::default(),
             cutoff: None,
             fired: Vec::new(),
@@ -76,10 +92,55 @@ impl Pipeline {
         }
     }
 
+    /// Builds the rule set and turns rule evaluation on. The engine reads this pipeline's store.
+    pub fn enable_rules(
+        &mut self,
+        sources: &RuleSources,
+        limits: &SandboxLimits,
+        quarantine_after: u64,
+    ) -> Result<(), BuildErrors> {
+        let shared = Shared::new(
+            self.store.clone(),
+            Rc::new(RefCell::new(AlertMemory::default())),
+        );
+        let set = RuleSet::build(sources, limits, &shared)?;
+        let mut engine = RuleEngine::new(set, shared, limits.clone());
+        engine.quarantine_after = quarantine_after;
+        self.rules = Some(engine);
+        self.adopt_rule_lists();
+        Ok(())
+    }
+
+    /// Swaps in a new rule set built from `sources`, or keeps the active one if anything is wrong
+    /// with it. Window state is untouched either way.
+    pub fn reload_rules(&mut self, sources: &RuleSources) -> Result<(), BuildErrors> {
+        if let Some(engine) = &mut self.rules {
+            engine.reload(sources)?;
+            self.adopt_rule_lists();
+        }
+        Ok(())
+    }
+
+    fn adopt_rule_lists(&mut self) {
+        let Some(engine) = &self.rules else { return };
+        if self.high_risk_from_rules {
+            if let Some(list) = engine.set().lists.get("high_risk_prefixes") {
+                self.classifier.high_risk = list.clone();
+            }
+        }
+    }
+
     pub fn process(&mut self, d: Decoded<'_>) -> Verdict {
         self.counts.lines += 1;
         if self.counts.lines % 4096 == 1 {
-            self.store.set_wall_clock(wall_clock_now());
+            let watermark = {
+                let mut store = self.store.borrow_mut();
+                store.set_wall_clock(wall_clock_now());
+                store.watermark()
+            };
+            if let (Some(engine), Some(w)) = (&mut self.rules, watermark) {
+                engine.maintain(w);
+            }
         }
         let verdict = match d.item {
             Err(reject) => Verdict::Reject(reject),
@@ -89,11 +150,17 @@ impl Pipeline {
             }
             Ok(Item::Usage(r)) => {
                 let class = self.classifier.classify(&r);
-                match self.store.apply_usage(&r, class) {
+                let outcome = self.store.borrow_mut().apply_usage(&r, class);
+                let store = self.store.borrow();
+                match outcome {
                     Outcome::Accepted => {
+                        drop(store);
                         self.counts.usage_accepted += 1;
                         self.note_time(r.event_start.utc);
                         self.display_offset = r.event_start.offset_min;
+                        if let Some(engine) = &mut self.rules {
+                            engine.on_usage(&r, class);
+                        }
                         Verdict::Applied
                     }
                     Outcome::Duplicate => Verdict::Duplicate,
@@ -103,13 +170,11 @@ impl Pipeline {
                         format!(
                             "event_start {} is more than {} after the current time",
                             r.event_start,
-                            crate::record::time::format_duration(
-                                self.store.config().max_future_skew.0
-                            )
+                            crate::record::time::format_duration(store.config().max_future_skew.0)
                         ),
                     )),
                     Outcome::Late => {
-                        let wm = self.store.watermark().unwrap_or_default();
+                        let wm = store.watermark().unwrap_or_default();
                         Verdict::Reject(Reject::new(
                             RejectReason::Late,
                             Some("event_start".into()),
@@ -122,21 +187,27 @@ impl Pipeline {
                                     offset_min: r.event_start.offset_min
                                 },
                                 crate::record::time::format_duration(
-                                    self.store.config().allowed_lateness.0
+                                    store.config().allowed_lateness.0
                                 )
                             ),
                         ))
                     }
                 }
             }
-            Ok(Item::Event(e)) => match self.store.apply_event(&e) {
-                Outcome::Duplicate => Verdict::Duplicate,
-                _ => {
-                    self.counts.events_accepted += 1;
-                    self.note_time(e.occurred_at.utc);
-                    Verdict::Applied
+            Ok(Item::Event(e)) => {
+                let outcome = self.store.borrow_mut().apply_event(&e);
+                match outcome {
+                    Outcome::Duplicate => Verdict::Duplicate,
+                    _ => {
+                        self.counts.events_accepted += 1;
+                        self.note_time(e.occurred_at.utc);
+                        if let Some(engine) = &mut self.rules {
+                            engine.on_event(&e);
+                        }
+                        Verdict::Applied
+                    }
                 }
-            },
+            }
         };
         match &verdict {
             Verdict::Reject(r) => *self.counts.rejected.entry(r.reason).or_default() += 1,
@@ -153,7 +224,7 @@ impl Pipeline {
 
     fn fire_due_timers(&mut self) {
         let before = self.fired.len();
-        self.store.advance(&mut self.fired);
+        self.store.borrow_mut().advance(&mut self.fired);
         self.on_fired(before);
     }
 
@@ -162,18 +233,19 @@ impl Pipeline {
         let before = self.fired.len();
         // The confirmed newest usage time ends the input (not an unconfirmed clock outlier, and not an
         // account event, which can carry a future business date).
-        if let Some(t) = self
-            .cutoff
-            .or(self.store.newest_event_time())
-            .or(self.newest_any)
-        {
-            self.store.finish(t, &mut self.fired);
+        let newest = self.store.borrow().newest_event_time();
+        if let Some(t) = self.cutoff.or(newest).or(self.newest_any) {
+            self.store.borrow_mut().finish(t, &mut self.fired);
         }
         self.on_fired(before);
     }
 
     fn on_fired(&mut self, before: usize) {
-        // The rule engine evaluates timer rules here; until then timers are counted (and kept for inspect).
+        if let Some(engine) = &mut self.rules {
+            for t in &self.fired[before..] {
+                engine.on_timer(t);
+            }
+        }
         if !self.keep_fired {
             self.fired.truncate(before);
         }

@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_RULES_DIR};
 use crate::pipeline::{Counts, Pipeline, Verdict};
 use crate::record::EventTime;
+use crate::rules::watch::RuleWatcher;
+use crate::rules::{RuleSources, RulesReport};
 use crate::sink::DeadLetterFile;
 use crate::source::MergedSource;
 use crate::state::{StoreCounters, StoreSize, WindowStore};
@@ -34,6 +36,22 @@ pub struct ReplayOptions {
     pub progress: bool,
     /// Keep fired timers for the report (inspect).
     pub keep_fired: bool,
+    /// Which rule library to run.
+    pub rules: RulesChoice,
+    /// Reload the rules when their files change or on SIGHUP (long replays from stdin).
+    pub watch_rules: bool,
+}
+
+/// Which rule library a replay runs.
+#[derive(Clone, Debug, Default)]
+pub enum RulesChoice {
+    /// `rules.dir` from the config, else `rules/` if it exists, else none.
+    #[default]
+    Default,
+    /// This folder; it must exist.
+    Dir(PathBuf),
+    /// No rules: state only.
+    Off,
 }
 
 /// What a replay did, for the summary and for tests.
@@ -46,6 +64,9 @@ pub struct ReplayReport {
     pub elapsed: Duration,
     pub peak_rss_bytes: Option<u64>,
     pub dead_letter: Option<PathBuf>,
+    /// Alerts written.
+    pub alerts: u64,
+    pub rules: Option<RulesReport>,
 }
 
 impl ReplayReport {
@@ -125,6 +146,9 @@ impl ReplayReport {
         if let Some(p) = self.peak_rss_bytes {
             let _ = writeln!(s, "  peak RSS            {:.1} MiB", p as f64 / 1048576.0);
         }
+        if let Some(r) = &self.rules {
+            s.push_str(&r.render());
+        }
         s
     }
 }
@@ -156,13 +180,13 @@ fn default_dead_letter(opts: &ReplayOptions) -> PathBuf {
 /// Builds the pipeline from a config file (or defaults) and runs the inputs through it, writing alerts
 /// to `opts.out` (stdout when `None`).
 pub fn run(opts: &ReplayOptions) -> anyhow::Result<(ReplayReport, Pipeline)> {
-    let out: Box<dyn Write> = match &opts.out {
+    let mut out: Box<dyn Write> = match &opts.out {
         Some(p) => Box::new(BufWriter::new(
             File::create(p).with_context(|| format!("creating {}", p.display()))?,
         )),
         None => Box::new(BufWriter::new(io::stdout().lock())),
     };
-    run_with_output(opts, out)
+    run_to(opts, &mut out)
 }
 
 /// Runs a replay with no alert output (inspect, tests); rejects go to `dead_letter` or are only counted.
@@ -183,19 +207,61 @@ pub fn run_quiet(
         cutoff,
         progress: false,
         keep_fired: true,
+        rules: RulesChoice::Off,
+        watch_rules: false,
     };
-    run_with_output(&opts, Box::new(io::sink()))
+    run_to(&opts, &mut io::sink())
 }
 
-fn run_with_output(
+/// Runs a replay writing alerts (NDJSON) to `out`; `opts.out` is not used.
+pub fn run_to(
     opts: &ReplayOptions,
-    mut out: Box<dyn Write>,
+    out: &mut dyn Write,
 ) -> anyhow::Result<(ReplayReport, Pipeline)> {
     let (cfg, base) = Config::load(opts.config.as_deref())?;
     let classifier = cfg.classifier(&base).context("loading reference data")?;
     let mut pipeline = Pipeline::new(classifier, WindowStore::new(cfg.state.clone()));
     pipeline.cutoff = opts.cutoff.map(|t| t.utc);
     pipeline.keep_fired = opts.keep_fired;
+    let rules_dir = match &opts.rules {
+        RulesChoice::Off => None,
+        RulesChoice::Dir(d) => Some(d.clone()),
+        RulesChoice::Default => match &cfg.rules.dir {
+            Some(d) => Some(base.join(d)),
+            None if Path::new(DEFAULT_RULES_DIR).is_dir() => Some(PathBuf::from(DEFAULT_RULES_DIR)),
+            None => {
+                tracing::warn!("No rule library ({DEFAULT_RULES_DIR}/ not found, no --rules): replaying without rules.");
+                None
+            }
+        },
+    };
+    let mut watcher = None;
+    if let Some(dir) = &rules_dir {
+        let sources = RuleSources::read(dir)?;
+        pipeline.high_risk_from_rules = cfg.reference.high_risk_prefixes.is_none();
+        pipeline
+            .enable_rules(&sources, &cfg.rules.sandbox, cfg.rules.quarantine_after)
+            .map_err(anyhow::Error::new)?;
+        let engine = pipeline.rules.as_ref().expect("just enabled");
+        for w in &engine.set().warnings {
+            tracing::warn!("{w}");
+        }
+        tracing::info!(
+            dir = %dir.display(),
+            rules = engine.set().rules.len(),
+            version = engine.version(),
+            "Rules loaded."
+        );
+        if opts.watch_rules {
+            watcher = Some(RuleWatcher::spawn(
+                dir.clone(),
+                sources.version.clone(),
+                Duration::from_secs(cfg.rules.watch_interval.0 as u64),
+                true,
+            )?);
+        }
+    }
+    let mut alerts_written = 0u64;
     let mut source = MergedSource::open(&opts.usage, opts.events.as_deref(), cfg.decoder())?;
     let dl_path = match (opts.no_dead_letter, &opts.dead_letter) {
         (true, _) => None,
@@ -213,17 +279,39 @@ fn run_with_output(
         if let Verdict::Reject(reject) = pipeline.process(d) {
             dead_letter.write(src, line, raw, truncated, &reject)?;
         }
+        alerts_written += write_alerts(&mut pipeline, out)?;
         progress.tick(pipeline.counts.lines, source.progress());
+        if let Some(w) = watcher
+            .as_ref()
+            .filter(|_| pipeline.counts.lines % 1024 == 0)
+        {
+            if let Some((cause, read)) = w.poll() {
+                tracing::info!(?cause, "Rule library changed; reloading.");
+                match read {
+                    // A failed build is logged by the engine; the previous rules stay active.
+                    Ok(sources) => {
+                        let _ = pipeline.reload_rules(&sources);
+                    }
+                    Err(e) => {
+                        tracing::error!("Rule reload failed; the previous rules stay active. {e}")
+                    }
+                }
+            }
+        }
     }
     pipeline.finish();
+    alerts_written += write_alerts(&mut pipeline, out)?;
     progress.done();
     dead_letter.flush()?;
     out.flush()?;
+    let store = pipeline.store.borrow();
     let report = ReplayReport {
         counts: pipeline.counts.clone(),
         blank_lines: source.blank_lines,
-        store: pipeline.store.counters.clone(),
-        size: pipeline.store.size(),
+        store: store.counters.clone(),
+        size: store.size(),
+        alerts: alerts_written,
+        rules: pipeline.rules.as_ref().map(RulesReport::of),
         elapsed: started.elapsed(),
         peak_rss_bytes: peak_rss_bytes(),
         dead_letter: dead_letter
@@ -231,5 +319,20 @@ fn run_with_output(
             .filter(|_| dead_letter.written > 0)
             .map(Path::to_path_buf),
     };
+    drop(store);
     Ok((report, pipeline))
+}
+
+/// Writes the alerts the pipeline emitted since the last call, one JSON object per line.
+fn write_alerts(pipeline: &mut Pipeline, out: &mut dyn Write) -> anyhow::Result<u64> {
+    let Some(engine) = &mut pipeline.rules else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    for alert in engine.take_alerts() {
+        serde_json::to_writer(&mut *out, &alert)?;
+        out.write_all(b"\n")?;
+        n += 1;
+    }
+    Ok(n)
 }

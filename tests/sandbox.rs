@@ -1,112 +1,150 @@
-//! Hostile rule scripts (fixtures/rules/hostile/) are stopped by the sandbox with a precise error, and
-//! the engine goes on evaluating other scripts.
+//! Hostile rule scripts (fixtures/sandbox/) are stopped by the sandbox with a precise error, counted
+//! against their rule, and quarantined after repeated failures, while the replay goes on and the
+//! well-behaved rule beside them keeps alerting. Scripts that cannot load fail the library build with
+//! file:line:column.
 
-use cdrguard::rules::sandbox::{self, expect_map_or_unit, load};
-use cdrguard::rules::{build_engine, Limit, SandboxLimits, ScriptError};
+mod common;
 
-/// What a hostile script's error must look like.
-type Expectation = Box<dyn Fn(&ScriptError) -> bool>;
+use cdrguard::rules::sandbox::{self, load};
+use cdrguard::rules::{
+    build_engine, Limit, RuleSet, RuleSources, SandboxLimits, ScriptError, Shared,
+};
+use common::*;
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/rules/hostile");
+const RUNTIME_HOSTILE: [(&str, &str, &str); 6] = [
+    ("infinite_loop", "limit_operations", "too many operations"),
+    (
+        "deep_recursion",
+        "limit_call_depth",
+        "calls nested too deep",
+    ),
+    (
+        "giant_string",
+        "limit_data_size",
+        "string, array or map too large",
+    ),
+    (
+        "giant_array",
+        "limit_data_size",
+        "string, array or map too large",
+    ),
+    // Line 5, column 7: the division in `x / calls`.
+    (
+        "division_by_zero",
+        "runtime",
+        "division_by_zero.rhai:5:7: Division by zero",
+    ),
+    (
+        "wrong_return_type",
+        "bad_return",
+        "returned string, expected () or an object map",
+    ),
+];
 
-fn run(engine: &rhai::Engine, name: &str, arg: i64) -> Result<Option<rhai::Map>, ScriptError> {
-    let file = format!("{DIR}/{name}.rhai");
-    let source = std::fs::read_to_string(&file).unwrap();
-    let (ast, mut scope) = load(engine, &format!("{name}.rhai"), &source)?;
-    let value = sandbox::call(engine, &ast, &mut scope, "evaluate", (arg,))?;
-    expect_map_or_unit(value)
+#[test]
+fn runtime_failures_are_counted_per_rule_quarantined_and_the_replay_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    for name in RUNTIME_HOSTILE.iter().map(|h| h.0).chain(["good"]) {
+        let text =
+            std::fs::read_to_string(fixture(&format!("fixtures/sandbox/{name}.rhai"))).unwrap();
+        write_files(&rules, &[(&format!("{name}.rhai"), &text)]);
+    }
+    write_files(
+        dir.path(),
+        &[("config.toml", "[rules]\nquarantine_after = 3\n")],
+    );
+    // Five calls from five subscribers: every rule triggers on each, the good rule alerts on each.
+    let usage: Vec<String> = (0..5)
+        .map(|i| {
+            voice_mo(
+                &format!("r{i}"),
+                &format!("2026-11-10T10:0{i}:00+01:00"),
+                &format!("3361200000{i}"),
+                "33145000000",
+                60,
+            )
+        })
+        .collect();
+    write_files(dir.path(), &[("usage.ndjson", &(usage.join("\n") + "\n"))]);
+
+    let (report, pipeline, alerts) = replay_with(
+        &rules,
+        &dir.path().join("usage.ndjson"),
+        None,
+        Some(&dir.path().join("config.toml")),
+    );
+    assert_eq!(report.counts.usage_accepted, 5, "every record applied");
+    let good: Vec<_> = alerts.iter().filter(|a| a.rule.id == "good").collect();
+    assert_eq!(
+        good.len(),
+        5,
+        "the good rule alerts on every record despite its neighbours"
+    );
+    assert_eq!(alerts.len(), 5, "hostile rules raise nothing");
+
+    let engine = pipeline.rules.as_ref().unwrap();
+    for (name, kind, message) in RUNTIME_HOSTILE {
+        let s = engine.stats().iter().find(|s| s.id == name).unwrap();
+        assert_eq!(s.errors, 3, "{name}: stopped at the quarantine threshold");
+        assert_eq!(s.evaluations, 3, "{name}: not run after quarantine");
+        assert!(s.quarantined, "{name}");
+        assert_eq!(
+            s.errors_by_kind.get(kind),
+            Some(&3),
+            "{name}: {:?}",
+            s.errors_by_kind
+        );
+        let last = s.last_error.as_deref().unwrap();
+        assert!(last.contains(message), "{name}: {last}");
+    }
+    // The summary lists the quarantined rules.
+    let text = report.render();
+    for (name, ..) in RUNTIME_HOSTILE {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(name) && l.contains("QUARANTINED")),
+            "{name} not listed as quarantined:\n{text}"
+        );
+    }
+    assert_eq!(report.rules.as_ref().unwrap().counters.errors, 18);
 }
 
 #[test]
-fn each_hostile_script_fails_with_its_precise_error_and_the_engine_goes_on() {
-    let engine = build_engine(&SandboxLimits::default());
-    let cases: Vec<(&str, Expectation)> = vec![
-        (
-            "infinite_loop",
-            Box::new(|e| {
-                matches!(
-                    e,
-                    ScriptError::Limit {
-                        limit: Limit::Operations,
-                        ..
-                    }
-                )
-            }),
-        ),
-        // Rhai raises stack overflow with no position at all (checked against rhai 1.27), so only the
-        // kind can be asserted here.
-        (
-            "deep_recursion",
-            Box::new(|e| {
-                matches!(
-                    e,
-                    ScriptError::Limit {
-                        limit: Limit::CallDepth,
-                        ..
-                    }
-                )
-            }),
-        ),
-        (
-            "giant_string",
-            Box::new(|e| {
-                matches!(
-                    e,
-                    ScriptError::Limit {
-                        limit: Limit::DataSize,
-                        ..
-                    }
-                )
-            }),
-        ),
-        (
-            "giant_array",
-            Box::new(|e| {
-                matches!(
-                    e,
-                    ScriptError::Limit {
-                        limit: Limit::DataSize,
-                        ..
-                    }
-                )
-            }),
-        ),
-        (
-            "uses_eval",
-            Box::new(
-                |e| matches!(e, ScriptError::Compile { line: 3, message, .. } if message.contains("eval")),
-            ),
-        ),
+fn scripts_that_cannot_load_fail_the_build_with_file_line_column() {
+    let cases = [
+        ("uses_eval", "uses_eval.rhai:4:5", "eval"),
         (
             "imports_module",
-            Box::new(
-                |e| matches!(e, ScriptError::Import { line: 2, module, .. } if module == "hostile_helpers"),
-            ),
-        ),
-        (
-            "division_by_zero",
-            Box::new(
-                |e| matches!(e, ScriptError::Runtime { line: 4, message, .. } if message.contains("Division by zero")),
-            ),
-        ),
-        (
-            "wrong_return_type",
-            Box::new(|e| matches!(e, ScriptError::BadReturn { got, .. } if got == "string")),
+            "imports_module.rhai:2:8",
+            "import of \"hostile_helpers\" is not allowed",
         ),
         (
             "undeclared_variable",
-            Box::new(
-                |e| matches!(e, ScriptError::Compile { line: 4, message, .. } if message.contains("cals")),
-            ),
+            "undeclared_variable.rhai:5:8",
+            "cals",
         ),
     ];
-    for (name, expected) in &cases {
-        let err = run(&engine, name, 1).expect_err(name);
-        assert!(expected(&err), "{name}: unexpected error {err:?} ({err})");
-        // The same engine still evaluates a good rule after each failure.
-        let ok = run(&engine, "good", 5).unwrap().expect("an alert");
-        assert_eq!(ok["severity"].clone().into_string().unwrap(), "high");
-        assert!(run(&engine, "good", 1).unwrap().is_none());
+    for (name, at, message) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        for n in [name, "good"] {
+            let text =
+                std::fs::read_to_string(fixture(&format!("fixtures/sandbox/{n}.rhai"))).unwrap();
+            write_files(dir.path(), &[(&format!("{n}.rhai"), &text)]);
+        }
+        let sources = RuleSources::read(dir.path()).unwrap();
+        let store = std::rc::Rc::new(std::cell::RefCell::new(cdrguard::state::WindowStore::new(
+            Default::default(),
+        )));
+        let shared = Shared::new(store, Default::default());
+        let err = match RuleSet::build(&sources, &SandboxLimits::default(), &shared) {
+            Ok(_) => panic!("{name}: built"),
+            Err(e) => e,
+        };
+        assert_eq!(err.errors.len(), 1, "{name}: {err}");
+        let shown = err.errors[0].to_string();
+        assert!(shown.contains(at), "{name}: {shown}");
+        assert!(shown.contains(message), "{name}: {shown}");
     }
 }
 

@@ -127,7 +127,7 @@ fn run_scenario(dir: &Path) -> Vec<String> {
         let (_, p) =
             replay::run_quiet(&usage, events.as_deref(), config.as_deref(), at, None).unwrap();
         let as_of = at.unwrap_or_else(|| EventTime {
-            utc: p.store.watermark().unwrap(),
+            utc: p.store.borrow().watermark().unwrap(),
             offset_min: p.display_offset,
         });
         let strs = |k: &str, d: &[&str]| -> Vec<String> {
@@ -144,14 +144,15 @@ fn run_scenario(dir: &Path) -> Vec<String> {
             .iter()
             .map(|f| ClassFilter::parse(f).unwrap())
             .collect();
-        match inspect::report(
-            &p.store,
+        let report = inspect::report(
+            &p.store.borrow(),
             &p.fired,
             &target(&check["target"]),
             as_of,
             &windows,
             &filters,
-        ) {
+        );
+        match report {
             Ok(v) => subset(
                 &check["expect"],
                 &v,

@@ -28,8 +28,8 @@ fn replay(snapshot_after: Option<u64>) -> Pipeline {
     while let Some(d) = src.next_decoded().unwrap() {
         p.process(d);
         if Some(p.counts.lines) == snapshot_after {
-            let bytes = serde_json::to_vec(&p.store).unwrap();
-            p.store = serde_json::from_slice(&bytes).unwrap();
+            let bytes = serde_json::to_vec(&*p.store.borrow()).unwrap();
+            *p.store.borrow_mut() = serde_json::from_slice(&bytes).unwrap();
         }
     }
     p.finish();
@@ -38,7 +38,7 @@ fn replay(snapshot_after: Option<u64>) -> Pipeline {
 
 fn report(p: &Pipeline, target: Target) -> serde_json::Value {
     let at = EventTime {
-        utc: p.store.watermark().unwrap(),
+        utc: p.store.borrow().watermark().unwrap(),
         offset_min: p.display_offset,
     };
     let windows: Vec<WindowSpec> = ["10m", "1h", "24h", "7d"]
@@ -49,7 +49,7 @@ fn report(p: &Pipeline, target: Target) -> serde_json::Value {
         .iter()
         .map(|f| ClassFilter::parse(f).unwrap())
         .collect();
-    inspect::report(&p.store, &p.fired, &target, at, &windows, &filters).unwrap()
+    inspect::report(&p.store.borrow(), &p.fired, &target, at, &windows, &filters).unwrap()
 }
 
 #[test]
@@ -63,10 +63,10 @@ fn restored_state_continues_exactly_like_the_original() {
             serde_json::to_value(&resumed.counts).unwrap()
         );
         assert_eq!(
-            serde_json::to_value(&whole.store.counters).unwrap(),
-            serde_json::to_value(&resumed.store.counters).unwrap()
+            serde_json::to_value(&whole.store.borrow().counters).unwrap(),
+            serde_json::to_value(&resumed.store.borrow().counters).unwrap()
         );
-        let (a, b) = (whole.store.size(), resumed.store.size());
+        let (a, b) = (whole.store.borrow().size(), resumed.store.borrow().size());
         assert_eq!(
             (
                 a.subscribers,
@@ -112,7 +112,7 @@ fn restored_state_continues_exactly_like_the_original() {
         }
         for i in (1..=491).step_by(5) {
             let id = format!("A-{i}");
-            if whole.store.account(&id).is_some() {
+            if whole.store.borrow().account(&id).is_some() {
                 assert_eq!(
                     report(&whole, Target::Account(id.clone())),
                     report(&resumed, Target::Account(id.clone())),

@@ -51,6 +51,13 @@ impl RecordClass {
     }
 }
 
+/// Whether a record can have this class: a known type, and a direction exactly when it is not data.
+pub fn is_possible(c: RecordClass) -> bool {
+    let t = c.0 & 3;
+    let d = (c.0 >> DIR_SHIFT) & 3;
+    t != 3 && ((t == 2) == (d == DIR_NONE))
+}
+
 impl fmt::Debug for RecordClass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = ["voice", "sms", "data", "?"][(self.0 & 3) as usize];
@@ -79,7 +86,7 @@ const FLAGS: [(u16, &str); 6] = [
 
 /// A set of record classes, parsed from a dotted filter such as `voice.mo.international` or
 /// `voice.mt.!answered`. Tokens restrict one dimension each and combine with AND; `!` negates a token;
-/// `all` (or an empty string) matches every class.
+/// `all` (or an empty string) matches every class; `|` joins alternatives.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClassFilter {
     bits: [u64; CLASS_COUNT / 64],
@@ -99,7 +106,28 @@ impl ClassFilter {
         }
     }
 
+    /// Parses a filter; `|` joins alternatives (`voice.mt.unanswered|voice.mt.short`).
     pub fn parse(text: &str) -> Result<Self, String> {
+        if text.contains('|') {
+            let mut f = ClassFilter {
+                bits: [0; CLASS_COUNT / 64],
+                text: text.to_string(),
+            };
+            for alt in text.split('|') {
+                if alt.trim().is_empty() {
+                    return Err(format!("empty alternative in {text:?}"));
+                }
+                let a = Self::parse_and(alt.trim())?;
+                for (x, y) in f.bits.iter_mut().zip(a.bits) {
+                    *x |= y;
+                }
+            }
+            return Ok(f);
+        }
+        Self::parse_and(text)
+    }
+
+    fn parse_and(text: &str) -> Result<Self, String> {
         let mut f = ClassFilter::all();
         f.text = if text.is_empty() {
             "all".into()
@@ -180,6 +208,14 @@ mod tests {
         assert!(ClassFilter::parse("").unwrap().matches(data));
         assert!(!ClassFilter::parse("!data").unwrap().matches(data));
         assert_eq!(format!("{intl_mo:?}"), "voice.mo.international.answered");
+        // Alternatives: a Wangiri ring is unanswered or short.
+        let ring = ClassFilter::parse("voice.mt.unanswered|voice.mt.short").unwrap();
+        let answered_long = RecordClass::new(RecordType::Voice, Some(Direction::Mt), ANSWERED);
+        let answered_short =
+            RecordClass::new(RecordType::Voice, Some(Direction::Mt), ANSWERED | SHORT);
+        assert!(ring.matches(dom_mt_short) && ring.matches(answered_short));
+        assert!(!ring.matches(answered_long) && !ring.matches(intl_mo));
+        assert!(ClassFilter::parse("voice|").is_err());
     }
 
     #[test]

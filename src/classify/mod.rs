@@ -5,8 +5,8 @@ mod class;
 mod prefixes;
 
 pub use class::{
-    ClassFilter, RecordClass, ANSWERED, CLASS_COUNT, FILTER_TOKENS, HIGH_RISK, INTERNATIONAL,
-    OFF_HOURS, ROAMING, SHORT,
+    is_possible, ClassFilter, RecordClass, ANSWERED, CLASS_COUNT, FILTER_TOKENS, HIGH_RISK,
+    INTERNATIONAL, OFF_HOURS, ROAMING, SHORT,
 };
 pub use prefixes::{ListError, PrefixList};
 

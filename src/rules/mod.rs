@@ -1,6 +1,26 @@
-//! Rules: the Rhai rule library. For now the sandbox every rule runs in; the rule set, dispatch, alert
-//! policy and hot reload build on it.
+//! Rules: the Rhai rule library, from files on disk to alerts.
+//!
+//! ```text
+//! library (files) ─► ruleset (compile, validate, dispatch tables) ─► engine (per trigger: views,
+//!   sandboxed calls, error counts, quarantine) ─► policy (cooldown, min-hits, id, VIP overlay,
+//!   routing) ─► alerts           watch: file changes / SIGHUP ─► reload (atomic swap)
+//! ```
 
 pub mod sandbox;
+pub mod library;
+pub mod meta;
+pub mod params;
+pub mod api;
+pub mod ruleset;
+pub mod memory;
+pub mod policy;
+pub mod engine;
+pub mod report;
+pub mod watch;
 
+pub use api::{Shared, SharedStore};
+pub use engine::{EngineCounters, RuleEngine, RuleStats};
+pub use library::RuleSources;
+pub use report::RulesReport;
+pub use ruleset::{BuildErrors, Problem, RuleSet};
 pub use sandbox::{build_engine, Limit, SandboxLimits, ScriptError};

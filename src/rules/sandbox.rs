@@ -116,18 +116,26 @@ pub enum Limit {
 
 impl fmt::Display for ScriptError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let ScriptError::Compile { file, .. } = self {
+            write!(f, "{file}:")?;
+        }
+        let (line, column) = self.position();
+        // Some failures (stack overflow, a bad return value) come without a position.
+        if line > 0 {
+            write!(f, "{line}:{column}: ")?;
+        }
+        f.write_str(&self.detail())
+    }
+}
+
+impl ScriptError {
+    /// What went wrong, without the position.
+    pub fn detail(&self) -> String {
         match self {
-            ScriptError::Compile {
-                file,
-                line,
-                column,
-                message,
-            } => write!(f, "{file}:{line}:{column}: {message}"),
-            ScriptError::Limit {
-                limit,
-                line,
-                column,
-            } => {
+            ScriptError::Compile { message, .. } | ScriptError::Runtime { message, .. } => {
+                message.clone()
+            }
+            ScriptError::Limit { limit, .. } => {
                 let what = match limit {
                     Limit::Operations => "too many operations (runaway loop?)",
                     Limit::CallDepth => "calls nested too deep (runaway recursion?)",
@@ -135,28 +143,42 @@ impl fmt::Display for ScriptError {
                     Limit::DataSize => "string, array or map too large",
                     Limit::Variables => "too many variables",
                 };
-                // Some limits (stack overflow) come without a position.
-                if *line > 0 {
-                    write!(f, "{line}:{column}: ")?;
-                }
-                write!(f, "sandbox limit: {what}")
+                format!("sandbox limit: {what}")
             }
-            ScriptError::Import {
-                line,
-                column,
-                module,
-            } => write!(
-                f,
-                "{line}:{column}: import of {module:?} is not allowed in rules"
-            ),
-            ScriptError::Runtime {
-                line,
-                column,
-                message,
-            } => write!(f, "{line}:{column}: {message}"),
+            ScriptError::Import { module, .. } => {
+                format!("import of {module:?} is not allowed in rules")
+            }
             ScriptError::BadReturn { expected, got } => {
-                write!(f, "returned {got}, expected {expected}")
+                format!("returned {got}, expected {expected}")
             }
+        }
+    }
+
+    /// Line and column of the failure (0, 0 when Rhai gives none).
+    pub fn position(&self) -> (usize, usize) {
+        match self {
+            ScriptError::Compile { line, column, .. }
+            | ScriptError::Limit { line, column, .. }
+            | ScriptError::Import { line, column, .. }
+            | ScriptError::Runtime { line, column, .. } => (*line, *column),
+            ScriptError::BadReturn { .. } => (0, 0),
+        }
+    }
+
+    /// A short stable name for counting errors by kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ScriptError::Compile { .. } => "compile",
+            ScriptError::Limit { limit, .. } => match limit {
+                Limit::Operations => "limit_operations",
+                Limit::CallDepth => "limit_call_depth",
+                Limit::ExpressionDepth => "limit_expression_depth",
+                Limit::DataSize => "limit_data_size",
+                Limit::Variables => "limit_variables",
+            },
+            ScriptError::Import { .. } => "import",
+            ScriptError::Runtime { .. } => "runtime",
+            ScriptError::BadReturn { .. } => "bad_return",
         }
     }
 }

@@ -519,6 +519,16 @@ impl WindowStore {
         self.accounts[slot as usize].as_deref()
     }
 
+    /// The account in a slot (`Entity::account`); `None` for no account or an evicted one.
+    pub fn account_at(&self, slot: u32) -> Option<&Account> {
+        self.accounts.get(slot as usize).and_then(Option::as_deref)
+    }
+
+    /// The slot of an account by id.
+    pub fn account_slot(&self, id: &str) -> Option<u32> {
+        self.account_index.get(id).copied()
+    }
+
     /// The usage of all of an account's lines that are in state.
     pub fn usage_of(&self, acct: &Account) -> AccountUsage<'_> {
         AccountUsage {

@@ -1,0 +1,681 @@
+//! What a rule script sees: registered custom types with getters and native feature calls.
+//!
+//! ```rhai
+//! fn evaluate(call, sub, acct, params) {
+//!     let calls = sub.count("voice.mo.high_risk", "1h");
+//!     if calls < params.min_calls { return; }
+//!     #{ metrics: #{ calls: calls }, explanation: `${calls} calls to high-risk numbers in 1 h` }
+//! }
+//! ```
+//!
+//! Why custom types over handles and not values: a `Map` built per record costs ~1 µs before a rule
+//! runs (PERF_NOTES.md), and most rules read two or three features out of hundreds possible. A view is
+//! an `Rc` and a key; each feature call borrows the window store for the length of that call only,
+//! finds the entity (it was just updated, so it is in cache) and computes the sum. The store is shared
+//! as `Rc<RefCell<_>>` with the pipeline, which only mutates it between rule evaluations, so a borrow
+//! can never conflict. Filters (`"voice.mo.international"`) and windows (`"1h"`) are parsed once per
+//! distinct string and cached, never per call.
+//!
+//! Views are read-only: no function here changes state.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use ahash::AHashMap;
+use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Position};
+
+use crate::classify::{ClassFilter, PrefixList, RecordClass};
+use crate::record::EntityType;
+use crate::record::{AccountEvent, EventTime, Money, Number, RecordType, UsageRecord};
+use crate::state::{Account, Entity, Features, Timer, TimerKind, WindowStore};
+
+use super::memory::AlertMemory;
+
+pub type SharedStore = Rc<RefCell<WindowStore>>;
+
+type Fallible<T> = Result<T, Box<EvalAltResult>>;
+
+fn fail<T>(message: String) -> Fallible<T> {
+    Err(Box::new(EvalAltResult::ErrorRuntime(
+        message.into(),
+        Position::NONE,
+    )))
+}
+
+/// What views share: the store, the alert memory (for `alerted`), and the parse caches.
+pub struct Shared {
+    pub store: SharedStore,
+    pub memory: Rc<RefCell<AlertMemory>>,
+    filters: RefCell<AHashMap<ImmutableString, Rc<ClassFilter>>>,
+    windows: RefCell<AHashMap<ImmutableString, i64>>,
+}
+
+impl Shared {
+    pub fn new(store: SharedStore, memory: Rc<RefCell<AlertMemory>>) -> Rc<Self> {
+        Rc::new(Shared {
+            store,
+            memory,
+            filters: RefCell::default(),
+            windows: RefCell::default(),
+        })
+    }
+
+    fn filter(&self, text: &ImmutableString) -> Fallible<Rc<ClassFilter>> {
+        let cached = self.filters.borrow().get(text).cloned();
+        if let Some(f) = cached {
+            return Ok(f);
+        }
+        let f = Rc::new(ClassFilter::parse(text).or_else(fail)?);
+        self.filters.borrow_mut().insert(text.clone(), f.clone());
+        Ok(f)
+    }
+
+    /// A window length in seconds, at most the longest window state keeps (`distinct` for distinct
+    /// counts, which keep a shorter history).
+    fn window(&self, text: &ImmutableString, distinct: bool) -> Fallible<i64> {
+        let cached = self.windows.borrow().get(text).copied();
+        let w = match cached {
+            Some(w) => w,
+            None => {
+                let w = crate::record::time::parse_duration(text).or_else(fail)?;
+                self.windows.borrow_mut().insert(text.clone(), w);
+                w
+            }
+        };
+        let (max, what) = {
+            let store = self.store.borrow();
+            let cfg = store.config();
+            if distinct {
+                (cfg.distinct_horizon.0, "state.distinct_horizon")
+            } else {
+                (cfg.max_window.0, "state.max_window")
+            }
+        };
+        if w <= 0 || w > max {
+            return fail(format!(
+                "window {text:?} must be positive and at most {what} ({})",
+                crate::record::time::format_duration(max)
+            ));
+        }
+        Ok(w)
+    }
+}
+
+fn digits(n: Option<Number>) -> ImmutableString {
+    n.map(|n| n.to_string().into()).unwrap_or_default()
+}
+
+fn money(m: Money) -> f64 {
+    m.as_f64()
+}
+
+/// The usage record that triggered the evaluation.
+#[derive(Clone)]
+pub struct UsageView(Rc<(UsageRecord, RecordClass)>);
+
+impl UsageView {
+    pub fn new(r: &UsageRecord, class: RecordClass) -> Self {
+        UsageView(Rc::new((r.clone(), class)))
+    }
+    fn r(&self) -> &UsageRecord {
+        &self.0 .0
+    }
+}
+
+/// The account event that triggered the evaluation.
+#[derive(Clone)]
+pub struct EventView(Rc<AccountEvent>);
+
+impl EventView {
+    pub fn new(e: &AccountEvent) -> Self {
+        EventView(Rc::new(e.clone()))
+    }
+}
+
+/// The timer that fired.
+#[derive(Clone)]
+pub struct TimerView(Rc<Timer>);
+
+impl TimerView {
+    pub fn new(t: &Timer) -> Self {
+        TimerView(Rc::new(t.clone()))
+    }
+}
+
+/// One entity's windows (subscriber, calling number or device), ending at the trigger time.
+#[derive(Clone)]
+pub struct EntityView {
+    shared: Rc<Shared>,
+    kind: EntityType,
+    number: Number,
+    end: i64,
+}
+
+impl EntityView {
+    pub fn new(shared: Rc<Shared>, kind: EntityType, number: Number, end: i64) -> Self {
+        EntityView {
+            shared,
+            kind,
+            number,
+            end,
+        }
+    }
+
+    fn with<R>(&self, default: R, f: impl FnOnce(&Entity) -> R) -> R {
+        let store = self.shared.store.borrow();
+        let e = match self.kind {
+            EntityType::CallingNumber => store.calling_number(self.number),
+            EntityType::Imei => store.imei(self.number),
+            _ => store.subscriber(self.number),
+        };
+        e.map_or(default, f)
+    }
+}
+
+/// An account: its ledger, and the usage of all its lines read together, ending at the trigger time.
+#[derive(Clone)]
+pub struct AccountView {
+    shared: Rc<Shared>,
+    slot: Option<u32>,
+    end: EventTime,
+}
+
+impl AccountView {
+    pub fn new(shared: Rc<Shared>, slot: Option<u32>, end: EventTime) -> Self {
+        AccountView { shared, slot, end }
+    }
+
+    fn with<R>(&self, default: R, f: impl FnOnce(&WindowStore, &Account) -> R) -> R {
+        let store = self.shared.store.borrow();
+        match self.slot.and_then(|s| store.account_at(s)) {
+            Some(a) => f(&store, a),
+            None => default,
+        }
+    }
+}
+
+/// A rule's parameters for the account's segment (segment overrides applied at load).
+#[derive(Clone)]
+pub struct ParamsView(pub Rc<ParamTable>);
+
+pub struct ParamTable {
+    pub rule_id: String,
+    pub segment: &'static str,
+    pub values: AHashMap<String, Dynamic>,
+}
+
+/// The reference lists of a rule set (`lists/<name>.txt`), by name.
+pub type Lists = Rc<AHashMap<String, PrefixList>>;
+
+/// Window features both entity and account views answer.
+trait Windowed {
+    fn shared(&self) -> &Rc<Shared>;
+    fn end(&self) -> i64;
+    fn features<R>(&self, default: R, f: impl FnOnce(&dyn Features) -> R) -> R;
+}
+
+impl Windowed for EntityView {
+    fn shared(&self) -> &Rc<Shared> {
+        &self.shared
+    }
+    fn end(&self) -> i64 {
+        self.end
+    }
+    fn features<R>(&self, default: R, f: impl FnOnce(&dyn Features) -> R) -> R {
+        self.with(default, |e| f(e))
+    }
+}
+
+impl Windowed for AccountView {
+    fn shared(&self) -> &Rc<Shared> {
+        &self.shared
+    }
+    fn end(&self) -> i64 {
+        self.end.utc
+    }
+    fn features<R>(&self, default: R, f: impl FnOnce(&dyn Features) -> R) -> R {
+        self.with(default, |store, a| f(&store.usage_of(a)))
+    }
+}
+
+fn register_windowed<T: Windowed + Clone + 'static>(engine: &mut Engine) {
+    fn sums<T: Windowed>(
+        v: &T,
+        filter: &ImmutableString,
+        window: &ImmutableString,
+    ) -> Fallible<crate::state::WindowSums> {
+        let f = v.shared().filter(filter)?;
+        let w = v.shared().window(window, false)?;
+        Ok(v.features(Default::default(), |x| x.sum(&f, w, v.end())))
+    }
+    engine
+        .register_fn(
+            "count",
+            |v: &mut T, f: ImmutableString, w: ImmutableString| -> Fallible<i64> {
+                Ok(sums(v, &f, &w)?.count as i64)
+            },
+        )
+        .register_fn(
+            "seconds",
+            |v: &mut T, f: ImmutableString, w: ImmutableString| -> Fallible<i64> {
+                Ok(sums(v, &f, &w)?.duration_s as i64)
+            },
+        )
+        .register_fn(
+            "minutes",
+            |v: &mut T, f: ImmutableString, w: ImmutableString| -> Fallible<f64> {
+                Ok(sums(v, &f, &w)?.duration_s as f64 / 60.0)
+            },
+        )
+        .register_fn(
+            "bytes",
+            |v: &mut T, f: ImmutableString, w: ImmutableString| -> Fallible<i64> {
+                Ok(sums(v, &f, &w)?.bytes as i64)
+            },
+        )
+        .register_fn(
+            "charges",
+            |v: &mut T, f: ImmutableString, w: ImmutableString| -> Fallible<f64> {
+                Ok(money(sums(v, &f, &w)?.charge))
+            },
+        )
+        .register_fn(
+            "distinct_numbers",
+            |v: &mut T, f: ImmutableString, w: ImmutableString| -> Fallible<i64> {
+                let f = v.shared().filter(&f)?;
+                let w = v.shared().window(&w, true)?;
+                Ok(v.features(0, |x| x.distinct_numbers(&f, w, v.end())) as i64)
+            },
+        )
+        .register_fn(
+            "distinct_called",
+            |v: &mut T, w: ImmutableString| -> Fallible<i64> {
+                let f = v.shared().filter(&"mo".into())?;
+                let w = v.shared().window(&w, true)?;
+                Ok(v.features(0, |x| x.distinct_numbers(&f, w, v.end())) as i64)
+            },
+        )
+        .register_fn(
+            "distinct_cells",
+            |v: &mut T, f: ImmutableString, w: ImmutableString| -> Fallible<i64> {
+                let f = v.shared().filter(&f)?;
+                let w = v.shared().window(&w, true)?;
+                Ok(v.features(0, |x| x.distinct_cells(&f, w, v.end())) as i64)
+            },
+        );
+}
+
+/// Registers every type and function scripts may use. `lists` are the set's reference lists.
+pub fn register(engine: &mut Engine, shared: &Rc<Shared>, lists: Lists) {
+    engine
+        .register_type_with_name::<UsageView>("UsageRecord")
+        .register_type_with_name::<EventView>("AccountEvent")
+        .register_type_with_name::<TimerView>("Timer")
+        .register_type_with_name::<EntityView>("Entity")
+        .register_type_with_name::<AccountView>("Account")
+        .register_type_with_name::<ParamsView>("Params");
+    register_usage(engine);
+    register_event(engine);
+    register_timer(engine);
+    register_windowed::<EntityView>(engine);
+    register_windowed::<AccountView>(engine);
+    register_entity(engine);
+    register_account(engine);
+    engine.register_indexer_get(|p: &mut ParamsView, name: &str| -> Fallible<Dynamic> {
+        match p.0.values.get(name) {
+            Some(v) => Ok(v.clone()),
+            None => fail(format!(
+                "rule {} has no parameter {name:?} in params.toml",
+                p.0.rule_id
+            )),
+        }
+    });
+    engine.register_get("segment", |p: &mut ParamsView| -> ImmutableString {
+        p.0.segment.into()
+    });
+
+    // `listed("simbox_whitelist", rec.msisdn)`: the number matches a prefix of lists/<name>.txt.
+    engine.register_fn(
+        "listed",
+        move |name: &str, number: &str| -> Fallible<bool> {
+            let Some(list) = lists.get(name) else {
+                return fail(format!("no list lists/{name}.txt in the rule library"));
+            };
+            if number.is_empty() {
+                return Ok(false);
+            }
+            Ok(Number::parse(number).is_ok_and(|n| list.matches(n)))
+        },
+    );
+    // `alerted("wangiri_inbound", rec.other_number, "72h")`: that rule alerted on that entity within
+    // the window before the trigger time.
+    let memory = shared.memory.clone();
+    let shared_w = shared.clone();
+    engine.register_fn(
+        "alerted",
+        move |rule: &str, key: &str, window: ImmutableString| -> Fallible<bool> {
+            let w = shared_w.window(&window, false)?;
+            Ok(memory.borrow().alerted_since(rule, key, w))
+        },
+    );
+}
+
+fn register_usage(engine: &mut Engine) {
+    engine
+        .register_get("kind", |_: &mut UsageView| -> ImmutableString {
+            "usage".into()
+        })
+        .register_get("record_id", |v: &mut UsageView| -> ImmutableString {
+            v.r().record_id.as_str().into()
+        })
+        .register_get("type", |v: &mut UsageView| -> ImmutableString {
+            match v.r().record_type {
+                RecordType::Voice => "voice",
+                RecordType::Sms => "sms",
+                RecordType::Data => "data",
+            }
+            .into()
+        })
+        .register_get("direction", |v: &mut UsageView| -> ImmutableString {
+            match v.r().direction {
+                Some(crate::record::Direction::Mo) => "mo",
+                Some(crate::record::Direction::Mt) => "mt",
+                Some(crate::record::Direction::Forwarded) => "forwarded",
+                None => "",
+            }
+            .into()
+        })
+        .register_get("msisdn", |v: &mut UsageView| {
+            digits(Some(v.r().served.msisdn))
+        })
+        .register_get("account_id", |v: &mut UsageView| -> ImmutableString {
+            v.r().served.account_id.as_deref().unwrap_or("").into()
+        })
+        .register_get("other_number", |v: &mut UsageView| {
+            digits(v.r().other_party.number)
+        })
+        .register_get("destination", |v: &mut UsageView| {
+            digits(v.r().destination())
+        })
+        .register_get("forwarded_to", |v: &mut UsageView| {
+            digits(v.r().forwarded_to())
+        })
+        .register_get("forwarded", |v: &mut UsageView| v.r().is_forwarded())
+        .register_get("duration_s", |v: &mut UsageView| v.r().duration_s as i64)
+        .register_get("minutes", |v: &mut UsageView| {
+            v.r().duration_s as f64 / 60.0
+        })
+        .register_get("answered", |v: &mut UsageView| v.r().answered)
+        .register_get("charge", |v: &mut UsageView| money(v.r().charge.amount))
+        .register_get("bytes", |v: &mut UsageView| v.r().bytes() as i64)
+        .register_get("roaming", |v: &mut UsageView| v.r().roaming.is_roaming)
+        .register_get("visited_plmn", |v: &mut UsageView| -> ImmutableString {
+            v.r().roaming.visited_plmn.as_deref().unwrap_or("").into()
+        })
+        .register_get("international", |v: &mut UsageView| {
+            v.0 .1.has(crate::classify::INTERNATIONAL)
+        })
+        .register_get("high_risk", |v: &mut UsageView| {
+            v.0 .1.has(crate::classify::HIGH_RISK)
+        })
+        .register_get("off_hours", |v: &mut UsageView| {
+            v.0 .1.has(crate::classify::OFF_HOURS)
+        })
+        .register_get("short", |v: &mut UsageView| {
+            v.0 .1.has(crate::classify::SHORT)
+        })
+        .register_get("time", |v: &mut UsageView| v.r().event_start.utc)
+        .register_get("start", |v: &mut UsageView| -> ImmutableString {
+            v.r().event_start.to_string().into()
+        })
+        .register_get("end_time", |v: &mut UsageView| {
+            v.r().event_start.utc + v.r().duration_s as i64
+        })
+        .register_get("local_hour", |v: &mut UsageView| {
+            v.r().event_start.local_hour() as i64
+        })
+        .register_get("cell_id", |v: &mut UsageView| -> Dynamic {
+            v.r()
+                .location
+                .cell_id
+                .map_or(Dynamic::UNIT, |c| (c as i64).into())
+        })
+        .register_get("lat", |v: &mut UsageView| -> Dynamic {
+            v.r().location.lat.map_or(Dynamic::UNIT, Dynamic::from)
+        })
+        .register_get("lon", |v: &mut UsageView| -> Dynamic {
+            v.r().location.lon.map_or(Dynamic::UNIT, Dynamic::from)
+        })
+        // `call.is("voice.mo.international")`: the record's class matches the filter.
+        .register_fn("is", |v: &mut UsageView, filter: &str| -> Fallible<bool> {
+            let f = ClassFilter::parse(filter).or_else(fail)?;
+            Ok(f.matches(v.0 .1))
+        });
+}
+
+fn register_event(engine: &mut Engine) {
+    engine
+        .register_get("kind", |_: &mut EventView| -> ImmutableString {
+            "event".into()
+        })
+        .register_get("event_id", |v: &mut EventView| -> ImmutableString {
+            v.0.event_id.as_str().into()
+        })
+        .register_get("type", |v: &mut EventView| -> ImmutableString {
+            serde_json::to_value(v.0.event_type)
+                .ok()
+                .and_then(|j| j.as_str().map(ImmutableString::from))
+                .unwrap_or_default()
+        })
+        .register_get("account_id", |v: &mut EventView| -> ImmutableString {
+            v.0.account_id.as_str().into()
+        })
+        .register_get("msisdn", |v: &mut EventView| digits(v.0.msisdn))
+        .register_get("time", |v: &mut EventView| v.0.occurred_at.utc)
+        .register_get("start", |v: &mut EventView| -> ImmutableString {
+            v.0.occurred_at.to_string().into()
+        })
+        // The event's money: an invoice's amount due, a payment's amount, a new credit limit.
+        .register_get("amount", |v: &mut EventView| -> f64 {
+            let e = &v.0;
+            e.invoice
+                .as_ref()
+                .map(|i| i.amount_due)
+                .or(e.amount.as_ref().map(|a| a.value))
+                .or(e.credit.as_ref().map(|c| c.credit_limit))
+                .map_or(0.0, money)
+        })
+        .register_get("invoice_id", |v: &mut EventView| -> ImmutableString {
+            let e = &v.0;
+            e.invoice
+                .as_ref()
+                .map(|i| i.invoice_id.as_str())
+                .or(e.payment.as_ref().and_then(|p| p.invoice_id.as_deref()))
+                .unwrap_or("")
+                .into()
+        })
+        .register_get("payment_id", |v: &mut EventView| -> ImmutableString {
+            v.0.payment
+                .as_ref()
+                .map_or("", |p| p.payment_id.as_str())
+                .into()
+        })
+        .register_get(
+            "reversed_payment_id",
+            |v: &mut EventView| -> ImmutableString {
+                v.0.payment
+                    .as_ref()
+                    .and_then(|p| p.reversed_payment_id.as_deref())
+                    .unwrap_or("")
+                    .into()
+            },
+        );
+}
+
+fn register_timer(engine: &mut Engine) {
+    engine
+        .register_get("kind", |_: &mut TimerView| -> ImmutableString {
+            "timer".into()
+        })
+        .register_get("type", |v: &mut TimerView| -> ImmutableString {
+            match v.0.kind {
+                TimerKind::InvoiceOverdue { .. } => "invoice_overdue".into(),
+            }
+        })
+        .register_get("account_id", |v: &mut TimerView| -> ImmutableString {
+            v.0.account_id.as_str().into()
+        })
+        .register_get("time", |v: &mut TimerView| v.0.at.utc)
+        .register_get("start", |v: &mut TimerView| -> ImmutableString {
+            v.0.at.to_string().into()
+        })
+        .register_get("invoice_id", |v: &mut TimerView| -> ImmutableString {
+            let TimerKind::InvoiceOverdue { invoice_id, .. } = &v.0.kind;
+            invoice_id.as_str().into()
+        })
+        .register_get("days", |v: &mut TimerView| -> i64 {
+            let TimerKind::InvoiceOverdue { days, .. } = &v.0.kind;
+            *days as i64
+        });
+}
+
+fn register_entity(engine: &mut Engine) {
+    engine
+        .register_get("key", |v: &mut EntityView| digits(Some(v.number)))
+        .register_get("exists", |v: &mut EntityView| v.with(false, |_| true))
+        .register_get("first_seen", |v: &mut EntityView| {
+            v.with(0, |e| e.first_seen)
+        })
+        .register_get("last_seen", |v: &mut EntityView| v.with(0, |e| e.last_seen))
+        // Calls (answered MO/forwarded voice) in progress at the trigger time, this one included.
+        .register_fn("open_calls", |v: &mut EntityView| -> i64 {
+            let end = v.end;
+            v.with(0, |e| e.open_calls(end) as i64)
+        })
+        // Distance and implied speed between the last two located records (0 when fewer than two).
+        .register_fn("travel_km", |v: &mut EntityView| -> f64 {
+            v.with(0.0, |e| travel(e).map_or(0.0, |(km, _)| km))
+        })
+        .register_fn("travel_kmh", |v: &mut EntityView| -> f64 {
+            v.with(0.0, |e| travel(e).map_or(0.0, |(_, kmh)| kmh))
+        });
+}
+
+/// Great-circle distance (km) and implied speed (km/h) between an entity's last two fixes.
+fn travel(e: &Entity) -> Option<(f64, f64)> {
+    let [Some(a), Some(b)] = e.fixes else {
+        return None;
+    };
+    let (la1, lo1, la2, lo2) = (
+        (a.lat as f64).to_radians(),
+        (a.lon as f64).to_radians(),
+        (b.lat as f64).to_radians(),
+        (b.lon as f64).to_radians(),
+    );
+    let h = ((la2 - la1) / 2.0).sin().powi(2)
+        + la1.cos() * la2.cos() * ((lo2 - lo1) / 2.0).sin().powi(2);
+    let km = 2.0 * 6371.0 * h.sqrt().asin();
+    // Fixes in the same second: speed is unbounded; report the distance over one second.
+    let hours = ((b.at - a.at).abs().max(1)) as f64 / 3600.0;
+    Some((km, km / hours))
+}
+
+fn register_account(engine: &mut Engine) {
+    engine
+        .register_get("exists", |v: &mut AccountView| v.with(false, |_, _| true))
+        .register_get("id", |v: &mut AccountView| -> ImmutableString {
+            v.with(ImmutableString::new(), |_, a| a.id.as_str().into())
+        })
+        .register_get("key", |v: &mut AccountView| -> ImmutableString {
+            v.with(ImmutableString::new(), |_, a| a.id.as_str().into())
+        })
+        .register_get("segment", |v: &mut AccountView| -> ImmutableString {
+            v.with("consumer", |_, a| a.ledger.segment.name()).into()
+        })
+        .register_get("key_account", |v: &mut AccountView| {
+            v.with(false, |_, a| a.ledger.segment.is_key_account())
+        })
+        .register_get("line_count", |v: &mut AccountView| {
+            v.with(0, |_, a| a.lines.len() as i64)
+        })
+        .register_fn("has_credit_limit", |v: &mut AccountView| {
+            v.with(false, |_, a| a.ledger.credit_limit.is_some())
+        })
+        .register_fn("credit_limit", |v: &mut AccountView| {
+            v.with(0.0, |_, a| a.ledger.credit_limit.map_or(0.0, money))
+        })
+        .register_fn("exposure", |v: &mut AccountView| {
+            v.with(0.0, |_, a| money(a.ledger.exposure()))
+        })
+        .register_fn("unpaid", |v: &mut AccountView| {
+            v.with(0.0, |_, a| money(a.ledger.unpaid()))
+        })
+        .register_fn("unbilled", |v: &mut AccountView| {
+            v.with(0.0, |_, a| money(a.ledger.unbilled))
+        })
+        .register_fn("overdue_amount", |v: &mut AccountView| {
+            let end = v.end;
+            v.with(0.0, |_, a| money(a.ledger.overdue(end)))
+        })
+        // Days the oldest unpaid invoice is past its due date (0 when none is).
+        .register_fn("days_overdue", |v: &mut AccountView| -> i64 {
+            let end = v.end;
+            v.with(0, |_, a| {
+                a.ledger
+                    .invoices
+                    .iter()
+                    .filter(|i| i.remaining() > Money::ZERO)
+                    .map(|i| i.days_overdue(end) as i64)
+                    .max()
+                    .unwrap_or(0)
+            })
+        })
+        .register_fn("invoice_remaining", |v: &mut AccountView, id: &str| {
+            v.with(0.0, |_, a| {
+                a.ledger
+                    .invoices
+                    .iter()
+                    .find(|i| i.invoice_id == id)
+                    .map_or(0.0, |i| money(i.remaining()))
+            })
+        })
+        .register_fn("promise_active", |v: &mut AccountView| {
+            let end = v.end;
+            v.with(false, |_, a| a.ledger.promise_active(end))
+        })
+        // Days since activation, as a fraction; -1 when no activation is known.
+        .register_fn("age_days", |v: &mut AccountView| -> f64 {
+            let end = v.end.utc;
+            v.with(-1.0, |_, a| {
+                a.ledger
+                    .activated_at
+                    .map_or(-1.0, |t| (end - t.utc) as f64 / 86_400.0)
+            })
+        })
+        .register_fn(
+            "reversals_within",
+            |v: &mut AccountView, w: ImmutableString| -> Fallible<i64> {
+                let w = v.shared.window(&w, false)?;
+                let end = v.end;
+                Ok(v.with(0, |_, a| a.ledger.reversals_within(w, end) as i64))
+            },
+        )
+        // When a payment was received (UTC seconds), or () when unknown.
+        .register_fn("payment_time", |v: &mut AccountView, id: &str| -> Dynamic {
+            v.with(Dynamic::UNIT, |_, a| {
+                a.ledger
+                    .payments
+                    .iter()
+                    .find(|p| p.payment_id == id)
+                    .map_or(Dynamic::UNIT, |p| p.at.utc.into())
+            })
+        })
+        // Usage charges on all lines in buckets from `from` (UTC seconds) to now.
+        .register_fn("charges_since", |v: &mut AccountView, from: i64| -> f64 {
+            v.with(0.0, |store, a| money(store.usage_of(a).charges_since(from)))
+        })
+        .register_fn("open_calls", |v: &mut AccountView| -> i64 {
+            let end = v.end.utc;
+            v.with(0, |store, a| store.usage_of(a).open_calls(end) as i64)
+        });
+}

@@ -1,0 +1,446 @@
+//! `RuleEngine`: runs the active `RuleSet` on each record, event and fired timer, counts what every
+//! rule did, quarantines rules that keep failing, and swaps in a new set on reload.
+//!
+//! Per usage record: the class's dispatch list (often empty: one lookup and done); otherwise one view
+//! of the record, its subscriber and its account, shared by the rules that run, and one sandboxed call
+//! per rule. A failing call is counted against its rule with its message and the record goes on to the
+//! other rules; a rule that fails `quarantine_after` times stops running until the next reload.
+//!
+//! Owned by one worker thread with the window store it reads (the Rhai engine is not `Send`).
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use ahash::{AHashMap, AHashSet};
+use hdrhistogram::Histogram;
+use rhai::Dynamic;
+
+use crate::classify::RecordClass;
+use crate::record::{AccountEvent, Direction, EventTime, Number, RecordType, UsageRecord};
+use crate::record::{Alert, EntityRef, EntityType, Mode};
+use crate::state::Timer;
+
+use super::api::{AccountView, EntityView, EventView, ParamsView, Shared, TimerView, UsageView};
+use super::library::RuleSources;
+use super::memory::{key_hash, Decision};
+use super::params::segment_index;
+use super::policy::{self, TriggerInfo};
+use super::ruleset::{BuildErrors, RuleSet, ENTRY};
+use super::sandbox::{self, SandboxLimits, ScriptError};
+
+/// What one rule did over the run (kept by rule id across reloads).
+pub struct RuleStats {
+    pub id: String,
+    pub version: String,
+    pub evaluations: u64,
+    pub alerts: u64,
+    /// Positive verdicts held back by the cooldown.
+    pub suppressed: u64,
+    /// Positive verdicts still short of `min_hits`.
+    pub pending_hits: u64,
+    pub errors: u64,
+    pub errors_by_kind: std::collections::BTreeMap<&'static str, u64>,
+    pub last_error: Option<String>,
+    /// Errors since the active set was loaded (the quarantine counter).
+    pub errors_since_load: u64,
+    pub quarantined: bool,
+    /// Distinct entities alerted on.
+    pub entities: AHashSet<u64>,
+    /// Evaluation time, nanoseconds.
+    pub latency: Histogram<u64>,
+}
+
+impl RuleStats {
+    fn new(id: &str, version: &str) -> Self {
+        RuleStats {
+            id: id.to_string(),
+            version: version.to_string(),
+            evaluations: 0,
+            alerts: 0,
+            suppressed: 0,
+            pending_hits: 0,
+            errors: 0,
+            errors_by_kind: Default::default(),
+            last_error: None,
+            errors_since_load: 0,
+            quarantined: false,
+            entities: AHashSet::new(),
+            latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 2)
+                .expect("valid histogram bounds"),
+        }
+    }
+}
+
+/// Engine-wide counts.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct EngineCounters {
+    pub usage_records: u64,
+    /// Usage records whose class no rule declares as a trigger: dispatch ran nothing.
+    pub usage_without_rules: u64,
+    pub events: u64,
+    pub timers: u64,
+    pub evaluations: u64,
+    pub alerts: u64,
+    pub errors: u64,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+}
+
+/// Who a trigger concerns, resolved once and shared by every rule it runs.
+#[derive(Default)]
+struct Subject {
+    sub: Option<Number>,
+    caller: Option<Number>,
+    imei: Option<Number>,
+    account: Option<u32>,
+}
+
+pub struct RuleEngine {
+    set: RuleSet,
+    shared: Rc<Shared>,
+    limits: SandboxLimits,
+    /// Errors after which a rule is quarantined until the next reload.
+    pub quarantine_after: u64,
+    pub mode: Mode,
+    stats: Vec<RuleStats>,
+    stats_index: AHashMap<String, usize>,
+    /// `stats` slot of each rule of the active set.
+    slots: Vec<usize>,
+    pub counters: EngineCounters,
+    /// Alerts emitted and not yet taken by the caller.
+    pub alerts: Vec<Alert>,
+}
+
+impl RuleEngine {
+    pub fn new(set: RuleSet, shared: Rc<Shared>, limits: SandboxLimits) -> Self {
+        let mut e = RuleEngine {
+            set,
+            shared,
+            limits,
+            quarantine_after: 50,
+            mode: Mode::Replay,
+            stats: Vec::new(),
+            stats_index: AHashMap::new(),
+            slots: Vec::new(),
+            counters: EngineCounters::default(),
+            alerts: Vec::new(),
+        };
+        e.index_stats();
+        e
+    }
+
+    pub fn set(&self) -> &RuleSet {
+        &self.set
+    }
+
+    pub fn version(&self) -> &str {
+        &self.set.version
+    }
+
+    pub fn shared(&self) -> &Rc<Shared> {
+        &self.shared
+    }
+
+    /// Per-rule statistics, by rule id (rules of earlier sets included).
+    pub fn stats(&self) -> &[RuleStats] {
+        &self.stats
+    }
+
+    fn index_stats(&mut self) {
+        self.slots.clear();
+        for r in &self.set.rules {
+            let slot = match self.stats_index.get(r.id()) {
+                Some(&s) => s,
+                None => {
+                    self.stats.push(RuleStats::new(r.id(), &r.meta().version));
+                    self.stats_index
+                        .insert(r.id().to_string(), self.stats.len() - 1);
+                    self.stats.len() - 1
+                }
+            };
+            let s = &mut self.stats[slot];
+            s.version = r.meta().version.clone();
+            s.errors_since_load = 0;
+            s.quarantined = false;
+            self.slots.push(slot);
+        }
+    }
+
+    /// Builds a new set from `sources` and, only if all of it is valid, makes it the active one. The
+    /// window state and the alert memory are untouched either way.
+    pub fn reload(&mut self, sources: &RuleSources) -> Result<(), BuildErrors> {
+        match RuleSet::build(sources, &self.limits, &self.shared) {
+            Ok(set) => {
+                let old = std::mem::replace(&mut self.set, set);
+                self.index_stats();
+                self.counters.reloads_ok += 1;
+                tracing::info!(
+                    old_version = %old.version,
+                    version = %self.set.version,
+                    rules = self.set.rules.len(),
+                    "Rules reloaded."
+                );
+                for w in &self.set.warnings {
+                    tracing::warn!("{w}");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.counters.reloads_failed += 1;
+                tracing::error!(
+                    version = %self.set.version,
+                    errors = e.errors.len(),
+                    "Rule reload failed; the previous rules stay active. {e}"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Evaluates the rules a usage record (already applied to state) can trigger.
+    pub fn on_usage(&mut self, r: &UsageRecord, class: RecordClass) {
+        self.counters.usage_records += 1;
+        if self.set.for_class(class).is_empty() {
+            self.counters.usage_without_rules += 1;
+            return;
+        }
+        let subject = {
+            let store = self.shared.store.borrow();
+            let msisdn = r.served.msisdn;
+            let mt_voice = r.record_type == RecordType::Voice && r.direction == Some(Direction::Mt);
+            Subject {
+                sub: Some(msisdn),
+                caller: r
+                    .other_party
+                    .number
+                    .filter(|&n| mt_voice && store.calling_number(n).is_some()),
+                imei: r.served.imei.filter(|&n| store.imei(n).is_some()),
+                account: store
+                    .subscriber(msisdn)
+                    .map(|e| e.account)
+                    .filter(|&s| store.account_at(s).is_some()),
+            }
+        };
+        let trigger = Dynamic::from(UsageView::new(r, class));
+        let indexes = self.set.for_class(class).len();
+        for k in 0..indexes {
+            let i = self.set.for_class(class)[k] as usize;
+            self.evaluate(i, &trigger, r.event_start, Some(&r.record_id), &subject);
+        }
+    }
+
+    /// Evaluates the rules an account event (already applied to the ledger) can trigger.
+    pub fn on_event(&mut self, e: &AccountEvent) {
+        self.counters.events += 1;
+        if self.set.for_event(e.event_type).is_empty() {
+            return;
+        }
+        let subject = {
+            let store = self.shared.store.borrow();
+            Subject {
+                sub: e.msisdn.filter(|&n| store.subscriber(n).is_some()),
+                account: store.account_slot(&e.account_id),
+                ..Subject::default()
+            }
+        };
+        let trigger = Dynamic::from(EventView::new(e));
+        let n = self.set.for_event(e.event_type).len();
+        for k in 0..n {
+            let i = self.set.for_event(e.event_type)[k] as usize;
+            self.evaluate(i, &trigger, e.occurred_at, Some(&e.event_id), &subject);
+        }
+    }
+
+    /// Evaluates timer rules for a fired timer.
+    pub fn on_timer(&mut self, t: &Timer) {
+        self.counters.timers += 1;
+        if self.set.for_timer().is_empty() {
+            return;
+        }
+        let subject = Subject {
+            account: self.shared.store.borrow().account_slot(&t.account_id),
+            ..Subject::default()
+        };
+        let trigger = Dynamic::from(TimerView::new(t));
+        for k in 0..self.set.for_timer().len() {
+            let i = self.set.for_timer()[k] as usize;
+            self.evaluate(i, &trigger, t.at, None, &subject);
+        }
+    }
+
+    fn evaluate(
+        &mut self,
+        i: usize,
+        trigger: &Dynamic,
+        time: EventTime,
+        record_id: Option<&str>,
+        subject: &Subject,
+    ) {
+        let slot = self.slots[i];
+        if self.stats[slot].quarantined {
+            return;
+        }
+        let set = &mut self.set;
+        let rule = &mut set.rules[i];
+        let kind = rule.meta().entity;
+        let end = time.utc;
+
+        // The entity the rule is keyed by; a trigger without one (an MT call from an untracked
+        // caller for a calling-number rule) does not run the rule.
+        let (entity, key, msisdn) = match kind {
+            EntityType::Subscriber => match subject.sub {
+                Some(n) => (
+                    Dynamic::from(EntityView::new(self.shared.clone(), kind, n, end)),
+                    n.to_string(),
+                    Some(n.to_string()),
+                ),
+                None => return,
+            },
+            EntityType::CallingNumber | EntityType::Imei => {
+                let n = if kind == EntityType::Imei {
+                    subject.imei
+                } else {
+                    subject.caller
+                };
+                match n {
+                    Some(n) => (
+                        Dynamic::from(EntityView::new(self.shared.clone(), kind, n, end)),
+                        n.to_string(),
+                        None,
+                    ),
+                    None => return,
+                }
+            }
+            EntityType::Account => match subject.account {
+                Some(_) => (
+                    Dynamic::from(AccountView::new(self.shared.clone(), subject.account, time)),
+                    String::new(),
+                    None,
+                ),
+                None => return,
+            },
+        };
+        let (account_id, segment) = {
+            let store = self.shared.store.borrow();
+            match subject.account.and_then(|s| store.account_at(s)) {
+                Some(a) => (Some(a.id.to_string()), Some(a.ledger.segment)),
+                None => (None, None),
+            }
+        };
+        let key = if kind == EntityType::Account {
+            account_id.clone().unwrap_or_default()
+        } else {
+            key
+        };
+        let acct = Dynamic::from(AccountView::new(self.shared.clone(), subject.account, time));
+        let params = Dynamic::from(ParamsView(rule.params[segment_index(segment)].clone()));
+
+        self.shared.memory.borrow_mut().set_now(end);
+        let started = Instant::now();
+        let result = sandbox::call(
+            &set.engine,
+            &rule.ast,
+            &mut rule.scope,
+            ENTRY,
+            vec![trigger.clone(), entity, acct, params],
+        )
+        .and_then(sandbox::expect_map_or_unit);
+        let elapsed = started.elapsed().as_nanos() as u64;
+
+        let stats = &mut self.stats[slot];
+        stats.evaluations += 1;
+        stats.latency.saturating_record(elapsed.max(1));
+        self.counters.evaluations += 1;
+
+        let verdict = match result {
+            Ok(None) => return,
+            Ok(Some(map)) => {
+                let entity = EntityRef {
+                    kind,
+                    key,
+                    msisdn,
+                    account_id,
+                    segment,
+                };
+                let info = TriggerInfo {
+                    time,
+                    record_id,
+                    segment,
+                };
+                policy::decide(
+                    rule,
+                    &set.version,
+                    &map,
+                    &info,
+                    entity,
+                    &mut self.shared.memory.borrow_mut(),
+                    self.mode,
+                    wall_clock_now(),
+                )
+            }
+            Err(e) => Err(e),
+        };
+        match verdict {
+            Ok((Decision::Emit, Some(alert))) => {
+                stats.alerts += 1;
+                stats.entities.insert(key_hash(&alert.entity.key));
+                self.counters.alerts += 1;
+                self.alerts.push(alert);
+            }
+            Ok((Decision::Cooldown, _)) => stats.suppressed += 1,
+            Ok((Decision::NeedMoreHits, _)) => stats.pending_hits += 1,
+            Ok((Decision::Emit, None)) => {}
+            Err(e) => self.count_error(slot, &e),
+        }
+    }
+
+    fn count_error(&mut self, slot: usize, e: &ScriptError) {
+        self.counters.errors += 1;
+        let s = &mut self.stats[slot];
+        s.errors += 1;
+        s.errors_since_load += 1;
+        *s.errors_by_kind.entry(e.kind()).or_default() += 1;
+        let file = self
+            .set
+            .rules
+            .iter()
+            .find(|r| r.id() == s.id)
+            .map_or("", |r| r.file.as_str());
+        let message = match e.position() {
+            (0, _) => format!("{file}: {}", e.detail()),
+            (line, column) => format!("{file}:{line}:{column}: {}", e.detail()),
+        };
+        // The first error of a rule is logged; after that it is counted (a log line per record would
+        // flood the log), until quarantine.
+        if s.errors == 1 {
+            tracing::warn!(rule = %s.id, error = %message, "Rule failed; counted, the record goes on to the other rules.");
+        }
+        s.last_error = Some(message);
+        if s.errors_since_load >= self.quarantine_after && !s.quarantined {
+            s.quarantined = true;
+            tracing::error!(
+                rule = %s.id,
+                errors = s.errors_since_load,
+                last_error = s.last_error.as_deref().unwrap_or(""),
+                "Rule quarantined after repeated failures; it stays off until the next reload."
+            );
+        }
+    }
+
+    /// Forgets alert memory untouched for longer than the longest window.
+    pub fn maintain(&mut self, now: i64) {
+        let keep = self.shared.store.borrow().config().max_window.0;
+        self.shared.memory.borrow_mut().maybe_prune(now, keep);
+    }
+
+    /// Takes the alerts emitted so far.
+    pub fn take_alerts(&mut self) -> std::vec::Drain<'_, Alert> {
+        self.alerts.drain(..)
+    }
+}
+
+fn wall_clock_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

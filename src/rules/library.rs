@@ -1,0 +1,219 @@
+//! The rule library on disk, read into memory as plain text: one `.rhai` script per rule (in any
+//! folder), `params.toml`, and reference lists under `lists/`.
+//!
+//! Reading is separate from compiling on purpose. `RuleSources` is plain data (`Send`), so a watcher
+//! thread can read the folder and hand the text to the worker that owns the Rhai engine (which, without
+//! Rhai's `sync` feature, cannot cross threads); and the version — a content hash of everything read —
+//! identifies exactly what a rule set was built from.
+
+use std::path::{Path, PathBuf};
+
+/// One file of the library: its path relative to the library root, and its text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceFile {
+    /// Relative to the library root, `/`-separated, e.g. `fraud/irsf_high_risk_destination.rhai`.
+    pub path: String,
+    pub text: String,
+}
+
+/// Everything a rule set is built from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleSources {
+    /// The library folder as given (errors name files under it).
+    pub root: PathBuf,
+    /// Scripts, sorted by path.
+    pub scripts: Vec<SourceFile>,
+    pub params: Option<SourceFile>,
+    /// `lists/*.txt`, sorted by path.
+    pub lists: Vec<SourceFile>,
+    /// Content hash of all of the above (16 hex digits).
+    pub version: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryError {
+    #[error("rule library {0}: not a folder (set --rules or rules.dir)")]
+    NotAFolder(PathBuf),
+    #[error("{path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+/// Folders beside a rule that hold its test cases (`<rule_id>.cases/`), not scripts.
+pub const CASES_SUFFIX: &str = ".cases";
+
+impl RuleSources {
+    pub fn read(root: &Path) -> Result<Self, LibraryError> {
+        if !root.is_dir() {
+            return Err(LibraryError::NotAFolder(root.to_path_buf()));
+        }
+        let mut scripts = Vec::new();
+        let mut lists = Vec::new();
+        let mut params = None;
+        walk(root, root, &mut |rel, path| {
+            let read = || {
+                std::fs::read_to_string(path).map_err(|error| LibraryError::Read {
+                    path: path.to_path_buf(),
+                    error,
+                })
+            };
+            if rel.ends_with(".rhai") {
+                scripts.push(SourceFile {
+                    path: rel.to_string(),
+                    text: read()?,
+                });
+            } else if rel == "params.toml" {
+                params = Some(SourceFile {
+                    path: rel.to_string(),
+                    text: read()?,
+                });
+            } else if rel.starts_with("lists/") && rel.ends_with(".txt") {
+                lists.push(SourceFile {
+                    path: rel.to_string(),
+                    text: read()?,
+                });
+            }
+            Ok(())
+        })?;
+        scripts.sort_by(|a, b| a.path.cmp(&b.path));
+        lists.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(RuleSources::new(root.to_path_buf(), scripts, params, lists))
+    }
+
+    /// Assembles sources (tests and benches build libraries in memory) and computes the version.
+    pub fn new(
+        root: PathBuf,
+        scripts: Vec<SourceFile>,
+        params: Option<SourceFile>,
+        lists: Vec<SourceFile>,
+    ) -> Self {
+        let mut h = StableHash::new();
+        for f in scripts.iter().chain(params.iter()).chain(lists.iter()) {
+            h.write(f.path.as_bytes());
+            h.write(&[0]);
+            h.write(f.text.as_bytes());
+            h.write(&[0]);
+        }
+        let version = format!("{:016x}", h.finish() as u64);
+        RuleSources {
+            root,
+            scripts,
+            params,
+            lists,
+            version,
+        }
+    }
+
+    /// How an error names a file: the library root joined with the relative path.
+    pub fn display_path(&self, rel: &str) -> String {
+        self.root.join(rel).display().to_string()
+    }
+}
+
+fn walk(
+    root: &Path,
+    dir: &Path,
+    f: &mut dyn FnMut(&str, &Path) -> Result<(), LibraryError>,
+) -> Result<(), LibraryError> {
+    let io = |error| LibraryError::Read {
+        path: dir.to_path_buf(),
+        error,
+    };
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // Editor swap files and hidden folders are not part of the library.
+        if name.starts_with('.') || name.ends_with('~') {
+            continue;
+        }
+        if path.is_dir() {
+            if !name.ends_with(CASES_SUFFIX) {
+                walk(root, &path, f)?;
+            }
+            continue;
+        }
+        let rel = path
+            .strip_prefix(root)
+            .unwrap_or(&path)
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
+        f(&rel, &path)?;
+    }
+    Ok(())
+}
+
+/// FNV-1a, 128 bits: stable across machines, builds and Rust versions (unlike `ahash`, whose output
+/// depends on the CPU's AES support), which ids that leave the process — rule set versions, alert
+/// ids — must be. Not cryptographic; these ids only need to be distinct.
+#[derive(Clone, Copy)]
+pub struct StableHash(u128);
+
+impl StableHash {
+    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013B;
+
+    pub fn new() -> Self {
+        StableHash(Self::OFFSET)
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= b as u128;
+            self.0 = self.0.wrapping_mul(Self::PRIME);
+        }
+    }
+
+    pub fn finish(self) -> u128 {
+        self.0
+    }
+}
+
+impl Default for StableHash {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_hash_is_fnv1a_128() {
+        // Published FNV-1a 128 test vector for "a".
+        let mut h = StableHash::new();
+        h.write(b"a");
+        assert_eq!(h.finish(), 0xd228cb696f1a8caf78912b704e4a8964);
+    }
+
+    #[test]
+    fn version_changes_with_any_file_and_reads_sorted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("fraud/x.cases/c1")).unwrap();
+        std::fs::create_dir_all(dir.path().join("lists")).unwrap();
+        std::fs::write(dir.path().join("fraud/b.rhai"), "1").unwrap();
+        std::fs::write(dir.path().join("a.rhai"), "2").unwrap();
+        std::fs::write(dir.path().join("fraud/x.cases/c1/usage.ndjson"), "").unwrap();
+        std::fs::write(dir.path().join("lists/w.txt"), "33").unwrap();
+        std::fs::write(dir.path().join("README.md"), "docs").unwrap();
+        let s1 = RuleSources::read(dir.path()).unwrap();
+        let paths: Vec<_> = s1.scripts.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["a.rhai", "fraud/b.rhai"]);
+        assert_eq!(s1.lists[0].path, "lists/w.txt");
+        // Docs and test cases do not change the version; a list does.
+        std::fs::write(dir.path().join("README.md"), "more docs").unwrap();
+        assert_eq!(RuleSources::read(dir.path()).unwrap().version, s1.version);
+        std::fs::write(dir.path().join("lists/w.txt"), "34").unwrap();
+        assert_ne!(RuleSources::read(dir.path()).unwrap().version, s1.version);
+    }
+}

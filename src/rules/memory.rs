@@ -1,0 +1,155 @@
+//! Alert memory: what the alert policy remembers per (rule, entity) — when it last alerted and at which
+//! severity (cooldown, escalation), and positive evaluations so far (min-hits). Rules read it too:
+//! `alerted("wangiri_inbound", number, "72h")` is how a callback to a flagged Wangiri number is found.
+//!
+//! Keyed by rule *id*, not by position in a rule set, so it survives a reload: a rule edited while a
+//! SIM box is being tracked keeps its cooldown. Serializable, like the window store, for snapshots.
+
+use ahash::AHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::record::Severity;
+
+use super::library::StableHash;
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Memo {
+    /// Trigger time of the last alert emitted (UTC seconds), if any.
+    pub last_alert: Option<i64>,
+    pub last_severity: Severity,
+    /// Positive evaluations since `first_hit` (min-hits counting).
+    pub hits: u32,
+    pub first_hit: i64,
+    /// Newest time this entry was touched, for pruning.
+    pub touched: i64,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+pub struct AlertMemory {
+    entries: AHashMap<(u64, u64), Memo>,
+    /// Trigger time of the evaluation in progress: `alerted` looks back from here.
+    #[serde(skip)]
+    now: i64,
+    /// Entry count after the last prune: prune again when it has doubled.
+    pruned_at_len: usize,
+}
+
+/// What the policy decided for a positive evaluation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Emit,
+    /// Fewer positive evaluations than `min_hits` within the window so far.
+    NeedMoreHits,
+    /// Within the cooldown of an alert at the same or a higher severity.
+    Cooldown,
+}
+
+pub fn key_hash(s: &str) -> u64 {
+    let mut h = StableHash::new();
+    h.write(s.as_bytes());
+    h.finish() as u64
+}
+
+impl AlertMemory {
+    pub fn set_now(&mut self, t: i64) {
+        self.now = t;
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether `rule` alerted on `entity_key` within `window_s` before now.
+    pub fn alerted_since(&self, rule: &str, entity_key: &str, window_s: i64) -> bool {
+        self.entries
+            .get(&(key_hash(rule), key_hash(entity_key)))
+            .and_then(|m| m.last_alert)
+            .is_some_and(|t| t > self.now - window_s && t <= self.now)
+    }
+
+    /// Records a positive evaluation at `t` and decides whether it becomes an alert.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide(
+        &mut self,
+        rule: &str,
+        entity_key: &str,
+        t: i64,
+        severity: Severity,
+        min_hits: u32,
+        hit_window_s: i64,
+        cooldown_s: i64,
+    ) -> Decision {
+        let m = self
+            .entries
+            .entry((key_hash(rule), key_hash(entity_key)))
+            .or_insert(Memo {
+                last_alert: None,
+                last_severity: Severity::Info,
+                hits: 0,
+                first_hit: t,
+                touched: t,
+            });
+        m.touched = m.touched.max(t);
+        if t >= m.first_hit + hit_window_s || t < m.first_hit {
+            m.hits = 0;
+            m.first_hit = t;
+        }
+        m.hits += 1;
+        if m.hits < min_hits {
+            return Decision::NeedMoreHits;
+        }
+        // Within the cooldown only an escalation gets through (high → critical).
+        if let Some(last) = m.last_alert {
+            if t < last + cooldown_s && t >= last - cooldown_s && severity <= m.last_severity {
+                return Decision::Cooldown;
+            }
+        }
+        m.last_alert = Some(t);
+        m.last_severity = severity;
+        m.hits = 0;
+        m.first_hit = t;
+        Decision::Emit
+    }
+
+    /// Forgets entries untouched for `keep_s` before `now`, when the memory has doubled since the last
+    /// prune (cheap amortised; alerts are rare next to records).
+    pub fn maybe_prune(&mut self, now: i64, keep_s: i64) {
+        if self.entries.len() < 1024 || self.entries.len() < 2 * self.pruned_at_len {
+            return;
+        }
+        self.entries.retain(|_, m| m.touched >= now - keep_s);
+        self.pruned_at_len = self.entries.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cooldown_lets_escalations_through_and_min_hits_counts_within_the_window() {
+        let mut m = AlertMemory::default();
+        let d = |m: &mut AlertMemory, t, s| m.decide("r", "e", t, s, 1, 3600, 3600);
+        assert_eq!(d(&mut m, 0, Severity::High), Decision::Emit);
+        assert_eq!(d(&mut m, 600, Severity::High), Decision::Cooldown);
+        assert_eq!(d(&mut m, 700, Severity::Critical), Decision::Emit);
+        assert_eq!(d(&mut m, 800, Severity::High), Decision::Cooldown);
+        assert_eq!(d(&mut m, 700 + 3600, Severity::High), Decision::Emit);
+        m.set_now(700 + 3600 + 10);
+        assert!(m.alerted_since("r", "e", 60));
+        assert!(!m.alerted_since("r", "other", 60));
+
+        let mut m = AlertMemory::default();
+        let d = |m: &mut AlertMemory, t| m.decide("r", "e", t, Severity::Medium, 3, 600, 600);
+        assert_eq!(d(&mut m, 0), Decision::NeedMoreHits);
+        assert_eq!(d(&mut m, 100), Decision::NeedMoreHits);
+        // The window restarts: the first two hits no longer count.
+        assert_eq!(d(&mut m, 700), Decision::NeedMoreHits);
+        assert_eq!(d(&mut m, 800), Decision::NeedMoreHits);
+        assert_eq!(d(&mut m, 900), Decision::Emit);
+    }
+}

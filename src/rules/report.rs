@@ -1,0 +1,134 @@
+//! The per-rule summary: what each rule did, how often it failed, how long it took.
+
+use std::fmt::Write as _;
+
+use super::engine::{EngineCounters, RuleEngine};
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RuleRow {
+    pub id: String,
+    pub version: String,
+    pub evaluations: u64,
+    pub alerts: u64,
+    pub entities: u64,
+    pub suppressed: u64,
+    pub errors: u64,
+    pub quarantined: bool,
+    pub mean_us: f64,
+    pub p99_us: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RulesReport {
+    pub ruleset_version: String,
+    pub rules_active: usize,
+    pub counters: EngineCounters,
+    pub rules: Vec<RuleRow>,
+}
+
+impl RulesReport {
+    pub fn of(engine: &RuleEngine) -> Self {
+        let mut rules: Vec<RuleRow> = engine
+            .stats()
+            .iter()
+            .map(|s| RuleRow {
+                id: s.id.clone(),
+                version: s.version.clone(),
+                evaluations: s.evaluations,
+                alerts: s.alerts,
+                entities: s.entities.len() as u64,
+                suppressed: s.suppressed,
+                errors: s.errors,
+                quarantined: s.quarantined,
+                mean_us: if s.latency.is_empty() {
+                    0.0
+                } else {
+                    s.latency.mean() / 1000.0
+                },
+                p99_us: s.latency.value_at_quantile(0.99) as f64 / 1000.0,
+                last_error: s.last_error.clone(),
+            })
+            .collect();
+        rules.sort_by(|a, b| a.id.cmp(&b.id));
+        RulesReport {
+            ruleset_version: engine.version().to_string(),
+            rules_active: engine.set().rules.len(),
+            counters: engine.counters.clone(),
+            rules,
+        }
+    }
+
+    /// Share of usage records that ran no rule at all (trigger dispatch found none).
+    pub fn no_rule_share(&self) -> f64 {
+        let c = &self.counters;
+        c.usage_without_rules as f64 / c.usage_records.max(1) as f64
+    }
+
+    pub fn render(&self) -> String {
+        let c = &self.counters;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "  rules               {} active (rule set {}); {} evaluations, {} alerts, {} errors; {:.1}% of usage records ran no rule{}",
+            self.rules_active,
+            self.ruleset_version,
+            c.evaluations,
+            c.alerts,
+            c.errors,
+            100.0 * self.no_rule_share(),
+            if c.reloads_ok + c.reloads_failed > 0 {
+                format!("; reloads {} ok, {} failed", c.reloads_ok, c.reloads_failed)
+            } else {
+                String::new()
+            }
+        );
+        if self.rules.is_empty() {
+            return s;
+        }
+        let w = self
+            .rules
+            .iter()
+            .map(|r| r.id.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        let _ = writeln!(
+            s,
+            "    {:<w$}  {:>11} {:>8} {:>8} {:>10} {:>7} {:>9} {:>9}",
+            "rule",
+            "evaluations",
+            "alerts",
+            "entities",
+            "suppressed",
+            "errors",
+            "mean µs",
+            "p99 µs"
+        );
+        for r in &self.rules {
+            let _ = writeln!(
+                s,
+                "    {:<w$}  {:>11} {:>8} {:>8} {:>10} {:>7} {:>9.2} {:>9.2}{}",
+                r.id,
+                r.evaluations,
+                r.alerts,
+                r.entities,
+                r.suppressed,
+                r.errors,
+                r.mean_us,
+                r.p99_us,
+                if r.quarantined { "  QUARANTINED" } else { "" }
+            );
+        }
+        for r in self.rules.iter().filter(|r| r.errors > 0) {
+            let _ = writeln!(
+                s,
+                "    {} last error: {}",
+                r.id,
+                r.last_error.as_deref().unwrap_or("")
+            );
+        }
+        s
+    }
+}

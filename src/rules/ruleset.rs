@@ -1,0 +1,561 @@
+//! `RuleSet`: a complete, validated, compiled rule library — or the list of everything wrong with it.
+//!
+//! Built whole or not at all: every script compiled (and its top level run once, where `RULE` is
+//! declared), metadata checked, parameters resolved per segment, lists loaded, literal filters and
+//! windows in feature calls checked. Any error and the build fails with every problem named as
+//! `file:line:column: message`; the caller keeps the set it had. Immutable once built, so swapping
+//! sets between two records is atomic by construction.
+//!
+//! Dispatch is precomputed: a table from each of the 1024 record classes (and each event type and
+//! timer kind) to the rules it can trigger, so a record that no rule cares about costs one lookup.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::rc::Rc;
+
+use ahash::AHashMap;
+use rhai::{Dynamic, Engine, Scope, AST};
+
+use crate::classify::{is_possible, PrefixList, RecordClass, CLASS_COUNT};
+use crate::record::EventType;
+
+use super::api::{self, Lists, ParamTable, Shared};
+use super::library::RuleSources;
+use super::meta::{Resolved, RuleMeta, TimerTrigger, Trigger};
+use super::params::{Params, SEGMENTS};
+use super::sandbox::{self, SandboxLimits, ScriptError};
+
+/// One problem found while building, in the form editors and CI logs understand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file,
+            self.line.max(1),
+            self.column.max(1),
+            self.message
+        )
+    }
+}
+
+/// A failed build: the errors, and the warnings found along the way.
+#[derive(Debug)]
+pub struct BuildErrors {
+    pub errors: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+}
+
+impl fmt::Display for BuildErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rule library has {} error(s):", self.errors.len())?;
+        for p in &self.errors {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for BuildErrors {}
+
+/// The name every rule's entry point has, and how many arguments it takes.
+pub const ENTRY: &str = "evaluate";
+const ENTRY_ARGS: usize = 4;
+
+pub struct Rule {
+    pub file: String,
+    pub resolved: Resolved,
+    pub ast: AST,
+    /// The script's top-level constants (`RULE`, helpers); rewound after every call.
+    pub scope: Scope<'static>,
+    /// Resolved parameters per segment, in `params::SEGMENTS` order.
+    pub params: Vec<Rc<ParamTable>>,
+}
+
+impl Rule {
+    pub fn id(&self) -> &str {
+        &self.resolved.meta.id
+    }
+    pub fn meta(&self) -> &RuleMeta {
+        &self.resolved.meta
+    }
+}
+
+pub struct RuleSet {
+    pub version: String,
+    pub engine: Engine,
+    pub rules: Vec<Rule>,
+    pub lists: Lists,
+    pub warnings: Vec<Problem>,
+    by_class: Vec<Box<[u16]>>,
+    by_event: AHashMap<EventType, Box<[u16]>>,
+    by_timer: Box<[u16]>,
+}
+
+impl RuleSet {
+    /// Rules a usage record of this class can trigger.
+    #[inline]
+    pub fn for_class(&self, c: RecordClass) -> &[u16] {
+        &self.by_class[c.0 as usize]
+    }
+
+    pub fn for_event(&self, t: EventType) -> &[u16] {
+        self.by_event.get(&t).map_or(&[], |v| v)
+    }
+
+    pub fn for_timer(&self) -> &[u16] {
+        &self.by_timer
+    }
+
+    /// An empty set (no rules), e.g. when no library is configured.
+    pub fn empty(limits: &SandboxLimits, shared: &Rc<Shared>) -> RuleSet {
+        let sources = RuleSources::new(Default::default(), vec![], None, vec![]);
+        RuleSet::build(&sources, limits, shared).expect("an empty library is valid")
+    }
+
+    pub fn build(
+        sources: &RuleSources,
+        limits: &SandboxLimits,
+        shared: &Rc<Shared>,
+    ) -> Result<RuleSet, BuildErrors> {
+        let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+        let problem = |file: &str, line, column, message: String| Problem {
+            file: sources.display_path(file),
+            line,
+            column,
+            message,
+        };
+
+        // Parameters.
+        let params_file = sources.params.as_ref();
+        let params_text = params_file.map_or("", |f| f.text.as_str());
+        let params_path = params_file.map_or("params.toml", |f| f.path.as_str());
+        let params = match Params::parse(params_text) {
+            Ok(p) => p,
+            Err(es) => {
+                for e in es {
+                    errors.push(problem(params_path, e.line, 1, e.message));
+                }
+                Params::default()
+            }
+        };
+
+        // Lists.
+        let mut lists = AHashMap::new();
+        for f in &sources.lists {
+            let name = f
+                .path
+                .trim_start_matches("lists/")
+                .trim_end_matches(".txt")
+                .to_string();
+            match PrefixList::parse(&f.text, &sources.display_path(&f.path)) {
+                Ok(l) => {
+                    lists.insert(name, l);
+                }
+                Err(e) => errors.push(problem(&f.path, e.line, 1, e.message.clone())),
+            }
+        }
+        let lists: Lists = Rc::new(lists);
+
+        let mut engine = sandbox::build_engine(limits);
+        api::register(&mut engine, shared, lists.clone());
+
+        // Scripts.
+        let mut rules: Vec<Rule> = Vec::new();
+        for f in &sources.scripts {
+            let display = sources.display_path(&f.path);
+            let stem = f
+                .path
+                .rsplit('/')
+                .next()
+                .unwrap_or(&f.path)
+                .trim_end_matches(".rhai");
+            let (ast, scope) = match sandbox::load(&engine, &display, &f.text) {
+                Ok(x) => x,
+                Err(ScriptError::Compile {
+                    line,
+                    column,
+                    message,
+                    ..
+                }) => {
+                    errors.push(problem(&f.path, line, column, message));
+                    continue;
+                }
+                Err(e) => {
+                    let (line, column) = e.position();
+                    errors.push(problem(&f.path, line, column, e.detail()));
+                    continue;
+                }
+            };
+            let rule_line = line_of(&f.text, "RULE").unwrap_or(1);
+            let Some(meta) = scope.get_value::<Dynamic>("RULE") else {
+                errors.push(problem(
+                    &f.path,
+                    1,
+                    1,
+                    "no `const RULE = #{ id: ..., ... };` metadata at top level".into(),
+                ));
+                continue;
+            };
+            let meta: RuleMeta = match rhai::serde::from_dynamic(&meta) {
+                Ok(m) => m,
+                Err(e) => {
+                    errors.push(problem(&f.path, rule_line, 1, format!("RULE: {e}")));
+                    continue;
+                }
+            };
+            let resolved = match meta.resolve(stem) {
+                Ok(r) => r,
+                Err(es) => {
+                    for m in es {
+                        errors.push(problem(&f.path, rule_line, 1, m));
+                    }
+                    continue;
+                }
+            };
+            let entry = ast
+                .iter_functions()
+                .find(|fun| fun.name == ENTRY)
+                .map(|fun| fun.params.iter().map(|p| p.to_string()).collect::<Vec<_>>());
+            let entry_line = line_of(&f.text, &format!("fn {ENTRY}")).unwrap_or(1);
+            let param_name = match entry {
+                None => {
+                    errors.push(problem(
+                        &f.path,
+                        1,
+                        1,
+                        format!("no `fn {ENTRY}(trigger, entity, acct, params)`"),
+                    ));
+                    continue;
+                }
+                Some(ps) if ps.len() != ENTRY_ARGS => {
+                    errors.push(problem(
+                        &f.path,
+                        entry_line,
+                        1,
+                        format!("`fn {ENTRY}` takes {ENTRY_ARGS} arguments (trigger, entity, acct, params), not {}", ps.len()),
+                    ));
+                    continue;
+                }
+                Some(ps) => ps[3].clone(),
+            };
+            if let Some(other) = rules.iter().find(|r| r.id() == resolved.meta.id) {
+                errors.push(problem(
+                    &f.path,
+                    rule_line,
+                    1,
+                    format!(
+                        "rule id {:?} is also declared by {}",
+                        resolved.meta.id, other.file
+                    ),
+                ));
+                continue;
+            }
+
+            // Parameters the script reads must exist; parameters nobody reads are a warning.
+            let defined: BTreeSet<&str> = params.defaults_of(&resolved.meta.id).collect();
+            let mut read = BTreeSet::new();
+            for (name, line, column) in param_reads(&f.text, &param_name) {
+                if !defined.contains(name.as_str()) {
+                    errors.push(problem(
+                        &f.path,
+                        line,
+                        column,
+                        format!(
+                            "parameter {name:?} is not defined in [{}] of {params_path}",
+                            resolved.meta.id
+                        ),
+                    ));
+                }
+                read.insert(name);
+            }
+            for name in defined.iter().filter(|n| !read.contains(**n)) {
+                warnings.push(problem(
+                    params_path,
+                    line_of(params_text, name).unwrap_or(1),
+                    1,
+                    format!(
+                        "parameter {}.{name} is not read by the rule",
+                        resolved.meta.id
+                    ),
+                ));
+            }
+            for (line, column, message) in literal_problems(&f.text) {
+                errors.push(problem(&f.path, line, column, message));
+            }
+            let tables = match params.resolve(&resolved.meta.id, params_text) {
+                Ok(t) => t,
+                Err(es) => {
+                    for e in es {
+                        errors.push(problem(params_path, e.line, 1, e.message));
+                    }
+                    continue;
+                }
+            };
+            if !resolved.can_trigger() {
+                warnings.push(problem(
+                    &f.path,
+                    rule_line,
+                    1,
+                    format!(
+                        "rule {} can never run: no record class matches its triggers {:?}",
+                        resolved.meta.id, resolved.meta.triggers
+                    ),
+                ));
+            }
+            rules.push(Rule {
+                file: display,
+                resolved,
+                ast,
+                scope,
+                params: tables,
+            });
+        }
+        for id in params.rule_ids().collect::<BTreeSet<_>>() {
+            if !rules.iter().any(|r| r.id() == id) && errors.is_empty() {
+                errors.push(problem(
+                    params_path,
+                    line_of(params_text, id).unwrap_or(1),
+                    1,
+                    format!("parameters for {id:?}, but no rule has that id"),
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(BuildErrors { errors, warnings });
+        }
+        debug_assert_eq!(SEGMENTS.len(), rules.first().map_or(7, |r| r.params.len()));
+
+        let mut by_class = vec![Vec::new(); CLASS_COUNT];
+        let mut by_event: AHashMap<EventType, Vec<u16>> = AHashMap::new();
+        let mut by_timer = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            let i = i as u16;
+            for t in &r.resolved.triggers {
+                match t {
+                    Trigger::Usage(f) => {
+                        for (c, list) in by_class.iter_mut().enumerate() {
+                            let c = RecordClass(c as u16);
+                            if is_possible(c) && f.matches(c) && !list.contains(&i) {
+                                list.push(i);
+                            }
+                        }
+                    }
+                    Trigger::Event(e) => {
+                        let list = by_event.entry(*e).or_default();
+                        if !list.contains(&i) {
+                            list.push(i);
+                        }
+                    }
+                    Trigger::Timer(TimerTrigger::InvoiceOverdue) => {
+                        if !by_timer.contains(&i) {
+                            by_timer.push(i);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(RuleSet {
+            version: sources.version.clone(),
+            engine,
+            rules,
+            lists,
+            warnings,
+            by_class: by_class.into_iter().map(Vec::into_boxed_slice).collect(),
+            by_event: by_event
+                .into_iter()
+                .map(|(k, v)| (k, v.into_boxed_slice()))
+                .collect(),
+            by_timer: by_timer.into_boxed_slice(),
+        })
+    }
+
+    /// Share of the 1024 classes with at least one rule (a quick dispatch sanity figure).
+    pub fn classes_with_rules(&self) -> usize {
+        self.by_class.iter().filter(|l| !l.is_empty()).count()
+    }
+}
+
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+}
+
+/// Positions (1-based line, column) of each byte offset's line start, for the scanners below.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = offset - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+/// Byte ranges of comments and string literals, which the scanners skip.
+fn code_mask(text: &str) -> Vec<bool> {
+    let b = text.as_bytes();
+    let mut code = vec![true; b.len()];
+    let mut i = 0;
+    while i < b.len() {
+        let start = i;
+        if b[i] == b'/' && b.get(i + 1) == Some(&b'/') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+            i += 2;
+            while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                i += 1;
+            }
+            i = (i + 2).min(b.len());
+        } else if b[i] == b'"' || b[i] == b'`' {
+            let q = b[i];
+            i += 1;
+            while i < b.len() && b[i] != q {
+                if b[i] == b'\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i = (i + 1).min(b.len());
+        } else {
+            i += 1;
+            continue;
+        }
+        code[start..i].iter_mut().for_each(|c| *c = false);
+    }
+    code
+}
+
+fn is_ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// `params.name` and `params["name"]` reads, where `params` is the entry point's fourth argument.
+fn param_reads(text: &str, var: &str) -> Vec<(String, usize, usize)> {
+    let code = code_mask(text);
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(found) = text[from..].find(var) {
+        let at = from + found;
+        from = at + var.len();
+        let before_ok = at == 0 || !is_ident(b[at - 1]) && b[at - 1] != b'.';
+        if !code[at] || !before_ok || b.get(from).is_some_and(|&c| is_ident(c)) {
+            continue;
+        }
+        let rest = &text[from..];
+        let (name_at, name) = if let Some(r) = rest.strip_prefix('.') {
+            let len = r.bytes().take_while(|&c| is_ident(c)).count();
+            (from + 1, &r[..len])
+        } else if let Some(r) = rest.strip_prefix("[\"") {
+            let len = r.find('"').unwrap_or(0);
+            (from + 2, &r[..len])
+        } else {
+            continue;
+        };
+        // `params.segment` is the view's own property.
+        if name.is_empty() || name == "segment" {
+            continue;
+        }
+        let (line, column) = position(text, name_at);
+        out.push((name.to_string(), line, column));
+    }
+    out
+}
+
+/// Feature calls whose filter or window is a literal: checked now, not on the first matching record.
+fn literal_problems(text: &str) -> Vec<(usize, usize, String)> {
+    // (method, index of the filter argument, index of the window argument)
+    const CALLS: &[(&str, Option<usize>, Option<usize>)] = &[
+        ("count", Some(0), Some(1)),
+        ("seconds", Some(0), Some(1)),
+        ("minutes", Some(0), Some(1)),
+        ("bytes", Some(0), Some(1)),
+        ("charges", Some(0), Some(1)),
+        ("distinct_numbers", Some(0), Some(1)),
+        ("distinct_cells", Some(0), Some(1)),
+        ("distinct_called", None, Some(0)),
+        ("reversals_within", None, Some(0)),
+        ("is", Some(0), None),
+    ];
+    let code = code_mask(text);
+    let mut out = Vec::new();
+    for &(name, filter_arg, window_arg) in CALLS {
+        let pat = format!(".{name}(");
+        let mut from = 0;
+        while let Some(found) = text[from..].find(&pat) {
+            let at = from + found;
+            from = at + pat.len();
+            if !code[at] {
+                continue;
+            }
+            // Split the literal arguments: only `"..."` literals are checked.
+            let mut args = Vec::new();
+            let mut i = from;
+            let b = text.as_bytes();
+            loop {
+                while i < b.len() && b[i] == b' ' {
+                    i += 1;
+                }
+                if i < b.len() && b[i] == b'"' {
+                    let end = text[i + 1..].find('"').map_or(b.len(), |e| i + 1 + e);
+                    args.push(Some((i + 1, &text[i + 1..end])));
+                    i = end + 1;
+                } else {
+                    args.push(None);
+                    while i < b.len() && b[i] != b',' && b[i] != b')' {
+                        i += 1;
+                    }
+                }
+                while i < b.len() && b[i] == b' ' {
+                    i += 1;
+                }
+                if i < b.len() && b[i] == b',' {
+                    i += 1;
+                    continue;
+                }
+                break;
+            }
+            if let Some(Some((off, f))) = filter_arg.and_then(|k| args.get(k)) {
+                if let Err(e) = crate::classify::ClassFilter::parse(f) {
+                    let (line, column) = position(text, *off);
+                    out.push((line, column, e));
+                }
+            }
+            if let Some(Some((off, w))) = window_arg.and_then(|k| args.get(k)) {
+                if let Err(e) = crate::record::time::parse_duration(w) {
+                    let (line, column) = position(text, *off);
+                    out.push((line, column, format!("window {w:?}: {e}")));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scanners_find_param_reads_and_bad_literals_outside_comments() {
+        let text = "// params.commented\nfn evaluate(r, s, a, p) {\n  if s.count(\"voice.mo.intl\", \"1h\") > p.min_calls && p[\"max\"] > 0 { }\n  s.minutes(\"voice\", \"2 hours\")\n}\n";
+        let reads = param_reads(text, "p");
+        let names: Vec<_> = reads.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(names, ["min_calls", "max"]);
+        assert_eq!((reads[0].1, reads[0].2), (3, 41));
+        let bad = literal_problems(text);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert_eq!((bad[0].0, bad[0].1), (3, 15));
+        assert!(bad[0].2.contains("intl"));
+        assert_eq!((bad[1].0, bad[1].1), (4, 23));
+    }
+}

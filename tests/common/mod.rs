@@ -1,0 +1,57 @@
+//! Helpers shared by the rule-engine integration tests: small rule libraries in temp folders, usage
+//! records as NDJSON, and replays through the real pipeline.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use cdrguard::pipeline::Pipeline;
+use cdrguard::record::Alert;
+use cdrguard::replay::{self, ReplayOptions, ReplayReport, RulesChoice};
+
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Copies files into `dir` (relative path → content), creating folders.
+pub fn write_files(dir: &Path, files: &[(&str, &str)]) {
+    for (rel, text) in files {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+}
+
+/// One MO voice call as NDJSON.
+pub fn voice_mo(id: &str, start: &str, msisdn: &str, other: &str, duration_s: u32) -> String {
+    format!(
+        r#"{{"record_id":"{id}","record_type":"voice","direction":"mo","event_start":"{start}","duration_s":{duration_s},"served":{{"msisdn":"{msisdn}"}},"other_party":{{"number":"{other}"}}}}"#
+    )
+}
+
+/// Replays `usage` (and `events`) with the library in `rules`; returns the report, the pipeline and
+/// the alerts written.
+pub fn replay_with(
+    rules: &Path,
+    usage: &Path,
+    events: Option<&Path>,
+    config: Option<&Path>,
+) -> (ReplayReport, Pipeline, Vec<Alert>) {
+    let opts = ReplayOptions {
+        usage: usage.to_path_buf(),
+        events: events.map(Path::to_path_buf),
+        no_dead_letter: true,
+        config: config.map(Path::to_path_buf),
+        rules: RulesChoice::Dir(rules.to_path_buf()),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    let (report, pipeline) = replay::run_to(&opts, &mut out).unwrap();
+    let alerts = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (report, pipeline, alerts)
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(ROOT).join(rel)
+}
