@@ -281,10 +281,8 @@ pub fn run_to(
         }
         alerts_written += write_alerts(&mut pipeline, out)?;
         progress.tick(pipeline.counts.lines, source.progress());
-        if let Some(w) = watcher
-            .as_ref()
-            .filter(|_| pipeline.counts.lines % 1024 == 0)
-        {
+        // Every line: a channel poll is an atomic load, and a replay from stdin may be slow.
+        if let Some(w) = &watcher {
             if let Some((cause, read)) = w.poll() {
                 tracing::info!(?cause, "Rule library changed; reloading.");
                 match read {

@@ -172,3 +172,62 @@ fn errors_are_clear_and_exit_non_zero() {
     assert_eq!(code, 1);
     assert!(err.contains("unknown filter token \"outgoing\""), "{err}");
 }
+
+#[test]
+fn check_and_test_report_the_rule_library_and_exit_non_zero_on_problems() {
+    let (code, _, err) = run(&["check"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("rules OK"), "{err}");
+    let (code, out, _) = run(&["test"], None);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(" 0 failed"), "{out}");
+
+    // A broken copy: a typo in a parameter name and an unknown filter token, each with its position.
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("rules");
+    std::fs::create_dir_all(lib.join("fraud")).unwrap();
+    std::fs::copy(format!("{ROOT}/rules/params.toml"), lib.join("params.toml")).unwrap();
+    for f in [
+        "fraud/irsf_high_risk_destination.rhai",
+        "fraud/wangiri_inbound.rhai",
+        "arrears/invoice_overdue.rhai",
+    ] {
+        std::fs::create_dir_all(lib.join(f).parent().unwrap()).unwrap();
+        std::fs::copy(format!("{ROOT}/rules/{f}"), lib.join(f)).unwrap();
+    }
+    std::fs::create_dir_all(lib.join("lists")).unwrap();
+    std::fs::copy(
+        format!("{ROOT}/rules/lists/wangiri_whitelist.txt"),
+        lib.join("lists/wangiri_whitelist.txt"),
+    )
+    .unwrap();
+    let irsf = lib.join("fraud/irsf_high_risk_destination.rhai");
+    let text = std::fs::read_to_string(&irsf)
+        .unwrap()
+        .replace("calls < params.min_calls", "calls < params.min_cals")
+        .replace(
+            "sub.minutes(\"voice.mo.high_risk\"",
+            "sub.minutes(\"voice.mo.hirisk\"",
+        );
+    std::fs::write(&irsf, text).unwrap();
+    let params = std::fs::read_to_string(lib.join("params.toml")).unwrap() + "unused_knob = 1\n";
+    std::fs::write(lib.join("params.toml"), params).unwrap();
+    let (code, out, _) = run(&["check", "--rules", lib.to_str().unwrap()], None);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "irsf_high_risk_destination.rhai:26:23: error: parameter \"min_cals\" is not defined"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "irsf_high_risk_destination.rhai:25:32: error: unknown filter token \"hirisk\""
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("warning: parameter invoice_overdue.unused_knob is not read"),
+        "{out}"
+    );
+}
