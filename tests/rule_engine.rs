@@ -340,3 +340,28 @@ fn a_case_whose_expectation_is_wrong_fails_with_a_diff() {
         "{text}"
     );
 }
+
+#[test]
+fn check_warns_about_a_rule_no_record_can_trigger() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(fixture("fixtures/sandbox/good.rhai"))
+        .unwrap()
+        .replace("triggers: [\"voice\"]", "triggers: [\"data.mo\"]");
+    write_files(dir.path(), &[("good.rhai", &text)]);
+    let store = std::rc::Rc::new(std::cell::RefCell::new(
+        WindowStore::new(Default::default()),
+    ));
+    let shared = cdrguard::rules::Shared::new(store, Default::default());
+    let set = cdrguard::rules::RuleSet::build(
+        &RuleSources::read(dir.path()).unwrap(),
+        &Default::default(),
+        &shared,
+    )
+    .unwrap();
+    assert_eq!(set.warnings.len(), 1);
+    let w = set.warnings[0].to_string();
+    assert!(
+        w.contains("good.rhai:") && w.contains("can never run"),
+        "{w}"
+    );
+}

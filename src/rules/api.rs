@@ -42,6 +42,9 @@ fn fail<T>(message: String) -> Fallible<T> {
     )))
 }
 
+/// Distinct filter and window strings kept parsed; literals in scripts are far fewer.
+const CACHE_LIMIT: usize = 1024;
+
 /// What views share: the store, the alert memory (for `alerted`), and the parse caches.
 pub struct Shared {
     pub store: SharedStore,
@@ -66,7 +69,11 @@ impl Shared {
             return Ok(f);
         }
         let f = Rc::new(ClassFilter::parse(text).or_else(fail)?);
-        self.filters.borrow_mut().insert(text.clone(), f.clone());
+        // Bounded: a script building filter strings at run time must not grow memory without end.
+        let mut cache = self.filters.borrow_mut();
+        if cache.len() < CACHE_LIMIT {
+            cache.insert(text.clone(), f.clone());
+        }
         Ok(f)
     }
 
@@ -78,7 +85,10 @@ impl Shared {
             Some(w) => w,
             None => {
                 let w = crate::record::time::parse_duration(text).or_else(fail)?;
-                self.windows.borrow_mut().insert(text.clone(), w);
+                let mut cache = self.windows.borrow_mut();
+                if cache.len() < CACHE_LIMIT {
+                    cache.insert(text.clone(), w);
+                }
                 w
             }
         };

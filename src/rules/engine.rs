@@ -287,50 +287,35 @@ impl RuleEngine {
 
         // The entity the rule is keyed by; a trigger without one (an MT call from an untracked
         // caller for a calling-number rule) does not run the rule.
-        let (entity, key, msisdn) = match kind {
-            EntityType::Subscriber => match subject.sub {
-                Some(n) => (
-                    Dynamic::from(EntityView::new(self.shared.clone(), kind, n, end)),
-                    n.to_string(),
-                    Some(n.to_string()),
-                ),
-                None => return,
-            },
-            EntityType::CallingNumber | EntityType::Imei => {
-                let n = if kind == EntityType::Imei {
-                    subject.imei
-                } else {
-                    subject.caller
+        // Strings for the alert's entity are made only when a rule says "alert": most evaluations
+        // return nothing.
+        let (entity, number) = match kind {
+            EntityType::Subscriber | EntityType::CallingNumber | EntityType::Imei => {
+                let n = match kind {
+                    EntityType::Subscriber => subject.sub,
+                    EntityType::Imei => subject.imei,
+                    _ => subject.caller,
                 };
-                match n {
-                    Some(n) => (
-                        Dynamic::from(EntityView::new(self.shared.clone(), kind, n, end)),
-                        n.to_string(),
-                        None,
-                    ),
-                    None => return,
-                }
+                let Some(n) = n else { return };
+                (
+                    Dynamic::from(EntityView::new(self.shared.clone(), kind, n, end)),
+                    Some(n),
+                )
             }
             EntityType::Account => match subject.account {
                 Some(_) => (
                     Dynamic::from(AccountView::new(self.shared.clone(), subject.account, time)),
-                    String::new(),
                     None,
                 ),
                 None => return,
             },
         };
-        let (account_id, segment) = {
+        let segment = {
             let store = self.shared.store.borrow();
-            match subject.account.and_then(|s| store.account_at(s)) {
-                Some(a) => (Some(a.id.to_string()), Some(a.ledger.segment)),
-                None => (None, None),
-            }
-        };
-        let key = if kind == EntityType::Account {
-            account_id.clone().unwrap_or_default()
-        } else {
-            key
+            subject
+                .account
+                .and_then(|s| store.account_at(s))
+                .map(|a| a.ledger.segment)
         };
         let acct = Dynamic::from(AccountView::new(self.shared.clone(), subject.account, time));
         let params = Dynamic::from(ParamsView(rule.params[segment_index(segment)].clone()));
@@ -355,10 +340,22 @@ impl RuleEngine {
         let verdict = match result {
             Ok(None) => return,
             Ok(Some(map)) => {
+                let account_id = {
+                    let store = self.shared.store.borrow();
+                    subject
+                        .account
+                        .and_then(|s| store.account_at(s))
+                        .map(|a| a.id.to_string())
+                };
                 let entity = EntityRef {
                     kind,
-                    key,
-                    msisdn,
+                    key: match number {
+                        Some(n) => n.to_string(),
+                        None => account_id.clone().unwrap_or_default(),
+                    },
+                    msisdn: number
+                        .filter(|_| kind == EntityType::Subscriber)
+                        .map(|n| n.to_string()),
                     account_id,
                     segment,
                 };
