@@ -45,10 +45,21 @@ fn fail<T>(message: String) -> Fallible<T> {
 /// Distinct filter and window strings kept parsed; literals in scripts are far fewer.
 const CACHE_LIMIT: usize = 1024;
 
+/// The entity of an evaluation, without making a string of it.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum EntityKey {
+    #[default]
+    None,
+    Number(Number),
+    Account(u32),
+}
+
 /// What views share: the store, the alert memory (for `alerted`), and the parse caches.
 pub struct Shared {
     pub store: SharedStore,
     pub memory: Rc<RefCell<AlertMemory>>,
+    /// Rule (id hash) and entity of the evaluation in progress, for `edge`.
+    pub current: std::cell::Cell<(u64, EntityKey)>,
     filters: RefCell<AHashMap<ImmutableString, Rc<ClassFilter>>>,
     windows: RefCell<AHashMap<ImmutableString, i64>>,
 }
@@ -58,6 +69,7 @@ impl Shared {
         Rc::new(Shared {
             store,
             memory,
+            current: Default::default(),
             filters: RefCell::default(),
             windows: RefCell::default(),
         })
@@ -258,6 +270,22 @@ fn register_windowed<T: Windowed + Clone + 'static>(engine: &mut Engine) {
         let w = v.shared().window(window, false)?;
         Ok(v.features(Default::default(), |x| x.sum(&f, w, v.end())))
     }
+    fn sums_ago<T: Windowed>(
+        v: &T,
+        filter: &ImmutableString,
+        window: &ImmutableString,
+        ago: &ImmutableString,
+    ) -> Fallible<crate::state::WindowSums> {
+        let f = v.shared().filter(filter)?;
+        let w = v.shared().window(window, false)?;
+        let a = v.shared().window(ago, false)?;
+        if w + a > v.shared().store.borrow().config().max_window.0 {
+            return fail(format!(
+                "window {window:?} ending {ago:?} ago reaches beyond state.max_window"
+            ));
+        }
+        Ok(v.features(Default::default(), |x| x.sum(&f, w, v.end() - a)))
+    }
     engine
         .register_fn(
             "count",
@@ -288,6 +316,34 @@ fn register_windowed<T: Windowed + Clone + 'static>(engine: &mut Engine) {
             |v: &mut T, f: ImmutableString, w: ImmutableString| -> Fallible<f64> {
                 Ok(money(sums(v, &f, &w)?.charge))
             },
+        )
+        // The same sums over a window that ends `ago` before the trigger: baselines ("the 30 days
+        // before the last 72 hours") for spike rules.
+        .register_fn(
+            "count",
+            |v: &mut T,
+             f: ImmutableString,
+             w: ImmutableString,
+             ago: ImmutableString|
+             -> Fallible<i64> { Ok(sums_ago(v, &f, &w, &ago)?.count as i64) },
+        )
+        .register_fn(
+            "minutes",
+            |v: &mut T,
+             f: ImmutableString,
+             w: ImmutableString,
+             ago: ImmutableString|
+             -> Fallible<f64> {
+                Ok(sums_ago(v, &f, &w, &ago)?.duration_s as f64 / 60.0)
+            },
+        )
+        .register_fn(
+            "charges",
+            |v: &mut T,
+             f: ImmutableString,
+             w: ImmutableString,
+             ago: ImmutableString|
+             -> Fallible<f64> { Ok(money(sums_ago(v, &f, &w, &ago)?.charge)) },
         )
         .register_fn(
             "distinct_numbers",
@@ -357,6 +413,23 @@ pub fn register(engine: &mut Engine, shared: &Rc<Shared>, lists: Lists) {
             Ok(Number::parse(number).is_ok_and(|n| list.matches(n)))
         },
     );
+    // `edge("above_80", exposure >= 0.8 * limit)`: true only when the condition turns true for this
+    // rule and entity (false before, true now) — "once per crossing". Re-armed when it is seen false.
+    let memory = shared.memory.clone();
+    let shared_e = shared.clone();
+    engine.register_fn("edge", move |name: &str, cond: bool| -> bool {
+        let (rule, entity) = shared_e.current.get();
+        let entity = match entity {
+            EntityKey::None => 0,
+            EntityKey::Number(n) => n.key(),
+            EntityKey::Account(slot) => shared_e
+                .store
+                .borrow()
+                .account_at(slot)
+                .map_or(0, |a| super::memory::key_hash(&a.id)),
+        };
+        memory.borrow_mut().edge(rule, entity, name, cond)
+    });
     // `alerted("wangiri_inbound", rec.other_number, "72h")`: that rule alerted on that entity within
     // the window before the trigger time.
     let memory = shared.memory.clone();
@@ -562,6 +635,13 @@ fn register_entity(engine: &mut Engine) {
             let end = v.end;
             v.with(0, |e| e.open_calls(end) as i64)
         })
+        // The most calls at once within [from, to) (e.g. the triggering call's span).
+        .register_fn(
+            "concurrent_calls",
+            |v: &mut EntityView, from: i64, to: i64| -> i64 {
+                v.with(0, |e| e.max_concurrent_calls(from, to) as i64)
+            },
+        )
         // Distance and implied speed between the last two located records (0 when fewer than two).
         .register_fn("travel_km", |v: &mut EntityView| -> f64 {
             v.with(0.0, |e| travel(e).map_or(0.0, |(km, _)| km))

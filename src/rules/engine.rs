@@ -20,7 +20,9 @@ use crate::record::{AccountEvent, Direction, EventTime, Number, RecordType, Usag
 use crate::record::{Alert, EntityRef, EntityType, Mode};
 use crate::state::Timer;
 
-use super::api::{AccountView, EntityView, EventView, ParamsView, Shared, TimerView, UsageView};
+use super::api::{
+    AccountView, EntityKey, EntityView, EventView, ParamsView, Shared, TimerView, UsageView,
+};
 use super::library::RuleSources;
 use super::memory::{key_hash, Decision};
 use super::params::segment_index;
@@ -321,6 +323,14 @@ impl RuleEngine {
         let params = Dynamic::from(ParamsView(rule.params[segment_index(segment)].clone()));
 
         self.shared.memory.borrow_mut().set_now(end);
+        self.shared.current.set((
+            rule.id_hash,
+            match (number, subject.account) {
+                (Some(n), _) => EntityKey::Number(n),
+                (None, Some(slot)) => EntityKey::Account(slot),
+                (None, None) => EntityKey::None,
+            },
+        ));
         let started = Instant::now();
         let result = sandbox::call(
             &set.engine,

@@ -27,6 +27,8 @@ pub struct Memo {
 #[derive(Default, Serialize, Deserialize)]
 pub struct AlertMemory {
     entries: AHashMap<(u64, u64), Memo>,
+    /// `edge` conditions last seen per (rule, entity, name): value and when.
+    latches: AHashMap<(u64, u64, u64), (bool, i64)>,
     /// Trigger time of the evaluation in progress: `alerted` looks back from here.
     #[serde(skip)]
     now: i64,
@@ -69,6 +71,18 @@ impl AlertMemory {
             .get(&(key_hash(rule), key_hash(entity_key)))
             .and_then(|m| m.last_alert)
             .is_some_and(|t| t > self.now - window_s && t <= self.now)
+    }
+
+    /// True when `cond` holds now and did not the last time this rule asked about this entity.
+    pub fn edge(&mut self, rule: u64, entity: u64, name: &str, cond: bool) -> bool {
+        let now = self.now;
+        let slot = self
+            .latches
+            .entry((rule, entity, key_hash(name)))
+            .or_insert((false, now));
+        let rising = cond && !slot.0;
+        *slot = (cond, now);
+        rising
     }
 
     /// Records a positive evaluation at `t` and decides whether it becomes an alert.
@@ -118,11 +132,13 @@ impl AlertMemory {
     /// Forgets entries untouched for `keep_s` before `now`, when the memory has doubled since the last
     /// prune (cheap amortised; alerts are rare next to records).
     pub fn maybe_prune(&mut self, now: i64, keep_s: i64) {
-        if self.entries.len() < 1024 || self.entries.len() < 2 * self.pruned_at_len {
+        let len = self.entries.len() + self.latches.len();
+        if len < 1024 || len < 2 * self.pruned_at_len {
             return;
         }
         self.entries.retain(|_, m| m.touched >= now - keep_s);
-        self.pruned_at_len = self.entries.len();
+        self.latches.retain(|_, (_, t)| *t >= now - keep_s);
+        self.pruned_at_len = self.entries.len() + self.latches.len();
     }
 }
 
@@ -151,5 +167,16 @@ mod tests {
         assert_eq!(d(&mut m, 700), Decision::NeedMoreHits);
         assert_eq!(d(&mut m, 800), Decision::NeedMoreHits);
         assert_eq!(d(&mut m, 900), Decision::Emit);
+    }
+
+    #[test]
+    fn edge_fires_once_per_crossing_and_rearms_when_seen_false() {
+        let mut m = AlertMemory::default();
+        let seq = [false, true, true, false, true];
+        let got: Vec<bool> = seq.iter().map(|&c| m.edge(1, 2, "above", c)).collect();
+        assert_eq!(got, [false, true, false, false, true]);
+        // Another entity, another name: separate latches.
+        assert!(m.edge(1, 3, "above", true));
+        assert!(m.edge(1, 2, "other", true));
     }
 }

@@ -72,6 +72,8 @@ const ENTRY_ARGS: usize = 4;
 
 pub struct Rule {
     pub file: String,
+    /// Stable hash of the id (alert memory keys).
+    pub id_hash: u64,
     pub resolved: Resolved,
     pub ast: AST,
     /// The script's top-level constants (`RULE`, helpers); rewound after every call.
@@ -314,6 +316,7 @@ impl RuleSet {
             }
             rules.push(Rule {
                 file: display,
+                id_hash: super::memory::key_hash(&resolved.meta.id),
                 resolved,
                 ast,
                 scope,

@@ -113,6 +113,25 @@ impl Entity {
         self.next_compaction = now + COMPACTION_EVERY_S;
     }
 
+    /// The most calls in progress at one instant within `[from, to)`: a call overlapping two others is
+    /// three at once whatever order the records arrived in.
+    pub fn max_concurrent_calls(&self, from: i64, to: i64) -> usize {
+        let mut edges: Vec<(i64, i32)> = self
+            .calls
+            .iter()
+            .filter(|s| s.start < to.max(from + 1) && s.end > from)
+            .flat_map(|s| [(s.start.max(from), 1), (s.end, -1)])
+            .collect();
+        // Ends sort before starts at the same instant: back-to-back calls do not overlap.
+        edges.sort_unstable();
+        let (mut open, mut most) = (0i32, 0i32);
+        for (_, d) in edges {
+            open += d;
+            most = most.max(open);
+        }
+        most as usize
+    }
+
     /// Calls in progress at `at` (start ≤ at < end).
     pub fn open_calls(&self, at: i64) -> usize {
         self.calls
@@ -151,5 +170,23 @@ impl Features for Entity {
 
     fn distinct_cells(&self, filter: &ClassFilter, window_s: i64, end: i64) -> u32 {
         self.distinct.count(SeenKind::Cell, filter, window_s, end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_calls_count_overlaps_whatever_the_arrival_order() {
+        let mut e = Entity::new(0);
+        // Arrived in end order: C, B, A; A 0–30, B 5–35, C 10–40 overlap on 10–30. D starts as A ends.
+        for (start, end) in [(10, 40), (5, 35), (0, 30), (30, 50)] {
+            e.calls.push(Span { start, end });
+        }
+        assert_eq!(e.max_concurrent_calls(0, 30), 3);
+        assert_eq!(e.max_concurrent_calls(30, 50), 3, "B, C and D at 30–35");
+        assert_eq!(e.max_concurrent_calls(40, 50), 1);
+        assert_eq!(e.max_concurrent_calls(100, 100), 0);
     }
 }
