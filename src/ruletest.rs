@@ -177,7 +177,12 @@ fn run_case(rule: &str, dir: &Path, rules_dir: &Path) -> CaseResult {
         unexpected: vec![],
         error: None,
     };
-    match compare(rule, dir, rules_dir) {
+    // Per-case replay logs ("Rules loaded") would drown the report; failures show in the diff.
+    let outcome =
+        tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+            compare(rule, dir, rules_dir)
+        });
+    match outcome {
         Ok((description, missing, unexpected)) => {
             result.description = description;
             result.missing = missing;
@@ -200,7 +205,8 @@ fn compare(rule: &str, dir: &Path, rules_dir: &Path) -> anyhow::Result<Diff> {
     let mut rules_compared: BTreeSet<&str> =
         expect.alerts.iter().map(|e| e.rule.as_str()).collect();
     rules_compared.insert(rule);
-    let actual: BTreeSet<Expected> = alerts
+    // Compared as multisets: "once per crossing" means two crossings give two alerts, not one.
+    let mut actual: Vec<Expected> = alerts
         .iter()
         .filter(|a| rules_compared.contains(a.rule.id.as_str()))
         .map(|a| Expected {
@@ -212,9 +218,18 @@ fn compare(rule: &str, dir: &Path, rules_dir: &Path) -> anyhow::Result<Diff> {
                 .unwrap_or_default(),
         })
         .collect();
-    let expected: BTreeSet<Expected> = expect.alerts.into_iter().collect();
-    let missing = expected.difference(&actual).cloned().collect();
-    let unexpected = actual.difference(&expected).cloned().collect();
+    let mut missing = Vec::new();
+    for e in expect.alerts {
+        match actual.iter().position(|a| *a == e) {
+            Some(i) => {
+                actual.swap_remove(i);
+            }
+            None => missing.push(e),
+        }
+    }
+    actual.sort();
+    missing.sort();
+    let unexpected = actual;
     Ok((expect.description, missing, unexpected))
 }
 

@@ -400,6 +400,13 @@ pub fn register(engine: &mut Engine, shared: &Rc<Shared>, lists: Lists) {
         p.0.segment.into()
     });
 
+    // `fixed(minutes, 1)`: a number as text with that many decimals, for explanations.
+    engine.register_fn("fixed", |x: f64, decimals: i64| -> String {
+        format!("{x:.*}", decimals.clamp(0, 6) as usize)
+    });
+    engine.register_fn("fixed", |x: i64, decimals: i64| -> String {
+        format!("{:.*}", decimals.clamp(0, 6) as usize, x as f64)
+    });
     // `listed("simbox_whitelist", rec.msisdn)`: the number matches a prefix of lists/<name>.txt.
     engine.register_fn(
         "listed",
@@ -685,6 +692,10 @@ fn register_account(engine: &mut Engine) {
         .register_get("key_account", |v: &mut AccountView| {
             v.with(false, |_, a| a.ledger.segment.is_key_account())
         })
+        // The earliest usage of any of its lines in state (UTC seconds; 0 when none).
+        .register_get("first_seen", |v: &mut AccountView| {
+            v.with(0, |store, a| store.usage_of(a).first_seen().unwrap_or(0))
+        })
         .register_get("line_count", |v: &mut AccountView| {
             v.with(0, |_, a| a.lines.len() as i64)
         })
@@ -742,10 +753,17 @@ fn register_account(engine: &mut Engine) {
                     .map_or(-1.0, |t| (end - t.utc) as f64 / 86_400.0)
             })
         })
+        // Ledger history reaches back `state.ledger_history` (90 days), further than usage windows.
         .register_fn(
             "reversals_within",
             |v: &mut AccountView, w: ImmutableString| -> Fallible<i64> {
-                let w = v.shared.window(&w, false)?;
+                let w = crate::record::time::parse_duration(&w).or_else(fail)?;
+                let keep = v.shared.store.borrow().config().ledger_history.0;
+                if w <= 0 || w > keep {
+                    return fail(format!(
+                        "window {w}s must be positive and at most state.ledger_history"
+                    ));
+                }
                 let end = v.end;
                 Ok(v.with(0, |_, a| a.ledger.reversals_within(w, end) as i64))
             },

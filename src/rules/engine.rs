@@ -25,6 +25,7 @@ use super::api::{
 };
 use super::library::RuleSources;
 use super::memory::{key_hash, Decision};
+use super::meta;
 use super::params::segment_index;
 use super::policy::{self, TriggerInfo};
 use super::ruleset::{BuildErrors, RuleSet, ENTRY};
@@ -206,6 +207,24 @@ impl RuleEngine {
             self.counters.usage_without_rules += 1;
             return;
         }
+        let predicates = (if r.charge.amount > crate::record::Money::ZERO {
+            meta::CHARGED
+        } else {
+            0
+        }) | (if r.location.lat.is_some() && r.location.lon.is_some() {
+            meta::LOCATED
+        } else {
+            0
+        });
+        if !self
+            .set
+            .for_class(class)
+            .iter()
+            .any(|&(_, need)| need & !predicates == 0)
+        {
+            self.counters.usage_without_rules += 1;
+            return;
+        }
         let subject = {
             let store = self.shared.store.borrow();
             let msisdn = r.served.msisdn;
@@ -224,9 +243,16 @@ impl RuleEngine {
             }
         };
         let trigger = Dynamic::from(UsageView::new(r, class));
-        let indexes = self.set.for_class(class).len();
-        for k in 0..indexes {
-            let i = self.set.for_class(class)[k] as usize;
+        let entries = self.set.for_class(class).len();
+        let mut last = usize::MAX;
+        for k in 0..entries {
+            let (i, need) = self.set.for_class(class)[k];
+            let i = i as usize;
+            // A rule listed twice (two predicate masks) runs once: entries of a rule are adjacent.
+            if need & !predicates != 0 || i == last {
+                continue;
+            }
+            last = i;
             self.evaluate(i, &trigger, r.event_start, Some(&r.record_id), &subject);
         }
     }
@@ -312,12 +338,22 @@ impl RuleEngine {
                 None => return,
             },
         };
+        // Declared account conditions, checked natively: no script runs for a record they exclude.
+        let needs = rule.resolved.requires;
         let segment = {
             let store = self.shared.store.borrow();
-            subject
-                .account
-                .and_then(|s| store.account_at(s))
-                .map(|a| a.ledger.segment)
+            let account = subject.account.and_then(|s| store.account_at(s));
+            if needs != 0 {
+                let ok = account.is_some_and(|a| {
+                    (needs & meta::NEEDS_CREDIT_LIMIT == 0 || a.ledger.credit_limit.is_some())
+                        && (needs & meta::NEEDS_OVERDUE == 0
+                            || a.ledger.overdue(time) > crate::record::Money::ZERO)
+                });
+                if !ok {
+                    return;
+                }
+            }
+            account.map(|a| a.ledger.segment)
         };
         let acct = Dynamic::from(AccountView::new(self.shared.clone(), subject.account, time));
         let params = Dynamic::from(ParamsView(rule.params[segment_index(segment)].clone()));

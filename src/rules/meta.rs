@@ -9,7 +9,9 @@
 //!     severity: "high",                    // default severity; the rule may raise it per alert
 //!     departments: ["FRAUD"],              // FRAUD | COLLECTIONS | KEY_ACCOUNTS | CARE
 //!     entity: "subscriber",                // subscriber | account | calling_number | imei
-//!     triggers: ["voice.mo.high_risk"],    // record classes, `event:<type>` or `timer:<kind>`
+//!     triggers: ["voice.mo.high_risk"],    // record classes, `event:<type>` or `timer:<kind>`;
+//!                                          // `charged` / `located` narrow a class natively
+//!     requires: ["account"],               // optional: account, credit_limit, overdue
 //!     version: "1.0.0",
 //!     window: "1h",                        // optional: the window the alert reports on
 //!     cooldown: "1h",                      // optional: default = window, else 1h
@@ -45,13 +47,25 @@ pub struct RuleMeta {
     pub min_hits: Option<u32>,
     #[serde(default)]
     pub actions: Vec<String>,
+    #[serde(default)]
+    pub requires: Vec<String>,
 }
+
+/// Record predicates a usage trigger can add to its class filter, checked natively before any script
+/// runs: `charged` (charge > 0), `located` (latitude and longitude present).
+pub const CHARGED: u8 = 1;
+pub const LOCATED: u8 = 2;
+
+/// Account conditions a rule can require (`RULE.requires`), checked natively before its script runs.
+pub const NEEDS_ACCOUNT: u8 = 1;
+pub const NEEDS_CREDIT_LIMIT: u8 = 2;
+pub const NEEDS_OVERDUE: u8 = 4;
 
 /// What can start a rule's evaluation.
 #[derive(Clone, Debug)]
 pub enum Trigger {
-    /// A usage record whose class matches.
-    Usage(ClassFilter),
+    /// A usage record whose class matches and that has the predicates of the mask.
+    Usage(ClassFilter, u8),
     /// An account event of this type.
     Event(EventType),
     /// A timer of this kind firing (today `invoice_overdue`).
@@ -71,6 +85,8 @@ pub struct Resolved {
     pub window_s: Option<i64>,
     pub cooldown_s: i64,
     pub min_hits: u32,
+    /// `NEEDS_*` bits from `RULE.requires`.
+    pub requires: u8,
 }
 
 impl RuleMeta {
@@ -128,6 +144,17 @@ impl RuleMeta {
                 Err(e) => errs.push(format!("RULE.triggers: {e}")),
             }
         }
+        let mut requires = 0;
+        for r in &self.requires {
+            match r.as_str() {
+                "account" => requires |= NEEDS_ACCOUNT,
+                "credit_limit" => requires |= NEEDS_ACCOUNT | NEEDS_CREDIT_LIMIT,
+                "overdue" => requires |= NEEDS_ACCOUNT | NEEDS_OVERDUE,
+                other => errs.push(format!(
+                    "RULE.requires: unknown condition {other:?} (account, credit_limit, overdue)"
+                )),
+            }
+        }
         let min_hits = self.min_hits.unwrap_or(1);
         if min_hits == 0 {
             errs.push("RULE.min_hits: at least 1".into());
@@ -142,6 +169,7 @@ impl RuleMeta {
                 window_s,
                 cooldown_s,
                 min_hits,
+                requires,
             })
         } else {
             Err(errs)
@@ -161,7 +189,28 @@ fn parse_trigger(t: &str) -> Result<Trigger, String> {
             _ => Err(format!("unknown timer kind {kind:?} (invoice_overdue)")),
         };
     }
-    ClassFilter::parse(t).map(Trigger::Usage)
+    // Predicate tokens come out of the filter; they narrow every alternative alike.
+    let mut mask = 0;
+    let mut rest = Vec::new();
+    for alt in t.split('|') {
+        let mut tokens = Vec::new();
+        let mut alt_mask = 0;
+        for tok in alt.split('.') {
+            match tok {
+                "charged" => alt_mask |= CHARGED,
+                "located" => alt_mask |= LOCATED,
+                _ => tokens.push(tok),
+            }
+        }
+        if !rest.is_empty() && alt_mask != mask {
+            return Err(format!(
+                "{t:?}: `charged`/`located` must be the same in every alternative"
+            ));
+        }
+        mask = alt_mask;
+        rest.push(tokens.join("."));
+    }
+    ClassFilter::parse(&rest.join("|")).map(|f| Trigger::Usage(f, mask))
 }
 
 impl Resolved {
@@ -169,7 +218,7 @@ impl Resolved {
     /// `data.mo.international` matches nothing: data records have no direction).
     pub fn can_trigger(&self) -> bool {
         self.triggers.iter().any(|t| match t {
-            Trigger::Usage(f) => (0..CLASS_COUNT as u16).any(|c| {
+            Trigger::Usage(f, _) => (0..CLASS_COUNT as u16).any(|c| {
                 let c = RecordClass(c);
                 crate::classify::is_possible(c) && f.matches(c)
             }),

@@ -97,15 +97,17 @@ pub struct RuleSet {
     pub rules: Vec<Rule>,
     pub lists: Lists,
     pub warnings: Vec<Problem>,
-    by_class: Vec<Box<[u16]>>,
+    /// Per class: (rule, record predicates it needs). A rule appears once per distinct mask.
+    by_class: Vec<Box<[(u16, u8)]>>,
     by_event: AHashMap<EventType, Box<[u16]>>,
     by_timer: Box<[u16]>,
 }
 
 impl RuleSet {
-    /// Rules a usage record of this class can trigger.
+    /// Rules a usage record of this class can trigger, each with the record predicates
+    /// (`meta::CHARGED`, `meta::LOCATED`) it also needs.
     #[inline]
-    pub fn for_class(&self, c: RecordClass) -> &[u16] {
+    pub fn for_class(&self, c: RecordClass) -> &[(u16, u8)] {
         &self.by_class[c.0 as usize]
     }
 
@@ -345,11 +347,19 @@ impl RuleSet {
             let i = i as u16;
             for t in &r.resolved.triggers {
                 match t {
-                    Trigger::Usage(f) => {
+                    Trigger::Usage(f, mask) => {
                         for (c, list) in by_class.iter_mut().enumerate() {
                             let c = RecordClass(c as u16);
-                            if is_possible(c) && f.matches(c) && !list.contains(&i) {
-                                list.push(i);
+                            // A trigger without predicates subsumes the rule's others for this class.
+                            if is_possible(c)
+                                && f.matches(c)
+                                && !list.contains(&(i, *mask))
+                                && !list.contains(&(i, 0))
+                            {
+                                if *mask == 0 {
+                                    list.retain(|(r, _)| *r != i);
+                                }
+                                list.push((i, *mask));
                             }
                         }
                     }
