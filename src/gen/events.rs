@@ -86,11 +86,18 @@ fn plan(rng: &mut Rng, pop: &Population, clock: &Clock) -> Vec<Planned> {
             };
             push(at, What::Activation { line });
         }
-        let limit = if account.segment == Segment::Consumer {
-            Money::from_units(rng.i64(5..=15) * 10)
-        } else {
-            Money::from_units(rng.i64(5..=50) * 100)
+        // Last month's bill, known to credit control when it set the limit: limits sit at 2.5–4 times
+        // a customer's usual bill (rounded to 50), so a paying customer's exposure stays well under
+        // the limit and credit rules fire on real arrears, not on every invoice.
+        let cents = match account.segment {
+            Segment::Consumer => rng.i64(1_000..=15_000),
+            Segment::Vip => rng.i64(6_000..=40_000),
+            _ => account.lines.len() as i64 * rng.i64(2_500..=12_000),
         };
+        let amount = Money(cents * 10_000);
+        let floor = if account.segment == Segment::Consumer { 100 } else { 500 };
+        let limit_units = (cents * rng.i64(25..=40) / 1_000 + 49) / 50 * 50;
+        let limit = Money::from_units(limit_units.max(floor));
         push(created + rng.i64(60..=900), What::CreditLimit(limit));
         if account.segment != Segment::Consumer {
             // Account managers re-file key customers after the sale, not at the counter.
@@ -102,12 +109,6 @@ fn plan(rng: &mut Rng, pop: &Population, clock: &Clock) -> Vec<Planned> {
         // Last month's invoice, from the overnight billing run.
         let cycle = today.plus_days(-rng.i32(1..=12));
         let issued = cycle.midnight(start.offset_min).utc + rng.i64(2 * 3600..5 * 3600);
-        let cents = match account.segment {
-            Segment::Consumer => rng.i64(1_000..=15_000),
-            Segment::Vip => rng.i64(6_000..=40_000),
-            _ => account.lines.len() as i64 * rng.i64(2_500..=12_000),
-        };
-        let amount = Money(cents * 10_000);
         push(issued, What::Invoice { cycle, amount });
         if chance(rng, PAID_SHARE) {
             // Card payments and bank transfers happen when people are awake.
