@@ -185,7 +185,7 @@ fn check_and_test_report_the_rule_library_and_exit_non_zero_on_problems() {
     // A broken copy: a typo in a parameter name and an unknown filter token, each with its position.
     let dir = tempfile::tempdir().unwrap();
     let lib = dir.path().join("rules");
-    copy_dir(&format!("{ROOT}/rules").as_ref(), &lib);
+    copy_dir(format!("{ROOT}/rules").as_ref(), &lib);
     let irsf = lib.join("fraud/irsf_high_risk_destination.rhai");
     let text = std::fs::read_to_string(&irsf)
         .unwrap()

@@ -95,7 +95,11 @@ fn plan(rng: &mut Rng, pop: &Population, clock: &Clock) -> Vec<Planned> {
             _ => account.lines.len() as i64 * rng.i64(2_500..=12_000),
         };
         let amount = Money(cents * 10_000);
-        let floor = if account.segment == Segment::Consumer { 100 } else { 500 };
+        let floor = if account.segment == Segment::Consumer {
+            100
+        } else {
+            500
+        };
         let limit_units = (cents * rng.i64(25..=40) / 1_000 + 49) / 50 * 50;
         let limit = Money::from_units(limit_units.max(floor));
         push(created + rng.i64(60..=900), What::CreditLimit(limit));
