@@ -162,6 +162,38 @@ pub struct GenArgs {
     pub days: u32,
     #[arg(long, default_value = "33")]
     pub home_cc: String,
+    /// Inject fraud/arrears stories: `RULE=N` (repeatable), `RULE` for one, `all` or `all=N` for every
+    /// rule of the shipped library; counts for one rule add up. Needs `--days 4` or more.
+    #[arg(long = "inject", value_name = "RULE=N")]
+    pub inject: Vec<String>,
+    /// Write the alerts the stories must raise (rule, entity, severity, story) as JSON.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+}
+
+/// `rule=3`, `rule`, `all=2` → (rule, count) pairs.
+fn parse_inject(specs: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
+    let mut out: Vec<(String, u32)> = Vec::new();
+    for spec in specs {
+        let (rule, n) = match spec.split_once('=') {
+            Some((r, n)) => (
+                r,
+                n.parse::<u32>()
+                    .map_err(|_| anyhow::anyhow!("--inject {spec:?}: count must be a number"))?,
+            ),
+            None => (spec.as_str(), 1),
+        };
+        if rule == "all" {
+            out.extend(
+                crate::gen::stories::STORY_RULES
+                    .iter()
+                    .map(|r| (r.to_string(), n)),
+            );
+        } else {
+            out.push((rule.to_string(), n));
+        }
+    }
+    Ok(out)
 }
 
 pub fn init_tracing(cli: &Cli) -> anyhow::Result<()> {
@@ -372,6 +404,7 @@ fn gen_cmd(a: GenArgs) -> anyhow::Result<i32> {
         start,
         days: a.days,
         home_cc: a.home_cc,
+        inject: parse_inject(&a.inject)?,
     };
     let mut usage = BufWriter::with_capacity(
         1 << 20,
@@ -384,6 +417,10 @@ fn gen_cmd(a: GenArgs) -> anyhow::Result<i32> {
     let s = crate::gen::generate(&cfg, &mut usage, &mut events)?;
     usage.flush()?;
     events.flush()?;
+    if let Some(p) = &a.labels {
+        let f = File::create(p).with_context(|| format!("creating {}", p.display()))?;
+        serde_json::to_writer_pretty(BufWriter::new(f), &s.labels)?;
+    }
     eprintln!(
         "generated {} usage records and {} account events for {} subscribers in {} accounts in {:.2} s",
         s.usage_records,
@@ -392,5 +429,16 @@ fn gen_cmd(a: GenArgs) -> anyhow::Result<i32> {
         s.accounts,
         t.elapsed().as_secs_f64()
     );
+    if !s.labels.is_empty() {
+        eprintln!(
+            "injected {} stories; they must raise {} alerts{}",
+            cfg.inject.iter().map(|(_, n)| *n as u64).sum::<u64>(),
+            s.labels.len(),
+            a.labels
+                .as_ref()
+                .map(|p| format!(" (listed in {})", p.display()))
+                .unwrap_or_default()
+        );
+    }
     Ok(0)
 }

@@ -43,19 +43,30 @@ pub fn write(
     rng: &mut Rng,
     pop: &Population,
     clock: &Clock,
+    stories: &[AccountEvent],
     out: &mut dyn Write,
 ) -> io::Result<u64> {
     let planned = plan(rng, pop, clock);
     let offset_min = clock.start().offset_min;
     let mut buf = Vec::with_capacity(512);
+    let mut write = |event: &AccountEvent| -> io::Result<()> {
+        buf.clear();
+        serde_json::to_writer(&mut buf, event)?;
+        buf.push(b'\n');
+        out.write_all(&buf)
+    };
+    let mut told = stories.iter().peekable();
     for (seq, p) in planned.iter().enumerate() {
         let event = build(pop, p, seq as u64 + 1, offset_min);
-        buf.clear();
-        serde_json::to_writer(&mut buf, &event)?;
-        buf.push(b'\n');
-        out.write_all(&buf)?;
+        while let Some(s) = told.next_if(|s| s.occurred_at.utc <= event.occurred_at.utc) {
+            write(s)?;
+        }
+        write(&event)?;
     }
-    Ok(planned.len() as u64)
+    for s in told {
+        write(s)?;
+    }
+    Ok((planned.len() + stories.len()) as u64)
 }
 
 fn plan(rng: &mut Rng, pop: &Population, clock: &Clock) -> Vec<Planned> {

@@ -34,6 +34,7 @@ mod dist;
 mod events;
 mod numbering;
 mod population;
+pub mod stories;
 mod tariff;
 #[cfg(test)]
 mod tests;
@@ -62,6 +63,8 @@ pub struct GenConfig {
     pub days: u32,
     /// Home country code, e.g. `33`: home numbers are `<cc>6…` / `<cc>7…`.
     pub home_cc: String,
+    /// Stories to inject: (rule id, how many). See `stories`.
+    pub inject: Vec<(String, u32)>,
 }
 
 impl Default for GenConfig {
@@ -73,17 +76,21 @@ impl Default for GenConfig {
             start: EventTime::parse("2026-11-01T00:00:00+01:00").expect("valid literal"),
             days: 1,
             home_cc: "33".into(),
+            inject: Vec::new(),
         }
     }
 }
 
 /// What was written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GenSummary {
+    /// Including the stories' records.
     pub usage_records: u64,
     pub account_events: u64,
     pub subscribers: u32,
     pub accounts: u32,
+    /// The alerts the injected stories must raise.
+    pub labels: Vec<stories::Label>,
 }
 
 /// Writes usage records (NDJSON, sorted by event_start) to `usage` and account events (NDJSON, sorted by
@@ -105,14 +112,25 @@ pub fn generate(
     let plan = NumberPlan::new(&cfg.home_cc);
     let clock = Clock::new(cfg.start, cfg.days);
     let pop = Population::build(&mut rng, cfg.subscribers, cfg.records, &plan);
-    let account_events = events::write(&mut rng, &pop, &clock, events)?;
-    let usage_records =
-        traffic::write(&mut rng, cfg.records, &pop, &plan, &clock, cfg.seed, usage)?;
+    let told = stories::plan(&cfg.inject, cfg.seed, &pop, &plan, &clock, &cfg.home_cc)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let account_events = events::write(&mut rng, &pop, &clock, &told.events, events)?;
+    let usage_records = traffic::write(
+        &mut rng,
+        cfg.records,
+        &pop,
+        &plan,
+        &clock,
+        cfg.seed,
+        &told.usage,
+        usage,
+    )?;
     Ok(GenSummary {
         usage_records,
         account_events,
         subscribers: pop.lines.len() as u32,
         accounts: pop.accounts.len() as u32,
+        labels: told.labels,
     })
 }
 

@@ -36,7 +36,9 @@ const STRANGER_SHARE: f64 = 0.1;
 /// Records without a location (mediation could not resolve the cell).
 const NO_LOCATION: f64 = 0.03;
 
-/// Writes `records` usage records as NDJSON, sorted by `event_start`. Returns the count.
+/// Writes `records` usage records as NDJSON, sorted by `event_start`, with the stories' records (sorted)
+/// merged in. Returns the count written.
+#[allow(clippy::too_many_arguments)]
 pub fn write(
     rng: &mut Rng,
     records: u64,
@@ -44,6 +46,7 @@ pub fn write(
     plan: &NumberPlan,
     clock: &Clock,
     seed: u64,
+    stories: &[UsageRecord],
     out: &mut dyn Write,
 ) -> io::Result<u64> {
     let slots = schedule(rng, records, pop, clock);
@@ -56,14 +59,25 @@ pub fn write(
         seq: [0; 3],
     };
     let mut buf = Vec::with_capacity(1024);
+    let mut write = |rec: &UsageRecord| -> io::Result<()> {
+        buf.clear();
+        serde_json::to_writer(&mut buf, rec)?;
+        buf.push(b'\n');
+        out.write_all(&buf)
+    };
+    // Stories (sorted) merge into the sorted background by event time.
+    let mut told = stories.iter().peekable();
     for slot in slots {
         let rec = maker.record(rng, slot as u32, (slot >> 32) as u32);
-        buf.clear();
-        serde_json::to_writer(&mut buf, &rec)?;
-        buf.push(b'\n');
-        out.write_all(&buf)?;
+        while let Some(s) = told.next_if(|s| s.event_start.utc <= rec.event_start.utc) {
+            write(s)?;
+        }
+        write(&rec)?;
     }
-    Ok(records)
+    for s in told {
+        write(s)?;
+    }
+    Ok(records + stories.len() as u64)
 }
 
 /// Who and when for every record, sorted by time: `seconds after start << 32 | line`, 8 bytes a record
@@ -175,8 +189,8 @@ impl Maker<'_> {
         } else {
             Direction::Mt
         };
+        let u = rng.f64();
         let (party, abroad_rate) = {
-            let u = rng.f64();
             if u < HIGH_RISK_VOICE {
                 self.plan.high_risk(rng).map_or_else(
                     || (self.plan.home_any(rng), None),
@@ -197,7 +211,14 @@ impl Maker<'_> {
         let answered = !busy && chance(rng, ANSWERED_SHARE);
         let duration = if answered {
             // Median ~75 s; the clamp keeps the tail at half an hour, as a switch's partial records would.
-            log_normal(rng, 75.0, 1.1).clamp(5.0, 1800.0) as u32
+            let secs = log_normal(rng, 75.0, 1.1).clamp(5.0, 1800.0);
+            // An ordinary call to a satellite phone or a premium line is short: a long one is what
+            // IRSF rules look for, and background traffic is fraud-free.
+            if u < HIGH_RISK_VOICE {
+                secs.min(300.0) as u32
+            } else {
+                secs as u32
+            }
         } else {
             0
         };
