@@ -41,6 +41,25 @@ pub enum Command {
     Check(CheckArgs),
     /// Run every rule's test cases and report pass/fail with a diff. Exit 1 on failure.
     Test(TestArgs),
+    /// The daemon: consume usage and account events from Kafka, produce alerts to department topics.
+    /// Without `kafka.brokers` it starts an embedded broker with demo traffic.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Configuration file (TOML); see the README for every field.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Rule library folder (default: `rules.dir` from the config, else `rules/`).
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// Validate the configuration and the rule library, then exit (0 valid, 1 not).
+    #[arg(long)]
+    pub check: bool,
+    /// Embedded mode without the demo traffic generator (an empty broker to produce to).
+    #[arg(long)]
+    pub no_demo: bool,
 }
 
 #[derive(Args, Debug)]
@@ -142,13 +161,27 @@ pub struct InspectArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("output").required(true).multiple(true).args(["usage", "brokers"])))]
 pub struct GenArgs {
     /// Usage records output file.
-    #[arg(long)]
-    pub usage: PathBuf,
+    #[arg(long, requires = "events")]
+    pub usage: Option<PathBuf>,
     /// Account events output file.
+    #[arg(long, requires = "usage")]
+    pub events: Option<PathBuf>,
+    /// Produce to Kafka instead (topics and options from `--config`, keyed by account id, else
+    /// msisdn), in event-time order.
+    #[arg(long, conflicts_with_all = ["usage", "events"])]
+    pub brokers: Option<String>,
+    /// Records per second when producing to Kafka (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u32,
+    /// Configuration file (Kafka topics) for `--brokers`.
     #[arg(long)]
-    pub events: PathBuf,
+    pub config: Option<PathBuf>,
+    /// Inserted into every generated id, so several runs can share one stream.
+    #[arg(long, default_value = "")]
+    pub tag: String,
     #[arg(long, default_value_t = 10_000)]
     pub subscribers: u32,
     #[arg(long, default_value_t = 100_000)]
@@ -219,7 +252,94 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Gen(a) => gen_cmd(a),
         Command::Check(a) => check_cmd(a),
         Command::Test(a) => test_cmd(a),
+        Command::Run(a) => run_cmd(a),
     }
+}
+
+fn run_cmd(a: RunArgs) -> anyhow::Result<i32> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let (mut cfg, base) = crate::config::Config::load(a.config.as_deref())?;
+    let dir = rules_dir(a.rules, &cfg, &base);
+    if a.check {
+        let sources = crate::rules::RuleSources::read(&dir)?;
+        return match crate::daemon::validate_rules(&cfg, &sources) {
+            Ok(set) => {
+                eprintln!(
+                    "configuration OK; {}: {} rules OK (rule set {})",
+                    dir.display(),
+                    set.rules.len(),
+                    sources.version
+                );
+                Ok(0)
+            }
+            Err(e) => {
+                eprintln!("{e:#}");
+                Ok(1)
+            }
+        };
+    }
+    let control = crate::daemon::Control::default();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, control.stop.clone())?;
+    }
+    let stop_demo = Arc::new(AtomicBool::new(false));
+    let mut embedded = None;
+    let mut helpers = Vec::new();
+    let brokers = match cfg.kafka.brokers.clone() {
+        Some(b) => b,
+        None => {
+            let demo = cfg.demo.enabled && !a.no_demo;
+            if demo {
+                // Demo rounds run in simulated time, ahead of the wall clock after the first.
+                cfg.state.max_future_skew = crate::config::Span(3650 * 86_400);
+            }
+            let e = crate::daemon::embedded::start(&cfg)?;
+            let b = e.bootstrap.clone();
+            eprintln!(
+                "Embedded Kafka broker (librdkafka mock cluster) at {b}\n  produce usage records to `{}` and account events to `{}` (key: account id, else msisdn)\n  alerts on `{}`, `{}`, `{}`, `{}`; dead letters on `{}`\n  e.g. kcat -b {b} -C -t {}",
+                cfg.kafka.usage_topic,
+                cfg.kafka.events_topic,
+                cfg.kafka.alert_topics.fraud,
+                cfg.kafka.alert_topics.collections,
+                cfg.kafka.alert_topics.key_accounts,
+                cfg.kafka.alert_topics.care,
+                cfg.kafka.dead_letter_topic,
+                cfg.kafka.alert_topics.fraud,
+            );
+            if cfg.demo.print_alerts {
+                helpers.push(crate::daemon::embedded::print_alerts(
+                    b.clone(),
+                    cfg.clone(),
+                    stop_demo.clone(),
+                )?);
+            }
+            if demo {
+                helpers.push(crate::daemon::embedded::demo_traffic(
+                    b.clone(),
+                    cfg.clone(),
+                    stop_demo.clone(),
+                )?);
+            }
+            embedded = Some(e);
+            b
+        }
+    };
+    let opts = crate::daemon::RunOptions {
+        rules_dir: dir,
+        watch_rules: true,
+        sighup: true,
+        status: true,
+        control,
+    };
+    let result = crate::daemon::run(cfg, &base, &brokers, opts);
+    stop_demo.store(true, Ordering::Relaxed);
+    for h in helpers {
+        let _ = h.join();
+    }
+    drop(embedded);
+    result?;
+    Ok(0)
 }
 
 /// The rule library folder: `--rules`, else `rules.dir` of the config, else `rules/`.
@@ -405,13 +525,41 @@ fn gen_cmd(a: GenArgs) -> anyhow::Result<i32> {
         days: a.days,
         home_cc: a.home_cc,
         inject: parse_inject(&a.inject)?,
+        tag: a.tag.clone(),
     };
+    if let Some(brokers) = &a.brokers {
+        let (kcfg, _) = crate::config::Config::load(a.config.as_deref())?;
+        let (mut usage, mut events) = (Vec::new(), Vec::new());
+        let t = std::time::Instant::now();
+        let s = crate::gen::generate(&cfg, &mut usage, &mut events)?;
+        let producer = crate::daemon::embedded::input_producer(brokers)?;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let n = crate::daemon::embedded::produce_input(
+            &producer, &kcfg, &usage, &events, a.rate, &stop,
+        )?;
+        eprintln!(
+            "produced {n} records ({} usage, {} events) to {brokers} in {:.2} s",
+            s.usage_records,
+            s.account_events,
+            t.elapsed().as_secs_f64()
+        );
+        if let Some(p) = &a.labels {
+            let f = File::create(p).with_context(|| format!("creating {}", p.display()))?;
+            serde_json::to_writer_pretty(BufWriter::new(f), &s.labels)?;
+        }
+        return Ok(0);
+    }
+    let (usage_path, events_path) = (
+        a.usage.clone().expect("clap: --usage"),
+        a.events.clone().expect("clap: --events"),
+    );
     let mut usage = BufWriter::with_capacity(
         1 << 20,
-        File::create(&a.usage).with_context(|| format!("creating {}", a.usage.display()))?,
+        File::create(&usage_path).with_context(|| format!("creating {}", usage_path.display()))?,
     );
     let mut events = BufWriter::new(
-        File::create(&a.events).with_context(|| format!("creating {}", a.events.display()))?,
+        File::create(&events_path)
+            .with_context(|| format!("creating {}", events_path.display()))?,
     );
     let t = std::time::Instant::now();
     let s = crate::gen::generate(&cfg, &mut usage, &mut events)?;

@@ -42,7 +42,161 @@ pub struct Config {
     pub state: StateConfig,
     /// The rule library and the sandbox its scripts run in.
     pub rules: RulesConfig,
+    /// Kafka: brokers, topics, consumer group, librdkafka options (`cdrguard run`).
+    pub kafka: KafkaConfig,
+    /// The daemon: metrics, status, idle timers, shutdown (`cdrguard run`).
+    pub daemon: DaemonConfig,
+    /// The embedded demo (`cdrguard run` without `kafka.brokers`).
+    pub demo: DemoConfig,
 }
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, e.g. `kafka1:9092,kafka2:9092`. Unset: `cdrguard run` starts an embedded
+    /// in-process broker (librdkafka's mock cluster) with the demo traffic generator.
+    pub brokers: Option<String>,
+    /// Consumer group; partitions are shared among the instances of one group. Default `cdrguard`.
+    pub group_id: String,
+    /// Usage records (CDRs). Producers key them by account id, else msisdn. Default `cdr.usage`.
+    pub usage_topic: String,
+    /// Account events, keyed by account id and partitioned like the usage topic (same partition
+    /// count, same partitioner) so an account's records and events meet in one worker.
+    /// Default `cdr.account-events`.
+    pub events_topic: String,
+    /// Undecodable and late records, with the original payload and the reason in headers.
+    /// Default `cdrguard.dead-letter`.
+    pub dead_letter_topic: String,
+    /// Alert topic per department. Defaults `alerts.fraud`, `alerts.collections`,
+    /// `alerts.key_accounts`, `alerts.care`.
+    pub alert_topics: AlertTopics,
+    /// Where a new consumer group starts: `earliest` (default) or `latest`.
+    pub start_from: String,
+    /// librdkafka options passed through to the consumer and producers (e.g. `security.protocol`,
+    /// `fetch.wait.max.ms`). Options cdrguard sets from typed settings are refused by name.
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertTopics {
+    #[serde(rename = "FRAUD")]
+    pub fraud: String,
+    #[serde(rename = "COLLECTIONS")]
+    pub collections: String,
+    #[serde(rename = "KEY_ACCOUNTS")]
+    pub key_accounts: String,
+    #[serde(rename = "CARE")]
+    pub care: String,
+}
+
+impl Default for AlertTopics {
+    fn default() -> Self {
+        AlertTopics {
+            fraud: "alerts.fraud".into(),
+            collections: "alerts.collections".into(),
+            key_accounts: "alerts.key_accounts".into(),
+            care: "alerts.care".into(),
+        }
+    }
+}
+
+impl AlertTopics {
+    pub fn of(&self, d: crate::record::Department) -> &str {
+        use crate::record::Department as D;
+        match d {
+            D::Fraud => &self.fraud,
+            D::Collections => &self.collections,
+            D::KeyAccounts => &self.key_accounts,
+            D::Care => &self.care,
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: None,
+            group_id: "cdrguard".into(),
+            usage_topic: "cdr.usage".into(),
+            events_topic: "cdr.account-events".into(),
+            dead_letter_topic: "cdrguard.dead-letter".into(),
+            alert_topics: AlertTopics::default(),
+            start_from: "earliest".into(),
+            options: Default::default(),
+        }
+    }
+}
+
+/// librdkafka options cdrguard derives from typed settings or needs for at-least-once delivery.
+pub const OWNED_KAFKA_OPTIONS: [&str; 8] = [
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.partition.eof",
+    "message.timeout.ms",
+    "acks",
+];
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Worker threads; a partition always belongs to one worker. Default 2.
+    pub workers: usize,
+    /// HTTP address for `/metrics` (Prometheus text) and `/health`. Empty: none.
+    /// Default `127.0.0.1:9464`.
+    pub metrics_address: String,
+    /// How often a status line is logged. Default `5s`.
+    pub status_interval: Span,
+    /// A partition with no record for this long has its watermark moved by the wall clock, so
+    /// timers (invoice overdue) fire on a quiet stream. `0s` turns it off. Default `30s`.
+    pub idle_watermark_after: Span,
+    /// Longest wait on SIGINT/SIGTERM for in-flight alerts before exiting. Default `10s`.
+    pub shutdown_timeout: Span,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            workers: 2,
+            metrics_address: "127.0.0.1:9464".into(),
+            status_interval: Span(5),
+            idle_watermark_after: Span(30),
+            shutdown_timeout: Span(10),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    /// Stream generated traffic with fraud stories into the embedded broker. Default true.
+    pub enabled: bool,
+    /// Records per second the generator produces. Default 2000.
+    pub rate: u32,
+    /// Partitions of the embedded input topics. Default 4.
+    pub partitions: i32,
+    /// Subscribers in each generated round (4 days of simulated traffic). Default 3000.
+    pub subscribers: u32,
+    /// Print each alert received on the department topics. Default true.
+    pub print_alerts: bool,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            enabled: true,
+            rate: 2000,
+            partitions: 4,
+            subscribers: 3000,
+            print_alerts: true,
+        }
+    }
+}
+
+/// The rule library folder used when neither `--rules` nor `rules.dir` names one.
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -70,7 +224,6 @@ impl Default for RulesConfig {
     }
 }
 
-/// The rule library folder used when neither `--rules` nor `rules.dir` names one.
 pub const DEFAULT_RULES_DIR: &str = "rules";
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -256,6 +409,64 @@ impl Config {
         }
         if self.rules.watch_interval.0 <= 0 {
             errs.push("rules.watch_interval: must be positive".into());
+        }
+        for key in self.kafka.options.keys() {
+            if OWNED_KAFKA_OPTIONS.contains(&key.as_str()) {
+                errs.push(format!(
+                    "kafka.options.{key}: set by cdrguard (use the typed setting, e.g. kafka.brokers, kafka.group_id, kafka.start_from)"
+                ));
+            }
+        }
+        if !["earliest", "latest"].contains(&self.kafka.start_from.as_str()) {
+            errs.push(format!(
+                "kafka.start_from: {:?} must be earliest or latest",
+                self.kafka.start_from
+            ));
+        }
+        let k = &self.kafka;
+        for (name, topic) in [
+            ("kafka.usage_topic", &k.usage_topic),
+            ("kafka.events_topic", &k.events_topic),
+            ("kafka.dead_letter_topic", &k.dead_letter_topic),
+            ("kafka.alert_topics.FRAUD", &k.alert_topics.fraud),
+            (
+                "kafka.alert_topics.COLLECTIONS",
+                &k.alert_topics.collections,
+            ),
+            (
+                "kafka.alert_topics.KEY_ACCOUNTS",
+                &k.alert_topics.key_accounts,
+            ),
+            ("kafka.alert_topics.CARE", &k.alert_topics.care),
+        ] {
+            if topic.is_empty()
+                || !topic
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                errs.push(format!("{name}: {topic:?} is not a valid topic name"));
+            }
+        }
+        if k.usage_topic == k.events_topic {
+            errs.push("kafka.events_topic: must differ from kafka.usage_topic".into());
+        }
+        if !(1..=64).contains(&self.daemon.workers) {
+            errs.push("daemon.workers: 1..=64".into());
+        }
+        if !self.daemon.metrics_address.is_empty()
+            && self
+                .daemon
+                .metrics_address
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            errs.push(format!(
+                "daemon.metrics_address: {:?} is not host:port",
+                self.daemon.metrics_address
+            ));
+        }
+        if self.demo.rate == 0 || !(1..=256).contains(&self.demo.partitions) {
+            errs.push("demo.rate must be positive and demo.partitions 1..=256".into());
         }
         let sb = &self.rules.sandbox;
         if sb.max_operations == 0 || sb.max_call_levels == 0 || sb.max_expr_depth == 0 {

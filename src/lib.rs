@@ -11,7 +11,8 @@
 //!
 //! Modules in data-flow order: [`source`] reads lines, [`record`] decodes them, [`classify`] gives each
 //! record its class, [`state`] keeps the windows, ledgers and timers, [`rules`] holds the sandbox rule scripts run in, [`pipeline`] wires those stages per
-//! record, [`sink`] writes dead letters (and alerts), [`replay`] and [`inspect`] drive it from files.
+//! record, [`sink`] writes dead letters and alerts (files, Kafka), [`replay`] drives it from files and
+//! [`daemon`] from Kafka; [`inspect`] explains one entity, [`ruletest`] runs rule test cases.
 #![forbid(unsafe_code)]
 
 pub mod source;
@@ -22,6 +23,7 @@ pub mod rules;
 pub mod pipeline;
 pub mod sink;
 pub mod replay;
+pub mod daemon;
 pub mod inspect;
 pub mod ruletest;
 

@@ -228,6 +228,16 @@ impl Pipeline {
         self.on_fired(before);
     }
 
+    /// The stream is idle: event time follows the wall clock (live mode), so timers fire and their
+    /// rules run with no record arriving.
+    pub fn advance_idle(&mut self, now: i64) {
+        let before = self.fired.len();
+        let moved = self.store.borrow_mut().advance_idle(now, &mut self.fired);
+        if moved {
+            self.on_fired(before);
+        }
+    }
+
     /// End of input: close windows up to the newest event time (or the cutoff) and fire what is due.
     pub fn finish(&mut self) {
         let before = self.fired.len();

@@ -44,6 +44,7 @@ pub fn write(
     pop: &Population,
     clock: &Clock,
     stories: &[AccountEvent],
+    tag: &str,
     out: &mut dyn Write,
 ) -> io::Result<u64> {
     let planned = plan(rng, pop, clock);
@@ -57,7 +58,7 @@ pub fn write(
     };
     let mut told = stories.iter().peekable();
     for (seq, p) in planned.iter().enumerate() {
-        let event = build(pop, p, seq as u64 + 1, offset_min);
+        let event = build(pop, p, seq as u64 + 1, offset_min, tag);
         while let Some(s) = told.next_if(|s| s.occurred_at.utc <= event.occurred_at.utc) {
             write(s)?;
         }
@@ -142,11 +143,11 @@ fn plan(rng: &mut Rng, pop: &Population, clock: &Clock) -> Vec<Planned> {
     out
 }
 
-fn build(pop: &Population, p: &Planned, seq: u64, offset_min: i16) -> AccountEvent {
+fn build(pop: &Population, p: &Planned, seq: u64, offset_min: i16, tag: &str) -> AccountEvent {
     let account = &pop.accounts[p.account as usize];
     let n = p.account + 1;
     let mut e = AccountEvent {
-        event_id: format_compact!("ev-{seq:09}"),
+        event_id: format_compact!("ev-{tag}{seq:09}"),
         event_type: EventType::Activation,
         occurred_at: EventTime {
             utc: p.at,

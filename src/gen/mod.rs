@@ -65,6 +65,9 @@ pub struct GenConfig {
     pub home_cc: String,
     /// Stories to inject: (rule id, how many). See `stories`.
     pub inject: Vec<(String, u32)>,
+    /// Inserted into every generated id (accounts, records, events), so that several generated
+    /// periods can share one stream without their ids colliding. Default empty.
+    pub tag: String,
 }
 
 impl Default for GenConfig {
@@ -77,6 +80,7 @@ impl Default for GenConfig {
             days: 1,
             home_cc: "33".into(),
             inject: Vec::new(),
+            tag: String::new(),
         }
     }
 }
@@ -111,10 +115,18 @@ pub fn generate(
     let mut rng = fastrand::Rng::with_seed(cfg.seed);
     let plan = NumberPlan::new(&cfg.home_cc);
     let clock = Clock::new(cfg.start, cfg.days);
-    let pop = Population::build(&mut rng, cfg.subscribers, cfg.records, &plan);
-    let told = stories::plan(&cfg.inject, cfg.seed, &pop, &plan, &clock, &cfg.home_cc)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let account_events = events::write(&mut rng, &pop, &clock, &told.events, events)?;
+    let pop = Population::build(&mut rng, cfg.subscribers, cfg.records, &plan, &cfg.tag);
+    let told = stories::plan(
+        &cfg.inject,
+        cfg.seed,
+        &pop,
+        &plan,
+        &clock,
+        &cfg.home_cc,
+        &cfg.tag,
+    )
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let account_events = events::write(&mut rng, &pop, &clock, &told.events, &cfg.tag, events)?;
     let usage_records = traffic::write(
         &mut rng,
         cfg.records,
@@ -122,6 +134,7 @@ pub fn generate(
         &plan,
         &clock,
         cfg.seed,
+        &cfg.tag,
         &told.usage,
         usage,
     )?;

@@ -99,7 +99,13 @@ pub struct Population {
 
 impl Population {
     /// `records` is the number of usage records to come: travellers are picked by their expected share.
-    pub fn build(rng: &mut Rng, subscribers: u32, records: u64, plan: &NumberPlan) -> Population {
+    pub fn build(
+        rng: &mut Rng,
+        subscribers: u32,
+        records: u64,
+        plan: &NumberPlan,
+        tag: &str,
+    ) -> Population {
         let n = subscribers as usize;
         let mut ids = Uniques::with_capacity(n);
         let mut lines = Vec::with_capacity(n);
@@ -109,7 +115,7 @@ impl Population {
             let size = size.min((n - lines.len()) as u32);
             let first = lines.len() as u32;
             let account = Account {
-                id: format_compact!("A-{}", accounts.len() + 1),
+                id: format_compact!("A-{tag}{}", accounts.len() + 1),
                 segment,
                 lines: first..first + size,
             };

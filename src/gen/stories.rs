@@ -76,6 +76,7 @@ pub fn plan(
     plan: &NumberPlan,
     clock: &Clock,
     home_cc: &str,
+    tag: &str,
 ) -> Result<Stories, String> {
     if requests.is_empty() {
         return Ok(Stories::default());
@@ -100,6 +101,7 @@ pub fn plan(
         taken,
         next_line: 0,
         home_cc: home_cc.to_string(),
+        tag: tag.to_string(),
         story: String::new(),
         seq: 0,
         out: Stories::default(),
@@ -145,6 +147,7 @@ struct Writer<'a> {
     taken: ahash::AHashSet<u64>,
     next_line: u64,
     home_cc: String,
+    tag: String,
     story: String,
     seq: u32,
     out: Stories,
@@ -198,7 +201,8 @@ impl Writer<'_> {
 
     fn account_id(&self, rule_tag: &str) -> CompactString {
         format_compact!(
-            "S-{rule_tag}-{}",
+            "S-{}{rule_tag}-{}",
+            self.tag,
             self.story.rsplit('#').next().unwrap_or("1")
         )
     }
@@ -244,7 +248,12 @@ impl Writer<'_> {
 
     fn emit(&mut self, r: Rec) {
         self.seq += 1;
-        let id = format_compact!("story-{}-{}", self.story.replace('#', "-"), self.seq);
+        let id = format_compact!(
+            "story-{}{}-{}",
+            self.tag,
+            self.story.replace('#', "-"),
+            self.seq
+        );
         let (lat, lon) = r.fix.unzip();
         self.out.usage.push(UsageRecord {
             record_id: id,
@@ -286,7 +295,12 @@ impl Writer<'_> {
     fn event(&mut self, t: i64, account: &CompactString, kind: EventType) -> AccountEvent {
         self.seq += 1;
         AccountEvent {
-            event_id: format_compact!("story-{}-e{}", self.story.replace('#', "-"), self.seq),
+            event_id: format_compact!(
+                "story-{}{}-e{}",
+                self.tag,
+                self.story.replace('#', "-"),
+                self.seq
+            ),
             event_type: kind,
             occurred_at: self.at(t),
             account_id: account.clone(),

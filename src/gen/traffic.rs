@@ -46,6 +46,7 @@ pub fn write(
     plan: &NumberPlan,
     clock: &Clock,
     seed: u64,
+    tag: &str,
     stories: &[UsageRecord],
     out: &mut dyn Write,
 ) -> io::Result<u64> {
@@ -55,6 +56,7 @@ pub fn write(
         plan,
         clock,
         seed,
+        tag,
         busy_until: vec![0; pop.lines.len()],
         seq: [0; 3],
     };
@@ -116,6 +118,7 @@ struct Maker<'a> {
     plan: &'a NumberPlan,
     clock: &'a Clock,
     seed: u64,
+    tag: &'a str,
     /// Per line, seconds after start until which it is in a call: a line in a call misses the next one
     /// instead of holding two, which simultaneous-call rules would rightly flag.
     busy_until: Vec<u32>,
@@ -132,9 +135,9 @@ impl Maker<'_> {
         let seq = &mut self.seq[record_type as usize];
         *seq += 1;
         let record_id = match record_type {
-            RecordType::Voice => format_compact!("msc{}-{:09}", line.msc, *seq),
-            RecordType::Sms => format_compact!("sms-{:09}", *seq),
-            RecordType::Data => format_compact!("pgw-{:09}", *seq),
+            RecordType::Voice => format_compact!("msc{}-{}{:09}", line.msc, self.tag, *seq),
+            RecordType::Sms => format_compact!("sms-{}{:09}", self.tag, *seq),
+            RecordType::Data => format_compact!("pgw-{}{:09}", self.tag, *seq),
         };
         let mut rec = UsageRecord {
             record_id,

@@ -1,5 +1,6 @@
-//! Sources: where records come from. Files and stdin (NDJSON) now; Kafka with the daemon.
+//! Sources: where records come from. Files and stdin (NDJSON) for `replay`; Kafka for the daemon.
 
+pub mod kafka;
 mod merge;
 mod ndjson;
 

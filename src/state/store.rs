@@ -452,6 +452,17 @@ impl WindowStore {
         self.fire_timers(w, fired);
     }
 
+    /// A live stream gone quiet: event time follows the wall clock `now` (if it is ahead), so the
+    /// watermark moves and timers fire with no record arriving. Returns whether time moved.
+    pub fn advance_idle(&mut self, now: i64, fired: &mut Vec<Timer>) -> bool {
+        if self.newest.is_some_and(|n| n >= now) {
+            return false;
+        }
+        self.newest = Some(now);
+        self.advance(fired);
+        true
+    }
+
     /// The real time now (UTC seconds), for the future-skew check. The caller reads the system clock;
     /// event time drives everything else.
     pub fn set_wall_clock(&mut self, now: i64) {

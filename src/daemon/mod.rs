@@ -1,0 +1,395 @@
+//! The daemon (`cdrguard run`): Kafka in, the same pipeline as `replay`, Kafka out, at least once.
+//!
+//! ```text
+//!  usage / events topics ─► consumer thread ─► worker p % N (pipelines of its partitions)
+//!        ▲  store_offset (only behind acks)        │ alerts ─► department topics ─┐
+//!        └──── offset tracker ◄──── acks ◄──── producer ◄── dead letters ◄────────┘
+//!  rule watcher (files, SIGHUP) ─► validate once ─► every worker swaps its rule sets
+//!  metrics thread: /metrics, /health        status line every `daemon.status_interval`
+//! ```
+//!
+//! Threads, not async tasks: the Rhai engine is not `Send`, so each worker builds and keeps its own
+//! engines, and a blocking poll loop is all the consumer needs. Partitions are the unit of
+//! parallelism: a partition's state lives in exactly one worker.
+
+pub mod embedded;
+pub mod metrics;
+pub mod offsets;
+pub mod worker;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::Message;
+
+use crate::config::Config;
+use crate::rules::watch::RuleWatcher;
+use crate::rules::{RuleSet, RuleSources, Shared};
+use crate::sink::kafka::OutputProducer;
+use crate::source::kafka::{self as kafka_in, ConsumerCtx, InputMessage};
+
+use metrics::Metrics;
+use offsets::{Input, Tracker};
+use worker::{Work, WorkerSetup};
+
+/// How a run is controlled from outside (signals, tests).
+#[derive(Clone, Default)]
+pub struct Control {
+    /// Graceful stop: stop consuming, drain, deliver, commit.
+    pub stop: Arc<AtomicBool>,
+    /// Crash-like stop for tests: stop at once, no flush, no final commit.
+    pub abort: Arc<AtomicBool>,
+}
+
+pub struct RunOptions {
+    pub rules_dir: PathBuf,
+    /// Watch the rule library for changes (and SIGHUP when `sighup`).
+    pub watch_rules: bool,
+    pub sighup: bool,
+    /// Log a status line every `daemon.status_interval`.
+    pub status: bool,
+    pub control: Control,
+}
+
+/// What a run did, when it ends.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    pub records: u64,
+    pub alerts: u64,
+    pub dead_letters: u64,
+    pub in_flight_at_exit: u64,
+}
+
+/// Validates the rule library the way a worker will load it, naming every problem.
+pub fn validate_rules(cfg: &Config, sources: &RuleSources) -> anyhow::Result<RuleSet> {
+    let store = std::rc::Rc::new(std::cell::RefCell::new(crate::state::WindowStore::new(
+        cfg.state.clone(),
+    )));
+    RuleSet::build(
+        sources,
+        &cfg.rules.sandbox,
+        &Shared::new(store, Default::default()),
+    )
+    .map_err(anyhow::Error::new)
+}
+
+pub fn run(
+    cfg: Config,
+    base: &std::path::Path,
+    brokers: &str,
+    opts: RunOptions,
+) -> anyhow::Result<RunSummary> {
+    let cfg = Arc::new(cfg);
+    let sources = Arc::new(RuleSources::read(&opts.rules_dir)?);
+    let set = validate_rules(&cfg, &sources)?;
+    for w in &set.warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(
+        dir = %opts.rules_dir.display(),
+        rules = set.rules.len(),
+        version = %sources.version,
+        "Rules loaded."
+    );
+    drop(set);
+    let classifier = cfg.classifier(base).context("loading reference data")?;
+    let metrics = Arc::new(Metrics::default());
+    metrics
+        .last_poll_ms
+        .store(metrics::now_ms(), Ordering::Relaxed);
+    let tracker = Arc::new(Tracker::default());
+    let producer = Arc::new(
+        OutputProducer::new(
+            brokers,
+            &cfg.kafka.options,
+            tracker.clone(),
+            metrics.clone(),
+        )
+        .context("creating the Kafka producer")?,
+    );
+    let consumer = kafka_in::consumer(&cfg.kafka, brokers, metrics.clone())
+        .context("creating the consumer")?;
+    consumer
+        .subscribe(&[&cfg.kafka.usage_topic, &cfg.kafka.events_topic])
+        .context("subscribing")?;
+    tracing::info!(
+        brokers,
+        group = %cfg.kafka.group_id,
+        usage = %cfg.kafka.usage_topic,
+        events = %cfg.kafka.events_topic,
+        workers = cfg.daemon.workers,
+        "Consuming."
+    );
+
+    let stop_metrics = Arc::new(AtomicBool::new(false));
+    let metrics_thread = if cfg.daemon.metrics_address.is_empty() {
+        None
+    } else {
+        Some(
+            metrics::serve(
+                &cfg.daemon.metrics_address,
+                metrics.clone(),
+                stop_metrics.clone(),
+            )
+            .with_context(|| format!("binding {}", cfg.daemon.metrics_address))?,
+        )
+    };
+
+    let mut senders: Vec<SyncSender<Work>> = Vec::new();
+    let mut threads = Vec::new();
+    for index in 0..cfg.daemon.workers {
+        let (tx, rx) = sync_channel(4096);
+        let setup = WorkerSetup {
+            index,
+            config: cfg.clone(),
+            classifier: classifier.clone(),
+            sources: sources.clone(),
+            producer: producer.clone(),
+            tracker: tracker.clone(),
+            metrics: metrics.clone(),
+            mode: crate::record::Mode::Live,
+        };
+        senders.push(tx);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("worker-{index}"))
+                .spawn(move || worker::run(setup, rx))?,
+        );
+    }
+    let watcher = if opts.watch_rules {
+        Some(RuleWatcher::spawn(
+            opts.rules_dir.clone(),
+            sources.version.clone(),
+            Duration::from_secs(cfg.rules.watch_interval.0.max(1) as u64),
+            opts.sighup,
+        )?)
+    } else {
+        None
+    };
+
+    let mut status = Status::new(&cfg, opts.status);
+    let mut next_store = Instant::now();
+    let control = opts.control.clone();
+    while !control.stop.load(Ordering::Relaxed) && !control.abort.load(Ordering::Relaxed) {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            match m {
+                Ok(m) => {
+                    let input = if m.topic() == cfg.kafka.usage_topic {
+                        Input::Usage
+                    } else {
+                        Input::Events
+                    };
+                    let msg = InputMessage {
+                        input,
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().unwrap_or_default().to_vec(),
+                        timestamp_ms: m.timestamp().to_millis(),
+                    };
+                    let w = (m.partition().unsigned_abs() as usize) % senders.len();
+                    if senders[w].send(Work::Record(msg)).is_err() {
+                        anyhow::bail!("worker {w} stopped unexpectedly");
+                    }
+                }
+                Err(e) => {
+                    metrics.kafka_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "Consume error; retrying.");
+                }
+            }
+        }
+        metrics
+            .last_poll_ms
+            .store(metrics::now_ms(), Ordering::Relaxed);
+        if Instant::now() >= next_store {
+            store_offsets(&consumer, &cfg, &tracker);
+            next_store = Instant::now() + Duration::from_millis(100);
+        }
+        if let Some((cause, read)) = watcher.as_ref().and_then(RuleWatcher::poll) {
+            reload(&cfg, cause, read, &senders);
+        }
+        status.maybe_log(&consumer, &cfg, &metrics, &tracker);
+    }
+
+    if control.abort.load(Ordering::Relaxed) {
+        tracing::warn!("Aborted: no drain, no final commit.");
+        drop(senders);
+        return Ok(RunSummary {
+            in_flight_at_exit: tracker.in_flight(),
+            ..Default::default()
+        });
+    }
+    tracing::info!("Stopping: draining workers and in-flight alerts.");
+    let deadline =
+        Instant::now() + Duration::from_secs(cfg.daemon.shutdown_timeout.0.max(1) as u64);
+    for s in &senders {
+        let _ = s.send(Work::Stop);
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    if let Err(e) = producer.flush(left) {
+        tracing::error!(error = %e, in_flight = producer.in_flight(), "Not every alert was acknowledged before the shutdown timeout; their records will be redelivered.");
+    }
+    store_offsets(&consumer, &cfg, &tracker);
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        // Nothing stored since the last auto-commit is not an error worth more than a note.
+        tracing::debug!(error = %e, "Final commit.");
+    }
+    stop_metrics.store(true, Ordering::Relaxed);
+    if let Some(t) = metrics_thread {
+        let _ = t.join();
+    }
+    let summary = RunSummary {
+        records: metrics.usage_in.load(Ordering::Relaxed)
+            + metrics.events_in.load(Ordering::Relaxed),
+        alerts: metrics.alerts_total(),
+        dead_letters: metrics.dead_letters.load(Ordering::Relaxed),
+        in_flight_at_exit: tracker.in_flight(),
+    };
+    tracing::info!(
+        records = summary.records,
+        alerts = summary.alerts,
+        dead_letters = summary.dead_letters,
+        "Stopped."
+    );
+    Ok(summary)
+}
+
+/// Stores the offsets the tracker has cleared. `store_offset(o)` makes the next commit `o + 1`: the
+/// next record to read.
+fn store_offsets(consumer: &BaseConsumer<ConsumerCtx>, cfg: &Config, tracker: &Tracker) {
+    for (input, partition, offset) in tracker.committable() {
+        let topic = match input {
+            Input::Usage => &cfg.kafka.usage_topic,
+            Input::Events => &cfg.kafka.events_topic,
+        };
+        if let Err(e) = consumer.store_offset(topic, partition, offset) {
+            // A revoked partition: the next owner re-reads from the last commit.
+            tracing::debug!(error = %e, topic, partition, offset, "Offset not stored.");
+        }
+    }
+}
+
+fn reload(
+    cfg: &Config,
+    cause: crate::rules::watch::ReloadCause,
+    read: Result<RuleSources, crate::rules::library::LibraryError>,
+    senders: &[SyncSender<Work>],
+) {
+    let sources = match read {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "Rule library unreadable; the previous rules stay active.");
+            return;
+        }
+    };
+    match validate_rules(cfg, &sources) {
+        Ok(set) => {
+            tracing::info!(?cause, version = %sources.version, rules = set.rules.len(), "Rule library changed; reloading in every worker.");
+            let sources = Arc::new(sources);
+            for s in senders {
+                let _ = s.send(Work::Reload(sources.clone()));
+            }
+        }
+        Err(e) => {
+            tracing::error!(
+                ?cause,
+                "Rule reload refused; the previous rules stay active. {e:#}"
+            );
+        }
+    }
+}
+
+/// The periodic status line: throughput, alerts by department, lag, in flight.
+struct Status {
+    enabled: bool,
+    every: Duration,
+    next: Instant,
+    last_records: u64,
+    last_at: Instant,
+}
+
+impl Status {
+    fn new(cfg: &Config, enabled: bool) -> Self {
+        let every = Duration::from_secs(cfg.daemon.status_interval.0.max(1) as u64);
+        Status {
+            enabled,
+            every,
+            next: Instant::now() + every,
+            last_records: 0,
+            last_at: Instant::now(),
+        }
+    }
+
+    fn maybe_log(
+        &mut self,
+        consumer: &BaseConsumer<ConsumerCtx>,
+        cfg: &Config,
+        metrics: &Metrics,
+        tracker: &Tracker,
+    ) {
+        if Instant::now() < self.next {
+            return;
+        }
+        self.next = Instant::now() + self.every;
+        update_lag(consumer, cfg, metrics);
+        if !self.enabled {
+            return;
+        }
+        let records =
+            metrics.usage_in.load(Ordering::Relaxed) + metrics.events_in.load(Ordering::Relaxed);
+        let rate = (records - self.last_records) as f64 / self.last_at.elapsed().as_secs_f64();
+        self.last_records = records;
+        self.last_at = Instant::now();
+        let by_dept: Vec<String> = metrics
+            .alerts_by_department()
+            .iter()
+            .map(|(d, n)| format!("{d} {n}"))
+            .collect();
+        let version = metrics
+            .workers
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .map(|w| w.ruleset_version.clone())
+            .find(|v| !v.is_empty())
+            .unwrap_or_default();
+        tracing::info!(
+            "status: {:.0} records/s, {} records, {} alerts ({}), {} dead letters, lag {}, in flight {}, rules {}",
+            rate,
+            records,
+            metrics.alerts_total(),
+            if by_dept.is_empty() { "none yet".into() } else { by_dept.join(", ") },
+            metrics.dead_letters.load(Ordering::Relaxed),
+            metrics.lag_total(),
+            tracker.in_flight(),
+            version
+        );
+    }
+}
+
+/// Consumer lag per assigned partition: high watermark − position.
+fn update_lag(consumer: &BaseConsumer<ConsumerCtx>, cfg: &Config, metrics: &Metrics) {
+    let Ok(position) = consumer.position() else {
+        return;
+    };
+    let mut lag = std::collections::BTreeMap::new();
+    for e in position.elements() {
+        let Ok((low, high)) =
+            consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_millis(500))
+        else {
+            continue;
+        };
+        let at = e.offset().to_raw().filter(|&o| o >= 0).unwrap_or(low);
+        lag.insert((e.topic().to_string(), e.partition()), (high - at).max(0));
+    }
+    let _ = cfg;
+    *metrics.lag.lock().expect("metrics lock") = lag;
+}
