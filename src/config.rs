@@ -129,7 +129,7 @@ impl Default for KafkaConfig {
 }
 
 /// librdkafka options cdrguard derives from typed settings or needs for at-least-once delivery.
-pub const OWNED_KAFKA_OPTIONS: [&str; 8] = [
+pub const OWNED_KAFKA_OPTIONS: [&str; 9] = [
     "bootstrap.servers",
     "group.id",
     "enable.auto.commit",
@@ -138,6 +138,7 @@ pub const OWNED_KAFKA_OPTIONS: [&str; 8] = [
     "enable.partition.eof",
     "message.timeout.ms",
     "acks",
+    "statistics.interval.ms",
 ];
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -155,6 +156,9 @@ pub struct DaemonConfig {
     pub idle_watermark_after: Span,
     /// Longest wait on SIGINT/SIGTERM for in-flight alerts before exiting. Default `10s`.
     pub shutdown_timeout: Span,
+    /// A partition's usage and events are merged in event time; a record waits for the other topic
+    /// while it has unread messages, at most this long. Default `2s`.
+    pub align_max_wait: Span,
 }
 
 impl Default for DaemonConfig {
@@ -165,6 +169,7 @@ impl Default for DaemonConfig {
             status_interval: Span(5),
             idle_watermark_after: Span(30),
             shutdown_timeout: Span(10),
+            align_max_wait: Span(2),
         }
     }
 }

@@ -112,7 +112,8 @@ pub fn run(
         )
         .context("creating the Kafka producer")?,
     );
-    let consumer = kafka_in::consumer(&cfg.kafka, brokers, metrics.clone())
+    let board = Arc::new(kafka_in::LagBoard::default());
+    let consumer = kafka_in::consumer(&cfg.kafka, brokers, metrics.clone(), board.clone())
         .context("creating the consumer")?;
     consumer
         .subscribe(&[&cfg.kafka.usage_topic, &cfg.kafka.events_topic])
@@ -142,17 +143,37 @@ pub fn run(
 
     let mut senders: Vec<SyncSender<Work>> = Vec::new();
     let mut threads = Vec::new();
+    let mut setup = WorkerSetup {
+        index: cfg.daemon.workers,
+        config: cfg.clone(),
+        classifier: classifier.clone(),
+        sources: sources.clone(),
+        producer: producer.clone(),
+        tracker: tracker.clone(),
+        metrics: metrics.clone(),
+        board: board.clone(),
+        flags: Default::default(),
+        callers: None,
+        mode: crate::record::Mode::Live,
+    };
+    // The caller shard: calling numbers ring subscribers of every partition.
+    let mut callers = None;
+    if cfg.state.calling_numbers != crate::config::CallingNumbers::Off {
+        let (tx, rx) = sync_channel(1024);
+        let shard = setup.clone();
+        callers = Some((
+            tx.clone(),
+            std::thread::Builder::new()
+                .name("caller-shard".into())
+                .spawn(move || worker::run_callers(shard, rx))?,
+        ));
+        setup.callers = Some(tx);
+    }
     for index in 0..cfg.daemon.workers {
         let (tx, rx) = sync_channel(4096);
         let setup = WorkerSetup {
             index,
-            config: cfg.clone(),
-            classifier: classifier.clone(),
-            sources: sources.clone(),
-            producer: producer.clone(),
-            tracker: tracker.clone(),
-            metrics: metrics.clone(),
-            mode: crate::record::Mode::Live,
+            ..setup.clone()
         };
         senders.push(tx);
         threads.push(
@@ -193,6 +214,7 @@ pub fn run(
                         timestamp_ms: m.timestamp().to_millis(),
                     };
                     let w = (m.partition().unsigned_abs() as usize) % senders.len();
+                    board.transit(input, m.partition(), 1);
                     if senders[w].send(Work::Record(msg)).is_err() {
                         anyhow::bail!("worker {w} stopped unexpectedly");
                     }
@@ -211,14 +233,16 @@ pub fn run(
             next_store = Instant::now() + Duration::from_millis(100);
         }
         if let Some((cause, read)) = watcher.as_ref().and_then(RuleWatcher::poll) {
-            reload(&cfg, cause, read, &senders);
+            reload(&cfg, cause, read, &senders, callers.as_ref().map(|c| &c.0));
         }
-        status.maybe_log(&consumer, &cfg, &metrics, &tracker);
+        status.maybe_log(&cfg, &metrics, &tracker, &board);
     }
 
     if control.abort.load(Ordering::Relaxed) {
         tracing::warn!("Aborted: no drain, no final commit.");
         drop(senders);
+        drop(setup);
+        drop(callers);
         return Ok(RunSummary {
             in_flight_at_exit: tracker.in_flight(),
             ..Default::default()
@@ -231,6 +255,12 @@ pub fn run(
         let _ = s.send(Work::Stop);
     }
     for t in threads {
+        let _ = t.join();
+    }
+    // The workers held the other senders to the caller shard.
+    drop(setup);
+    if let Some((tx, t)) = callers {
+        drop(tx);
         let _ = t.join();
     }
     let left = deadline.saturating_duration_since(Instant::now());
@@ -282,6 +312,7 @@ fn reload(
     cause: crate::rules::watch::ReloadCause,
     read: Result<RuleSources, crate::rules::library::LibraryError>,
     senders: &[SyncSender<Work>],
+    callers: Option<&SyncSender<worker::CallerWork>>,
 ) {
     let sources = match read {
         Ok(s) => s,
@@ -296,6 +327,9 @@ fn reload(
             let sources = Arc::new(sources);
             for s in senders {
                 let _ = s.send(Work::Reload(sources.clone()));
+            }
+            if let Some(c) = callers {
+                let _ = c.send(worker::CallerWork::Reload(sources.clone()));
             }
         }
         Err(e) => {
@@ -330,16 +364,16 @@ impl Status {
 
     fn maybe_log(
         &mut self,
-        consumer: &BaseConsumer<ConsumerCtx>,
         cfg: &Config,
         metrics: &Metrics,
         tracker: &Tracker,
+        board: &kafka_in::LagBoard,
     ) {
         if Instant::now() < self.next {
             return;
         }
         self.next = Instant::now() + self.every;
-        update_lag(consumer, cfg, metrics);
+        update_lag(cfg, metrics, board);
         if !self.enabled {
             return;
         }
@@ -375,21 +409,18 @@ impl Status {
     }
 }
 
-/// Consumer lag per assigned partition: high watermark − position.
-fn update_lag(consumer: &BaseConsumer<ConsumerCtx>, cfg: &Config, metrics: &Metrics) {
-    let Ok(position) = consumer.position() else {
-        return;
-    };
-    let mut lag = std::collections::BTreeMap::new();
-    for e in position.elements() {
-        let Ok((low, high)) =
-            consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_millis(500))
-        else {
-            continue;
-        };
-        let at = e.offset().to_raw().filter(|&o| o >= 0).unwrap_or(low);
-        lag.insert((e.topic().to_string(), e.partition()), (high - at).max(0));
-    }
-    let _ = cfg;
+/// Consumer lag per partition (unread messages on the broker), from librdkafka's statistics.
+fn update_lag(cfg: &Config, metrics: &Metrics, board: &kafka_in::LagBoard) {
+    let lag = board
+        .snapshot()
+        .into_iter()
+        .map(|((input, p), n)| {
+            let topic = match input {
+                Input::Usage => cfg.kafka.usage_topic.clone(),
+                Input::Events => cfg.kafka.events_topic.clone(),
+            };
+            ((topic, p), n)
+        })
+        .collect();
     *metrics.lag.lock().expect("metrics lock") = lag;
 }

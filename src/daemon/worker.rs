@@ -1,26 +1,41 @@
-//! A worker thread: owns the pipelines (window state + rule engine) of the partitions routed to it —
+//! Workers: each owns the pipelines (window state + rule engine) of the partitions routed to it —
 //! partition `p` of both input topics goes to worker `p % workers`, so an account's usage and events
 //! (keyed alike, co-partitioned) meet in one pipeline with no lock on state.
 //!
-//! Per message: decode, run the pipeline, produce each alert to each of its departments' topics and
-//! each reject to the dead-letter topic, then mark the offset processed; the tracker commits it once
-//! all of that is acknowledged. Between messages (every 200 ms at least): rule reloads, idle
-//! watermarks, and a metrics view.
+//! **Event-time merge per partition.** Kafka orders a partition, not two topics: a backlog of usage
+//! can be read ahead of the account event (a credit limit, an invoice) that preceded it. Like Kafka
+//! Streams' task synchronisation, a worker keeps each partition's usage and events in two queues and
+//! processes the earlier head; a lone head waits while the other topic's partition still has unread
+//! messages on the broker (`LagBoard`), at most `daemon.align_max_wait`. Live, both are read up and
+//! nothing waits.
+//!
+//! **Caller shard.** A calling number rings subscribers of every partition, so its state (Wangiri)
+//! cannot live in one partition: the MT calls that give a calling number state are also handed, in
+//! their partition's order, to one caller shard that keeps only calling-number state and runs only
+//! the rules keyed by calling number. Alerts it raises are flagged process-wide, so `alerted()` in
+//! a subscriber's partition sees them (the Wangiri callback). The handover is synchronous and holds
+//! the record's offset until the shard's alerts are acknowledged.
+//!
+//! Per record: run the pipeline, produce each alert to each of its departments' topics and each reject
+//! to the dead-letter topic, then mark the offset processed; the tracker commits it once all of that is
+//! acknowledged.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 
 use crate::classify::Classifier;
-use crate::config::Config;
+use crate::config::{CallingNumbers, Config};
 use crate::pipeline::{Pipeline, Verdict};
-use crate::record::{Alert, Decoder, Reject};
+use crate::record::{Alert, Decoder, Direction, EntityType, RecordType, Reject, UsageRecord};
+use crate::rules::api::GlobalFlags;
 use crate::rules::RuleSources;
 use crate::sink::kafka::{headers, OutputProducer, Ticket};
-use crate::source::kafka::InputMessage;
+use crate::source::kafka::{InputMessage, LagBoard};
 use crate::source::{Decoded, Item};
 use crate::state::WindowStore;
 
@@ -34,6 +49,19 @@ pub enum Work {
     Stop,
 }
 
+/// What the caller shard is asked to do.
+pub enum CallerWork {
+    /// An MT call, and a reply once its alerts are handed to the producer.
+    Record {
+        record: Box<UsageRecord>,
+        ticket: (Input, i32, i64),
+        done: SyncSender<()>,
+    },
+    Reload(Arc<RuleSources>),
+}
+
+/// What every worker and the caller shard share.
+#[derive(Clone)]
 pub struct WorkerSetup {
     pub index: usize,
     pub config: Arc<Config>,
@@ -42,13 +70,62 @@ pub struct WorkerSetup {
     pub producer: Arc<OutputProducer>,
     pub tracker: Arc<Tracker>,
     pub metrics: Arc<Metrics>,
+    pub board: Arc<LagBoard>,
+    pub flags: GlobalFlags,
+    /// Where MT calls go for calling-number state; `None`: the partitions keep it themselves.
+    pub callers: Option<SyncSender<CallerWork>>,
     /// The mode stamped on alerts (`live`).
     pub mode: crate::record::Mode,
+}
+
+/// A consumed record waiting for its turn in its partition's event-time merge.
+struct Pending {
+    msg: InputMessage,
+    item: Result<Item, Reject>,
+    /// Event time; records that did not decode go first (they wait for nothing).
+    time: i64,
+    arrived: Instant,
 }
 
 struct Partition {
     pipeline: Pipeline,
     last_record: Instant,
+    usage: VecDeque<Pending>,
+    events: VecDeque<Pending>,
+}
+
+/// Builds a pipeline with the rule library, sharing the process-wide alert flags.
+fn new_pipeline(s: &WorkerSetup, callers_only: bool) -> Pipeline {
+    let mut state = s.config.state.clone();
+    if s.callers.is_some() && !callers_only {
+        state.calling_numbers = CallingNumbers::Off;
+    }
+    if callers_only {
+        // Partitions progress at their own pace (a backlog is read a partition at a time): the
+        // shard takes every call its partition accepted, whatever the other partitions' time.
+        state.allowed_lateness = state.max_window;
+    }
+    let mut store = WindowStore::new(state);
+    store.callers_only = callers_only;
+    let mut p = Pipeline::new(s.classifier.clone(), store);
+    p.high_risk_from_rules = s.config.reference.high_risk_prefixes.is_none();
+    // The library was validated before the workers started; a failure here is a bug.
+    p.enable_rules(
+        &s.sources,
+        &s.config.rules.sandbox,
+        s.config.rules.quarantine_after,
+    )
+    .expect("rule library validated at startup");
+    if let Some(e) = &mut p.rules {
+        e.mode = s.mode;
+        *e.shared().global_flags.borrow_mut() = Some(s.flags.clone());
+        if callers_only {
+            e.only_entity = Some(EntityType::CallingNumber);
+        } else if s.callers.is_some() {
+            e.skip_entity = Some(EntityType::CallingNumber);
+        }
+    }
+    p
 }
 
 pub fn run(setup: WorkerSetup, rx: Receiver<Work>) {
@@ -60,18 +137,112 @@ pub fn run(setup: WorkerSetup, rx: Receiver<Work>) {
     };
     let mut next_tick = Instant::now();
     loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
+        match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(Work::Record(m)) => w.record(m),
             Ok(Work::Reload(sources)) => w.reload(sources),
             Ok(Work::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                w.drain_all(true);
                 w.publish_view();
                 return;
             }
-            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Timeout) => w.drain_all(false),
         }
         if Instant::now() >= next_tick {
             w.tick();
             next_tick = Instant::now() + Duration::from_secs(1);
+        }
+    }
+}
+
+/// The caller shard's loop: calling-number state and rules for every partition's MT calls.
+pub fn run_callers(setup: WorkerSetup, rx: Receiver<CallerWork>) {
+    let mut w = Worker {
+        decoder: setup.config.decoder(),
+        setup,
+        partitions: AHashMap::new(),
+        scratch: Vec::with_capacity(1024),
+    };
+    let mut pipeline = new_pipeline(&w.setup, true);
+    let mut next_view = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(CallerWork::Record {
+                record,
+                ticket,
+                done,
+            }) => {
+                let (input, partition, offset) = ticket;
+                pipeline.process(Decoded {
+                    source: "callers",
+                    line: offset as u64,
+                    raw: &[],
+                    truncated: 0,
+                    item: Ok(Item::Usage(*record)),
+                });
+                // Late and duplicate verdicts of copies are the partition's business, not dead
+                // letters.
+                if let Some(engine) = &mut pipeline.rules {
+                    let alerts: Vec<Alert> = engine.take_alerts().collect();
+                    let t = Ticket {
+                        input: Some(ticket),
+                    };
+                    send_alerts(&w.setup, &mut w.scratch, alerts, t);
+                }
+                // Release the hold the partition worker put on the record's offset.
+                w.setup.tracker.ack(input, partition, offset, true);
+                let _ = done.send(());
+            }
+            Ok(CallerWork::Reload(sources)) => {
+                let _ = pipeline.reload_rules(&sources);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if Instant::now() >= next_view {
+            // The shard reports like a worker with one partition.
+            w.partitions.clear();
+            next_view = Instant::now() + Duration::from_secs(1);
+            let mut view = WorkerView::default();
+            add_to_view(&mut view, &pipeline);
+            w.store_view(view);
+        }
+    }
+}
+
+/// Produces each alert to each of its departments' topics.
+fn send_alerts(setup: &WorkerSetup, scratch: &mut Vec<u8>, alerts: Vec<Alert>, ticket: Ticket) {
+    for alert in alerts {
+        scratch.clear();
+        if let Err(e) = serde_json::to_writer(&mut *scratch, &alert) {
+            tracing::error!(error = %e, "Alert not serializable.");
+            continue;
+        }
+        let severity = serde_json::to_value(alert.severity)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        for dept in &alert.departments {
+            let topic = setup.config.kafka.alert_topics.of(*dept);
+            let dept_name = serde_json::to_value(dept)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let h = headers(&[
+                ("cdrguard.alert_id", &alert.alert_id),
+                ("cdrguard.rule", &alert.rule.id),
+                ("cdrguard.severity", &severity),
+                ("cdrguard.ruleset_version", &alert.rule.ruleset_version),
+                ("cdrguard.department", &dept_name),
+            ]);
+            match setup
+                .producer
+                .send(topic, alert.entity.key.as_bytes(), scratch, h, ticket)
+            {
+                Ok(()) => setup.metrics.count_alert(&alert.rule.id, &dept_name),
+                Err(e) => {
+                    tracing::error!(error = %e, topic, alert = %alert.alert_id, "Alert not sent; the offset stays uncommitted.")
+                }
+            }
         }
     }
 }
@@ -84,67 +255,159 @@ struct Worker {
 }
 
 impl Worker {
-    fn pipeline(&mut self, partition: i32) -> &mut Pipeline {
+    fn partition(&mut self, partition: i32) -> &mut Partition {
         let s = &self.setup;
         self.partitions.entry(partition).or_insert_with(|| {
-            let mut p = Pipeline::new(
-                s.classifier.clone(),
-                WindowStore::new(s.config.state.clone()),
-            );
-            p.high_risk_from_rules = s.config.reference.high_risk_prefixes.is_none();
-            // The library was validated before the workers started; a failure here is a bug.
-            p.enable_rules(
-                &s.sources,
-                &s.config.rules.sandbox,
-                s.config.rules.quarantine_after,
-            )
-            .expect("rule library validated at startup");
-            if let Some(e) = &mut p.rules {
-                e.mode = s.mode;
-            }
             tracing::debug!(worker = s.index, partition, "Partition state created.");
             Partition {
-                pipeline: p,
+                pipeline: new_pipeline(s, false),
                 last_record: Instant::now(),
+                usage: VecDeque::new(),
+                events: VecDeque::new(),
             }
-        });
-        let part = self.partitions.get_mut(&partition).expect("just inserted");
-        part.last_record = Instant::now();
-        &mut part.pipeline
+        })
     }
 
     fn record(&mut self, m: InputMessage) {
-        let metrics = self.setup.metrics.clone();
-        let (counter, source) = match m.input {
-            Input::Usage => (
-                &metrics.usage_in,
-                self.setup.config.kafka.usage_topic.clone(),
-            ),
-            Input::Events => (
-                &metrics.events_in,
-                self.setup.config.kafka.events_topic.clone(),
-            ),
+        let counter = match m.input {
+            Input::Usage => &self.setup.metrics.usage_in,
+            Input::Events => &self.setup.metrics.events_in,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.setup.board.transit(m.input, m.partition, -1);
         let item = match m.input {
             Input::Usage => self.decoder.usage(&m.payload).map(Item::Usage),
             Input::Events => self.decoder.account_event(&m.payload).map(Item::Event),
         };
+        let time = item.as_ref().map_or(i64::MIN, |i| i.time());
+        let partition = m.partition;
+        let input = m.input;
+        let part = self.partition(partition);
+        part.last_record = Instant::now();
+        let pending = Pending {
+            msg: m,
+            item,
+            time,
+            arrived: Instant::now(),
+        };
+        match input {
+            Input::Usage => part.usage.push_back(pending),
+            Input::Events => part.events.push_back(pending),
+        }
+        self.drain(partition, false);
+    }
+
+    fn drain_all(&mut self, force: bool) {
+        let parts: Vec<i32> = self.partitions.keys().copied().collect();
+        for p in parts {
+            self.drain(p, force);
+        }
+    }
+
+    /// Processes the partition's queued records in event-time order, as far as it can tell.
+    fn drain(&mut self, partition: i32, force: bool) {
+        let max_wait = Duration::from_secs(self.setup.config.daemon.align_max_wait.0.max(0) as u64);
+        let board = self.setup.board.clone();
+        loop {
+            let Some(part) = self.partitions.get_mut(&partition) else {
+                return;
+            };
+            let next = match (part.usage.front(), part.events.front()) {
+                (Some(u), Some(e)) => Some(if e.time <= u.time {
+                    Input::Events
+                } else {
+                    Input::Usage
+                }),
+                (Some(u), None) => {
+                    may_go_alone(&board, Input::Events, partition, u, max_wait, force)
+                        .then_some(Input::Usage)
+                }
+                (None, Some(e)) => {
+                    may_go_alone(&board, Input::Usage, partition, e, max_wait, force)
+                        .then_some(Input::Events)
+                }
+                (None, None) => None,
+            };
+            let Some(which) = next else {
+                return;
+            };
+            let pending = match which {
+                Input::Usage => part.usage.pop_front(),
+                Input::Events => part.events.pop_front(),
+            }
+            .expect("head checked");
+            self.process(pending);
+        }
+    }
+
+    fn process(&mut self, p: Pending) {
+        let m = p.msg;
+        let source = match m.input {
+            Input::Usage => self.setup.config.kafka.usage_topic.clone(),
+            Input::Events => self.setup.config.kafka.events_topic.clone(),
+        };
         let ticket = Ticket {
             input: Some((m.input, m.partition, m.offset)),
         };
-        let verdict = self.pipeline(m.partition).process(Decoded {
+        // An MT call that gives its caller state goes to the caller shard too.
+        let for_callers = match (&p.item, &self.setup.callers) {
+            (Ok(Item::Usage(r)), Some(_)) => self.tracks_caller(r).then(|| Box::new(r.clone())),
+            _ => None,
+        };
+        let part = self.partitions.get_mut(&m.partition).expect("queued here");
+        let verdict = part.pipeline.process(Decoded {
             source: &source,
             line: m.offset as u64,
             raw: &m.payload,
             truncated: 0,
-            item,
+            item: p.item,
         });
+        let accepted = matches!(verdict, Verdict::Applied);
+        let alerts: Vec<Alert> = part
+            .pipeline
+            .rules
+            .as_mut()
+            .map(|e| e.take_alerts().collect())
+            .unwrap_or_default();
         if let Verdict::Reject(reject) = verdict {
             self.dead_letter(&m, &source, &reject, ticket);
         }
-        self.send_alerts(m.partition, ticket);
+        send_alerts(&self.setup, &mut self.scratch, alerts, ticket);
+        if let (Some(record), Some(callers), true) = (for_callers, &self.setup.callers, accepted) {
+            // Hold the offset until the shard has handed its alerts to the producer.
+            self.setup.tracker.add(m.input, m.partition, m.offset);
+            let (done, wait) = sync_channel(1);
+            let sent = callers.send(CallerWork::Record {
+                record,
+                ticket: (m.input, m.partition, m.offset),
+                done,
+            });
+            if sent.is_err() || wait.recv().is_err() {
+                tracing::error!("The caller shard stopped; the offset stays uncommitted.");
+            }
+        }
         self.setup.tracker.processed(m.input, m.partition, m.offset);
+    }
+
+    /// Whether the store would give this record's caller state (MT voice, and international unless
+    /// `state.calling_numbers = "all"`).
+    fn tracks_caller(&self, r: &UsageRecord) -> bool {
+        let mt_voice = r.record_type == RecordType::Voice && r.direction == Some(Direction::Mt);
+        let Some(caller) = r.other_party.number else {
+            return false;
+        };
+        mt_voice
+            && match self.setup.config.state.calling_numbers {
+                CallingNumbers::Off => false,
+                CallingNumbers::All => true,
+                CallingNumbers::International => {
+                    self.setup
+                        .classifier
+                        .classify(r)
+                        .has(crate::classify::INTERNATIONAL)
+                        || self.setup.classifier.is_international(caller)
+                }
+            }
     }
 
     fn dead_letter(&mut self, m: &InputMessage, source: &str, reject: &Reject, ticket: Ticket) {
@@ -179,65 +442,12 @@ impl Worker {
         }
     }
 
-    fn send_alerts(&mut self, partition: i32, ticket: Ticket) {
-        let Some(part) = self.partitions.get_mut(&partition) else {
-            return;
-        };
-        let Some(engine) = &mut part.pipeline.rules else {
-            return;
-        };
-        let alerts: Vec<Alert> = engine.take_alerts().collect();
-        for alert in alerts {
-            self.scratch.clear();
-            if let Err(e) = serde_json::to_writer(&mut self.scratch, &alert) {
-                tracing::error!(error = %e, "Alert not serializable.");
-                continue;
-            }
-            let severity = serde_json::to_value(alert.severity)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            for dept in &alert.departments {
-                let topic = self.setup.config.kafka.alert_topics.of(*dept);
-                let dept_name = serde_json::to_value(dept)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                let h = headers(&[
-                    ("cdrguard.alert_id", &alert.alert_id),
-                    ("cdrguard.rule", &alert.rule.id),
-                    ("cdrguard.severity", &severity),
-                    ("cdrguard.ruleset_version", &alert.rule.ruleset_version),
-                    ("cdrguard.department", &dept_name),
-                ]);
-                match self.setup.producer.send(
-                    topic,
-                    alert.entity.key.as_bytes(),
-                    &self.scratch,
-                    h,
-                    ticket,
-                ) {
-                    Ok(()) => self.setup.metrics.count_alert(&alert.rule.id, &dept_name),
-                    Err(e) => {
-                        tracing::error!(error = %e, topic, alert = %alert.alert_id, "Alert not sent; the offset stays uncommitted.")
-                    }
-                }
-            }
-        }
-    }
-
     fn reload(&mut self, sources: Arc<RuleSources>) {
-        let mut failed = None;
         for part in self.partitions.values_mut() {
-            if let Err(e) = part.pipeline.reload_rules(&sources) {
-                failed = Some(e);
-            }
+            // A failure is logged by the engine; the set stays as it was.
+            let _ = part.pipeline.reload_rules(&sources);
         }
-        match failed {
-            // Logged once per worker by the engine; the set stays as it was everywhere.
-            Some(_) => {}
-            None => self.setup.sources = sources,
-        }
+        self.setup.sources = sources;
     }
 
     fn tick(&mut self) {
@@ -247,14 +457,30 @@ impl Worker {
             let quiet: Vec<i32> = self
                 .partitions
                 .iter()
-                .filter(|(_, p)| p.last_record.elapsed() >= Duration::from_secs(idle as u64))
+                .filter(|(_, p)| {
+                    p.usage.is_empty()
+                        && p.events.is_empty()
+                        && p.last_record.elapsed() >= Duration::from_secs(idle as u64)
+                })
                 .map(|(&k, _)| k)
                 .collect();
             for partition in quiet {
-                if let Some(part) = self.partitions.get_mut(&partition) {
-                    part.pipeline.advance_idle(now);
-                }
-                self.send_alerts(partition, Ticket { input: None });
+                let Some(part) = self.partitions.get_mut(&partition) else {
+                    continue;
+                };
+                part.pipeline.advance_idle(now);
+                let alerts: Vec<Alert> = part
+                    .pipeline
+                    .rules
+                    .as_mut()
+                    .map(|e| e.take_alerts().collect())
+                    .unwrap_or_default();
+                send_alerts(
+                    &self.setup,
+                    &mut self.scratch,
+                    alerts,
+                    Ticket { input: None },
+                );
             }
         }
         self.publish_view();
@@ -266,43 +492,71 @@ impl Worker {
             ..Default::default()
         };
         for part in self.partitions.values() {
-            let size = part.pipeline.store.borrow().size();
-            view.entities +=
-                (size.subscribers + size.accounts + size.calling_numbers + size.imeis) as u64;
-            view.state_bytes += size.estimated_bytes as u64;
-            view.timers_pending += size.timers_pending as u64;
-            let Some(engine) = &part.pipeline.rules else {
-                continue;
-            };
-            view.ruleset_version = engine.version().to_string();
-            view.reloads_ok += engine.counters.reloads_ok;
-            view.reloads_failed += engine.counters.reloads_failed;
-            for s in engine.stats() {
-                match view.rules.get_mut(&s.id) {
-                    Some(r) => {
-                        let _ = r.latency.add(&s.latency);
-                        r.evaluations += s.evaluations;
-                        r.errors += s.errors;
-                        r.quarantined |= s.quarantined;
-                    }
-                    None => {
-                        view.rules.insert(
-                            s.id.clone(),
-                            RuleView {
-                                evaluations: s.evaluations,
-                                errors: s.errors,
-                                quarantined: s.quarantined,
-                                latency: s.latency.clone(),
-                            },
-                        );
-                    }
-                }
-            }
+            add_to_view(&mut view, &part.pipeline);
         }
+        self.store_view(view);
+    }
+
+    fn store_view(&self, view: WorkerView) {
         let mut workers = self.setup.metrics.workers.lock().expect("metrics lock");
         if workers.len() <= self.setup.index {
             workers.resize(self.setup.index + 1, WorkerView::default());
         }
         workers[self.setup.index] = view;
     }
+}
+
+/// Adds a pipeline's state size and rule statistics to a worker's metrics view.
+fn add_to_view(view: &mut WorkerView, pipeline: &Pipeline) {
+    let size = pipeline.store.borrow().size();
+    view.entities += (size.subscribers + size.accounts + size.calling_numbers + size.imeis) as u64;
+    view.state_bytes += size.estimated_bytes as u64;
+    view.timers_pending += size.timers_pending as u64;
+    let Some(engine) = &pipeline.rules else {
+        return;
+    };
+    view.ruleset_version = engine.version().to_string();
+    view.reloads_ok += engine.counters.reloads_ok;
+    view.reloads_failed += engine.counters.reloads_failed;
+    for s in engine.stats() {
+        match view.rules.get_mut(&s.id) {
+            Some(r) => {
+                let _ = r.latency.add(&s.latency);
+                r.evaluations += s.evaluations;
+                r.errors += s.errors;
+                r.quarantined |= s.quarantined;
+            }
+            None => {
+                view.rules.insert(
+                    s.id.clone(),
+                    RuleView {
+                        evaluations: s.evaluations,
+                        errors: s.errors,
+                        quarantined: s.quarantined,
+                        latency: s.latency.clone(),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Whether a queue head may be processed while the other input's queue is empty: when nothing
+/// of the other input is on its way (messages polled but not queued yet: always wait for them),
+/// and nothing is unread on the broker (or the head has waited `max_wait`, for a slow topic).
+fn may_go_alone(
+    board: &LagBoard,
+    other: Input,
+    partition: i32,
+    head: &Pending,
+    max_wait: Duration,
+    force: bool,
+) -> bool {
+    if force || head.time == i64::MIN {
+        return true;
+    }
+    if board.in_transit(other, partition) > 0 {
+        return false;
+    }
+    board.lag(other, partition) == Some(0) || head.arrived.elapsed() >= max_wait
 }

@@ -54,10 +54,16 @@ pub enum EntityKey {
     Account(u32),
 }
 
+/// (rule id hash, entity key hash) → trigger time of the newest alert, shared by threads.
+pub type GlobalFlags = std::sync::Arc<std::sync::Mutex<AHashMap<(u64, u64), i64>>>;
+
 /// What views share: the store, the alert memory (for `alerted`), and the parse caches.
 pub struct Shared {
     pub store: SharedStore,
     pub memory: Rc<RefCell<AlertMemory>>,
+    /// Alerts of every pipeline of the process, for `alerted` across partitions (the daemon: a
+    /// Wangiri source flagged by the caller shard, a callback seen in a subscriber's partition).
+    pub global_flags: RefCell<Option<GlobalFlags>>,
     /// Rule (id hash) and entity of the evaluation in progress, for `edge`.
     pub current: std::cell::Cell<(u64, EntityKey)>,
     filters: RefCell<AHashMap<ImmutableString, Rc<ClassFilter>>>,
@@ -70,6 +76,7 @@ impl Shared {
             store,
             memory,
             current: Default::default(),
+            global_flags: RefCell::new(None),
             filters: RefCell::default(),
             windows: RefCell::default(),
         })
@@ -445,7 +452,18 @@ pub fn register(engine: &mut Engine, shared: &Rc<Shared>, lists: Lists) {
         "alerted",
         move |rule: &str, key: &str, window: ImmutableString| -> Fallible<bool> {
             let w = shared_w.window(&window, false)?;
-            Ok(memory.borrow().alerted_since(rule, key, w))
+            let memory = memory.borrow();
+            if memory.alerted_since(rule, key, w) {
+                return Ok(true);
+            }
+            let now = memory.now();
+            Ok(shared_w.global_flags.borrow().as_ref().is_some_and(|g| {
+                let k = (super::memory::key_hash(rule), super::memory::key_hash(key));
+                g.lock()
+                    .expect("flags lock")
+                    .get(&k)
+                    .is_some_and(|&t| t > now - w && t <= now)
+            }))
         },
     );
 }

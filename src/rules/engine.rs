@@ -112,6 +112,10 @@ pub struct RuleEngine {
     pub counters: EngineCounters,
     /// Alerts emitted and not yet taken by the caller.
     pub alerts: Vec<Alert>,
+    /// Run only the rules keyed by this entity type (the daemon's caller shard).
+    pub only_entity: Option<EntityType>,
+    /// Never run the rules keyed by this entity type (the partitions, beside a caller shard).
+    pub skip_entity: Option<EntityType>,
 }
 
 impl RuleEngine {
@@ -127,6 +131,8 @@ impl RuleEngine {
             slots: Vec::new(),
             counters: EngineCounters::default(),
             alerts: Vec::new(),
+            only_entity: None,
+            skip_entity: None,
         };
         e.index_stats();
         e
@@ -311,6 +317,9 @@ impl RuleEngine {
         let set = &mut self.set;
         let rule = &mut set.rules[i];
         let kind = rule.meta().entity;
+        if self.only_entity.is_some_and(|k| k != kind) || self.skip_entity == Some(kind) {
+            return;
+        }
         let end = time.utc;
 
         // The entity the rule is keyed by; a trigger without one (an MT call from an untracked
@@ -353,7 +362,11 @@ impl RuleEngine {
                     return;
                 }
             }
-            account.map(|a| a.ledger.segment)
+            // A calling number or a device is nobody's account: the record's account (a victim's)
+            // must not pick its parameters or route its alerts to a key-account manager.
+            account
+                .filter(|_| matches!(kind, EntityType::Subscriber | EntityType::Account))
+                .map(|a| a.ledger.segment)
         };
         let acct = Dynamic::from(AccountView::new(self.shared.clone(), subject.account, time));
         let params = Dynamic::from(ParamsView(rule.params[segment_index(segment)].clone()));
@@ -390,6 +403,7 @@ impl RuleEngine {
                     let store = self.shared.store.borrow();
                     subject
                         .account
+                        .filter(|_| matches!(kind, EntityType::Subscriber | EntityType::Account))
                         .and_then(|s| store.account_at(s))
                         .map(|a| a.id.to_string())
                 };
@@ -425,6 +439,12 @@ impl RuleEngine {
         };
         match verdict {
             Ok((Decision::Emit, Some(alert))) => {
+                if let Some(g) = self.shared.global_flags.borrow().as_ref() {
+                    g.lock().expect("flags lock").insert(
+                        (key_hash(&alert.rule.id), key_hash(&alert.entity.key)),
+                        alert.trigger_event_time.utc,
+                    );
+                }
                 stats.alerts += 1;
                 stats.entities.insert(key_hash(&alert.entity.key));
                 self.counters.alerts += 1;

@@ -33,12 +33,109 @@ pub struct InputMessage {
 
 pub struct ConsumerCtx {
     pub metrics: Arc<Metrics>,
+    pub board: Arc<LagBoard>,
+    pub usage_topic: String,
+    pub events_topic: String,
+}
+
+/// Per input partition, messages on the broker not yet handed to cdrguard (from librdkafka's
+/// statistics, every 100 ms). Workers use it to merge a partition's usage and events in event time:
+/// a record waits for the other topic only while that topic has something unread.
+#[derive(Default)]
+pub struct LagBoard {
+    lag: std::sync::Mutex<ahash::AHashMap<(Input, i32), i64>>,
+    ready: std::sync::atomic::AtomicBool,
+    /// Messages polled and on their way to a worker, not yet in its partition queues.
+    in_transit: std::sync::Mutex<ahash::AHashMap<(Input, i32), i64>>,
+}
+
+impl LagBoard {
+    /// Unread messages of a partition; 0 for a partition the statistics do not list (the topic has
+    /// fewer partitions); `None` before the first statistics.
+    pub fn lag(&self, input: Input, partition: i32) -> Option<i64> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(
+            self.lag
+                .lock()
+                .expect("lag lock")
+                .get(&(input, partition))
+                .copied()
+                .unwrap_or(0),
+        )
+    }
+
+    /// A message was handed to a worker's channel (+1) or taken into its queues (−1).
+    pub fn transit(&self, input: Input, partition: i32, delta: i64) {
+        *self
+            .in_transit
+            .lock()
+            .expect("transit lock")
+            .entry((input, partition))
+            .or_default() += delta;
+    }
+
+    /// Messages of a partition polled but not yet queued by its worker.
+    pub fn in_transit(&self, input: Input, partition: i32) -> i64 {
+        self.in_transit
+            .lock()
+            .expect("transit lock")
+            .get(&(input, partition))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn snapshot(&self) -> Vec<((Input, i32), i64)> {
+        let mut v: Vec<_> = self
+            .lag
+            .lock()
+            .expect("lag lock")
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        v.sort();
+        v
+    }
 }
 
 impl ClientContext for ConsumerCtx {
     fn error(&self, error: KafkaError, reason: &str) {
         self.metrics.kafka_errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%error, reason, "Kafka consumer error; retrying.");
+    }
+
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let mut lag = self.board.lag.lock().expect("lag lock");
+        for (name, topic) in &stats.topics {
+            let input = if *name == self.usage_topic {
+                Input::Usage
+            } else if *name == self.events_topic {
+                Input::Events
+            } else {
+                continue;
+            };
+            for (&p, part) in &topic.partitions {
+                if p < 0 {
+                    continue;
+                }
+                // app_offset: the next offset to hand to the application (invalid before any).
+                let from = if part.app_offset >= 0 {
+                    part.app_offset
+                } else if part.committed_offset >= 0 {
+                    part.committed_offset
+                } else {
+                    part.lo_offset.max(0)
+                };
+                let unread = if part.hi_offset >= 0 {
+                    (part.hi_offset - from).max(0)
+                } else {
+                    0
+                };
+                lag.insert((input, p), unread);
+            }
+        }
+        self.board.ready.store(true, Ordering::Relaxed);
     }
 }
 
@@ -72,6 +169,7 @@ pub fn consumer(
     cfg: &KafkaConfig,
     brokers: &str,
     metrics: Arc<Metrics>,
+    board: Arc<LagBoard>,
 ) -> Result<BaseConsumer<ConsumerCtx>, KafkaError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
@@ -82,9 +180,15 @@ pub fn consumer(
         .set("auto.offset.reset", &cfg.start_from)
         .set("enable.partition.eof", "false")
         // Low fetch wait: a record should not sit at the broker for the default 500 ms.
-        .set("fetch.wait.max.ms", "10");
+        .set("fetch.wait.max.ms", "10")
+        .set("statistics.interval.ms", "100");
     for (k, v) in &cfg.options {
         c.set(k, v);
     }
-    c.create_with_context(ConsumerCtx { metrics })
+    c.create_with_context(ConsumerCtx {
+        metrics,
+        board,
+        usage_topic: cfg.usage_topic.clone(),
+        events_topic: cfg.events_topic.clone(),
+    })
 }

@@ -138,6 +138,10 @@ pub struct WindowStore {
     final_watermark: Option<i64>,
     next_maintenance: i64,
     pub counters: StoreCounters,
+    /// Keep only calling-number state (the daemon's caller shard, which sees the MT calls of every
+    /// partition; subscribers and accounts live in the partitions' stores).
+    #[serde(default)]
+    pub callers_only: bool,
 }
 
 /// Counts the store keeps for the summary and metrics.
@@ -200,6 +204,7 @@ impl WindowStore {
             final_watermark: None,
             next_maintenance: i64::MIN,
             counters: StoreCounters::default(),
+            callers_only: false,
         }
     }
 
@@ -268,6 +273,10 @@ impl WindowStore {
 
         let limits = self.limits;
         let msisdn = r.served.msisdn;
+        if self.callers_only {
+            self.apply_caller(r, class, &c, &limits);
+            return Outcome::Accepted;
+        }
         let sub = self
             .subscribers
             .entry(msisdn.key())
@@ -314,6 +323,18 @@ impl WindowStore {
                 .or_insert_with(|| Entity::new(t))
                 .apply(&dev, &limits);
         }
+        self.apply_caller(r, class, &c, &limits);
+        Outcome::Accepted
+    }
+
+    /// The calling number of an international MT call gets state of its own (Wangiri sources).
+    fn apply_caller(
+        &mut self,
+        r: &UsageRecord,
+        class: RecordClass,
+        c: &Contribution,
+        limits: &Limits,
+    ) {
         let tracked_caller = match self.cfg.calling_numbers {
             CallingNumbers::Off => false,
             CallingNumbers::All => true,
@@ -322,18 +343,17 @@ impl WindowStore {
         let mt_voice = r.record_type == RecordType::Voice && r.direction == Some(Direction::Mt);
         if let (Some(caller), true) = (r.other_party.number, tracked_caller && mt_voice) {
             let ring = Contribution {
-                other: Some(msisdn.hash32()),
+                other: Some(r.served.msisdn.hash32()),
                 cell: None,
                 call: None,
                 fix: None,
-                ..c
+                ..*c
             };
             self.calling_numbers
                 .entry(caller.key())
-                .or_insert_with(|| Entity::new(t))
-                .apply(&ring, &limits);
+                .or_insert_with(|| Entity::new(c.at))
+                .apply(&ring, limits);
         }
-        Outcome::Accepted
     }
 
     pub fn apply_event(&mut self, e: &AccountEvent) -> Outcome {

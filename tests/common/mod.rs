@@ -55,3 +55,4 @@ pub fn replay_with(
 pub fn fixture(rel: &str) -> PathBuf {
     Path::new(ROOT).join(rel)
 }
+pub mod kafka;

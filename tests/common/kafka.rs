@@ -1,0 +1,220 @@
+//! Kafka for tests: librdkafka's in-process mock cluster (a real Kafka-protocol endpoint on
+//! 127.0.0.1), the daemon run in a thread against it, and readers of its output topics.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cdrguard::config::Config;
+use cdrguard::daemon::{self, Control, RunOptions, RunSummary};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::{Offset, TopicPartitionList};
+
+pub struct Kafka {
+    _cluster: MockCluster<'static, DefaultProducerContext>,
+    pub brokers: String,
+    pub cfg: Config,
+}
+
+/// A config for tests: no metrics port, quick rule watching, no idle watermark.
+pub fn test_config() -> Config {
+    let mut cfg = Config::default();
+    cfg.daemon.metrics_address = String::new();
+    cfg.daemon.idle_watermark_after = cdrguard::config::Span(0);
+    cfg.daemon.workers = 2;
+    cfg.rules.watch_interval = cdrguard::config::Span(1);
+    cfg
+}
+
+impl Kafka {
+    /// A one-broker cluster with the input topics (`partitions` each), the alert topics and the
+    /// dead-letter topic.
+    pub fn start(partitions: i32) -> Kafka {
+        let cluster = MockCluster::new(1).unwrap();
+        let cfg = test_config();
+        let k = &cfg.kafka;
+        cluster.create_topic(&k.usage_topic, partitions, 1).unwrap();
+        cluster
+            .create_topic(&k.events_topic, partitions, 1)
+            .unwrap();
+        for t in [
+            &k.dead_letter_topic,
+            &k.alert_topics.fraud,
+            &k.alert_topics.collections,
+            &k.alert_topics.key_accounts,
+            &k.alert_topics.care,
+        ] {
+            cluster.create_topic(t, 1, 1).unwrap();
+        }
+        let brokers = cluster.bootstrap_servers();
+        Kafka {
+            _cluster: cluster,
+            brokers,
+            cfg,
+        }
+    }
+
+    /// Produces NDJSON usage and events as the producers are asked to (keyed, in time order).
+    pub fn produce(&self, usage: &[u8], events: &[u8]) -> u64 {
+        let producer = daemon::embedded::input_producer(&self.brokers).unwrap();
+        daemon::embedded::produce_input(
+            &producer,
+            &self.cfg,
+            usage,
+            events,
+            0,
+            &AtomicBool::new(false),
+        )
+        .unwrap()
+    }
+
+    /// Produces raw payloads to a topic (bad input).
+    pub fn produce_raw(&self, topic: &str, payloads: &[&[u8]]) {
+        let producer = daemon::embedded::input_producer(&self.brokers).unwrap();
+        for p in payloads {
+            producer
+                .send(
+                    rdkafka::producer::BaseRecord::to(topic)
+                        .key("k")
+                        .payload(*p),
+                )
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+    }
+
+    /// Runs the daemon in a thread until its control stops it.
+    pub fn daemon(
+        &self,
+        cfg: Config,
+        rules: &Path,
+        control: Control,
+    ) -> std::thread::JoinHandle<anyhow::Result<RunSummary>> {
+        let brokers = self.brokers.clone();
+        let rules = rules.to_path_buf();
+        std::thread::spawn(move || {
+            daemon::run(
+                cfg,
+                Path::new(env!("CARGO_MANIFEST_DIR")),
+                &brokers,
+                RunOptions {
+                    rules_dir: rules,
+                    watch_rules: true,
+                    sighup: false,
+                    status: false,
+                    control,
+                },
+            )
+        })
+    }
+
+    /// A reader of topics from the beginning, in a group of its own.
+    pub fn reader(&self, topics: &[&str]) -> Reader {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("test-reader-{}", fastrand::u64(..)))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .unwrap();
+        consumer.subscribe(topics).unwrap();
+        Reader {
+            consumer,
+            messages: Vec::new(),
+        }
+    }
+
+    /// Offsets committed by a consumer group, per (topic, partition).
+    pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let got = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap();
+        got.elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// A message read back: topic, key, payload and headers.
+#[derive(Clone, Debug)]
+pub struct Read {
+    pub topic: String,
+    pub partition: i32,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+pub struct Reader {
+    consumer: BaseConsumer,
+    pub messages: Vec<Read>,
+}
+
+impl Reader {
+    /// Reads until `done(messages)` or the timeout; returns whether `done` was reached.
+    pub fn read_until(&mut self, timeout: Duration, done: impl Fn(&[Read]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if done(&self.messages) {
+                return true;
+            }
+            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(100)) {
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for i in 0..h.count() {
+                        let hd = h.get(i);
+                        headers.insert(
+                            hd.key.to_string(),
+                            String::from_utf8_lossy(hd.value.unwrap_or_default()).into(),
+                        );
+                    }
+                }
+                self.messages.push(Read {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    key: m.key().unwrap_or_default().to_vec(),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+        }
+        done(&self.messages)
+    }
+}
+
+/// Stops a daemon thread gracefully and returns its summary.
+pub fn stop(
+    control: &Control,
+    t: std::thread::JoinHandle<anyhow::Result<RunSummary>>,
+) -> RunSummary {
+    control.stop.store(true, Ordering::Relaxed);
+    t.join().unwrap().unwrap()
+}
+
+pub fn control() -> Control {
+    Control {
+        stop: Arc::new(AtomicBool::new(false)),
+        abort: Arc::new(AtomicBool::new(false)),
+    }
+}

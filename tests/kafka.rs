@@ -1,0 +1,437 @@
+//! The daemon against a real Kafka-protocol endpoint (librdkafka's mock cluster): alerts on the right
+//! department topics with the replay's ids, dead letters with their reasons, at-least-once across a
+//! crash, rule reload while consuming, graceful shutdown with everything committed.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use cdrguard::gen::{generate, GenConfig};
+use cdrguard::record::Alert;
+use common::kafka::*;
+use common::*;
+
+/// Stories for every rule over a small calm background: input bytes and the labels.
+fn stories(seed: u64) -> (Vec<u8>, Vec<u8>, Vec<cdrguard::gen::stories::Label>) {
+    let cfg = GenConfig {
+        subscribers: 400,
+        records: 8_000,
+        days: 4,
+        seed,
+        inject: cdrguard::gen::stories::STORY_RULES
+            .iter()
+            .map(|r| (r.to_string(), 1))
+            .collect(),
+        ..GenConfig::default()
+    };
+    let (mut u, mut e) = (Vec::new(), Vec::new());
+    let s = generate(&cfg, &mut u, &mut e).unwrap();
+    (u, e, s.labels)
+}
+
+/// The alerts a replay of the same input raises, by id.
+fn replayed(usage: &[u8], events: &[u8]) -> BTreeMap<String, Alert> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("u.ndjson"), usage).unwrap();
+    std::fs::write(dir.path().join("e.ndjson"), events).unwrap();
+    let (_, _, alerts) = replay_with(
+        &fixture("rules"),
+        &dir.path().join("u.ndjson"),
+        Some(&dir.path().join("e.ndjson")),
+        None,
+    );
+    alerts
+        .into_iter()
+        .map(|a| (a.alert_id.clone(), a))
+        .collect()
+}
+
+fn alert_topics(k: &Kafka) -> Vec<String> {
+    let t = &k.cfg.kafka.alert_topics;
+    vec![
+        t.fraud.clone(),
+        t.collections.clone(),
+        t.key_accounts.clone(),
+        t.care.clone(),
+    ]
+}
+
+fn parse(m: &Read) -> Alert {
+    serde_json::from_slice(&m.payload).unwrap()
+}
+
+/// Alert ids seen on the topics (each id once).
+fn ids(messages: &[Read]) -> BTreeSet<String> {
+    messages.iter().map(|m| parse(m).alert_id).collect()
+}
+
+// One partition: the replay is one ordered stream, and so is a partition. Across partitions Kafka
+// orders nothing, so a Wangiri callback read from a backlog before the wave's last ring (in another
+// partition) is not seen as a callback; live, partitions move together.
+#[test]
+fn alerts_reach_each_department_topic_once_with_the_replay_ids() {
+    let k = Kafka::start(1);
+    let (usage, events, labels) = stories(21);
+    let expected = replayed(&usage, &events);
+    assert!(
+        expected.len() >= labels.len(),
+        "the replay raises every story's alerts"
+    );
+    k.produce(&usage, &events);
+    let c = control();
+    let daemon = k.daemon(k.cfg.clone(), &fixture("rules"), c.clone());
+    let topics = alert_topics(&k);
+    let mut reader = k.reader(&topics.iter().map(String::as_str).collect::<Vec<_>>());
+    let want: usize = expected.values().map(|a| a.departments.len()).sum();
+    let complete = reader.read_until(Duration::from_secs(90), |m| m.len() >= want);
+    let seen = ids(&reader.messages);
+    let missing: Vec<String> = expected
+        .values()
+        .filter(|a| !seen.contains(&a.alert_id))
+        .map(|a| {
+            format!(
+                "{} {} {:?} {}",
+                a.rule.id, a.entity.key, a.severity, a.trigger_event_time
+            )
+        })
+        .collect();
+    let mut topics_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in &reader.messages {
+        topics_of
+            .entry(parse(m).alert_id)
+            .or_default()
+            .push(m.topic.clone());
+    }
+    let off: Vec<String> = expected
+        .values()
+        .filter(|a| topics_of.get(&a.alert_id).map_or(0, Vec::len) != a.departments.len())
+        .map(|a| {
+            format!(
+                "{} {} {:?} departments {:?} seen on {:?}",
+                a.rule.id,
+                a.entity.key,
+                a.severity,
+                a.departments,
+                topics_of.get(&a.alert_id)
+            )
+        })
+        .collect();
+    assert!(
+        complete,
+        "{} of {want} alert messages; missing: {missing:#?}; wrong topics: {off:#?}",
+        reader.messages.len()
+    );
+    let summary = stop(&c, daemon);
+    // Nothing more arrives after everything expected did.
+    reader.read_until(Duration::from_secs(2), |_| false);
+    let extra: Vec<String> = reader
+        .messages
+        .iter()
+        .map(parse)
+        .filter(|a| !expected.contains_key(&a.alert_id))
+        .map(|a| {
+            format!(
+                "{} {} {:?} {} {}",
+                a.rule.id, a.entity.key, a.severity, a.trigger_event_time, a.evidence.explanation
+            )
+        })
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "alerts the replay did not raise: {extra:#?}"
+    );
+    assert_eq!(reader.messages.len(), want);
+    assert_eq!(ids(&reader.messages), expected.keys().cloned().collect());
+    for m in &reader.messages {
+        let a = parse(m);
+        let replay = &expected[&a.alert_id];
+        // Same alert as the replay's, but for the mode and the time it was detected.
+        let strip = |a: &Alert| {
+            let mut v = serde_json::to_value(a).unwrap();
+            v.as_object_mut().unwrap().remove("detected_at");
+            v.as_object_mut().unwrap().remove("mode");
+            v
+        };
+        assert_eq!(strip(&a), strip(replay));
+        assert_eq!(a.mode, cdrguard::record::Mode::Live);
+        // On the topic of one of its departments, keyed by entity, with headers.
+        let dept = &m.headers["cdrguard.department"];
+        assert!(a
+            .departments
+            .iter()
+            .any(|d| k.cfg.kafka.alert_topics.of(*d) == m.topic
+                && serde_json::to_value(d).unwrap() == dept.as_str()));
+        assert_eq!(m.key, a.entity.key.as_bytes());
+        assert_eq!(m.headers["cdrguard.rule"], a.rule.id);
+        assert_eq!(
+            m.headers["cdrguard.ruleset_version"],
+            a.rule.ruleset_version
+        );
+    }
+    // Each (alert, department) exactly once.
+    let pairs: BTreeSet<(String, String)> = reader
+        .messages
+        .iter()
+        .map(|m| (parse(m).alert_id, m.topic.clone()))
+        .collect();
+    assert_eq!(pairs.len(), want);
+    assert_eq!(summary.in_flight_at_exit, 0);
+    assert_eq!(summary.alerts as usize, want);
+}
+
+#[test]
+fn bad_records_go_to_the_dead_letter_topic_with_reason_and_position() {
+    let k = Kafka::start(1);
+    let good = voice_mo(
+        "ok-1",
+        "2026-11-10T10:00:00+01:00",
+        "33612000001",
+        "33145000000",
+        60,
+    );
+    let bad: [&[u8]; 4] = [
+        b"{not json",
+        br#"{"record_id":"x","record_type":"voice","direction":"mo","event_start":"2026-11-10T10:00:00+01:00"}"#,
+        br#"{"record_id":"y","record_type":"fax","direction":"mo","event_start":"2026-11-10T10:00:00+01:00","served":{"msisdn":"336"}}"#,
+        &[0xff, 0xfe, 0x00],
+    ];
+    let mut all: Vec<&[u8]> = vec![good.as_bytes()];
+    all.extend(bad);
+    k.produce_raw(&k.cfg.kafka.usage_topic, &all);
+    let c = control();
+    let daemon = k.daemon(k.cfg.clone(), &fixture("rules"), c.clone());
+    let mut reader = k.reader(&[&k.cfg.kafka.dead_letter_topic]);
+    assert!(reader.read_until(Duration::from_secs(60), |m| m.len() >= 4));
+    let summary = stop(&c, daemon);
+    assert_eq!(summary.records, 5);
+    assert_eq!(summary.dead_letters, 4);
+    let reasons: Vec<&str> = reader
+        .messages
+        .iter()
+        .map(|m| m.headers["cdrguard.reason"].as_str())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "invalid_json",
+            "missing_field",
+            "unknown_variant",
+            "invalid_utf8"
+        ]
+    );
+    for (i, m) in reader.messages.iter().enumerate() {
+        assert_eq!(m.payload, bad[i], "original payload kept");
+        assert_eq!(m.headers["cdrguard.source.topic"], k.cfg.kafka.usage_topic);
+        assert_eq!(m.headers["cdrguard.source.partition"], "0");
+        assert_eq!(m.headers["cdrguard.source.offset"], (i + 1).to_string());
+    }
+    assert_eq!(reader.messages[1].headers["cdrguard.field"], "served");
+}
+
+#[test]
+fn a_crash_loses_no_alert_of_a_committed_record_and_the_restart_resumes() {
+    // One partition, for the reason given above: the expected alerts are the replay's.
+    let k = Kafka::start(1);
+    let (usage, events, _) = stories(22);
+    let expected = replayed(&usage, &events);
+    let total = k.produce(&usage, &events);
+    let topics = alert_topics(&k);
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+
+    // First run: abort (no drain, no final commit) once some alerts are out.
+    let c = control();
+    let daemon = k.daemon(k.cfg.clone(), &fixture("rules"), c.clone());
+    let mut reader = k.reader(&topic_refs);
+    assert!(reader.read_until(Duration::from_secs(60), |m| m.len() >= 6));
+    // Let an auto-commit happen mid-stream.
+    std::thread::sleep(Duration::from_millis(1500));
+    c.abort.store(true, std::sync::atomic::Ordering::Relaxed);
+    daemon.join().unwrap().unwrap();
+    let committed_usage = k.committed(&k.cfg.kafka.group_id, &k.cfg.kafka.usage_topic, 1);
+    let committed_events = k.committed(&k.cfg.kafka.group_id, &k.cfg.kafka.events_topic, 1);
+    reader.read_until(Duration::from_secs(3), |_| false);
+    let delivered = ids(&reader.messages);
+    assert!(
+        !committed_usage.is_empty(),
+        "something was committed mid-stream"
+    );
+
+    // Every alert whose triggering record is below the committed offset was delivered: find each
+    // expected alert's trigger record on the input topic.
+    let mut input = k.reader(&[&k.cfg.kafka.usage_topic, &k.cfg.kafka.events_topic]);
+    assert!(input.read_until(Duration::from_secs(30), |m| m.len() as u64 >= total));
+    let mut position = BTreeMap::new();
+    for (i, m) in input.messages.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        let id = v["record_id"]
+            .as_str()
+            .or(v["event_id"].as_str())
+            .unwrap()
+            .to_string();
+        // Offsets per partition follow the order read within a partition.
+        let offset = input.messages[..i]
+            .iter()
+            .filter(|x| x.topic == m.topic && x.partition == m.partition)
+            .count() as i64;
+        position.insert(id, (m.topic.clone(), m.partition, offset));
+    }
+    let mut checked = 0;
+    for a in expected.values() {
+        let Some(rid) = a.evidence.record_ids.first() else {
+            continue; // timer alerts have no trigger record
+        };
+        let (topic, p, offset) = &position[rid];
+        let committed = if *topic == k.cfg.kafka.usage_topic {
+            &committed_usage
+        } else {
+            &committed_events
+        };
+        if committed.get(p).is_some_and(|c| offset < c) {
+            checked += 1;
+            assert!(
+                delivered.contains(&a.alert_id),
+                "alert {} of committed record {rid} ({topic}/{p}@{offset}) was not delivered",
+                a.rule.id
+            );
+        }
+    }
+    assert!(checked > 0, "some alerts belonged to committed records");
+
+    // Second run: resumes at the committed offsets and reads everything after them.
+    let c2 = control();
+    let daemon = k.daemon(k.cfg.clone(), &fixture("rules"), c2.clone());
+    let already: i64 =
+        committed_usage.values().sum::<i64>() + committed_events.values().sum::<i64>();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let u: i64 = k
+            .committed(&k.cfg.kafka.group_id, &k.cfg.kafka.usage_topic, 2)
+            .values()
+            .sum();
+        let e: i64 = k
+            .committed(&k.cfg.kafka.group_id, &k.cfg.kafka.events_topic, 2)
+            .values()
+            .sum();
+        if (u + e) as u64 >= total {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let summary = stop(&c2, daemon);
+    assert_eq!(
+        summary.records as i64,
+        total as i64 - already,
+        "the restart read exactly the uncommitted records"
+    );
+    // Redelivered alerts keep their ids and content.
+    reader.read_until(Duration::from_secs(3), |_| false);
+    let mut by_id: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for m in &reader.messages {
+        let mut v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        v.as_object_mut().unwrap().remove("detected_at");
+        let id = v["alert_id"].as_str().unwrap().to_string();
+        if let Some(prev) = by_id.insert(id.clone(), v.clone()) {
+            assert_eq!(prev, v, "alert {id} delivered twice with different content");
+        }
+    }
+}
+
+#[test]
+fn a_rule_change_while_consuming_applies_to_the_records_after_it() {
+    let k = Kafka::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("rules");
+    copy_tree(&fixture("rules"), &lib);
+    let c = control();
+    let daemon = k.daemon(k.cfg.clone(), &lib, c.clone());
+    let calls = |msisdn: &str, hour: u32, tag: &str| -> Vec<u8> {
+        (0..3)
+            .map(|i| {
+                voice_mo(
+                    &format!("{tag}-{i}"),
+                    &format!("2026-11-10T{hour:02}:{i:02}:00+01:00"),
+                    msisdn,
+                    "88213000111",
+                    60,
+                ) + "\n"
+            })
+            .collect::<String>()
+            .into_bytes()
+    };
+    k.produce(&calls("33612000001", 10, "a"), b"");
+    let mut reader = k.reader(&[&k.cfg.kafka.alert_topics.fraud]);
+    assert!(reader.read_until(Duration::from_secs(60), |m| !m.is_empty()));
+    let v1 = parse(&reader.messages[0]).rule.ruleset_version;
+
+    let irsf = lib.join("fraud/irsf_high_risk_destination.rhai");
+    let text = std::fs::read_to_string(&irsf)
+        .unwrap()
+        .replace("version: \"1.0.0\"", "version: \"1.0.1\"");
+    std::fs::write(&irsf, text).unwrap();
+    // The watcher polls every second; give it time to read, validate and swap in each worker.
+    std::thread::sleep(Duration::from_secs(4));
+    k.produce(&calls("33612000002", 11, "b"), b"");
+    assert!(reader.read_until(Duration::from_secs(60), |m| m.len() >= 2));
+    stop(&c, daemon);
+    let second = parse(&reader.messages[1]);
+    assert_ne!(second.rule.ruleset_version, v1);
+    assert_eq!(second.rule.version, "1.0.1");
+    assert_eq!(second.entity.key, "33612000002");
+}
+
+#[test]
+fn graceful_shutdown_delivers_and_commits_everything_then_returns() {
+    let k = Kafka::start(2);
+    let (usage, events, _) = stories(23);
+    let total = k.produce(&usage, &events);
+    let c = control();
+    let daemon = k.daemon(k.cfg.clone(), &fixture("rules"), c.clone());
+    // Let it consume everything, then stop.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut reader = k.reader(&[&k.cfg.kafka.alert_topics.collections]);
+    reader.read_until(Duration::from_secs(60), |m| m.len() >= 3);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        let u: i64 = k
+            .committed(&k.cfg.kafka.group_id, &k.cfg.kafka.usage_topic, 2)
+            .values()
+            .sum();
+        let e: i64 = k
+            .committed(&k.cfg.kafka.group_id, &k.cfg.kafka.events_topic, 2)
+            .values()
+            .sum();
+        if (u + e) as u64 >= total {
+            break;
+        }
+    }
+    let started = Instant::now();
+    let summary = stop(&c, daemon);
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "stopped within the shutdown timeout"
+    );
+    assert_eq!(summary.records, total);
+    assert_eq!(summary.in_flight_at_exit, 0);
+    let u: i64 = k
+        .committed(&k.cfg.kafka.group_id, &k.cfg.kafka.usage_topic, 2)
+        .values()
+        .sum();
+    let e: i64 = k
+        .committed(&k.cfg.kafka.group_id, &k.cfg.kafka.events_topic, 2)
+        .values()
+        .sum();
+    assert_eq!((u + e) as u64, total, "every record committed");
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
