@@ -170,7 +170,7 @@ pub fn run(
         setup.callers = Some(tx);
     }
     for index in 0..cfg.daemon.workers {
-        let (tx, rx) = sync_channel(4096);
+        let (tx, rx) = sync_channel(64);
         let setup = WorkerSetup {
             index,
             ..setup.clone()
@@ -194,10 +194,20 @@ pub fn run(
     };
 
     let mut status = Status::new(&cfg, opts.status);
+    let mut batches: Vec<Vec<InputMessage>> = (0..senders.len()).map(|_| Vec::new()).collect();
     let mut next_store = Instant::now();
     let control = opts.control.clone();
     while !control.stop.load(Ordering::Relaxed) && !control.abort.load(Ordering::Relaxed) {
-        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+        // Batches per worker: one channel send (and one wake-up) per up to 256 messages, not per
+        // message. A batch is cut when the poll comes back empty, so a quiet stream waits for nothing.
+        let mut timeout = Duration::from_millis(100);
+        let mut polled = 0;
+        while polled < 256 * batches.len() {
+            let Some(m) = consumer.poll(timeout) else {
+                break;
+            };
+            timeout = Duration::ZERO;
+            polled += 1;
             match m {
                 Ok(m) => {
                     let input = if m.topic() == cfg.kafka.usage_topic {
@@ -215,14 +225,21 @@ pub fn run(
                     };
                     let w = (m.partition().unsigned_abs() as usize) % senders.len();
                     board.transit(input, m.partition(), 1);
-                    if senders[w].send(Work::Record(msg)).is_err() {
-                        anyhow::bail!("worker {w} stopped unexpectedly");
-                    }
+                    batches[w].push(msg);
                 }
                 Err(e) => {
                     metrics.kafka_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "Consume error; retrying.");
                 }
+            }
+        }
+        for (w, batch) in batches.iter_mut().enumerate() {
+            if !batch.is_empty()
+                && senders[w]
+                    .send(Work::Records(std::mem::take(batch)))
+                    .is_err()
+            {
+                anyhow::bail!("worker {w} stopped unexpectedly");
             }
         }
         metrics

@@ -43,7 +43,8 @@ use super::metrics::{Metrics, RuleView, WorkerView};
 use super::offsets::{Input, Tracker};
 
 pub enum Work {
-    Record(InputMessage),
+    /// Consumed messages, in poll order.
+    Records(Vec<InputMessage>),
     Reload(Arc<RuleSources>),
     /// Finish what is queued, then stop.
     Stop,
@@ -138,7 +139,11 @@ pub fn run(setup: WorkerSetup, rx: Receiver<Work>) {
     let mut next_tick = Instant::now();
     loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(Work::Record(m)) => w.record(m),
+            Ok(Work::Records(batch)) => {
+                for m in batch {
+                    w.record(m);
+                }
+            }
             Ok(Work::Reload(sources)) => w.reload(sources),
             Ok(Work::Stop) | Err(RecvTimeoutError::Disconnected) => {
                 w.drain_all(true);

@@ -82,7 +82,7 @@ impl OutputProducer {
         cfg.set("bootstrap.servers", brokers)
             .set("acks", "all")
             .set("message.timeout.ms", "0")
-            .set("linger.ms", "2")
+            .set("linger.ms", "1")
             .set("queue.buffering.max.messages", "1000000");
         for (k, v) in options {
             cfg.set(k, v);

@@ -179,8 +179,9 @@ pub fn consumer(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", &cfg.start_from)
         .set("enable.partition.eof", "false")
-        // Low fetch wait: a record should not sit at the broker for the default 500 ms.
-        .set("fetch.wait.max.ms", "10")
+        // Low fetch wait: a record should not sit at the broker for the default 500 ms (and the
+        // mock broker answers a fetch only when the wait expires).
+        .set("fetch.wait.max.ms", "2")
         .set("statistics.interval.ms", "100");
     for (k, v) in &cfg.options {
         c.set(k, v);

@@ -1,0 +1,337 @@
+//! Throughput and latency through Kafka (librdkafka's mock cluster, in process), with the shipped
+//! rules: not a criterion bench — one measured run of each, printed.
+//!
+//! 1. **Backlog**: a pre-filled input of generated traffic (1M usage records by default, plus their
+//!    account events; 128 partitions, because the mock broker keeps at most 100k messages or 5 MB per
+//!    partition) consumed by the daemon until every record is committed and every alert delivered:
+//!    records per second end to end.
+//! 2. **Steady 20k records/s**: generated traffic produced at a fixed rate for 30 s, with one probe
+//!    record in 200 that a bench-only rule turns into an alert; the time from producing a probe to
+//!    reading its alert back from the department topic, p50 / p99 / max.
+//!
+//! The producer, the daemon and the probe reader share this process and the machine's two vCPUs.
+//!
+//! `cargo bench --bench kafka` (`CDRGUARD_BENCH_RECORDS=200000` for a shorter backlog).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cdrguard::config::{Config, Span};
+use cdrguard::daemon::{self, Control, RunOptions};
+use cdrguard::gen::{generate, GenConfig};
+use cdrguard::record::EventTime;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn config() -> Config {
+    let mut cfg = Config::default();
+    cfg.daemon.metrics_address = String::new();
+    cfg.daemon.idle_watermark_after = Span(0);
+    cfg.daemon.status_interval = Span(5);
+    cfg.state.max_future_skew = Span(3650 * 86_400);
+    cfg
+}
+
+fn cluster(
+    partitions: i32,
+    cfg: &Config,
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+) {
+    let c = MockCluster::new(1).unwrap();
+    let k = &cfg.kafka;
+    c.create_topic(&k.usage_topic, partitions, 1).unwrap();
+    c.create_topic(&k.events_topic, partitions, 1).unwrap();
+    for t in [
+        &k.dead_letter_topic,
+        &k.alert_topics.fraud,
+        &k.alert_topics.collections,
+        &k.alert_topics.key_accounts,
+        &k.alert_topics.care,
+    ] {
+        c.create_topic(t, 4, 1).unwrap();
+    }
+    let b = c.bootstrap_servers();
+    (c, b)
+}
+
+fn traffic(records: u64, subscribers: u32, seed: u64, stories: bool) -> (Vec<u8>, Vec<u8>) {
+    let now = cdrguard::daemon::metrics::now_ms() / 1000;
+    let gen = GenConfig {
+        seed,
+        subscribers,
+        records,
+        start: EventTime {
+            utc: (now - 4 * 86_400) / 60 * 60,
+            offset_min: 60,
+        },
+        days: 4,
+        inject: if stories {
+            cdrguard::gen::stories::STORY_RULES
+                .iter()
+                .map(|r| (r.to_string(), 2))
+                .collect()
+        } else {
+            Vec::new()
+        },
+        ..GenConfig::default()
+    };
+    let (mut u, mut e) = (Vec::new(), Vec::new());
+    generate(&gen, &mut u, &mut e).unwrap();
+    (u, e)
+}
+
+fn committed_total(brokers: &str, cfg: &Config, partitions: i32) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", &cfg.kafka.group_id)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in [&cfg.kafka.usage_topic, &cfg.kafka.events_topic] {
+        for p in 0..partitions {
+            tpl.add_partition(t, p);
+        }
+    }
+    consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .map(|l| {
+            l.elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn start_daemon(
+    cfg: Config,
+    brokers: &str,
+    rules: &Path,
+    control: Control,
+) -> std::thread::JoinHandle<anyhow::Result<daemon::RunSummary>> {
+    let brokers = brokers.to_string();
+    let rules = rules.to_path_buf();
+    std::thread::spawn(move || {
+        daemon::run(
+            cfg,
+            Path::new(ROOT),
+            &brokers,
+            RunOptions {
+                rules_dir: rules,
+                watch_rules: false,
+                sighup: false,
+                status: true,
+                control,
+            },
+        )
+    })
+}
+
+fn backlog() {
+    let records: u64 = std::env::var("CDRGUARD_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let cfg = config();
+    let partitions = 128;
+    let (_cluster, brokers) = cluster(partitions, &cfg);
+    let (u, e) = traffic(records, (records / 10) as u32, 5, true);
+    let producer = daemon::embedded::input_producer(&brokers).unwrap();
+    let t = Instant::now();
+    let total =
+        daemon::embedded::produce_input(&producer, &cfg, &u, &e, 0, &AtomicBool::new(false))
+            .unwrap();
+    eprintln!(
+        "kafka bench: backlog of {total} records ({records} usage) produced in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let control = Control::default();
+    let started = Instant::now();
+    let daemon = start_daemon(
+        cfg.clone(),
+        &brokers,
+        &Path::new(ROOT).join("rules"),
+        control.clone(),
+    );
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        if committed_total(&brokers, &cfg, partitions) as u64 >= total {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            eprintln!("kafka bench: backlog not drained in 15 min");
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    control.stop.store(true, Ordering::Relaxed);
+    let summary = daemon.join().unwrap().unwrap();
+    println!(
+        "kafka backlog: {total} records consumed, processed and committed (alerts {} delivered, dead letters {}) in {:.1} s from daemon start (incl. ~3 s group join): {:.0} records/s",
+        summary.alerts,
+        summary.dead_letters,
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+}
+
+fn steady() {
+    let mut cfg = config();
+    cfg.daemon.status_interval = Span(10);
+    let partitions = 16;
+    let (_cluster, brokers) = cluster(partitions, &cfg);
+    // The shipped rules plus a probe rule that alerts on every probe record.
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("rules");
+    copy_tree(&Path::new(ROOT).join("rules"), &lib);
+    std::fs::write(
+        lib.join("latency_probe.rhai"),
+        r#"
+const RULE = #{ id: "latency_probe", name: "latency probe", description: "bench", category: "fraud",
+    severity: "info", departments: ["FRAUD"], entity: "subscriber", triggers: ["sms.mo"], version: "1" };
+fn evaluate(rec, sub, acct, params) {
+    if listed("latency_probes", rec.msisdn) { #{ explanation: "probe" } }
+}
+"#,
+    )
+    .unwrap();
+    std::fs::write(lib.join("lists/latency_probes.txt"), "3379990\n").unwrap();
+
+    let rate = 20_000u32;
+    let seconds = 30u64;
+    let (u, _) = traffic(rate as u64 * seconds, 30_000, 6, false);
+    let lines: Vec<&[u8]> = u.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    let control = Control::default();
+    let daemon = start_daemon(cfg.clone(), &brokers, &lib, control.clone());
+    std::thread::sleep(Duration::from_secs(4)); // group join
+
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "latency-reader")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "1")
+        .create()
+        .unwrap();
+    reader.subscribe(&[&cfg.kafka.alert_topics.fraud]).unwrap();
+    // Join the reader's group before measuring: a join takes seconds, which are not the daemon's.
+    while reader.assignment().map_or(0, |a| a.count()) == 0 {
+        let _ = reader.poll(Duration::from_millis(100));
+    }
+    let sent: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> =
+        Default::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent_r, stop_r) = (sent.clone(), stop.clone());
+    let reader_thread = std::thread::spawn(move || {
+        let mut h = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        while !stop_r.load(Ordering::Relaxed) {
+            let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) else {
+                continue;
+            };
+            let Ok(a) =
+                serde_json::from_slice::<cdrguard::record::Alert>(m.payload().unwrap_or_default())
+            else {
+                continue;
+            };
+            if a.rule.id != "latency_probe" {
+                continue;
+            }
+            if let Some(t0) = a
+                .evidence
+                .record_ids
+                .first()
+                .and_then(|id| sent_r.lock().unwrap().get(id).copied())
+            {
+                h.record(t0.elapsed().as_micros() as u64).unwrap();
+            }
+        }
+        h
+    });
+
+    let producer = daemon::embedded::input_producer(&brokers).unwrap();
+    let now = cdrguard::daemon::metrics::now_ms() / 1000;
+    let started = Instant::now();
+    let mut probes = 0u64;
+    for (i, line) in lines.iter().enumerate() {
+        if i % 200 == 0 {
+            probes += 1;
+            let id = format!("probe-{probes}");
+            let msisdn = format!("3379990{probes:04}");
+            let rec = format!(
+                r#"{{"record_id":"{id}","record_type":"sms","direction":"mo","event_start":"{}","served":{{"msisdn":"{msisdn}"}},"other_party":{{"number":"33612345678"}}}}"#,
+                EventTime {
+                    utc: now,
+                    offset_min: 60
+                }
+            );
+            sent.lock().unwrap().insert(id, Instant::now());
+            let _ = producer.send(
+                BaseRecord::to(&cfg.kafka.usage_topic)
+                    .key(msisdn.as_str())
+                    .payload(rec.as_bytes()),
+            );
+        }
+        let _ = producer.send(
+            BaseRecord::to(&cfg.kafka.usage_topic)
+                .key(&format!("k{}", i % 4096))
+                .payload(*line),
+        );
+        let due = Duration::from_secs_f64(i as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let produced_in = started.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let h = reader_thread.join().unwrap();
+    control.stop.store(true, Ordering::Relaxed);
+    let _ = daemon.join();
+    println!(
+        "kafka steady: {} records in {:.1} s ({:.0} records/s offered), {} probes, {} alerts read back: record-to-alert latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        lines.len() as u64 + probes,
+        produced_in.as_secs_f64(),
+        (lines.len() as u64 + probes) as f64 / produced_in.as_secs_f64(),
+        probes,
+        h.len(),
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0
+    );
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument picks one part.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    if filter.as_deref().is_none_or(|f| "backlog".contains(f)) {
+        backlog();
+    }
+    if filter.as_deref().is_none_or(|f| "steady".contains(f)) {
+        steady();
+    }
+}
