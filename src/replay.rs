@@ -288,7 +288,9 @@ pub fn run_to(
                 match read {
                     // A failed build is logged by the engine; the previous rules stay active.
                     Ok(sources) => {
-                        let _ = pipeline.reload_rules(&sources);
+                        if pipeline.reload_rules(&sources).is_ok() {
+                            tracing::info!(version = %sources.version, "Rules reloaded.");
+                        }
                     }
                     Err(e) => {
                         tracing::error!("Rule reload failed; the previous rules stay active. {e}")

@@ -183,7 +183,7 @@ impl RuleEngine {
                 let old = std::mem::replace(&mut self.set, set);
                 self.index_stats();
                 self.counters.reloads_ok += 1;
-                tracing::info!(
+                tracing::debug!(
                     old_version = %old.version,
                     version = %self.set.version,
                     rules = self.set.rules.len(),
