@@ -25,7 +25,6 @@ use cdrguard::record::EventTime;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -40,28 +39,13 @@ fn config() -> Config {
     cfg
 }
 
-fn cluster(
-    partitions: i32,
-    cfg: &Config,
-) -> (
-    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    String,
-) {
-    let c = MockCluster::new(1).unwrap();
-    let k = &cfg.kafka;
-    c.create_topic(&k.usage_topic, partitions, 1).unwrap();
-    c.create_topic(&k.events_topic, partitions, 1).unwrap();
-    for t in [
-        &k.dead_letter_topic,
-        &k.alert_topics.fraud,
-        &k.alert_topics.collections,
-        &k.alert_topics.key_accounts,
-        &k.alert_topics.care,
-    ] {
-        c.create_topic(t, 4, 1).unwrap();
-    }
-    let b = c.bootstrap_servers();
-    (c, b)
+/// The embedded broker of `cdrguard run`, with `partitions` per input topic.
+fn cluster(partitions: i32, cfg: &Config) -> (daemon::embedded::Embedded, String) {
+    let mut cfg = cfg.clone();
+    cfg.demo.partitions = partitions;
+    let broker = daemon::embedded::start(&cfg).unwrap();
+    let b = broker.bootstrap.clone();
+    (broker, b)
 }
 
 fn traffic(records: u64, subscribers: u32, seed: u64, stories: bool) -> (Vec<u8>, Vec<u8>) {

@@ -1,7 +1,11 @@
 //! The binary as users run it: arguments, stdin, exit codes, files it writes, messages it prints.
 
+mod common;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
+
+use common::copy_tree;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cdrguard");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -185,7 +189,7 @@ fn check_and_test_report_the_rule_library_and_exit_non_zero_on_problems() {
     // A broken copy: a typo in a parameter name and an unknown filter token, each with its position.
     let dir = tempfile::tempdir().unwrap();
     let lib = dir.path().join("rules");
-    copy_dir(format!("{ROOT}/rules").as_ref(), &lib);
+    copy_tree(format!("{ROOT}/rules").as_ref(), &lib);
     let irsf = lib.join("fraud/irsf_high_risk_destination.rhai");
     let text = std::fs::read_to_string(&irsf)
         .unwrap()
@@ -215,16 +219,4 @@ fn check_and_test_report_the_rule_library_and_exit_non_zero_on_problems() {
         out.contains("warning: parameter bill_shock.unused_knob is not read"),
         "{out}"
     );
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }

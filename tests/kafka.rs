@@ -305,15 +305,7 @@ fn a_crash_loses_no_alert_of_a_committed_record_and_the_restart_resumes() {
         committed_usage.values().sum::<i64>() + committed_events.values().sum::<i64>();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        let u: i64 = k
-            .committed(&k.cfg.kafka.group_id, &k.cfg.kafka.usage_topic, 2)
-            .values()
-            .sum();
-        let e: i64 = k
-            .committed(&k.cfg.kafka.group_id, &k.cfg.kafka.events_topic, 2)
-            .values()
-            .sum();
-        if (u + e) as u64 >= total {
+        if k.committed_total(1) as u64 >= total {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -393,15 +385,7 @@ fn graceful_shutdown_delivers_and_commits_everything_then_returns() {
     reader.read_until(Duration::from_secs(60), |m| m.len() >= 3);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(300));
-        let u: i64 = k
-            .committed(&k.cfg.kafka.group_id, &k.cfg.kafka.usage_topic, 2)
-            .values()
-            .sum();
-        let e: i64 = k
-            .committed(&k.cfg.kafka.group_id, &k.cfg.kafka.events_topic, 2)
-            .values()
-            .sum();
-        if (u + e) as u64 >= total {
+        if k.committed_total(2) as u64 >= total {
             break;
         }
     }
@@ -413,25 +397,5 @@ fn graceful_shutdown_delivers_and_commits_everything_then_returns() {
     );
     assert_eq!(summary.records, total);
     assert_eq!(summary.in_flight_at_exit, 0);
-    let u: i64 = k
-        .committed(&k.cfg.kafka.group_id, &k.cfg.kafka.usage_topic, 2)
-        .values()
-        .sum();
-    let e: i64 = k
-        .committed(&k.cfg.kafka.group_id, &k.cfg.kafka.events_topic, 2)
-        .values()
-        .sum();
-    assert_eq!((u + e) as u64, total, "every record committed");
-}
-
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.path().is_dir() {
-            copy_tree(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
+    assert_eq!(k.committed_total(2) as u64, total, "every record committed");
 }

@@ -186,13 +186,11 @@ pub fn run_callers(setup: WorkerSetup, rx: Receiver<CallerWork>) {
                 });
                 // Late and duplicate verdicts of copies are the partition's business, not dead
                 // letters.
-                if let Some(engine) = &mut pipeline.rules {
-                    let alerts: Vec<Alert> = engine.take_alerts().collect();
-                    let t = Ticket {
-                        input: Some(ticket),
-                    };
-                    send_alerts(&w.setup, &mut w.scratch, alerts, t);
-                }
+                let alerts = take_alerts(&mut pipeline);
+                let t = Ticket {
+                    input: Some(ticket),
+                };
+                send_alerts(&w.setup, &mut w.scratch, alerts, t);
                 // Release the hold the partition worker put on the record's offset.
                 w.setup.tracker.ack(input, partition, offset, true);
                 let _ = done.send(());
@@ -212,6 +210,14 @@ pub fn run_callers(setup: WorkerSetup, rx: Receiver<CallerWork>) {
             w.store_view(view);
         }
     }
+}
+
+fn take_alerts(pipeline: &mut Pipeline) -> Vec<Alert> {
+    pipeline
+        .rules
+        .as_mut()
+        .map(|e| e.take_alerts().collect())
+        .unwrap_or_default()
 }
 
 /// Produces each alert to each of its departments' topics.
@@ -368,12 +374,7 @@ impl Worker {
             item: p.item,
         });
         let accepted = matches!(verdict, Verdict::Applied);
-        let alerts: Vec<Alert> = part
-            .pipeline
-            .rules
-            .as_mut()
-            .map(|e| e.take_alerts().collect())
-            .unwrap_or_default();
+        let alerts = take_alerts(&mut part.pipeline);
         if let Verdict::Reject(reject) = verdict {
             self.dead_letter(&m, &source, &reject, ticket);
         }
@@ -474,12 +475,7 @@ impl Worker {
                     continue;
                 };
                 part.pipeline.advance_idle(now);
-                let alerts: Vec<Alert> = part
-                    .pipeline
-                    .rules
-                    .as_mut()
-                    .map(|e| e.take_alerts().collect())
-                    .unwrap_or_default();
+                let alerts = take_alerts(&mut part.pipeline);
                 send_alerts(
                     &self.setup,
                     &mut self.scratch,

@@ -146,23 +146,15 @@ fn plan(rng: &mut Rng, pop: &Population, clock: &Clock) -> Vec<Planned> {
 fn build(pop: &Population, p: &Planned, seq: u64, offset_min: i16, tag: &str) -> AccountEvent {
     let account = &pop.accounts[p.account as usize];
     let n = p.account + 1;
-    let mut e = AccountEvent {
-        event_id: format_compact!("ev-{tag}{seq:09}"),
-        event_type: EventType::Activation,
-        occurred_at: EventTime {
+    let mut e = AccountEvent::new(
+        format_compact!("ev-{tag}{seq:09}"),
+        EventType::Activation,
+        EventTime {
             utc: p.at,
             offset_min,
         },
-        account_id: account.id.clone(),
-        msisdn: None,
-        invoice: None,
-        payment: None,
-        amount: None,
-        credit: None,
-        until: None,
-        lifecycle: None,
-        segment: None,
-    };
+        account.id.clone(),
+    );
     let paid = |amount: Money| {
         Some(Amount {
             value: amount,

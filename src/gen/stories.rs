@@ -294,25 +294,17 @@ impl Writer<'_> {
 
     fn event(&mut self, t: i64, account: &CompactString, kind: EventType) -> AccountEvent {
         self.seq += 1;
-        AccountEvent {
-            event_id: format_compact!(
+        AccountEvent::new(
+            format_compact!(
                 "story-{}{}-e{}",
                 self.tag,
                 self.story.replace('#', "-"),
                 self.seq
             ),
-            event_type: kind,
-            occurred_at: self.at(t),
-            account_id: account.clone(),
-            msisdn: None,
-            invoice: None,
-            payment: None,
-            amount: None,
-            credit: None,
-            until: None,
-            lifecycle: None,
-            segment: None,
-        }
+            kind,
+            self.at(t),
+            account.clone(),
+        )
     }
 
     fn push_event(&mut self, e: AccountEvent) {

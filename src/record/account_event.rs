@@ -139,6 +139,29 @@ pub struct Lifecycle {
 }
 
 impl AccountEvent {
+    /// An event with no type-specific block yet (builders fill in the one its type needs).
+    pub fn new(
+        event_id: CompactString,
+        event_type: EventType,
+        occurred_at: EventTime,
+        account_id: CompactString,
+    ) -> Self {
+        AccountEvent {
+            event_id,
+            event_type,
+            occurred_at,
+            account_id,
+            msisdn: None,
+            invoice: None,
+            payment: None,
+            amount: None,
+            credit: None,
+            until: None,
+            lifecycle: None,
+            segment: None,
+        }
+    }
+
     /// The per-type requirements serde cannot express, each naming its field path.
     pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
         let missing = |path: &'static str| {

@@ -12,12 +12,10 @@ use cdrguard::daemon::{self, Control, RunOptions, RunSummary};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 pub struct Kafka {
-    _cluster: MockCluster<'static, DefaultProducerContext>,
+    _broker: daemon::embedded::Embedded,
     pub brokers: String,
     pub cfg: Config,
 }
@@ -34,30 +32,28 @@ pub fn test_config() -> Config {
 
 impl Kafka {
     /// A one-broker cluster with the input topics (`partitions` each), the alert topics and the
-    /// dead-letter topic.
+    /// dead-letter topic: the embedded broker of `cdrguard run`.
     pub fn start(partitions: i32) -> Kafka {
-        let cluster = MockCluster::new(1).unwrap();
-        let cfg = test_config();
-        let k = &cfg.kafka;
-        cluster.create_topic(&k.usage_topic, partitions, 1).unwrap();
-        cluster
-            .create_topic(&k.events_topic, partitions, 1)
-            .unwrap();
-        for t in [
-            &k.dead_letter_topic,
-            &k.alert_topics.fraud,
-            &k.alert_topics.collections,
-            &k.alert_topics.key_accounts,
-            &k.alert_topics.care,
-        ] {
-            cluster.create_topic(t, 1, 1).unwrap();
-        }
-        let brokers = cluster.bootstrap_servers();
+        let mut cfg = test_config();
+        cfg.demo.partitions = partitions;
+        let broker = daemon::embedded::start(&cfg).unwrap();
         Kafka {
-            _cluster: cluster,
-            brokers,
+            brokers: broker.bootstrap.clone(),
+            _broker: broker,
             cfg,
         }
+    }
+
+    /// Records committed by the daemon's group on both input topics.
+    pub fn committed_total(&self, partitions: i32) -> i64 {
+        let k = &self.cfg.kafka;
+        self.committed(&k.group_id, &k.usage_topic, partitions)
+            .values()
+            .sum::<i64>()
+            + self
+                .committed(&k.group_id, &k.events_topic, partitions)
+                .values()
+                .sum::<i64>()
     }
 
     /// Produces NDJSON usage and events as the producers are asked to (keyed, in time order).

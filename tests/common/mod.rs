@@ -52,6 +52,19 @@ pub fn replay_with(
     (report, pipeline, alerts)
 }
 
+/// Copies a folder tree (a rule library to edit in a test).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 pub fn fixture(rel: &str) -> PathBuf {
     Path::new(ROOT).join(rel)
 }
