@@ -366,22 +366,10 @@ fn check_cmd(a: CheckArgs) -> anyhow::Result<i32> {
         Err(e) => (e.errors, e.warnings, 0),
     };
     for p in &errors {
-        println!(
-            "{}:{}:{}: error: {}",
-            p.file,
-            p.line.max(1),
-            p.column.max(1),
-            p.message
-        );
+        println!("{}", p.with_level("error"));
     }
     for p in &warnings {
-        println!(
-            "{}:{}:{}: warning: {}",
-            p.file,
-            p.line.max(1),
-            p.column.max(1),
-            p.message
-        );
+        println!("{}", p.with_level("warning"));
     }
     if errors.is_empty() {
         eprintln!(

@@ -34,6 +34,19 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// `file:line:col: <level>: message`, as compilers print diagnostics.
+    pub fn with_level(&self, level: &str) -> String {
+        format!(
+            "{}:{}:{}: {level}: {}",
+            self.file,
+            self.line.max(1),
+            self.column.max(1),
+            self.message
+        )
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
