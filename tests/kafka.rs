@@ -399,3 +399,34 @@ fn graceful_shutdown_delivers_and_commits_everything_then_returns() {
     assert_eq!(summary.in_flight_at_exit, 0);
     assert_eq!(k.committed_total(2) as u64, total, "every record committed");
 }
+
+#[test]
+fn a_broker_outage_delays_alerts_but_loses_none() {
+    let k = Kafka::start(1);
+    let (usage, events, _) = stories(24);
+    let expected = replayed(&usage, &events);
+    let want: usize = expected.values().map(|a| a.departments.len()).sum();
+    let c = control();
+    let daemon = k.daemon(k.cfg.clone(), &fixture("rules"), c.clone());
+    // Let the daemon join its group, then take the broker down for a few seconds mid-stream.
+    std::thread::sleep(Duration::from_secs(4));
+    let half = usage.len() / 2;
+    let cut = half + usage[half..].iter().position(|&b| b == b'\n').unwrap() + 1;
+    k.produce(&usage[..cut], &events);
+    k.set_broker_up(false);
+    std::thread::sleep(Duration::from_secs(5));
+    k.set_broker_up(true);
+    k.produce(&usage[cut..], b"");
+    let topics = alert_topics(&k);
+    let mut reader = k.reader(&topics.iter().map(String::as_str).collect::<Vec<_>>());
+    let complete = reader.read_until(Duration::from_secs(90), |m| ids(m).len() >= expected.len());
+    stop(&c, daemon);
+    assert!(
+        complete,
+        "{} of {} alerts after the outage",
+        ids(&reader.messages).len(),
+        expected.len()
+    );
+    assert_eq!(ids(&reader.messages), expected.keys().cloned().collect());
+    assert!(reader.messages.len() >= want);
+}

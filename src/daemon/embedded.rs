@@ -29,6 +29,18 @@ pub struct Embedded {
     pub bootstrap: String,
 }
 
+impl Embedded {
+    /// Takes the (only) broker down or brings it back: outages for tests.
+    pub fn set_broker_up(&self, up: bool) -> anyhow::Result<()> {
+        if up {
+            self._cluster.broker_up(1)?;
+        } else {
+            self._cluster.broker_down(1)?;
+        }
+        Ok(())
+    }
+}
+
 /// Starts the mock cluster and creates the topics (inputs co-partitioned).
 pub fn start(cfg: &Config) -> anyhow::Result<Embedded> {
     let cluster = MockCluster::new(1).context("starting the embedded Kafka mock cluster")?;

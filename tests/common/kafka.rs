@@ -44,6 +44,11 @@ impl Kafka {
         }
     }
 
+    /// Takes the broker down or brings it back.
+    pub fn set_broker_up(&self, up: bool) {
+        self._broker.set_broker_up(up).unwrap();
+    }
+
     /// Records committed by the daemon's group on both input topics.
     pub fn committed_total(&self, partitions: i32) -> i64 {
         let k = &self.cfg.kafka;
