@@ -129,7 +129,7 @@ impl Default for KafkaConfig {
 }
 
 /// librdkafka options cdrguard derives from typed settings or needs for at-least-once delivery.
-pub const OWNED_KAFKA_OPTIONS: [&str; 9] = [
+pub const OWNED_KAFKA_OPTIONS: [&str; 10] = [
     "bootstrap.servers",
     "group.id",
     "enable.auto.commit",
@@ -139,6 +139,7 @@ pub const OWNED_KAFKA_OPTIONS: [&str; 9] = [
     "message.timeout.ms",
     "acks",
     "statistics.interval.ms",
+    "partition.assignment.strategy",
 ];
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub delivered: AtomicU64,
     pub delivery_failed: AtomicU64,
     pub kafka_errors: AtomicU64,
+    /// Reloads refused before reaching the workers (invalid or unreadable library).
+    pub reloads_refused: AtomicU64,
     /// Unix milliseconds of the consumer's last poll.
     pub last_poll_ms: AtomicI64,
     pub rejected: Mutex<BTreeMap<String, u64>>,
@@ -192,8 +194,8 @@ impl Metrics {
         let mut rules: BTreeMap<String, RuleView> = BTreeMap::new();
         let mut version = String::new();
         for w in &workers {
-            ok += w.reloads_ok;
-            failed += w.reloads_failed;
+            ok = ok.max(w.reloads_ok);
+            failed = failed.max(w.reloads_failed);
             entities += w.entities;
             bytes += w.state_bytes;
             timers += w.timers_pending;
@@ -217,9 +219,10 @@ impl Metrics {
         head(
             &mut s,
             "cdrguard_rules_reloads_total",
-            "Rule library reloads per worker, by result.",
+            "Rule library reloads, by result.",
             "counter",
         );
+        let failed = failed + self.reloads_refused.load(Ordering::Relaxed);
         let _ = writeln!(
             s,
             "cdrguard_rules_reloads_total{{result=\"ok\"}} {ok}\ncdrguard_rules_reloads_total{{result=\"failed\"}} {failed}"

@@ -155,6 +155,7 @@ pub fn run(
         flags: Default::default(),
         callers: None,
         mode: crate::record::Mode::Live,
+        abort: opts.control.abort.clone(),
     };
     // The caller shard: calling numbers ring subscribers of every partition.
     let mut callers = None;
@@ -250,16 +251,31 @@ pub fn run(
             next_store = Instant::now() + Duration::from_millis(100);
         }
         if let Some((cause, read)) = watcher.as_ref().and_then(RuleWatcher::poll) {
-            reload(&cfg, cause, read, &senders, callers.as_ref().map(|c| &c.0));
+            if !reload(&cfg, cause, read, &senders, callers.as_ref().map(|c| &c.0)) {
+                metrics.reloads_refused.fetch_add(1, Ordering::Relaxed);
+            }
         }
         status.maybe_log(&cfg, &metrics, &tracker, &board);
     }
 
+    stop_metrics.store(true, Ordering::Relaxed);
     if control.abort.load(Ordering::Relaxed) {
-        tracing::warn!("Aborted: no drain, no final commit.");
+        // Like a crash: queued records are dropped unprocessed, nothing is flushed. Only offsets
+        // already stored — whose output was acknowledged — can be committed as the consumer closes,
+        // as auto-commit would have done before a real crash.
+        tracing::warn!("Aborted: no drain, no flush.");
         drop(senders);
+        for t in threads {
+            let _ = t.join();
+        }
         drop(setup);
-        drop(callers);
+        if let Some((tx, t)) = callers {
+            drop(tx);
+            let _ = t.join();
+        }
+        if let Some(t) = metrics_thread {
+            let _ = t.join();
+        }
         return Ok(RunSummary {
             in_flight_at_exit: tracker.in_flight(),
             ..Default::default()
@@ -280,7 +296,10 @@ pub fn run(
         drop(tx);
         let _ = t.join();
     }
-    let left = deadline.saturating_duration_since(Instant::now());
+    // However long the drain took, in-flight alerts get a moment: their acks may be milliseconds away.
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
     if let Err(e) = producer.flush(left) {
         tracing::error!(error = %e, in_flight = producer.in_flight(), "Not every alert was acknowledged before the shutdown timeout; their records will be redelivered.");
     }
@@ -289,7 +308,6 @@ pub fn run(
         // Nothing stored since the last auto-commit is not an error worth more than a note.
         tracing::debug!(error = %e, "Final commit.");
     }
-    stop_metrics.store(true, Ordering::Relaxed);
     if let Some(t) = metrics_thread {
         let _ = t.join();
     }
@@ -317,9 +335,11 @@ fn store_offsets(consumer: &BaseConsumer<ConsumerCtx>, cfg: &Config, tracker: &T
             Input::Usage => &cfg.kafka.usage_topic,
             Input::Events => &cfg.kafka.events_topic,
         };
-        if let Err(e) = consumer.store_offset(topic, partition, offset) {
-            // A revoked partition: the next owner re-reads from the last commit.
-            tracing::debug!(error = %e, topic, partition, offset, "Offset not stored.");
+        match consumer.store_offset(topic, partition, offset) {
+            Ok(()) => tracker.stored(input, partition, offset),
+            // A partition moving in a rebalance: retried while it is ours; otherwise its next owner
+            // re-reads from the last commit.
+            Err(e) => tracing::debug!(error = %e, topic, partition, offset, "Offset not stored."),
         }
     }
 }
@@ -330,12 +350,12 @@ fn reload(
     read: Result<RuleSources, crate::rules::library::LibraryError>,
     senders: &[SyncSender<Work>],
     callers: Option<&SyncSender<worker::CallerWork>>,
-) {
+) -> bool {
     let sources = match read {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "Rule library unreadable; the previous rules stay active.");
-            return;
+            return false;
         }
     };
     match validate_rules(cfg, &sources) {
@@ -348,12 +368,14 @@ fn reload(
             if let Some(c) = callers {
                 let _ = c.send(worker::CallerWork::Reload(sources.clone()));
             }
+            true
         }
         Err(e) => {
             tracing::error!(
                 ?cause,
                 "Rule reload refused; the previous rules stay active. {e:#}"
             );
+            false
         }
     }
 }

@@ -75,7 +75,7 @@ impl Tracker {
     }
 
     /// Offsets that may now be stored (the last fully delivered offset per partition), each reported
-    /// once as it advances.
+    /// as long as it is ahead of the last one `stored` confirmed.
     pub fn committable(&self) -> Vec<(Input, i32, i64)> {
         let mut parts = self.parts.lock().expect("tracker lock");
         let mut out = Vec::new();
@@ -91,11 +91,23 @@ impl Tracker {
                 upto = upto.min(f - 1);
             }
             if p.stored.is_none_or(|s| upto > s) && upto >= 0 {
-                p.stored = Some(upto);
                 out.push((input, partition, upto));
             }
         }
         out
+    }
+
+    /// The consumer stored `offset`: report it again only when it advances. (A store that failed —
+    /// a partition moving in a rebalance — is retried next time.)
+    pub fn stored(&self, input: Input, partition: i32, offset: i64) {
+        if let Some(p) = self
+            .parts
+            .lock()
+            .expect("tracker lock")
+            .get_mut(&(input, partition))
+        {
+            p.stored = Some(p.stored.map_or(offset, |s| s.max(offset)));
+        }
     }
 
     /// Messages still waiting for an acknowledgement.
@@ -134,12 +146,17 @@ mod tests {
         t.add(u, 0, 2);
         t.processed(u, 0, 2);
         assert_eq!(t.committable(), [(u, 0, 0)]);
+        t.stored(u, 0, 0);
+        assert!(t.committable().is_empty(), "reported once stored");
         t.ack(u, 0, 2, true);
         assert!(t.committable().is_empty(), "1 still pending");
         t.ack(u, 0, 1, true);
         assert!(t.committable().is_empty());
         t.ack(u, 0, 1, true);
         assert_eq!(t.committable(), [(u, 0, 2)]);
+        // Not stored (the store failed): offered again.
+        assert_eq!(t.committable(), [(u, 0, 2)]);
+        t.stored(u, 0, 2);
         assert_eq!(t.in_flight(), 0);
         // A permanent failure holds the partition where it failed.
         t.add(u, 0, 3);

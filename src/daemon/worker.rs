@@ -77,6 +77,8 @@ pub struct WorkerSetup {
     pub callers: Option<SyncSender<CallerWork>>,
     /// The mode stamped on alerts (`live`).
     pub mode: crate::record::Mode,
+    /// Crash-like stop (tests): leave at once, queued records unprocessed.
+    pub abort: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A consumed record waiting for its turn in its partition's event-time merge.
@@ -138,11 +140,17 @@ pub fn run(setup: WorkerSetup, rx: Receiver<Work>) {
     };
     let mut next_tick = Instant::now();
     loop {
+        if w.setup.abort.load(Ordering::Relaxed) {
+            return;
+        }
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(Work::Records(batch)) => {
                 for m in batch {
                     w.record(m);
                 }
+                // Heads waiting for the other topic are rechecked on every batch, not only when
+                // their own partition gets a record: a quiet partition must not stall.
+                w.drain_all(false);
             }
             Ok(Work::Reload(sources)) => w.reload(sources),
             Ok(Work::Stop) | Err(RecvTimeoutError::Disconnected) => {
@@ -170,6 +178,9 @@ pub fn run_callers(setup: WorkerSetup, rx: Receiver<CallerWork>) {
     let mut pipeline = new_pipeline(&w.setup, true);
     let mut next_view = Instant::now();
     loop {
+        if w.setup.abort.load(Ordering::Relaxed) {
+            return;
+        }
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(CallerWork::Record {
                 record,
@@ -517,8 +528,9 @@ fn add_to_view(view: &mut WorkerView, pipeline: &Pipeline) {
         return;
     };
     view.ruleset_version = engine.version().to_string();
-    view.reloads_ok += engine.counters.reloads_ok;
-    view.reloads_failed += engine.counters.reloads_failed;
+    // Every pipeline reloads the same library: a reload counts once, not once per partition.
+    view.reloads_ok = view.reloads_ok.max(engine.counters.reloads_ok);
+    view.reloads_failed = view.reloads_failed.max(engine.counters.reloads_failed);
     for s in engine.stats() {
         match view.rules.get_mut(&s.id) {
             Some(r) => {

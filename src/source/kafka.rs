@@ -179,6 +179,9 @@ pub fn consumer(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", &cfg.start_from)
         .set("enable.partition.eof", "false")
+        // Range assigns partition p of both (co-partitioned) topics to one member: an account's
+        // usage and events meet in one worker. Round-robin or cooperative-sticky would split them.
+        .set("partition.assignment.strategy", "range")
         // Low fetch wait: a record should not sit at the broker for the default 500 ms (and the
         // mock broker answers a fetch only when the wait expires).
         .set("fetch.wait.max.ms", "2")
