@@ -437,3 +437,39 @@ fn a_broker_outage_delays_alerts_but_loses_none() {
     assert_eq!(ids(&reader.messages), expected.keys().cloned().collect());
     assert_eq!(pairs(&reader.messages), want);
 }
+
+#[test]
+fn timers_fire_on_a_quiet_stream_as_the_wall_clock_moves() {
+    let k = Kafka::start(1);
+    let mut cfg = k.cfg.clone();
+    cfg.daemon.idle_watermark_after = cdrguard::config::Span(1);
+    // An invoice due on 15 October and one usage record the day after it was issued: by event time
+    // nothing is overdue yet; only the wall clock (December 2026 or later) can make it so.
+    let events = br#"{"event_id":"inv-q","event_type":"invoice_issued","occurred_at":"2026-10-01T02:00:00+01:00","account_id":"A-QUIET","invoice":{"invoice_id":"INV-Q","due_date":"2026-10-15","amount_due":"55.00"}}
+"#;
+    let usage = voice_mo(
+        "q-1",
+        "2026-10-02T10:00:00+01:00",
+        "33612000009",
+        "33145000000",
+        60,
+    )
+    .replace("\"served\":{", "\"served\":{\"account_id\":\"A-QUIET\",")
+        + "\n";
+    k.produce(usage.as_bytes(), events);
+    let c = control();
+    let daemon = k.daemon(cfg, &fixture("rules"), c.clone());
+    let mut reader = k.reader(&[&k.cfg.kafka.alert_topics.collections]);
+    let done = reader.read_until(Duration::from_secs(60), |m| m.len() >= 3);
+    stop(&c, daemon);
+    assert!(done, "{} overdue alerts", reader.messages.len());
+    let mut stages: Vec<i64> = reader
+        .messages
+        .iter()
+        .map(|m| parse(m))
+        .filter(|a| a.rule.id == "invoice_overdue" && a.entity.key == "A-QUIET")
+        .map(|a| a.evidence.metrics["days_overdue"].as_i64().unwrap())
+        .collect();
+    stages.sort();
+    assert_eq!(stages, [7, 15, 30]);
+}
