@@ -466,7 +466,7 @@ fn timers_fire_on_a_quiet_stream_as_the_wall_clock_moves() {
     let mut stages: Vec<i64> = reader
         .messages
         .iter()
-        .map(|m| parse(m))
+        .map(parse)
         .filter(|a| a.rule.id == "invoice_overdue" && a.entity.key == "A-QUIET")
         .map(|a| a.evidence.metrics["days_overdue"].as_i64().unwrap())
         .collect();
