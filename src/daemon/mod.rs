@@ -259,34 +259,21 @@ pub fn run(
     }
 
     stop_metrics.store(true, Ordering::Relaxed);
-    if control.abort.load(Ordering::Relaxed) {
+    let aborted = control.abort.load(Ordering::Relaxed);
+    let deadline =
+        Instant::now() + Duration::from_secs(cfg.daemon.shutdown_timeout.0.max(1) as u64);
+    if aborted {
         // Like a crash: queued records are dropped unprocessed, nothing is flushed. Only offsets
         // already stored — whose output was acknowledged — can be committed as the consumer closes,
         // as auto-commit would have done before a real crash.
         tracing::warn!("Aborted: no drain, no flush.");
-        drop(senders);
-        for t in threads {
-            let _ = t.join();
+    } else {
+        tracing::info!("Stopping: draining workers and in-flight alerts.");
+        for s in &senders {
+            let _ = s.send(Work::Stop);
         }
-        drop(setup);
-        if let Some((tx, t)) = callers {
-            drop(tx);
-            let _ = t.join();
-        }
-        if let Some(t) = metrics_thread {
-            let _ = t.join();
-        }
-        return Ok(RunSummary {
-            in_flight_at_exit: tracker.in_flight(),
-            ..Default::default()
-        });
     }
-    tracing::info!("Stopping: draining workers and in-flight alerts.");
-    let deadline =
-        Instant::now() + Duration::from_secs(cfg.daemon.shutdown_timeout.0.max(1) as u64);
-    for s in &senders {
-        let _ = s.send(Work::Stop);
-    }
+    drop(senders);
     for t in threads {
         let _ = t.join();
     }
@@ -295,6 +282,15 @@ pub fn run(
     if let Some((tx, t)) = callers {
         drop(tx);
         let _ = t.join();
+    }
+    if let Some(t) = metrics_thread {
+        let _ = t.join();
+    }
+    if aborted {
+        return Ok(RunSummary {
+            in_flight_at_exit: tracker.in_flight(),
+            ..Default::default()
+        });
     }
     // However long the drain took, in-flight alerts get a moment: their acks may be milliseconds away.
     let left = deadline
@@ -307,9 +303,6 @@ pub fn run(
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         // Nothing stored since the last auto-commit is not an error worth more than a note.
         tracing::debug!(error = %e, "Final commit.");
-    }
-    if let Some(t) = metrics_thread {
-        let _ = t.join();
     }
     let summary = RunSummary {
         records: metrics.usage_in.load(Ordering::Relaxed)
