@@ -119,6 +119,7 @@ fn start_daemon(
                 sighup: false,
                 status: true,
                 control,
+                state_dir: None,
             },
         )
     })

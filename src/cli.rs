@@ -286,9 +286,24 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<i32> {
     let stop_demo = Arc::new(AtomicBool::new(false));
     let mut embedded = None;
     let mut helpers = Vec::new();
+    let mut state_dir =
+        (!cfg.durability.dir.is_empty()).then(|| PathBuf::from(&cfg.durability.dir));
+    let mut demo_state = None;
     let brokers = match cfg.kafka.brokers.clone() {
         Some(b) => b,
         None => {
+            if state_dir.is_some() {
+                // The embedded broker's log lives in memory: a snapshot from an earlier run would
+                // describe offsets this broker never had.
+                let t = std::env::temp_dir()
+                    .join(format!("cdrguard-demo-state-{}", std::process::id()));
+                eprintln!(
+                    "State snapshots (embedded broker: temporary) in {}",
+                    t.display()
+                );
+                state_dir = Some(t.clone());
+                demo_state = Some(t);
+            }
             let demo = cfg.demo.enabled && !a.no_demo;
             if demo {
                 // Demo rounds run in simulated time, ahead of the wall clock after the first.
@@ -331,6 +346,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<i32> {
         sighup: true,
         status: true,
         control,
+        state_dir,
     };
     let result = crate::daemon::run(cfg, &base, &brokers, opts);
     stop_demo.store(true, Ordering::Relaxed);
@@ -338,6 +354,9 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<i32> {
         let _ = h.join();
     }
     drop(embedded);
+    if let Some(t) = demo_state {
+        let _ = std::fs::remove_dir_all(t);
+    }
     result?;
     Ok(0)
 }

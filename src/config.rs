@@ -46,6 +46,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// The daemon: metrics, status, idle timers, shutdown (`cdrguard run`).
     pub daemon: DaemonConfig,
+    /// State snapshots: where, how often, how far back to rebuild without one (`cdrguard run`).
+    pub durability: DurabilityConfig,
     /// The embedded demo (`cdrguard run` without `kafka.brokers`).
     pub demo: DemoConfig,
 }
@@ -171,6 +173,37 @@ impl Default for DaemonConfig {
             idle_watermark_after: Span(30),
             shutdown_timeout: Span(10),
             align_max_wait: Span(2),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DurabilityConfig {
+    /// Directory of the per-partition state snapshots, relative to the working directory. One
+    /// daemon per directory (a lock file enforces it). Empty: no snapshots, state is lost on
+    /// restart. The embedded demo, whose broker lives in memory, uses a fresh temporary directory.
+    /// Default `cdrguard-state`.
+    pub dir: String,
+    /// How often each partition's state is snapshotted (also on shutdown and when a partition is
+    /// revoked). Offsets are committed only up to the last snapshot, so this is also how much input a
+    /// crash re-reads. Default `30s`.
+    pub snapshot_interval: Span,
+    /// With no usable snapshot (missing, corrupt, from another version) for a partition that has
+    /// committed offsets, the state is rebuilt by re-reading this far back (broker timestamps);
+    /// alerts already delivered are not sent again. Default `35d`, the longest window.
+    pub rebuild_window: Span,
+    /// Longest wait for a snapshot's alerts to be acknowledged before it is written. Default `30s`.
+    pub delivery_timeout: Span,
+}
+
+impl Default for DurabilityConfig {
+    fn default() -> Self {
+        DurabilityConfig {
+            dir: "cdrguard-state".into(),
+            snapshot_interval: Span(30),
+            rebuild_window: Span(35 * 86_400),
+            delivery_timeout: Span(30),
         }
     }
 }
@@ -371,6 +404,13 @@ impl Config {
                 "input.currency: {:?} is not an ISO 4217 code",
                 self.input.currency
             ));
+        }
+        let d = &self.durability;
+        if !d.dir.is_empty() && d.snapshot_interval.0 < 1 {
+            errs.push("durability.snapshot_interval: must be at least 1s".to_string());
+        }
+        if d.rebuild_window.0 < 0 {
+            errs.push("durability.rebuild_window: must not be negative".to_string());
         }
         let r = &self.reference;
         if let Err(why) = Number::parse(&r.home_country_code) {

@@ -53,6 +53,35 @@ pub struct Metrics {
     /// (topic, partition) → consumer lag in messages.
     pub lag: Mutex<BTreeMap<(String, i32), i64>>,
     pub workers: Mutex<Vec<WorkerView>>,
+    pub snapshots: SnapshotMetrics,
+}
+
+/// Snapshot writes, restores and replays after a restore.
+#[derive(Default)]
+pub struct SnapshotMetrics {
+    pub written: AtomicU64,
+    /// Snapshots not written: alerts undelivered in time, or an I/O error.
+    pub failed: AtomicU64,
+    pub bytes_written: AtomicU64,
+    /// Time to encode plus write the last snapshot (µs).
+    pub last_write_us: AtomicU64,
+    /// Partitions started from a snapshot, rebuilt, or started empty (new), by outcome.
+    pub restores: Mutex<BTreeMap<String, u64>>,
+    /// Records re-read after a restore whose effect the snapshot already held (skipped).
+    pub records_skipped: AtomicU64,
+    /// Alerts and dead letters recomputed while re-reading already committed input (not sent again).
+    pub outputs_suppressed: AtomicU64,
+}
+
+impl SnapshotMetrics {
+    pub fn count_restore(&self, outcome: &str) {
+        *self
+            .restores
+            .lock()
+            .expect("metrics lock")
+            .entry(outcome.to_string())
+            .or_default() += 1;
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -141,6 +170,60 @@ impl Metrics {
             "cdrguard_dead_letters_total {}",
             self.dead_letters.load(Ordering::Relaxed)
         );
+        let snap = &self.snapshots;
+        for (name, help, v) in [
+            (
+                "cdrguard_snapshots_written_total",
+                "State snapshots written.",
+                &snap.written,
+            ),
+            (
+                "cdrguard_snapshots_failed_total",
+                "State snapshots not written (undelivered alerts, I/O).",
+                &snap.failed,
+            ),
+            (
+                "cdrguard_snapshot_bytes_total",
+                "Bytes of state snapshots written.",
+                &snap.bytes_written,
+            ),
+            (
+                "cdrguard_snapshot_records_skipped_total",
+                "Records re-read after a restore that the snapshot already held.",
+                &snap.records_skipped,
+            ),
+            (
+                "cdrguard_snapshot_outputs_suppressed_total",
+                "Alerts and dead letters recomputed from already committed input, not sent again.",
+                &snap.outputs_suppressed,
+            ),
+        ] {
+            head(&mut s, name, help, "counter");
+            let _ = writeln!(s, "{name} {}", v.load(Ordering::Relaxed));
+        }
+        head(
+            &mut s,
+            "cdrguard_snapshot_last_write_seconds",
+            "Encode and write time of the last snapshot.",
+            "gauge",
+        );
+        let _ = writeln!(
+            s,
+            "cdrguard_snapshot_last_write_seconds {:.6}",
+            snap.last_write_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        head(
+            &mut s,
+            "cdrguard_partition_restores_total",
+            "Partitions assigned, by how their state started: snapshot, rebuilt_<why>, stale_snapshot, new.",
+            "counter",
+        );
+        for (outcome, n) in snap.restores.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                s,
+                "cdrguard_partition_restores_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
         head(
             &mut s,
             "cdrguard_alerts_total",

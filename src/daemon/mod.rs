@@ -6,15 +6,18 @@
 //!        └──── offset tracker ◄──── acks ◄──── producer ◄── dead letters ◄────────┘
 //!  rule watcher (files, SIGHUP) ─► validate once ─► every worker swaps its rule sets
 //!  metrics thread: /metrics, /health        status line every `daemon.status_interval`
+//!  workers ─► snapshot writer ─► durability.dir ─► (caps the commits; read back at assignment)
 //! ```
 //!
 //! Threads, not async tasks: the Rhai engine is not `Send`, so each worker builds and keeps its own
 //! engines, and a blocking poll loop is all the consumer needs. Partitions are the unit of
 //! parallelism: a partition's state lives in exactly one worker.
 
+pub mod checkpoint;
 pub mod embedded;
 pub mod metrics;
 pub mod offsets;
+pub mod rebalance;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -54,6 +57,8 @@ pub struct RunOptions {
     /// Log a status line every `daemon.status_interval`.
     pub status: bool,
     pub control: Control,
+    /// Where state snapshots live; `None`: no snapshots (state is lost on restart).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// What a run did, when it ends.
@@ -102,7 +107,38 @@ pub fn run(
     metrics
         .last_poll_ms
         .store(metrics::now_ms(), Ordering::Relaxed);
-    let tracker = Arc::new(Tracker::default());
+    let dir = match &opts.state_dir {
+        Some(d) => Some(Arc::new(checkpoint::StateDir::open(d)?)),
+        None => {
+            tracing::warn!("No durability.dir: state is not snapshotted and is lost on restart.");
+            None
+        }
+    };
+    let tracker = Arc::new(if dir.is_some() {
+        Tracker::durable()
+    } else {
+        Tracker::default()
+    });
+    let callers_on = cfg.state.calling_numbers != crate::config::CallingNumbers::Off;
+    let (callers_restored, callers_rebuild) = match (&dir, callers_on) {
+        (Some(dir), true) => load_callers(dir),
+        _ => (None, false),
+    };
+    let (snapshot_tx, writer) = match &dir {
+        Some(dir) => {
+            let (tx, rx) = sync_channel(64);
+            let handle = checkpoint::spawn_writer(
+                dir.clone(),
+                tracker.clone(),
+                metrics.clone(),
+                Duration::from_secs(cfg.durability.delivery_timeout.0.max(1) as u64),
+                opts.control.abort.clone(),
+                rx,
+            )?;
+            (Some(tx), Some(handle))
+        }
+        None => (None, None),
+    };
     let producer = Arc::new(
         OutputProducer::new(
             brokers,
@@ -115,17 +151,6 @@ pub fn run(
     let board = Arc::new(kafka_in::LagBoard::default());
     let consumer = kafka_in::consumer(&cfg.kafka, brokers, metrics.clone(), board.clone())
         .context("creating the consumer")?;
-    consumer
-        .subscribe(&[&cfg.kafka.usage_topic, &cfg.kafka.events_topic])
-        .context("subscribing")?;
-    tracing::info!(
-        brokers,
-        group = %cfg.kafka.group_id,
-        usage = %cfg.kafka.usage_topic,
-        events = %cfg.kafka.events_topic,
-        workers = cfg.daemon.workers,
-        "Consuming."
-    );
 
     let stop_metrics = Arc::new(AtomicBool::new(false));
     let metrics_thread = if cfg.daemon.metrics_address.is_empty() {
@@ -156,17 +181,22 @@ pub fn run(
         callers: None,
         mode: crate::record::Mode::Live,
         abort: opts.control.abort.clone(),
+        snapshots: snapshot_tx,
     };
     // The caller shard: calling numbers ring subscribers of every partition.
     let mut callers = None;
-    if cfg.state.calling_numbers != crate::config::CallingNumbers::Off {
+    if callers_on {
+        if let Some(state) = &callers_restored {
+            let mut flags = setup.flags.lock().expect("flags lock");
+            flags.extend(state.flags.iter().copied());
+        }
         let (tx, rx) = sync_channel(1024);
         let shard = setup.clone();
         callers = Some((
             tx.clone(),
             std::thread::Builder::new()
                 .name("caller-shard".into())
-                .spawn(move || worker::run_callers(shard, rx))?,
+                .spawn(move || worker::run_callers(shard, rx, callers_restored))?,
         ));
         setup.callers = Some(tx);
     }
@@ -183,6 +213,31 @@ pub fn run(
                 .spawn(move || worker::run(setup, rx))?,
         );
     }
+    let rebalancer = Arc::new(rebalance::Rebalancer {
+        cfg: cfg.clone(),
+        dir: dir.clone(),
+        tracker: tracker.clone(),
+        metrics: metrics.clone(),
+        workers: std::sync::Mutex::new(senders.clone()),
+        callers: std::sync::Mutex::new(callers.as_ref().map(|c| c.0.clone())),
+        callers_rebuild: AtomicBool::new(callers_rebuild),
+        stopped: AtomicBool::new(false),
+    });
+    drop(dir);
+    if consumer.context().hook.set(rebalancer.clone()).is_err() {
+        unreachable!("the hook is set once");
+    }
+    consumer
+        .subscribe(&[&cfg.kafka.usage_topic, &cfg.kafka.events_topic])
+        .context("subscribing")?;
+    tracing::info!(
+        brokers,
+        group = %cfg.kafka.group_id,
+        usage = %cfg.kafka.usage_topic,
+        events = %cfg.kafka.events_topic,
+        workers = cfg.daemon.workers,
+        "Consuming."
+    );
     let watcher = if opts.watch_rules {
         Some(RuleWatcher::spawn(
             opts.rules_dir.clone(),
@@ -204,7 +259,18 @@ pub fn run(
         let mut timeout = Duration::from_millis(100);
         let mut polled = 0;
         while polled < 256 * batches.len() {
-            let Some(m) = consumer.poll(timeout) else {
+            let generation = consumer.context().generation.load(Ordering::SeqCst);
+            let polled_msg = consumer.poll(timeout);
+            if consumer.context().generation.load(Ordering::SeqCst) != generation {
+                // A rebalance ran inside that poll: what was polled before it may belong to
+                // partitions given away (their next owner reads them from the committed offset).
+                for b in &mut batches {
+                    for m in b.drain(..) {
+                        board.transit(m.input, m.partition, -1);
+                    }
+                }
+            }
+            let Some(m) = polled_msg else {
                 break;
             };
             timeout = Duration::ZERO;
@@ -274,6 +340,9 @@ pub fn run(
         }
     }
     drop(senders);
+    // The close-time revoke finds nothing to hand over, and the workers see their channels close.
+    rebalancer.shutdown();
+    drop(rebalancer);
     for t in threads {
         let _ = t.join();
     }
@@ -282,6 +351,10 @@ pub fn run(
     if let Some((tx, t)) = callers {
         drop(tx);
         let _ = t.join();
+    }
+    // Every snapshot the workers queued becomes durable (or fails) before the last commit.
+    if let Some(w) = writer {
+        let _ = w.join();
     }
     if let Some(t) = metrics_thread {
         let _ = t.join();
@@ -320,9 +393,42 @@ pub fn run(
     Ok(summary)
 }
 
+/// Reads the caller shard's snapshot; the flag says whether its state must be rebuilt (none usable).
+fn load_callers(dir: &checkpoint::StateDir) -> (Option<checkpoint::CallerState>, bool) {
+    use crate::state::snapshot::{Loaded, SnapshotError};
+    let path = dir.callers();
+    let read = Loaded::read(&path).and_then(|l| {
+        if l.header.kind != crate::state::snapshot::SnapshotKind::Callers {
+            return Err(SnapshotError::Incompatible {
+                path: path.clone(),
+                why: format!("holds {:?}", l.header.kind),
+            });
+        }
+        l.payload::<checkpoint::CallerState>()
+    });
+    match read {
+        Ok(state) => {
+            tracing::info!(
+                calling_numbers = state.store.size().calling_numbers,
+                partitions = state.applied.len(),
+                "Caller shard state restored from its snapshot."
+            );
+            (Some(state), false)
+        }
+        Err(SnapshotError::Missing(_)) => (None, true),
+        Err(e) => {
+            tracing::error!(error = %e, "No usable caller shard snapshot: its state is rebuilt by re-reading the rebuild window of every usage partition.");
+            if !matches!(e, SnapshotError::Io { .. }) {
+                dir.set_aside(&path);
+            }
+            (None, true)
+        }
+    }
+}
+
 /// Stores the offsets the tracker has cleared. `store_offset(o)` makes the next commit `o + 1`: the
 /// next record to read.
-fn store_offsets(consumer: &BaseConsumer<ConsumerCtx>, cfg: &Config, tracker: &Tracker) {
+pub(crate) fn store_offsets(consumer: &BaseConsumer<ConsumerCtx>, cfg: &Config, tracker: &Tracker) {
     for (input, partition, offset) in tracker.committable() {
         let topic = match input {
             Input::Usage => &cfg.kafka.usage_topic,

@@ -6,9 +6,17 @@
 //! and the highest offset fully processed. The committable offset is just below the oldest pending
 //! one, or the highest processed when nothing is pending. Offsets of one partition are processed in
 //! order by its one worker, so "below the oldest pending" covers every earlier record.
+//!
+//! With state snapshots on (`durability.dir`), two more bounds apply, because a restart resumes the
+//! state from its snapshot and re-reads Kafka from the committed offset:
+//! - **cap**: the last offset the partition's durable snapshot covers. Commits never pass it, so a
+//!   record whose effect is not in any snapshot is always read again after a crash.
+//! - **holds**: MT calls handed to the caller shard, held until the shard's own snapshot covering them
+//!   is durable.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 
@@ -29,14 +37,102 @@ struct Partition {
     stored: Option<i64>,
     /// A message for this offset failed for good: nothing at or after it may be committed.
     failed: Option<i64>,
+    /// Last offset covered by a durable snapshot (snapshots on).
+    cap: Option<i64>,
+    /// Offsets whose effect on the caller shard is not yet in a durable snapshot.
+    holds: BTreeMap<i64, u32>,
 }
 
 #[derive(Default)]
 pub struct Tracker {
     parts: Mutex<AHashMap<(Input, i32), Partition>>,
+    /// Acknowledgements wake snapshot writers waiting for delivery.
+    acked: Condvar,
+    /// Snapshots are on: commits wait for them (`cap`).
+    durable: bool,
 }
 
 impl Tracker {
+    /// A tracker for a daemon with snapshots on: nothing is committable beyond a durable snapshot.
+    pub fn durable() -> Self {
+        Tracker {
+            durable: true,
+            ..Default::default()
+        }
+    }
+
+    /// A partition assigned to this process: forget what an earlier assignment left, and start from the
+    /// group's committed offset (`next`: the next offset to read). That offset counts as stored and as
+    /// covered, so commits never move backwards, even while a rebuild re-reads older records.
+    pub fn start(&self, input: Input, partition: i32, next: Option<i64>) {
+        let mut parts = self.parts.lock().expect("tracker lock");
+        let p = parts.entry((input, partition)).or_default();
+        *p = Partition::default();
+        if let Some(n) = next {
+            p.stored = Some(n - 1);
+            p.cap = Some(n - 1);
+        }
+    }
+
+    /// A durable snapshot covers the partition up to `last` (inclusive).
+    pub fn set_cap(&self, input: Input, partition: i32, last: i64) {
+        let mut parts = self.parts.lock().expect("tracker lock");
+        let p = parts.entry((input, partition)).or_default();
+        p.cap = Some(p.cap.map_or(last, |c| c.max(last)));
+    }
+
+    /// Holds `offset` uncommitted until `release_holds` (the caller shard's snapshot).
+    pub fn hold(&self, input: Input, partition: i32, offset: i64) {
+        let mut parts = self.parts.lock().expect("tracker lock");
+        *parts
+            .entry((input, partition))
+            .or_default()
+            .holds
+            .entry(offset)
+            .or_default() += 1;
+    }
+
+    /// Releases every hold at or below `upto`.
+    pub fn release_holds(&self, input: Input, partition: i32, upto: i64) {
+        let mut parts = self.parts.lock().expect("tracker lock");
+        if let Some(p) = parts.get_mut(&(input, partition)) {
+            p.holds = p.holds.split_off(&(upto + 1));
+        }
+    }
+
+    /// Waits until every message produced for offsets up to `upto` is acknowledged; false on timeout
+    /// or if one of them failed for good.
+    pub fn wait_delivered(
+        &self,
+        input: Input,
+        partition: i32,
+        upto: i64,
+        timeout: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut parts = self.parts.lock().expect("tracker lock");
+        loop {
+            let Some(p) = parts.get(&(input, partition)) else {
+                return true;
+            };
+            if p.failed.is_some_and(|f| f <= upto) {
+                return false;
+            }
+            if p.pending.keys().next().is_none_or(|&o| o > upto) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            parts = self
+                .acked
+                .wait_timeout(parts, left.min(Duration::from_millis(100)))
+                .expect("tracker lock")
+                .0;
+        }
+    }
+
     /// One more message is about to be produced for `offset` (call before sending, so the ack cannot
     /// arrive first).
     pub fn add(&self, input: Input, partition: i32, offset: i64) {
@@ -70,6 +166,7 @@ impl Tracker {
             *n -= 1;
             if *n == 0 {
                 p.pending.remove(&offset);
+                self.acked.notify_all();
             }
         }
     }
@@ -89,6 +186,15 @@ impl Tracker {
             };
             if let Some(f) = p.failed {
                 upto = upto.min(f - 1);
+            }
+            if let Some(&oldest) = p.holds.keys().next() {
+                upto = upto.min(oldest - 1);
+            }
+            if self.durable {
+                match p.cap {
+                    Some(cap) => upto = upto.min(cap),
+                    None => continue,
+                }
             }
             if p.stored.is_none_or(|s| upto > s) && upto >= 0 {
                 out.push((input, partition, upto));
@@ -164,5 +270,38 @@ mod tests {
         t.processed(u, 0, 4);
         t.ack(u, 0, 3, false);
         assert!(t.committable().is_empty());
+    }
+
+    #[test]
+    fn with_snapshots_commits_wait_for_the_snapshot_and_the_caller_shard() {
+        let t = Tracker::durable();
+        let u = Input::Usage;
+        t.start(u, 0, Some(10));
+        for o in 10..20 {
+            t.processed(u, 0, o);
+        }
+        assert!(
+            t.committable().is_empty(),
+            "nothing past the committed 10 is in a snapshot"
+        );
+        t.hold(u, 0, 13);
+        t.set_cap(u, 0, 15);
+        assert_eq!(t.committable(), [(u, 0, 12)], "held by the caller shard");
+        t.release_holds(u, 0, 13);
+        assert_eq!(t.committable(), [(u, 0, 15)], "capped by the snapshot");
+        t.stored(u, 0, 15);
+        t.set_cap(u, 0, 19);
+        assert_eq!(t.committable(), [(u, 0, 19)]);
+
+        // Delivery waits see acknowledgements; a permanent failure ends them.
+        t.add(u, 0, 21);
+        t.processed(u, 0, 21);
+        assert!(t.wait_delivered(u, 0, 20, Duration::ZERO));
+        assert!(!t.wait_delivered(u, 0, 21, Duration::from_millis(10)));
+        t.ack(u, 0, 21, true);
+        assert!(t.wait_delivered(u, 0, 21, Duration::ZERO));
+        t.add(u, 0, 22);
+        t.ack(u, 0, 22, false);
+        assert!(!t.wait_delivered(u, 0, 22, Duration::from_secs(5)));
     }
 }

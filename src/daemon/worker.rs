@@ -18,9 +18,15 @@
 //!
 //! Per record: run the pipeline, produce each alert to each of its departments' topics and each reject
 //! to the dead-letter topic, then mark the offset processed; the tracker commits it once all of that is
-//! acknowledged.
+//! acknowledged (and, with snapshots on, once a durable snapshot covers it: see `checkpoint`).
+//!
+//! **Partitions come and go with the assignment.** A partition's pipeline is created (or restored
+//! from its snapshot) by `Work::Assign`, which the polling thread sends before any of its records, and
+//! snapshotted and dropped by `Work::Release`. A record of a partition the worker does not hold was
+//! polled before a rebalance gave the partition away: it is dropped unprocessed, and its next owner
+//! reads it again from the committed offset.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
@@ -37,8 +43,10 @@ use crate::rules::RuleSources;
 use crate::sink::kafka::{headers, OutputProducer, Ticket};
 use crate::source::kafka::{InputMessage, LagBoard};
 use crate::source::{Decoded, Item};
+use crate::state::snapshot::{self, Position, SnapshotKind};
 use crate::state::WindowStore;
 
+use super::checkpoint::{self as ckpt, index, CallerState, Job, PartitionState, Resume};
 use super::metrics::{Metrics, RuleView, WorkerView};
 use super::offsets::{Input, Tracker};
 
@@ -46,19 +54,38 @@ pub enum Work {
     /// Consumed messages, in poll order.
     Records(Vec<InputMessage>),
     Reload(Arc<RuleSources>),
-    /// Finish what is queued, then stop.
+    /// A partition assigned: its restored state (if any) and how to treat re-read records.
+    Assign {
+        partition: i32,
+        state: Option<Box<PartitionState>>,
+        resume: Resume,
+    },
+    /// Partitions revoked: process what is queued, snapshot (when on) and drop them; the reply carries
+    /// one receiver per snapshot, told when it is durable.
+    Release {
+        partitions: Vec<i32>,
+        snapshot: bool,
+        reply: SyncSender<Vec<Receiver<bool>>>,
+    },
+    /// Finish what is queued, snapshot, then stop.
     Stop,
 }
 
 /// What the caller shard is asked to do.
 pub enum CallerWork {
-    /// An MT call, and a reply once its alerts are handed to the producer.
+    /// An MT call, and a reply once its alerts are handed to the producer. `replayed`: re-read from
+    /// already committed input, so its alerts were delivered before (not sent again).
     Record {
         record: Box<UsageRecord>,
         ticket: (Input, i32, i64),
+        replayed: bool,
         done: SyncSender<()>,
     },
     Reload(Arc<RuleSources>),
+    /// Snapshot now (a revoke); `done` is told when it is durable.
+    Snapshot {
+        done: Option<SyncSender<bool>>,
+    },
 }
 
 /// What every worker and the caller shard share.
@@ -79,6 +106,8 @@ pub struct WorkerSetup {
     pub mode: crate::record::Mode,
     /// Crash-like stop (tests): leave at once, queued records unprocessed.
     pub abort: Arc<std::sync::atomic::AtomicBool>,
+    /// The snapshot writer, when snapshots are on.
+    pub snapshots: Option<SyncSender<Job>>,
 }
 
 /// A consumed record waiting for its turn in its partition's event-time merge.
@@ -95,6 +124,13 @@ struct Partition {
     last_record: Instant,
     usage: VecDeque<Pending>,
     events: VecDeque<Pending>,
+    resume: Resume,
+    /// Per input (`[usage, events]`), the next offset: every record before it is in the state.
+    covered: [Option<i64>; 2],
+    /// Records processed since the last snapshot.
+    dirty: bool,
+    /// A snapshot of this partition was written since it was assigned (commits start after it).
+    snapshotted: bool,
 }
 
 /// Builds a pipeline with the rule library, sharing the process-wide alert flags.
@@ -132,6 +168,7 @@ fn new_pipeline(s: &WorkerSetup, callers_only: bool) -> Pipeline {
 }
 
 pub fn run(setup: WorkerSetup, rx: Receiver<Work>) {
+    let interval = Duration::from_secs(setup.config.durability.snapshot_interval.0.max(1) as u64);
     let mut w = Worker {
         decoder: setup.config.decoder(),
         setup,
@@ -139,6 +176,7 @@ pub fn run(setup: WorkerSetup, rx: Receiver<Work>) {
         scratch: Vec::with_capacity(1024),
     };
     let mut next_tick = Instant::now();
+    let mut next_snapshot = Instant::now() + interval;
     loop {
         if w.setup.abort.load(Ordering::Relaxed) {
             return;
@@ -153,9 +191,26 @@ pub fn run(setup: WorkerSetup, rx: Receiver<Work>) {
                 w.drain_all(false);
             }
             Ok(Work::Reload(sources)) => w.reload(sources),
+            Ok(Work::Assign {
+                partition,
+                state,
+                resume,
+            }) => w.assign(partition, state, resume),
+            Ok(Work::Release {
+                partitions,
+                snapshot,
+                reply,
+            }) => {
+                let done = w.release(&partitions, snapshot);
+                let _ = reply.send(done);
+            }
             Ok(Work::Stop) | Err(RecvTimeoutError::Disconnected) => {
                 w.drain_all(true);
                 w.publish_view();
+                let parts: Vec<i32> = w.partitions.keys().copied().collect();
+                for p in parts {
+                    w.snapshot(p, None, false);
+                }
                 return;
             }
             Err(RecvTimeoutError::Timeout) => w.drain_all(false),
@@ -163,12 +218,27 @@ pub fn run(setup: WorkerSetup, rx: Receiver<Work>) {
         if Instant::now() >= next_tick {
             w.tick();
             next_tick = Instant::now() + Duration::from_secs(1);
+            // A partition new to this process is snapshotted at once: commits start after it.
+            let due = Instant::now() >= next_snapshot;
+            if due {
+                next_snapshot = Instant::now() + interval;
+            }
+            let parts: Vec<i32> = w
+                .partitions
+                .iter()
+                .filter(|(_, p)| p.dirty && (due || !p.snapshotted))
+                .map(|(&k, _)| k)
+                .collect();
+            for p in parts {
+                w.snapshot(p, None, false);
+            }
         }
     }
 }
 
 /// The caller shard's loop: calling-number state and rules for every partition's MT calls.
-pub fn run_callers(setup: WorkerSetup, rx: Receiver<CallerWork>) {
+pub fn run_callers(setup: WorkerSetup, rx: Receiver<CallerWork>, restored: Option<CallerState>) {
+    let interval = Duration::from_secs(setup.config.durability.snapshot_interval.0.max(1) as u64);
     let mut w = Worker {
         decoder: setup.config.decoder(),
         setup,
@@ -176,32 +246,64 @@ pub fn run_callers(setup: WorkerSetup, rx: Receiver<CallerWork>) {
         scratch: Vec::with_capacity(1024),
     };
     let mut pipeline = new_pipeline(&w.setup, true);
+    // Per usage partition, the last offset applied here.
+    let mut applied: BTreeMap<i32, i64> = BTreeMap::new();
+    if let Some(state) = restored {
+        restore_into(&mut pipeline, state.store, state.memory);
+        applied = state.applied;
+    }
+    let mut dirty = false;
     let mut next_view = Instant::now();
+    let mut next_snapshot = Instant::now() + interval;
     loop {
         if w.setup.abort.load(Ordering::Relaxed) {
             return;
         }
-        match rx.recv_timeout(Duration::from_secs(1)) {
+        match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(CallerWork::Record {
                 record,
                 ticket,
+                replayed,
                 done,
             }) => {
                 let (input, partition, offset) = ticket;
-                pipeline.process(Decoded {
-                    source: "callers",
-                    line: offset as u64,
-                    raw: &[],
-                    truncated: 0,
-                    item: Ok(Item::Usage(*record)),
-                });
-                // Late and duplicate verdicts of copies are the partition's business, not dead
-                // letters.
-                let alerts = take_alerts(&mut pipeline);
-                let t = Ticket {
-                    input: Some(ticket),
-                };
-                send_alerts(&w.setup, &mut w.scratch, alerts, t);
+                if applied.get(&partition).is_some_and(|&a| offset <= a) {
+                    // Already in the restored state.
+                    w.setup
+                        .metrics
+                        .snapshots
+                        .records_skipped
+                        .fetch_add(1, Ordering::Relaxed);
+                } else {
+                    pipeline.process(Decoded {
+                        source: "callers",
+                        line: offset as u64,
+                        raw: &[],
+                        truncated: 0,
+                        item: Ok(Item::Usage(*record)),
+                    });
+                    // Late and duplicate verdicts of copies are the partition's business, not dead
+                    // letters.
+                    let alerts = take_alerts(&mut pipeline);
+                    if replayed {
+                        w.setup
+                            .metrics
+                            .snapshots
+                            .outputs_suppressed
+                            .fetch_add(alerts.len() as u64, Ordering::Relaxed);
+                    } else {
+                        let t = Ticket {
+                            input: Some(ticket),
+                        };
+                        send_alerts(&w.setup, &mut w.scratch, alerts, t);
+                    }
+                    applied.insert(partition, offset);
+                    dirty = true;
+                    if w.setup.snapshots.is_some() {
+                        // Not committable until a snapshot of the shard holds this call.
+                        w.setup.tracker.hold(input, partition, offset);
+                    }
+                }
                 // Release the hold the partition worker put on the record's offset.
                 w.setup.tracker.ack(input, partition, offset, true);
                 let _ = done.send(());
@@ -209,8 +311,23 @@ pub fn run_callers(setup: WorkerSetup, rx: Receiver<CallerWork>) {
             Ok(CallerWork::Reload(sources)) => {
                 let _ = pipeline.reload_rules(&sources);
             }
+            Ok(CallerWork::Snapshot { done }) => {
+                snapshot_callers(&w.setup, &pipeline, &applied, done);
+                dirty = false;
+                next_snapshot = Instant::now() + interval;
+            }
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Disconnected) => {
+                if !w.setup.abort.load(Ordering::Relaxed) {
+                    snapshot_callers(&w.setup, &pipeline, &applied, None);
+                }
+                break;
+            }
+        }
+        if dirty && Instant::now() >= next_snapshot {
+            snapshot_callers(&w.setup, &pipeline, &applied, None);
+            dirty = false;
+            next_snapshot = Instant::now() + interval;
         }
         if Instant::now() >= next_view {
             // The shard reports like a worker with one partition.
@@ -219,6 +336,97 @@ pub fn run_callers(setup: WorkerSetup, rx: Receiver<CallerWork>) {
             let mut view = WorkerView::default();
             add_to_view(&mut view, &pipeline);
             w.store_view(view);
+        }
+    }
+}
+
+/// Puts a restored store and alert memory into a fresh pipeline, keeping the pipeline's own
+/// configuration, and re-flags its alerts process-wide (`alerted` in other partitions).
+fn restore_into(
+    pipeline: &mut Pipeline,
+    store: WindowStore,
+    memory: crate::rules::memory::AlertMemory,
+) {
+    let (cfg, callers_only) = {
+        let s = pipeline.store.borrow();
+        (s.config().clone(), s.callers_only)
+    };
+    let mut store = store.restored(cfg);
+    store.callers_only = callers_only;
+    *pipeline.store.borrow_mut() = store;
+    if let Some(e) = &mut pipeline.rules {
+        let shared = e.shared();
+        if let Some(flags) = shared.global_flags.borrow().as_ref() {
+            let mut flags = flags.lock().expect("flags lock");
+            for (key, at) in memory.alerts() {
+                let t = flags.entry(key).or_insert(at);
+                *t = (*t).max(at);
+            }
+        }
+        *shared.memory.borrow_mut() = memory;
+    }
+}
+
+/// Encodes the caller shard's state and hands it to the writer.
+fn snapshot_callers(
+    setup: &WorkerSetup,
+    pipeline: &Pipeline,
+    applied: &BTreeMap<i32, i64>,
+    done: Option<SyncSender<bool>>,
+) {
+    let Some(sink) = &setup.snapshots else {
+        if let Some(d) = done {
+            let _ = d.send(true);
+        }
+        return;
+    };
+    let started = Instant::now();
+    let store = pipeline.store.borrow();
+    let default_memory = crate::rules::memory::AlertMemory::default();
+    let memory_ref = pipeline.rules.as_ref().map(|e| e.shared().memory.borrow());
+    let memory = memory_ref.as_deref().unwrap_or(&default_memory);
+    let flags: Vec<((u64, u64), i64)> = setup
+        .flags
+        .lock()
+        .expect("flags lock")
+        .iter()
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    let topic = &setup.config.kafka.usage_topic;
+    let positions = applied
+        .iter()
+        .map(|(&p, &o)| Position {
+            topic: topic.clone(),
+            partition: p,
+            next: o + 1,
+        })
+        .collect();
+    let header = ckpt::header(SnapshotKind::Callers, positions, &store);
+    let payload = ckpt::CallerStateRef {
+        store: &store,
+        memory,
+        flags,
+        applied,
+    };
+    match snapshot::encode(&header, &payload) {
+        Ok(bytes) => {
+            let job = Job {
+                kind: SnapshotKind::Callers,
+                bytes,
+                covers: applied
+                    .iter()
+                    .map(|(&p, &o)| (Input::Usage, p, o))
+                    .collect(),
+                started,
+                done,
+            };
+            let _ = sink.send(job);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "Caller shard state not encodable; no snapshot.");
+            if let Some(d) = done {
+                let _ = d.send(false);
+            }
         }
     }
 }
@@ -277,26 +485,141 @@ struct Worker {
 }
 
 impl Worker {
-    fn partition(&mut self, partition: i32) -> &mut Partition {
-        let s = &self.setup;
-        self.partitions.entry(partition).or_insert_with(|| {
-            tracing::debug!(worker = s.index, partition, "Partition state created.");
+    /// Starts a partition: restored from its snapshot, or kept (snapshots off, reassigned), or new.
+    fn assign(&mut self, partition: i32, state: Option<Box<PartitionState>>, resume: Resume) {
+        let covered = resume.apply_from;
+        if let (None, Some(part)) = (&state, self.partitions.get_mut(&partition)) {
+            // Snapshots off and the partition stayed here through an eager rebalance: keep its state.
+            part.resume = resume;
+            return;
+        }
+        let mut pipeline = new_pipeline(&self.setup, false);
+        if let Some(state) = state {
+            let state = *state;
+            restore_into(&mut pipeline, state.store, state.memory);
+        }
+        tracing::debug!(
+            worker = self.setup.index,
+            partition,
+            ?resume,
+            "Partition started."
+        );
+        self.partitions.insert(
+            partition,
             Partition {
-                pipeline: new_pipeline(s, false),
+                pipeline,
                 last_record: Instant::now(),
                 usage: VecDeque::new(),
                 events: VecDeque::new(),
+                resume,
+                covered,
+                dirty: false,
+                snapshotted: false,
+            },
+        );
+    }
+
+    /// Processes what is queued for the partitions, snapshots them (when asked) and drops them
+    /// (snapshots on) or keeps them (off: they usually come straight back in an eager rebalance).
+    fn release(&mut self, partitions: &[i32], snapshot: bool) -> Vec<Receiver<bool>> {
+        let mut done = Vec::new();
+        for &p in partitions {
+            self.drain(p, true);
+            if snapshot && self.setup.snapshots.is_some() {
+                let (tx, rx) = sync_channel(1);
+                self.snapshot(p, Some(tx), true);
+                done.push(rx);
+                self.partitions.remove(&p);
             }
-        })
+        }
+        done
+    }
+
+    /// Encodes a partition's state and hands it to the writer; `force` even if nothing changed.
+    fn snapshot(&mut self, partition: i32, done: Option<SyncSender<bool>>, force: bool) {
+        let reply = |done: Option<SyncSender<bool>>, ok: bool| {
+            if let Some(d) = done {
+                let _ = d.send(ok);
+            }
+        };
+        let (Some(sink), Some(part)) = (&self.setup.snapshots, self.partitions.get_mut(&partition))
+        else {
+            return reply(done, self.setup.snapshots.is_none());
+        };
+        if !part.dirty && !force {
+            return reply(done, true);
+        }
+        let started = Instant::now();
+        let cfg = &self.setup.config.kafka;
+        let mut positions = Vec::new();
+        let mut covers = Vec::new();
+        for (input, topic) in [
+            (Input::Usage, &cfg.usage_topic),
+            (Input::Events, &cfg.events_topic),
+        ] {
+            if let Some(next) = part.covered[index(input)] {
+                positions.push(Position {
+                    topic: topic.clone(),
+                    partition,
+                    next,
+                });
+                covers.push((input, partition, next - 1));
+            }
+        }
+        let encoded = {
+            let store = part.pipeline.store.borrow();
+            let default_memory = crate::rules::memory::AlertMemory::default();
+            let memory_ref = part
+                .pipeline
+                .rules
+                .as_ref()
+                .map(|e| e.shared().memory.borrow());
+            let memory = memory_ref.as_deref().unwrap_or(&default_memory);
+            let header = ckpt::header(SnapshotKind::Partition(partition), positions, &store);
+            snapshot::encode(
+                &header,
+                &ckpt::PartitionStateRef {
+                    store: &store,
+                    memory,
+                },
+            )
+        };
+        match encoded {
+            Ok(bytes) => {
+                part.dirty = false;
+                part.snapshotted = true;
+                let job = Job {
+                    kind: SnapshotKind::Partition(partition),
+                    bytes,
+                    covers,
+                    started,
+                    done,
+                };
+                let _ = sink.send(job);
+            }
+            Err(e) => {
+                tracing::error!(partition, error = %e, "Partition state not encodable; no snapshot.");
+                reply(done, false);
+            }
+        }
     }
 
     fn record(&mut self, m: InputMessage) {
+        self.setup.board.transit(m.input, m.partition, -1);
+        if !self.partitions.contains_key(&m.partition) {
+            // Polled before a rebalance took the partition away: its next owner reads it again.
+            tracing::debug!(
+                partition = m.partition,
+                offset = m.offset,
+                "Record of a partition not held here dropped."
+            );
+            return;
+        }
         let counter = match m.input {
             Input::Usage => &self.setup.metrics.usage_in,
             Input::Events => &self.setup.metrics.events_in,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.setup.board.transit(m.input, m.partition, -1);
         let item = match m.input {
             Input::Usage => self.decoder.usage(&m.payload).map(Item::Usage),
             Input::Events => self.decoder.account_event(&m.payload).map(Item::Event),
@@ -304,7 +627,7 @@ impl Worker {
         let time = item.as_ref().map_or(i64::MIN, |i| i.time());
         let partition = m.partition;
         let input = m.input;
-        let part = self.partition(partition);
+        let part = self.partitions.get_mut(&partition).expect("checked above");
         part.last_record = Instant::now();
         let pending = Pending {
             msg: m,
@@ -376,20 +699,40 @@ impl Worker {
             (Ok(Item::Usage(r)), Some(_)) => self.tracks_caller(r).then(|| Box::new(r.clone())),
             _ => None,
         };
+        let snapshots = &self.setup.metrics.snapshots;
         let part = self.partitions.get_mut(&m.partition).expect("queued here");
-        let verdict = part.pipeline.process(Decoded {
-            source: &source,
-            line: m.offset as u64,
-            raw: &m.payload,
-            truncated: 0,
-            item: p.item,
-        });
-        let accepted = matches!(verdict, Verdict::Applied);
-        let alerts = take_alerts(&mut part.pipeline);
-        if let Verdict::Reject(reject) = verdict {
-            self.dead_letter(&m, &source, &reject, ticket);
-        }
-        send_alerts(&self.setup, &mut self.scratch, alerts, ticket);
+        let emit = part.resume.emits(m.input, m.offset);
+        let k = index(m.input);
+        let accepted = if part.resume.applies(m.input, m.offset) {
+            let verdict = part.pipeline.process(Decoded {
+                source: &source,
+                line: m.offset as u64,
+                raw: &m.payload,
+                truncated: 0,
+                item: p.item,
+            });
+            part.covered[k] = Some(m.offset + 1);
+            part.dirty = true;
+            let accepted = matches!(verdict, Verdict::Applied);
+            let alerts = take_alerts(&mut part.pipeline);
+            if emit {
+                if let Verdict::Reject(reject) = verdict {
+                    self.dead_letter(&m, &source, &reject, ticket);
+                }
+                send_alerts(&self.setup, &mut self.scratch, alerts, ticket);
+            } else {
+                // Re-read after a rebuild: delivered before the crash, not sent again.
+                let dead = matches!(verdict, Verdict::Reject(_)) as u64;
+                snapshots
+                    .outputs_suppressed
+                    .fetch_add(alerts.len() as u64 + dead, Ordering::Relaxed);
+            }
+            accepted
+        } else {
+            // Already in the restored snapshot; the caller shard decides for itself.
+            snapshots.records_skipped.fetch_add(1, Ordering::Relaxed);
+            true
+        };
         if let (Some(record), Some(callers), true) = (for_callers, &self.setup.callers, accepted) {
             // Hold the offset until the shard has handed its alerts to the producer.
             self.setup.tracker.add(m.input, m.partition, m.offset);
@@ -397,6 +740,7 @@ impl Worker {
             let sent = callers.send(CallerWork::Record {
                 record,
                 ticket: (m.input, m.partition, m.offset),
+                replayed: !emit,
                 done,
             });
             if sent.is_err() || wait.recv().is_err() {

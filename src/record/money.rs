@@ -115,8 +115,13 @@ impl std::iter::Sum for Money {
 
 impl serde::Serialize for Money {
     /// Serialized as a decimal string, the way it is accepted: consumers keep it exact.
+    /// Binary formats (state snapshots) carry the micro-units as an integer.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_i64(self.0)
+        }
     }
 }
 
@@ -124,6 +129,9 @@ impl<'de> serde::Deserialize<'de> for Money {
     /// Accepts a decimal string or a JSON number. A JSON number arrives as f64; its shortest round-trip
     /// text (`1.25`, not `1.2499999…`) is exactly what the producer wrote for ≤ 15 significant digits.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if !d.is_human_readable() {
+            return <i64 as serde::Deserialize>::deserialize(d).map(Money);
+        }
         struct V;
         impl serde::de::Visitor<'_> for V {
             type Value = Money;

@@ -102,14 +102,23 @@ impl fmt::Debug for Number {
     }
 }
 
+/// Text in JSON; the packed key in binary formats (state snapshots), where it is smaller and needs no
+/// parsing on restore.
 impl serde::Serialize for Number {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_u64(self.0)
+        }
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Number {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if !d.is_human_readable() {
+            return <u64 as serde::Deserialize>::deserialize(d).map(Number);
+        }
         let s: super::Text<'de> = serde::Deserialize::deserialize(d)?;
         Number::parse(&s).map_err(|why| {
             serde::de::Error::custom(format_args!("invalid number {:?}: {why}", &*s))

@@ -135,14 +135,23 @@ impl fmt::Display for EventTime {
     }
 }
 
+/// RFC 3339 text in JSON; `(utc, offset_min)` in binary formats (state snapshots).
 impl serde::Serialize for EventTime {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            serde::Serialize::serialize(&(self.utc, self.offset_min), s)
+        }
     }
 }
 
 impl<'de> serde::Deserialize<'de> for EventTime {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if !d.is_human_readable() {
+            let (utc, offset_min) = <(i64, i16) as serde::Deserialize>::deserialize(d)?;
+            return Ok(EventTime { utc, offset_min });
+        }
         let s: super::Text<'de> = serde::Deserialize::deserialize(d)?;
         EventTime::parse(&s).map_err(|why| {
             serde::de::Error::custom(format_args!("{TIMESTAMP_ERROR}: {why} in {:?}", &*s))
@@ -204,12 +213,19 @@ impl fmt::Display for Date {
 
 impl serde::Serialize for Date {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_i32(self.0)
+        }
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Date {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if !d.is_human_readable() {
+            return <i32 as serde::Deserialize>::deserialize(d).map(Date);
+        }
         let s: super::Text<'de> = serde::Deserialize::deserialize(d)?;
         Date::parse(&s).map_err(|why| {
             serde::de::Error::custom(format_args!("invalid date: {why} in {:?}", &*s))

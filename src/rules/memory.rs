@@ -69,6 +69,13 @@ impl AlertMemory {
         self.entries.is_empty()
     }
 
+    /// Every (rule, entity) key hash that alerted, with the time of its last alert.
+    pub fn alerts(&self) -> impl Iterator<Item = ((u64, u64), i64)> + '_ {
+        self.entries
+            .iter()
+            .filter_map(|(k, m)| m.last_alert.map(|t| (*k, t)))
+    }
+
     /// Whether `rule` alerted on `entity_key` within `window_s` before now.
     pub fn alerted_since(&self, rule: &str, entity_key: &str, window_s: i64) -> bool {
         self.entries

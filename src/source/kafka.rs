@@ -12,9 +12,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::ClientContext;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 use crate::daemon::metrics::Metrics;
@@ -36,6 +37,20 @@ pub struct ConsumerCtx {
     pub board: Arc<LagBoard>,
     pub usage_topic: String,
     pub events_topic: String,
+    /// What to do with partitions as they are assigned and revoked (the daemon's state handover).
+    pub hook: std::sync::OnceLock<Arc<dyn RebalanceHook>>,
+    /// Bumped at every rebalance: messages polled before it may belong to partitions given away.
+    pub generation: std::sync::atomic::AtomicU64,
+}
+
+/// Called on the polling thread, inside `poll`, during a rebalance (eager protocol: everything is
+/// revoked, then the new assignment arrives).
+pub trait RebalanceHook: Send + Sync {
+    /// Before the assignment takes effect: restore state and set each partition's start offset in
+    /// `tpl` (left as is: the committed offset).
+    fn assigned(&self, consumer: &BaseConsumer<ConsumerCtx>, tpl: &mut TopicPartitionList);
+    /// Before the partitions are given away: snapshot their state and commit.
+    fn revoking(&self, consumer: &BaseConsumer<ConsumerCtx>, tpl: &TopicPartitionList);
 }
 
 /// Per input partition, messages on the broker not yet handed to cdrguard (from librdkafka's
@@ -139,28 +154,46 @@ impl ClientContext for ConsumerCtx {
     }
 }
 
+/// The eager (range) rebalance, done here rather than in `pre_rebalance`/`post_rebalance` so that
+/// the hook can change the assignment's start offsets before `assign` (a restored snapshot or a rebuild
+/// starts somewhere other than the committed offset).
 impl ConsumerContext for ConsumerCtx {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            tracing::info!(
-                partitions = tpl.count(),
-                "Partitions revoked; uncommitted records will be redelivered to their next owner."
-            );
-        }
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Some(h) = self.hook.get() {
+                    h.assigned(consumer, tpl);
+                }
                 let parts: Vec<String> = tpl
                     .elements()
                     .iter()
                     .map(|e| format!("{}/{}", e.topic(), e.partition()))
                     .collect();
                 tracing::info!(partitions = %parts.join(" "), "Partitions assigned.");
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::error!(error = %e, "Assigning partitions failed.");
+                }
             }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "Rebalance failed."),
-            Rebalance::Revoke(_) => {}
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                tracing::info!(partitions = tpl.count(), "Partitions revoked.");
+                if let Some(h) = self.hook.get() {
+                    h.revoking(consumer, tpl);
+                }
+                if let Err(e) = consumer.unassign() {
+                    tracing::warn!(error = %e, "Unassigning partitions failed.");
+                }
+            }
+            other => {
+                tracing::warn!(error = ?other, "Rebalance failed; dropping the assignment.");
+                let _ = consumer.unassign();
+            }
         }
     }
 }
@@ -194,5 +227,7 @@ pub fn consumer(
         board,
         usage_topic: cfg.usage_topic.clone(),
         events_topic: cfg.events_topic.clone(),
+        hook: std::sync::OnceLock::new(),
+        generation: std::sync::atomic::AtomicU64::new(0),
     })
 }

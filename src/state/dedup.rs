@@ -3,17 +3,16 @@
 //! Mediation resends and Kafka redelivery repeat record ids. Two generations of 64-bit fingerprints: a
 //! lookup probes both, and when the newest event time passes the current generation's start + horizon,
 //! the older generation is dropped. Every id is remembered for at least one horizon and at most two, at
-//! ~10 bytes each, with no per-entry timestamps to scan. Fingerprints use fixed seeds so that a restart
-//! (and a snapshot, later) sees the same values. Collision odds at 10⁶ ids: ~3 × 10⁻⁸ per day.
+//! ~10 bytes each, with no per-entry timestamps to scan. Collision odds at 10⁶ ids: ~3 × 10⁻⁸ per day.
+//!
+//! Fingerprints are XXH3-64, a specified algorithm whose output is the same on every machine and
+//! crate version (fixed-seed ahash is not: it changes with CPU features), because they are written to
+//! state snapshots that another machine may load after a restore or a partition move.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// The fingerprints are already uniformly distributed: hashing them again would waste time.
-fn fingerprint_hasher() -> ahash::RandomState {
-    ahash::RandomState::with_seeds(0x6364_7267, 0x7561_7264, 0x6475_7065, 0x6b65_7973)
-}
-
 #[derive(Default)]
 pub struct Identity(u64);
 
@@ -31,15 +30,18 @@ impl Hasher for Identity {
 
 type FingerprintSet = HashSet<u64, BuildHasherDefault<Identity>>;
 
-/// Snapshotted as the two fingerprint sets and the generation start; the hasher has fixed seeds.
+/// The fingerprint of a record id; `domain` keeps usage and event ids apart.
+pub fn fingerprint(domain: u8, id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(id.as_bytes(), 0x6364_7267_0000_0000 | domain as u64)
+}
+
+/// Snapshotted as the two fingerprint sets and the generation start.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct Dedup {
     current: FingerprintSet,
     previous: FingerprintSet,
     generation_start: Option<i64>,
     horizon_s: i64,
-    #[serde(skip, default = "fingerprint_hasher")]
-    hasher: ahash::RandomState,
 }
 
 impl Dedup {
@@ -49,12 +51,6 @@ impl Dedup {
             previous: FingerprintSet::default(),
             generation_start: None,
             horizon_s,
-            hasher: ahash::RandomState::with_seeds(
-                0x6364_7267,
-                0x7561_7264,
-                0x6475_7065,
-                0x6b65_7973,
-            ),
         }
     }
 
@@ -66,11 +62,16 @@ impl Dedup {
             self.previous = std::mem::take(&mut self.current);
             self.generation_start = Some(newest_event_time);
         }
-        let fp = self.hasher.hash_one((domain, id));
+        let fp = fingerprint(domain, id);
         if self.previous.contains(&fp) {
             return true;
         }
         !self.current.insert(fp)
+    }
+
+    /// A restored snapshot takes the configured horizon, which may have changed since it was written.
+    pub fn set_horizon(&mut self, horizon_s: i64) {
+        self.horizon_s = horizon_s;
     }
 
     pub fn len(&self) -> usize {
@@ -85,6 +86,14 @@ impl Dedup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprints_are_the_same_on_every_machine() {
+        // Pinned values: a change here makes every snapshot's dedup memory useless.
+        const FP_R1: u64 = 5_139_448_733_320_615_440;
+        assert_eq!(fingerprint(0, "r1"), FP_R1);
+        assert_ne!(fingerprint(0, "r1"), fingerprint(1, "r1"));
+    }
 
     #[test]
     fn remembers_for_at_least_the_horizon() {

@@ -7,6 +7,7 @@ mod entity;
 mod ledger;
 mod store;
 mod timers;
+pub mod snapshot;
 
 use crate::classify::ClassFilter;
 

@@ -208,6 +208,55 @@ impl WindowStore {
         }
     }
 
+    /// A store restored from a snapshot takes the current configuration: limits may have been changed
+    /// since it was written (a longer window starts with what the snapshot kept).
+    pub fn restored(mut self, cfg: StateConfig) -> Self {
+        self.limits = Limits {
+            retention_s: cfg.max_window.0,
+            distinct_horizon_s: cfg.distinct_horizon.0,
+            allowed_lateness_s: cfg.allowed_lateness.0,
+        };
+        self.dedup.set_horizon(cfg.dedup_horizon.0);
+        self.cfg = cfg;
+        self.wall_clock = far_future();
+        self
+    }
+
+    /// Removes one subscriber (`state clear --msisdn`); true if it was there.
+    pub fn remove_subscriber(&mut self, n: Number) -> bool {
+        let Some(sub) = self.subscribers.remove(&n.key()) else {
+            return false;
+        };
+        move_line(&mut self.accounts, n, sub.account, NO_ACCOUNT);
+        self.line_accounts.remove(&n.key());
+        true
+    }
+
+    /// Removes one account, its pending timers and its lines' link to it (`state clear --account`);
+    /// the lines keep their own windows. True if it was there.
+    pub fn remove_account(&mut self, id: &str) -> bool {
+        let Some(slot) = self.account_index.remove(id) else {
+            return false;
+        };
+        if let Some(acct) = self.accounts[slot as usize].take() {
+            for line in &acct.lines {
+                if let Some(sub) = self.subscribers.get_mut(&line.key()) {
+                    if sub.account == slot {
+                        sub.account = NO_ACCOUNT;
+                    }
+                }
+            }
+        }
+        self.line_accounts.retain(|_, s| *s != slot);
+        self.timers.cancel_for(id);
+        true
+    }
+
+    /// Subscribers' numbers, for listing a snapshot's contents.
+    pub fn subscriber_numbers(&self) -> impl Iterator<Item = Number> + '_ {
+        self.subscribers.keys().map(|&k| Number::from_key(k))
+    }
+
     /// Event time before which usage is late; `None` before the first record.
     pub fn watermark(&self) -> Option<i64> {
         self.final_watermark

@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::EventTime;
 
+/// Externally tagged (serde's default), not internally: state snapshots use a format that is not
+/// self-describing.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum TimerKind {
     /// `days` days after the invoice's due date (local midnight of the invoice's offset).
     InvoiceOverdue {
@@ -27,7 +29,6 @@ pub struct Timer {
     #[serde(skip)]
     pub seq: u64,
     pub account_id: CompactString,
-    #[serde(flatten)]
     pub kind: TimerKind,
 }
 
@@ -79,6 +80,12 @@ impl TimerQueue {
             .iter()
             .map(|Reverse((_, _, t))| t)
             .filter(move |t| t.account_id == account_id)
+    }
+
+    /// Drops every pending timer of an account (the account was cleared by an operator).
+    pub fn cancel_for(&mut self, account_id: &str) {
+        self.heap
+            .retain(|Reverse((_, _, t))| t.account_id != account_id);
     }
 
     pub fn heap_bytes(&self) -> usize {

@@ -32,7 +32,7 @@ impl Progress {
     }
 
     pub fn tick(&mut self, records: u64, fraction: Option<f64>) {
-        if !self.enabled || records % 16_384 != 0 {
+        if !self.enabled || !records.is_multiple_of(16_384) {
             return;
         }
         let now = Instant::now();

@@ -91,15 +91,27 @@ impl Kafka {
         rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
     }
 
-    /// Runs the daemon in a thread until its control stops it.
+    /// Runs the daemon in a thread until its control stops it (no state snapshots).
     pub fn daemon(
         &self,
         cfg: Config,
         rules: &Path,
         control: Control,
     ) -> std::thread::JoinHandle<anyhow::Result<RunSummary>> {
+        self.daemon_with_state(cfg, rules, control, None)
+    }
+
+    /// Runs the daemon in a thread, snapshotting its state to `state_dir`.
+    pub fn daemon_with_state(
+        &self,
+        cfg: Config,
+        rules: &Path,
+        control: Control,
+        state_dir: Option<&Path>,
+    ) -> std::thread::JoinHandle<anyhow::Result<RunSummary>> {
         let brokers = self.brokers.clone();
         let rules = rules.to_path_buf();
+        let state_dir = state_dir.map(Path::to_path_buf);
         std::thread::spawn(move || {
             daemon::run(
                 cfg,
@@ -111,6 +123,7 @@ impl Kafka {
                     sighup: false,
                     status: false,
                     control,
+                    state_dir,
                 },
             )
         })

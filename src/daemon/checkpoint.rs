@@ -1,0 +1,255 @@
+//! Durable state: each partition's pipeline state and the caller shard's, snapshotted to a local
+//! directory with the input offsets they reflect, and the rules that keep Kafka's committed offsets
+//! consistent with them.
+//!
+//! **The invariant.** For every input partition, committed offset C ≤ S, the next offset of its last
+//! durable snapshot, and a snapshot is written only once every alert and dead letter of the records it
+//! covers is acknowledged. So after a crash the state resumes from S and Kafka from C: records in
+//! [C, S) are read again but skipped (their effect and their output are already in the snapshot and
+//! on the broker), records from S on are processed normally, and alerts of records whose output was
+//! not acknowledged are emitted again with the same deterministic ids.
+//!
+//! **Why local snapshots and not a changelog topic** (Kafka Streams, Flink's RocksDB backend). A
+//! changelog write per state update would multiply broker traffic by the updates per record (≈2); a
+//! snapshot every `durability.snapshot_interval` costs one sequential write of the state, and the
+//! input topics already are the log that replays what came after. The price: a partition that moves
+//! to a machine without its snapshot is rebuilt by re-reading `durability.rebuild_window` of input
+//! (with outputs suppressed below C), not restored instantly; point the state directory at shared
+//! storage to avoid that.
+//!
+//! **Caller shard.** Its state spans partitions, so it keeps per partition the last offset it
+//! applied, snapshots on its own schedule, and holds each MT call it applied uncommitted (`Tracker`
+//! holds) until a snapshot covering it is durable. After a restart it skips calls at or below its
+//! offsets. With no usable shard snapshot it is rebuilt like a partition: every usage partition is
+//! re-read from the rebuild window (partitions skip what their own snapshots hold, the shard takes the
+//! calls).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::rules::memory::AlertMemory;
+use crate::state::snapshot::{self, Header, Position, SnapshotKind};
+use crate::state::WindowStore;
+
+use super::metrics::Metrics;
+use super::offsets::{Input, Tracker};
+
+/// The snapshot directory of one daemon, locked while it runs.
+pub struct StateDir {
+    pub root: PathBuf,
+    _lock: File,
+}
+
+impl StateDir {
+    pub fn open(root: &Path) -> anyhow::Result<StateDir> {
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("creating the state directory {}", root.display()))?;
+        let lock_path = root.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        if lock.try_lock().is_err() {
+            anyhow::bail!(
+                "the state directory {} is in use by another cdrguard process (its LOCK is held); \
+                 give each daemon its own durability.dir",
+                root.display()
+            );
+        }
+        Ok(StateDir {
+            root: root.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    pub fn partition(&self, p: i32) -> PathBuf {
+        partition_path(&self.root, p)
+    }
+
+    pub fn callers(&self) -> PathBuf {
+        self.root.join("callers.snap")
+    }
+
+    /// Moves an unusable snapshot aside (kept for a post-mortem) so that it is not read again.
+    pub fn set_aside(&self, path: &Path) {
+        let to = path.with_extension(format!("rejected-{}", crate::daemon::metrics::now_ms()));
+        match std::fs::rename(path, &to) {
+            Ok(()) => {
+                tracing::warn!(from = %path.display(), to = %to.display(), "Unusable snapshot set aside.")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "Could not set the unusable snapshot aside.")
+            }
+        }
+    }
+}
+
+pub fn partition_path(root: &Path, p: i32) -> PathBuf {
+    root.join(format!("partition-{p}.snap"))
+}
+
+/// A partition's state as written (borrowed from its pipeline, no copy).
+#[derive(Serialize)]
+pub struct PartitionStateRef<'a> {
+    pub store: &'a WindowStore,
+    pub memory: &'a AlertMemory,
+}
+
+/// A partition's state as read back. Same field order as `PartitionStateRef`.
+#[derive(Serialize, Deserialize)]
+pub struct PartitionState {
+    pub store: WindowStore,
+    pub memory: AlertMemory,
+}
+
+#[derive(Serialize)]
+pub struct CallerStateRef<'a> {
+    pub store: &'a WindowStore,
+    pub memory: &'a AlertMemory,
+    pub flags: Vec<((u64, u64), i64)>,
+    pub applied: &'a BTreeMap<i32, i64>,
+}
+
+/// The caller shard's state: calling numbers, its alert memory, the process-wide alert flags, and per
+/// usage partition the last offset it applied.
+#[derive(Serialize, Deserialize)]
+pub struct CallerState {
+    pub store: WindowStore,
+    pub memory: AlertMemory,
+    pub flags: Vec<((u64, u64), i64)>,
+    pub applied: BTreeMap<i32, i64>,
+}
+
+/// The header every snapshot of a store carries.
+pub fn header(kind: SnapshotKind, positions: Vec<Position>, store: &WindowStore) -> Header {
+    let size = store.size();
+    Header {
+        kind,
+        positions,
+        written_ms: crate::daemon::metrics::now_ms(),
+        newest_event_time: store.newest_event_time(),
+        subscribers: size.subscribers as u64,
+        accounts: size.accounts as u64,
+        calling_numbers: size.calling_numbers as u64,
+    }
+}
+
+/// An encoded snapshot on its way to the writer.
+pub struct Job {
+    pub kind: SnapshotKind,
+    pub bytes: Vec<u8>,
+    /// Per input partition, the last offset the snapshot covers.
+    pub covers: Vec<(Input, i32, i64)>,
+    /// When encoding started, for the write-time figure.
+    pub started: Instant,
+    /// Told whether the snapshot became durable (revoke and shutdown wait for it).
+    pub done: Option<SyncSender<bool>>,
+}
+
+/// The writer thread: waits until a snapshot's outputs are acknowledged, writes it atomically, then
+/// lets commits advance to it (partitions: the cap; the caller shard: its holds).
+pub fn spawn_writer(
+    dir: Arc<StateDir>,
+    tracker: Arc<Tracker>,
+    metrics: Arc<Metrics>,
+    delivery_timeout: Duration,
+    abort: Arc<AtomicBool>,
+    rx: Receiver<Job>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("snapshot-writer".into())
+        .spawn(move || {
+            for job in rx {
+                if abort.load(Ordering::Relaxed) {
+                    return;
+                }
+                let ok = write_job(&dir, &tracker, &metrics, delivery_timeout, &job);
+                if !ok {
+                    metrics.snapshots.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(done) = &job.done {
+                    let _ = done.send(ok);
+                }
+            }
+        })
+}
+
+fn write_job(
+    dir: &StateDir,
+    tracker: &Tracker,
+    metrics: &Metrics,
+    delivery_timeout: Duration,
+    job: &Job,
+) -> bool {
+    let path = match job.kind {
+        SnapshotKind::Partition(p) => dir.partition(p),
+        SnapshotKind::Callers => dir.callers(),
+    };
+    for &(input, partition, last) in &job.covers {
+        if !tracker.wait_delivered(input, partition, last, delivery_timeout) {
+            tracing::warn!(
+                path = %path.display(),
+                ?input,
+                partition,
+                "Snapshot not written: alerts of the records it covers are not acknowledged yet; \
+                 the next one will try again (commits wait meanwhile)."
+            );
+            return false;
+        }
+    }
+    if let Err(e) = snapshot::write_atomic(&path, &job.bytes) {
+        tracing::error!(path = %path.display(), error = %e, "Snapshot not written; commits wait for the next one.");
+        return false;
+    }
+    for &(input, partition, last) in &job.covers {
+        match job.kind {
+            SnapshotKind::Partition(_) => tracker.set_cap(input, partition, last),
+            SnapshotKind::Callers => tracker.release_holds(input, partition, last),
+        }
+    }
+    let s = &metrics.snapshots;
+    s.written.fetch_add(1, Ordering::Relaxed);
+    s.bytes_written
+        .fetch_add(job.bytes.len() as u64, Ordering::Relaxed);
+    s.last_write_us
+        .store(job.started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    tracing::debug!(path = %path.display(), bytes = job.bytes.len(), "Snapshot written.");
+    true
+}
+
+/// How a partition's records are treated after an assignment, per input (`[usage, events]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// Records below this offset are already in the restored state: skipped (`None`: apply all).
+    pub apply_from: [Option<i64>; 2],
+    /// Records below this offset were committed before: their alerts and dead letters were delivered,
+    /// so recomputed ones are not sent again (`None`: send all).
+    pub emit_from: [Option<i64>; 2],
+}
+
+pub fn index(input: Input) -> usize {
+    match input {
+        Input::Usage => 0,
+        Input::Events => 1,
+    }
+}
+
+impl Resume {
+    pub fn applies(&self, input: Input, offset: i64) -> bool {
+        self.apply_from[index(input)].is_none_or(|s| offset >= s)
+    }
+
+    pub fn emits(&self, input: Input, offset: i64) -> bool {
+        self.emit_from[index(input)].is_none_or(|c| offset >= c)
+    }
+}

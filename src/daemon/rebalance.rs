@@ -1,0 +1,386 @@
+//! Partition handover at rebalances, on the polling thread (inside `poll`).
+//!
+//! **Assigned**: for each partition number, read the group's committed offsets and the partition's
+//! snapshot, decide where each input starts and what is skipped or suppressed (`Resume`), set the
+//! start offsets in the assignment, and hand the restored state to the partition's worker before any of
+//! its records. The cases, per input, with C the committed offset and S the snapshot's:
+//!
+//! | snapshot | committed | start at | state | outputs |
+//! |---|---|---|---|---|
+//! | S ≥ C (normal) | C | C | skip below S | sent from C |
+//! | S < C (stale: another owner went on) | C | S | apply from S | suppressed below C |
+//! | missing, corrupt, other version | C | rebuild window | apply all read | suppressed below C |
+//! | S, none committed | none | S (if the log reaches it) | skip below S | all |
+//! | none | none | `kafka.start_from` | new | all |
+//!
+//! **Revoking**: the partitions' workers snapshot and drop them, the caller shard snapshots, and once
+//! those are durable the offsets are committed, so the next owner (or this process, reassigned) starts
+//! exactly where the snapshots end.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::Config;
+use crate::source::kafka::{ConsumerCtx, RebalanceHook};
+use crate::state::snapshot::{Loaded, SnapshotError, SnapshotKind};
+
+use super::checkpoint::{index, PartitionState, Resume, StateDir};
+use super::metrics::Metrics;
+use super::offsets::{Input, Tracker};
+use super::worker::{CallerWork, Work};
+
+const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Rebalancer {
+    pub cfg: Arc<Config>,
+    pub dir: Option<Arc<StateDir>>,
+    pub tracker: Arc<Tracker>,
+    pub metrics: Arc<Metrics>,
+    pub workers: Mutex<Vec<SyncSender<Work>>>,
+    pub callers: Mutex<Option<SyncSender<CallerWork>>>,
+    /// The caller shard started without a usable snapshot: the first assignment re-reads usage for it.
+    pub callers_rebuild: AtomicBool,
+    /// The run loop has stopped and committed: the revoke at close has nothing left to do.
+    pub stopped: AtomicBool,
+}
+
+/// Where an input of a partition starts reading.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Start {
+    Committed,
+    At(i64),
+    /// The earliest offset within `durability.rebuild_window`.
+    Rebuild,
+}
+
+impl Rebalancer {
+    /// The run loop stopped: rebalances from now on (the one at close) have nothing to hand over, and
+    /// the workers' channels may close.
+    pub fn shutdown(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.workers.lock().expect("rebalancer lock").clear();
+        *self.callers.lock().expect("rebalancer lock") = None;
+    }
+
+    fn topic(&self, input: Input) -> &str {
+        match input {
+            Input::Usage => &self.cfg.kafka.usage_topic,
+            Input::Events => &self.cfg.kafka.events_topic,
+        }
+    }
+
+    /// Loads a partition's snapshot, checking that it is one and for this partition.
+    fn load(&self, dir: &StateDir, p: i32) -> Result<(Loaded, PartitionState), SnapshotError> {
+        let loaded = Loaded::read(&dir.partition(p))?;
+        if loaded.header.kind != SnapshotKind::Partition(p) {
+            return Err(SnapshotError::Incompatible {
+                path: loaded.path.clone(),
+                why: format!("holds {:?}, not partition {p}", loaded.header.kind),
+            });
+        }
+        let state = loaded.payload::<PartitionState>()?;
+        Ok((loaded, state))
+    }
+
+    /// The offsets within the rebuild window, for the (topic, partition)s asked.
+    fn rebuild_offsets(
+        &self,
+        consumer: &BaseConsumer<ConsumerCtx>,
+        wanted: &[(Input, i32)],
+    ) -> BTreeMap<(Input, i32), i64> {
+        let mut out = BTreeMap::new();
+        if wanted.is_empty() {
+            return out;
+        }
+        let since = super::metrics::now_ms() - self.cfg.durability.rebuild_window.0 * 1000;
+        let mut tpl = TopicPartitionList::new();
+        for &(input, p) in wanted {
+            let _ = tpl.add_partition_offset(self.topic(input), p, Offset::Offset(since));
+        }
+        match consumer.offsets_for_times(tpl, BROKER_TIMEOUT) {
+            Ok(found) => {
+                for &(input, p) in wanted {
+                    let o = found
+                        .find_partition(self.topic(input), p)
+                        .map(|e| e.offset());
+                    match o {
+                        Some(Offset::Offset(o)) => {
+                            out.insert((input, p), o);
+                        }
+                        // Nothing that recent: there is nothing to re-read.
+                        Some(Offset::End) => {}
+                        other => {
+                            tracing::error!(topic = self.topic(input), partition = p, offset = ?other, "No offset for the rebuild window; starting from the committed offset without the older state.");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Looking up the rebuild window's offsets failed; starting from the committed offsets without the older state.");
+            }
+        }
+        out
+    }
+}
+
+impl RebalanceHook for Rebalancer {
+    fn assigned(&self, consumer: &BaseConsumer<ConsumerCtx>, tpl: &mut TopicPartitionList) {
+        if self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let started = Instant::now();
+        let parts: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let committed: BTreeMap<(String, i32), i64> = match consumer
+            .committed_offsets(tpl.clone(), BROKER_TIMEOUT)
+        {
+            Ok(c) => c
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+                    _ => None,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "Reading committed offsets failed; outputs of re-read records may be sent again (same ids).");
+                BTreeMap::new()
+            }
+        };
+        let workers = self.workers.lock().expect("rebalancer lock").clone();
+        let has_callers = self.callers.lock().expect("rebalancer lock").is_some();
+        let callers_rebuild = has_callers && self.callers_rebuild.swap(false, Ordering::SeqCst);
+        let inputs = [Input::Usage, Input::Events];
+
+        struct Plan {
+            state: Option<Box<PartitionState>>,
+            resume: Resume,
+            start: [Start; 2],
+            outcome: String,
+        }
+        let mut plans: BTreeMap<i32, Plan> = BTreeMap::new();
+        for &p in &parts {
+            let c = inputs.map(|i| committed.get(&(self.topic(i).to_string(), p)).copied());
+            for i in inputs {
+                self.tracker.start(i, p, c[index(i)]);
+            }
+            let mut plan = Plan {
+                state: None,
+                resume: Resume {
+                    apply_from: [None; 2],
+                    emit_from: c,
+                },
+                start: [Start::Committed; 2],
+                outcome: "no_snapshots".into(),
+            };
+            if let Some(dir) = &self.dir {
+                match self.load(dir, p) {
+                    Ok((loaded, state)) => {
+                        let s = inputs.map(|i| loaded.header.next(self.topic(i), p));
+                        let mut stale = false;
+                        let mut foreign = false;
+                        for i in inputs {
+                            let k = index(i);
+                            match (s[k], c[k]) {
+                                (Some(s), Some(c)) if s < c => {
+                                    plan.start[k] = Start::At(s);
+                                    stale = true;
+                                }
+                                (Some(_), Some(_)) => {}
+                                (Some(s), None) => {
+                                    // No commit (expired, or another cluster): trust the snapshot
+                                    // only if the log reaches its offset.
+                                    match consumer.fetch_watermarks(
+                                        self.topic(i),
+                                        p,
+                                        BROKER_TIMEOUT,
+                                    ) {
+                                        Ok((_, high)) if s <= high => plan.start[k] = Start::At(s),
+                                        _ => foreign = true,
+                                    }
+                                }
+                                (None, Some(_)) => {
+                                    plan.start[k] = Start::Rebuild;
+                                    stale = true;
+                                }
+                                (None, None) => {}
+                            }
+                            plan.resume.apply_from[k] = match plan.start[k] {
+                                Start::Rebuild => None,
+                                _ => s[k],
+                            };
+                        }
+                        if foreign {
+                            tracing::error!(partition = p, path = %loaded.path.display(), "The snapshot is ahead of the partition's log (another cluster, or recreated topics): not used; starting new.");
+                            dir.set_aside(&loaded.path);
+                            plan.resume.apply_from = [None; 2];
+                            plan.start = [Start::Committed; 2];
+                            plan.outcome = "foreign_snapshot".into();
+                        } else {
+                            tracing::info!(
+                                partition = p,
+                                bytes = loaded.size(),
+                                subscribers = loaded.header.subscribers,
+                                accounts = loaded.header.accounts,
+                                usage_from = ?s[0],
+                                events_from = ?s[1],
+                                committed_usage = ?c[0],
+                                committed_events = ?c[1],
+                                stale,
+                                "Partition state restored from its snapshot."
+                            );
+                            plan.state = Some(Box::new(state));
+                            plan.outcome = if stale { "stale_snapshot" } else { "snapshot" }.into();
+                        }
+                    }
+                    Err(SnapshotError::Missing(_)) if c == [None, None] => {
+                        plan.outcome = "new".into();
+                    }
+                    Err(e) => {
+                        if matches!(
+                            e,
+                            SnapshotError::Corrupt { .. } | SnapshotError::Incompatible { .. }
+                        ) {
+                            dir.set_aside(&dir.partition(p));
+                        }
+                        tracing::error!(
+                            partition = p,
+                            error = %e,
+                            rebuild_window_s = self.cfg.durability.rebuild_window.0,
+                            "No usable snapshot for a partition with committed offsets: rebuilding its state \
+                             by re-reading the rebuild window (outputs already delivered are not sent again)."
+                        );
+                        for i in inputs {
+                            if c[index(i)].is_some() {
+                                plan.start[index(i)] = Start::Rebuild;
+                            }
+                        }
+                        plan.outcome = format!("rebuilt_{}", e.reason());
+                    }
+                }
+            }
+            if callers_rebuild && c[0].is_some() && plan.start[0] == Start::Committed {
+                // The partition keeps skipping what its snapshot holds; the shard takes the calls.
+                plan.start[0] = Start::Rebuild;
+            }
+            plans.insert(p, plan);
+        }
+
+        let wanted: Vec<(Input, i32)> = plans
+            .iter()
+            .flat_map(|(&p, plan)| {
+                inputs
+                    .into_iter()
+                    .filter(move |&i| plan.start[index(i)] == Start::Rebuild)
+                    .map(move |i| (i, p))
+            })
+            .collect();
+        let rebuild = self.rebuild_offsets(consumer, &wanted);
+        for (p, plan) in plans {
+            for i in inputs {
+                let k = index(i);
+                let at = match plan.start[k] {
+                    Start::Committed => None,
+                    Start::At(o) => Some(o),
+                    // Never past the committed offset: what comes after it was never processed.
+                    Start::Rebuild => rebuild
+                        .get(&(i, p))
+                        .map(|&r| plan.resume.emit_from[k].map_or(r, |c| r.min(c))),
+                };
+                if let Some(o) = at {
+                    if let Err(e) = tpl.set_partition_offset(self.topic(i), p, Offset::Offset(o)) {
+                        tracing::error!(error = %e, partition = p, "Setting the start offset failed.");
+                    }
+                }
+            }
+            self.metrics.snapshots.count_restore(&plan.outcome);
+            let work = Work::Assign {
+                partition: p,
+                state: plan.state,
+                resume: plan.resume,
+            };
+            let worker = &workers[p.unsigned_abs() as usize % workers.len()];
+            if worker.send(work).is_err() {
+                tracing::error!(partition = p, "Worker stopped; partition not started.");
+            }
+        }
+        tracing::info!(
+            partitions = parts.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Assignment prepared."
+        );
+    }
+
+    fn revoking(&self, consumer: &BaseConsumer<ConsumerCtx>, tpl: &TopicPartitionList) {
+        if self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let started = Instant::now();
+        let parts: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let workers = self.workers.lock().expect("rebalancer lock").clone();
+        let callers = self.callers.lock().expect("rebalancer lock").clone();
+        let mut by_worker: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
+        for &p in &parts {
+            by_worker
+                .entry(p.unsigned_abs() as usize % workers.len())
+                .or_default()
+                .push(p);
+        }
+        let snapshot = self.dir.is_some();
+        let mut waits = Vec::new();
+        for (w, partitions) in by_worker {
+            let (reply, wait) = sync_channel(1);
+            let work = Work::Release {
+                partitions,
+                snapshot,
+                reply,
+            };
+            if workers[w].send(work).is_ok() {
+                waits.push(wait);
+            }
+        }
+        let timeout = Duration::from_secs(self.cfg.durability.delivery_timeout.0.max(1) as u64 + 5);
+        let mut durable = true;
+        let mut done = Vec::new();
+        for wait in waits {
+            match wait.recv_timeout(timeout) {
+                Ok(rx) => done.extend(rx),
+                Err(_) => durable = false,
+            }
+        }
+        if let (Some(callers), true) = (&callers, snapshot) {
+            let (tx, rx) = sync_channel(1);
+            if callers
+                .send(CallerWork::Snapshot { done: Some(tx) })
+                .is_ok()
+            {
+                done.push(rx);
+            }
+        }
+        for rx in done {
+            durable &= rx.recv_timeout(timeout).unwrap_or(false);
+        }
+        if !durable {
+            tracing::warn!("Not every snapshot of the revoked partitions became durable; their next owner re-reads from the last commit.");
+        }
+        super::store_offsets(consumer, &self.cfg, &self.tracker);
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(error = %e, "Commit at revoke.");
+        }
+        for &p in &parts {
+            self.tracker.forget(Input::Usage, p);
+            self.tracker.forget(Input::Events, p);
+        }
+        tracing::info!(
+            partitions = parts.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            durable,
+            "Revoked partitions handed over."
+        );
+    }
+}
