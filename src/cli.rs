@@ -44,6 +44,96 @@ pub enum Command {
     /// The daemon: consume usage and account events from Kafka, produce alerts to department topics.
     /// Without `kafka.brokers` it starts an embedded broker with demo traffic.
     Run(RunArgs),
+    /// Read or edit the state snapshots (`durability.dir`) of a stopped daemon.
+    State(StateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StateArgs {
+    #[command(subcommand)]
+    pub command: StateCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StateCommand {
+    /// One entity's window features and account view from the snapshot(s) holding it, with the
+    /// snapshot's header. Exit 1 if no snapshot holds it.
+    Inspect(StateInspectArgs),
+    /// One entity's raw state as JSON (one document per snapshot holding it), or `--all`: every
+    /// snapshot's header.
+    Export(StateExportArgs),
+    /// Remove a subscriber or an account from the snapshot(s) holding it. Refused while a daemon
+    /// holds the directory; exit 1 if not found.
+    Clear(StateClearArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["msisdn", "account", "calling_number", "imei"])))]
+pub struct StateInspectArgs {
+    /// The daemon's state directory (`durability.dir`).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// A subscriber (E.164 digits).
+    #[arg(long)]
+    pub msisdn: Option<String>,
+    /// An account id.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// A calling number tracked from MT calls (in `callers.snap`).
+    #[arg(long)]
+    pub calling_number: Option<String>,
+    /// A device (needs state.track_imei).
+    #[arg(long)]
+    pub imei: Option<String>,
+    /// Windows end at this RFC 3339 instant. Default: the snapshot's newest event time.
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Windows to show (repeatable), e.g. `--window 1h --window 24h`.
+    #[arg(long = "window")]
+    pub windows: Vec<String>,
+    /// Record-class filters to show (repeatable), e.g. `voice.mo.international`.
+    #[arg(long = "filter")]
+    pub filters: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["msisdn", "account", "calling_number", "imei", "all"])))]
+pub struct StateExportArgs {
+    /// The daemon's state directory (`durability.dir`).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// A subscriber (E.164 digits).
+    #[arg(long)]
+    pub msisdn: Option<String>,
+    /// An account id.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// A calling number tracked from MT calls (in `callers.snap`).
+    #[arg(long)]
+    pub calling_number: Option<String>,
+    /// A device (needs state.track_imei).
+    #[arg(long)]
+    pub imei: Option<String>,
+    /// Every snapshot's header (file, kind, offsets, entity counts, size, times) instead.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["msisdn", "account"])))]
+pub struct StateClearArgs {
+    /// The daemon's state directory (`durability.dir`); the daemon must be stopped.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// A subscriber (E.164 digits): its windows go; its account keeps its ledger.
+    #[arg(long)]
+    pub msisdn: Option<String>,
+    /// An account id: its ledger and timers go; its lines keep their windows.
+    #[arg(long)]
+    pub account: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -253,6 +343,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Check(a) => check_cmd(a),
         Command::Test(a) => test_cmd(a),
         Command::Run(a) => run_cmd(a),
+        Command::State(a) => state_cmd(a),
     }
 }
 
@@ -517,6 +608,79 @@ fn inspect_cmd(a: InspectArgs) -> anyhow::Result<i32> {
         writeln!(out)?;
     } else {
         write!(out, "{}", inspect::render_text(&v))?;
+    }
+    Ok(0)
+}
+
+/// The entity named by exactly one of the flags (clap enforces one).
+fn state_target(
+    msisdn: Option<&str>,
+    account: Option<&str>,
+    calling_number: Option<&str>,
+    imei: Option<&str>,
+) -> anyhow::Result<Target> {
+    Ok(match (msisdn, account, calling_number, imei) {
+        (Some(m), ..) => Target::Subscriber(number(m, "msisdn")?),
+        (_, Some(acc), ..) => Target::Account(acc.to_string()),
+        (_, _, Some(c), _) => Target::CallingNumber(number(c, "calling-number")?),
+        (.., Some(i)) => Target::Imei(number(i, "imei")?),
+        _ => unreachable!("clap requires a target"),
+    })
+}
+
+fn state_cmd(a: StateArgs) -> anyhow::Result<i32> {
+    use crate::statedir;
+    let mut out = std::io::stdout().lock();
+    match a.command {
+        StateCommand::Inspect(a) => {
+            let target = state_target(
+                a.msisdn.as_deref(),
+                a.account.as_deref(),
+                a.calling_number.as_deref(),
+                a.imei.as_deref(),
+            )?;
+            let at = a
+                .at
+                .as_deref()
+                .map(|s| EventTime::parse(s).map_err(|why| anyhow::anyhow!("--at {s:?}: {why}")))
+                .transpose()?;
+            let or_default = |given: Vec<String>, default: &[&str]| {
+                if given.is_empty() {
+                    default.iter().map(|s| s.to_string()).collect()
+                } else {
+                    given
+                }
+            };
+            let windows = or_default(a.windows, inspect::DEFAULT_WINDOWS)
+                .iter()
+                .map(|w| inspect::WindowSpec::parse(w).map_err(anyhow::Error::msg))
+                .collect::<Result<_, _>>()?;
+            let filters = or_default(a.filters, inspect::DEFAULT_FILTERS)
+                .iter()
+                .map(|f| ClassFilter::parse(f).map_err(anyhow::Error::msg))
+                .collect::<Result<_, _>>()?;
+            let opts = statedir::ReportOptions {
+                at,
+                windows,
+                filters,
+                json: a.json,
+            };
+            statedir::inspect(&a.dir, &target, &opts, &mut out)?;
+        }
+        StateCommand::Export(a) if a.all => statedir::list(&a.dir, &mut out)?,
+        StateCommand::Export(a) => {
+            let target = state_target(
+                a.msisdn.as_deref(),
+                a.account.as_deref(),
+                a.calling_number.as_deref(),
+                a.imei.as_deref(),
+            )?;
+            statedir::export(&a.dir, &target, &mut out)?;
+        }
+        StateCommand::Clear(a) => {
+            let target = state_target(a.msisdn.as_deref(), a.account.as_deref(), None, None)?;
+            statedir::clear(&a.dir, &target, &mut out)?;
+        }
     }
     Ok(0)
 }

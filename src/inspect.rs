@@ -126,6 +126,13 @@ fn entity_json(e: &Entity, at: EventTime) -> Value {
     })
 }
 
+/// A timer as reports show it (flat, with its kind named); snapshots encode timers their own way.
+fn timer_json(t: &Timer) -> Value {
+    let crate::state::TimerKind::InvoiceOverdue { invoice_id, days } = &t.kind;
+    json!({"at": t.at, "account_id": t.account_id, "kind": "invoice_overdue",
+           "invoice_id": invoice_id, "days": days})
+}
+
 fn account_json(a: &Account, at: EventTime, pending: Vec<&Timer>, fired: Vec<&Timer>) -> Value {
     let l = &a.ledger;
     let invoices: Vec<Value> = l
@@ -155,8 +162,8 @@ fn account_json(a: &Account, at: EventTime, pending: Vec<&Timer>, fired: Vec<&Ti
         "promise_to_pay_until": l.promise_to_pay_until,
         "promise_active": l.promise_active(at),
         "reversals_90d": l.reversals_within(90 * 86_400, at),
-        "timers_pending": pending,
-        "timers_fired": fired,
+        "timers_pending": pending.into_iter().map(timer_json).collect::<Vec<_>>(),
+        "timers_fired": fired.into_iter().map(timer_json).collect::<Vec<_>>(),
     })
 }
 

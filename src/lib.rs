@@ -25,6 +25,7 @@ pub mod sink;
 pub mod replay;
 pub mod daemon;
 pub mod inspect;
+pub mod statedir;
 pub mod ruletest;
 
 pub mod cli;

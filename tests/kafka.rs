@@ -7,64 +7,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use cdrguard::gen::{generate, GenConfig};
 use cdrguard::record::Alert;
 use common::kafka::*;
 use common::*;
-
-/// Stories for every rule over a small calm background: input bytes and the labels.
-fn stories(seed: u64) -> (Vec<u8>, Vec<u8>, Vec<cdrguard::gen::stories::Label>) {
-    let cfg = GenConfig {
-        subscribers: 400,
-        records: 8_000,
-        days: 4,
-        seed,
-        inject: cdrguard::gen::stories::STORY_RULES
-            .iter()
-            .map(|r| (r.to_string(), 1))
-            .collect(),
-        ..GenConfig::default()
-    };
-    let (mut u, mut e) = (Vec::new(), Vec::new());
-    let s = generate(&cfg, &mut u, &mut e).unwrap();
-    (u, e, s.labels)
-}
-
-/// The alerts a replay of the same input raises, by id.
-fn replayed(usage: &[u8], events: &[u8]) -> BTreeMap<String, Alert> {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("u.ndjson"), usage).unwrap();
-    std::fs::write(dir.path().join("e.ndjson"), events).unwrap();
-    let (_, _, alerts) = replay_with(
-        &fixture("rules"),
-        &dir.path().join("u.ndjson"),
-        Some(&dir.path().join("e.ndjson")),
-        None,
-    );
-    alerts
-        .into_iter()
-        .map(|a| (a.alert_id.clone(), a))
-        .collect()
-}
-
-fn alert_topics(k: &Kafka) -> Vec<String> {
-    let t = &k.cfg.kafka.alert_topics;
-    vec![
-        t.fraud.clone(),
-        t.collections.clone(),
-        t.key_accounts.clone(),
-        t.care.clone(),
-    ]
-}
-
-fn parse(m: &Read) -> Alert {
-    serde_json::from_slice(&m.payload).unwrap()
-}
-
-/// Alert ids seen on the topics (each id once).
-fn ids(messages: &[Read]) -> BTreeSet<String> {
-    messages.iter().map(|m| parse(m).alert_id).collect()
-}
 
 // One partition: the replay is one ordered stream, and so is a partition. Across partitions Kafka
 // orders nothing, so a Wangiri callback read from a backlog before the wave's last ring (in another

@@ -218,6 +218,7 @@ pub fn run(
         dir: dir.clone(),
         tracker: tracker.clone(),
         metrics: metrics.clone(),
+        board: board.clone(),
         workers: std::sync::Mutex::new(senders.clone()),
         callers: std::sync::Mutex::new(callers.as_ref().map(|c| c.0.clone())),
         callers_rebuild: AtomicBool::new(callers_rebuild),

@@ -42,6 +42,7 @@ pub struct Rebalancer {
     pub dir: Option<Arc<StateDir>>,
     pub tracker: Arc<Tracker>,
     pub metrics: Arc<Metrics>,
+    pub board: Arc<crate::source::kafka::LagBoard>,
     pub workers: Mutex<Vec<SyncSender<Work>>>,
     pub callers: Mutex<Option<SyncSender<CallerWork>>>,
     /// The caller shard started without a usable snapshot: the first assignment re-reads usage for it.
@@ -88,12 +89,16 @@ impl Rebalancer {
         Ok((loaded, state))
     }
 
-    /// The offsets within the rebuild window, for the (topic, partition)s asked.
+    /// The offsets within the rebuild window, for the (topic, partition)s asked: the first with a
+    /// broker timestamp in the window, or the log's beginning when the broker cannot say (no answer,
+    /// or "none that recent", which is also what brokers without timestamp lookup answer, e.g.
+    /// librdkafka's mock cluster). Reading too much only costs time; reading too little would lose
+    /// state.
     fn rebuild_offsets(
         &self,
         consumer: &BaseConsumer<ConsumerCtx>,
         wanted: &[(Input, i32)],
-    ) -> BTreeMap<(Input, i32), i64> {
+    ) -> BTreeMap<(Input, i32), Offset> {
         let mut out = BTreeMap::new();
         if wanted.is_empty() {
             return out;
@@ -109,20 +114,21 @@ impl Rebalancer {
                     let o = found
                         .find_partition(self.topic(input), p)
                         .map(|e| e.offset());
-                    match o {
-                        Some(Offset::Offset(o)) => {
-                            out.insert((input, p), o);
-                        }
-                        // Nothing that recent: there is nothing to re-read.
-                        Some(Offset::End) => {}
+                    let at = match o {
+                        Some(Offset::Offset(o)) => Offset::Offset(o),
                         other => {
-                            tracing::error!(topic = self.topic(input), partition = p, offset = ?other, "No offset for the rebuild window; starting from the committed offset without the older state.");
+                            tracing::warn!(topic = self.topic(input), partition = p, answer = ?other, "No offset for the rebuild window's start; rebuilding from the beginning of the log.");
+                            Offset::Beginning
                         }
-                    }
+                    };
+                    out.insert((input, p), at);
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "Looking up the rebuild window's offsets failed; starting from the committed offsets without the older state.");
+                tracing::warn!(error = %e, "Looking up the rebuild window's offsets failed; rebuilding from the beginning of the log.");
+                for &k in wanted {
+                    out.insert(k, Offset::Beginning);
+                }
             }
         }
         out
@@ -286,14 +292,24 @@ impl RebalanceHook for Rebalancer {
                 let k = index(i);
                 let at = match plan.start[k] {
                     Start::Committed => None,
-                    Start::At(o) => Some(o),
+                    Start::At(o) => Some(Offset::Offset(o)),
                     // Never past the committed offset: what comes after it was never processed.
-                    Start::Rebuild => rebuild
-                        .get(&(i, p))
-                        .map(|&r| plan.resume.emit_from[k].map_or(r, |c| r.min(c))),
+                    Start::Rebuild => {
+                        rebuild
+                            .get(&(i, p))
+                            .map(|&r| match (r, plan.resume.emit_from[k]) {
+                                (Offset::Offset(r), Some(c)) => Offset::Offset(r.min(c)),
+                                (r, _) => r,
+                            })
+                    }
                 };
+                match at {
+                    Some(Offset::Offset(o)) => self.board.set_start(i, p, Some(Some(o))),
+                    Some(_) => self.board.set_start(i, p, Some(None)),
+                    None => self.board.set_start(i, p, None),
+                }
                 if let Some(o) = at {
-                    if let Err(e) = tpl.set_partition_offset(self.topic(i), p, Offset::Offset(o)) {
+                    if let Err(e) = tpl.set_partition_offset(self.topic(i), p, o) {
                         tracing::error!(error = %e, partition = p, "Setting the start offset failed.");
                     }
                 }

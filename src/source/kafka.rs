@@ -62,6 +62,8 @@ pub struct LagBoard {
     ready: std::sync::atomic::AtomicBool,
     /// Messages polled and on their way to a worker, not yet in its partition queues.
     in_transit: std::sync::Mutex<ahash::AHashMap<(Input, i32), i64>>,
+    /// Start offsets of partitions that do not start at their committed offset (`set_start`).
+    starts: std::sync::Mutex<ahash::AHashMap<(Input, i32), Option<i64>>>,
 }
 
 impl LagBoard {
@@ -71,14 +73,15 @@ impl LagBoard {
         if !self.ready.load(Ordering::Relaxed) {
             return None;
         }
-        Some(
-            self.lag
-                .lock()
-                .expect("lag lock")
-                .get(&(input, partition))
-                .copied()
-                .unwrap_or(0),
-        )
+        let lag = self
+            .lag
+            .lock()
+            .expect("lag lock")
+            .get(&(input, partition))
+            .copied()
+            .unwrap_or(0);
+        // Negative: assigned, high watermark not reported yet.
+        (lag >= 0).then_some(lag)
     }
 
     /// A message was handed to a worker's channel (+1) or taken into its queues (−1).
@@ -89,6 +92,26 @@ impl LagBoard {
             .expect("transit lock")
             .entry((input, partition))
             .or_default() += delta;
+    }
+
+    /// Where an assigned partition starts reading when that is not its committed offset (a restore or
+    /// a rebuild seeks elsewhere): until the first message arrives, its lag counts from there.
+    /// `Some(None)`: the log's beginning; `None`: the committed offset (forget an earlier start).
+    ///
+    /// The partition's lag is unknown until statistics report its high watermark: right after an
+    /// assignment they may not, and reading that as "nothing unread" would let the other topic's
+    /// records run ahead of this one's (a rebuild re-reading history would apply usage before the
+    /// payments that preceded it).
+    pub fn set_start(&self, input: Input, partition: i32, start: Option<Option<i64>>) {
+        self.lag
+            .lock()
+            .expect("lag lock")
+            .insert((input, partition), -1);
+        let mut starts = self.starts.lock().expect("starts lock");
+        match start {
+            Some(s) => starts.insert((input, partition), s),
+            None => starts.remove(&(input, partition)),
+        };
     }
 
     /// Messages of a partition polled but not yet queued by its worker.
@@ -107,6 +130,7 @@ impl LagBoard {
             .lock()
             .expect("lag lock")
             .iter()
+            .filter(|(_, v)| **v >= 0)
             .map(|(k, v)| (*k, *v))
             .collect();
         v.sort();
@@ -122,6 +146,7 @@ impl ClientContext for ConsumerCtx {
 
     fn stats(&self, stats: rdkafka::Statistics) {
         let mut lag = self.board.lag.lock().expect("lag lock");
+        let starts = self.board.starts.lock().expect("starts lock");
         for (name, topic) in &stats.topics {
             let input = if *name == self.usage_topic {
                 Input::Usage
@@ -137,17 +162,18 @@ impl ClientContext for ConsumerCtx {
                 // app_offset: the next offset to hand to the application (invalid before any).
                 let from = if part.app_offset >= 0 {
                     part.app_offset
+                } else if let Some(start) = starts.get(&(input, p)) {
+                    start.unwrap_or(part.lo_offset.max(0))
                 } else if part.committed_offset >= 0 {
                     part.committed_offset
                 } else {
                     part.lo_offset.max(0)
                 };
-                let unread = if part.hi_offset >= 0 {
-                    (part.hi_offset - from).max(0)
-                } else {
-                    0
-                };
-                lag.insert((input, p), unread);
+                if part.hi_offset < 0 {
+                    // Not known yet: an entry marked unknown at assignment stays unknown.
+                    continue;
+                }
+                lag.insert((input, p), (part.hi_offset - from).max(0));
             }
         }
         self.board.ready.store(true, Ordering::Relaxed);

@@ -1,13 +1,17 @@
 //! Kafka for tests: librdkafka's in-process mock cluster (a real Kafka-protocol endpoint on
 //! 127.0.0.1), the daemon run in a thread against it, and readers of its output topics.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cdrguard::config::Config;
+use cdrguard::gen::{generate, GenConfig};
+use cdrguard::record::Alert;
+
+use super::{fixture, replay_with};
 use cdrguard::daemon::{self, Control, RunOptions, RunSummary};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -231,4 +235,104 @@ pub fn control() -> Control {
         stop: Arc::new(AtomicBool::new(false)),
         abort: Arc::new(AtomicBool::new(false)),
     }
+}
+
+/// Stories for every rule over a small calm background: input bytes and the labels.
+pub fn stories(seed: u64) -> (Vec<u8>, Vec<u8>, Vec<cdrguard::gen::stories::Label>) {
+    let cfg = GenConfig {
+        subscribers: 400,
+        records: 8_000,
+        days: 4,
+        seed,
+        inject: cdrguard::gen::stories::STORY_RULES
+            .iter()
+            .map(|r| (r.to_string(), 1))
+            .collect(),
+        ..GenConfig::default()
+    };
+    let (mut u, mut e) = (Vec::new(), Vec::new());
+    let s = generate(&cfg, &mut u, &mut e).unwrap();
+    (u, e, s.labels)
+}
+
+/// The alerts a replay of the same input raises, by id.
+pub fn replayed(usage: &[u8], events: &[u8]) -> BTreeMap<String, Alert> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("u.ndjson"), usage).unwrap();
+    std::fs::write(dir.path().join("e.ndjson"), events).unwrap();
+    let (_, _, alerts) = replay_with(
+        &fixture("rules"),
+        &dir.path().join("u.ndjson"),
+        Some(&dir.path().join("e.ndjson")),
+        None,
+    );
+    alerts
+        .into_iter()
+        .map(|a| (a.alert_id.clone(), a))
+        .collect()
+}
+
+pub fn alert_topics(k: &Kafka) -> Vec<String> {
+    let t = &k.cfg.kafka.alert_topics;
+    vec![
+        t.fraud.clone(),
+        t.collections.clone(),
+        t.key_accounts.clone(),
+        t.care.clone(),
+    ]
+}
+
+pub fn parse(m: &Read) -> Alert {
+    serde_json::from_slice(&m.payload).unwrap()
+}
+
+/// Alert ids seen on the topics (each id once).
+pub fn ids(messages: &[Read]) -> BTreeSet<String> {
+    messages.iter().map(|m| parse(m).alert_id).collect()
+}
+
+/// Every subscriber's features (default windows and filters) and account view as of `at`: what a
+/// restarted daemon must agree on with a clean replay.
+pub fn state_features(
+    stores: &[&cdrguard::state::WindowStore],
+    at: cdrguard::record::EventTime,
+) -> BTreeMap<String, serde_json::Value> {
+    use cdrguard::inspect;
+    let windows: Vec<_> = inspect::DEFAULT_WINDOWS
+        .iter()
+        .map(|w| inspect::WindowSpec::parse(w).unwrap())
+        .collect();
+    let filters: Vec<_> = inspect::DEFAULT_FILTERS
+        .iter()
+        .map(|f| cdrguard::classify::ClassFilter::parse(f).unwrap())
+        .collect();
+    let mut out = BTreeMap::new();
+    for store in stores {
+        for n in store.subscriber_numbers() {
+            let target = inspect::Target::Subscriber(n);
+            let v = inspect::report(store, &[], &target, at, &windows, &filters).unwrap();
+            let kept = serde_json::json!({"features": v["features"], "account": v["account"]});
+            assert!(
+                out.insert(n.to_string(), kept).is_none(),
+                "subscriber {n} in two partitions' state"
+            );
+        }
+    }
+    out
+}
+
+/// The partition stores in a daemon's state directory (after it stopped).
+pub fn snapshot_stores(dir: &Path) -> Vec<cdrguard::state::WindowStore> {
+    use cdrguard::daemon::checkpoint::PartitionState;
+    use cdrguard::state::snapshot::Loaded;
+    let mut stores = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("partition-") && name.ends_with(".snap") {
+            let loaded = Loaded::read(&path).unwrap();
+            stores.push(loaded.payload::<PartitionState>().unwrap().store);
+        }
+    }
+    stores
 }

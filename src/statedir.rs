@@ -1,0 +1,511 @@
+//! `state`: read and edit the snapshot directory (`durability.dir`) of a **stopped** daemon — inspect
+//! one entity as the daemon last saved it, export its raw state, list the snapshots, or clear one
+//! subscriber or account (a number recycled to a new customer, a test account) without discarding a
+//! whole partition and paying its rebuild from Kafka.
+//!
+//! **Why against a stopped daemon.** A running daemon holds its state in memory and replaces its
+//! snapshots on its own schedule. Reading is safe at any time (a snapshot is replaced by a rename,
+//! never rewritten in place) but shows the last snapshot, not the live state. Editing is not: the
+//! daemon still has the entity in memory and its next snapshot would bring it back. So `clear` takes
+//! the directory's `LOCK`, which a running daemon holds, refuses without it, and keeps it until the
+//! rewritten snapshot is in place.
+//!
+//! Snapshots are read one at a time and dropped once looked at: a partition's state can be large, and
+//! the entity is usually in one of them. One that cannot be read (corrupt, incompatible, holding
+//! another partition than its name says) is named with the reason on stderr and skipped; `clear`
+//! never rewrites a file it could not read. Subscribers and accounts live in `partition-N.snap`,
+//! calling numbers in `callers.snap` (or in the partitions when the daemon ran without a caller shard).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::classify::ClassFilter;
+use crate::daemon::checkpoint::{self, CallerState, PartitionState, StateDir};
+use crate::inspect::{self, Target, WindowSpec};
+use crate::record::EventTime;
+use crate::state::snapshot::{self, Header, Loaded, SnapshotError, SnapshotKind};
+use crate::state::WindowStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateDirError {
+    #[error("the state directory {0} does not exist")]
+    NoDir(PathBuf),
+    #[error("reading the state directory {path}")]
+    ListDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "no snapshots (partition-N.snap, callers.snap) in {0}: is it the daemon's durability.dir?"
+    )]
+    Empty(PathBuf),
+    #[error("{what} is in none of the {read} readable snapshot(s) in {dir}{}", unreadable_note(.unreadable))]
+    NotFound {
+        what: String,
+        dir: PathBuf,
+        read: usize,
+        unreadable: usize,
+    },
+    #[error("refusing to clear: {0} is in use by a running cdrguard (its LOCK is held); stop the daemon first")]
+    InUse(PathBuf),
+    #[error("refusing to clear: cannot lock {dir}")]
+    Lock { dir: PathBuf, source: anyhow::Error },
+    #[error("only subscribers (--msisdn) and accounts (--account) can be cleared, not a {0}")]
+    NotClearable(&'static str),
+    #[error("encoding {path}")]
+    Encode {
+        path: PathBuf,
+        source: postcard::Error,
+    },
+    #[error("the rewritten snapshot does not read back, so the file is left as it was")]
+    Verify(#[source] SnapshotError),
+    #[error("writing {path} (the previous snapshot stays in place)")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("building the report")]
+    Report(#[source] anyhow::Error),
+    #[error("writing the output")]
+    Output(#[from] std::io::Error),
+}
+
+fn unreadable_note(n: &usize) -> String {
+    match n {
+        0 => String::new(),
+        n => format!(" ({n} could not be read, see above)"),
+    }
+}
+
+/// What `state inspect` shows: windows and filters, as of when.
+pub struct ReportOptions {
+    /// Windows end here; default the snapshot's newest event time. State after it is not taken out
+    /// (a snapshot cannot un-apply records); windows simply end there.
+    pub at: Option<EventTime>,
+    pub windows: Vec<WindowSpec>,
+    pub filters: Vec<ClassFilter>,
+    pub json: bool,
+}
+
+/// `state inspect`: the `inspect` report of the entity from every snapshot that holds it, each
+/// preceded by the snapshot's header (JSON: one document per snapshot, with a `snapshot` key).
+pub fn inspect(
+    dir: &Path,
+    target: &Target,
+    opts: &ReportOptions,
+    out: &mut dyn Write,
+) -> Result<(), StateDirError> {
+    let mut first = true;
+    for_each_holding(dir, target, "skipped", |s| {
+        let store = s.payload.store();
+        let at = opts
+            .at
+            .unwrap_or_else(|| EventTime::from_utc(s.default_as_of()));
+        let mut v = inspect::report(store, &[], target, at, &opts.windows, &opts.filters)
+            .map_err(StateDirError::Report)?;
+        if opts.json {
+            v["snapshot"] = s.header_json();
+            serde_json::to_writer_pretty(&mut *out, &v).map_err(std::io::Error::from)?;
+            writeln!(out)?;
+        } else {
+            if !first {
+                writeln!(out)?;
+            }
+            write!(out, "{}", s.header_text())?;
+            write!(out, "{}", inspect::render_text(&v))?;
+        }
+        first = false;
+        Ok(())
+    })
+}
+
+/// `state export`: the entity's raw state as JSON, one document per snapshot that holds it: the
+/// entity's windows as stored, its account (ledger, lines) and the account's pending timers.
+pub fn export(dir: &Path, target: &Target, out: &mut dyn Write) -> Result<(), StateDirError> {
+    for_each_holding(dir, target, "skipped", |s| {
+        let store = s.payload.store();
+        let (entity, account) = match target {
+            Target::Subscriber(n) => {
+                let e = store.subscriber(*n);
+                (e, e.and_then(|e| store.account_of(e)))
+            }
+            Target::Account(id) => (None, store.account(id)),
+            Target::CallingNumber(n) => (store.calling_number(*n), None),
+            Target::Imei(n) => (store.imei(*n), None),
+        };
+        let (kind, key) = describe(target);
+        let mut timers: Vec<_> = account
+            .map(|a| store.pending_timers(&a.id).collect())
+            .unwrap_or_default();
+        timers.sort();
+        let v = json!({
+            "snapshot": s.header_json(),
+            "entity": {"type": kind, "key": key},
+            "account_id": account.map(|a| a.id.as_str()),
+            "state": entity,
+            "account": account,
+            "timers_pending": timers,
+        });
+        serde_json::to_writer_pretty(&mut *out, &v).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+        Ok(())
+    })
+}
+
+/// `state export --all`: one JSON array with every snapshot's header (unreadable ones with their
+/// error). Only headers are decoded: the checksum is verified, the payload is not decoded.
+pub fn list(dir: &Path, out: &mut dyn Write) -> Result<(), StateDirError> {
+    let files = snapshot_files(dir)?;
+    if files.is_empty() {
+        eprintln!("note: {}", StateDirError::Empty(dir.to_path_buf()));
+    }
+    let mut rows = Vec::new();
+    for path in files {
+        let row = match Loaded::read(&path)
+            .and_then(|l| check_kind(&path, l.header.kind).map(|_| l))
+        {
+            Ok(l) => header_json(&path, &l.header, l.size()),
+            Err(e) => {
+                eprintln!("warning: {e}");
+                json!({"file": path.display().to_string(), "error": e.to_string(), "reason": e.reason()})
+            }
+        };
+        rows.push(row);
+    }
+    serde_json::to_writer_pretty(&mut *out, &rows).map_err(std::io::Error::from)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// `state clear`: removes a subscriber or an account from every snapshot that holds it and rewrites
+/// each atomically, holding the directory's lock throughout.
+pub fn clear(dir: &Path, target: &Target, out: &mut dyn Write) -> Result<(), StateDirError> {
+    match target {
+        Target::Subscriber(_) | Target::Account(_) => {}
+        Target::CallingNumber(_) => return Err(StateDirError::NotClearable("calling number")),
+        Target::Imei(_) => return Err(StateDirError::NotClearable("device (IMEI)")),
+    }
+    // Before locking: `StateDir::open` creates a missing directory, which would hide a typo.
+    exists(dir)?;
+    // Held until this function returns, so that no daemon starts on the directory mid-rewrite.
+    let _lock = StateDir::open(dir).map_err(|e| {
+        // `StateDir::open` fails with an I/O error if it cannot open the LOCK file, and with a bare
+        // message if another process holds it.
+        if e.downcast_ref::<std::io::Error>().is_some() {
+            StateDirError::Lock {
+                dir: dir.to_path_buf(),
+                source: e,
+            }
+        } else {
+            StateDirError::InUse(dir.to_path_buf())
+        }
+    })?;
+    for_each_holding(dir, target, "not checked and left as it is", |mut s| {
+        let file = s.path.display().to_string();
+        let before = s.payload.store().size();
+        let store = s.payload.store_mut();
+        let what = match target {
+            Target::Subscriber(n) => {
+                let account = store
+                    .subscriber(*n)
+                    .and_then(|e| store.account_of(e))
+                    .map(|a| format!("; account {} keeps its ledger and other lines", a.id))
+                    .unwrap_or_default();
+                store.remove_subscriber(*n);
+                format!("subscriber {n} (its windows and locations{account})")
+            }
+            Target::Account(id) => {
+                let timers = store.pending_timers(id).count();
+                let lines = store.account(id).map_or(0, |a| a.lines.len());
+                store.remove_account(id);
+                format!(
+                    "account {id} (its ledger, {timers} pending timer(s), and the link of its {lines} \
+                     line(s), which keep their own windows)"
+                )
+            }
+            _ => unreachable!("checked above"),
+        };
+        let after = store.size();
+        // Same kind and positions: the state still reflects the same input, minus this entity.
+        let header = checkpoint::header(s.header.kind, s.header.positions.clone(), store);
+        let bytes = s
+            .payload
+            .encode(&header)
+            .map_err(|source| StateDirError::Encode {
+                path: s.path.clone(),
+                source,
+            })?;
+        // Read the new bytes back before they replace a good file: the daemon will trust them.
+        Loaded::from_bytes(&s.path, bytes.clone())
+            .and_then(decode)
+            .map_err(StateDirError::Verify)?;
+        snapshot::write_atomic(&s.path, &bytes).map_err(|source| StateDirError::Write {
+            path: s.path.clone(),
+            source,
+        })?;
+        writeln!(
+            out,
+            "Removed {what} from {file}: subscribers {} → {}, accounts {} → {}. Alert cooldowns \
+             remembered for it are kept.",
+            before.subscribers, after.subscribers, before.accounts, after.accounts
+        )?;
+        Ok(())
+    })
+}
+
+/// A snapshot file read and decoded.
+struct Snapshot {
+    path: PathBuf,
+    header: Header,
+    bytes: usize,
+    payload: Payload,
+}
+
+/// The payload by kind: both hold a window store and an alert memory; the caller shard's has more.
+enum Payload {
+    Partition(PartitionState),
+    Callers(CallerState),
+}
+
+impl Payload {
+    fn store(&self) -> &WindowStore {
+        match self {
+            Payload::Partition(p) => &p.store,
+            Payload::Callers(c) => &c.store,
+        }
+    }
+
+    fn store_mut(&mut self) -> &mut WindowStore {
+        match self {
+            Payload::Partition(p) => &mut p.store,
+            Payload::Callers(c) => &mut c.store,
+        }
+    }
+
+    fn encode(&self, header: &Header) -> Result<Vec<u8>, postcard::Error> {
+        match self {
+            Payload::Partition(p) => snapshot::encode(header, p),
+            Payload::Callers(c) => snapshot::encode(header, c),
+        }
+    }
+}
+
+impl Snapshot {
+    /// "As of" when none is given: the newest event time in the state; a store that has seen no
+    /// usage (account events do not move event time) falls back to when the snapshot was written.
+    fn default_as_of(&self) -> i64 {
+        self.payload
+            .store()
+            .newest_event_time()
+            .unwrap_or(self.header.written_ms.div_euclid(1000))
+    }
+
+    fn header_json(&self) -> Value {
+        header_json(&self.path, &self.header, self.bytes)
+    }
+
+    fn header_text(&self) -> String {
+        let h = &self.header;
+        let positions: Vec<String> = h
+            .positions
+            .iter()
+            .map(|p| format!("{}[{}] {}", p.topic, p.partition, p.next))
+            .collect();
+        format!(
+            "snapshot {} ({}, {} bytes)\n  written {} · newest event {} · next offsets {}\n  \
+             holds {} subscribers, {} accounts, {} calling numbers\n\n",
+            self.path.display(),
+            kind_label(h.kind),
+            self.bytes,
+            EventTime::from_utc(h.written_ms.div_euclid(1000)),
+            h.newest_event_time
+                .map_or("-".to_string(), |t| EventTime::from_utc(t).to_string()),
+            if positions.is_empty() {
+                "-".to_string()
+            } else {
+                positions.join(", ")
+            },
+            h.subscribers,
+            h.accounts,
+            h.calling_numbers
+        )
+    }
+}
+
+fn kind_label(kind: SnapshotKind) -> String {
+    match kind {
+        SnapshotKind::Partition(p) => format!("partition {p}"),
+        SnapshotKind::Callers => "caller shard".to_string(),
+    }
+}
+
+fn header_json(path: &Path, h: &Header, bytes: usize) -> Value {
+    let (kind, partition) = match h.kind {
+        SnapshotKind::Partition(p) => ("partition", Some(p)),
+        SnapshotKind::Callers => ("callers", None),
+    };
+    json!({
+        "file": path.display().to_string(),
+        "kind": kind,
+        "partition": partition,
+        // The next offset to read per input partition: everything before it is in the state.
+        "positions": h.positions,
+        "written_at": EventTime::from_utc(h.written_ms.div_euclid(1000)),
+        "newest_event_time": h.newest_event_time.map(EventTime::from_utc),
+        "subscribers": h.subscribers,
+        "accounts": h.accounts,
+        "calling_numbers": h.calling_numbers,
+        "bytes": bytes,
+    })
+}
+
+/// The entity type and key, as `inspect` names them.
+fn describe(t: &Target) -> (&'static str, String) {
+    match t {
+        Target::Subscriber(n) => ("subscriber", n.to_string()),
+        Target::Account(id) => ("account", id.clone()),
+        Target::CallingNumber(n) => ("calling_number", n.to_string()),
+        Target::Imei(n) => ("imei", n.to_string()),
+    }
+}
+
+fn holds(store: &WindowStore, t: &Target) -> bool {
+    match t {
+        Target::Subscriber(n) => store.subscriber(*n).is_some(),
+        Target::Account(id) => store.account(id).is_some(),
+        Target::CallingNumber(n) => store.calling_number(*n).is_some(),
+        Target::Imei(n) => store.imei(*n).is_some(),
+    }
+}
+
+fn exists(dir: &Path) -> Result<(), StateDirError> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(StateDirError::ListDir {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other("not a directory"),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(StateDirError::NoDir(dir.to_path_buf()))
+        }
+        Err(source) => Err(StateDirError::ListDir {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// The snapshot files in `dir`: `partition-N.snap` by partition number, then `callers.snap`.
+/// Set-aside (`.rejected-*`) and temporary (`.tmp-*`) files are not snapshots.
+fn snapshot_files(dir: &Path) -> Result<Vec<PathBuf>, StateDirError> {
+    exists(dir)?;
+    let list_err = |source| StateDirError::ListDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut partitions = Vec::new();
+    let mut callers = None;
+    for entry in std::fs::read_dir(dir).map_err(list_err)? {
+        let path = entry.map_err(list_err)?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name == "callers.snap" {
+            callers = Some(path);
+        } else if let Some(p) = partition_of(name) {
+            partitions.push((p, path));
+        }
+    }
+    partitions.sort();
+    Ok(partitions
+        .into_iter()
+        .map(|(_, path)| path)
+        .chain(callers)
+        .collect())
+}
+
+fn partition_of(file_name: &str) -> Option<i32> {
+    file_name
+        .strip_prefix("partition-")?
+        .strip_suffix(".snap")?
+        .parse()
+        .ok()
+}
+
+/// A snapshot must hold what its name says; the daemon rejects one that does not.
+fn check_kind(path: &Path, kind: SnapshotKind) -> Result<(), SnapshotError> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let expected = match partition_of(name) {
+        Some(p) => SnapshotKind::Partition(p),
+        None => SnapshotKind::Callers,
+    };
+    if kind == expected {
+        return Ok(());
+    }
+    Err(SnapshotError::Incompatible {
+        path: path.to_path_buf(),
+        why: format!("holds {}, not what its name says", kind_label(kind)),
+    })
+}
+
+fn decode(loaded: Loaded) -> Result<Snapshot, SnapshotError> {
+    check_kind(&loaded.path, loaded.header.kind)?;
+    let payload = match loaded.header.kind {
+        SnapshotKind::Partition(_) => Payload::Partition(loaded.payload()?),
+        SnapshotKind::Callers => Payload::Callers(loaded.payload()?),
+    };
+    Ok(Snapshot {
+        path: loaded.path.clone(),
+        bytes: loaded.size(),
+        header: loaded.header,
+        payload,
+    })
+}
+
+/// Reads each snapshot of `dir` in turn and hands those holding `target` to `each`; unreadable ones
+/// are named on stderr with the reason and `skipped` (what happens to them). Not found anywhere is an
+/// error.
+fn for_each_holding(
+    dir: &Path,
+    target: &Target,
+    skipped: &str,
+    mut each: impl FnMut(Snapshot) -> Result<(), StateDirError>,
+) -> Result<(), StateDirError> {
+    let files = snapshot_files(dir)?;
+    if files.is_empty() {
+        return Err(StateDirError::Empty(dir.to_path_buf()));
+    }
+    let (mut read, mut unreadable, mut found) = (0, 0, 0);
+    for path in files {
+        match Loaded::read(&path).and_then(decode) {
+            Ok(s) => {
+                read += 1;
+                if holds(s.payload.store(), target) {
+                    found += 1;
+                    each(s)?;
+                }
+            }
+            Err(e) => {
+                unreadable += 1;
+                eprintln!("warning: {e}; {skipped}");
+            }
+        }
+    }
+    if found == 0 {
+        let (kind, key) = describe(target);
+        return Err(StateDirError::NotFound {
+            what: format!("{} {key}", kind.replace('_', " ")),
+            dir: dir.to_path_buf(),
+            read,
+            unreadable,
+        });
+    }
+    if unreadable > 0 {
+        eprintln!(
+            "warning: {unreadable} snapshot(s) could not be read (above); they may hold it too"
+        );
+    }
+    Ok(())
+}
