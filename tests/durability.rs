@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -77,57 +76,6 @@ fn delivered(reader: &mut Reader) -> BTreeMap<String, serde_json::Value> {
         }
     }
     by_id
-}
-
-/// The state a clean replay of the same input ends with, and the time to compare features at.
-fn replay_state(usage: &[u8], events: &[u8]) -> (BTreeMap<String, serde_json::Value>, EventTime) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("u.ndjson"), usage).unwrap();
-    std::fs::write(dir.path().join("e.ndjson"), events).unwrap();
-    let (_, pipeline, _) = replay_with(
-        &fixture("rules"),
-        &dir.path().join("u.ndjson"),
-        Some(&dir.path().join("e.ndjson")),
-        None,
-    );
-    let store = pipeline.store.borrow();
-    let at = EventTime {
-        utc: store.newest_event_time().unwrap(),
-        offset_min: 0,
-    };
-    (state_features(&[&store], at), at)
-}
-
-fn assert_same_state(dir: &Path, expected: &BTreeMap<String, serde_json::Value>, at: EventTime) {
-    let stores = snapshot_stores(dir);
-    let refs: Vec<_> = stores.iter().collect();
-    let got = state_features(&refs, at);
-    assert_eq!(got.len(), expected.len(), "subscribers in state");
-    let mut differ = Vec::new();
-    for (n, v) in expected {
-        if got.get(n) != Some(v) {
-            differ.push(n.clone());
-        }
-    }
-    if !differ.is_empty() {
-        let _ = std::fs::write(
-            std::env::temp_dir().join("cdrguard-state-diff.json"),
-            format!(
-                "{}\n{}\n",
-                serde_json::to_string(&got.get(&differ[0])).unwrap(),
-                serde_json::to_string(&expected[&differ[0]]).unwrap()
-            ),
-        );
-    }
-    assert!(
-        differ.is_empty(),
-        "{} of {} subscribers' features differ from a clean replay, e.g. {}:\n got {}\nwant {}",
-        differ.len(),
-        expected.len(),
-        differ[0],
-        serde_json::to_string(&got.get(&differ[0])).unwrap(),
-        serde_json::to_string(&expected[&differ[0]]).unwrap(),
-    );
 }
 
 // One partition, so that the expected alerts are exactly the replay's (see tests/kafka.rs).

@@ -49,6 +49,8 @@ pub struct Rebalancer {
     pub callers_rebuild: AtomicBool,
     /// The run loop has stopped and committed: the revoke at close has nothing left to do.
     pub stopped: AtomicBool,
+    /// Start offsets of partitions the group never committed, to commit once assigned.
+    pub fresh: Mutex<Vec<(String, i32, i64)>>,
 }
 
 /// Where an input of a partition starts reading.
@@ -242,6 +244,14 @@ impl RebalanceHook for Rebalancer {
                             );
                             plan.state = Some(Box::new(state));
                             plan.outcome = if stale { "stale_snapshot" } else { "snapshot" }.into();
+                            // What the snapshot holds may be committed as soon as it is re-read.
+                            for i in inputs {
+                                if let (Some(s), Start::Committed) =
+                                    (s[index(i)], plan.start[index(i)])
+                                {
+                                    self.tracker.set_cap(i, p, s - 1);
+                                }
+                            }
                         }
                     }
                     Err(SnapshotError::Missing(_)) if c == [None, None] => {
@@ -267,6 +277,34 @@ impl RebalanceHook for Rebalancer {
                             }
                         }
                         plan.outcome = format!("rebuilt_{}", e.reason());
+                    }
+                }
+            }
+            // A partition the group never committed starts where `kafka.start_from` says, resolved
+            // now and committed at once: a crash after its first snapshot then finds a commit to
+            // compare the snapshot with (without one, a snapshot is checked against the log's end).
+            for i in inputs {
+                let k = index(i);
+                if c[k].is_none() && plan.start[k] == Start::Committed {
+                    match consumer.fetch_watermarks(self.topic(i), p, BROKER_TIMEOUT) {
+                        Ok((low, high)) => {
+                            let o = if self.cfg.kafka.start_from == "latest" {
+                                high
+                            } else {
+                                low
+                            };
+                            plan.start[k] = Start::At(o);
+                            plan.resume.emit_from[k] = Some(o);
+                            self.tracker.start(i, p, Some(o));
+                            self.fresh.lock().expect("rebalancer lock").push((
+                                self.topic(i).to_string(),
+                                p,
+                                o,
+                            ));
+                        }
+                        Err(e) => {
+                            tracing::warn!(partition = p, error = %e, "Watermarks unknown; starting per kafka.start_from without an initial commit.");
+                        }
                     }
                 }
             }
@@ -330,6 +368,26 @@ impl RebalanceHook for Rebalancer {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Assignment prepared."
         );
+    }
+
+    fn after_assign(&self, consumer: &BaseConsumer<ConsumerCtx>) {
+        let fresh = std::mem::take(&mut *self.fresh.lock().expect("rebalancer lock"));
+        if fresh.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, p, o) in &fresh {
+            let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*o));
+        }
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => tracing::info!(
+                partitions = fresh.len(),
+                "Start offsets of new partitions committed."
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "Committing the start offsets of new partitions failed.")
+            }
+        }
     }
 
     fn revoking(&self, consumer: &BaseConsumer<ConsumerCtx>, tpl: &TopicPartitionList) {

@@ -49,6 +49,8 @@ pub trait RebalanceHook: Send + Sync {
     /// Before the assignment takes effect: restore state and set each partition's start offset in
     /// `tpl` (left as is: the committed offset).
     fn assigned(&self, consumer: &BaseConsumer<ConsumerCtx>, tpl: &mut TopicPartitionList);
+    /// Right after the assignment took effect.
+    fn after_assign(&self, consumer: &BaseConsumer<ConsumerCtx>);
     /// Before the partitions are given away: snapshot their state and commit.
     fn revoking(&self, consumer: &BaseConsumer<ConsumerCtx>, tpl: &TopicPartitionList);
 }
@@ -205,6 +207,9 @@ impl ConsumerContext for ConsumerCtx {
                 tracing::info!(partitions = %parts.join(" "), "Partitions assigned.");
                 if let Err(e) = consumer.assign(tpl) {
                     tracing::error!(error = %e, "Assigning partitions failed.");
+                }
+                if let Some(h) = self.hook.get() {
+                    h.after_assign(consumer);
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {

@@ -69,3 +69,4 @@ pub fn fixture(rel: &str) -> PathBuf {
     Path::new(ROOT).join(rel)
 }
 pub mod kafka;
+pub mod tansu;

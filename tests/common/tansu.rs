@@ -1,0 +1,643 @@
+//! A real Kafka-protocol broker for tests: tansu (Apache Kafka compatible, in-memory storage) run as a
+//! child process on a free 127.0.0.1 port, the daemon run as a process of its own against it, and
+//! readers of its topics. Unlike the mock cluster, the broker is another program: group coordination,
+//! commits and fetches go over the wire to an implementation librdkafka did not write.
+//!
+//! The broker binary is found at `$TANSU`, else `tansu` on PATH, else the cache `.ci/run` installs it
+//! to; when there is none, the first test installs it there with `cargo install` (once, about 6 min on
+//! 2 cores), so that `cargo test` stays the one test command on a fresh machine. If that fails (no
+//! registry access), the tests fail and say how to install it.
+//!
+//! Where tansu 0.6.0 is not Kafka (what works: the admin API's CreateTopics, consumer groups with
+//! range assignment, commits and committed offsets, headers, CreateTime timestamps, a dead member
+//! evicted after `session.timeout.ms`):
+//! - The high watermark (ListOffsets latest, `fetch_watermarks`, the fetch statistics) is the last
+//!   record batch's base offset + 1, short of the end by the rest of that batch; see `end_offsets`.
+//!   The daemon checks a snapshot that has no committed offset against it; it commits the start
+//!   offset of every partition new to the group at assignment, so that case stays rare (expired
+//!   commits, another cluster) and the crash test does not meet it.
+//! - `offsets_for_times` answers the first offset whatever the timestamp (a rebuild re-reads the whole
+//!   partition rather than `durability.rebuild_window`).
+//! - A second member joining a group waits about 3 s for the rebalance.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::future::Future;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use cdrguard::config::Config;
+use cdrguard::daemon::embedded::{input_producer, produce_input};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::kafka::Read;
+
+/// The tansu release the tests are written against (and `.ci/run` installs).
+pub const TANSU_VERSION: &str = "0.6.0";
+
+/// Where `.ci/run` caches its tansu install: `${CDRGUARD_TOOLS:-$HOME/.cache/cdrguard-tools}/tansu`.
+fn cached_tansu() -> Option<PathBuf> {
+    let tools = match std::env::var_os("CDRGUARD_TOOLS") {
+        Some(t) => PathBuf::from(t),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/cdrguard-tools"),
+    };
+    Some(tools.join("tansu/bin/tansu"))
+}
+
+fn executable(p: &Path) -> bool {
+    p.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The tansu binary: `$TANSU`, else `tansu` on PATH, else the `.ci/run` cache. Panics with how to
+/// install it when there is none: these tests must not pass by not running.
+pub fn tansu_binary() -> PathBuf {
+    if let Some(t) = std::env::var_os("TANSU") {
+        let t = PathBuf::from(t);
+        assert!(
+            executable(&t),
+            "TANSU={} is not an executable file",
+            t.display()
+        );
+        return t;
+    }
+    let on_path: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).collect())
+        .unwrap_or_default();
+    if let Some(t) = on_path
+        .into_iter()
+        .chain(cached_tansu())
+        .find(|p| executable(p))
+    {
+        return t;
+    }
+    if let Some(t) = install_tansu() {
+        return t;
+    }
+    panic!(
+        "tansu (a Kafka-compatible broker) is needed by the real-broker tests and was not found: \
+         not in $TANSU, not on PATH, not at {}. Install it with\n  \
+         cargo install tansu --version {TANSU_VERSION} --locked --features dynostore --root \
+         ~/.cache/cdrguard-tools/tansu\n(about 6 min on 2 cores; `.ci/run` does this), or set \
+         TANSU=/path/to/tansu.",
+        cached_tansu().map_or("the cache".into(), |p| p.display().to_string())
+    );
+}
+
+/// Installs tansu into the cache, once per test process (tests run in threads).
+fn install_tansu() -> Option<PathBuf> {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let bin = cached_tansu()?;
+    if executable(&bin) {
+        return Some(bin);
+    }
+    let root = bin.parent()?.parent()?.to_path_buf();
+    eprintln!(
+        "tansu not found: installing it into {} (once, about 6 min on 2 cores)",
+        root.display()
+    );
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["install", "tansu", "--version", TANSU_VERSION, "--locked"])
+        .args(["--features", "dynostore", "--root"])
+        .arg(&root)
+        .status()
+        .ok()?;
+    (status.success() && executable(&bin)).then_some(bin)
+}
+
+/// The last `lines` lines of a log file, for failure messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A port nobody listens on now (the broker binds it a moment later; a lost race is retried).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs a future to completion on this thread (the admin client's futures need no runtime).
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the broker answers a metadata request (or exits, or the time runs out).
+fn wait_ready(child: &mut Child, brokers: &str, timeout: Duration) -> Result<(), String> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Err(format!("tansu exited: {status}"));
+        }
+        match client.fetch_metadata(None, Duration::from_millis(500)) {
+            Ok(m) if !m.brokers().is_empty() => return Ok(()),
+            _ if Instant::now() >= deadline => {
+                return Err(format!("no metadata from {brokers} after {timeout:?}"))
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// A tansu broker with the daemon's topics; killed on drop.
+pub struct Tansu {
+    child: Child,
+    pub port: u16,
+    pub brokers: String,
+    /// The default topics and group, `demo.partitions` = the input topics' partition count.
+    pub cfg: Config,
+    /// Scratch space of the test: the broker log, daemon configs, logs and state directories.
+    pub dir: tempfile::TempDir,
+}
+
+impl Tansu {
+    /// A broker with the input topics (`partitions` each, co-partitioned), the four alert topics and
+    /// the dead-letter topic (one partition each), as `daemon::embedded::start` makes them.
+    pub fn start(partitions: i32) -> Tansu {
+        let mut t = Tansu::start_empty();
+        t.cfg.demo.partitions = partitions;
+        let k = &t.cfg.kafka;
+        let mut topics = vec![
+            (k.usage_topic.as_str(), partitions),
+            (k.events_topic.as_str(), partitions),
+            (k.dead_letter_topic.as_str(), 1),
+        ];
+        for a in [
+            &k.alert_topics.fraud,
+            &k.alert_topics.collections,
+            &k.alert_topics.key_accounts,
+            &k.alert_topics.care,
+        ] {
+            topics.push((a.as_str(), 1));
+        }
+        t.create_topics(&topics);
+        t
+    }
+
+    /// A broker with no topic.
+    pub fn start_empty() -> Tansu {
+        let bin = tansu_binary();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("tansu.log");
+        let mut last_failure = String::new();
+        // A port found free can be taken before the broker binds it: try another.
+        for _attempt in 0..3 {
+            let port = free_port();
+            let url = format!("tcp://127.0.0.1:{port}");
+            let brokers = format!("127.0.0.1:{port}");
+            let out = File::create(&log).unwrap();
+            let mut child = Command::new(&bin)
+                .arg("broker")
+                .args(["--listener-url", &url])
+                .args(["--advertised-listener-url", &url])
+                .args(["--storage-engine", "memory://tansu/"])
+                // Its flags read these too; an inherited value must not win over nothing.
+                .env_remove("CLUSTER_ID")
+                .env_remove("SCHEMA_REGISTRY")
+                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+            match wait_ready(&mut child, &brokers, Duration::from_secs(30)) {
+                Ok(()) => {
+                    return Tansu {
+                        child,
+                        port,
+                        brokers,
+                        cfg: Config::default(),
+                        dir,
+                    }
+                }
+                Err(why) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last_failure = format!("{why}\n--- tansu log ---\n{}", log_tail(&log, 40));
+                }
+            }
+        }
+        panic!("tansu did not come up: {last_failure}");
+    }
+
+    /// Creates topics (name, partitions) through the Kafka admin API, then waits until the
+    /// metadata shows each with its partitions.
+    pub fn create_topics(&self, topics: &[(&str, i32)]) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .unwrap();
+        let new: Vec<NewTopic> = topics
+            .iter()
+            .map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(1)))
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = block_on(admin.create_topics(&new, &opts))
+            .unwrap_or_else(|e| panic!("create_topics: {e}\n{}", self.log_tail()));
+        for r in results {
+            if let Err((name, code)) = r {
+                panic!("creating topic {name}: {code:?}\n{}", self.log_tail());
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (name, want) in topics {
+            loop {
+                let got = self.partitions(name);
+                if got == *want {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "topic {name}: {got} partitions in the metadata, want {want}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Partitions of a topic in the broker's metadata (0: no such topic).
+    pub fn partitions(&self, topic: &str) -> i32 {
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .unwrap();
+        let m = client
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .unwrap();
+        m.topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len() as i32)
+    }
+
+    /// The broker's log so far (its last lines).
+    pub fn log_tail(&self) -> String {
+        format!(
+            "--- tansu log (last lines) ---\n{}",
+            log_tail(&self.dir.path().join("tansu.log"), 40)
+        )
+    }
+
+    /// Produces NDJSON usage and events as the producers are asked to (keyed, in time order).
+    pub fn produce(&self, usage: &[u8], events: &[u8]) -> u64 {
+        let producer = input_producer(&self.brokers).unwrap();
+        produce_input(
+            &producer,
+            &self.cfg,
+            usage,
+            events,
+            0,
+            &AtomicBool::new(false),
+        )
+        .unwrap()
+    }
+
+    /// Produces NDJSON input at `rate` records/s in a thread (e.g. while the daemon crashes).
+    pub fn produce_at(
+        &self,
+        usage: Vec<u8>,
+        events: Vec<u8>,
+        rate: u32,
+    ) -> std::thread::JoinHandle<u64> {
+        let brokers = self.brokers.clone();
+        let cfg = self.cfg.clone();
+        std::thread::spawn(move || {
+            let producer = input_producer(&brokers).unwrap();
+            produce_input(
+                &producer,
+                &cfg,
+                &usage,
+                &events,
+                rate,
+                &AtomicBool::new(false),
+            )
+            .unwrap()
+        })
+    }
+
+    /// A reader of whole topics from their first offset: every partition assigned, no group.
+    pub fn reader(&self, topics: &[&str]) -> Reader {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("test-reader-{}", fastrand::u64(..)))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for t in topics {
+            let n = self.partitions(t);
+            assert!(n > 0, "topic {t} does not exist");
+            for p in 0..n {
+                tpl.add_partition_offset(t, p, Offset::Beginning).unwrap();
+            }
+        }
+        consumer.assign(&tpl).unwrap();
+        Reader {
+            consumer,
+            messages: Vec::new(),
+        }
+    }
+
+    /// Offsets committed by a consumer group, per partition of `topic` (partitions without one are
+    /// left out).
+    pub fn committed(&self, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions(topic) {
+            tpl.add_partition(topic, p);
+        }
+        let got = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap();
+        got.elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Records committed by the daemon's group on both input topics.
+    pub fn committed_total(&self) -> i64 {
+        let k = &self.cfg.kafka;
+        [&k.usage_topic, &k.events_topic]
+            .iter()
+            .map(|t| self.committed(&k.group_id, t).values().sum::<i64>())
+            .sum()
+    }
+
+    /// Each partition's end: the offset its next record will get.
+    ///
+    /// Not the high watermark tansu 0.6.0 reports (ListOffsets latest, and `fetch_watermarks`): that
+    /// is the last record *batch*'s base offset + 1, short of the end by the rest of that batch, and
+    /// it stays so. The end is found by reading from there until nothing more comes.
+    pub fn end_offsets(&self, topic: &str) -> BTreeMap<i32, i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("test-end-{}", fastrand::u64(..)))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .unwrap();
+        let mut end = BTreeMap::new();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions(topic) {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .unwrap();
+            end.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Offset((high - 1).max(0)))
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut idle_since = Instant::now();
+        while idle_since.elapsed() < Duration::from_millis(1000) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+                let e = end.entry(m.partition()).or_default();
+                *e = (*e).max(m.offset() + 1);
+                idle_since = Instant::now();
+            }
+        }
+        end
+    }
+
+    /// Waits until the daemon's group has committed `total` input records.
+    pub fn wait_committed(&self, total: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.committed_total() as u64 >= total {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        false
+    }
+
+    /// The config of a daemon against this broker: the topics and group of `cfg`, no metrics port,
+    /// snapshots every second to `state_dir`, a crashed member noticed in seconds.
+    pub fn daemon_config(&self, state_dir: &Path) -> Config {
+        let mut cfg = self.cfg.clone();
+        cfg.kafka.brokers = Some(self.brokers.clone());
+        cfg.daemon.metrics_address = String::new();
+        cfg.daemon.workers = 2;
+        cfg.daemon.status_interval = cdrguard::config::Span(5);
+        cfg.rules.watch_interval = cdrguard::config::Span(1);
+        cfg.durability.dir = state_dir.to_str().unwrap().to_string();
+        cfg.durability.snapshot_interval = cdrguard::config::Span(1);
+        cfg.durability.delivery_timeout = cdrguard::config::Span(10);
+        cfg.kafka
+            .options
+            .insert("session.timeout.ms".into(), "6000".into());
+        cfg
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tail());
+        }
+    }
+}
+
+/// Writes `cfg` as a TOML file the daemon reads, and checks it reads back.
+pub fn write_config(cfg: &Config, path: &Path) {
+    let text = toml::to_string(cfg).unwrap();
+    std::fs::write(path, &text).unwrap();
+    if let Err(e) = Config::load(Some(path)) {
+        panic!("{} does not load back: {e:#}\n{text}", path.display());
+    }
+}
+
+/// Topics read back from their beginning.
+pub struct Reader {
+    consumer: BaseConsumer,
+    pub messages: Vec<Read>,
+}
+
+impl Reader {
+    /// Reads until `done(messages)` or the timeout; returns whether `done` was reached.
+    pub fn read_until(&mut self, timeout: Duration, done: impl Fn(&[Read]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if done(&self.messages) {
+                return true;
+            }
+            match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let mut headers = BTreeMap::new();
+                    if let Some(h) = m.headers() {
+                        for i in 0..h.count() {
+                            let hd = h.get(i);
+                            headers.insert(
+                                hd.key.to_string(),
+                                String::from_utf8_lossy(hd.value.unwrap_or_default()).into(),
+                            );
+                        }
+                    }
+                    self.messages.push(Read {
+                        topic: m.topic().to_string(),
+                        partition: m.partition(),
+                        key: m.key().unwrap_or_default().to_vec(),
+                        payload: m.payload().unwrap_or_default().to_vec(),
+                        headers,
+                    });
+                }
+                Some(Err(e)) => eprintln!("reader: {e}"),
+                None => {}
+            }
+        }
+        done(&self.messages)
+    }
+}
+
+/// `cdrguard run` as a process of its own against a broker: killed (SIGKILL) on drop if still
+/// running. Every start appends to one log file, printed when a test fails.
+pub struct DaemonProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Starts `cdrguard run --config <config> --rules <repo>/rules`, logging to `log` (appended).
+    pub fn spawn(config: &Path, log: &Path) -> DaemonProcess {
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        writeln!(out, "=== cdrguard run --config {}", config.display()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cdrguard"))
+            .args(["--log", "info", "run", "--config"])
+            .arg(config)
+            .arg("--rules")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"))
+            .env_remove("CDRGUARD_LOG")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        DaemonProcess {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Asks for a graceful stop (drain, deliver, snapshot, commit), as an orchestrator does.
+    pub fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM {}", self.pid());
+    }
+
+    /// Kills it at once (SIGKILL: no drain, no snapshot, no commit) and reaps it.
+    pub fn sigkill(&mut self) -> ExitStatus {
+        let _ = self.child.kill();
+        self.child.wait().unwrap()
+    }
+
+    /// Its exit status if it has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Waits for it to exit; panics (after killing it) if it is still running after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_wait() {
+                return s;
+            }
+            if Instant::now() >= deadline {
+                self.sigkill();
+                panic!("the daemon did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the log (of every start so far) has `count` lines containing `needle`, e.g.
+    /// `"Partitions assigned."`; false on timeout or if the process exits first.
+    pub fn wait_for_log(&mut self, needle: &str, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().lines().filter(|l| l.contains(needle)).count() >= count {
+                return true;
+            }
+            if self.try_wait().is_some() || Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything logged by every start so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if self.try_wait().is_none() {
+            self.sigkill();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- daemon log {} (last lines) ---\n{}",
+                self.log.display(),
+                log_tail(&self.log, 60)
+            );
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The daemon as a process of its own against a real Kafka-protocol broker (tansu, another program
+//! than the client library): it joins a consumer group, consumes, raises the stories' alerts, stops
+//! on SIGTERM with everything snapshotted and committed.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::kafka::{parse, snapshot_stores, stories, Read};
+use common::tansu::*;
+
+fn alert_topics(cfg: &cdrguard::config::Config) -> Vec<String> {
+    let t = &cfg.kafka.alert_topics;
+    vec![
+        t.fraud.clone(),
+        t.collections.clone(),
+        t.key_accounts.clone(),
+        t.care.clone(),
+    ]
+}
+
+/// (rule, entity) of every alert read.
+fn rule_entities(messages: &[Read]) -> BTreeSet<(String, String)> {
+    messages
+        .iter()
+        .map(parse)
+        .map(|a| (a.rule.id, a.entity.key))
+        .collect()
+}
+
+#[test]
+fn the_daemon_runs_against_a_real_broker() {
+    let started = Instant::now();
+    let k = Tansu::start(2);
+    let (usage, events, labels) = stories(31);
+    let total = usage.iter().chain(&events).filter(|&&b| b == b'\n').count() as u64;
+    let state = k.dir.path().join("state");
+    let config = k.dir.path().join("cdrguard.toml");
+    write_config(&k.daemon_config(&state), &config);
+    let mut daemon = DaemonProcess::spawn(&config, &k.dir.path().join("daemon.log"));
+    assert!(
+        daemon.wait_for_log("Partitions assigned.", 1, Duration::from_secs(60)),
+        "the daemon joined its group"
+    );
+    eprintln!(
+        "broker up, daemon assigned its partitions: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // Live, not a backlog: across partitions Kafka orders nothing, and a Wangiri callback read from
+    // one partition's backlog before the wave's last ring (in the other) is not seen as a callback.
+    // Produced as it happens, both partitions move together.
+    let producer = k.produce_at(usage, events, 2_000);
+
+    // Every story's alert arrives on the department topics.
+    let topics = alert_topics(&k.cfg);
+    let mut reader = k.reader(&topics.iter().map(String::as_str).collect::<Vec<_>>());
+    let want: BTreeSet<(String, String)> = labels
+        .iter()
+        .map(|l| (l.rule.clone(), l.entity.clone()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let complete = loop {
+        let done = reader.read_until(Duration::from_secs(1), |m| {
+            want.is_subset(&rule_entities(m))
+        });
+        if done || daemon.try_wait().is_some() || Instant::now() > deadline {
+            break done;
+        }
+    };
+    let seen = rule_entities(&reader.messages);
+    let missing: Vec<_> = want.difference(&seen).collect();
+    assert!(
+        complete,
+        "{} alert messages, daemon {:?}; story alerts missing: {missing:#?}",
+        reader.messages.len(),
+        daemon.try_wait()
+    );
+    assert_eq!(producer.join().unwrap(), total);
+    eprintln!(
+        "{} story alerts in, {:.1} s",
+        want.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for m in &reader.messages {
+        let a = parse(m);
+        assert_eq!(m.key, a.entity.key.as_bytes(), "keyed by entity");
+        assert_eq!(m.headers["cdrguard.rule"], a.rule.id, "headers kept");
+    }
+
+    // It commits everything it read while running (snapshots every second)...
+    assert!(
+        k.wait_committed(total, Duration::from_secs(60)),
+        "{} of {total} records committed",
+        k.committed_total()
+    );
+    // ...and on SIGTERM drains, snapshots each partition and exits 0.
+    daemon.sigterm();
+    let status = daemon.wait(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status}");
+    eprintln!("stopped, {:.1} s", started.elapsed().as_secs_f64());
+    let kc = &k.cfg.kafka;
+    for topic in [&kc.usage_topic, &kc.events_topic] {
+        assert_eq!(
+            k.committed(&kc.group_id, topic),
+            k.end_offsets(topic),
+            "{topic}: committed offsets are the end of each partition"
+        );
+    }
+    assert_eq!(k.committed_total() as u64, total);
+    assert_eq!(snapshot_stores(&state).len(), 2, "a snapshot per partition");
+}
+
+/// The crash test: a stream with known alerts, the daemon SIGKILLed at random points ten times while
+/// it is produced, restarted each time on its state directory, then left to finish. One partition, so
+/// that the expected alerts are exactly those of a clean replay (see the test above for why).
+#[test]
+fn ten_sigkills_lose_no_alert_and_count_no_record_twice() {
+    const KILLS: usize = 10;
+    let started = Instant::now();
+    let k = Tansu::start(1);
+    let (usage, events, _) = stories(51);
+    let expected = common::kafka::replayed(&usage, &events);
+    let (features, at) = common::kafka::replay_state(&usage, &events);
+    let lines = usage.iter().chain(&events).filter(|&&b| b == b'\n').count() as u64;
+    let state = k.dir.path().join("state");
+    let config = k.dir.path().join("cdrguard.toml");
+    write_config(&k.daemon_config(&state), &config);
+    let log = k.dir.path().join("daemon.log");
+
+    // Bad records first: they must reach the dead-letter topic exactly as often as they exist.
+    let bad: [&[u8]; 3] = [b"{not json", b"{\"record_id\":\"x\"}", b"\xff\xfe"];
+    let raw = cdrguard::daemon::embedded::input_producer(&k.brokers).unwrap();
+    for b in bad {
+        raw.send(
+            rdkafka::producer::BaseRecord::to(&k.cfg.kafka.usage_topic)
+                .key("k")
+                .payload(b),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    rdkafka::producer::Producer::flush(&raw, Duration::from_secs(10)).unwrap();
+    let total = lines + bad.len() as u64;
+    // The input streams in over 80 s while the daemon is killed and restarted.
+    let producer = k.produce_at(usage, events, (lines / 80) as u32);
+
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    let mut daemon = DaemonProcess::spawn(&config, &log);
+    let mut kills = Vec::new();
+    for kill in 0..KILLS {
+        assert!(
+            daemon.wait_for_log("Partitions assigned.", kill + 1, Duration::from_secs(60)),
+            "run {kill} joined its group:\n{}",
+            log_tail(&log, 30)
+        );
+        let after = Duration::from_millis(rng.u64(300..4000));
+        std::thread::sleep(after);
+        daemon.sigkill();
+        let committed = k.committed_total();
+        kills.push((after, committed));
+        daemon = DaemonProcess::spawn(&config, &log);
+    }
+    assert_eq!(producer.join().unwrap(), lines);
+    assert!(
+        k.wait_committed(total, Duration::from_secs(120)),
+        "{} of {total} records committed after the last restart:\n{}",
+        k.committed_total(),
+        log_tail(&log, 30)
+    );
+    daemon.sigterm();
+    assert!(daemon.wait(Duration::from_secs(30)).success());
+
+    // Every expected alert at least once, each id always with the same content, nothing else.
+    let topics = alert_topics(&k.cfg);
+    let mut reader = k.reader(&topics.iter().map(String::as_str).collect::<Vec<_>>());
+    let copies: usize = expected.values().map(|a| a.departments.len()).sum();
+    reader.read_until(Duration::from_secs(30), |m| m.len() >= copies);
+    reader.read_until(Duration::from_secs(2), |_| false);
+    let mut by_id: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    for m in &reader.messages {
+        let mut v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        v.as_object_mut().unwrap().remove("detected_at");
+        let id = v["alert_id"].as_str().unwrap().to_string();
+        if let Some(prev) = by_id.insert(id.clone(), v.clone()) {
+            assert_eq!(prev, v, "alert {id} delivered twice with different content");
+        }
+    }
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|(id, _)| !by_id.contains_key(*id))
+        .map(|(_, a)| format!("{} {}", a.rule.id, a.entity.key))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "expected alerts never delivered: {missing:?}"
+    );
+    let extra: Vec<_> = by_id
+        .iter()
+        .filter(|(id, _)| !expected.contains_key(*id))
+        .map(|(_, v)| format!("{} {}", v["rule"]["id"], v["entity"]["key"]))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "alerts a clean replay does not raise: {extra:?}"
+    );
+
+    // The dead-letter topic holds each bad record (once or more: at least once).
+    let mut dlq = k.reader(&[&k.cfg.kafka.dead_letter_topic]);
+    dlq.read_until(Duration::from_secs(20), |m| m.len() >= bad.len());
+    dlq.read_until(Duration::from_secs(1), |_| false);
+    let dead: BTreeSet<&String> = dlq
+        .messages
+        .iter()
+        .map(|m| &m.headers["cdrguard.source.offset"])
+        .collect();
+    assert_eq!(dead.len(), bad.len(), "every bad record dead-lettered");
+
+    // No record counted twice (or missed) in any window: the final state is a clean replay's.
+    common::kafka::assert_same_state(&state, &features, at);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let count = |needle: &str| text.matches(needle).count();
+    let kill_points: Vec<String> = kills
+        .iter()
+        .map(|(after, c)| format!("{:.1}s/{c}", after.as_secs_f64()))
+        .collect();
+    eprintln!(
+        "crash test summary: {KILLS} SIGKILLs (after assignment / records committed at the kill: {}); \
+         {total} input records ({} bad), all committed; {} alert messages read, {} distinct alerts = \
+         the {} of a clean replay, {} redelivered copies, none with other content; {} dead letters for {} \
+         bad records; {} subscribers' features equal to the replay's; restarts: {} from a snapshot, {} \
+         rebuilt, {} new; {:.0} s in all",
+        kill_points.join(" "),
+        bad.len(),
+        reader.messages.len(),
+        by_id.len(),
+        expected.len(),
+        reader.messages.len() - copies,
+        dlq.messages.len(),
+        bad.len(),
+        features.len(),
+        count("Partition state restored from its snapshot."),
+        count("No usable snapshot"),
+        count("Start offsets of new partitions committed."),
+        started.elapsed().as_secs_f64()
+    );
+}
