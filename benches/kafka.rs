@@ -4,7 +4,9 @@
 //! 1. **Backlog**: a pre-filled input of generated traffic (1M usage records by default, plus their
 //!    account events; 128 partitions, because the mock broker keeps at most 100k messages or 5 MB per
 //!    partition) consumed by the daemon until every record is committed and every alert delivered:
-//!    records per second end to end.
+//!    records per second end to end. Run twice on the same backlog (two consumer groups): without
+//!    state snapshots, then with them every second (commits wait for snapshots, so up to a second
+//!    more until the last commit).
 //! 2. **Steady 20k records/s**: generated traffic produced at a fixed rate for 30 s, with one probe
 //!    record in 200 that a bench-only rule turns into an alert; the time from producing a probe to
 //!    reading its alert back from the department topic, p50 / p99 / max.
@@ -105,9 +107,11 @@ fn start_daemon(
     brokers: &str,
     rules: &Path,
     control: Control,
+    state_dir: Option<&Path>,
 ) -> std::thread::JoinHandle<anyhow::Result<daemon::RunSummary>> {
     let brokers = brokers.to_string();
     let rules = rules.to_path_buf();
+    let state_dir = state_dir.map(Path::to_path_buf);
     std::thread::spawn(move || {
         daemon::run(
             cfg,
@@ -119,7 +123,7 @@ fn start_daemon(
                 sighup: false,
                 status: true,
                 control,
-                state_dir: None,
+                state_dir,
             },
         )
     })
@@ -143,34 +147,53 @@ fn backlog() {
         "kafka bench: backlog of {total} records ({records} usage) produced in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let control = Control::default();
-    let started = Instant::now();
-    let daemon = start_daemon(
-        cfg.clone(),
-        &brokers,
-        &Path::new(ROOT).join("rules"),
-        control.clone(),
-    );
-    loop {
-        std::thread::sleep(Duration::from_millis(500));
-        if committed_total(&brokers, &cfg, partitions) as u64 >= total {
-            break;
+    let state = tempfile::tempdir().unwrap();
+    for (label, dir) in [
+        ("snapshots off", None),
+        ("snapshots on (every 1 s)", Some(state.path())),
+    ] {
+        let mut cfg = cfg.clone();
+        cfg.kafka.group_id = format!("bench-{}", dir.is_some());
+        cfg.durability.snapshot_interval = Span(1);
+        let control = Control::default();
+        let started = Instant::now();
+        let daemon = start_daemon(
+            cfg.clone(),
+            &brokers,
+            &Path::new(ROOT).join("rules"),
+            control.clone(),
+            dir,
+        );
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            if committed_total(&brokers, &cfg, partitions) as u64 >= total {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(900) {
+                eprintln!("kafka bench: backlog not drained in 15 min");
+                break;
+            }
         }
-        if started.elapsed() > Duration::from_secs(900) {
-            eprintln!("kafka bench: backlog not drained in 15 min");
-            break;
-        }
+        let elapsed = started.elapsed();
+        control.stop.store(true, Ordering::Relaxed);
+        let summary = daemon.join().unwrap().unwrap();
+        let snap_bytes: u64 = dir
+            .map(|d| {
+                std::fs::read_dir(d)
+                    .unwrap()
+                    .map(|e| e.unwrap().metadata().unwrap().len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        println!(
+            "kafka backlog, {label}: {total} records consumed, processed and committed (alerts {} delivered, dead letters {}) in {:.1} s from daemon start (incl. ~3 s group join): {:.0} records/s; snapshot files {:.1} MiB",
+            summary.alerts,
+            summary.dead_letters,
+            elapsed.as_secs_f64(),
+            total as f64 / elapsed.as_secs_f64(),
+            snap_bytes as f64 / 1048576.0
+        );
     }
-    let elapsed = started.elapsed();
-    control.stop.store(true, Ordering::Relaxed);
-    let summary = daemon.join().unwrap().unwrap();
-    println!(
-        "kafka backlog: {total} records consumed, processed and committed (alerts {} delivered, dead letters {}) in {:.1} s from daemon start (incl. ~3 s group join): {:.0} records/s",
-        summary.alerts,
-        summary.dead_letters,
-        elapsed.as_secs_f64(),
-        total as f64 / elapsed.as_secs_f64()
-    );
 }
 
 fn steady() {
@@ -200,7 +223,7 @@ fn evaluate(rec, sub, acct, params) {
     let (u, _) = traffic(rate as u64 * seconds, 30_000, 6, false);
     let lines: Vec<&[u8]> = u.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
     let control = Control::default();
-    let daemon = start_daemon(cfg.clone(), &brokers, &lib, control.clone());
+    let daemon = start_daemon(cfg.clone(), &brokers, &lib, control.clone(), None);
     std::thread::sleep(Duration::from_secs(4)); // group join
 
     let reader: BaseConsumer = ClientConfig::new()
