@@ -539,6 +539,37 @@ fn number(s: &str, what: &str) -> anyhow::Result<Number> {
     Number::parse(s).map_err(|why| anyhow::anyhow!("--{what} {s:?}: {why}"))
 }
 
+/// `--at`, `--window` and `--filter` of the reports (`inspect`, `state inspect`), with their defaults.
+fn report_options(
+    at: Option<&str>,
+    windows: Vec<String>,
+    filters: Vec<String>,
+) -> anyhow::Result<(
+    Option<EventTime>,
+    Vec<inspect::WindowSpec>,
+    Vec<ClassFilter>,
+)> {
+    let at = at
+        .map(|s| EventTime::parse(s).map_err(|why| anyhow::anyhow!("--at {s:?}: {why}")))
+        .transpose()?;
+    let or_default = |given: Vec<String>, default: &[&str]| {
+        if given.is_empty() {
+            default.iter().map(|s| s.to_string()).collect()
+        } else {
+            given
+        }
+    };
+    let windows = or_default(windows, inspect::DEFAULT_WINDOWS)
+        .iter()
+        .map(|w| inspect::WindowSpec::parse(w).map_err(anyhow::Error::msg))
+        .collect::<Result<_, _>>()?;
+    let filters = or_default(filters, inspect::DEFAULT_FILTERS)
+        .iter()
+        .map(|f| ClassFilter::parse(f).map_err(anyhow::Error::msg))
+        .collect::<Result<_, _>>()?;
+    Ok((at, windows, filters))
+}
+
 fn inspect_cmd(a: InspectArgs) -> anyhow::Result<i32> {
     let target = match (&a.msisdn, &a.account, &a.calling_number, &a.imei) {
         (Some(m), ..) => Target::Subscriber(number(m, "msisdn")?),
@@ -547,34 +578,7 @@ fn inspect_cmd(a: InspectArgs) -> anyhow::Result<i32> {
         (.., Some(i)) => Target::Imei(number(i, "imei")?),
         _ => unreachable!("clap requires a target"),
     };
-    let at =
-        a.at.as_deref()
-            .map(|s| EventTime::parse(s).map_err(|why| anyhow::anyhow!("--at {s:?}: {why}")))
-            .transpose()?;
-    let windows = if a.windows.is_empty() {
-        inspect::DEFAULT_WINDOWS
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    } else {
-        a.windows
-    };
-    let windows: Vec<inspect::WindowSpec> = windows
-        .iter()
-        .map(|w| inspect::WindowSpec::parse(w).map_err(anyhow::Error::msg))
-        .collect::<Result<_, _>>()?;
-    let filters = if a.filters.is_empty() {
-        inspect::DEFAULT_FILTERS
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    } else {
-        a.filters
-    };
-    let filters: Vec<ClassFilter> = filters
-        .iter()
-        .map(|f| ClassFilter::parse(f).map_err(anyhow::Error::msg))
-        .collect::<Result<_, _>>()?;
+    let (at, windows, filters) = report_options(a.at.as_deref(), a.windows, a.filters)?;
     let dl = a.dead_letter;
     let (report, pipeline) = replay::run_quiet(
         &a.input.usage,
@@ -639,26 +643,7 @@ fn state_cmd(a: StateArgs) -> anyhow::Result<i32> {
                 a.calling_number.as_deref(),
                 a.imei.as_deref(),
             )?;
-            let at = a
-                .at
-                .as_deref()
-                .map(|s| EventTime::parse(s).map_err(|why| anyhow::anyhow!("--at {s:?}: {why}")))
-                .transpose()?;
-            let or_default = |given: Vec<String>, default: &[&str]| {
-                if given.is_empty() {
-                    default.iter().map(|s| s.to_string()).collect()
-                } else {
-                    given
-                }
-            };
-            let windows = or_default(a.windows, inspect::DEFAULT_WINDOWS)
-                .iter()
-                .map(|w| inspect::WindowSpec::parse(w).map_err(anyhow::Error::msg))
-                .collect::<Result<_, _>>()?;
-            let filters = or_default(a.filters, inspect::DEFAULT_FILTERS)
-                .iter()
-                .map(|f| ClassFilter::parse(f).map_err(anyhow::Error::msg))
-                .collect::<Result<_, _>>()?;
+            let (at, windows, filters) = report_options(a.at.as_deref(), a.windows, a.filters)?;
             let opts = statedir::ReportOptions {
                 at,
                 windows,
