@@ -223,7 +223,6 @@ pub fn run(
         callers: std::sync::Mutex::new(callers.as_ref().map(|c| c.0.clone())),
         callers_rebuild: AtomicBool::new(callers_rebuild),
         stopped: AtomicBool::new(false),
-        fresh: Default::default(),
     });
     drop(dir);
     if consumer.context().hook.set(rebalancer.clone()).is_err() {

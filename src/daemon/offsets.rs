@@ -74,6 +74,16 @@ impl Tracker {
         }
     }
 
+    /// A partition the group never committed, starting at `first`: that start is committable at once
+    /// (nothing before it is needed), so the group has a commit before the first snapshot.
+    pub fn start_new(&self, input: Input, partition: i32, first: i64) {
+        let mut parts = self.parts.lock().expect("tracker lock");
+        let p = parts.entry((input, partition)).or_default();
+        *p = Partition::default();
+        p.processed = Some(first - 1);
+        p.cap = Some(first - 1);
+    }
+
     /// A durable snapshot covers the partition up to `last` (inclusive).
     pub fn set_cap(&self, input: Input, partition: i32, last: i64) {
         let mut parts = self.parts.lock().expect("tracker lock");
@@ -196,7 +206,8 @@ impl Tracker {
                     None => continue,
                 }
             }
-            if p.stored.is_none_or(|s| upto > s) && upto >= 0 {
+            // -1 is committable: storing it commits offset 0, a new partition's start.
+            if p.stored.is_none_or(|s| upto > s) && upto >= -1 {
                 out.push((input, partition, upto));
             }
         }

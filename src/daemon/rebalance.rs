@@ -49,8 +49,6 @@ pub struct Rebalancer {
     pub callers_rebuild: AtomicBool,
     /// The run loop has stopped and committed: the revoke at close has nothing left to do.
     pub stopped: AtomicBool,
-    /// Start offsets of partitions the group never committed, to commit once assigned.
-    pub fresh: Mutex<Vec<(String, i32, i64)>>,
 }
 
 /// Where an input of a partition starts reading.
@@ -281,8 +279,10 @@ impl RebalanceHook for Rebalancer {
                 }
             }
             // A partition the group never committed starts where `kafka.start_from` says, resolved
-            // now and committed at once: a crash after its first snapshot then finds a commit to
-            // compare the snapshot with (without one, a snapshot is checked against the log's end).
+            // now and committed with the first offsets stored (not here: a commit in flight while an
+            // assignment starts can hold librdkafka's fetchers, confluentinc/librdkafka#1605). A crash
+            // after its first snapshot then finds a commit to compare the snapshot with (without one,
+            // a snapshot is checked against the log's end, which some brokers report short).
             for i in inputs {
                 let k = index(i);
                 if c[k].is_none() && plan.start[k] == Start::Committed {
@@ -295,12 +295,7 @@ impl RebalanceHook for Rebalancer {
                             };
                             plan.start[k] = Start::At(o);
                             plan.resume.emit_from[k] = Some(o);
-                            self.tracker.start(i, p, Some(o));
-                            self.fresh.lock().expect("rebalancer lock").push((
-                                self.topic(i).to_string(),
-                                p,
-                                o,
-                            ));
+                            self.tracker.start_new(i, p, o);
                         }
                         Err(e) => {
                             tracing::warn!(partition = p, error = %e, "Watermarks unknown; starting per kafka.start_from without an initial commit.");
@@ -368,26 +363,6 @@ impl RebalanceHook for Rebalancer {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Assignment prepared."
         );
-    }
-
-    fn after_assign(&self, consumer: &BaseConsumer<ConsumerCtx>) {
-        let fresh = std::mem::take(&mut *self.fresh.lock().expect("rebalancer lock"));
-        if fresh.is_empty() {
-            return;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for (topic, p, o) in &fresh {
-            let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*o));
-        }
-        match consumer.commit(&tpl, CommitMode::Sync) {
-            Ok(()) => tracing::info!(
-                partitions = fresh.len(),
-                "Start offsets of new partitions committed."
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "Committing the start offsets of new partitions failed.")
-            }
-        }
     }
 
     fn revoking(&self, consumer: &BaseConsumer<ConsumerCtx>, tpl: &TopicPartitionList) {

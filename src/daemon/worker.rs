@@ -117,6 +117,9 @@ struct Pending {
     /// Event time; records that did not decode go first (they wait for nothing).
     time: i64,
     arrived: Instant,
+    /// When it was produced (its Kafka timestamp, or when it arrived if that is earlier or unknown),
+    /// wall-clock ms.
+    produced_ms: i64,
 }
 
 struct Partition {
@@ -625,6 +628,8 @@ impl Worker {
             Input::Events => self.decoder.account_event(&m.payload).map(Item::Event),
         };
         let time = item.as_ref().map_or(i64::MIN, |i| i.time());
+        let now = super::metrics::now_ms();
+        let produced_ms = m.timestamp_ms.map_or(now, |t| t.min(now));
         let partition = m.partition;
         let input = m.input;
         let part = self.partitions.get_mut(&partition).expect("checked above");
@@ -634,6 +639,7 @@ impl Worker {
             item,
             time,
             arrived: Instant::now(),
+            produced_ms,
         };
         match input {
             Input::Usage => part.usage.push_back(pending),
@@ -915,5 +921,8 @@ fn may_go_alone(
     if board.in_transit(other, partition) > 0 {
         return false;
     }
-    board.lag(other, partition) == Some(0) || head.arrived.elapsed() >= max_wait
+    // "Nothing unread" counts only from statistics taken after the head was produced: older ones
+    // cannot know of an earlier record of the other topic produced just before it.
+    let fresh = board.updated_ms() >= head.produced_ms;
+    (fresh && board.lag(other, partition) == Some(0)) || head.arrived.elapsed() >= max_wait
 }

@@ -49,8 +49,6 @@ pub trait RebalanceHook: Send + Sync {
     /// Before the assignment takes effect: restore state and set each partition's start offset in
     /// `tpl` (left as is: the committed offset).
     fn assigned(&self, consumer: &BaseConsumer<ConsumerCtx>, tpl: &mut TopicPartitionList);
-    /// Right after the assignment took effect.
-    fn after_assign(&self, consumer: &BaseConsumer<ConsumerCtx>);
     /// Before the partitions are given away: snapshot their state and commit.
     fn revoking(&self, consumer: &BaseConsumer<ConsumerCtx>, tpl: &TopicPartitionList);
 }
@@ -64,6 +62,8 @@ pub struct LagBoard {
     ready: std::sync::atomic::AtomicBool,
     /// Messages polled and on their way to a worker, not yet in its partition queues.
     in_transit: std::sync::Mutex<ahash::AHashMap<(Input, i32), i64>>,
+    /// Wall-clock ms of the statistics the lags come from (taken then, reported ~ms later).
+    updated_ms: std::sync::atomic::AtomicI64,
     /// Start offsets of partitions that do not start at their committed offset (`set_start`).
     starts: std::sync::Mutex<ahash::AHashMap<(Input, i32), Option<i64>>>,
 }
@@ -84,6 +84,11 @@ impl LagBoard {
             .unwrap_or(0);
         // Negative: assigned, high watermark not reported yet.
         (lag >= 0).then_some(lag)
+    }
+
+    /// When the current lags were reported (wall-clock ms).
+    pub fn updated_ms(&self) -> i64 {
+        self.updated_ms.load(Ordering::Relaxed)
     }
 
     /// A message was handed to a worker's channel (+1) or taken into its queues (−1).
@@ -178,6 +183,9 @@ impl ClientContext for ConsumerCtx {
                 lag.insert((input, p), (part.hi_offset - from).max(0));
             }
         }
+        self.board
+            .updated_ms
+            .store(crate::daemon::metrics::now_ms(), Ordering::Relaxed);
         self.board.ready.store(true, Ordering::Relaxed);
     }
 }
@@ -207,9 +215,6 @@ impl ConsumerContext for ConsumerCtx {
                 tracing::info!(partitions = %parts.join(" "), "Partitions assigned.");
                 if let Err(e) = consumer.assign(tpl) {
                     tracing::error!(error = %e, "Assigning partitions failed.");
-                }
-                if let Some(h) = self.hook.get() {
-                    h.after_assign(consumer);
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
