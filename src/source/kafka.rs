@@ -54,7 +54,7 @@ pub trait RebalanceHook: Send + Sync {
 }
 
 /// Per input partition, messages on the broker not yet handed to cdrguard (from librdkafka's
-/// statistics, every 100 ms). Workers use it to merge a partition's usage and events in event time:
+/// statistics, every 25 ms). Workers use it to merge a partition's usage and events in event time:
 /// a record waits for the other topic only while that topic has something unread.
 #[derive(Default)]
 pub struct LagBoard {
@@ -254,7 +254,11 @@ pub fn consumer(
         // Low fetch wait: a record should not sit at the broker for the default 500 ms (and the
         // mock broker answers a fetch only when the wait expires).
         .set("fetch.wait.max.ms", "2")
-        .set("statistics.interval.ms", "100");
+        // The event-time merge lets a record go ahead of the other topic only on lag statistics
+        // newer than the record, so their period bounds live latency: measured at 20k records/s,
+        // p50 58.7 ms / p99 109.5 ms with 100 ms, 17.0 / 31.2 ms with 25 ms, for ~3% less backlog
+        // throughput (128 partitions).
+        .set("statistics.interval.ms", "25");
     for (k, v) in &cfg.options {
         c.set(k, v);
     }
