@@ -295,7 +295,16 @@ impl RebalanceHook for Rebalancer {
                             };
                             plan.start[k] = Start::At(o);
                             plan.resume.emit_from[k] = Some(o);
+                            // Nothing before the start is needed: the state covers it from here,
+                            // so a snapshot taken before any record arrives says so.
+                            plan.resume.apply_from[k] = Some(o);
                             self.tracker.start_new(i, p, o);
+                            tracing::info!(
+                                topic = self.topic(i),
+                                partition = p,
+                                offset = o,
+                                "Partition new to the group: starting at its first offset to read."
+                            );
                         }
                         Err(e) => {
                             tracing::warn!(partition = p, error = %e, "Watermarks unknown; starting per kafka.start_from without an initial commit.");
