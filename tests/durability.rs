@@ -66,16 +66,7 @@ fn wait_committed(k: &Kafka, partitions: i32, total: u64, timeout: Duration) -> 
 /// Every alert id delivered once or more, each time with the same content.
 fn delivered(reader: &mut Reader) -> BTreeMap<String, serde_json::Value> {
     reader.read_until(Duration::from_secs(3), |_| false);
-    let mut by_id: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    for m in &reader.messages {
-        let mut v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
-        v.as_object_mut().unwrap().remove("detected_at");
-        let id = v["alert_id"].as_str().unwrap().to_string();
-        if let Some(prev) = by_id.insert(id.clone(), v.clone()) {
-            assert_eq!(prev, v, "alert {id} delivered twice with different content");
-        }
-    }
-    by_id
+    alerts_by_id(&reader.messages)
 }
 
 // One partition, so that the expected alerts are exactly the replay's (see tests/kafka.rs).

@@ -263,15 +263,7 @@ fn a_crash_loses_no_alert_of_a_committed_record_and_the_restart_resumes() {
     );
     // Redelivered alerts keep their ids and content.
     reader.read_until(Duration::from_secs(3), |_| false);
-    let mut by_id: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    for m in &reader.messages {
-        let mut v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
-        v.as_object_mut().unwrap().remove("detected_at");
-        let id = v["alert_id"].as_str().unwrap().to_string();
-        if let Some(prev) = by_id.insert(id.clone(), v.clone()) {
-            assert_eq!(prev, v, "alert {id} delivered twice with different content");
-        }
-    }
+    alerts_by_id(&reader.messages);
 }
 
 #[test]

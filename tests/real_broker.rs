@@ -184,15 +184,7 @@ fn ten_sigkills_lose_no_alert_and_count_no_record_twice() {
     let copies: usize = expected.values().map(|a| a.departments.len()).sum();
     reader.read_until(Duration::from_secs(30), |m| m.len() >= copies);
     reader.read_until(Duration::from_secs(2), |_| false);
-    let mut by_id: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
-    for m in &reader.messages {
-        let mut v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
-        v.as_object_mut().unwrap().remove("detected_at");
-        let id = v["alert_id"].as_str().unwrap().to_string();
-        if let Some(prev) = by_id.insert(id.clone(), v.clone()) {
-            assert_eq!(prev, v, "alert {id} delivered twice with different content");
-        }
-    }
+    let by_id = common::kafka::alerts_by_id(&reader.messages);
     let missing: Vec<_> = expected
         .iter()
         .filter(|(id, _)| !by_id.contains_key(*id))

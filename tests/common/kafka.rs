@@ -190,6 +190,13 @@ pub struct Reader {
 }
 
 impl Reader {
+    pub fn new(consumer: BaseConsumer) -> Reader {
+        Reader {
+            consumer,
+            messages: Vec::new(),
+        }
+    }
+
     /// Reads until `done(messages)` or the timeout; returns whether `done` was reached.
     pub fn read_until(&mut self, timeout: Duration, done: impl Fn(&[Read]) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
@@ -197,7 +204,15 @@ impl Reader {
             if done(&self.messages) {
                 return true;
             }
-            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(100)) {
+            let m = match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    eprintln!("reader: {e}");
+                    continue;
+                }
+                None => continue,
+            };
+            {
                 let mut headers = BTreeMap::new();
                 if let Some(h) = m.headers() {
                     for i in 0..h.count() {
@@ -393,4 +408,18 @@ pub fn assert_same_state(
         serde_json::to_string(&got.get(&differ[0])).unwrap(),
         serde_json::to_string(&expected[&differ[0]]).unwrap(),
     );
+}
+
+/// Alerts read, by id (without `detected_at`); fails if an id came with two contents.
+pub fn alerts_by_id(messages: &[Read]) -> BTreeMap<String, serde_json::Value> {
+    let mut by_id: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for m in messages {
+        let mut v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        v.as_object_mut().unwrap().remove("detected_at");
+        let id = v["alert_id"].as_str().unwrap().to_string();
+        if let Some(prev) = by_id.insert(id.clone(), v.clone()) {
+            assert_eq!(prev, v, "alert {id} delivered twice with different content");
+        }
+    }
+    by_id
 }

@@ -38,10 +38,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::kafka::Read;
+use super::kafka::Reader;
 
 /// The tansu release the tests are written against (and `.ci/run` installs).
 pub const TANSU_VERSION: &str = "0.6.0";
@@ -367,10 +367,7 @@ impl Tansu {
             }
         }
         consumer.assign(&tpl).unwrap();
-        Reader {
-            consumer,
-            messages: Vec::new(),
-        }
+        Reader::new(consumer)
     }
 
     /// Offsets committed by a consumer group, per partition of `topic` (partitions without one are
@@ -488,48 +485,6 @@ pub fn write_config(cfg: &Config, path: &Path) {
     std::fs::write(path, &text).unwrap();
     if let Err(e) = Config::load(Some(path)) {
         panic!("{} does not load back: {e:#}\n{text}", path.display());
-    }
-}
-
-/// Topics read back from their beginning.
-pub struct Reader {
-    consumer: BaseConsumer,
-    pub messages: Vec<Read>,
-}
-
-impl Reader {
-    /// Reads until `done(messages)` or the timeout; returns whether `done` was reached.
-    pub fn read_until(&mut self, timeout: Duration, done: impl Fn(&[Read]) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if done(&self.messages) {
-                return true;
-            }
-            match self.consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => {
-                    let mut headers = BTreeMap::new();
-                    if let Some(h) = m.headers() {
-                        for i in 0..h.count() {
-                            let hd = h.get(i);
-                            headers.insert(
-                                hd.key.to_string(),
-                                String::from_utf8_lossy(hd.value.unwrap_or_default()).into(),
-                            );
-                        }
-                    }
-                    self.messages.push(Read {
-                        topic: m.topic().to_string(),
-                        partition: m.partition(),
-                        key: m.key().unwrap_or_default().to_vec(),
-                        payload: m.payload().unwrap_or_default().to_vec(),
-                        headers,
-                    });
-                }
-                Some(Err(e)) => eprintln!("reader: {e}"),
-                None => {}
-            }
-        }
-        done(&self.messages)
     }
 }
 
