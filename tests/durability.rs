@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cdrguard::config::{Config, Span};
@@ -27,29 +27,6 @@ fn durable_config(k: &Kafka) -> Config {
         .options
         .insert("session.timeout.ms".into(), "6000".into());
     cfg
-}
-
-/// Produces the input at `rate` records/s in a thread, as the daemon runs and crashes.
-fn produce_slowly(
-    k: &Kafka,
-    usage: Vec<u8>,
-    events: Vec<u8>,
-    rate: u32,
-) -> std::thread::JoinHandle<u64> {
-    let brokers = k.brokers.clone();
-    let cfg = k.cfg.clone();
-    std::thread::spawn(move || {
-        let producer = cdrguard::daemon::embedded::input_producer(&brokers).unwrap();
-        cdrguard::daemon::embedded::produce_input(
-            &producer,
-            &cfg,
-            &usage,
-            &events,
-            rate,
-            &AtomicBool::new(false),
-        )
-        .unwrap()
-    })
 }
 
 fn wait_committed(k: &Kafka, partitions: i32, total: u64, timeout: Duration) -> bool {
@@ -79,7 +56,7 @@ fn crashes_mid_stream_lose_no_alert_and_count_no_record_twice() {
     let lines = usage.iter().chain(&events).filter(|&&b| b == b'\n').count() as u64;
     let bad: [&[u8]; 3] = [b"{not json", b"{\"record_id\":\"x\"}", b"\xff\xfe"];
     let total = lines + bad.len() as u64;
-    let producer = produce_slowly(&k, usage, events, 2_500);
+    let producer = produce_in_thread(&k.brokers, &k.cfg, usage, events, 2_500);
     let state = tempfile::tempdir().unwrap();
     let cfg = durable_config(&k);
     let topics = alert_topics(&k);
@@ -280,7 +257,7 @@ fn a_partition_handed_to_another_daemon_keeps_its_alerts_and_state() {
     let k = Kafka::start(2);
     let (usage, events, labels) = stories(43);
     let lines = usage.iter().chain(&events).filter(|&&b| b == b'\n').count() as u64;
-    let producer = produce_slowly(&k, usage, events, 3_000);
+    let producer = produce_in_thread(&k.brokers, &k.cfg, usage, events, 3_000);
     let topics = alert_topics(&k);
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     let mut reader = k.reader(&topic_refs);

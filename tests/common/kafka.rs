@@ -152,25 +152,7 @@ impl Kafka {
 
     /// Offsets committed by a consumer group, per (topic, partition).
     pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("group.id", group)
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition(topic, p);
-        }
-        let got = consumer
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .unwrap();
-        got.elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((e.partition(), o)),
-                _ => None,
-            })
-            .collect()
+        committed_offsets(&self.brokers, group, topic, partitions)
     }
 }
 
@@ -422,4 +404,56 @@ pub fn alerts_by_id(messages: &[Read]) -> BTreeMap<String, serde_json::Value> {
         }
     }
     by_id
+}
+
+/// Offsets committed by a consumer group on `brokers`, per partition of `topic`.
+pub fn committed_offsets(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    got.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Produces NDJSON input to `brokers` at `rate` records/s in a thread, as a daemon runs and crashes.
+pub fn produce_in_thread(
+    brokers: &str,
+    cfg: &Config,
+    usage: Vec<u8>,
+    events: Vec<u8>,
+    rate: u32,
+) -> std::thread::JoinHandle<u64> {
+    let brokers = brokers.to_string();
+    let cfg = cfg.clone();
+    std::thread::spawn(move || {
+        let producer = daemon::embedded::input_producer(&brokers).unwrap();
+        daemon::embedded::produce_input(
+            &producer,
+            &cfg,
+            &usage,
+            &events,
+            rate,
+            &AtomicBool::new(false),
+        )
+        .unwrap()
+    })
 }

@@ -333,20 +333,7 @@ impl Tansu {
         events: Vec<u8>,
         rate: u32,
     ) -> std::thread::JoinHandle<u64> {
-        let brokers = self.brokers.clone();
-        let cfg = self.cfg.clone();
-        std::thread::spawn(move || {
-            let producer = input_producer(&brokers).unwrap();
-            produce_input(
-                &producer,
-                &cfg,
-                &usage,
-                &events,
-                rate,
-                &AtomicBool::new(false),
-            )
-            .unwrap()
-        })
+        super::kafka::produce_in_thread(&self.brokers, &self.cfg, usage, events, rate)
     }
 
     /// A reader of whole topics from their first offset: every partition assigned, no group.
@@ -373,25 +360,7 @@ impl Tansu {
     /// Offsets committed by a consumer group, per partition of `topic` (partitions without one are
     /// left out).
     pub fn committed(&self, group: &str, topic: &str) -> BTreeMap<i32, i64> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("group.id", group)
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..self.partitions(topic) {
-            tpl.add_partition(topic, p);
-        }
-        let got = consumer
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .unwrap();
-        got.elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((e.partition(), o)),
-                _ => None,
-            })
-            .collect()
+        super::kafka::committed_offsets(&self.brokers, group, topic, self.partitions(topic))
     }
 
     /// Records committed by the daemon's group on both input topics.
