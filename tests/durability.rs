@@ -51,8 +51,7 @@ fn delivered(reader: &mut Reader) -> BTreeMap<String, serde_json::Value> {
 fn crashes_mid_stream_lose_no_alert_and_count_no_record_twice() {
     let k = Kafka::start(1);
     let (usage, events, _) = stories(41);
-    let expected = replayed(&usage, &events);
-    let (features, at) = replay_state(&usage, &events);
+    let (expected, features, at) = replay_state(&usage, &events);
     let lines = usage.iter().chain(&events).filter(|&&b| b == b'\n').count() as u64;
     let bad: [&[u8]; 3] = [b"{not json", b"{\"record_id\":\"x\"}", b"\xff\xfe"];
     let total = lines + bad.len() as u64;
@@ -136,8 +135,7 @@ fn crashes_mid_stream_lose_no_alert_and_count_no_record_twice() {
 fn a_corrupt_snapshot_is_reported_and_the_state_rebuilt_from_the_input() {
     let k = Kafka::start(1);
     let (usage, events, _) = stories(42);
-    let expected = replayed(&usage, &events);
-    let (features, at) = replay_state(&usage, &events);
+    let (expected, features, at) = replay_state(&usage, &events);
     // Split both inputs at one instant, so that each run sees them merged as the replay does.
     let half = usage.len() / 2;
     let cut = half + usage[half..].iter().position(|&b| b == b'\n').unwrap() + 1;

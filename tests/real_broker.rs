@@ -127,8 +127,7 @@ fn ten_sigkills_lose_no_alert_and_count_no_record_twice() {
     let started = Instant::now();
     let k = Tansu::start(1);
     let (usage, events, _) = stories(51);
-    let expected = common::kafka::replayed(&usage, &events);
-    let (features, at) = common::kafka::replay_state(&usage, &events);
+    let (expected, features, at) = common::kafka::replay_state(&usage, &events);
     let lines = usage.iter().chain(&events).filter(|&&b| b == b'\n').count() as u64;
     let state = k.dir.path().join("state");
     let config = k.dir.path().join("cdrguard.toml");

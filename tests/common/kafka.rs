@@ -67,16 +67,7 @@ impl Kafka {
 
     /// Produces NDJSON usage and events as the producers are asked to (keyed, in time order).
     pub fn produce(&self, usage: &[u8], events: &[u8]) -> u64 {
-        let producer = daemon::embedded::input_producer(&self.brokers).unwrap();
-        daemon::embedded::produce_input(
-            &producer,
-            &self.cfg,
-            usage,
-            events,
-            0,
-            &AtomicBool::new(false),
-        )
-        .unwrap()
+        produce_now(&self.brokers, &self.cfg, usage, events)
     }
 
     /// Produces raw payloads to a topic (bad input).
@@ -252,21 +243,30 @@ pub fn stories(seed: u64) -> (Vec<u8>, Vec<u8>, Vec<cdrguard::gen::stories::Labe
     (u, e, s.labels)
 }
 
-/// The alerts a replay of the same input raises, by id.
-pub fn replayed(usage: &[u8], events: &[u8]) -> BTreeMap<String, Alert> {
+/// A replay of the input with the shipped rules: its pipeline and the alerts by id.
+fn replay_bytes(
+    usage: &[u8],
+    events: &[u8],
+) -> (cdrguard::pipeline::Pipeline, BTreeMap<String, Alert>) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("u.ndjson"), usage).unwrap();
     std::fs::write(dir.path().join("e.ndjson"), events).unwrap();
-    let (_, _, alerts) = replay_with(
+    let (_, pipeline, alerts) = replay_with(
         &fixture("rules"),
         &dir.path().join("u.ndjson"),
         Some(&dir.path().join("e.ndjson")),
         None,
     );
-    alerts
+    let alerts = alerts
         .into_iter()
         .map(|a| (a.alert_id.clone(), a))
-        .collect()
+        .collect();
+    (pipeline, alerts)
+}
+
+/// The alerts a replay of the same input raises, by id.
+pub fn replayed(usage: &[u8], events: &[u8]) -> BTreeMap<String, Alert> {
+    replay_bytes(usage, events).1
 }
 
 pub fn alert_topics(k: &Kafka) -> Vec<String> {
@@ -334,26 +334,24 @@ pub fn snapshot_stores(dir: &Path) -> Vec<cdrguard::state::WindowStore> {
     stores
 }
 
-/// The state a clean replay of the same input ends with, and the time to compare features at.
+/// What a clean replay of the same input gives: its alerts by id, the state's features and the
+/// time to compare features at.
 pub fn replay_state(
     usage: &[u8],
     events: &[u8],
-) -> (BTreeMap<String, serde_json::Value>, EventTime) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("u.ndjson"), usage).unwrap();
-    std::fs::write(dir.path().join("e.ndjson"), events).unwrap();
-    let (_, pipeline, _) = replay_with(
-        &fixture("rules"),
-        &dir.path().join("u.ndjson"),
-        Some(&dir.path().join("e.ndjson")),
-        None,
-    );
+) -> (
+    BTreeMap<String, Alert>,
+    BTreeMap<String, serde_json::Value>,
+    EventTime,
+) {
+    let (pipeline, alerts) = replay_bytes(usage, events);
     let store = pipeline.store.borrow();
     let at = EventTime {
         utc: store.newest_event_time().unwrap(),
         offset_min: 0,
     };
-    (state_features(&[&store], at), at)
+    let features = state_features(&[&store], at);
+    (alerts, features, at)
 }
 
 pub fn assert_same_state(
@@ -456,4 +454,11 @@ pub fn produce_in_thread(
         )
         .unwrap()
     })
+}
+
+/// Produces NDJSON usage and events to `brokers` as the producers are asked to (keyed, in time order).
+pub fn produce_now(brokers: &str, cfg: &Config, usage: &[u8], events: &[u8]) -> u64 {
+    let producer = daemon::embedded::input_producer(brokers).unwrap();
+    daemon::embedded::produce_input(&producer, cfg, usage, events, 0, &AtomicBool::new(false))
+        .unwrap()
 }

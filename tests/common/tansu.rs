@@ -27,13 +27,11 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use cdrguard::config::Config;
-use cdrguard::daemon::embedded::{input_producer, produce_input};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -314,16 +312,7 @@ impl Tansu {
 
     /// Produces NDJSON usage and events as the producers are asked to (keyed, in time order).
     pub fn produce(&self, usage: &[u8], events: &[u8]) -> u64 {
-        let producer = input_producer(&self.brokers).unwrap();
-        produce_input(
-            &producer,
-            &self.cfg,
-            usage,
-            events,
-            0,
-            &AtomicBool::new(false),
-        )
-        .unwrap()
+        super::kafka::produce_now(&self.brokers, &self.cfg, usage, events)
     }
 
     /// Produces NDJSON input at `rate` records/s in a thread (e.g. while the daemon crashes).
