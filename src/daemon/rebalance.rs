@@ -389,15 +389,10 @@ impl RebalanceHook for Rebalancer {
                 .or_default()
                 .push(p);
         }
-        let snapshot = self.dir.is_some();
         let mut waits = Vec::new();
         for (w, partitions) in by_worker {
             let (reply, wait) = sync_channel(1);
-            let work = Work::Release {
-                partitions,
-                snapshot,
-                reply,
-            };
+            let work = Work::Release { partitions, reply };
             if workers[w].send(work).is_ok() {
                 waits.push(wait);
             }
@@ -411,7 +406,7 @@ impl RebalanceHook for Rebalancer {
                 Err(_) => durable = false,
             }
         }
-        if let (Some(callers), true) = (&callers, snapshot) {
+        if let (Some(callers), true) = (&callers, self.dir.is_some()) {
             let (tx, rx) = sync_channel(1);
             if callers
                 .send(CallerWork::Snapshot { done: Some(tx) })

@@ -64,7 +64,6 @@ pub enum Work {
     /// one receiver per snapshot, told when it is durable.
     Release {
         partitions: Vec<i32>,
-        snapshot: bool,
         reply: SyncSender<Vec<Receiver<bool>>>,
     },
     /// Finish what is queued, snapshot, then stop.
@@ -199,12 +198,8 @@ pub fn run(setup: WorkerSetup, rx: Receiver<Work>) {
                 state,
                 resume,
             }) => w.assign(partition, state, resume),
-            Ok(Work::Release {
-                partitions,
-                snapshot,
-                reply,
-            }) => {
-                let done = w.release(&partitions, snapshot);
+            Ok(Work::Release { partitions, reply }) => {
+                let done = w.release(&partitions);
                 let _ = reply.send(done);
             }
             Ok(Work::Stop) | Err(RecvTimeoutError::Disconnected) => {
@@ -522,13 +517,13 @@ impl Worker {
         );
     }
 
-    /// Processes what is queued for the partitions, snapshots them (when asked) and drops them
-    /// (snapshots on) or keeps them (off: they usually come straight back in an eager rebalance).
-    fn release(&mut self, partitions: &[i32], snapshot: bool) -> Vec<Receiver<bool>> {
+    /// Processes what is queued for the partitions, then snapshots and drops them (snapshots on) or
+    /// keeps them (off: they usually come straight back in an eager rebalance).
+    fn release(&mut self, partitions: &[i32]) -> Vec<Receiver<bool>> {
         let mut done = Vec::new();
         for &p in partitions {
             self.drain(p, true);
-            if snapshot && self.setup.snapshots.is_some() {
+            if self.setup.snapshots.is_some() {
                 let (tx, rx) = sync_channel(1);
                 self.snapshot(p, Some(tx), true);
                 done.push(rx);
