@@ -916,8 +916,10 @@ fn may_go_alone(
     if board.in_transit(other, partition) > 0 {
         return false;
     }
-    // "Nothing unread" counts only from statistics taken after the head was produced: older ones
-    // cannot know of an earlier record of the other topic produced just before it.
-    let fresh = board.updated_ms() >= head.produced_ms;
+    // "Nothing unread" counts only from statistics taken after the head was produced (plus the few
+    // ms a record takes to reach the broker and a fetch response to report it): older ones cannot
+    // know of an earlier record of the other topic produced just before it.
+    const IN_FLIGHT_MS: i64 = 10;
+    let fresh = board.updated_ms() >= head.produced_ms + IN_FLIGHT_MS;
     (fresh && board.lag(other, partition) == Some(0)) || head.arrived.elapsed() >= max_wait
 }
