@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use cdrguard::config::{Config, Span};
 use cdrguard::daemon::{self, Control, RunOptions};
-use cdrguard::gen::{generate, GenConfig};
+use cdrguard::demo::gen::{generate, GenConfig};
 use cdrguard::record::EventTime;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -42,16 +42,16 @@ fn config() -> Config {
 }
 
 /// The embedded broker of `cdrguard run`, with `partitions` per input topic.
-fn cluster(partitions: i32, cfg: &Config) -> (daemon::embedded::Embedded, String) {
+fn cluster(partitions: i32, cfg: &Config) -> (cdrguard::demo::embedded::Embedded, String) {
     let mut cfg = cfg.clone();
     cfg.demo.partitions = partitions;
-    let broker = daemon::embedded::start(&cfg).unwrap();
+    let broker = cdrguard::demo::embedded::start(&cfg).unwrap();
     let b = broker.bootstrap.clone();
     (broker, b)
 }
 
 fn traffic(records: u64, subscribers: u32, seed: u64, stories: bool) -> (Vec<u8>, Vec<u8>) {
-    let now = cdrguard::daemon::metrics::now_ms() / 1000;
+    let now = cdrguard::telemetry::metrics::now_ms() / 1000;
     let gen = GenConfig {
         seed,
         subscribers,
@@ -62,7 +62,7 @@ fn traffic(records: u64, subscribers: u32, seed: u64, stories: bool) -> (Vec<u8>
         },
         days: 4,
         inject: if stories {
-            cdrguard::gen::stories::STORY_RULES
+            cdrguard::demo::gen::stories::STORY_RULES
                 .iter()
                 .map(|r| (r.to_string(), 2))
                 .collect()
@@ -138,11 +138,17 @@ fn backlog() {
     let partitions = 128;
     let (_cluster, brokers) = cluster(partitions, &cfg);
     let (u, e) = traffic(records, (records / 10) as u32, 5, true);
-    let producer = daemon::embedded::input_producer(&brokers).unwrap();
+    let producer = cdrguard::demo::embedded::input_producer(&brokers).unwrap();
     let t = Instant::now();
-    let total =
-        daemon::embedded::produce_input(&producer, &cfg, &u, &e, 0, &AtomicBool::new(false))
-            .unwrap();
+    let total = cdrguard::demo::embedded::produce_input(
+        &producer,
+        &cfg,
+        &u,
+        &e,
+        0,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     eprintln!(
         "kafka bench: backlog of {total} records ({records} usage) produced in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -268,8 +274,8 @@ fn evaluate(rec, sub, acct, params) {
         h
     });
 
-    let producer = daemon::embedded::input_producer(&brokers).unwrap();
-    let now = cdrguard::daemon::metrics::now_ms() / 1000;
+    let producer = cdrguard::demo::embedded::input_producer(&brokers).unwrap();
+    let now = cdrguard::telemetry::metrics::now_ms() / 1000;
     let started = Instant::now();
     let mut probes = 0u64;
     for (i, line) in lines.iter().enumerate() {

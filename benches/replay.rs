@@ -6,8 +6,8 @@ use std::io::BufWriter;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-use cdrguard::gen::{generate, GenConfig};
-use cdrguard::replay::{self, ReplayOptions, RulesChoice};
+use cdrguard::demo::gen::{generate, GenConfig};
+use cdrguard::modes::replay::{self, ReplayOptions, RulesChoice};
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();

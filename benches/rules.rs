@@ -33,7 +33,7 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throug
 
 use cdrguard::classify::RecordClass;
 use cdrguard::config::Config;
-use cdrguard::gen::{generate, GenConfig};
+use cdrguard::demo::gen::{generate, GenConfig};
 use cdrguard::pipeline::{Pipeline, Verdict};
 use cdrguard::record::UsageRecord;
 use cdrguard::rules::RuleSources;

@@ -14,15 +14,15 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use cdrguard::alert::memory::AlertMemory;
 use cdrguard::config::{Config, Span};
-use cdrguard::daemon::checkpoint::{self, PartitionState, PartitionStateRef};
 use cdrguard::daemon::{self, Control, RunOptions};
-use cdrguard::gen::{generate, GenConfig};
+use cdrguard::demo::gen::{generate, GenConfig};
+use cdrguard::durability::checkpoint::{self, PartitionState, PartitionStateRef};
+use cdrguard::durability::snapshot::{self, Loaded, Position, SnapshotKind};
 use cdrguard::pipeline::Pipeline;
 use cdrguard::record::EventTime;
-use cdrguard::rules::memory::AlertMemory;
 use cdrguard::source::{Decoded, Item};
-use cdrguard::state::snapshot::{self, Loaded, Position, SnapshotKind};
 use cdrguard::state::WindowStore;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -42,7 +42,7 @@ fn rss_mib() -> f64 {
 /// A store with `subscribers` subscribers, built the way the daemon builds one (decode, classify,
 /// apply), without rules.
 fn build_state(cfg: &Config, subscribers: u32) -> WindowStore {
-    let now = daemon::metrics::now_ms() / 1000;
+    let now = cdrguard::telemetry::metrics::now_ms() / 1000;
     let gen = GenConfig {
         seed: 11,
         subscribers,
@@ -176,9 +176,9 @@ fn main() {
         ("an empty state", empty.path()),
         (with_snapshot.as_str(), dir.path()),
     ] {
-        let broker = daemon::embedded::start(&cfg).unwrap();
+        let broker = cdrguard::demo::embedded::start(&cfg).unwrap();
         let brokers = broker.bootstrap.clone();
-        let producer = daemon::embedded::input_producer(&brokers).unwrap();
+        let producer = cdrguard::demo::embedded::input_producer(&brokers).unwrap();
         producer
             .send(
                 BaseRecord::to(&cfg.kafka.usage_topic)

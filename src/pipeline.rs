@@ -13,11 +13,11 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use crate::alert::memory::AlertMemory;
 use crate::classify::Classifier;
 use crate::record::{Reject, RejectReason};
 use crate::rules::{
-    memory::AlertMemory, BuildErrors, RuleEngine, RuleSet, RuleSources, SandboxLimits, Shared,
-    SharedStore,
+    BuildErrors, RuleEngine, RuleSet, RuleSources, SandboxLimits, Shared, SharedStore,
 };
 use crate::source::{Decoded, Item};
 use crate::state::{Outcome, Timer, WindowStore};

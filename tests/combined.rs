@@ -5,11 +5,11 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use cdrguard::gen::{generate, GenConfig};
+use cdrguard::demo::gen::{generate, GenConfig};
 use common::*;
 
 fn config(inject: bool) -> GenConfig {
-    let mut stories: Vec<(String, u32)> = cdrguard::gen::stories::STORY_RULES
+    let mut stories: Vec<(String, u32)> = cdrguard::demo::gen::stories::STORY_RULES
         .iter()
         .map(|r| (r.to_string(), 1))
         .collect();
@@ -33,7 +33,7 @@ fn config(inject: bool) -> GenConfig {
 /// (rule, entity, severity) → how many.
 type Tally = BTreeMap<(String, String, String), u32>;
 
-fn replay(cfg: &GenConfig) -> (Tally, Vec<cdrguard::gen::stories::Label>, String) {
+fn replay(cfg: &GenConfig) -> (Tally, Vec<cdrguard::demo::gen::stories::Label>, String) {
     let dir = tempfile::tempdir().unwrap();
     let (mut usage, mut events) = (Vec::new(), Vec::new());
     let summary = generate(cfg, &mut usage, &mut events).unwrap();

@@ -272,7 +272,7 @@ fn replay_to_string(dir: &Path) -> String {
 fn two_replays_of_the_same_input_give_identical_alerts() {
     // Background traffic with IRSF and Wangiri stories and an overdue invoice mixed in.
     let dir = tempfile::tempdir().unwrap();
-    let cfg = cdrguard::gen::GenConfig {
+    let cfg = cdrguard::demo::gen::GenConfig {
         subscribers: 2_000,
         records: 20_000,
         seed: 7,
@@ -280,7 +280,7 @@ fn two_replays_of_the_same_input_give_identical_alerts() {
     };
     let mut usage = Vec::new();
     let mut events = Vec::new();
-    cdrguard::gen::generate(&cfg, &mut usage, &mut events).unwrap();
+    cdrguard::demo::gen::generate(&cfg, &mut usage, &mut events).unwrap();
     for case in [
         "irsf_high_risk_destination/sixty_minutes_escalates_to_critical",
         "wangiri_inbound/twenty_victims_in_ten_minutes",
@@ -301,7 +301,8 @@ fn two_replays_of_the_same_input_give_identical_alerts() {
 
 #[test]
 fn the_shipped_rules_pass_their_own_test_cases() {
-    let report = cdrguard::ruletest::run(&fixture("rules"), &fixture("fixtures/rules")).unwrap();
+    let report =
+        cdrguard::modes::ruletest::run(&fixture("rules"), &fixture("fixtures/rules")).unwrap();
     assert!(report.cases.len() >= 2, "cases found");
     assert_eq!(report.failed(), 0, "\n{}", report.render());
     assert!(report.untested.is_empty(), "{:?}", report.untested);
@@ -327,7 +328,7 @@ fn a_case_whose_expectation_is_wrong_fails_with_a_diff() {
             ),
         ],
     );
-    let report = cdrguard::ruletest::run(&lib, &dir.path().join("no-such-folder")).unwrap();
+    let report = cdrguard::modes::ruletest::run(&lib, &dir.path().join("no-such-folder")).unwrap();
     assert_eq!(report.cases.len(), 1);
     assert_eq!(report.failed(), 1);
     let text = report.render();

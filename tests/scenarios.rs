@@ -13,9 +13,9 @@
 use std::path::{Path, PathBuf};
 
 use cdrguard::classify::ClassFilter;
-use cdrguard::inspect::{self, Target, WindowSpec};
+use cdrguard::modes::inspect::{self, Target, WindowSpec};
+use cdrguard::modes::replay;
 use cdrguard::record::{EventTime, Number};
-use cdrguard::replay;
 use serde_json::Value;
 
 fn subset(expected: &Value, actual: &Value, path: &str, errors: &mut Vec<String>) {

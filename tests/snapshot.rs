@@ -6,7 +6,7 @@ use std::path::Path;
 
 use cdrguard::classify::ClassFilter;
 use cdrguard::config::Config;
-use cdrguard::inspect::{self, Target, WindowSpec};
+use cdrguard::modes::inspect::{self, Target, WindowSpec};
 use cdrguard::pipeline::Pipeline;
 use cdrguard::record::{EventTime, Number};
 use cdrguard::source::MergedSource;

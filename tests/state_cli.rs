@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use cdrguard::alert::memory::AlertMemory;
 use cdrguard::config::Config;
-use cdrguard::daemon::checkpoint::{
+use cdrguard::durability::checkpoint::{
     self, CallerStateRef, PartitionState, PartitionStateRef, StateDir,
 };
+use cdrguard::durability::snapshot::{self, Loaded, Position, SnapshotKind};
 use cdrguard::record::Number;
-use cdrguard::rules::memory::AlertMemory;
-use cdrguard::state::snapshot::{self, Loaded, Position, SnapshotKind};
 use cdrguard::state::{Outcome, WindowStore};
 use serde_json::Value;
 

@@ -13,10 +13,6 @@
 //! engines, and a blocking poll loop is all the consumer needs. Partitions are the unit of
 //! parallelism: a partition's state lives in exactly one worker.
 
-pub mod checkpoint;
-pub mod embedded;
-pub mod metrics;
-pub mod offsets;
 pub mod rebalance;
 pub mod worker;
 
@@ -36,8 +32,8 @@ use crate::rules::{RuleSet, RuleSources, Shared};
 use crate::sink::kafka::OutputProducer;
 use crate::source::kafka::{self as kafka_in, ConsumerCtx, InputMessage};
 
-use metrics::Metrics;
-use offsets::{Input, Tracker};
+use crate::sink::ack::{Input, Tracker};
+use crate::telemetry::metrics::{self, Metrics};
 use worker::{Work, WorkerSetup};
 
 /// How a run is controlled from outside (signals, tests).
@@ -108,7 +104,7 @@ pub fn run(
         .last_poll_ms
         .store(metrics::now_ms(), Ordering::Relaxed);
     let dir = match &opts.state_dir {
-        Some(d) => Some(Arc::new(checkpoint::StateDir::open(d)?)),
+        Some(d) => Some(Arc::new(crate::durability::checkpoint::StateDir::open(d)?)),
         None => {
             tracing::warn!("No durability.dir: state is not snapshotted and is lost on restart.");
             None
@@ -127,7 +123,7 @@ pub fn run(
     let (snapshot_tx, writer) = match &dir {
         Some(dir) => {
             let (tx, rx) = sync_channel(64);
-            let handle = checkpoint::spawn_writer(
+            let handle = crate::durability::checkpoint::spawn_writer(
                 dir.clone(),
                 tracker.clone(),
                 metrics.clone(),
@@ -395,17 +391,19 @@ pub fn run(
 }
 
 /// Reads the caller shard's snapshot; the flag says whether its state must be rebuilt (none usable).
-fn load_callers(dir: &checkpoint::StateDir) -> (Option<checkpoint::CallerState>, bool) {
-    use crate::state::snapshot::{Loaded, SnapshotError};
+fn load_callers(
+    dir: &crate::durability::checkpoint::StateDir,
+) -> (Option<crate::durability::checkpoint::CallerState>, bool) {
+    use crate::durability::snapshot::{Loaded, SnapshotError};
     let path = dir.callers();
     let read = Loaded::read(&path).and_then(|l| {
-        if l.header.kind != crate::state::snapshot::SnapshotKind::Callers {
+        if l.header.kind != crate::durability::snapshot::SnapshotKind::Callers {
             return Err(SnapshotError::Incompatible {
                 path: path.clone(),
                 why: format!("holds {:?}", l.header.kind),
             });
         }
-        l.payload::<checkpoint::CallerState>()
+        l.payload::<crate::durability::checkpoint::CallerState>()
     });
     match read {
         Ok(state) => {

@@ -27,13 +27,13 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
+use crate::durability::snapshot::{Loaded, SnapshotError, SnapshotKind};
 use crate::source::kafka::{ConsumerCtx, RebalanceHook};
-use crate::state::snapshot::{Loaded, SnapshotError, SnapshotKind};
 
-use super::checkpoint::{index, PartitionState, Resume, StateDir};
-use super::metrics::Metrics;
-use super::offsets::{Input, Tracker};
 use super::worker::{CallerWork, Work};
+use crate::durability::checkpoint::{index, PartitionState, Resume, StateDir};
+use crate::sink::ack::{Input, Tracker};
+use crate::telemetry::metrics::Metrics;
 
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -103,7 +103,8 @@ impl Rebalancer {
         if wanted.is_empty() {
             return out;
         }
-        let since = super::metrics::now_ms() - self.cfg.durability.rebuild_window.0 * 1000;
+        let since =
+            crate::telemetry::metrics::now_ms() - self.cfg.durability.rebuild_window.0 * 1000;
         let mut tpl = TopicPartitionList::new();
         for &(input, p) in wanted {
             let _ = tpl.add_partition_offset(self.topic(input), p, Offset::Offset(since));

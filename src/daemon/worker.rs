@@ -36,6 +36,7 @@ use ahash::AHashMap;
 
 use crate::classify::Classifier;
 use crate::config::{CallingNumbers, Config};
+use crate::durability::snapshot::{self, Position, SnapshotKind};
 use crate::pipeline::{Pipeline, Verdict};
 use crate::record::{Alert, Decoder, Direction, EntityType, RecordType, Reject, UsageRecord};
 use crate::rules::api::GlobalFlags;
@@ -43,12 +44,13 @@ use crate::rules::RuleSources;
 use crate::sink::kafka::{headers, OutputProducer, Ticket};
 use crate::source::kafka::{InputMessage, LagBoard};
 use crate::source::{Decoded, Item};
-use crate::state::snapshot::{self, Position, SnapshotKind};
 use crate::state::WindowStore;
 
-use super::checkpoint::{self as ckpt, index, CallerState, Job, PartitionState, Resume};
-use super::metrics::{Metrics, RuleView, WorkerView};
-use super::offsets::{Input, Tracker};
+use crate::durability::checkpoint::{
+    self as ckpt, index, CallerState, Job, PartitionState, Resume,
+};
+use crate::sink::ack::{Input, Tracker};
+use crate::telemetry::metrics::{Metrics, RuleView, WorkerView};
 
 pub enum Work {
     /// Consumed messages, in poll order.
@@ -343,7 +345,7 @@ pub fn run_callers(setup: WorkerSetup, rx: Receiver<CallerWork>, restored: Optio
 fn restore_into(
     pipeline: &mut Pipeline,
     store: WindowStore,
-    memory: crate::rules::memory::AlertMemory,
+    memory: crate::alert::memory::AlertMemory,
 ) {
     let (cfg, callers_only) = {
         let s = pipeline.store.borrow();
@@ -380,7 +382,7 @@ fn snapshot_callers(
     };
     let started = Instant::now();
     let store = pipeline.store.borrow();
-    let default_memory = crate::rules::memory::AlertMemory::default();
+    let default_memory = crate::alert::memory::AlertMemory::default();
     let memory_ref = pipeline.rules.as_ref().map(|e| e.shared().memory.borrow());
     let memory = memory_ref.as_deref().unwrap_or(&default_memory);
     let flags: Vec<((u64, u64), i64)> = setup
@@ -566,7 +568,7 @@ impl Worker {
         }
         let encoded = {
             let store = part.pipeline.store.borrow();
-            let default_memory = crate::rules::memory::AlertMemory::default();
+            let default_memory = crate::alert::memory::AlertMemory::default();
             let memory_ref = part
                 .pipeline
                 .rules
@@ -623,7 +625,7 @@ impl Worker {
             Input::Events => self.decoder.account_event(&m.payload).map(Item::Event),
         };
         let time = item.as_ref().map_or(i64::MIN, |i| i.time());
-        let now = super::metrics::now_ms();
+        let now = crate::telemetry::metrics::now_ms();
         let produced_ms = m.timestamp_ms.map_or(now, |t| t.min(now));
         let partition = m.partition;
         let input = m.input;
@@ -815,7 +817,7 @@ impl Worker {
     fn tick(&mut self) {
         let idle = self.setup.config.daemon.idle_watermark_after.0;
         if idle > 0 {
-            let now = crate::daemon::metrics::now_ms() / 1000;
+            let now = crate::telemetry::metrics::now_ms() / 1000;
             let quiet: Vec<i32> = self
                 .partitions
                 .iter()

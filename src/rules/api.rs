@@ -29,7 +29,7 @@ use crate::record::EntityType;
 use crate::record::{AccountEvent, EventTime, Money, Number, RecordType, UsageRecord};
 use crate::state::{Account, Entity, Features, Timer, TimerKind, WindowStore};
 
-use super::memory::AlertMemory;
+use crate::alert::memory::AlertMemory;
 
 pub type SharedStore = Rc<RefCell<WindowStore>>;
 
@@ -440,7 +440,7 @@ pub fn register(engine: &mut Engine, shared: &Rc<Shared>, lists: Lists) {
                 .store
                 .borrow()
                 .account_at(slot)
-                .map_or(0, |a| super::memory::key_hash(&a.id)),
+                .map_or(0, |a| crate::alert::memory::key_hash(&a.id)),
         };
         memory.borrow_mut().edge(rule, entity, name, cond)
     });
@@ -458,7 +458,10 @@ pub fn register(engine: &mut Engine, shared: &Rc<Shared>, lists: Lists) {
             }
             let now = memory.now();
             Ok(shared_w.global_flags.borrow().as_ref().is_some_and(|g| {
-                let k = (super::memory::key_hash(rule), super::memory::key_hash(key));
+                let k = (
+                    crate::alert::memory::key_hash(rule),
+                    crate::alert::memory::key_hash(key),
+                );
                 g.lock()
                     .expect("flags lock")
                     .get(&k)

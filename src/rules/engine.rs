@@ -24,12 +24,12 @@ use super::api::{
     AccountView, EntityKey, EntityView, EventView, ParamsView, Shared, TimerView, UsageView,
 };
 use super::library::RuleSources;
-use super::memory::{key_hash, Decision};
 use super::meta;
 use super::params::segment_index;
-use super::policy::{self, TriggerInfo};
 use super::ruleset::{BuildErrors, RuleSet, ENTRY};
 use super::sandbox::{self, SandboxLimits, ScriptError};
+use crate::alert::memory::{key_hash, Decision};
+use crate::alert::policy::{self, TriggerInfo};
 
 /// What one rule did over the run (kept by rule id across reloads).
 pub struct RuleStats {

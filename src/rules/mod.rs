@@ -12,8 +12,6 @@ pub mod meta;
 pub mod params;
 pub mod api;
 pub mod ruleset;
-pub mod memory;
-pub mod policy;
 pub mod engine;
 pub mod report;
 pub mod watch;

@@ -331,7 +331,7 @@ impl RuleSet {
             }
             rules.push(Rule {
                 file: display,
-                id_hash: super::memory::key_hash(&resolved.meta.id),
+                id_hash: crate::alert::memory::key_hash(&resolved.meta.id),
                 resolved,
                 ast,
                 scope,

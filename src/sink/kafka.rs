@@ -18,8 +18,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use crate::daemon::metrics::Metrics;
-use crate::daemon::offsets::{Input, Tracker};
+use crate::sink::ack::{Input, Tracker};
+use crate::telemetry::metrics::Metrics;
 
 /// What a produced message is for: the input record whose offset waits for it (none for alerts of
 /// timers fired by the wall clock on an idle partition).

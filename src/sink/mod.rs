@@ -1,6 +1,7 @@
 //! Sinks: where alerts and rejected records go. Files for `replay`; Kafka topics for the daemon.
 
-mod dead_letter;
+pub mod ack;
+mod file;
 pub mod kafka;
 
-pub use dead_letter::{base64, DeadLetterFile};
+pub use file::{base64, DeadLetterFile};

@@ -18,8 +18,8 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::config::KafkaConfig;
-use crate::daemon::metrics::Metrics;
-use crate::daemon::offsets::Input;
+use crate::sink::ack::Input;
+use crate::telemetry::metrics::Metrics;
 
 /// One consumed message, owned, on its way to a worker.
 pub struct InputMessage {
@@ -189,7 +189,7 @@ impl ClientContext for ConsumerCtx {
         }
         // `ts` is librdkafka's monotonic clock (µs) when the statistics were taken.
         let taken = stats.ts / 1000;
-        let offset = crate::daemon::metrics::now_ms() - taken;
+        let offset = crate::telemetry::metrics::now_ms() - taken;
         let seen = self.board.clock_offset_ms.load(Ordering::Relaxed);
         let offset = if seen == 0 { offset } else { offset.min(seen) };
         self.board.clock_offset_ms.store(offset, Ordering::Relaxed);

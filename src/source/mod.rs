@@ -1,8 +1,8 @@
 //! Sources: where records come from. Files and stdin (NDJSON) for `replay`; Kafka for the daemon.
 
 pub mod kafka;
-mod merge;
+mod files;
 mod ndjson;
 
-pub use merge::{Decoded, InputKind, Item, MergedSource};
+pub use files::{Decoded, InputKind, Item, MergedSource};
 pub use ndjson::LineReader;

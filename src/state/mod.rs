@@ -7,7 +7,6 @@ mod entity;
 mod ledger;
 mod store;
 mod timers;
-pub mod snapshot;
 
 use crate::classify::ClassFilter;
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cdrguard::config::Config;
-use cdrguard::gen::{generate, GenConfig};
+use cdrguard::demo::gen::{generate, GenConfig};
 use cdrguard::record::{Alert, EventTime};
 
 use super::{fixture, replay_with};
@@ -19,7 +19,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 pub struct Kafka {
-    _broker: daemon::embedded::Embedded,
+    _broker: cdrguard::demo::embedded::Embedded,
     pub brokers: String,
     pub cfg: Config,
 }
@@ -40,7 +40,7 @@ impl Kafka {
     pub fn start(partitions: i32) -> Kafka {
         let mut cfg = test_config();
         cfg.demo.partitions = partitions;
-        let broker = daemon::embedded::start(&cfg).unwrap();
+        let broker = cdrguard::demo::embedded::start(&cfg).unwrap();
         Kafka {
             brokers: broker.bootstrap.clone(),
             _broker: broker,
@@ -72,7 +72,7 @@ impl Kafka {
 
     /// Produces raw payloads to a topic (bad input).
     pub fn produce_raw(&self, topic: &str, payloads: &[&[u8]]) {
-        let producer = daemon::embedded::input_producer(&self.brokers).unwrap();
+        let producer = cdrguard::demo::embedded::input_producer(&self.brokers).unwrap();
         for p in payloads {
             producer
                 .send(
@@ -226,13 +226,13 @@ pub fn control() -> Control {
 }
 
 /// Stories for every rule over a small calm background: input bytes and the labels.
-pub fn stories(seed: u64) -> (Vec<u8>, Vec<u8>, Vec<cdrguard::gen::stories::Label>) {
+pub fn stories(seed: u64) -> (Vec<u8>, Vec<u8>, Vec<cdrguard::demo::gen::stories::Label>) {
     let cfg = GenConfig {
         subscribers: 400,
         records: 8_000,
         days: 4,
         seed,
-        inject: cdrguard::gen::stories::STORY_RULES
+        inject: cdrguard::demo::gen::stories::STORY_RULES
             .iter()
             .map(|r| (r.to_string(), 1))
             .collect(),
@@ -294,7 +294,7 @@ pub fn state_features(
     stores: &[&cdrguard::state::WindowStore],
     at: cdrguard::record::EventTime,
 ) -> BTreeMap<String, serde_json::Value> {
-    use cdrguard::inspect;
+    use cdrguard::modes::inspect;
     let windows: Vec<_> = inspect::DEFAULT_WINDOWS
         .iter()
         .map(|w| inspect::WindowSpec::parse(w).unwrap())
@@ -320,8 +320,8 @@ pub fn state_features(
 
 /// The partition stores in a daemon's state directory (after it stopped).
 pub fn snapshot_stores(dir: &Path) -> Vec<cdrguard::state::WindowStore> {
-    use cdrguard::daemon::checkpoint::PartitionState;
-    use cdrguard::state::snapshot::Loaded;
+    use cdrguard::durability::checkpoint::PartitionState;
+    use cdrguard::durability::snapshot::Loaded;
     let mut stores = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
         let path = e.unwrap().path();
@@ -443,8 +443,8 @@ pub fn produce_in_thread(
     let brokers = brokers.to_string();
     let cfg = cfg.clone();
     std::thread::spawn(move || {
-        let producer = daemon::embedded::input_producer(&brokers).unwrap();
-        daemon::embedded::produce_input(
+        let producer = cdrguard::demo::embedded::input_producer(&brokers).unwrap();
+        cdrguard::demo::embedded::produce_input(
             &producer,
             &cfg,
             &usage,
@@ -458,7 +458,14 @@ pub fn produce_in_thread(
 
 /// Produces NDJSON usage and events to `brokers` as the producers are asked to (keyed, in time order).
 pub fn produce_now(brokers: &str, cfg: &Config, usage: &[u8], events: &[u8]) -> u64 {
-    let producer = daemon::embedded::input_producer(brokers).unwrap();
-    daemon::embedded::produce_input(&producer, cfg, usage, events, 0, &AtomicBool::new(false))
-        .unwrap()
+    let producer = cdrguard::demo::embedded::input_producer(brokers).unwrap();
+    cdrguard::demo::embedded::produce_input(
+        &producer,
+        cfg,
+        usage,
+        events,
+        0,
+        &AtomicBool::new(false),
+    )
+    .unwrap()
 }

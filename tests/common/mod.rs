@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use cdrguard::modes::replay::{self, ReplayOptions, ReplayReport, RulesChoice};
 use cdrguard::pipeline::Pipeline;
 use cdrguard::record::Alert;
-use cdrguard::replay::{self, ReplayOptions, ReplayReport, RulesChoice};
 
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 

@@ -184,7 +184,7 @@ pub struct Tansu {
 
 impl Tansu {
     /// A broker with the input topics (`partitions` each, co-partitioned), the four alert topics and
-    /// the dead-letter topic (one partition each), as `daemon::embedded::start` makes them.
+    /// the dead-letter topic (one partition each), as `cdrguard::demo::embedded::start` makes them.
     pub fn start(partitions: i32) -> Tansu {
         let mut t = Tansu::start_empty();
         t.cfg.demo.partitions = partitions;

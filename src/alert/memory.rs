@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::Severity;
 
-use super::library::StableHash;
+use crate::rules::library::StableHash;
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Memo {

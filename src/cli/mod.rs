@@ -8,9 +8,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::classify::ClassFilter;
-use crate::inspect::{self, Target};
+use crate::modes::inspect::{self, Target};
+use crate::modes::replay::{self, ReplayOptions};
 use crate::record::{EventTime, Number};
-use crate::replay::{self, ReplayOptions};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -308,7 +308,7 @@ fn parse_inject(specs: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
         };
         if rule == "all" {
             out.extend(
-                crate::gen::stories::STORY_RULES
+                crate::demo::gen::stories::STORY_RULES
                     .iter()
                     .map(|r| (r.to_string(), n)),
             );
@@ -400,7 +400,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<i32> {
                 // Demo rounds run in simulated time, ahead of the wall clock after the first.
                 cfg.state.max_future_skew = crate::config::Span(3650 * 86_400);
             }
-            let e = crate::daemon::embedded::start(&cfg)?;
+            let e = crate::demo::embedded::start(&cfg)?;
             let b = e.bootstrap.clone();
             eprintln!(
                 "Embedded Kafka broker (librdkafka mock cluster) at {b}\n  produce usage records to `{}` and account events to `{}` (key: account id, else msisdn)\n  alerts on `{}`, `{}`, `{}`, `{}`; dead letters on `{}`\n  e.g. kcat -b {b} -C -t {}",
@@ -414,14 +414,14 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<i32> {
                 cfg.kafka.alert_topics.fraud,
             );
             if cfg.demo.print_alerts {
-                helpers.push(crate::daemon::embedded::print_alerts(
+                helpers.push(crate::demo::embedded::print_alerts(
                     b.clone(),
                     cfg.clone(),
                     stop_demo.clone(),
                 )?);
             }
             if demo {
-                helpers.push(crate::daemon::embedded::demo_traffic(
+                helpers.push(crate::demo::embedded::demo_traffic(
                     b.clone(),
                     cfg.clone(),
                     stop_demo.clone(),
@@ -503,7 +503,7 @@ fn check_cmd(a: CheckArgs) -> anyhow::Result<i32> {
 fn test_cmd(a: TestArgs) -> anyhow::Result<i32> {
     let (cfg, base) = crate::config::Config::load(a.config.as_deref())?;
     let dir = rules_dir(a.rules, &cfg, &base);
-    let report = crate::ruletest::run(&dir, &a.cases)?;
+    let report = crate::modes::ruletest::run(&dir, &a.cases)?;
     print!("{}", report.render());
     Ok(if report.failed() > 0 { 1 } else { 0 })
 }
@@ -633,7 +633,7 @@ fn state_target(
 }
 
 fn state_cmd(a: StateArgs) -> anyhow::Result<i32> {
-    use crate::statedir;
+    use crate::modes::state as statedir;
     let mut out = std::io::stdout().lock();
     match a.command {
         StateCommand::Inspect(a) => {
@@ -673,7 +673,7 @@ fn state_cmd(a: StateArgs) -> anyhow::Result<i32> {
 fn gen_cmd(a: GenArgs) -> anyhow::Result<i32> {
     let start = EventTime::parse(&a.start)
         .map_err(|why| anyhow::anyhow!("--start {:?}: {why}", a.start))?;
-    let cfg = crate::gen::GenConfig {
+    let cfg = crate::demo::gen::GenConfig {
         seed: a.seed,
         subscribers: a.subscribers,
         records: a.records,
@@ -687,12 +687,11 @@ fn gen_cmd(a: GenArgs) -> anyhow::Result<i32> {
         let (kcfg, _) = crate::config::Config::load(a.config.as_deref())?;
         let (mut usage, mut events) = (Vec::new(), Vec::new());
         let t = std::time::Instant::now();
-        let s = crate::gen::generate(&cfg, &mut usage, &mut events)?;
-        let producer = crate::daemon::embedded::input_producer(brokers)?;
+        let s = crate::demo::gen::generate(&cfg, &mut usage, &mut events)?;
+        let producer = crate::demo::embedded::input_producer(brokers)?;
         let stop = std::sync::atomic::AtomicBool::new(false);
-        let n = crate::daemon::embedded::produce_input(
-            &producer, &kcfg, &usage, &events, a.rate, &stop,
-        )?;
+        let n =
+            crate::demo::embedded::produce_input(&producer, &kcfg, &usage, &events, a.rate, &stop)?;
         eprintln!(
             "produced {n} records ({} usage, {} events) to {brokers} in {:.2} s",
             s.usage_records,
@@ -718,7 +717,7 @@ fn gen_cmd(a: GenArgs) -> anyhow::Result<i32> {
             .with_context(|| format!("creating {}", events_path.display()))?,
     );
     let t = std::time::Instant::now();
-    let s = crate::gen::generate(&cfg, &mut usage, &mut events)?;
+    let s = crate::demo::gen::generate(&cfg, &mut usage, &mut events)?;
     usage.flush()?;
     events.flush()?;
     if let Some(p) = &a.labels {

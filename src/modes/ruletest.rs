@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::modes::replay::{self, ReplayOptions, RulesChoice};
 use crate::record::Alert;
-use crate::replay::{self, ReplayOptions, RulesChoice};
 use crate::rules::library::CASES_SUFFIX;
 use crate::rules::RuleSources;
 

@@ -20,7 +20,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 use crate::config::Config;
-use crate::gen::{generate, GenConfig};
+use crate::demo::gen::{generate, GenConfig};
 use crate::record::{Decoder, EventTime};
 
 /// The in-process broker; dropping it stops it.
@@ -156,7 +156,7 @@ pub fn demo_traffic(
 
 fn demo_rounds(brokers: &str, cfg: &Config, stop: &AtomicBool) -> anyhow::Result<()> {
     let producer = input_producer(brokers)?;
-    let now = crate::daemon::metrics::now_ms() / 1000;
+    let now = crate::telemetry::metrics::now_ms() / 1000;
     // Whole minutes, so every timestamp written is exact.
     let first = (now - 4 * 86_400) / 60 * 60;
     let offset_min = 60;
@@ -170,7 +170,7 @@ fn demo_rounds(brokers: &str, cfg: &Config, stop: &AtomicBool) -> anyhow::Result
         };
         // Stories that need weeks of history before the period only fit the first round: later
         // rounds start where the watermark already is, so that history would be late.
-        let inject = crate::gen::stories::STORY_RULES
+        let inject = crate::demo::gen::stories::STORY_RULES
             .iter()
             .filter(|r| round == 0 || !matches!(**r, "bill_shock" | "usage_spike_in_arrears"))
             .map(|r| (r.to_string(), 1))

@@ -18,10 +18,10 @@ use crate::record::time::{format_duration, parse_duration};
 use crate::record::{Alert, AlertWindow, Department, EntityRef, Evidence, Mode, RuleRef, Severity};
 use crate::record::{EventTime, Segment};
 
-use super::library::StableHash;
 use super::memory::{AlertMemory, Decision};
-use super::ruleset::Rule;
-use super::sandbox::ScriptError;
+use crate::rules::library::StableHash;
+use crate::rules::ruleset::Rule;
+use crate::rules::sandbox::ScriptError;
 
 /// The verdict fields a rule may return; anything else is an error (a typo must not vanish).
 const VERDICT_KEYS: &str =

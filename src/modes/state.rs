@@ -22,10 +22,10 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::classify::ClassFilter;
-use crate::daemon::checkpoint::{self, CallerState, PartitionState, StateDir};
-use crate::inspect::{self, Target, WindowSpec};
+use crate::durability::checkpoint::{self, CallerState, PartitionState, StateDir};
+use crate::durability::snapshot::{self, Header, Loaded, SnapshotError, SnapshotKind};
+use crate::modes::inspect::{self, Target, WindowSpec};
 use crate::record::EventTime;
-use crate::state::snapshot::{self, Header, Loaded, SnapshotError, SnapshotKind};
 use crate::state::WindowStore;
 
 #[derive(Debug, thiserror::Error)]

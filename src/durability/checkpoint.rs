@@ -35,12 +35,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::rules::memory::AlertMemory;
-use crate::state::snapshot::{self, Header, Position, SnapshotKind};
+use crate::alert::memory::AlertMemory;
+use crate::durability::snapshot::{self, Header, Position, SnapshotKind};
 use crate::state::WindowStore;
 
-use super::metrics::Metrics;
-use super::offsets::{Input, Tracker};
+use crate::sink::ack::{Input, Tracker};
+use crate::telemetry::metrics::Metrics;
 
 /// The snapshot directory of one daemon, locked while it runs.
 pub struct StateDir {
@@ -82,7 +82,7 @@ impl StateDir {
 
     /// Moves an unusable snapshot aside (kept for a post-mortem) so that it is not read again.
     pub fn set_aside(&self, path: &Path) {
-        let to = path.with_extension(format!("rejected-{}", crate::daemon::metrics::now_ms()));
+        let to = path.with_extension(format!("rejected-{}", crate::telemetry::metrics::now_ms()));
         match std::fs::rename(path, &to) {
             Ok(()) => {
                 tracing::warn!(from = %path.display(), to = %to.display(), "Unusable snapshot set aside.")
@@ -136,7 +136,7 @@ pub fn header(kind: SnapshotKind, positions: Vec<Position>, store: &WindowStore)
     Header {
         kind,
         positions,
-        written_ms: crate::daemon::metrics::now_ms(),
+        written_ms: crate::telemetry::metrics::now_ms(),
         newest_event_time: store.newest_event_time(),
         subscribers: size.subscribers as u64,
         accounts: size.accounts as u64,

@@ -317,7 +317,7 @@ fn billing_hangs_together() {
 #[test]
 fn generated_international_traffic_matches_the_shipped_high_risk_list() {
     let list = crate::classify::PrefixList::parse(
-        include_str!("../../rules/lists/high_risk_prefixes.txt"),
+        include_str!("../../../rules/lists/high_risk_prefixes.txt"),
         "high_risk_prefixes.txt",
     )
     .unwrap();
