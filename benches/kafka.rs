@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cdrguard::config::{Config, Span};
+use cdrguard::config::{Config, Secs};
 use cdrguard::daemon::{self, Control, RunOptions};
 use cdrguard::demo::gen::{generate, GenConfig};
 use cdrguard::record::EventTime;
@@ -35,9 +35,9 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 fn config() -> Config {
     let mut cfg = Config::default();
     cfg.daemon.metrics_address = String::new();
-    cfg.daemon.idle_watermark_after = Span(0);
-    cfg.daemon.status_interval = Span(5);
-    cfg.state.max_future_skew = Span(3650 * 86_400);
+    cfg.daemon.idle_watermark_after = Secs(0);
+    cfg.daemon.status_interval = Secs(5);
+    cfg.state.max_future_skew = Secs(3650 * 86_400);
     cfg
 }
 
@@ -160,7 +160,7 @@ fn backlog() {
     ] {
         let mut cfg = cfg.clone();
         cfg.kafka.group_id = format!("bench-{}", dir.is_some());
-        cfg.durability.snapshot_interval = Span(1);
+        cfg.durability.snapshot_interval = Secs(1);
         let control = Control::default();
         let started = Instant::now();
         let daemon = start_daemon(
@@ -204,7 +204,7 @@ fn backlog() {
 
 fn steady() {
     let mut cfg = config();
-    cfg.daemon.status_interval = Span(10);
+    cfg.daemon.status_interval = Secs(10);
     let partitions = 16;
     let (_cluster, brokers) = cluster(partitions, &cfg);
     // The shipped rules plus a probe rule that alerts on every probe record.

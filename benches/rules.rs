@@ -34,11 +34,12 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throug
 use cdrguard::classify::RecordClass;
 use cdrguard::config::Config;
 use cdrguard::demo::gen::{generate, GenConfig};
-use cdrguard::pipeline::{Pipeline, Verdict};
+use cdrguard::pipeline::{Pipeline, PipelineOptions, RulesOptions, Verdict};
+use cdrguard::record::Mode;
 use cdrguard::record::UsageRecord;
+use cdrguard::record::{Decoded, Item};
 use cdrguard::rules::RuleSources;
-use cdrguard::source::{Decoded, Item, MergedSource};
-use cdrguard::state::WindowStore;
+use cdrguard::source::FileSource;
 
 /// The sets measured: bench id and the rule ids in it (`None`: the whole catalogue).
 const SETS: [(&str, Option<&[&str]>); 5] = [
@@ -112,13 +113,21 @@ fn clone_item(item: &Item) -> Item {
 /// A pipeline with the library in `dir`, after the warm-up input.
 fn warm(cfg: &Config, base: &Path, dir: &Path, input: &[Item]) -> Pipeline {
     let sources = RuleSources::read(dir).unwrap();
-    let mut p = Pipeline::new(
-        cfg.classifier(base).unwrap(),
-        WindowStore::new(cfg.state.clone()),
-    );
-    if let Err(e) = p.enable_rules(&sources, &cfg.rules.sandbox, cfg.rules.quarantine_after) {
-        panic!("{e}");
-    }
+    let built = Pipeline::new(PipelineOptions {
+        rules: Some(RulesOptions {
+            sources: &sources,
+            sandbox: &cfg.rules.sandbox,
+            quarantine_after: cfg.rules.quarantine_after,
+            mode: Mode::Replay,
+            high_risk_from_rules: false,
+            flags: None,
+        }),
+        ..PipelineOptions::new(cfg.classifier(base).unwrap(), cfg.state.clone())
+    });
+    let mut p = match built {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    };
     let engine = p.rules.as_ref().unwrap();
     assert!(
         engine.set().warnings.is_empty(),
@@ -172,7 +181,7 @@ fn bench(c: &mut Criterion) {
 
     // Decode once, in merged (event-time) order.
     let mut input = Vec::new();
-    let mut src = MergedSource::open(&usage, Some(&events), cfg.decoder()).unwrap();
+    let mut src = FileSource::open(&usage, Some(&events), cfg.decoder()).unwrap();
     while let Some(d) = src.next_decoded().unwrap() {
         input.push(d.item.unwrap_or_else(|r| panic!("rejected: {r:?}")));
     }

@@ -15,14 +15,14 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cdrguard::alert::memory::AlertMemory;
-use cdrguard::config::{Config, Span};
+use cdrguard::config::{Config, Secs};
 use cdrguard::daemon::{self, Control, RunOptions};
 use cdrguard::demo::gen::{generate, GenConfig};
 use cdrguard::durability::checkpoint::{self, PartitionState, PartitionStateRef};
 use cdrguard::durability::snapshot::{self, Loaded, Position, SnapshotKind};
-use cdrguard::pipeline::Pipeline;
+use cdrguard::pipeline::{Pipeline, PipelineOptions};
 use cdrguard::record::EventTime;
-use cdrguard::source::{Decoded, Item};
+use cdrguard::record::{Decoded, Item};
 use cdrguard::state::WindowStore;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -64,7 +64,7 @@ fn build_state(cfg: &Config, subscribers: u32) -> WindowStore {
     );
     let t = Instant::now();
     let classifier = cfg.classifier(Path::new(ROOT)).unwrap();
-    let mut p = Pipeline::new(classifier, WindowStore::new(cfg.state.clone()));
+    let mut p = Pipeline::new(PipelineOptions::new(classifier, cfg.state.clone())).unwrap();
     let decoder = cfg.decoder();
     // Events first (activations, limits, invoices), then usage: the order does not matter for size.
     for (lines, usage) in [(&e, false), (&u, true)] {
@@ -107,8 +107,8 @@ fn main() {
         .unwrap_or(1_000_000);
     let mut cfg = Config::default();
     cfg.daemon.metrics_address = String::new();
-    cfg.daemon.idle_watermark_after = Span(0);
-    cfg.state.max_future_skew = Span(3650 * 86_400);
+    cfg.daemon.idle_watermark_after = Secs(0);
+    cfg.state.max_future_skew = Secs(3650 * 86_400);
     cfg.demo.partitions = 1;
     let store = build_state(&cfg, subscribers);
     let size = store.size();
@@ -136,12 +136,13 @@ fn main() {
         &PartitionStateRef {
             store: &store,
             memory: &memory,
+            highs: [i64::MIN; 2],
         },
     )
     .unwrap();
     let encode = t.elapsed();
     let dir = tempfile::tempdir_in(Path::new(ROOT).join("target")).unwrap();
-    let path = checkpoint::partition_path(dir.path(), 0);
+    let path = cdrguard::durability::dir::partition_path(dir.path(), 0);
     let t = Instant::now();
     snapshot::write_atomic(&path, &bytes).unwrap();
     let write = t.elapsed();

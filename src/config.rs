@@ -14,18 +14,18 @@ const BUILTIN_HIGH_RISK_PREFIXES: &str = include_str!("../rules/lists/high_risk_
 
 /// A length of time written as `20s`, `10m`, `6h`, `35d` or `2w`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Span(pub i64);
+pub struct Secs(pub i64);
 
-impl<'de> Deserialize<'de> for Span {
+impl<'de> Deserialize<'de> for Secs {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         parse_duration(&s)
-            .map(Span)
+            .map(Secs)
             .map_err(serde::de::Error::custom)
     }
 }
 
-impl Serialize for Span {
+impl Serialize for Secs {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format_duration(self.0))
     }
@@ -50,6 +50,8 @@ pub struct Config {
     pub durability: DurabilityConfig,
     /// The embedded demo (`cdrguard run` without `kafka.brokers`).
     pub demo: DemoConfig,
+    /// Alerts as HTTP POSTs to a URL per department, beside the Kafka topics (`cdrguard run`).
+    pub webhook: WebhookConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -73,7 +75,7 @@ pub struct KafkaConfig {
     /// `alerts.key_accounts`, `alerts.care`.
     pub alert_topics: AlertTopics,
     /// Where a new consumer group starts: `earliest` (default) or `latest`.
-    pub start_from: String,
+    pub start_from: StartFrom,
     /// librdkafka options passed through to the consumer and producers (e.g. `security.protocol`,
     /// `fetch.wait.max.ms`). Options cdrguard sets from typed settings are refused by name.
     pub options: std::collections::BTreeMap<String, String>,
@@ -124,8 +126,61 @@ impl Default for KafkaConfig {
             events_topic: "cdr.account-events".into(),
             dead_letter_topic: "cdrguard.dead-letter".into(),
             alert_topics: AlertTopics::default(),
-            start_from: "earliest".into(),
+            start_from: StartFrom::Earliest,
             options: Default::default(),
+        }
+    }
+}
+
+/// Where a partition the consumer group never committed starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    /// The oldest record the broker still has.
+    #[default]
+    Earliest,
+    /// The next record produced.
+    Latest,
+}
+
+impl StartFrom {
+    /// librdkafka's `auto.offset.reset` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartFrom::Earliest => "earliest",
+            StartFrom::Latest => "latest",
+        }
+    }
+}
+
+/// Alerts POSTed as JSON to a URL per department (case management, on-call tools), with the same
+/// at-least-once contract as the Kafka topics: an input offset is committed only after every webhook
+/// of its alerts answered 2xx.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// URL per department (`FRAUD`, `COLLECTIONS`, `KEY_ACCOUNTS`, `CARE`); a department without one
+    /// gets no POST. Default: none.
+    pub urls: std::collections::BTreeMap<crate::record::Department, String>,
+    /// Longest wait for one POST's answer. Default `10s`.
+    pub timeout: Secs,
+    /// Alerts waiting to be posted; when full, the workers wait (nothing is dropped). Default 10000.
+    pub queue: usize,
+    /// POSTs in flight at once. Default 4.
+    pub concurrency: usize,
+    /// Longest pause between retries of a failing POST (it starts at 100 ms and doubles).
+    /// Default `30s`.
+    pub max_backoff: Secs,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            urls: Default::default(),
+            timeout: Secs(10),
+            queue: 10_000,
+            concurrency: 4,
+            max_backoff: Secs(30),
         }
     }
 }
@@ -153,15 +208,24 @@ pub struct DaemonConfig {
     /// Default `127.0.0.1:9464`.
     pub metrics_address: String,
     /// How often a status line is logged. Default `5s`.
-    pub status_interval: Span,
+    pub status_interval: Secs,
     /// A partition with no record for this long has its watermark moved by the wall clock, so
     /// timers (invoice overdue) fire on a quiet stream. `0s` turns it off. Default `30s`.
-    pub idle_watermark_after: Span,
+    pub idle_watermark_after: Secs,
     /// Longest wait on SIGINT/SIGTERM for in-flight alerts before exiting. Default `10s`.
-    pub shutdown_timeout: Span,
-    /// A partition's usage and events are merged in event time; a record waits for the other topic
-    /// while it has unread messages, at most this long. Default `2s`.
-    pub align_max_wait: Span,
+    pub shutdown_timeout: Secs,
+    /// A partition's usage and events are merged in event time: a record waits for the other topic
+    /// while that topic has unread records (however long: order never depends on load), and not at
+    /// all once its end offset is reached — unless this is set, for producers that write the two
+    /// topics at different delays: then a record also waits this long for the idle topic (Kafka
+    /// Streams' `max.task.idle.ms`). Default `0s`.
+    pub align_wait: Secs,
+    /// Input read ahead and waiting in the workers, in MiB, before fetching of the partitions
+    /// holding the most pauses. Default 256.
+    pub max_read_ahead_mib: u32,
+    /// Messages handed to a worker at once (fewer when the poll comes back empty). Larger batches
+    /// cost fewer wake-ups; the results never depend on it. Default 256.
+    pub poll_batch: usize,
 }
 
 impl Default for DaemonConfig {
@@ -169,10 +233,12 @@ impl Default for DaemonConfig {
         DaemonConfig {
             workers: 2,
             metrics_address: "127.0.0.1:9464".into(),
-            status_interval: Span(5),
-            idle_watermark_after: Span(30),
-            shutdown_timeout: Span(10),
-            align_max_wait: Span(2),
+            status_interval: Secs(5),
+            idle_watermark_after: Secs(30),
+            shutdown_timeout: Secs(10),
+            align_wait: Secs(0),
+            max_read_ahead_mib: 256,
+            poll_batch: 256,
         }
     }
 }
@@ -188,22 +254,22 @@ pub struct DurabilityConfig {
     /// How often each partition's state is snapshotted (also on shutdown and when a partition is
     /// revoked). Offsets are committed only up to the last snapshot, so this is also how much input a
     /// crash re-reads. Default `30s`.
-    pub snapshot_interval: Span,
+    pub snapshot_interval: Secs,
     /// With no usable snapshot (missing, corrupt, from another version) for a partition that has
     /// committed offsets, the state is rebuilt by re-reading this far back (broker timestamps);
     /// alerts already delivered are not sent again. Default `35d`, the longest window.
-    pub rebuild_window: Span,
+    pub rebuild_window: Secs,
     /// Longest wait for a snapshot's alerts to be acknowledged before it is written. Default `30s`.
-    pub delivery_timeout: Span,
+    pub delivery_timeout: Secs,
 }
 
 impl Default for DurabilityConfig {
     fn default() -> Self {
         DurabilityConfig {
             dir: "cdrguard-state".into(),
-            snapshot_interval: Span(30),
-            rebuild_window: Span(35 * 86_400),
-            delivery_timeout: Span(30),
+            snapshot_interval: Secs(30),
+            rebuild_window: Secs(35 * 86_400),
+            delivery_timeout: Secs(30),
         }
     }
 }
@@ -247,7 +313,7 @@ pub struct RulesConfig {
     /// the next reload. Default 50.
     pub quarantine_after: u64,
     /// How often the library folder is checked for changes when watching. Default `2s`.
-    pub watch_interval: Span,
+    pub watch_interval: Secs,
     /// Per-evaluation limits of the Rhai sandbox.
     pub sandbox: crate::rules::SandboxLimits,
 }
@@ -257,7 +323,7 @@ impl Default for RulesConfig {
         RulesConfig {
             dir: None,
             quarantine_after: 50,
-            watch_interval: Span(2),
+            watch_interval: Secs(2),
             sandbox: Default::default(),
         }
     }
@@ -330,21 +396,21 @@ pub enum CallingNumbers {
 pub struct StateConfig {
     /// Usage records older than (newest event time − this) are dead-lettered as `late`. Default `6h`
     /// (roaming NRTRDE files arrive up to 4 h late).
-    pub allowed_lateness: Span,
+    pub allowed_lateness: Secs,
     /// Usage stamped more than this after the real time now is rejected as `future` (a broken
     /// producer clock; a local time written with `Z`). Default `1h`.
-    pub max_future_skew: Span,
+    pub max_future_skew: Secs,
     /// Record ids are remembered at least this long (event time) to drop redeliveries. Default `24h`.
-    pub dedup_horizon: Span,
+    pub dedup_horizon: Secs,
     /// The longest window any feature can ask for; older buckets are dropped, and entities idle this
     /// long are evicted. Default `35d`.
-    pub max_window: Span,
+    pub max_window: Secs,
     /// Distinct-count features (distinct numbers, cells) can look back this far. Default `72h`.
-    pub distinct_horizon: Span,
+    pub distinct_horizon: Secs,
     /// Days after an invoice's due date at which an overdue timer fires. Default `[7, 15, 30]`.
     pub invoice_overdue_days: Vec<u16>,
     /// Keep paid invoices, payments and reversals this long for payment-behaviour features. Default `90d`.
-    pub ledger_history: Span,
+    pub ledger_history: Secs,
     /// Calling numbers with state of their own: `off`, `international` (default) or `all`.
     pub calling_numbers: CallingNumbers,
     /// Keep state per IMEI (device) as well. Default false: no shipped rule needs it and it doubles state.
@@ -354,13 +420,13 @@ pub struct StateConfig {
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
-            allowed_lateness: Span(6 * 3600),
-            max_future_skew: Span(3600),
-            dedup_horizon: Span(24 * 3600),
-            max_window: Span(35 * 86_400),
-            distinct_horizon: Span(72 * 3600),
+            allowed_lateness: Secs(6 * 3600),
+            max_future_skew: Secs(3600),
+            dedup_horizon: Secs(24 * 3600),
+            max_window: Secs(35 * 86_400),
+            distinct_horizon: Secs(72 * 3600),
             invoice_overdue_days: vec![7, 15, 30],
-            ledger_history: Span(90 * 86_400),
+            ledger_history: Secs(90 * 86_400),
             calling_numbers: CallingNumbers::International,
             track_imei: false,
         }
@@ -463,11 +529,19 @@ impl Config {
                 ));
             }
         }
-        if !["earliest", "latest"].contains(&self.kafka.start_from.as_str()) {
-            errs.push(format!(
-                "kafka.start_from: {:?} must be earliest or latest",
-                self.kafka.start_from
-            ));
+        let w = &self.webhook;
+        for (dept, url) in &w.urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                errs.push(format!(
+                    "webhook.urls.{dept}: {url:?} is not an http:// or https:// URL"
+                ));
+            }
+        }
+        if w.timeout.0 < 1 || w.queue == 0 || !(1..=64).contains(&w.concurrency) {
+            errs.push("webhook: timeout at least 1s, queue at least 1, concurrency 1..=64".into());
+        }
+        if w.max_backoff.0 < 1 {
+            errs.push("webhook.max_backoff: at least 1s".into());
         }
         let k = &self.kafka;
         for (name, topic) in [
@@ -498,6 +572,15 @@ impl Config {
         }
         if !(1..=64).contains(&self.daemon.workers) {
             errs.push("daemon.workers: 1..=64".into());
+        }
+        if self.daemon.align_wait.0 < 0 {
+            errs.push("daemon.align_wait: must not be negative".into());
+        }
+        if !(1..=100_000).contains(&self.daemon.poll_batch) {
+            errs.push("daemon.poll_batch: 1..=100000".into());
+        }
+        if self.daemon.max_read_ahead_mib < 16 {
+            errs.push("daemon.max_read_ahead_mib: at least 16".into());
         }
         if !self.daemon.metrics_address.is_empty()
             && self
@@ -579,7 +662,7 @@ mod tests {
             "{e}"
         );
         let c: Config = toml::from_str("[state]\nallowed_lateness = \"4h\"\n").unwrap();
-        assert_eq!(c.state.allowed_lateness, Span(4 * 3600));
+        assert_eq!(c.state.allowed_lateness, Secs(4 * 3600));
         let e = toml::from_str::<Config>("[state]\nallowed_lateness = \"4 hours\"\n").unwrap_err();
         assert!(e.to_string().contains("unknown unit"), "{e}");
     }
@@ -589,7 +672,7 @@ mod tests {
         let mut c = Config::default();
         c.input.currency = "euro".into();
         c.reference.home_country_code = "+33".into();
-        c.state.distinct_horizon = Span(60);
+        c.state.distinct_horizon = Secs(60);
         let e = c.validate().unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
         assert!(e.to_string().contains("reference.home_country_code"));

@@ -1,5 +1,5 @@
-//! The stages every record goes through, in one place. The replay command and (later) the Kafka daemon
-//! feed it; everything between source and sink is this code in both modes.
+//! The stages every record goes through, in one place. `replay`, `inspect`, `test` and the daemon's
+//! partitions and caller shard feed it; everything between source and sink is this code in all modes.
 //!
 //! ```text
 //! decoded line ─► classify ─► state (lateness, dedup, windows, ledger) ─► rules ─► timers due ─► rules
@@ -14,13 +14,15 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use crate::alert::memory::AlertMemory;
-use crate::classify::Classifier;
-use crate::record::{Reject, RejectReason};
+use crate::classify::{Classifier, RecordClass};
+use crate::config::{CallingNumbers, StateConfig};
+use crate::record::{Decoded, EntityType, Item, Mode, Reject, RejectReason, UsageRecord};
+use crate::rules::api::GlobalFlags;
+use crate::rules::engine::{EngineOptions, EntityFilter};
 use crate::rules::{
     BuildErrors, RuleEngine, RuleSet, RuleSources, SandboxLimits, Shared, SharedStore,
 };
-use crate::source::{Decoded, Item};
-use crate::state::{Outcome, Timer, WindowStore};
+use crate::state::{tracks_caller, Outcome, Timer, WindowStore};
 
 /// Counts of what happened to the input, by outcome.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -57,58 +59,136 @@ fn wall_clock_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Which part of the state and of the rule library a pipeline owns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything: replay, inspect, rule tests, a daemon that keeps no calling-number state.
+    #[default]
+    Everything,
+    /// Lines, accounts and devices (a daemon partition): calling numbers ring subscribers of every
+    /// partition, so their state and rules belong to the caller shard, and the calls that give them
+    /// state are handed over (`take_call`).
+    Lines,
+    /// Calling numbers only: the daemon's caller shard.
+    CallingNumbers,
+}
+
+/// The rule library a pipeline runs and how.
+pub struct RulesOptions<'a> {
+    pub sources: &'a RuleSources,
+    pub sandbox: &'a SandboxLimits,
+    pub quarantine_after: u64,
+    /// Stamped on alerts.
+    pub mode: Mode,
+    /// Classification takes the high-risk list from the rule library (and its reloads) rather than
+    /// from a path in the config.
+    pub high_risk_from_rules: bool,
+    /// The process-wide calling-number alerts (daemon): the caller shard writes, partitions read.
+    pub flags: Option<GlobalFlags>,
+}
+
+/// Everything a pipeline is built from.
+pub struct PipelineOptions<'a> {
+    pub classifier: Classifier,
+    pub state: StateConfig,
+    pub scope: Scope,
+    /// `None`: state only (`inspect`).
+    pub rules: Option<RulesOptions<'a>>,
+    /// Records later than this are skipped (`inspect --at`).
+    pub cutoff: Option<i64>,
+    /// Keep fired timers for the report (`inspect`).
+    pub keep_fired: bool,
+}
+
+impl<'a> PipelineOptions<'a> {
+    /// State and classification only, the whole scope: add rules or a cutoff with struct update.
+    pub fn new(classifier: Classifier, state: StateConfig) -> Self {
+        PipelineOptions {
+            classifier,
+            state,
+            scope: Scope::Everything,
+            rules: None,
+            cutoff: None,
+            keep_fired: false,
+        }
+    }
+}
+
 pub struct Pipeline {
     pub classifier: Classifier,
     pub store: SharedStore,
     /// The rule engine, when rules are enabled (`inspect` runs without).
     pub rules: Option<RuleEngine>,
-    /// Classification takes the high-risk list from the rule library (and its reloads) rather than
-    /// from a path in the config.
-    pub high_risk_from_rules: bool,
+    high_risk_from_rules: bool,
+    scope: Scope,
+    /// Which calls give a calling number state (before the scope took calling numbers off a
+    /// partition's store): the calls a partition hands to the caller shard.
+    calling_numbers: CallingNumbers,
+    /// The last applied call to hand to the caller shard (`Scope::Lines`).
+    call: Option<UsageRecord>,
     pub counts: Counts,
     /// Records later than this are skipped (inspect `--at`).
-    pub cutoff: Option<i64>,
+    cutoff: Option<i64>,
     /// Timers that have fired, kept when `keep_fired` is set (inspect shows them).
     pub fired: Vec<Timer>,
-    pub keep_fired: bool,
+    keep_fired: bool,
     newest_any: Option<i64>,
     /// UTC offset of the latest accepted usage record: reports default to the records' own clock.
     pub display_offset: i16,
 }
 
 impl Pipeline {
-    pub fn new(classifier: Classifier, store: WindowStore) -> Self {
-        Pipeline {
-            classifier,
-            store: Rc::new(RefCell::new(store)),
+    /// Builds the stages; with rules, the library must be valid as a whole.
+    pub fn new(opts: PipelineOptions<'_>) -> Result<Self, BuildErrors> {
+        let calling_numbers = opts.state.calling_numbers;
+        let mut state = opts.state;
+        match opts.scope {
+            Scope::Everything => {}
+            Scope::Lines => state.calling_numbers = CallingNumbers::Off,
+            // Partitions run at their own pace and the shard takes every call one of them accepted,
+            // whatever the other partitions' time.
+            Scope::CallingNumbers => state.allowed_lateness = state.max_window,
+        }
+        let store = Rc::new(RefCell::new(WindowStore::new(state)));
+        let mut pipeline = Pipeline {
+            classifier: opts.classifier,
+            store,
             rules: None,
             high_risk_from_rules: false,
+            scope: opts.scope,
+            calling_numbers,
+            call: None,
             counts: Counts::default(),
-            cutoff: None,
+            cutoff: opts.cutoff,
             fired: Vec::new(),
-            keep_fired: false,
+            keep_fired: opts.keep_fired,
             newest_any: None,
             display_offset: 0,
+        };
+        if let Some(r) = opts.rules {
+            let shared = Shared::new(
+                pipeline.store.clone(),
+                Rc::new(RefCell::new(AlertMemory::default())),
+                r.flags,
+            );
+            let set = RuleSet::build(r.sources, r.sandbox, &shared)?;
+            let entities = match opts.scope {
+                Scope::Everything => EntityFilter::All,
+                Scope::Lines => EntityFilter::Except(EntityType::CallingNumber),
+                Scope::CallingNumbers => EntityFilter::Only(EntityType::CallingNumber),
+            };
+            let engine_opts = EngineOptions {
+                limits: r.sandbox.clone(),
+                quarantine_after: r.quarantine_after,
+                mode: r.mode,
+                entities,
+                publish_flags: opts.scope == Scope::CallingNumbers,
+            };
+            pipeline.rules = Some(RuleEngine::new(set, shared, engine_opts));
+            pipeline.high_risk_from_rules = r.high_risk_from_rules;
+            pipeline.adopt_rule_lists();
         }
-    }
-
-    /// Builds the rule set and turns rule evaluation on. The engine reads this pipeline's store.
-    pub fn enable_rules(
-        &mut self,
-        sources: &RuleSources,
-        limits: &SandboxLimits,
-        quarantine_after: u64,
-    ) -> Result<(), BuildErrors> {
-        let shared = Shared::new(
-            self.store.clone(),
-            Rc::new(RefCell::new(AlertMemory::default())),
-        );
-        let set = RuleSet::build(sources, limits, &shared)?;
-        let mut engine = RuleEngine::new(set, shared, limits.clone());
-        engine.quarantine_after = quarantine_after;
-        self.rules = Some(engine);
-        self.adopt_rule_lists();
-        Ok(())
+        Ok(pipeline)
     }
 
     /// Swaps in a new rule set built from `sources`, or keeps the active one if anything is wrong
@@ -119,6 +199,36 @@ impl Pipeline {
             self.adopt_rule_lists();
         }
         Ok(())
+    }
+
+    /// Replaces the state and alert memory with restored ones (a snapshot), keeping this pipeline's
+    /// configuration.
+    pub fn restore(&mut self, store: WindowStore, memory: AlertMemory) {
+        let cfg = self.store.borrow().config().clone();
+        *self.store.borrow_mut() = store.restored(cfg);
+        if let Some(e) = &self.rules {
+            *e.shared().memory.borrow_mut() = memory;
+        }
+    }
+
+    /// The call the last record handed over to the caller shard, if it was one (`Scope::Lines`).
+    pub fn take_call(&mut self) -> Option<UsageRecord> {
+        self.call.take()
+    }
+
+    /// Whether this usage record, once applied, runs a rule reading the caller shard's alerts.
+    pub fn reads_flags(&self, r: &UsageRecord) -> bool {
+        self.rules
+            .as_ref()
+            .is_some_and(|e| e.reads_flags(self.classifier.classify(r)))
+    }
+
+    /// Takes the alerts emitted since the last call.
+    pub fn take_alerts(&mut self) -> Vec<crate::record::Alert> {
+        self.rules
+            .as_mut()
+            .map(|e| e.take_alerts().collect())
+            .unwrap_or_default()
     }
 
     fn adopt_rule_lists(&mut self) {
@@ -150,7 +260,10 @@ impl Pipeline {
             }
             Ok(Item::Usage(r)) => {
                 let class = self.classifier.classify(&r);
-                let outcome = self.store.borrow_mut().apply_usage(&r, class);
+                let outcome = match self.scope {
+                    Scope::CallingNumbers => self.store.borrow_mut().apply_call(&r, class),
+                    _ => self.store.borrow_mut().apply_usage(&r, class),
+                };
                 let store = self.store.borrow();
                 match outcome {
                     Outcome::Accepted => {
@@ -161,6 +274,7 @@ impl Pipeline {
                         if let Some(engine) = &mut self.rules {
                             engine.on_usage(&r, class);
                         }
+                        self.hand_over(r, class);
                         Verdict::Applied
                     }
                     Outcome::Duplicate => Verdict::Duplicate,
@@ -216,6 +330,13 @@ impl Pipeline {
         }
         self.fire_due_timers();
         verdict
+    }
+
+    /// Keeps an applied call whose calling number the caller shard keeps state for.
+    fn hand_over(&mut self, r: UsageRecord, class: RecordClass) {
+        if self.scope == Scope::Lines && tracks_caller(self.calling_numbers, &r, class) {
+            self.call = Some(r);
+        }
     }
 
     fn note_time(&mut self, t: i64) {

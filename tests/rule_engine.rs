@@ -8,11 +8,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use cdrguard::config::Config;
-use cdrguard::pipeline::Pipeline;
+use cdrguard::pipeline::{Pipeline, PipelineOptions, RulesOptions};
+use cdrguard::record::Mode;
 use cdrguard::record::{Alert, Decoder, Department, Segment};
+use cdrguard::record::{Decoded, Item};
 use cdrguard::rules::watch::{ReloadCause, RuleWatcher};
 use cdrguard::rules::RuleSources;
-use cdrguard::source::{Decoded, Item};
 use cdrguard::state::WindowStore;
 use common::*;
 
@@ -30,13 +31,22 @@ const PARAMS: &str =
 
 fn pipeline(rules: &Path) -> Pipeline {
     let (cfg, base) = Config::load(None).unwrap();
-    let mut p = Pipeline::new(
-        cfg.classifier(&Path::new(ROOT).join(base)).unwrap(),
-        WindowStore::new(cfg.state.clone()),
-    );
-    p.enable_rules(&RuleSources::read(rules).unwrap(), &cfg.rules.sandbox, 50)
-        .unwrap();
-    p
+    let sources = RuleSources::read(rules).unwrap();
+    Pipeline::new(PipelineOptions {
+        rules: Some(RulesOptions {
+            sources: &sources,
+            sandbox: &cfg.rules.sandbox,
+            quarantine_after: 50,
+            mode: Mode::Replay,
+            high_risk_from_rules: false,
+            flags: None,
+        }),
+        ..PipelineOptions::new(
+            cfg.classifier(&Path::new(ROOT).join(base)).unwrap(),
+            cfg.state.clone(),
+        )
+    })
+    .unwrap()
 }
 
 /// Feeds NDJSON usage lines and returns the alerts they raised.
@@ -352,7 +362,7 @@ fn check_warns_about_a_rule_no_record_can_trigger() {
     let store = std::rc::Rc::new(std::cell::RefCell::new(
         WindowStore::new(Default::default()),
     ));
-    let shared = cdrguard::rules::Shared::new(store, Default::default());
+    let shared = cdrguard::rules::Shared::new(store, Default::default(), None);
     let set = cdrguard::rules::RuleSet::build(
         &RuleSources::read(dir.path()).unwrap(),
         &Default::default(),

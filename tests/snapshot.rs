@@ -7,24 +7,26 @@ use std::path::Path;
 use cdrguard::classify::ClassFilter;
 use cdrguard::config::Config;
 use cdrguard::modes::inspect::{self, Target, WindowSpec};
-use cdrguard::pipeline::Pipeline;
+use cdrguard::pipeline::{Pipeline, PipelineOptions};
 use cdrguard::record::{EventTime, Number};
-use cdrguard::source::MergedSource;
-use cdrguard::state::WindowStore;
+use cdrguard::source::FileSource;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn replay(snapshot_after: Option<u64>) -> Pipeline {
     let (cfg, base) = Config::load(None).unwrap();
-    let mut p = Pipeline::new(
-        cfg.classifier(Path::new(ROOT).join(&base).as_path())
-            .unwrap(),
-        WindowStore::new(cfg.state.clone()),
-    );
-    p.keep_fired = true;
+    let mut p = Pipeline::new(PipelineOptions {
+        keep_fired: true,
+        ..PipelineOptions::new(
+            cfg.classifier(Path::new(ROOT).join(&base).as_path())
+                .unwrap(),
+            cfg.state.clone(),
+        )
+    })
+    .unwrap();
     let usage = Path::new(ROOT).join("fixtures/demo/usage.ndjson");
     let events = Path::new(ROOT).join("fixtures/demo/events.ndjson");
-    let mut src = MergedSource::open(&usage, Some(&events), cfg.decoder()).unwrap();
+    let mut src = FileSource::open(&usage, Some(&events), cfg.decoder()).unwrap();
     while let Some(d) = src.next_decoded().unwrap() {
         p.process(d);
         if Some(p.counts.lines) == snapshot_after {

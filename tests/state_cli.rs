@@ -8,8 +8,9 @@ use std::process::{Command, Stdio};
 use cdrguard::alert::memory::AlertMemory;
 use cdrguard::config::Config;
 use cdrguard::durability::checkpoint::{
-    self, CallerStateRef, PartitionState, PartitionStateRef, StateDir,
+    self, CallerStateRef, LanePosition, PartitionState, PartitionStateRef,
 };
+use cdrguard::durability::dir::{partition_path, CheckpointDir};
 use cdrguard::durability::snapshot::{self, Loaded, Position, SnapshotKind};
 use cdrguard::record::Number;
 use cdrguard::state::{Outcome, WindowStore};
@@ -42,6 +43,11 @@ const INVOICE: &str = r#"{"event_id":"inv-1","event_type":"invoice_issued","occu
 
 /// Feeds NDJSON usage lines (and account events first) to `store`; every record must be accepted.
 fn feed(store: &mut WindowStore, events: &[&str], usage: &[String]) {
+    feed_as(store, events, usage, false)
+}
+
+/// `calls`: as the caller shard applies MT calls (calling-number state only).
+fn feed_as(store: &mut WindowStore, events: &[&str], usage: &[String], calls: bool) {
     let (cfg, _) = Config::load(None).unwrap();
     let decoder = cfg.decoder();
     let classifier = cfg.classifier(Path::new(ROOT)).unwrap();
@@ -51,10 +57,12 @@ fn feed(store: &mut WindowStore, events: &[&str], usage: &[String]) {
     }
     for line in usage {
         let r = decoder.usage(line.as_bytes()).unwrap();
-        assert_eq!(
-            store.apply_usage(&r, classifier.classify(&r)),
-            Outcome::Accepted
-        );
+        let class = classifier.classify(&r);
+        let outcome = match calls {
+            true => store.apply_call(&r, class),
+            false => store.apply_usage(&r, class),
+        };
+        assert_eq!(outcome, Outcome::Accepted);
     }
 }
 
@@ -78,9 +86,10 @@ fn write_partition(dir: &Path, p: i32, store: &WindowStore, usage_next: i64) {
     let state = PartitionStateRef {
         store,
         memory: &AlertMemory::default(),
+        highs: [i64::MIN; 2],
     };
     let bytes = snapshot::encode(&header, &state).unwrap();
-    snapshot::write_atomic(&checkpoint::partition_path(dir, p), &bytes).unwrap();
+    snapshot::write_atomic(&partition_path(dir, p), &bytes).unwrap();
 }
 
 /// partition-0: subscribers …01 (3 MO calls) and …02 (1) on account A-1, which has an invoice and so a
@@ -130,19 +139,25 @@ fn state_dir() -> tempfile::TempDir {
     let mut callers_cfg = cfg.state.clone();
     callers_cfg.allowed_lateness = callers_cfg.max_window;
     let mut callers = WindowStore::new(callers_cfg);
-    callers.callers_only = true;
-    feed(
+    feed_as(
         &mut callers,
         &[],
         &[voice("m1", "mt", t, "33600000001", "A-1", "447700900123")],
+        true,
     );
-    let applied = BTreeMap::from([(0, 5)]);
+    let lanes = BTreeMap::from([(
+        0,
+        LanePosition {
+            next: 6,
+            high: i64::MIN,
+        },
+    )]);
     let header = checkpoint::header(SnapshotKind::Callers, positions(0, 6), &callers);
     let state = CallerStateRef {
         store: &callers,
         memory: &AlertMemory::default(),
         flags: vec![],
-        applied: &applied,
+        lanes: &lanes,
     };
     let bytes = snapshot::encode(&header, &state).unwrap();
     snapshot::write_atomic(&dir.path().join("callers.snap"), &bytes).unwrap();
@@ -163,7 +178,7 @@ fn row<'a>(report: &'a Value, filter: &str, window: &str) -> &'a Value {
 }
 
 fn load_partition(dir: &Path, p: i32) -> (Loaded, PartitionState) {
-    let loaded = Loaded::read(&checkpoint::partition_path(dir, p)).unwrap();
+    let loaded = Loaded::read(&partition_path(dir, p)).unwrap();
     let state = loaded.payload::<PartitionState>().unwrap();
     (loaded, state)
 }
@@ -412,8 +427,8 @@ fn clear_removes_an_account_and_its_timers_but_not_its_lines() {
 #[test]
 fn clear_is_refused_while_a_daemon_holds_the_directory() {
     let dir = state_dir();
-    let before = std::fs::read(checkpoint::partition_path(dir.path(), 0)).unwrap();
-    let lock = StateDir::open(dir.path()).unwrap();
+    let before = std::fs::read(partition_path(dir.path(), 0)).unwrap();
+    let lock = CheckpointDir::open(dir.path()).unwrap();
     let (code, _, err) = run(&[
         "state",
         "clear",
@@ -427,7 +442,7 @@ fn clear_is_refused_while_a_daemon_holds_the_directory() {
         err.contains("refusing to clear") && err.contains("in use"),
         "{err}"
     );
-    let after = std::fs::read(checkpoint::partition_path(dir.path(), 0)).unwrap();
+    let after = std::fs::read(partition_path(dir.path(), 0)).unwrap();
     assert_eq!(before, after, "the snapshot is untouched");
     // Reading does not need the lock.
     let (code, _, err) = run(&[
@@ -454,7 +469,7 @@ fn clear_is_refused_while_a_daemon_holds_the_directory() {
 #[test]
 fn a_corrupt_snapshot_is_named_skipped_and_never_rewritten() {
     let dir = state_dir();
-    let path = checkpoint::partition_path(dir.path(), 1);
+    let path = partition_path(dir.path(), 1);
     let mut bytes = std::fs::read(&path).unwrap();
     let at = bytes.len() / 2;
     bytes[at] ^= 0x10;

@@ -1,4 +1,10 @@
-//! Alerts: the policy that turns a rule's verdict into an alert, and the memory it keeps per entity.
+//! Alerts: from a rule's verdict to a message a department receives.
+//!
+//! `policy` decides (cooldown, min-hits, deterministic id) and builds the alert; `memory` is what it
+//! remembers per (rule, entity), which scripts read too (`alerted`, `edge`); `route` picks the
+//! departments (VIP overlay); `wire` is the encoding and metadata every sink shares.
 
 pub mod memory;
 pub mod policy;
+pub mod route;
+pub mod wire;

@@ -5,17 +5,18 @@
 //!   cooldown bucket of the trigger time, severity). The same input gives the same ids on every replay
 //!   and on redelivery after a crash, so consumers can de-duplicate.
 //! - **Cooldown / min-hits** per (rule, entity): see `memory`.
-//! - **VIP overlay**: accounts in segment vip, enterprise or government also go to KEY_ACCOUNTS, and
-//!   any barring advice (`bar*`, `soft_bar`, `suspend*`, `block*`) becomes `kam_review`: a key-account
-//!   manager talks to the customer before anything is cut off.
-//! - **Routing**: the rule's departments plus the overlay, in a fixed order.
+//! - **Routing and VIP overlay**: see `route`.
+//!
+//! The rule engine calls `decide` inline, right after each evaluation, rather than handing verdicts on
+//! to a later stage: an alert must be in the memory before the next rule of the same record runs
+//! (its cooldown, `alerted` and `edge` see it), so the decision cannot wait for the record to finish.
 
 use std::collections::BTreeMap;
 
 use rhai::{Dynamic, Map};
 
 use crate::record::time::{format_duration, parse_duration};
-use crate::record::{Alert, AlertWindow, Department, EntityRef, Evidence, Mode, RuleRef, Severity};
+use crate::record::{Alert, AlertWindow, EntityRef, Evidence, Mode, RuleRef, Severity};
 use crate::record::{EventTime, Segment};
 
 use super::memory::{AlertMemory, Decision};
@@ -49,13 +50,6 @@ fn default_score(s: Severity) -> u8 {
         Severity::High => 75,
         Severity::Critical => 90,
     }
-}
-
-fn is_barring(action: &str) -> bool {
-    action.starts_with("bar")
-        || action == "soft_bar"
-        || action.starts_with("suspend")
-        || action.starts_with("block")
 }
 
 fn to_json(v: &Dynamic) -> serde_json::Value {
@@ -117,12 +111,11 @@ fn parse_verdict(rule: &Rule, map: &Map, t: &TriggerInfo) -> Result<Verdict, Scr
         match k.as_str() {
             "severity" => {
                 let s = string_of(val, "severity")?;
-                v.severity =
-                    serde_json::from_value(serde_json::Value::String(s.clone())).map_err(|_| {
-                        bad(format!(
-                            "severity {s:?} (info, low, medium, high, critical)"
-                        ))
-                    })?;
+                v.severity = Severity::parse(&s).ok_or_else(|| {
+                    bad(format!(
+                        "severity {s:?} (info, low, medium, high, critical)"
+                    ))
+                })?;
             }
             "score" => {
                 let n = val
@@ -214,18 +207,7 @@ pub fn decide(
     }
     let alert_id = format!("{:032x}", h.finish());
 
-    let mut departments = meta.departments.clone();
-    let mut actions = v.actions;
-    if trigger.segment.is_some_and(Segment::is_key_account) {
-        departments.push(Department::KeyAccounts);
-        for a in actions.iter_mut().filter(|a| is_barring(a)) {
-            *a = "kam_review".into();
-        }
-    }
-    departments.sort();
-    departments.dedup();
-    let mut seen = std::collections::HashSet::new();
-    actions.retain(|a| seen.insert(a.clone()));
+    let (departments, actions) = super::route::route(&meta.departments, v.actions, trigger.segment);
 
     let window = v.window.map(|(size, w)| AlertWindow {
         size: if parse_duration(&size).is_ok() {

@@ -1,7 +1,7 @@
 //! Partition handover at rebalances, on the polling thread (inside `poll`).
 //!
 //! **Assigned**: for each partition number, read the group's committed offsets and the partition's
-//! snapshot, decide where each input starts and what is skipped or suppressed (`Resume`), set the
+//! snapshot, decide where each input starts and what is skipped or suppressed (`ReadBounds`), set the
 //! start offsets in the assignment, and hand the restored state to the partition's worker before any of
 //! its records. The cases, per input, with C the committed offset and S the snapshot's:
 //!
@@ -13,40 +13,48 @@
 //! | S, none committed | none | S (if the log reaches it) | skip below S | all |
 //! | none | none | `kafka.start_from` | new | all |
 //!
+//! The caller shard hears of the assigned usage partitions before any of their records, and the
+//! poller of every input partition's start offset (the event-time merge counts from it).
+//!
 //! **Revoking**: the partitions' workers snapshot and drop them, the caller shard snapshots, and once
 //! those are durable the offsets are committed, so the next owner (or this process, reassigned) starts
 //! exactly where the snapshots end.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::Config;
+use crate::config::{Config, StartFrom};
+use crate::durability::checkpoint::{PartitionState, ReadBounds};
+use crate::durability::dir::CheckpointDir;
 use crate::durability::snapshot::{Loaded, SnapshotError, SnapshotKind};
+use crate::record::Input;
+use crate::sink::Tracker;
 use crate::source::kafka::{ConsumerCtx, RebalanceHook};
+use crate::telemetry::events::PartitionStarted;
+use crate::telemetry::metrics::{Metrics, RestoreOutcome};
 
-use super::worker::{CallerWork, Work};
-use crate::durability::checkpoint::{index, PartitionState, Resume, StateDir};
-use crate::sink::ack::{Input, Tracker};
-use crate::telemetry::metrics::Metrics;
+use super::callers::ShardMessage;
+use super::poll::Assignment;
+use super::worker::{worker_of, WorkerMessage};
 
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Rebalancer {
     pub cfg: Arc<Config>,
-    pub dir: Option<Arc<StateDir>>,
+    pub dir: Option<Arc<CheckpointDir>>,
     pub tracker: Arc<Tracker>,
     pub metrics: Arc<Metrics>,
-    pub board: Arc<crate::source::kafka::LagBoard>,
-    pub workers: Mutex<Vec<SyncSender<Work>>>,
-    pub callers: Mutex<Option<SyncSender<CallerWork>>>,
+    pub assignment: Arc<Assignment>,
+    pub workers: Mutex<Vec<Sender<WorkerMessage>>>,
+    pub shard: Mutex<Option<SyncSender<ShardMessage>>>,
     /// The caller shard started without a usable snapshot: the first assignment re-reads usage for it.
-    pub callers_rebuild: AtomicBool,
+    pub shard_rebuild: AtomicBool,
     /// The run loop has stopped and committed: the revoke at close has nothing left to do.
     pub stopped: AtomicBool,
 }
@@ -66,7 +74,7 @@ impl Rebalancer {
     pub fn shutdown(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         self.workers.lock().expect("rebalancer lock").clear();
-        *self.callers.lock().expect("rebalancer lock") = None;
+        *self.shard.lock().expect("rebalancer lock") = None;
     }
 
     fn topic(&self, input: Input) -> &str {
@@ -77,7 +85,7 @@ impl Rebalancer {
     }
 
     /// Loads a partition's snapshot, checking that it is one and for this partition.
-    fn load(&self, dir: &StateDir, p: i32) -> Result<(Loaded, PartitionState), SnapshotError> {
+    fn load(&self, dir: &CheckpointDir, p: i32) -> Result<(Loaded, PartitionState), SnapshotError> {
         let loaded = Loaded::read(&dir.partition(p))?;
         if loaded.header.kind != SnapshotKind::Partition(p) {
             return Err(SnapshotError::Incompatible {
@@ -160,15 +168,16 @@ impl RebalanceHook for Rebalancer {
             }
         };
         let workers = self.workers.lock().expect("rebalancer lock").clone();
-        let has_callers = self.callers.lock().expect("rebalancer lock").is_some();
-        let callers_rebuild = has_callers && self.callers_rebuild.swap(false, Ordering::SeqCst);
+        let shard = self.shard.lock().expect("rebalancer lock").clone();
+        let shard_rebuild = shard.is_some() && self.shard_rebuild.swap(false, Ordering::SeqCst);
         let inputs = [Input::Usage, Input::Events];
+        let index = Input::index;
 
         struct Plan {
             state: Option<Box<PartitionState>>,
-            resume: Resume,
+            bounds: ReadBounds,
             start: [Start; 2],
-            outcome: String,
+            outcome: RestoreOutcome,
         }
         let mut plans: BTreeMap<i32, Plan> = BTreeMap::new();
         for &p in &parts {
@@ -178,12 +187,12 @@ impl RebalanceHook for Rebalancer {
             }
             let mut plan = Plan {
                 state: None,
-                resume: Resume {
+                bounds: ReadBounds {
                     apply_from: [None; 2],
                     emit_from: c,
                 },
                 start: [Start::Committed; 2],
-                outcome: "no_snapshots".into(),
+                outcome: RestoreOutcome::NoSnapshots,
             };
             if let Some(dir) = &self.dir {
                 match self.load(dir, p) {
@@ -217,7 +226,7 @@ impl RebalanceHook for Rebalancer {
                                 }
                                 (None, None) => {}
                             }
-                            plan.resume.apply_from[k] = match plan.start[k] {
+                            plan.bounds.apply_from[k] = match plan.start[k] {
                                 Start::Rebuild => None,
                                 _ => s[k],
                             };
@@ -225,9 +234,9 @@ impl RebalanceHook for Rebalancer {
                         if foreign {
                             tracing::error!(partition = p, path = %loaded.path.display(), "The snapshot is ahead of the partition's log (another cluster, or recreated topics): not used; starting new.");
                             dir.set_aside(&loaded.path);
-                            plan.resume.apply_from = [None; 2];
+                            plan.bounds.apply_from = [None; 2];
                             plan.start = [Start::Committed; 2];
-                            plan.outcome = "foreign_snapshot".into();
+                            plan.outcome = RestoreOutcome::ForeignSnapshot;
                         } else {
                             tracing::info!(
                                 partition = p,
@@ -242,7 +251,11 @@ impl RebalanceHook for Rebalancer {
                                 "Partition state restored from its snapshot."
                             );
                             plan.state = Some(Box::new(state));
-                            plan.outcome = if stale { "stale_snapshot" } else { "snapshot" }.into();
+                            plan.outcome = if stale {
+                                RestoreOutcome::StaleSnapshot
+                            } else {
+                                RestoreOutcome::Snapshot
+                            };
                             // What the snapshot holds may be committed as soon as it is re-read.
                             for i in inputs {
                                 if let (Some(s), Start::Committed) =
@@ -254,7 +267,7 @@ impl RebalanceHook for Rebalancer {
                         }
                     }
                     Err(SnapshotError::Missing(_)) if c == [None, None] => {
-                        plan.outcome = "new".into();
+                        plan.outcome = RestoreOutcome::New;
                     }
                     Err(e) => {
                         if matches!(
@@ -275,7 +288,7 @@ impl RebalanceHook for Rebalancer {
                                 plan.start[index(i)] = Start::Rebuild;
                             }
                         }
-                        plan.outcome = format!("rebuilt_{}", e.reason());
+                        plan.outcome = RestoreOutcome::Rebuilt(e.reason());
                     }
                 }
             }
@@ -289,16 +302,15 @@ impl RebalanceHook for Rebalancer {
                 if c[k].is_none() && plan.start[k] == Start::Committed {
                     match consumer.fetch_watermarks(self.topic(i), p, BROKER_TIMEOUT) {
                         Ok((low, high)) => {
-                            let o = if self.cfg.kafka.start_from == "latest" {
-                                high
-                            } else {
-                                low
+                            let o = match self.cfg.kafka.start_from {
+                                StartFrom::Latest => high,
+                                StartFrom::Earliest => low,
                             };
                             plan.start[k] = Start::At(o);
-                            plan.resume.emit_from[k] = Some(o);
+                            plan.bounds.emit_from[k] = Some(o);
                             // Nothing before the start is needed: the state covers it from here,
                             // so a snapshot taken before any record arrives says so.
-                            plan.resume.apply_from[k] = Some(o);
+                            plan.bounds.apply_from[k] = Some(o);
                             self.tracker.start_new(i, p, o);
                             tracing::info!(
                                 topic = self.topic(i),
@@ -313,7 +325,7 @@ impl RebalanceHook for Rebalancer {
                     }
                 }
             }
-            if callers_rebuild && c[0].is_some() && plan.start[0] == Start::Committed {
+            if shard_rebuild && c[0].is_some() && plan.start[0] == Start::Committed {
                 // The partition keeps skipping what its snapshot holds; the shard takes the calls.
                 plan.start[0] = Start::Rebuild;
             }
@@ -330,7 +342,14 @@ impl RebalanceHook for Rebalancer {
             })
             .collect();
         let rebuild = self.rebuild_offsets(consumer, &wanted);
+        // The caller shard hears of the usage partitions before any of their records is reported.
+        if let Some(shard) = &shard {
+            let _ = shard.send(ShardMessage::Assign {
+                partitions: plans.keys().copied().collect(),
+            });
+        }
         for (p, plan) in plans {
+            let mut starts = [None; 2];
             for i in inputs {
                 let k = index(i);
                 let at = match plan.start[k] {
@@ -340,31 +359,40 @@ impl RebalanceHook for Rebalancer {
                     Start::Rebuild => {
                         rebuild
                             .get(&(i, p))
-                            .map(|&r| match (r, plan.resume.emit_from[k]) {
+                            .map(|&r| match (r, plan.bounds.emit_from[k]) {
                                 (Offset::Offset(r), Some(c)) => Offset::Offset(r.min(c)),
                                 (r, _) => r,
                             })
                     }
                 };
-                match at {
-                    Some(Offset::Offset(o)) => self.board.set_start(i, p, Some(Some(o))),
-                    Some(_) => self.board.set_start(i, p, Some(None)),
-                    None => self.board.set_start(i, p, None),
-                }
+                starts[k] = match at {
+                    None => c_of(&committed, self.topic(i), p),
+                    Some(Offset::Offset(o)) => Some(o),
+                    // The log's beginning: its number, for the event-time merge.
+                    Some(_) => consumer
+                        .fetch_watermarks(self.topic(i), p, BROKER_TIMEOUT)
+                        .ok()
+                        .map(|(low, _)| low),
+                };
+                self.assignment.assigned(i, p, starts[k]);
                 if let Some(o) = at {
                     if let Err(e) = tpl.set_partition_offset(self.topic(i), p, o) {
                         tracing::error!(error = %e, partition = p, "Setting the start offset failed.");
                     }
                 }
             }
-            self.metrics.snapshots.count_restore(&plan.outcome);
-            let work = Work::Assign {
+            PartitionStarted {
+                partition: p,
+                outcome: plan.outcome,
+            }
+            .emit(&self.metrics);
+            let work = WorkerMessage::Assign {
                 partition: p,
                 state: plan.state,
-                resume: plan.resume,
+                bounds: plan.bounds,
+                starts,
             };
-            let worker = &workers[p.unsigned_abs() as usize % workers.len()];
-            if worker.send(work).is_err() {
+            if worker_of(&workers, p).send(work).is_err() {
                 tracing::error!(partition = p, "Worker stopped; partition not started.");
             }
         }
@@ -382,7 +410,7 @@ impl RebalanceHook for Rebalancer {
         let started = Instant::now();
         let parts: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         let workers = self.workers.lock().expect("rebalancer lock").clone();
-        let callers = self.callers.lock().expect("rebalancer lock").clone();
+        let shard = self.shard.lock().expect("rebalancer lock").clone();
         let mut by_worker: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
         for &p in &parts {
             by_worker
@@ -393,7 +421,7 @@ impl RebalanceHook for Rebalancer {
         let mut waits = Vec::new();
         for (w, partitions) in by_worker {
             let (reply, wait) = sync_channel(1);
-            let work = Work::Release { partitions, reply };
+            let work = WorkerMessage::Release { partitions, reply };
             if workers[w].send(work).is_ok() {
                 waits.push(wait);
             }
@@ -407,10 +435,11 @@ impl RebalanceHook for Rebalancer {
                 Err(_) => durable = false,
             }
         }
-        if let (Some(callers), true) = (&callers, self.dir.is_some()) {
+        if let Some(shard) = &shard {
+            // The workers have reported everything they processed before they answered.
             let (tx, rx) = sync_channel(1);
-            if callers
-                .send(CallerWork::Snapshot { done: Some(tx) })
+            if shard
+                .send(ShardMessage::Snapshot { done: Some(tx) })
                 .is_ok()
             {
                 done.push(rx);
@@ -422,13 +451,20 @@ impl RebalanceHook for Rebalancer {
         if !durable {
             tracing::warn!("Not every snapshot of the revoked partitions became durable; their next owner re-reads from the last commit.");
         }
-        super::store_offsets(consumer, &self.cfg, &self.tracker);
+        super::poll::store_offsets(consumer, &self.tracker);
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(error = %e, "Commit at revoke.");
         }
+        if let Some(shard) = &shard {
+            let _ = shard.send(ShardMessage::Revoke {
+                partitions: parts.iter().copied().collect(),
+            });
+        }
         for &p in &parts {
-            self.tracker.forget(Input::Usage, p);
-            self.tracker.forget(Input::Events, p);
+            for i in Input::ALL {
+                self.tracker.forget(*i, p);
+                self.assignment.revoked(*i, p);
+            }
         }
         tracing::info!(
             partitions = parts.len(),
@@ -437,4 +473,9 @@ impl RebalanceHook for Rebalancer {
             "Revoked partitions handed over."
         );
     }
+}
+
+/// The committed offset of a (topic, partition), if any.
+fn c_of(committed: &BTreeMap<(String, i32), i64>, topic: &str, p: i32) -> Option<i64> {
+    committed.get(&(topic.to_string(), p)).copied()
 }

@@ -2,210 +2,276 @@
 //! partition `p` of both input topics goes to worker `p % workers`, so an account's usage and events
 //! (keyed alike, co-partitioned) meet in one pipeline with no lock on state.
 //!
-//! **Event-time merge per partition.** Kafka orders a partition, not two topics: a backlog of usage
-//! can be read ahead of the account event (a credit limit, an invoice) that preceded it. Like Kafka
-//! Streams' task synchronisation, a worker keeps each partition's usage and events in two queues and
-//! processes the earlier head; a lone head waits while the other topic's partition still has unread
-//! messages on the broker (`LagBoard`), at most `daemon.align_max_wait`. Live, both are read up and
-//! nothing waits.
+//! **Event-time order.** Kafka orders a partition, not two topics: a backlog of usage can be read
+//! ahead of the account event (a credit limit, an invoice) that preceded it. Each partition merges
+//! its usage and events with the aligner every mode uses (`source::align`): the earlier head goes
+//! first, and a head waits while the other topic may still hold something earlier — until a record of
+//! it arrives or the polling thread reports that partition's end offset reached (`Polled::End`). What
+//! decides is only what has been read, so the order is the same whatever the load or timing. An idle
+//! topic holds nothing back (its end is reached); a lagging one holds its partner back for as long as
+//! it has unread records (Kafka Streams' tasks do the same with `max.task.idle.ms = 0`);
+//! `daemon.align_wait` adds a wait after the end is reached, for producers that write the two topics
+//! at different delays.
 //!
 //! **Caller shard.** A calling number rings subscribers of every partition, so its state (Wangiri)
-//! cannot live in one partition: the MT calls that give a calling number state are also handed, in
-//! their partition's order, to one caller shard that keeps only calling-number state and runs only
-//! the rules keyed by calling number. Alerts it raises are flagged process-wide, so `alerted()` in
-//! a subscriber's partition sees them (the Wangiri callback). The handover is synchronous and holds
-//! the record's offset until the shard's alerts are acknowledged.
+//! lives in the caller shard (`callers`): every usage record a partition processes is reported to it
+//! in order — the MT calls it keeps state for whole, the rest as progress — and it merges the
+//! partitions in event time. A record that runs a rule reading the shard's alerts (`alerted`: a
+//! Wangiri callback) first waits until the shard has applied every call before it in event time (a
+//! barrier), so it sees exactly the flags a replay in event time would.
 //!
-//! Per record: run the pipeline, produce each alert to each of its departments' topics and each reject
-//! to the dead-letter topic, then mark the offset processed; the tracker commits it once all of that is
-//! acknowledged (and, with snapshots on, once a durable snapshot covers it: see `checkpoint`).
+//! Per record: run the pipeline, hand each alert and reject to the sinks, mark the offset processed;
+//! the tracker commits it once all of that is acknowledged (and, with snapshots on, once a durable
+//! snapshot covers it: see `durability::checkpoint`).
 //!
-//! **Partitions come and go with the assignment.** A partition's pipeline is created (or restored
-//! from its snapshot) by `Work::Assign`, which the polling thread sends before any of its records, and
-//! snapshotted and dropped by `Work::Release`. A record of a partition the worker does not hold was
-//! polled before a rebalance gave the partition away: it is dropped unprocessed, and its next owner
-//! reads it again from the committed offset.
+//! **Partitions come and go with the assignment.** A partition's pipeline is created (or restored from
+//! its snapshot) by `Assign`, which the polling thread sends before any of its records, and
+//! snapshotted and dropped by `Release`; what it still held unprocessed is dropped too and read again
+//! by the next owner from the committed offset.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 
 use crate::classify::Classifier;
-use crate::config::{CallingNumbers, Config};
+use crate::config::Config;
+use crate::durability::checkpoint::{self, EncodedSnapshot, PartitionState, ReadBounds};
 use crate::durability::snapshot::{self, Position, SnapshotKind};
-use crate::pipeline::{Pipeline, Verdict};
-use crate::record::{Alert, Decoder, Direction, EntityType, RecordType, Reject, UsageRecord};
+use crate::pipeline::{Pipeline, PipelineOptions, RulesOptions, Scope, Verdict};
+use crate::record::{Decoded, Decoder, Input, Item, Mode, Reject, UsageRecord};
 use crate::rules::api::GlobalFlags;
 use crate::rules::RuleSources;
-use crate::sink::kafka::{headers, OutputProducer, Ticket};
-use crate::source::kafka::{InputMessage, LagBoard};
-use crate::source::{Decoded, Item};
-use crate::state::WindowStore;
-
-use crate::durability::checkpoint::{
-    self as ckpt, index, CallerState, Job, PartitionState, Resume,
-};
-use crate::sink::ack::{Input, Tracker};
+use crate::sink::{Origin, Output, Outputs, Rejected, Tracker};
+use crate::source::align::Aligner;
+use crate::source::kafka::InputMessage;
+use crate::source::lane;
+use crate::state::tracks_caller;
+use crate::telemetry::events::{AlertSent, DeadLettered, OutputFailed, RecordRejected};
 use crate::telemetry::metrics::{Metrics, RuleView, WorkerView};
 
-pub enum Work {
-    /// Consumed messages, in poll order.
-    Records(Vec<InputMessage>),
+use super::callers::{FeedItem, LaneHead, ShardMessage};
+use super::poll::QueuedBytes;
+
+/// What the polling thread, the rebalancer and the caller shard tell a worker.
+pub enum WorkerMessage {
+    /// Consumed messages and end-of-partition facts, in poll order.
+    Polled(Vec<Polled>),
     Reload(Arc<RuleSources>),
-    /// A partition assigned: its restored state (if any) and how to treat re-read records.
+    /// A partition assigned: its restored state (if any), how to treat re-read records, and where
+    /// each input starts reading (`[usage, events]`).
     Assign {
         partition: i32,
         state: Option<Box<PartitionState>>,
-        resume: Resume,
+        bounds: ReadBounds,
+        starts: [Option<i64>; 2],
     },
-    /// Partitions revoked: process what is queued, snapshot (when on) and drop them; the reply carries
-    /// one receiver per snapshot, told when it is durable.
+    /// Partitions revoked: snapshot (when on) and drop them; the reply carries one receiver per
+    /// snapshot, told when it is durable.
     Release {
         partitions: Vec<i32>,
         reply: SyncSender<Vec<Receiver<bool>>>,
     },
-    /// Finish what is queued, snapshot, then stop.
+    /// The caller shard has applied every call before this usage record of the partition.
+    Cleared {
+        partition: i32,
+        offset: i64,
+    },
+    /// Snapshot and stop.
     Stop,
 }
 
-/// What the caller shard is asked to do.
-pub enum CallerWork {
-    /// An MT call, and a reply once its alerts are handed to the producer. `replayed`: re-read from
-    /// already committed input, so its alerts were delivered before (not sent again).
-    Record {
-        record: Box<UsageRecord>,
-        ticket: (Input, i32, i64),
-        replayed: bool,
-        done: SyncSender<()>,
+/// One thing the polling thread read.
+pub enum Polled {
+    Message(InputMessage),
+    /// The input partition's end offset was reached at `at`: every record before it has been handed
+    /// over, and nothing else was on the broker.
+    End {
+        input: Input,
+        partition: i32,
+        at: i64,
     },
-    Reload(Arc<RuleSources>),
-    /// Snapshot now (a revoke); `done` is told when it is durable.
-    Snapshot {
-        done: Option<SyncSender<bool>>,
+    /// The input partition reported at its end has more on the broker: wait for it again.
+    Behind {
+        input: Input,
+        partition: i32,
     },
 }
 
 /// What every worker and the caller shard share.
 #[derive(Clone)]
-pub struct WorkerSetup {
+pub struct WorkerContext {
     pub index: usize,
     pub config: Arc<Config>,
     pub classifier: Classifier,
     pub sources: Arc<RuleSources>,
-    pub producer: Arc<OutputProducer>,
+    pub outputs: Vec<Arc<dyn Output + Send + Sync>>,
     pub tracker: Arc<Tracker>,
     pub metrics: Arc<Metrics>,
-    pub board: Arc<LagBoard>,
+    /// Calling-number alerts: the caller shard writes them, partitions read them (`alerted`).
     pub flags: GlobalFlags,
-    /// Where MT calls go for calling-number state; `None`: the partitions keep it themselves.
-    pub callers: Option<SyncSender<CallerWork>>,
-    /// The mode stamped on alerts (`live`).
-    pub mode: crate::record::Mode,
+    /// The caller shard, when calling numbers are tracked.
+    pub shard: Option<SyncSender<ShardMessage>>,
+    pub queued: Arc<QueuedBytes>,
     /// Crash-like stop (tests): leave at once, queued records unprocessed.
-    pub abort: Arc<std::sync::atomic::AtomicBool>,
+    pub abort: Arc<AtomicBool>,
     /// The snapshot writer, when snapshots are on.
-    pub snapshots: Option<SyncSender<Job>>,
+    pub snapshots: Option<SyncSender<EncodedSnapshot>>,
 }
 
-/// A consumed record waiting for its turn in its partition's event-time merge.
-struct Pending {
+impl WorkerContext {
+    /// A pipeline with the rule library (validated at start-up: a failure here is a bug).
+    pub fn pipeline(&self, scope: Scope) -> Pipeline {
+        Pipeline::new(PipelineOptions {
+            scope,
+            rules: Some(RulesOptions {
+                sources: &self.sources,
+                sandbox: &self.config.rules.sandbox,
+                quarantine_after: self.config.rules.quarantine_after,
+                mode: Mode::Live,
+                high_risk_from_rules: self.config.reference.high_risk_prefixes.is_none(),
+                flags: Some(self.flags.clone()),
+            }),
+            ..PipelineOptions::new(self.classifier.clone(), self.config.state.clone())
+        })
+        .expect("rule library validated at start-up")
+    }
+
+    pub fn topic(&self, input: Input) -> &str {
+        match input {
+            Input::Usage => &self.config.kafka.usage_topic,
+            Input::Events => &self.config.kafka.events_topic,
+        }
+    }
+}
+
+/// Hands alerts to the sinks; the origin's offset waits for their acknowledgements.
+pub fn send_alerts(
+    outputs: &mut Outputs<'_>,
+    metrics: &Metrics,
+    alerts: Vec<crate::record::Alert>,
+    origin: Origin,
+) {
+    for alert in alerts {
+        let failed = outputs.alert(&alert, origin);
+        for (sink, e) in &failed {
+            OutputFailed {
+                sink,
+                what: "alert",
+                id: &alert.alert_id,
+                error: e,
+            }
+            .emit(metrics);
+        }
+        if failed.is_empty() {
+            AlertSent { alert: &alert }.emit(metrics);
+        }
+    }
+}
+
+/// A consumed record waiting for its turn in its partition's merge.
+struct Queued {
     msg: InputMessage,
     item: Result<Item, Reject>,
-    /// Event time; records that did not decode go first (they wait for nothing).
-    time: i64,
-    arrived: Instant,
-    /// When it was produced (its Kafka timestamp, or when it arrived if that is earlier or unknown),
-    /// wall-clock ms.
-    produced_ms: i64,
 }
 
 struct Partition {
     pipeline: Pipeline,
-    last_record: Instant,
-    usage: VecDeque<Pending>,
-    events: VecDeque<Pending>,
-    resume: Resume,
+    merge: Aligner<Queued>,
+    bounds: ReadBounds,
     /// Per input (`[usage, events]`), the next offset: every record before it is in the state.
     covered: [Option<i64>; 2],
+    last_record: Instant,
     /// Records processed since the last snapshot.
     dirty: bool,
     /// A snapshot of this partition was written since it was assigned (commits start after it).
     snapshotted: bool,
+    /// Per input, the end offset reported, not yet passed on to the merge (`daemon.align_wait`),
+    /// and since when.
+    pending_end: [Option<Instant>; 2],
+    /// Usage offset up to which the caller shard has cleared records waiting for it.
+    cleared: i64,
+    /// The usage offset a barrier was sent for.
+    barrier: Option<i64>,
+    /// What the caller shard heard last about this partition's usage lane.
+    reported: Option<LaneHead>,
+    /// For the caller shard, gathered while draining.
+    feed: Vec<FeedItem>,
 }
 
-/// Builds a pipeline with the rule library, sharing the process-wide alert flags.
-fn new_pipeline(s: &WorkerSetup, callers_only: bool) -> Pipeline {
-    let mut state = s.config.state.clone();
-    if s.callers.is_some() && !callers_only {
-        state.calling_numbers = CallingNumbers::Off;
-    }
-    if callers_only {
-        // Partitions progress at their own pace (a backlog is read a partition at a time): the
-        // shard takes every call its partition accepted, whatever the other partitions' time.
-        state.allowed_lateness = state.max_window;
-    }
-    let mut store = WindowStore::new(state);
-    store.callers_only = callers_only;
-    let mut p = Pipeline::new(s.classifier.clone(), store);
-    p.high_risk_from_rules = s.config.reference.high_risk_prefixes.is_none();
-    // The library was validated before the workers started; a failure here is a bug.
-    p.enable_rules(
-        &s.sources,
-        &s.config.rules.sandbox,
-        s.config.rules.quarantine_after,
-    )
-    .expect("rule library validated at startup");
-    if let Some(e) = &mut p.rules {
-        e.mode = s.mode;
-        *e.shared().global_flags.borrow_mut() = Some(s.flags.clone());
-        if callers_only {
-            e.only_entity = Some(EntityType::CallingNumber);
-        } else if s.callers.is_some() {
-            e.skip_entity = Some(EntityType::CallingNumber);
+impl Partition {
+    /// Where the caller shard's merge may assume this partition's usage stands.
+    fn usage_head(&self) -> LaneHead {
+        let id = lane(Input::Usage);
+        let ended = self.merge.is_ended(id);
+        match self.merge.head(id) {
+            Some((key, q)) => LaneHead {
+                next: key.seq,
+                time: q.item.as_ref().ok().map(Item::time),
+                ended: false,
+            },
+            None => LaneHead {
+                next: self.covered[0].unwrap_or(0),
+                time: None,
+                ended,
+            },
         }
     }
-    p
+
+    /// Adds a processed usage record's time to the progress reported to the caller shard.
+    fn progress(&mut self, offset: i64, time: Option<i64>) {
+        if let Some(FeedItem::Progress { next, time: t }) = self.feed.last_mut() {
+            *next = offset + 1;
+            *t = match (*t, time) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            return;
+        }
+        self.feed.push(FeedItem::Progress {
+            next: offset + 1,
+            time,
+        });
+    }
 }
 
-pub fn run(setup: WorkerSetup, rx: Receiver<Work>) {
-    let interval = Duration::from_secs(setup.config.durability.snapshot_interval.0.max(1) as u64);
+pub fn run(ctx: WorkerContext, rx: Receiver<WorkerMessage>) {
+    let interval = Duration::from_secs(ctx.config.durability.snapshot_interval.0.max(1) as u64);
+    let sinks = ctx.outputs.clone();
     let mut w = Worker {
-        decoder: setup.config.decoder(),
-        setup,
+        decoder: ctx.config.decoder(),
+        outputs: Outputs::new(sinks.iter().map(|o| o.as_ref() as &dyn Output).collect()),
+        ctx,
         partitions: AHashMap::new(),
-        scratch: Vec::with_capacity(1024),
     };
     let mut next_tick = Instant::now();
     let mut next_snapshot = Instant::now() + interval;
     loop {
-        if w.setup.abort.load(Ordering::Relaxed) {
+        if w.ctx.abort.load(Ordering::Relaxed) {
             return;
         }
         match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(Work::Records(batch)) => {
-                for m in batch {
-                    w.record(m);
-                }
-                // Heads waiting for the other topic are rechecked on every batch, not only when
-                // their own partition gets a record: a quiet partition must not stall.
-                w.drain_all(false);
-            }
-            Ok(Work::Reload(sources)) => w.reload(sources),
-            Ok(Work::Assign {
+            Ok(WorkerMessage::Polled(batch)) => w.polled(batch),
+            Ok(WorkerMessage::Reload(sources)) => w.reload(sources),
+            Ok(WorkerMessage::Assign {
                 partition,
                 state,
-                resume,
-            }) => w.assign(partition, state, resume),
-            Ok(Work::Release { partitions, reply }) => {
+                bounds,
+                starts,
+            }) => w.assign(partition, state, bounds, starts),
+            Ok(WorkerMessage::Release { partitions, reply }) => {
                 let done = w.release(&partitions);
                 let _ = reply.send(done);
             }
-            Ok(Work::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                w.drain_all(true);
+            Ok(WorkerMessage::Cleared { partition, offset }) => {
+                if let Some(part) = w.partitions.get_mut(&partition) {
+                    part.cleared = part.cleared.max(offset);
+                    w.drain(partition);
+                }
+            }
+            Ok(WorkerMessage::Stop) | Err(RecvTimeoutError::Disconnected) => {
                 w.publish_view();
                 let parts: Vec<i32> = w.partitions.keys().copied().collect();
                 for p in parts {
@@ -213,7 +279,7 @@ pub fn run(setup: WorkerSetup, rx: Receiver<Work>) {
                 }
                 return;
             }
-            Err(RecvTimeoutError::Timeout) => w.drain_all(false),
+            Err(RecvTimeoutError::Timeout) => {}
         }
         if Instant::now() >= next_tick {
             w.tick();
@@ -236,303 +302,100 @@ pub fn run(setup: WorkerSetup, rx: Receiver<Work>) {
     }
 }
 
-/// The caller shard's loop: calling-number state and rules for every partition's MT calls.
-pub fn run_callers(setup: WorkerSetup, rx: Receiver<CallerWork>, restored: Option<CallerState>) {
-    let interval = Duration::from_secs(setup.config.durability.snapshot_interval.0.max(1) as u64);
-    let mut w = Worker {
-        decoder: setup.config.decoder(),
-        setup,
-        partitions: AHashMap::new(),
-        scratch: Vec::with_capacity(1024),
-    };
-    let mut pipeline = new_pipeline(&w.setup, true);
-    // Per usage partition, the last offset applied here.
-    let mut applied: BTreeMap<i32, i64> = BTreeMap::new();
-    if let Some(state) = restored {
-        restore_into(&mut pipeline, state.store, state.memory);
-        applied = state.applied;
-    }
-    let mut dirty = false;
-    let mut next_view = Instant::now();
-    let mut next_snapshot = Instant::now() + interval;
-    loop {
-        if w.setup.abort.load(Ordering::Relaxed) {
-            return;
-        }
-        match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(CallerWork::Record {
-                record,
-                ticket,
-                replayed,
-                done,
-            }) => {
-                let (input, partition, offset) = ticket;
-                if applied.get(&partition).is_some_and(|&a| offset <= a) {
-                    // Already in the restored state.
-                    w.setup
-                        .metrics
-                        .snapshots
-                        .records_skipped
-                        .fetch_add(1, Ordering::Relaxed);
-                } else {
-                    pipeline.process(Decoded {
-                        source: "callers",
-                        line: offset as u64,
-                        raw: &[],
-                        truncated: 0,
-                        item: Ok(Item::Usage(*record)),
-                    });
-                    // Late and duplicate verdicts of copies are the partition's business, not dead
-                    // letters.
-                    let alerts = take_alerts(&mut pipeline);
-                    if replayed {
-                        w.setup
-                            .metrics
-                            .snapshots
-                            .outputs_suppressed
-                            .fetch_add(alerts.len() as u64, Ordering::Relaxed);
-                    } else {
-                        let t = Ticket {
-                            input: Some(ticket),
-                        };
-                        send_alerts(&w.setup, &mut w.scratch, alerts, t);
-                    }
-                    applied.insert(partition, offset);
-                    dirty = true;
-                    if w.setup.snapshots.is_some() {
-                        // Not committable until a snapshot of the shard holds this call.
-                        w.setup.tracker.hold(input, partition, offset);
-                    }
-                }
-                // Release the hold the partition worker put on the record's offset.
-                w.setup.tracker.ack(input, partition, offset, true);
-                let _ = done.send(());
-            }
-            Ok(CallerWork::Reload(sources)) => {
-                let _ = pipeline.reload_rules(&sources);
-            }
-            Ok(CallerWork::Snapshot { done }) => {
-                snapshot_callers(&w.setup, &pipeline, &applied, done);
-                dirty = false;
-                next_snapshot = Instant::now() + interval;
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                if !w.setup.abort.load(Ordering::Relaxed) {
-                    snapshot_callers(&w.setup, &pipeline, &applied, None);
-                }
-                break;
-            }
-        }
-        if dirty && Instant::now() >= next_snapshot {
-            snapshot_callers(&w.setup, &pipeline, &applied, None);
-            dirty = false;
-            next_snapshot = Instant::now() + interval;
-        }
-        if Instant::now() >= next_view {
-            // The shard reports like a worker with one partition.
-            w.partitions.clear();
-            next_view = Instant::now() + Duration::from_secs(1);
-            let mut view = WorkerView::default();
-            add_to_view(&mut view, &pipeline);
-            w.store_view(view);
-        }
-    }
-}
-
-/// Puts a restored store and alert memory into a fresh pipeline, keeping the pipeline's own
-/// configuration, and re-flags its alerts process-wide (`alerted` in other partitions).
-fn restore_into(
-    pipeline: &mut Pipeline,
-    store: WindowStore,
-    memory: crate::alert::memory::AlertMemory,
-) {
-    let (cfg, callers_only) = {
-        let s = pipeline.store.borrow();
-        (s.config().clone(), s.callers_only)
-    };
-    let mut store = store.restored(cfg);
-    store.callers_only = callers_only;
-    *pipeline.store.borrow_mut() = store;
-    if let Some(e) = &mut pipeline.rules {
-        let shared = e.shared();
-        if let Some(flags) = shared.global_flags.borrow().as_ref() {
-            let mut flags = flags.lock().expect("flags lock");
-            for (key, at) in memory.alerts() {
-                let t = flags.entry(key).or_insert(at);
-                *t = (*t).max(at);
-            }
-        }
-        *shared.memory.borrow_mut() = memory;
-    }
-}
-
-/// Encodes the caller shard's state and hands it to the writer.
-fn snapshot_callers(
-    setup: &WorkerSetup,
-    pipeline: &Pipeline,
-    applied: &BTreeMap<i32, i64>,
-    done: Option<SyncSender<bool>>,
-) {
-    let Some(sink) = &setup.snapshots else {
-        if let Some(d) = done {
-            let _ = d.send(true);
-        }
-        return;
-    };
-    let started = Instant::now();
-    let store = pipeline.store.borrow();
-    let default_memory = crate::alert::memory::AlertMemory::default();
-    let memory_ref = pipeline.rules.as_ref().map(|e| e.shared().memory.borrow());
-    let memory = memory_ref.as_deref().unwrap_or(&default_memory);
-    let flags: Vec<((u64, u64), i64)> = setup
-        .flags
-        .lock()
-        .expect("flags lock")
-        .iter()
-        .map(|(k, v)| (*k, *v))
-        .collect();
-    let topic = &setup.config.kafka.usage_topic;
-    let positions = applied
-        .iter()
-        .map(|(&p, &o)| Position {
-            topic: topic.clone(),
-            partition: p,
-            next: o + 1,
-        })
-        .collect();
-    let header = ckpt::header(SnapshotKind::Callers, positions, &store);
-    let payload = ckpt::CallerStateRef {
-        store: &store,
-        memory,
-        flags,
-        applied,
-    };
-    match snapshot::encode(&header, &payload) {
-        Ok(bytes) => {
-            let job = Job {
-                kind: SnapshotKind::Callers,
-                bytes,
-                covers: applied
-                    .iter()
-                    .map(|(&p, &o)| (Input::Usage, p, o))
-                    .collect(),
-                started,
-                done,
-            };
-            let _ = sink.send(job);
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "Caller shard state not encodable; no snapshot.");
-            if let Some(d) = done {
-                let _ = d.send(false);
-            }
-        }
-    }
-}
-
-fn take_alerts(pipeline: &mut Pipeline) -> Vec<Alert> {
-    pipeline
-        .rules
-        .as_mut()
-        .map(|e| e.take_alerts().collect())
-        .unwrap_or_default()
-}
-
-/// Produces each alert to each of its departments' topics.
-fn send_alerts(setup: &WorkerSetup, scratch: &mut Vec<u8>, alerts: Vec<Alert>, ticket: Ticket) {
-    for alert in alerts {
-        scratch.clear();
-        if let Err(e) = serde_json::to_writer(&mut *scratch, &alert) {
-            tracing::error!(error = %e, "Alert not serializable.");
-            continue;
-        }
-        let severity = serde_json::to_value(alert.severity)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        for dept in &alert.departments {
-            let topic = setup.config.kafka.alert_topics.of(*dept);
-            let dept_name = serde_json::to_value(dept)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            let h = headers(&[
-                ("cdrguard.alert_id", &alert.alert_id),
-                ("cdrguard.rule", &alert.rule.id),
-                ("cdrguard.severity", &severity),
-                ("cdrguard.ruleset_version", &alert.rule.ruleset_version),
-                ("cdrguard.department", &dept_name),
-            ]);
-            match setup
-                .producer
-                .send(topic, alert.entity.key.as_bytes(), scratch, h, ticket)
-            {
-                Ok(()) => setup.metrics.count_alert(&alert.rule.id, &dept_name),
-                Err(e) => {
-                    tracing::error!(error = %e, topic, alert = %alert.alert_id, "Alert not sent; the offset stays uncommitted.")
-                }
-            }
-        }
-    }
-}
-
-struct Worker {
-    setup: WorkerSetup,
+struct Worker<'a> {
+    ctx: WorkerContext,
     decoder: Decoder,
+    outputs: Outputs<'a>,
     partitions: AHashMap<i32, Partition>,
-    scratch: Vec<u8>,
 }
 
-impl Worker {
+impl Worker<'_> {
     /// Starts a partition: restored from its snapshot, or kept (snapshots off, reassigned), or new.
-    fn assign(&mut self, partition: i32, state: Option<Box<PartitionState>>, resume: Resume) {
-        let covered = resume.apply_from;
+    fn assign(
+        &mut self,
+        partition: i32,
+        state: Option<Box<PartitionState>>,
+        bounds: ReadBounds,
+        starts: [Option<i64>; 2],
+    ) {
+        let mut merge = Aligner::with_lanes(2);
+        let highs = state.as_ref().map_or([i64::MIN; 2], |s| s.highs);
+        for input in Input::ALL {
+            let i = input.index();
+            merge.open(lane(*input), highs[i], starts[i].unwrap_or(0));
+        }
         if let (None, Some(part)) = (&state, self.partitions.get_mut(&partition)) {
-            // Snapshots off and the partition stayed here through an eager rebalance: keep its state.
-            part.resume = resume;
+            // Snapshots off and the partition stayed here through an eager rebalance: keep its state,
+            // read again from the committed offsets (duplicates are recognised by record id).
+            part.bounds = bounds;
+            let old = std::mem::replace(&mut part.merge, merge);
+            part.reported = None;
+            part.barrier = None;
+            part.feed.clear();
+            self.unqueue(partition, old);
             return;
         }
-        let mut pipeline = new_pipeline(&self.setup, false);
+        let mut pipeline = self.ctx.pipeline(if self.ctx.shard.is_some() {
+            Scope::Lines
+        } else {
+            Scope::Everything
+        });
         if let Some(state) = state {
             let state = *state;
-            restore_into(&mut pipeline, state.store, state.memory);
+            pipeline.restore(state.store, state.memory);
         }
         tracing::debug!(
-            worker = self.setup.index,
+            worker = self.ctx.index,
             partition,
-            ?resume,
+            ?bounds,
             "Partition started."
         );
         self.partitions.insert(
             partition,
             Partition {
                 pipeline,
+                merge,
+                bounds,
+                covered: bounds.apply_from,
                 last_record: Instant::now(),
-                usage: VecDeque::new(),
-                events: VecDeque::new(),
-                resume,
-                covered,
                 dirty: false,
                 snapshotted: false,
+                pending_end: [None; 2],
+                cleared: i64::MIN,
+                barrier: None,
+                reported: None,
+                feed: Vec::new(),
             },
         );
     }
 
-    /// Processes what is queued for the partitions, then snapshots and drops them (snapshots on) or
-    /// keeps them (off: they usually come straight back in an eager rebalance).
+    /// Snapshots (when on) and drops the partitions; what they held unprocessed is read again by
+    /// their next owner. With snapshots off they are kept: they usually come straight back.
     fn release(&mut self, partitions: &[i32]) -> Vec<Receiver<bool>> {
         let mut done = Vec::new();
         for &p in partitions {
-            self.drain(p, true);
-            if self.setup.snapshots.is_some() {
+            if self.ctx.snapshots.is_some() {
                 let (tx, rx) = sync_channel(1);
                 self.snapshot(p, Some(tx), true);
                 done.push(rx);
-                self.partitions.remove(&p);
+                if let Some(part) = self.partitions.remove(&p) {
+                    self.unqueue(p, part.merge);
+                }
             }
         }
         done
+    }
+
+    /// Gives back the queued-bytes budget of records dropped unprocessed.
+    fn unqueue(&self, partition: i32, mut merge: Aligner<Queued>) {
+        for input in Input::ALL {
+            let bytes: i64 = merge
+                .close(lane(*input))
+                .iter()
+                .map(|q| q.msg.weight())
+                .sum();
+            self.ctx.queued.sub(*input, partition, bytes);
+        }
     }
 
     /// Encodes a partition's state and hands it to the writer; `force` even if nothing changed.
@@ -542,28 +405,30 @@ impl Worker {
                 let _ = d.send(ok);
             }
         };
-        let (Some(sink), Some(part)) = (&self.setup.snapshots, self.partitions.get_mut(&partition))
+        let (Some(sink), Some(part)) = (&self.ctx.snapshots, self.partitions.get_mut(&partition))
         else {
-            return reply(done, self.setup.snapshots.is_none());
+            return reply(done, self.ctx.snapshots.is_none());
         };
         if !part.dirty && !force {
             return reply(done, true);
         }
         let started = Instant::now();
-        let cfg = &self.setup.config.kafka;
         let mut positions = Vec::new();
         let mut covers = Vec::new();
-        for (input, topic) in [
-            (Input::Usage, &cfg.usage_topic),
-            (Input::Events, &cfg.events_topic),
-        ] {
-            if let Some(next) = part.covered[index(input)] {
+        let mut highs = [i64::MIN; 2];
+        for input in Input::ALL {
+            let i = input.index();
+            highs[i] = part
+                .merge
+                .resume_point(lane(*input))
+                .map_or(i64::MIN, |r| r.1);
+            if let Some(next) = part.covered[i] {
                 positions.push(Position {
-                    topic: topic.clone(),
+                    topic: self.ctx.topic(*input).to_string(),
                     partition,
                     next,
                 });
-                covers.push((input, partition, next - 1));
+                covers.push((*input, partition, next - 1));
             }
         }
         let encoded = {
@@ -575,12 +440,13 @@ impl Worker {
                 .as_ref()
                 .map(|e| e.shared().memory.borrow());
             let memory = memory_ref.as_deref().unwrap_or(&default_memory);
-            let header = ckpt::header(SnapshotKind::Partition(partition), positions, &store);
+            let header = checkpoint::header(SnapshotKind::Partition(partition), positions, &store);
             snapshot::encode(
                 &header,
-                &ckpt::PartitionStateRef {
+                &checkpoint::PartitionStateRef {
                     store: &store,
                     memory,
+                    highs,
                 },
             )
         };
@@ -588,14 +454,13 @@ impl Worker {
             Ok(bytes) => {
                 part.dirty = false;
                 part.snapshotted = true;
-                let job = Job {
+                let _ = sink.send(EncodedSnapshot {
                     kind: SnapshotKind::Partition(partition),
                     bytes,
                     covers,
                     started,
                     done,
-                };
-                let _ = sink.send(job);
+                });
             }
             Err(e) => {
                 tracing::error!(partition, error = %e, "Partition state not encodable; no snapshot.");
@@ -604,125 +469,206 @@ impl Worker {
         }
     }
 
-    fn record(&mut self, m: InputMessage) {
-        self.setup.board.transit(m.input, m.partition, -1);
-        if !self.partitions.contains_key(&m.partition) {
-            // Polled before a rebalance took the partition away: its next owner reads it again.
+    fn polled(&mut self, batch: Vec<Polled>) {
+        let mut touched: Vec<i32> = Vec::new();
+        for item in batch {
+            match item {
+                Polled::Message(m) => {
+                    let p = m.partition;
+                    if self.queue(m) && touched.last() != Some(&p) {
+                        touched.push(p);
+                    }
+                }
+                Polled::End {
+                    input,
+                    partition,
+                    at,
+                } => {
+                    let wait = self.ctx.config.daemon.align_wait.0;
+                    let Some(part) = self.partitions.get_mut(&partition) else {
+                        continue;
+                    };
+                    let id = lane(input);
+                    // Only if nothing of that input arrived since: the end moved on otherwise.
+                    if part.merge.head(id).is_none_or(|(k, _)| k.seq < at) {
+                        if wait == 0 {
+                            part.merge.set_ended(id, true);
+                        } else {
+                            part.pending_end[input.index()] = Some(Instant::now());
+                        }
+                        touched.push(partition);
+                    }
+                }
+                Polled::Behind { input, partition } => {
+                    if let Some(part) = self.partitions.get_mut(&partition) {
+                        part.merge.set_ended(lane(input), false);
+                        part.pending_end[input.index()] = None;
+                    }
+                }
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for p in touched {
+            self.drain(p);
+        }
+    }
+
+    /// Decodes a consumed message into its partition's merge; false if the partition is not held
+    /// here (polled before a rebalance took it away: its next owner reads it again).
+    fn queue(&mut self, m: InputMessage) -> bool {
+        let Some(part) = self.partitions.get_mut(&m.partition) else {
             tracing::debug!(
                 partition = m.partition,
                 offset = m.offset,
                 "Record of a partition not held here dropped."
             );
-            return;
-        }
-        let counter = match m.input {
-            Input::Usage => &self.setup.metrics.usage_in,
-            Input::Events => &self.setup.metrics.events_in,
+            self.ctx.queued.sub(m.input, m.partition, m.weight());
+            return false;
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.ctx.metrics.records_in[m.input.index()].fetch_add(1, Ordering::Relaxed);
         let item = match m.input {
             Input::Usage => self.decoder.usage(&m.payload).map(Item::Usage),
             Input::Events => self.decoder.account_event(&m.payload).map(Item::Event),
         };
-        let time = item.as_ref().map_or(i64::MIN, |i| i.time());
-        let now = crate::telemetry::metrics::now_ms();
-        let produced_ms = m.timestamp_ms.map_or(now, |t| t.min(now));
-        let partition = m.partition;
-        let input = m.input;
-        let part = self.partitions.get_mut(&partition).expect("checked above");
+        let time = item.as_ref().ok().map(Item::time);
         part.last_record = Instant::now();
-        let pending = Pending {
-            msg: m,
-            item,
-            time,
-            arrived: Instant::now(),
-            produced_ms,
-        };
-        match input {
-            Input::Usage => part.usage.push_back(pending),
-            Input::Events => part.events.push_back(pending),
-        }
-        self.drain(partition, false);
+        part.pending_end[m.input.index()] = None;
+        part.merge
+            .push(lane(m.input), m.offset, time, Queued { msg: m, item });
+        true
     }
 
-    fn drain_all(&mut self, force: bool) {
-        let parts: Vec<i32> = self.partitions.keys().copied().collect();
-        for p in parts {
-            self.drain(p, force);
-        }
-    }
-
-    /// Processes the partition's queued records in event-time order, as far as it can tell.
-    fn drain(&mut self, partition: i32, force: bool) {
-        let max_wait = Duration::from_secs(self.setup.config.daemon.align_max_wait.0.max(0) as u64);
-        let board = self.setup.board.clone();
+    /// Processes the partition's queued records in event-time order as far as it is known, then tells
+    /// the caller shard where the partition's usage stands.
+    fn drain(&mut self, partition: i32) {
         loop {
             let Some(part) = self.partitions.get_mut(&partition) else {
                 return;
             };
-            let next = match (part.usage.front(), part.events.front()) {
-                (Some(u), Some(e)) => Some(if e.time <= u.time {
-                    Input::Events
-                } else {
-                    Input::Usage
-                }),
-                (Some(u), None) => {
-                    may_go_alone(&board, Input::Events, partition, u, max_wait, force)
-                        .then_some(Input::Usage)
-                }
-                (None, Some(e)) => {
-                    may_go_alone(&board, Input::Usage, partition, e, max_wait, force)
-                        .then_some(Input::Events)
-                }
-                (None, None) => None,
+            let Some((id, _, head)) = part.merge.peek() else {
+                break;
             };
-            let Some(which) = next else {
-                return;
-            };
-            let pending = match which {
-                Input::Usage => part.usage.pop_front(),
-                Input::Events => part.events.pop_front(),
+            // A record that reads the caller shard's alerts waits for the shard (a barrier).
+            if id == lane(Input::Usage) && self.ctx.shard.is_some() {
+                let offset = head.msg.offset;
+                if let Ok(Item::Usage(r)) = &head.item {
+                    if offset > part.cleared
+                        && part.bounds.applies(Input::Usage, offset)
+                        && part.pipeline.reads_flags(r)
+                    {
+                        if part.barrier != Some(offset) {
+                            part.barrier = Some(offset);
+                            part.feed.push(FeedItem::Barrier {
+                                offset,
+                                time: r.event_start.utc,
+                            });
+                            self.ctx
+                                .metrics
+                                .align
+                                .held_for_shard
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        break;
+                    }
+                }
             }
-            .expect("head checked");
-            self.process(pending);
+            let (id, _, q) = part.merge.pop().expect("peeked");
+            let input = if id == lane(Input::Usage) {
+                Input::Usage
+            } else {
+                Input::Events
+            };
+            self.process(partition, input, q);
+        }
+        self.report_to_shard(partition);
+    }
+
+    fn report_to_shard(&mut self, partition: i32) {
+        let Some(shard) = &self.ctx.shard else {
+            return;
+        };
+        let Some(part) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        let head = part.usage_head();
+        if part.feed.is_empty() && part.reported == Some(head) {
+            return;
+        }
+        part.reported = Some(head);
+        let items = std::mem::take(&mut part.feed);
+        if shard
+            .send(ShardMessage::Feed {
+                partition,
+                items,
+                head,
+            })
+            .is_err()
+        {
+            tracing::error!("The caller shard stopped; offsets of usage stay uncommitted.");
         }
     }
 
-    fn process(&mut self, p: Pending) {
-        let m = p.msg;
-        let source = match m.input {
-            Input::Usage => self.setup.config.kafka.usage_topic.clone(),
-            Input::Events => self.setup.config.kafka.events_topic.clone(),
-        };
-        let ticket = Ticket {
-            input: Some((m.input, m.partition, m.offset)),
-        };
-        // An MT call that gives its caller state goes to the caller shard too.
-        let for_callers = match (&p.item, &self.setup.callers) {
-            (Ok(Item::Usage(r)), Some(_)) => self.tracks_caller(r).then(|| Box::new(r.clone())),
-            _ => None,
-        };
-        let snapshots = &self.setup.metrics.snapshots;
-        let part = self.partitions.get_mut(&m.partition).expect("queued here");
-        let emit = part.resume.emits(m.input, m.offset);
-        let k = index(m.input);
-        let accepted = if part.resume.applies(m.input, m.offset) {
+    fn process(&mut self, partition: i32, input: Input, q: Queued) {
+        let m = q.msg;
+        let weight = m.weight();
+        let origin = Origin::record(input, partition, m.offset);
+        let calling = self.ctx.config.state.calling_numbers;
+        let with_shard = self.ctx.shard.is_some();
+        let snapshots = &self.ctx.metrics.snapshots;
+        let part = self.partitions.get_mut(&partition).expect("queued here");
+        let emit = part.bounds.emits(input, m.offset);
+        let time = q.item.as_ref().ok().map(Item::time);
+        // Usage for the caller shard: the call it keeps state for, else progress.
+        let mut call: Option<UsageRecord> = None;
+        if part.bounds.applies(input, m.offset) {
+            let source = self.ctx.topic(input);
             let verdict = part.pipeline.process(Decoded {
-                source: &source,
+                source,
                 line: m.offset as u64,
                 raw: &m.payload,
                 truncated: 0,
-                item: p.item,
+                item: q.item,
             });
-            part.covered[k] = Some(m.offset + 1);
+            part.covered[input.index()] = Some(m.offset + 1);
             part.dirty = true;
-            let accepted = matches!(verdict, Verdict::Applied);
-            let alerts = take_alerts(&mut part.pipeline);
+            if matches!(verdict, Verdict::Applied) {
+                call = part.pipeline.take_call();
+            }
+            let alerts = part.pipeline.take_alerts();
             if emit {
-                if let Verdict::Reject(reject) = verdict {
-                    self.dead_letter(&m, &source, &reject, ticket);
+                if let Verdict::Reject(reject) = &verdict {
+                    RecordRejected {
+                        input,
+                        partition,
+                        offset: m.offset,
+                        reject,
+                    }
+                    .emit(&self.ctx.metrics);
+                    let rejected = Rejected {
+                        source,
+                        partition: Some(partition),
+                        position: m.offset as u64,
+                        key: m.key.as_deref().unwrap_or(&[]),
+                        raw: &m.payload,
+                        truncated: 0,
+                        reject,
+                    };
+                    let failed = self.outputs.reject(&rejected, origin);
+                    for (sink, e) in &failed {
+                        OutputFailed {
+                            sink,
+                            what: "dead letter",
+                            id: &format!("{source}/{partition}/{}", m.offset),
+                            error: e,
+                        }
+                        .emit(&self.ctx.metrics);
+                    }
+                    if failed.is_empty() {
+                        DeadLettered.emit(&self.ctx.metrics);
+                    }
                 }
-                send_alerts(&self.setup, &mut self.scratch, alerts, ticket);
+                send_alerts(&mut self.outputs, &self.ctx.metrics, alerts, origin);
             } else {
                 // Re-read after a rebuild: delivered before the crash, not sent again.
                 let dead = matches!(verdict, Verdict::Reject(_)) as u64;
@@ -730,100 +676,72 @@ impl Worker {
                     .outputs_suppressed
                     .fetch_add(alerts.len() as u64 + dead, Ordering::Relaxed);
             }
-            accepted
         } else {
             // Already in the restored snapshot; the caller shard decides for itself.
             snapshots.records_skipped.fetch_add(1, Ordering::Relaxed);
-            true
-        };
-        if let (Some(record), Some(callers), true) = (for_callers, &self.setup.callers, accepted) {
-            // Hold the offset until the shard has handed its alerts to the producer.
-            self.setup.tracker.add(m.input, m.partition, m.offset);
-            let (done, wait) = sync_channel(1);
-            let sent = callers.send(CallerWork::Record {
-                record,
-                ticket: (m.input, m.partition, m.offset),
-                replayed: !emit,
-                done,
-            });
-            if sent.is_err() || wait.recv().is_err() {
-                tracing::error!("The caller shard stopped; the offset stays uncommitted.");
-            }
-        }
-        self.setup.tracker.processed(m.input, m.partition, m.offset);
-    }
-
-    /// Whether the store would give this record's caller state (MT voice, and international unless
-    /// `state.calling_numbers = "all"`).
-    fn tracks_caller(&self, r: &UsageRecord) -> bool {
-        let mt_voice = r.record_type == RecordType::Voice && r.direction == Some(Direction::Mt);
-        let Some(caller) = r.other_party.number else {
-            return false;
-        };
-        mt_voice
-            && match self.setup.config.state.calling_numbers {
-                CallingNumbers::Off => false,
-                CallingNumbers::All => true,
-                CallingNumbers::International => {
-                    self.setup
-                        .classifier
-                        .classify(r)
-                        .has(crate::classify::INTERNATIONAL)
-                        || self.setup.classifier.is_international(caller)
+            if let (Ok(Item::Usage(r)), true) = (q.item, with_shard) {
+                if tracks_caller(calling, &r, self.ctx.classifier.classify(&r)) {
+                    call = Some(r);
                 }
             }
-    }
-
-    fn dead_letter(&mut self, m: &InputMessage, source: &str, reject: &Reject, ticket: Ticket) {
-        let reason = reject.reason.as_str();
-        self.setup.metrics.count_reject(reason);
-        let (partition, offset) = (m.partition.to_string(), m.offset.to_string());
-        let h = headers(&[
-            ("cdrguard.reason", reason),
-            ("cdrguard.field", reject.field.as_deref().unwrap_or("")),
-            ("cdrguard.detail", &reject.detail),
-            ("cdrguard.source.topic", source),
-            ("cdrguard.source.partition", &partition),
-            ("cdrguard.source.offset", &offset),
-        ]);
-        let key = m.key.as_deref().unwrap_or(&[]);
-        match self.setup.producer.send(
-            &self.setup.config.kafka.dead_letter_topic,
-            key,
-            &m.payload,
-            h,
-            ticket,
-        ) {
-            Ok(()) => {
-                self.setup
-                    .metrics
-                    .dead_letters
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, source, offset = m.offset, "Dead letter not sent; the offset stays uncommitted.")
+        }
+        let part = self.partitions.get_mut(&partition).expect("queued here");
+        if input == Input::Usage && with_shard {
+            match call {
+                Some(record) => {
+                    // The offset waits until the shard has handed the call's alerts to the sinks.
+                    self.ctx.tracker.add(input, partition, m.offset);
+                    part.feed.push(FeedItem::Call {
+                        offset: m.offset,
+                        time: record.event_start.utc,
+                        record: Box::new(record),
+                        emit,
+                    });
+                }
+                None => part.progress(m.offset, time),
             }
         }
+        self.ctx.tracker.processed(input, partition, m.offset);
+        self.ctx.queued.sub(input, partition, weight);
     }
 
     fn reload(&mut self, sources: Arc<RuleSources>) {
         for part in self.partitions.values_mut() {
-            // A failure is logged by the engine; the set stays as it was.
+            // Validated before it was sent: a failure here is logged by the engine, the set stays.
             let _ = part.pipeline.reload_rules(&sources);
         }
-        self.setup.sources = sources;
+        self.ctx.sources = sources;
     }
 
     fn tick(&mut self) {
-        let idle = self.setup.config.daemon.idle_watermark_after.0;
+        // `daemon.align_wait`: an input whose end was reached holds its partner back this long.
+        let wait = Duration::from_secs(self.ctx.config.daemon.align_wait.0.max(0) as u64);
+        let mut waited = Vec::new();
+        for (&p, part) in self.partitions.iter_mut() {
+            for input in Input::ALL {
+                if let Some(since) = part.pending_end[input.index()] {
+                    if since.elapsed() >= wait {
+                        part.pending_end[input.index()] = None;
+                        part.merge.set_ended(lane(*input), true);
+                        waited.push(p);
+                    }
+                }
+            }
+        }
+        for p in waited {
+            self.drain(p);
+        }
+        let idle = self.ctx.config.daemon.idle_watermark_after.0;
         if idle > 0 {
             let now = crate::telemetry::metrics::now_ms() / 1000;
+            // Only a partition caught up on both inputs: wall-clock time never overtakes records
+            // still to be read.
             let quiet: Vec<i32> = self
                 .partitions
                 .iter()
                 .filter(|(_, p)| {
-                    p.usage.is_empty()
-                        && p.events.is_empty()
+                    p.merge.is_empty()
+                        && Input::ALL.iter().all(|i| p.merge.is_ended(lane(*i)))
                         && p.last_record.elapsed() >= Duration::from_secs(idle as u64)
                 })
                 .map(|(&k, _)| k)
@@ -833,12 +751,12 @@ impl Worker {
                     continue;
                 };
                 part.pipeline.advance_idle(now);
-                let alerts = take_alerts(&mut part.pipeline);
+                let alerts = part.pipeline.take_alerts();
                 send_alerts(
-                    &self.setup,
-                    &mut self.scratch,
+                    &mut self.outputs,
+                    &self.ctx.metrics,
                     alerts,
-                    Ticket { input: None },
+                    Origin::Untracked,
                 );
             }
         }
@@ -853,20 +771,20 @@ impl Worker {
         for part in self.partitions.values() {
             add_to_view(&mut view, &part.pipeline);
         }
-        self.store_view(view);
-    }
-
-    fn store_view(&self, view: WorkerView) {
-        let mut workers = self.setup.metrics.workers.lock().expect("metrics lock");
-        if workers.len() <= self.setup.index {
-            workers.resize(self.setup.index + 1, WorkerView::default());
-        }
-        workers[self.setup.index] = view;
+        store_view(&self.ctx, view);
     }
 }
 
+pub fn store_view(ctx: &WorkerContext, view: WorkerView) {
+    let mut workers = ctx.metrics.workers.lock().expect("metrics lock");
+    if workers.len() <= ctx.index {
+        workers.resize(ctx.index + 1, WorkerView::default());
+    }
+    workers[ctx.index] = view;
+}
+
 /// Adds a pipeline's state size and rule statistics to a worker's metrics view.
-fn add_to_view(view: &mut WorkerView, pipeline: &Pipeline) {
+pub fn add_to_view(view: &mut WorkerView, pipeline: &Pipeline) {
     let size = pipeline.store.borrow().size();
     view.entities += (size.subscribers + size.accounts + size.calling_numbers + size.imeis) as u64;
     view.state_bytes += size.estimated_bytes as u64;
@@ -901,27 +819,7 @@ fn add_to_view(view: &mut WorkerView, pipeline: &Pipeline) {
     }
 }
 
-/// Whether a queue head may be processed while the other input's queue is empty: when nothing
-/// of the other input is on its way (messages polled but not queued yet: always wait for them),
-/// and nothing is unread on the broker (or the head has waited `max_wait`, for a slow topic).
-fn may_go_alone(
-    board: &LagBoard,
-    other: Input,
-    partition: i32,
-    head: &Pending,
-    max_wait: Duration,
-    force: bool,
-) -> bool {
-    if force || head.time == i64::MIN {
-        return true;
-    }
-    if board.in_transit(other, partition) > 0 {
-        return false;
-    }
-    // "Nothing unread" counts only from statistics taken after the head was produced (plus the few
-    // ms a record takes to reach the broker and a fetch response to report it): older ones cannot
-    // know of an earlier record of the other topic produced just before it.
-    const IN_FLIGHT_MS: i64 = 10;
-    let fresh = board.updated_ms() >= head.produced_ms + IN_FLIGHT_MS;
-    (fresh && board.lag(other, partition) == Some(0)) || head.arrived.elapsed() >= max_wait
+/// Sends to the worker owning `partition`.
+pub fn worker_of(workers: &[Sender<WorkerMessage>], partition: i32) -> &Sender<WorkerMessage> {
+    &workers[partition.unsigned_abs() as usize % workers.len()]
 }

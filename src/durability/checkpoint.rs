@@ -17,92 +17,38 @@
 //! (with outputs suppressed below C), not restored instantly; point the state directory at shared
 //! storage to avoid that.
 //!
-//! **Caller shard.** Its state spans partitions, so it keeps per partition the last offset it
-//! applied, snapshots on its own schedule, and holds each MT call it applied uncommitted (`Tracker`
-//! holds) until a snapshot covering it is durable. After a restart it skips calls at or below its
-//! offsets. With no usable shard snapshot it is rebuilt like a partition: every usage partition is
+//! **Caller shard.** Its state spans partitions, so it keeps per usage partition where its merge
+//! stands (`LanePosition`), snapshots on its own schedule, and caps each usage partition's commits at
+//! what its durable snapshot covers (`Tracker::set_shard_cap`). After a restart it skips what it had
+//! applied. With no usable shard snapshot it is rebuilt like a partition: every usage partition is
 //! re-read from the rebuild window (partitions skip what their own snapshots hold, the shard takes the
 //! calls).
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::alert::memory::AlertMemory;
-use crate::durability::snapshot::{self, Header, Position, SnapshotKind};
+use crate::record::Input;
+use crate::sink::ack::Tracker;
 use crate::state::WindowStore;
-
-use crate::sink::ack::{Input, Tracker};
 use crate::telemetry::metrics::Metrics;
 
-/// The snapshot directory of one daemon, locked while it runs.
-pub struct StateDir {
-    pub root: PathBuf,
-    _lock: File,
-}
-
-impl StateDir {
-    pub fn open(root: &Path) -> anyhow::Result<StateDir> {
-        std::fs::create_dir_all(root)
-            .with_context(|| format!("creating the state directory {}", root.display()))?;
-        let lock_path = root.join("LOCK");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
-        if lock.try_lock().is_err() {
-            anyhow::bail!(
-                "the state directory {} is in use by another cdrguard process (its LOCK is held); \
-                 give each daemon its own durability.dir",
-                root.display()
-            );
-        }
-        Ok(StateDir {
-            root: root.to_path_buf(),
-            _lock: lock,
-        })
-    }
-
-    pub fn partition(&self, p: i32) -> PathBuf {
-        partition_path(&self.root, p)
-    }
-
-    pub fn callers(&self) -> PathBuf {
-        self.root.join("callers.snap")
-    }
-
-    /// Moves an unusable snapshot aside (kept for a post-mortem) so that it is not read again.
-    pub fn set_aside(&self, path: &Path) {
-        let to = path.with_extension(format!("rejected-{}", crate::telemetry::metrics::now_ms()));
-        match std::fs::rename(path, &to) {
-            Ok(()) => {
-                tracing::warn!(from = %path.display(), to = %to.display(), "Unusable snapshot set aside.")
-            }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "Could not set the unusable snapshot aside.")
-            }
-        }
-    }
-}
-
-pub fn partition_path(root: &Path, p: i32) -> PathBuf {
-    root.join(format!("partition-{p}.snap"))
-}
+use super::dir::CheckpointDir;
+use super::snapshot::{self, Header, Position, SnapshotKind};
 
 /// A partition's state as written (borrowed from its pipeline, no copy).
 #[derive(Serialize)]
 pub struct PartitionStateRef<'a> {
     pub store: &'a WindowStore,
     pub memory: &'a AlertMemory,
+    /// The event-time alignment's running maximum per input (`[usage, events]`) at the snapshot's
+    /// positions, so the merge resumes exactly where it was (`source::align`).
+    pub highs: [i64; 2],
 }
 
 /// A partition's state as read back. Same field order as `PartitionStateRef`.
@@ -110,6 +56,16 @@ pub struct PartitionStateRef<'a> {
 pub struct PartitionState {
     pub store: WindowStore,
     pub memory: AlertMemory,
+    pub highs: [i64; 2],
+}
+
+/// Where the caller shard's merge stands in one usage partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LanePosition {
+    /// The next offset to apply: everything before it is in the state.
+    pub next: i64,
+    /// The partition's running maximum event time before `next`.
+    pub high: i64,
 }
 
 #[derive(Serialize)]
@@ -117,17 +73,17 @@ pub struct CallerStateRef<'a> {
     pub store: &'a WindowStore,
     pub memory: &'a AlertMemory,
     pub flags: Vec<((u64, u64), i64)>,
-    pub applied: &'a BTreeMap<i32, i64>,
+    pub lanes: &'a BTreeMap<i32, LanePosition>,
 }
 
-/// The caller shard's state: calling numbers, its alert memory, the process-wide alert flags, and per
-/// usage partition the last offset it applied.
+/// The caller shard's state: calling numbers, its alert memory, the process-wide alert flags, and
+/// where its merge stands in each usage partition.
 #[derive(Serialize, Deserialize)]
 pub struct CallerState {
     pub store: WindowStore,
     pub memory: AlertMemory,
     pub flags: Vec<((u64, u64), i64)>,
-    pub applied: BTreeMap<i32, i64>,
+    pub lanes: BTreeMap<i32, LanePosition>,
 }
 
 /// The header every snapshot of a store carries.
@@ -145,7 +101,7 @@ pub fn header(kind: SnapshotKind, positions: Vec<Position>, store: &WindowStore)
 }
 
 /// An encoded snapshot on its way to the writer.
-pub struct Job {
+pub struct EncodedSnapshot {
     pub kind: SnapshotKind,
     pub bytes: Vec<u8>,
     /// Per input partition, the last offset the snapshot covers.
@@ -159,12 +115,12 @@ pub struct Job {
 /// The writer thread: waits until a snapshot's outputs are acknowledged, writes it atomically, then
 /// lets commits advance to it (partitions: the cap; the caller shard: its holds).
 pub fn spawn_writer(
-    dir: Arc<StateDir>,
+    dir: Arc<CheckpointDir>,
     tracker: Arc<Tracker>,
     metrics: Arc<Metrics>,
     delivery_timeout: Duration,
     abort: Arc<AtomicBool>,
-    rx: Receiver<Job>,
+    rx: Receiver<EncodedSnapshot>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("snapshot-writer".into())
@@ -185,11 +141,11 @@ pub fn spawn_writer(
 }
 
 fn write_job(
-    dir: &StateDir,
+    dir: &CheckpointDir,
     tracker: &Tracker,
     metrics: &Metrics,
     delivery_timeout: Duration,
-    job: &Job,
+    job: &EncodedSnapshot,
 ) -> bool {
     let path = match job.kind {
         SnapshotKind::Partition(p) => dir.partition(p),
@@ -214,7 +170,7 @@ fn write_job(
     for &(input, partition, last) in &job.covers {
         match job.kind {
             SnapshotKind::Partition(_) => tracker.set_cap(input, partition, last),
-            SnapshotKind::Callers => tracker.release_holds(input, partition, last),
+            SnapshotKind::Callers => tracker.set_shard_cap(partition, last),
         }
     }
     let s = &metrics.snapshots;
@@ -227,9 +183,9 @@ fn write_job(
     true
 }
 
-/// How a partition's records are treated after an assignment, per input (`[usage, events]`).
+/// How a partition's re-read records are treated after an assignment, per input (`[usage, events]`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Resume {
+pub struct ReadBounds {
     /// Records below this offset are already in the restored state: skipped (`None`: apply all).
     pub apply_from: [Option<i64>; 2],
     /// Records below this offset were committed before: their alerts and dead letters were delivered,
@@ -237,19 +193,12 @@ pub struct Resume {
     pub emit_from: [Option<i64>; 2],
 }
 
-pub fn index(input: Input) -> usize {
-    match input {
-        Input::Usage => 0,
-        Input::Events => 1,
-    }
-}
-
-impl Resume {
+impl ReadBounds {
     pub fn applies(&self, input: Input, offset: i64) -> bool {
-        self.apply_from[index(input)].is_none_or(|s| offset >= s)
+        self.apply_from[input.index()].is_none_or(|s| offset >= s)
     }
 
     pub fn emits(&self, input: Input, offset: i64) -> bool {
-        self.emit_from[index(input)].is_none_or(|c| offset >= c)
+        self.emit_from[input.index()].is_none_or(|c| offset >= c)
     }
 }

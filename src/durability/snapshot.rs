@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 const MAGIC: &[u8; 8] = b"CDRGSNAP";
 
 /// Bumped whenever the encoding of any snapshotted type changes.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// What a snapshot holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,14 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::config::{Config, DEFAULT_RULES_DIR};
-use crate::pipeline::{Counts, Pipeline, Verdict};
-use crate::record::EventTime;
-use crate::rules::watch::RuleWatcher;
-use crate::rules::{RuleSources, RulesReport};
-use crate::sink::DeadLetterFile;
-use crate::source::MergedSource;
-use crate::state::{StoreCounters, StoreSize, WindowStore};
+use crate::config::Config;
+use crate::pipeline::{Counts, Pipeline, PipelineOptions, RulesOptions, Verdict};
+use crate::record::{EventTime, Mode};
+use crate::rules::{runtime, Library, Reloader, RulesReport};
+use crate::sink::{AlertFile, DeadLetterFile, Origin, Outputs, Rejected};
+use crate::source::FileSource;
+use crate::state::{StoreCounters, StoreSize};
 use crate::telemetry::{peak_rss_bytes, Progress};
 
 #[derive(Clone, Debug, Default)]
@@ -220,55 +219,46 @@ pub fn run_to(
 ) -> anyhow::Result<(ReplayReport, Pipeline)> {
     let (cfg, base) = Config::load(opts.config.as_deref())?;
     let classifier = cfg.classifier(&base).context("loading reference data")?;
-    let mut pipeline = Pipeline::new(classifier, WindowStore::new(cfg.state.clone()));
-    pipeline.cutoff = opts.cutoff.map(|t| t.utc);
-    pipeline.keep_fired = opts.keep_fired;
-    let rules_dir = match &opts.rules {
+    let library = match &opts.rules {
         RulesChoice::Off => None,
-        RulesChoice::Dir(d) => Some(d.clone()),
-        RulesChoice::Default => match &cfg.rules.dir {
-            Some(d) => Some(base.join(d)),
-            None if Path::new(DEFAULT_RULES_DIR).is_dir() => Some(PathBuf::from(DEFAULT_RULES_DIR)),
+        RulesChoice::Dir(d) => Some(Library::load(d, &cfg)?),
+        RulesChoice::Default => match runtime::locate_optional(None, &cfg, &base) {
+            Some(d) => Some(Library::load(&d, &cfg)?),
             None => {
-                tracing::warn!("No rule library ({DEFAULT_RULES_DIR}/ not found, no --rules): replaying without rules.");
+                tracing::warn!(
+                    "No rule library ({}/ not found, no --rules): replaying without rules.",
+                    crate::config::DEFAULT_RULES_DIR
+                );
                 None
             }
         },
     };
-    let mut watcher = None;
-    if let Some(dir) = &rules_dir {
-        let sources = RuleSources::read(dir)?;
-        pipeline.high_risk_from_rules = cfg.reference.high_risk_prefixes.is_none();
-        pipeline
-            .enable_rules(&sources, &cfg.rules.sandbox, cfg.rules.quarantine_after)
-            .map_err(anyhow::Error::new)?;
-        let engine = pipeline.rules.as_ref().expect("just enabled");
-        for w in &engine.set().warnings {
-            tracing::warn!("{w}");
-        }
-        tracing::info!(
-            dir = %dir.display(),
-            rules = engine.set().rules.len(),
-            version = engine.version(),
-            "Rules loaded."
-        );
-        if opts.watch_rules {
-            watcher = Some(RuleWatcher::spawn(
-                dir.clone(),
-                sources.version.clone(),
-                Duration::from_secs(cfg.rules.watch_interval.0 as u64),
-                true,
-            )?);
-        }
-    }
-    let mut alerts_written = 0u64;
-    let mut source = MergedSource::open(&opts.usage, opts.events.as_deref(), cfg.decoder())?;
+    let mut pipeline = Pipeline::new(PipelineOptions {
+        rules: library.as_ref().map(|l| RulesOptions {
+            sources: &l.sources,
+            sandbox: &cfg.rules.sandbox,
+            quarantine_after: cfg.rules.quarantine_after,
+            mode: Mode::Replay,
+            high_risk_from_rules: cfg.reference.high_risk_prefixes.is_none(),
+            flags: None,
+        }),
+        cutoff: opts.cutoff.map(|t| t.utc),
+        keep_fired: opts.keep_fired,
+        ..PipelineOptions::new(classifier, cfg.state.clone())
+    })?;
+    let mut reloader = match (&library, opts.watch_rules) {
+        (Some(l), true) => Some(Reloader::spawn(l, &cfg, true)?),
+        _ => None,
+    };
+    let mut source = FileSource::open(&opts.usage, opts.events.as_deref(), cfg.decoder())?;
     let dl_path = match (opts.no_dead_letter, &opts.dead_letter) {
         (true, _) => None,
         (false, Some(p)) => Some(p.clone()),
         (false, None) => Some(default_dead_letter(opts)),
     };
-    let mut dead_letter = DeadLetterFile::new(dl_path);
+    let dead_letter = DeadLetterFile::new(dl_path);
+    let alerts = AlertFile::new(out);
+    let mut outputs = Outputs::new(vec![&alerts, &dead_letter]);
     let mut progress = Progress::new(opts.progress);
     let started = Instant::now();
     loop {
@@ -277,62 +267,59 @@ pub fn run_to(
         };
         let (src, line, raw, truncated) = (d.source, d.line, d.raw, d.truncated);
         if let Verdict::Reject(reject) = pipeline.process(d) {
-            dead_letter.write(src, line, raw, truncated, &reject)?;
+            let rejected = Rejected {
+                source: src,
+                partition: None,
+                position: line,
+                key: &[],
+                raw,
+                truncated,
+                reject: &reject,
+            };
+            if let Some((_, e)) = outputs.reject(&rejected, Origin::Untracked).pop() {
+                return Err(e).context("writing the dead-letter file");
+            }
         }
-        alerts_written += write_alerts(&mut pipeline, out)?;
+        write_alerts(&mut pipeline, &mut outputs)?;
         progress.tick(pipeline.counts.lines, source.progress());
         // Every line: a channel poll is an atomic load, and a replay from stdin may be slow.
-        if let Some(w) = &watcher {
-            if let Some((cause, read)) = w.poll() {
-                tracing::info!(?cause, "Rule library changed; reloading.");
-                match read {
-                    // A failed build is logged by the engine; the previous rules stay active.
-                    Ok(sources) => {
-                        if pipeline.reload_rules(&sources).is_ok() {
-                            tracing::info!(version = %sources.version, "Rules reloaded.");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!("Rule reload failed; the previous rules stay active. {e}")
-                    }
-                }
+        if let Some(sources) = reloader.as_mut().and_then(Reloader::poll) {
+            // Validated already; a failure here is logged by the engine and the rules stay.
+            if pipeline.reload_rules(&sources).is_ok() {
+                tracing::info!(version = %sources.version, "Rules reloaded.");
             }
         }
     }
     pipeline.finish();
-    alerts_written += write_alerts(&mut pipeline, out)?;
+    write_alerts(&mut pipeline, &mut outputs)?;
     progress.done();
-    dead_letter.flush()?;
-    out.flush()?;
+    outputs.flush(Duration::ZERO)?;
+    drop(outputs);
     let store = pipeline.store.borrow();
     let report = ReplayReport {
         counts: pipeline.counts.clone(),
         blank_lines: source.blank_lines,
         store: store.counters.clone(),
         size: store.size(),
-        alerts: alerts_written,
+        alerts: alerts.written(),
         rules: pipeline.rules.as_ref().map(RulesReport::of),
         elapsed: started.elapsed(),
         peak_rss_bytes: peak_rss_bytes(),
         dead_letter: dead_letter
             .path()
-            .filter(|_| dead_letter.written > 0)
+            .filter(|_| dead_letter.written() > 0)
             .map(Path::to_path_buf),
     };
     drop(store);
     Ok((report, pipeline))
 }
 
-/// Writes the alerts the pipeline emitted since the last call, one JSON object per line.
-fn write_alerts(pipeline: &mut Pipeline, out: &mut dyn Write) -> anyhow::Result<u64> {
-    let Some(engine) = &mut pipeline.rules else {
-        return Ok(0);
-    };
-    let mut n = 0;
-    for alert in engine.take_alerts() {
-        serde_json::to_writer(&mut *out, &alert)?;
-        out.write_all(b"\n")?;
-        n += 1;
+/// Writes the alerts the pipeline emitted since the last call.
+fn write_alerts(pipeline: &mut Pipeline, outputs: &mut Outputs<'_>) -> anyhow::Result<()> {
+    for alert in pipeline.take_alerts() {
+        if let Some((_, e)) = outputs.alert(&alert, Origin::Untracked).pop() {
+            return Err(e).context("writing alerts");
+        }
     }
-    Ok(n)
+    Ok(())
 }

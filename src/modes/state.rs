@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::classify::ClassFilter;
-use crate::durability::checkpoint::{self, CallerState, PartitionState, StateDir};
+use crate::durability::checkpoint::{self, CallerState, PartitionState};
+use crate::durability::dir::CheckpointDir;
 use crate::durability::snapshot::{self, Header, Loaded, SnapshotError, SnapshotKind};
 use crate::modes::inspect::{self, Target, WindowSpec};
 use crate::record::EventTime;
@@ -187,11 +188,11 @@ pub fn clear(dir: &Path, target: &Target, out: &mut dyn Write) -> Result<(), Sta
         Target::CallingNumber(_) => return Err(StateDirError::NotClearable("calling number")),
         Target::Imei(_) => return Err(StateDirError::NotClearable("device (IMEI)")),
     }
-    // Before locking: `StateDir::open` creates a missing directory, which would hide a typo.
+    // Before locking: `CheckpointDir::open` creates a missing directory, which would hide a typo.
     exists(dir)?;
     // Held until this function returns, so that no daemon starts on the directory mid-rewrite.
-    let _lock = StateDir::open(dir).map_err(|e| {
-        // `StateDir::open` fails with an I/O error if it cannot open the LOCK file, and with a bare
+    let _lock = CheckpointDir::open(dir).map_err(|e| {
+        // `CheckpointDir::open` fails with an I/O error if it cannot open the LOCK file, and with a bare
         // message if another process holds it.
         if e.downcast_ref::<std::io::Error>().is_some() {
             StateDirError::Lock {

@@ -20,6 +20,28 @@ pub enum EventType {
     SegmentChanged,
 }
 
+wire_names!(EventType {
+    InvoiceIssued => "invoice_issued",
+    PaymentReceived => "payment_received",
+    PaymentReversed => "payment_reversed",
+    CreditLimitChanged => "credit_limit_changed",
+    PromiseToPay => "promise_to_pay",
+    Activation => "activation",
+    Deactivation => "deactivation",
+    SimChange => "sim_change",
+    SegmentChanged => "segment_changed",
+});
+
+wire_names!(Segment {
+    Consumer => "consumer",
+    Smb => "smb",
+    Enterprise => "enterprise",
+    Vip => "vip",
+    Government => "government",
+    M2m => "m2m",
+    Test => "test",
+});
+
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord,
 )]
@@ -42,18 +64,6 @@ impl Segment {
             self,
             Segment::Enterprise | Segment::Vip | Segment::Government
         )
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Segment::Consumer => "consumer",
-            Segment::Smb => "smb",
-            Segment::Enterprise => "enterprise",
-            Segment::Vip => "vip",
-            Segment::Government => "government",
-            Segment::M2m => "m2m",
-            Segment::Test => "test",
-        }
     }
 }
 

@@ -12,6 +12,8 @@ pub enum Category {
     Customer,
 }
 
+wire_names!(Category { Fraud => "fraud", Arrears => "arrears", Customer => "customer" });
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
@@ -22,6 +24,14 @@ pub enum Severity {
     Critical,
 }
 
+wire_names!(Severity {
+    Info => "info",
+    Low => "low",
+    Medium => "medium",
+    High => "high",
+    Critical => "critical",
+});
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Department {
@@ -30,6 +40,13 @@ pub enum Department {
     KeyAccounts,
     Care,
 }
+
+wire_names!(Department {
+    Fraud => "FRAUD",
+    Collections => "COLLECTIONS",
+    KeyAccounts => "KEY_ACCOUNTS",
+    Care => "CARE",
+});
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -40,6 +57,13 @@ pub enum EntityType {
     Imei,
 }
 
+wire_names!(EntityType {
+    Subscriber => "subscriber",
+    Account => "account",
+    CallingNumber => "calling_number",
+    Imei => "imei",
+});
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -47,6 +71,8 @@ pub enum Mode {
     Replay,
     Shadow,
 }
+
+wire_names!(Mode { Live => "live", Replay => "replay", Shadow => "shadow" });
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {

@@ -47,30 +47,20 @@ pub enum RejectReason {
     Future,
 }
 
-impl RejectReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::Oversized => "oversized",
-            RejectReason::InvalidUtf8 => "invalid_utf8",
-            RejectReason::InvalidJson => "invalid_json",
-            RejectReason::NotAnObject => "not_an_object",
-            RejectReason::MissingField => "missing_field",
-            RejectReason::WrongType => "wrong_type",
-            RejectReason::UnknownVariant => "unknown_variant",
-            RejectReason::InvalidValue => "invalid_value",
-            RejectReason::BadTimestamp => "bad_timestamp",
-            RejectReason::CurrencyMismatch => "currency_mismatch",
-            RejectReason::Late => "late",
-            RejectReason::Future => "future",
-        }
-    }
-}
-
-impl fmt::Display for RejectReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+wire_names!(RejectReason {
+    Oversized => "oversized",
+    InvalidUtf8 => "invalid_utf8",
+    InvalidJson => "invalid_json",
+    NotAnObject => "not_an_object",
+    MissingField => "missing_field",
+    WrongType => "wrong_type",
+    UnknownVariant => "unknown_variant",
+    InvalidValue => "invalid_value",
+    BadTimestamp => "bad_timestamp",
+    CurrencyMismatch => "currency_mismatch",
+    Late => "late",
+    Future => "future",
+});
 
 /// A rejected record's reason, the field it concerns and a sentence for the operator.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

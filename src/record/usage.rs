@@ -14,6 +14,8 @@ pub enum RecordType {
     Data,
 }
 
+wire_names!(RecordType { Voice => "voice", Sms => "sms", Data => "data" });
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
@@ -24,6 +26,8 @@ pub enum Direction {
     /// The call was forwarded by the served subscriber's line to `forwarding.forwarded_to_number`.
     Forwarded,
 }
+
+wire_names!(Direction { Mo => "mo", Mt => "mt", Forwarded => "forwarded" });
 
 /// A decoded usage record. Numbers are packed, money is exact, optional blocks have their defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

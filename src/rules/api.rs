@@ -61,9 +61,9 @@ pub type GlobalFlags = std::sync::Arc<std::sync::Mutex<AHashMap<(u64, u64), i64>
 pub struct Shared {
     pub store: SharedStore,
     pub memory: Rc<RefCell<AlertMemory>>,
-    /// Alerts of every pipeline of the process, for `alerted` across partitions (the daemon: a
-    /// Wangiri source flagged by the caller shard, a callback seen in a subscriber's partition).
-    pub global_flags: RefCell<Option<GlobalFlags>>,
+    /// Alerts the daemon's caller shard raised on calling numbers, for `alerted` in the partitions (a
+    /// Wangiri source flagged by the shard, a callback seen in a subscriber's partition).
+    pub global_flags: Option<GlobalFlags>,
     /// Rule (id hash) and entity of the evaluation in progress, for `edge`.
     pub current: std::cell::Cell<(u64, EntityKey)>,
     filters: RefCell<AHashMap<ImmutableString, Rc<ClassFilter>>>,
@@ -71,12 +71,16 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(store: SharedStore, memory: Rc<RefCell<AlertMemory>>) -> Rc<Self> {
+    pub fn new(
+        store: SharedStore,
+        memory: Rc<RefCell<AlertMemory>>,
+        global_flags: Option<GlobalFlags>,
+    ) -> Rc<Self> {
         Rc::new(Shared {
             store,
             memory,
             current: Default::default(),
-            global_flags: RefCell::new(None),
+            global_flags,
             filters: RefCell::default(),
             windows: RefCell::default(),
         })
@@ -457,7 +461,7 @@ pub fn register(engine: &mut Engine, shared: &Rc<Shared>, lists: Lists) {
                 return Ok(true);
             }
             let now = memory.now();
-            Ok(shared_w.global_flags.borrow().as_ref().is_some_and(|g| {
+            Ok(shared_w.global_flags.as_ref().is_some_and(|g| {
                 let k = (
                     crate::alert::memory::key_hash(rule),
                     crate::alert::memory::key_hash(key),
@@ -708,7 +712,7 @@ fn register_account(engine: &mut Engine) {
             v.with(ImmutableString::new(), |_, a| a.id.as_str().into())
         })
         .register_get("segment", |v: &mut AccountView| -> ImmutableString {
-            v.with("consumer", |_, a| a.ledger.segment.name()).into()
+            v.with("consumer", |_, a| a.ledger.segment.as_str()).into()
         })
         .register_get("key_account", |v: &mut AccountView| {
             v.with(false, |_, a| a.ledger.segment.is_key_account())

@@ -98,13 +98,57 @@ struct Subject {
     account: Option<u32>,
 }
 
+/// Which rules an engine runs, by the entity they are keyed by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EntityFilter {
+    #[default]
+    All,
+    /// Only these (the daemon's caller shard: calling numbers).
+    Only(EntityType),
+    /// All but these (the daemon's partitions, beside a caller shard).
+    Except(EntityType),
+}
+
+impl EntityFilter {
+    pub fn runs(self, kind: EntityType) -> bool {
+        match self {
+            EntityFilter::All => true,
+            EntityFilter::Only(k) => k == kind,
+            EntityFilter::Except(k) => k != kind,
+        }
+    }
+}
+
+/// How an engine runs, fixed when it is built.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    pub limits: SandboxLimits,
+    /// Errors after which a rule is quarantined until the next reload.
+    pub quarantine_after: u64,
+    /// Stamped on every alert.
+    pub mode: Mode,
+    pub entities: EntityFilter,
+    /// Publish this engine's alerts to the process-wide flags (`Shared::global_flags`) that
+    /// `alerted` reads in other pipelines: the caller shard does, partitions only read.
+    pub publish_flags: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            limits: SandboxLimits::default(),
+            quarantine_after: 50,
+            mode: Mode::Replay,
+            entities: EntityFilter::All,
+            publish_flags: false,
+        }
+    }
+}
+
 pub struct RuleEngine {
     set: RuleSet,
     shared: Rc<Shared>,
-    limits: SandboxLimits,
-    /// Errors after which a rule is quarantined until the next reload.
-    pub quarantine_after: u64,
-    pub mode: Mode,
+    opts: EngineOptions,
     stats: Vec<RuleStats>,
     stats_index: AHashMap<String, usize>,
     /// `stats` slot of each rule of the active set.
@@ -112,27 +156,19 @@ pub struct RuleEngine {
     pub counters: EngineCounters,
     /// Alerts emitted and not yet taken by the caller.
     pub alerts: Vec<Alert>,
-    /// Run only the rules keyed by this entity type (the daemon's caller shard).
-    pub only_entity: Option<EntityType>,
-    /// Never run the rules keyed by this entity type (the partitions, beside a caller shard).
-    pub skip_entity: Option<EntityType>,
 }
 
 impl RuleEngine {
-    pub fn new(set: RuleSet, shared: Rc<Shared>, limits: SandboxLimits) -> Self {
+    pub fn new(set: RuleSet, shared: Rc<Shared>, opts: EngineOptions) -> Self {
         let mut e = RuleEngine {
             set,
             shared,
-            limits,
-            quarantine_after: 50,
-            mode: Mode::Replay,
+            opts,
             stats: Vec::new(),
             stats_index: AHashMap::new(),
             slots: Vec::new(),
             counters: EngineCounters::default(),
             alerts: Vec::new(),
-            only_entity: None,
-            skip_entity: None,
         };
         e.index_stats();
         e
@@ -178,7 +214,7 @@ impl RuleEngine {
     /// Builds a new set from `sources` and, only if all of it is valid, makes it the active one. The
     /// window state and the alert memory are untouched either way.
     pub fn reload(&mut self, sources: &RuleSources) -> Result<(), BuildErrors> {
-        match RuleSet::build(sources, &self.limits, &self.shared) {
+        match RuleSet::build(sources, &self.opts.limits, &self.shared) {
             Ok(set) => {
                 let old = std::mem::replace(&mut self.set, set);
                 self.index_stats();
@@ -204,6 +240,16 @@ impl RuleEngine {
                 Err(e)
             }
         }
+    }
+
+    /// Whether a usage record of this class runs a rule of this engine that reads the process-wide
+    /// alert flags (`alerted` on another pipeline's entity: a Wangiri callback). The daemon holds such
+    /// a record until the caller shard has applied every call before it in event time.
+    pub fn reads_flags(&self, class: RecordClass) -> bool {
+        self.set.for_class(class).iter().any(|&(i, _)| {
+            let rule = &self.set.rules[i as usize];
+            rule.reads_flags && self.opts.entities.runs(rule.meta().entity)
+        })
     }
 
     /// Evaluates the rules a usage record (already applied to state) can trigger.
@@ -317,7 +363,7 @@ impl RuleEngine {
         let set = &mut self.set;
         let rule = &mut set.rules[i];
         let kind = rule.meta().entity;
-        if self.only_entity.is_some_and(|k| k != kind) || self.skip_entity == Some(kind) {
+        if !self.opts.entities.runs(kind) {
             return;
         }
         let end = time.utc;
@@ -431,7 +477,7 @@ impl RuleEngine {
                     &info,
                     entity,
                     &mut self.shared.memory.borrow_mut(),
-                    self.mode,
+                    self.opts.mode,
                     wall_clock_now(),
                 )
             }
@@ -439,7 +485,12 @@ impl RuleEngine {
         };
         match verdict {
             Ok((Decision::Emit, Some(alert))) => {
-                if let Some(g) = self.shared.global_flags.borrow().as_ref() {
+                if let Some(g) = self
+                    .shared
+                    .global_flags
+                    .as_ref()
+                    .filter(|_| self.opts.publish_flags)
+                {
                     g.lock().expect("flags lock").insert(
                         (key_hash(&alert.rule.id), key_hash(&alert.entity.key)),
                         alert.trigger_event_time.utc,
@@ -479,7 +530,7 @@ impl RuleEngine {
             tracing::warn!(rule = %s.id, error = %message, "Rule failed; counted, the record goes on to the other rules.");
         }
         s.last_error = Some(message);
-        if s.errors_since_load >= self.quarantine_after && !s.quarantined {
+        if s.errors_since_load >= self.opts.quarantine_after && !s.quarantined {
             s.quarantined = true;
             tracing::error!(
                 rule = %s.id,

@@ -14,6 +14,7 @@ pub mod api;
 pub mod ruleset;
 pub mod engine;
 pub mod report;
+pub mod runtime;
 pub mod watch;
 
 pub use api::{Shared, SharedStore};
@@ -21,4 +22,5 @@ pub use engine::{EngineCounters, RuleEngine, RuleStats};
 pub use library::RuleSources;
 pub use report::RulesReport;
 pub use ruleset::{BuildErrors, Problem, RuleSet};
+pub use runtime::{Library, Reloader};
 pub use sandbox::{build_engine, Limit, SandboxLimits, ScriptError};

@@ -75,7 +75,7 @@ impl Params {
                     continue;
                 };
                 for (seg, rules) in segments {
-                    let Some(segment) = SEGMENTS.iter().find(|s| s.name() == seg) else {
+                    let Some(segment) = SEGMENTS.iter().find(|s| s.as_str() == seg) else {
                         errs.push(ParamsError {
                             line: line_of(text, &format!("segments.{seg}")),
                             message: format!("unknown segment {seg:?} (consumer, smb, enterprise, vip, government, m2m, test)"),
@@ -152,13 +152,13 @@ impl Params {
             let mut values = base.clone();
             if let Some(over) = self.overrides.get(&(seg, rule.to_string())) {
                 for (k, v) in over {
-                    let at = line_of(text, &format!("segments.{}.{rule}", seg.name()));
+                    let at = line_of(text, &format!("segments.{}.{rule}", seg.as_str()));
                     if !base.contains_key(k) {
                         errs.push(ParamsError {
                             line: at,
                             message: format!(
                                 "segments.{}.{rule}.{k}: overrides a parameter [{rule}] does not define",
-                                seg.name()
+                                seg.as_str()
                             ),
                         });
                         continue;
@@ -169,14 +169,14 @@ impl Params {
                         }
                         Err(m) => errs.push(ParamsError {
                             line: at,
-                            message: format!("segments.{}.{rule}.{k}: {m}", seg.name()),
+                            message: format!("segments.{}.{rule}.{k}: {m}", seg.as_str()),
                         }),
                     }
                 }
             }
             out.push(Rc::new(ParamTable {
                 rule_id: rule.to_string(),
-                segment: seg.name(),
+                segment: seg.as_str(),
                 values,
             }));
         }

@@ -93,6 +93,8 @@ pub struct Rule {
     pub scope: Scope<'static>,
     /// Resolved parameters per segment, in `params::SEGMENTS` order.
     pub params: Vec<Rc<ParamTable>>,
+    /// The script calls `alerted` (reads alerts of other entities, possibly another pipeline's).
+    pub reads_flags: bool,
 }
 
 impl Rule {
@@ -336,6 +338,7 @@ impl RuleSet {
                 ast,
                 scope,
                 params: tables,
+                reads_flags: calls(&f.text, "alerted"),
             });
         }
         for id in params.rule_ids().collect::<BTreeSet<_>>() {
@@ -565,6 +568,22 @@ fn literal_problems(text: &str) -> Vec<(usize, usize, String)> {
     }
     out.sort();
     out
+}
+
+/// Whether a script's code (comments aside) calls the function `name`. Text, not the AST: a match
+/// inside a string literal only makes the answer conservative.
+fn calls(text: &str, name: &str) -> bool {
+    let call = format!("{name}(");
+    text.lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .any(|code| {
+            code.match_indices(&call).any(|(i, _)| {
+                !code[..i]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.')
+            })
+        })
 }
 
 #[cfg(test)]

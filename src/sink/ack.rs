@@ -7,12 +7,14 @@
 //! one, or the highest processed when nothing is pending. Offsets of one partition are processed in
 //! order by its one worker, so "below the oldest pending" covers every earlier record.
 //!
-//! With state snapshots on (`durability.dir`), two more bounds apply, because a restart resumes the
+//! With state snapshots on (`durability.dir`), more bounds apply, because a restart resumes the
 //! state from its snapshot and re-reads Kafka from the committed offset:
 //! - **cap**: the last offset the partition's durable snapshot covers. Commits never pass it, so a
 //!   record whose effect is not in any snapshot is always read again after a crash.
-//! - **holds**: MT calls handed to the caller shard, held until the shard's own snapshot covering them
-//!   is durable.
+//! - **shard cap** (usage, with a caller shard): the last offset of the partition the shard's durable
+//!   snapshot covers; the shard hears of every usage record of the partition, in order.
+//!
+//! Used by every sink (`super::Output`): the same at-least-once contract whatever the destination.
 
 use std::collections::BTreeMap;
 use std::sync::{Condvar, Mutex};
@@ -20,12 +22,7 @@ use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 
-/// Which input topic: usage or account events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Input {
-    Usage,
-    Events,
-}
+pub use crate::record::Input;
 
 #[derive(Default)]
 struct Partition {
@@ -39,8 +36,8 @@ struct Partition {
     failed: Option<i64>,
     /// Last offset covered by a durable snapshot (snapshots on).
     cap: Option<i64>,
-    /// Offsets whose effect on the caller shard is not yet in a durable snapshot.
-    holds: BTreeMap<i64, u32>,
+    /// Last offset covered by the caller shard's durable snapshot (snapshots on, usage, with a shard).
+    shard_cap: Option<i64>,
 }
 
 #[derive(Default)]
@@ -50,13 +47,17 @@ pub struct Tracker {
     acked: Condvar,
     /// Snapshots are on: commits wait for them (`cap`).
     durable: bool,
+    /// A caller shard snapshots usage too: usage commits also wait for it (`shard_cap`).
+    shard: bool,
 }
 
 impl Tracker {
-    /// A tracker for a daemon with snapshots on: nothing is committable beyond a durable snapshot.
-    pub fn durable() -> Self {
+    /// A tracker for a daemon with snapshots on: nothing is committable beyond a durable snapshot
+    /// (nor, with a caller shard, beyond the shard's for usage).
+    pub fn durable(with_shard: bool) -> Self {
         Tracker {
             durable: true,
+            shard: with_shard,
             ..Default::default()
         }
     }
@@ -71,6 +72,7 @@ impl Tracker {
         if let Some(n) = next {
             p.stored = Some(n - 1);
             p.cap = Some(n - 1);
+            p.shard_cap = Some(n - 1);
         }
     }
 
@@ -82,6 +84,7 @@ impl Tracker {
         *p = Partition::default();
         p.processed = Some(first - 1);
         p.cap = Some(first - 1);
+        p.shard_cap = Some(first - 1);
     }
 
     /// A durable snapshot covers the partition up to `last` (inclusive).
@@ -91,23 +94,11 @@ impl Tracker {
         p.cap = Some(p.cap.map_or(last, |c| c.max(last)));
     }
 
-    /// Holds `offset` uncommitted until `release_holds` (the caller shard's snapshot).
-    pub fn hold(&self, input: Input, partition: i32, offset: i64) {
+    /// The caller shard's durable snapshot covers usage `partition` up to `last` (inclusive).
+    pub fn set_shard_cap(&self, partition: i32, last: i64) {
         let mut parts = self.parts.lock().expect("tracker lock");
-        *parts
-            .entry((input, partition))
-            .or_default()
-            .holds
-            .entry(offset)
-            .or_default() += 1;
-    }
-
-    /// Releases every hold at or below `upto`.
-    pub fn release_holds(&self, input: Input, partition: i32, upto: i64) {
-        let mut parts = self.parts.lock().expect("tracker lock");
-        if let Some(p) = parts.get_mut(&(input, partition)) {
-            p.holds = p.holds.split_off(&(upto + 1));
-        }
+        let p = parts.entry((Input::Usage, partition)).or_default();
+        p.shard_cap = Some(p.shard_cap.map_or(last, |c| c.max(last)));
     }
 
     /// Waits until every message produced for offsets up to `upto` is acknowledged; false on timeout
@@ -197,13 +188,16 @@ impl Tracker {
             if let Some(f) = p.failed {
                 upto = upto.min(f - 1);
             }
-            if let Some(&oldest) = p.holds.keys().next() {
-                upto = upto.min(oldest - 1);
-            }
             if self.durable {
                 match p.cap {
                     Some(cap) => upto = upto.min(cap),
                     None => continue,
+                }
+                if self.shard && input == Input::Usage {
+                    match p.shard_cap {
+                        Some(cap) => upto = upto.min(cap),
+                        None => continue,
+                    }
                 }
             }
             // -1 is committable: storing it commits offset 0, a new partition's start.
@@ -285,7 +279,7 @@ mod tests {
 
     #[test]
     fn with_snapshots_commits_wait_for_the_snapshot_and_the_caller_shard() {
-        let t = Tracker::durable();
+        let t = Tracker::durable(true);
         let u = Input::Usage;
         t.start(u, 0, Some(10));
         for o in 10..20 {
@@ -295,10 +289,10 @@ mod tests {
             t.committable().is_empty(),
             "nothing past the committed 10 is in a snapshot"
         );
-        t.hold(u, 0, 13);
+        t.set_shard_cap(0, 12);
         t.set_cap(u, 0, 15);
-        assert_eq!(t.committable(), [(u, 0, 12)], "held by the caller shard");
-        t.release_holds(u, 0, 13);
+        assert_eq!(t.committable(), [(u, 0, 12)], "capped by the caller shard");
+        t.set_shard_cap(0, 19);
         assert_eq!(t.committable(), [(u, 0, 15)], "capped by the snapshot");
         t.stored(u, 0, 15);
         t.set_cap(u, 0, 19);

@@ -1,16 +1,61 @@
-//! Dead-letter file: every rejected line, with its original bytes, where it came from and why.
+//! Files: alerts as NDJSON (one object per line, as on the Kafka topics), and the dead-letter file —
+//! every rejected line, with its original bytes, where it came from and why.
 //!
-//! One JSON object per line: `{"source","line","reason","field","detail","raw"}`; `raw` is the original
-//! text, or `raw_base64` when the bytes are not UTF-8 (they are kept exactly either way). The file is
-//! created on the first reject, so a clean run leaves no empty file behind.
+//! Dead letters are one JSON object per line: `{"source","line","reason","field","detail","raw"}`;
+//! `raw` is the original text, or `raw_base64` when the bytes are not UTF-8 (they are kept exactly
+//! either way). The file is created on the first reject, so a clean run leaves no empty file behind.
+//!
+//! Writes are synchronous: a file sink acknowledges by returning, and its errors stop a replay.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::record::Reject;
+use crate::record::{Alert, Reject};
+
+use super::{Origin, Output, Rejected, SinkError};
+
+/// Alerts to a writer, one JSON object per line.
+pub struct AlertFile<W: Write> {
+    out: RefCell<W>,
+    written: std::cell::Cell<u64>,
+}
+
+impl<W: Write> AlertFile<W> {
+    pub fn new(out: W) -> Self {
+        AlertFile {
+            out: RefCell::new(out),
+            written: Default::default(),
+        }
+    }
+
+    /// Alerts written.
+    pub fn written(&self) -> u64 {
+        self.written.get()
+    }
+}
+
+impl<W: Write> Output for AlertFile<W> {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    fn alert(&self, _: &Alert, body: &[u8], _: Origin) -> Result<(), SinkError> {
+        let mut out = self.out.borrow_mut();
+        out.write_all(body)?;
+        out.write_all(b"\n")?;
+        self.written.set(self.written.get() + 1);
+        Ok(())
+    }
+
+    fn flush(&self, _: Duration) -> Result<(), SinkError> {
+        Ok(self.out.borrow_mut().flush()?)
+    }
+}
 
 #[derive(Serialize)]
 struct Entry<'a> {
@@ -35,8 +80,8 @@ fn is_zero(n: &u64) -> bool {
 
 pub struct DeadLetterFile {
     path: Option<PathBuf>,
-    out: Option<BufWriter<File>>,
-    pub written: u64,
+    out: RefCell<Option<BufWriter<File>>>,
+    written: std::cell::Cell<u64>,
 }
 
 impl DeadLetterFile {
@@ -44,8 +89,8 @@ impl DeadLetterFile {
     pub fn new(path: Option<PathBuf>) -> Self {
         DeadLetterFile {
             path,
-            out: None,
-            written: 0,
+            out: RefCell::new(None),
+            written: Default::default(),
         }
     }
 
@@ -53,21 +98,27 @@ impl DeadLetterFile {
         self.path.as_deref()
     }
 
+    /// Lines written.
+    pub fn written(&self) -> u64 {
+        self.written.get()
+    }
+
     pub fn write(
-        &mut self,
+        &self,
         source: &str,
         line: u64,
         raw: &[u8],
         truncated: u64,
         reject: &Reject,
     ) -> io::Result<()> {
-        let out = match (&mut self.out, &self.path) {
+        let mut out = self.out.borrow_mut();
+        let out = match (&mut *out, &self.path) {
             (Some(o), _) => o,
             (None, None) => return Ok(()),
-            (None, Some(path)) => {
+            (slot @ None, Some(path)) => {
                 let f = File::create(path)
                     .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-                self.out.insert(BufWriter::new(f))
+                slot.insert(BufWriter::new(f))
             }
         };
         let text = std::str::from_utf8(raw).ok();
@@ -87,13 +138,27 @@ impl DeadLetterFile {
         };
         serde_json::to_writer(&mut *out, &entry)?;
         out.write_all(b"\n")?;
-        self.written += 1;
+        self.written.set(self.written.get() + 1);
+        Ok(())
+    }
+}
+
+impl Output for DeadLetterFile {
+    fn name(&self) -> &'static str {
+        "dead_letter_file"
+    }
+
+    fn alert(&self, _: &Alert, _: &[u8], _: Origin) -> Result<(), SinkError> {
         Ok(())
     }
 
-    pub fn flush(&mut self) -> io::Result<()> {
-        match &mut self.out {
-            Some(o) => o.flush(),
+    fn reject(&self, r: &Rejected<'_>, _: Origin) -> Result<(), SinkError> {
+        Ok(self.write(r.source, r.position, r.raw, r.truncated, r.reject)?)
+    }
+
+    fn flush(&self, _: Duration) -> Result<(), SinkError> {
+        match &mut *self.out.borrow_mut() {
+            Some(o) => Ok(o.flush()?),
             None => Ok(()),
         }
     }

@@ -1,6 +1,6 @@
-//! Kafka output: alerts to department topics and dead letters, with every delivery acknowledged back
-//! to the offset tracker (`daemon::offsets`) so input offsets are committed only behind delivered
-//! output.
+//! Kafka output: alerts to their departments' topics and dead letters to the dead-letter topic, with
+//! every delivery acknowledged back to the offset tracker (`ack`) so input offsets are committed only
+//! behind delivered output.
 //!
 //! One `ThreadedProducer` for all workers: librdkafka batches across them and its own thread runs the
 //! delivery callbacks. `message.timeout.ms = 0` (retry forever) because an alert dropped after a
@@ -18,15 +18,13 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use crate::sink::ack::{Input, Tracker};
+use crate::alert::wire;
+use crate::config::KafkaConfig;
+use crate::record::Alert;
 use crate::telemetry::metrics::Metrics;
 
-/// What a produced message is for: the input record whose offset waits for it (none for alerts of
-/// timers fired by the wall clock on an idle partition).
-#[derive(Clone, Copy, Debug)]
-pub struct Ticket {
-    pub input: Option<(Input, i32, i64)>,
-}
+use super::ack::Tracker;
+use super::{Origin, Output, Rejected, SinkError};
 
 pub struct Delivery {
     pub tracker: Arc<Tracker>,
@@ -41,9 +39,9 @@ impl ClientContext for Delivery {
 }
 
 impl ProducerContext for Delivery {
-    type DeliveryOpaque = Box<Ticket>;
+    type DeliveryOpaque = Box<Origin>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<Ticket>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, origin: Box<Origin>) {
         let ok = match result {
             Ok(_) => {
                 self.metrics.delivered.fetch_add(1, Ordering::Relaxed);
@@ -54,60 +52,80 @@ impl ProducerContext for Delivery {
                 tracing::error!(
                     %error,
                     topic = rdkafka::Message::topic(message),
-                    input = ?ticket.input,
+                    origin = ?origin,
                     "Message could not be delivered; its input offset will not be committed."
                 );
                 false
             }
         };
-        if let Some((input, partition, offset)) = ticket.input {
+        if let Origin::Record {
+            input,
+            partition,
+            offset,
+        } = *origin
+        {
             self.tracker.ack(input, partition, offset, ok);
         }
     }
 }
 
-pub struct OutputProducer {
+/// Alerts to department topics, dead letters to the dead-letter topic.
+pub struct KafkaOutput {
     producer: ThreadedProducer<Delivery>,
     tracker: Arc<Tracker>,
+    topics: crate::config::AlertTopics,
+    dead_letter_topic: String,
 }
 
-impl OutputProducer {
+impl KafkaOutput {
     pub fn new(
         brokers: &str,
-        options: &std::collections::BTreeMap<String, String>,
+        cfg: &KafkaConfig,
         tracker: Arc<Tracker>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, KafkaError> {
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", brokers)
+        let options = &cfg.options;
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", brokers)
             .set("acks", "all")
             .set("message.timeout.ms", "0")
             .set("linger.ms", "1")
             .set("queue.buffering.max.messages", "1000000");
         for (k, v) in options {
-            cfg.set(k, v);
+            client.set(k, v);
         }
-        let producer = cfg.create_with_context(Delivery {
+        let producer = client.create_with_context(Delivery {
             tracker: tracker.clone(),
             metrics,
         })?;
-        Ok(OutputProducer { producer, tracker })
+        Ok(KafkaOutput {
+            producer,
+            tracker,
+            topics: cfg.alert_topics.clone(),
+            dead_letter_topic: cfg.dead_letter_topic.clone(),
+        })
     }
 
-    /// Sends one message; the ticket's input offset waits for its acknowledgement. Blocks (briefly,
+    /// Sends one message; the origin's offset waits for its acknowledgement. Blocks (briefly,
     /// repeatedly) while librdkafka's queue is full rather than dropping anything.
-    pub fn send(
+    fn send(
         &self,
         topic: &str,
         key: &[u8],
         payload: &[u8],
         headers: OwnedHeaders,
-        ticket: Ticket,
+        origin: Origin,
     ) -> Result<(), KafkaError> {
-        if let Some((input, partition, offset)) = ticket.input {
+        if let Origin::Record {
+            input,
+            partition,
+            offset,
+        } = origin
+        {
             self.tracker.add(input, partition, offset);
         }
-        let mut record = BaseRecord::with_opaque_to(topic, Box::new(ticket))
+        let mut record = BaseRecord::with_opaque_to(topic, Box::new(origin))
             .key(key)
             .payload(payload)
             .headers(headers);
@@ -121,7 +139,12 @@ impl OutputProducer {
                 Err((e, r)) => {
                     // Not sent: the ack will never come, so the offset must not wait for it — but it
                     // must not be committed either.
-                    if let Some((input, partition, offset)) = r.delivery_opaque.input {
+                    if let Origin::Record {
+                        input,
+                        partition,
+                        offset,
+                    } = *r.delivery_opaque
+                    {
                         self.tracker.ack(input, partition, offset, false);
                     }
                     return Err(e);
@@ -129,14 +152,44 @@ impl OutputProducer {
             }
         }
     }
+}
 
-    /// Waits for every message in flight, up to `timeout`.
-    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(timeout)
+impl Output for KafkaOutput {
+    fn name(&self) -> &'static str {
+        "kafka"
     }
 
-    pub fn in_flight(&self) -> i32 {
-        self.producer.in_flight_count()
+    /// One message per department topic, keyed by the entity (one entity's alerts stay in order).
+    fn alert(&self, alert: &Alert, body: &[u8], origin: Origin) -> Result<(), SinkError> {
+        for &dept in &alert.departments {
+            let h = headers(&wire::alert_headers(alert, dept));
+            self.send(
+                self.topics.of(dept),
+                alert.entity.key.as_bytes(),
+                body,
+                h,
+                origin,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The original bytes and key, with the reason and the source position in headers.
+    fn reject(&self, r: &Rejected<'_>, origin: Origin) -> Result<(), SinkError> {
+        let partition = r.partition.map(|p| p.to_string()).unwrap_or_default();
+        let offset = r.position.to_string();
+        let h = headers(&wire::reject_headers(
+            r.reject, r.source, &partition, &offset,
+        ));
+        Ok(self.send(&self.dead_letter_topic, r.key, r.raw, h, origin)?)
+    }
+
+    fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
+        Ok(self.producer.flush(timeout)?)
+    }
+
+    fn in_flight(&self) -> u64 {
+        self.producer.in_flight_count().max(0) as u64
     }
 }
 

@@ -1,123 +1,83 @@
-//! Merge usage records and account events by event time.
-//!
-//! Each input is decoded one line ahead; the input whose head is earliest goes next (account events
-//! first on ties, so an invoice stamped at the same instant as a call is on the ledger when the call is
-//! rated against it). Rejected lines have no trustworthy time and go out as soon as they are read. No
-//! reordering buffer: inputs need only be sorted within the allowed lateness, exactly as on Kafka.
+//! Files (and stdin): usage records and account events as NDJSON, merged in event time by the same
+//! aligner as a Kafka partition's two topics (`align`). Each file is decoded one line ahead, so every
+//! lane always has a head or has ended and the merge never waits. No reordering buffer: inputs need only
+//! be sorted within the allowed lateness, exactly as on Kafka.
 
 use std::path::Path;
 
-use crate::record::{AccountEvent, Decoder, Reject, UsageRecord};
+use crate::record::{Decoded, Decoder, Input, Item, Reject, RejectReason};
 
+use super::align::Aligner;
 use super::ndjson::LineReader;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InputKind {
-    Usage,
-    Events,
-}
-
-pub enum Item {
-    Usage(UsageRecord),
-    Event(AccountEvent),
-}
-
-impl Item {
-    pub fn time(&self) -> i64 {
-        match self {
-            Item::Usage(r) => r.event_start.utc,
-            Item::Event(e) => e.occurred_at.utc,
-        }
+/// Lane of each input in the merge: account events rank first at equal times.
+pub fn lane(input: Input) -> u32 {
+    match input {
+        Input::Events => 0,
+        Input::Usage => 1,
     }
 }
 
-/// One decoded line, with where it came from; the raw bytes stay in the input's buffer until the next
-/// line is read, so the dead-letter path can keep them without a copy per record.
-pub struct Decoded<'a> {
-    pub source: &'a str,
-    pub line: u64,
-    pub raw: &'a [u8],
-    /// Bytes of the line beyond what was kept (oversized lines).
-    pub truncated: u64,
-    pub item: Result<Item, Reject>,
-}
-
-struct Input {
-    kind: InputKind,
+struct File {
+    input: Input,
     reader: LineReader,
-    head: Option<Result<Item, Reject>>,
-    done: bool,
 }
 
-pub struct MergedSource {
-    inputs: Vec<Input>,
+pub struct FileSource {
+    files: Vec<File>,
+    merge: Aligner<Result<Item, Reject>>,
     decoder: Decoder,
     pub blank_lines: u64,
-    current: Option<usize>,
 }
 
-impl MergedSource {
+impl FileSource {
     pub fn open(usage: &Path, events: Option<&Path>, decoder: Decoder) -> std::io::Result<Self> {
         // Keep a little more than the limit so an oversized record is dead-lettered with its start.
         let keep = decoder.max_record_bytes.saturating_mul(4).max(1 << 20);
-        let mut inputs = vec![Input {
-            kind: InputKind::Usage,
-            reader: LineReader::open(usage, keep)?,
-            head: None,
-            done: false,
-        }];
+        let mut readers = vec![(Input::Usage, LineReader::open(usage, keep)?)];
         if let Some(e) = events {
-            inputs.push(Input {
-                kind: InputKind::Events,
-                reader: LineReader::open(e, keep)?,
-                head: None,
-                done: false,
-            });
+            readers.push((Input::Events, LineReader::open(e, keep)?));
         }
-        Ok(MergedSource {
-            inputs,
-            decoder,
-            blank_lines: 0,
-            current: None,
-        })
+        Ok(Self::from_readers(readers, decoder))
     }
 
-    pub fn from_readers(readers: Vec<(InputKind, LineReader)>, decoder: Decoder) -> Self {
-        let inputs = readers
+    pub fn from_readers(readers: Vec<(Input, LineReader)>, decoder: Decoder) -> Self {
+        let mut merge = Aligner::with_lanes(2);
+        // An input not given is an input that has ended.
+        for input in Input::ALL {
+            merge.set_ended(lane(*input), true);
+        }
+        let files = readers
             .into_iter()
-            .map(|(kind, reader)| Input {
-                kind,
-                reader,
-                head: None,
-                done: false,
+            .map(|(input, reader)| {
+                merge.set_ended(lane(input), false);
+                File { input, reader }
             })
             .collect();
-        MergedSource {
-            inputs,
+        FileSource {
+            files,
+            merge,
             decoder,
             blank_lines: 0,
-            current: None,
         }
     }
 
-    /// The next line in event-time order, or `None` at the end of every input.
-    pub fn next_decoded(&mut self) -> std::io::Result<Option<Decoded<'_>>> {
-        if let Some(i) = self.current.take() {
-            self.inputs[i].head = None;
-        }
-        for input in &mut self.inputs {
-            while input.head.is_none() && !input.done {
-                if !input.reader.next_line()? {
-                    input.done = true;
-                } else if input.reader.is_blank() {
+    /// Reads the next line of every file whose lane is empty, so that each has a head or has ended.
+    fn fill(&mut self) -> std::io::Result<()> {
+        for f in &mut self.files {
+            let id = lane(f.input);
+            while self.merge.queued(id) == 0 && !self.merge.is_ended(id) {
+                if !f.reader.next_line()? {
+                    self.merge.set_ended(id, true);
+                } else if f.reader.is_blank() {
                     self.blank_lines += 1;
                 } else {
-                    let r = &input.reader;
+                    let r = &f.reader;
                     let item = if r.truncated > 0 {
                         // Too long to have been kept whole: reject on the full length.
                         let len = r.buf.len() as u64 + r.truncated;
                         Err(Reject::new(
-                            crate::record::RejectReason::Oversized,
+                            RejectReason::Oversized,
                             None,
                             format!(
                                 "{len} bytes exceeds the limit of {} bytes",
@@ -125,46 +85,36 @@ impl MergedSource {
                             ),
                         ))
                     } else {
-                        match input.kind {
-                            InputKind::Usage => self.decoder.usage(&r.buf).map(Item::Usage),
-                            InputKind::Events => {
-                                self.decoder.account_event(&r.buf).map(Item::Event)
-                            }
+                        match f.input {
+                            Input::Usage => self.decoder.usage(&r.buf).map(Item::Usage),
+                            Input::Events => self.decoder.account_event(&r.buf).map(Item::Event),
                         }
                     };
-                    input.head = Some(item);
+                    let time = item.as_ref().ok().map(Item::time);
+                    self.merge.push(id, r.line as i64, time, item);
                 }
             }
         }
-        let pick = self
-            .inputs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, inp)| inp.head.as_ref().map(|h| (i, inp.kind, h)))
-            .min_by_key(|(_, kind, h)| match h {
-                Err(_) => (i64::MIN, 0),
-                Ok(item) => (item.time(), if *kind == InputKind::Events { 0 } else { 1 }),
-            })
-            .map(|(i, _, _)| i);
-        let Some(i) = pick else { return Ok(None) };
-        self.current = Some(i);
-        let input = &mut self.inputs[i];
-        let item = match input.head.as_mut() {
-            Some(h) => std::mem::replace(
-                h,
-                Err(Reject::new(
-                    crate::record::RejectReason::InvalidJson,
-                    None,
-                    "consumed",
-                )),
-            ),
-            None => unreachable!("picked a head"),
+        Ok(())
+    }
+
+    /// The next line in event-time order, or `None` at the end of every input. Its raw bytes are the
+    /// reader's current line: each lane holds at most one line, the one not yet returned.
+    pub fn next_decoded(&mut self) -> std::io::Result<Option<Decoded<'_>>> {
+        self.fill()?;
+        let Some((id, _, item)) = self.merge.pop() else {
+            return Ok(None);
         };
+        let f = self
+            .files
+            .iter()
+            .find(|f| lane(f.input) == id)
+            .expect("a lane per file");
         Ok(Some(Decoded {
-            source: input.reader.name(),
-            line: input.reader.line,
-            raw: &input.reader.buf,
-            truncated: input.reader.truncated,
+            source: f.reader.name(),
+            line: f.reader.line,
+            raw: &f.reader.buf,
+            truncated: f.reader.truncated,
             item,
         }))
     }
@@ -172,8 +122,8 @@ impl MergedSource {
     /// Fraction of input bytes consumed, when sizes are known.
     pub fn progress(&self) -> Option<f64> {
         let (mut done, mut total) = (0u64, 0u64);
-        for i in &self.inputs {
-            let (d, t) = i.reader.progress();
+        for f in &self.files {
+            let (d, t) = f.reader.progress();
             done += d;
             total += t?;
         }

@@ -1,8 +1,11 @@
-//! Sources: where records come from. Files and stdin (NDJSON) for `replay`; Kafka for the daemon.
+//! Sources: where records come from, and the one event-time alignment (`align`) that interleaves
+//! inputs — files for `replay`, a partition's two topics for the daemon, usage partitions for the
+//! caller shard.
 
-pub mod kafka;
+pub mod align;
 mod files;
+pub mod kafka;
 mod ndjson;
 
-pub use files::{Decoded, InputKind, Item, MergedSource};
+pub use files::{lane, FileSource};
 pub use ndjson::LineReader;

@@ -22,7 +22,9 @@ pub use cells::{Cells, WindowSums, MAX_BUCKET_S, TICK_S};
 pub use distinct::SeenKind;
 pub use entity::{Entity, Fix, Limits, Span};
 pub use ledger::{InvoiceState, Ledger, PaymentState};
-pub use store::{Account, AccountUsage, Outcome, StoreCounters, StoreSize, WindowStore};
+pub use store::{
+    tracks_caller, Account, AccountUsage, Outcome, StoreCounters, StoreSize, WindowStore,
+};
 pub use timers::{Timer, TimerKind};
 
 /// Grows `v` by half (at least 2) with an exact reservation before it would reallocate: per-entity

@@ -138,10 +138,6 @@ pub struct WindowStore {
     final_watermark: Option<i64>,
     next_maintenance: i64,
     pub counters: StoreCounters,
-    /// Keep only calling-number state (the daemon's caller shard, which sees the MT calls of every
-    /// partition; subscribers and accounts live in the partitions' stores).
-    #[serde(default)]
-    pub callers_only: bool,
 }
 
 /// Counts the store keeps for the summary and metrics.
@@ -204,7 +200,6 @@ impl WindowStore {
             final_watermark: None,
             next_maintenance: i64::MIN,
             counters: StoreCounters::default(),
-            callers_only: false,
         }
     }
 
@@ -267,7 +262,9 @@ impl WindowStore {
         self.newest
     }
 
-    pub fn apply_usage(&mut self, r: &UsageRecord, class: RecordClass) -> Outcome {
+    /// Lateness, clock and duplicate checks every usage record passes before it touches state; `None`
+    /// when it is admitted (the newest event time and the counters then include it).
+    fn admit(&mut self, r: &UsageRecord) -> Option<Outcome> {
         let t = r.event_start.utc;
         // A CDR exists only once its call or session has ended, so lateness is judged on its end: a
         // 7-hour data session delivered when it closes is on time, though it started before the
@@ -275,57 +272,44 @@ impl WindowStore {
         let ends = t + r.duration_s as i64;
         if self.watermark().is_some_and(|w| ends < w) {
             self.counters.late += 1;
-            return Outcome::Late;
+            return Some(Outcome::Late);
         }
         if t > self.wall_clock + self.cfg.max_future_skew.0 {
             self.counters.future += 1;
-            return Outcome::Future;
+            return Some(Outcome::Future);
         }
         let newest = self.newest.map_or(t, |n| n.max(t));
         if self.dedup.check_and_insert(0, &r.record_id, newest) {
             self.counters.duplicates += 1;
-            return Outcome::Duplicate;
+            return Some(Outcome::Duplicate);
         }
         self.newest = Some(newest);
         self.counters.usage_applied += 1;
+        None
+    }
 
-        let other = r.destination();
-        let units = match r.record_type {
-            RecordType::Voice => r.duration_s as u64,
-            RecordType::Data => r.bytes(),
-            RecordType::Sms => 0,
-        };
-        let outgoing_voice =
-            r.record_type == RecordType::Voice && r.direction != Some(Direction::Mt);
-        let call = (outgoing_voice && r.answered && r.duration_s > 0).then(|| Span {
-            start: t,
-            end: t + r.duration_s as i64,
-        });
-        let fix = match (r.location.lat, r.location.lon) {
-            (Some(lat), Some(lon)) => Some(Fix {
-                at: t,
-                lat: lat as f32,
-                lon: lon as f32,
-            }),
-            _ => None,
-        };
-        let c = Contribution {
-            at: t,
-            class,
-            units,
-            charge: r.charge.amount,
-            other: other.map(Number::hash32),
-            cell: r.location.cell_id.map(|id| Number::from_key(id).hash32()),
-            call,
-            fix,
-        };
+    /// Applies an MT call to its calling number only: the daemon's caller shard, which sees the calls
+    /// of every partition while the lines and accounts live in the partitions' stores.
+    pub fn apply_call(&mut self, r: &UsageRecord, class: RecordClass) -> Outcome {
+        if let Some(refused) = self.admit(r) {
+            return refused;
+        }
+        let c = contribution(r, class);
+        let limits = self.limits;
+        self.apply_caller(r, class, &c, &limits);
+        Outcome::Accepted
+    }
 
+    /// Applies a usage record to every entity it concerns: its line, the line's account, its device,
+    /// and (MT calls) the calling number.
+    pub fn apply_usage(&mut self, r: &UsageRecord, class: RecordClass) -> Outcome {
+        if let Some(refused) = self.admit(r) {
+            return refused;
+        }
+        let t = r.event_start.utc;
+        let c = contribution(r, class);
         let limits = self.limits;
         let msisdn = r.served.msisdn;
-        if self.callers_only {
-            self.apply_caller(r, class, &c, &limits);
-            return Outcome::Accepted;
-        }
         let sub = self
             .subscribers
             .entry(msisdn.key())
@@ -384,13 +368,10 @@ impl WindowStore {
         c: &Contribution,
         limits: &Limits,
     ) {
-        let tracked_caller = match self.cfg.calling_numbers {
-            CallingNumbers::Off => false,
-            CallingNumbers::All => true,
-            CallingNumbers::International => class.has(crate::classify::INTERNATIONAL),
-        };
-        let mt_voice = r.record_type == RecordType::Voice && r.direction == Some(Direction::Mt);
-        if let (Some(caller), true) = (r.other_party.number, tracked_caller && mt_voice) {
+        if let (Some(caller), true) = (
+            r.other_party.number,
+            tracks_caller(self.cfg.calling_numbers, r, class),
+        ) {
             let ring = Contribution {
                 other: Some(r.served.msisdn.hash32()),
                 cell: None,
@@ -538,7 +519,7 @@ impl WindowStore {
         self.wall_clock = now;
     }
 
-    /// Rolls every entity up to `now` and evicts those idle for longer than the longest window.
+    /// Evicts entities idle for longer than the longest window and prunes account ledgers.
     fn maintain(&mut self, now: i64) {
         let limits = self.limits;
         let mut evicted = 0u64;
@@ -550,9 +531,9 @@ impl WindowStore {
             let before = map.len();
             map.retain(|_, e| !e.is_idle(now, &limits));
             evicted += (before - map.len()) as u64;
-            for e in map.values_mut() {
-                e.compact(now, &limits);
-            }
+            // No compaction here: an entity rolls its cells up on its own clock (`Entity::apply`), so
+            // its state is a function of its own records alone — the same in one replay store as in
+            // a partition's — and never of when the store it lives in happened to be swept.
             if map.capacity() > 2 * map.len() + 1024 {
                 map.shrink_to_fit();
             }
@@ -726,6 +707,53 @@ fn account_slot(
     })));
     index.insert(id.clone(), slot);
     slot
+}
+
+/// What a usage record adds to the windows of the entities it concerns.
+fn contribution(r: &UsageRecord, class: RecordClass) -> Contribution {
+    let t = r.event_start.utc;
+    let other = r.destination();
+    let units = match r.record_type {
+        RecordType::Voice => r.duration_s as u64,
+        RecordType::Data => r.bytes(),
+        RecordType::Sms => 0,
+    };
+    let outgoing_voice = r.record_type == RecordType::Voice && r.direction != Some(Direction::Mt);
+    let call = (outgoing_voice && r.answered && r.duration_s > 0).then(|| Span {
+        start: t,
+        end: t + r.duration_s as i64,
+    });
+    let fix = match (r.location.lat, r.location.lon) {
+        (Some(lat), Some(lon)) => Some(Fix {
+            at: t,
+            lat: lat as f32,
+            lon: lon as f32,
+        }),
+        _ => None,
+    };
+    Contribution {
+        at: t,
+        class,
+        units,
+        charge: r.charge.amount,
+        other: other.map(Number::hash32),
+        cell: r.location.cell_id.map(|id| Number::from_key(id).hash32()),
+        call,
+        fix,
+    }
+}
+
+/// Whether an MT call gives its calling number state of its own (a Wangiri source): the one test the
+/// store and the daemon's hand-over to its caller shard both use.
+pub fn tracks_caller(calling: CallingNumbers, r: &UsageRecord, class: RecordClass) -> bool {
+    let mt_voice = r.record_type == RecordType::Voice && r.direction == Some(Direction::Mt);
+    mt_voice
+        && r.other_party.number.is_some()
+        && match calling {
+            CallingNumbers::Off => false,
+            CallingNumbers::All => true,
+            CallingNumbers::International => class.has(crate::classify::INTERNATIONAL),
+        }
 }
 
 #[cfg(test)]

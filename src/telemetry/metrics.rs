@@ -1,17 +1,16 @@
-//! Metrics and health: counters the workers, the consumer and the producer update, rendered as
-//! Prometheus text on `/metrics`, and `/health` (200 while the consumer polls, 503 when it has not for
-//! 30 s). A few plain threads and a blocking listener: the endpoint serves a scrape every few seconds,
-//! not traffic.
+//! Metrics: counters the consumer, the workers, the caller shard and the sinks update, rendered as
+//! Prometheus text (`http` serves them). Labels are closed sets (enums indexed into arrays) or
+//! interned rule ids: counting an alert or a reject allocates nothing after a label's first use.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use ahash::AHashMap;
 use hdrhistogram::Histogram;
+
+use crate::record::{Department, Input, RejectReason};
 
 /// What one worker reports about its rule engines and state, replaced every second.
 #[derive(Clone, Default)]
@@ -35,25 +34,83 @@ pub struct RuleView {
     pub latency: Histogram<u64>,
 }
 
+/// (rule id hash, department) → (rule id, count).
+type AlertCountMap = AHashMap<(u64, Department), (Arc<str>, u64)>;
+
+/// Alerts handed to the sinks, by (rule, department). Rule ids are interned on first use.
 #[derive(Default)]
-pub struct Metrics {
-    pub usage_in: AtomicU64,
-    pub events_in: AtomicU64,
-    pub dead_letters: AtomicU64,
-    pub delivered: AtomicU64,
-    pub delivery_failed: AtomicU64,
-    pub kafka_errors: AtomicU64,
-    /// Reloads refused before reaching the workers (invalid or unreadable library).
-    pub reloads_refused: AtomicU64,
-    /// Unix milliseconds of the consumer's last poll.
-    pub last_poll_ms: AtomicI64,
-    pub rejected: Mutex<BTreeMap<String, u64>>,
-    /// (rule, department) → alerts produced.
-    pub alerts: Mutex<BTreeMap<(String, String), u64>>,
-    /// (topic, partition) → consumer lag in messages.
-    pub lag: Mutex<BTreeMap<(String, i32), i64>>,
-    pub workers: Mutex<Vec<WorkerView>>,
-    pub snapshots: SnapshotMetrics,
+pub struct AlertCounts {
+    by: Mutex<AlertCountMap>,
+}
+
+impl AlertCounts {
+    pub fn count(&self, rule: &str, department: Department) {
+        let key = (crate::alert::memory::key_hash(rule), department);
+        let mut by = self.by.lock().expect("metrics lock");
+        match by.get_mut(&key) {
+            Some((_, n)) => *n += 1,
+            None => {
+                by.insert(key, (Arc::from(rule), 1));
+            }
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by
+            .lock()
+            .expect("metrics lock")
+            .values()
+            .map(|v| v.1)
+            .sum()
+    }
+
+    pub fn by_department(&self) -> BTreeMap<Department, u64> {
+        let mut out = BTreeMap::new();
+        for ((_, d), (_, n)) in self.by.lock().expect("metrics lock").iter() {
+            *out.entry(*d).or_default() += n;
+        }
+        out
+    }
+
+    /// (rule, department) → count, sorted.
+    pub fn sorted(&self) -> BTreeMap<(Arc<str>, Department), u64> {
+        self.by
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .map(|((_, d), (r, n))| ((r.clone(), *d), *n))
+            .collect()
+    }
+}
+
+/// How a partition's state started when it was assigned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RestoreOutcome {
+    /// From its snapshot.
+    Snapshot,
+    /// From a snapshot older than the committed offset (another owner went on): re-read to catch up.
+    StaleSnapshot,
+    /// No snapshot and nothing committed: a partition new to the group.
+    New,
+    /// Snapshots are off.
+    NoSnapshots,
+    /// A snapshot ahead of the partition's log (another cluster, recreated topics): not used.
+    ForeignSnapshot,
+    /// No usable snapshot (`missing`, `io`, `corrupt`, `incompatible`): rebuilt from the input.
+    Rebuilt(&'static str),
+}
+
+impl RestoreOutcome {
+    pub fn label(self) -> String {
+        match self {
+            RestoreOutcome::Snapshot => "snapshot".into(),
+            RestoreOutcome::StaleSnapshot => "stale_snapshot".into(),
+            RestoreOutcome::New => "new".into(),
+            RestoreOutcome::NoSnapshots => "no_snapshots".into(),
+            RestoreOutcome::ForeignSnapshot => "foreign_snapshot".into(),
+            RestoreOutcome::Rebuilt(why) => format!("rebuilt_{why}"),
+        }
+    }
 }
 
 /// Snapshot writes, restores and replays after a restore.
@@ -65,8 +122,8 @@ pub struct SnapshotMetrics {
     pub bytes_written: AtomicU64,
     /// Time to encode plus write the last snapshot (µs).
     pub last_write_us: AtomicU64,
-    /// Partitions started from a snapshot, rebuilt, or started empty (new), by outcome.
-    pub restores: Mutex<BTreeMap<String, u64>>,
+    /// Partitions started, by how their state started.
+    pub restores: Mutex<BTreeMap<RestoreOutcome, u64>>,
     /// Records re-read after a restore whose effect the snapshot already held (skipped).
     pub records_skipped: AtomicU64,
     /// Alerts and dead letters recomputed while re-reading already committed input (not sent again).
@@ -74,13 +131,63 @@ pub struct SnapshotMetrics {
 }
 
 impl SnapshotMetrics {
-    pub fn count_restore(&self, outcome: &str) {
+    pub fn count_restore(&self, outcome: RestoreOutcome) {
         *self
             .restores
             .lock()
             .expect("metrics lock")
-            .entry(outcome.to_string())
+            .entry(outcome)
             .or_default() += 1;
+    }
+}
+
+/// The webhook sink's POSTs.
+#[derive(Default)]
+pub struct WebhookMetrics {
+    pub delivered: AtomicU64,
+    /// Attempts that failed and were retried.
+    pub retries: AtomicU64,
+    /// Alerts refused for good (their offsets stay uncommitted).
+    pub failed: AtomicU64,
+}
+
+/// The event-time alignment in the workers and the caller shard.
+#[derive(Default)]
+pub struct AlignMetrics {
+    /// Records held until the caller shard had applied every call before them (Wangiri callbacks).
+    pub held_for_shard: AtomicU64,
+    /// Times fetching of a partition was paused because too much of it waited in a worker.
+    pub pauses: AtomicU64,
+    /// Records read ahead and waiting in the workers' queues (bytes).
+    pub queued_bytes: AtomicI64,
+}
+
+pub struct Metrics {
+    /// Topic names, for labels: `[usage, events]`.
+    topics: [String; 2],
+    pub records_in: [AtomicU64; 2],
+    pub rejected: [AtomicU64; RejectReason::ALL.len()],
+    pub dead_letters: AtomicU64,
+    pub delivered: AtomicU64,
+    pub delivery_failed: AtomicU64,
+    pub kafka_errors: AtomicU64,
+    /// Reloads refused before reaching the workers (invalid or unreadable library), and accepted.
+    pub reloads_refused: AtomicU64,
+    pub reloads_ok: AtomicU64,
+    /// Unix milliseconds of the consumer's last poll.
+    pub last_poll_ms: AtomicI64,
+    pub alerts: AlertCounts,
+    /// (input, partition) → messages behind the partition's end offset.
+    pub lag: Mutex<BTreeMap<(Input, i32), i64>>,
+    pub workers: Mutex<Vec<WorkerView>>,
+    pub snapshots: SnapshotMetrics,
+    pub webhook: WebhookMetrics,
+    pub align: AlignMetrics,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new("usage", "events")
     }
 }
 
@@ -91,34 +198,40 @@ pub fn now_ms() -> i64 {
 }
 
 impl Metrics {
-    pub fn count_alert(&self, rule: &str, department: &str) {
-        *self
-            .alerts
-            .lock()
-            .expect("metrics lock")
-            .entry((rule.to_string(), department.to_string()))
-            .or_default() += 1;
-    }
-
-    pub fn count_reject(&self, reason: &str) {
-        *self
-            .rejected
-            .lock()
-            .expect("metrics lock")
-            .entry(reason.to_string())
-            .or_default() += 1;
-    }
-
-    pub fn alerts_total(&self) -> u64 {
-        self.alerts.lock().expect("metrics lock").values().sum()
-    }
-
-    pub fn alerts_by_department(&self) -> BTreeMap<String, u64> {
-        let mut out = BTreeMap::new();
-        for ((_, d), n) in self.alerts.lock().expect("metrics lock").iter() {
-            *out.entry(d.clone()).or_default() += n;
+    pub fn new(usage_topic: &str, events_topic: &str) -> Self {
+        Metrics {
+            topics: [usage_topic.to_string(), events_topic.to_string()],
+            records_in: Default::default(),
+            rejected: Default::default(),
+            dead_letters: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            delivery_failed: AtomicU64::new(0),
+            kafka_errors: AtomicU64::new(0),
+            reloads_refused: AtomicU64::new(0),
+            reloads_ok: AtomicU64::new(0),
+            last_poll_ms: AtomicI64::new(now_ms()),
+            alerts: AlertCounts::default(),
+            lag: Mutex::default(),
+            workers: Mutex::default(),
+            snapshots: SnapshotMetrics::default(),
+            webhook: WebhookMetrics::default(),
+            align: AlignMetrics::default(),
         }
-        out
+    }
+
+    pub fn topic(&self, input: Input) -> &str {
+        &self.topics[input.index()]
+    }
+
+    pub fn count_reject(&self, reason: RejectReason) {
+        self.rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn records_total(&self) -> u64 {
+        self.records_in
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn lag_total(&self) -> i64 {
@@ -135,43 +248,83 @@ impl Metrics {
         let head = |s: &mut String, name: &str, help: &str, kind: &str| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         head(
             &mut s,
             "cdrguard_records_in_total",
             "Records consumed, by input.",
             "counter",
         );
-        let _ = writeln!(
-            s,
-            "cdrguard_records_in_total{{input=\"usage\"}} {}\ncdrguard_records_in_total{{input=\"events\"}} {}",
-            self.usage_in.load(Ordering::Relaxed),
-            self.events_in.load(Ordering::Relaxed)
-        );
+        for input in Input::ALL {
+            let _ = writeln!(
+                s,
+                "cdrguard_records_in_total{{input=\"{input}\"}} {}",
+                load(&self.records_in[input.index()])
+            );
+        }
         head(
             &mut s,
             "cdrguard_records_rejected_total",
             "Records dead-lettered, by reason.",
             "counter",
         );
-        for (reason, n) in self.rejected.lock().expect("metrics lock").iter() {
-            let _ = writeln!(
-                s,
-                "cdrguard_records_rejected_total{{reason=\"{reason}\"}} {n}"
-            );
+        for reason in RejectReason::ALL {
+            let n = load(&self.rejected[*reason as usize]);
+            if n > 0 {
+                let _ = writeln!(
+                    s,
+                    "cdrguard_records_rejected_total{{reason=\"{reason}\"}} {n}"
+                );
+            }
         }
-        head(
-            &mut s,
-            "cdrguard_dead_letters_total",
-            "Messages produced to the dead-letter topic.",
-            "counter",
-        );
-        let _ = writeln!(
-            s,
-            "cdrguard_dead_letters_total {}",
-            self.dead_letters.load(Ordering::Relaxed)
-        );
         let snap = &self.snapshots;
+        let w = &self.webhook;
         for (name, help, v) in [
+            (
+                "cdrguard_dead_letters_total",
+                "Messages produced to the dead-letter topic.",
+                &self.dead_letters,
+            ),
+            (
+                "cdrguard_messages_delivered_total",
+                "Alerts and dead letters acknowledged by the broker.",
+                &self.delivered,
+            ),
+            (
+                "cdrguard_messages_failed_total",
+                "Messages that failed for good (their input offsets stay uncommitted).",
+                &self.delivery_failed,
+            ),
+            (
+                "cdrguard_kafka_errors_total",
+                "Client errors reported by librdkafka (broker down, ...).",
+                &self.kafka_errors,
+            ),
+            (
+                "cdrguard_webhook_delivered_total",
+                "Webhook POSTs answered 2xx.",
+                &w.delivered,
+            ),
+            (
+                "cdrguard_webhook_retries_total",
+                "Webhook POSTs that failed and were retried.",
+                &w.retries,
+            ),
+            (
+                "cdrguard_webhook_failed_total",
+                "Alerts a webhook refused for good (their input offsets stay uncommitted).",
+                &w.failed,
+            ),
+            (
+                "cdrguard_align_held_for_shard_total",
+                "Records held until the caller shard had applied every call before them in event time.",
+                &self.align.held_for_shard,
+            ),
+            (
+                "cdrguard_fetch_pauses_total",
+                "Times fetching of an input partition paused because too much of it waited in a worker.",
+                &self.align.pauses,
+            ),
             (
                 "cdrguard_snapshots_written_total",
                 "State snapshots written.",
@@ -199,8 +352,19 @@ impl Metrics {
             ),
         ] {
             head(&mut s, name, help, "counter");
-            let _ = writeln!(s, "{name} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(s, "{name} {}", load(v));
         }
+        head(
+            &mut s,
+            "cdrguard_queued_bytes",
+            "Input read ahead and waiting in the workers' queues.",
+            "gauge",
+        );
+        let _ = writeln!(
+            s,
+            "cdrguard_queued_bytes {}",
+            self.align.queued_bytes.load(Ordering::Relaxed).max(0)
+        );
         head(
             &mut s,
             "cdrguard_snapshot_last_write_seconds",
@@ -210,7 +374,7 @@ impl Metrics {
         let _ = writeln!(
             s,
             "cdrguard_snapshot_last_write_seconds {:.6}",
-            snap.last_write_us.load(Ordering::Relaxed) as f64 / 1e6
+            load(&snap.last_write_us) as f64 / 1e6
         );
         head(
             &mut s,
@@ -221,7 +385,8 @@ impl Metrics {
         for (outcome, n) in snap.restores.lock().expect("metrics lock").iter() {
             let _ = writeln!(
                 s,
-                "cdrguard_partition_restores_total{{outcome=\"{outcome}\"}} {n}"
+                "cdrguard_partition_restores_total{{outcome=\"{}\"}} {n}",
+                outcome.label()
             );
         }
         head(
@@ -230,7 +395,7 @@ impl Metrics {
             "Alerts produced, by rule and department.",
             "counter",
         );
-        for ((rule, dept), n) in self.alerts.lock().expect("metrics lock").iter() {
+        for ((rule, dept), n) in self.alerts.sorted() {
             let _ = writeln!(
                 s,
                 "cdrguard_alerts_total{{rule=\"{rule}\",department=\"{dept}\"}} {n}"
@@ -238,47 +403,27 @@ impl Metrics {
         }
         head(
             &mut s,
-            "cdrguard_messages_delivered_total",
-            "Alerts and dead letters acknowledged by the broker.",
-            "counter",
-        );
-        let _ = writeln!(
-            s,
-            "cdrguard_messages_delivered_total {}\n# HELP cdrguard_messages_failed_total Messages that failed for good (their input offsets stay uncommitted).\n# TYPE cdrguard_messages_failed_total counter\ncdrguard_messages_failed_total {}",
-            self.delivered.load(Ordering::Relaxed),
-            self.delivery_failed.load(Ordering::Relaxed)
-        );
-        head(
-            &mut s,
-            "cdrguard_kafka_errors_total",
-            "Client errors reported by librdkafka (broker down, ...).",
-            "counter",
-        );
-        let _ = writeln!(
-            s,
-            "cdrguard_kafka_errors_total {}",
-            self.kafka_errors.load(Ordering::Relaxed)
-        );
-        head(
-            &mut s,
             "cdrguard_consumer_lag",
-            "Messages behind the partition's high watermark.",
+            "Messages behind the partition's end offset.",
             "gauge",
         );
-        for ((topic, p), lag) in self.lag.lock().expect("metrics lock").iter() {
+        for ((input, p), lag) in self.lag.lock().expect("metrics lock").iter() {
             let _ = writeln!(
                 s,
-                "cdrguard_consumer_lag{{topic=\"{topic}\",partition=\"{p}\"}} {lag}"
+                "cdrguard_consumer_lag{{topic=\"{}\",partition=\"{p}\"}} {lag}",
+                self.topic(*input)
             );
         }
+        self.render_workers(&mut s, head);
+        s
+    }
 
+    fn render_workers(&self, s: &mut String, head: impl Fn(&mut String, &str, &str, &str)) {
         let workers = self.workers.lock().expect("metrics lock").clone();
-        let (mut ok, mut failed, mut entities, mut bytes, mut timers) = (0, 0, 0, 0, 0);
+        let (mut entities, mut bytes, mut timers) = (0, 0, 0);
         let mut rules: BTreeMap<String, RuleView> = BTreeMap::new();
         let mut version = String::new();
         for w in &workers {
-            ok = ok.max(w.reloads_ok);
-            failed = failed.max(w.reloads_failed);
             entities += w.entities;
             bytes += w.state_bytes;
             timers += w.timers_pending;
@@ -300,25 +445,21 @@ impl Metrics {
             }
         }
         head(
-            &mut s,
+            s,
             "cdrguard_rules_reloads_total",
-            "Rule library reloads, by result.",
+            "Rule library reloads, by result (refused: unreadable or invalid, the previous rules stayed).",
             "counter",
         );
-        let failed = failed + self.reloads_refused.load(Ordering::Relaxed);
         let _ = writeln!(
             s,
-            "cdrguard_rules_reloads_total{{result=\"ok\"}} {ok}\ncdrguard_rules_reloads_total{{result=\"failed\"}} {failed}"
+            "cdrguard_rules_reloads_total{{result=\"ok\"}} {}\ncdrguard_rules_reloads_total{{result=\"failed\"}} {}",
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_refused.load(Ordering::Relaxed)
         );
-        head(
-            &mut s,
-            "cdrguard_ruleset_info",
-            "The active rule set.",
-            "gauge",
-        );
+        head(s, "cdrguard_ruleset_info", "The active rule set.", "gauge");
         let _ = writeln!(s, "cdrguard_ruleset_info{{version=\"{version}\"}} 1");
         head(
-            &mut s,
+            s,
             "cdrguard_rule_evaluations_total",
             "Rule evaluations, by rule.",
             "counter",
@@ -331,7 +472,7 @@ impl Metrics {
             );
         }
         head(
-            &mut s,
+            s,
             "cdrguard_rule_errors_total",
             "Rule failures (sandbox limits, runtime errors, bad verdicts), by rule.",
             "counter",
@@ -344,7 +485,7 @@ impl Metrics {
             );
         }
         head(
-            &mut s,
+            s,
             "cdrguard_rule_quarantined",
             "1 while a rule is quarantined after repeated failures.",
             "gauge",
@@ -357,7 +498,7 @@ impl Metrics {
             );
         }
         head(
-            &mut s,
+            s,
             "cdrguard_rule_eval_seconds",
             "Rule evaluation time (sandboxed call), by rule.",
             "summary",
@@ -377,78 +518,25 @@ impl Metrics {
                 r.latency.len()
             );
         }
-        head(
-            &mut s,
-            "cdrguard_state_entities",
-            "Entities in window state (subscribers, accounts, calling numbers, devices).",
-            "gauge",
-        );
-        let _ = writeln!(s, "cdrguard_state_entities {entities}");
-        head(
-            &mut s,
-            "cdrguard_state_bytes",
-            "Estimated bytes of window state.",
-            "gauge",
-        );
-        let _ = writeln!(s, "cdrguard_state_bytes {bytes}");
-        head(
-            &mut s,
-            "cdrguard_timers_pending",
-            "Event-time timers waiting for the watermark.",
-            "gauge",
-        );
-        let _ = writeln!(s, "cdrguard_timers_pending {timers}");
-        s
+        for (name, help, v) in [
+            (
+                "cdrguard_state_entities",
+                "Entities in window state (subscribers, accounts, calling numbers, devices).",
+                entities,
+            ),
+            (
+                "cdrguard_state_bytes",
+                "Estimated bytes of window state.",
+                bytes,
+            ),
+            (
+                "cdrguard_timers_pending",
+                "Event-time timers waiting for the watermark.",
+                timers,
+            ),
+        ] {
+            head(s, name, help, "gauge");
+            let _ = writeln!(s, "{name} {v}");
+        }
     }
-}
-
-/// Serves `/metrics` and `/health` on `address` until `stop` is set.
-pub fn serve(
-    address: &str,
-    metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let listener = TcpListener::bind(address)?;
-    listener.set_nonblocking(true)?;
-    tracing::info!(
-        address,
-        "Metrics on http://{address}/metrics, health on /health."
-    );
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut conn, _)) => {
-                        let _ = conn.set_nonblocking(false);
-                        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                        let mut buf = [0u8; 2048];
-                        let n = conn.read(&mut buf).unwrap_or(0);
-                        let request = String::from_utf8_lossy(&buf[..n]);
-                        let path = request.split_whitespace().nth(1).unwrap_or("/");
-                        let (status, body, kind) = match path {
-                            "/metrics" => ("200 OK", metrics.render(), "text/plain; version=0.0.4"),
-                            "/health" if metrics.healthy() => ("200 OK", "ok\n".into(), "text/plain"),
-                            "/health" => (
-                                "503 Service Unavailable",
-                                "consumer not polling\n".into(),
-                                "text/plain",
-                            ),
-                            _ => ("404 Not Found", "try /metrics or /health\n".into(), "text/plain"),
-                        };
-                        let _ = write!(
-                            conn,
-                            "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Metrics connection failed.");
-                    }
-                }
-            }
-        })
 }

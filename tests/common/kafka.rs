@@ -28,9 +28,9 @@ pub struct Kafka {
 pub fn test_config() -> Config {
     let mut cfg = Config::default();
     cfg.daemon.metrics_address = String::new();
-    cfg.daemon.idle_watermark_after = cdrguard::config::Span(0);
+    cfg.daemon.idle_watermark_after = cdrguard::config::Secs(0);
     cfg.daemon.workers = 2;
-    cfg.rules.watch_interval = cdrguard::config::Span(1);
+    cfg.rules.watch_interval = cdrguard::config::Secs(1);
     cfg
 }
 
@@ -38,6 +38,11 @@ impl Kafka {
     /// A one-broker cluster with the input topics (`partitions` each), the alert topics and the
     /// dead-letter topic: the embedded broker of `cdrguard run`.
     pub fn start(partitions: i32) -> Kafka {
+        // The daemon's log in the test output (`RUST_LOG=cdrguard=debug` for more).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .with_test_writer()
+            .try_init();
         let mut cfg = test_config();
         cfg.demo.partitions = partitions;
         let broker = cdrguard::demo::embedded::start(&cfg).unwrap();
@@ -227,9 +232,18 @@ pub fn control() -> Control {
 
 /// Stories for every rule over a small calm background: input bytes and the labels.
 pub fn stories(seed: u64) -> (Vec<u8>, Vec<u8>, Vec<cdrguard::demo::gen::stories::Label>) {
+    stories_sized(seed, 400, 8_000)
+}
+
+/// Stories for every rule over a calm background of `records` usage records.
+pub fn stories_sized(
+    seed: u64,
+    subscribers: u32,
+    records: u64,
+) -> (Vec<u8>, Vec<u8>, Vec<cdrguard::demo::gen::stories::Label>) {
     let cfg = GenConfig {
-        subscribers: 400,
-        records: 8_000,
+        subscribers,
+        records,
         days: 4,
         seed,
         inject: cdrguard::demo::gen::stories::STORY_RULES

@@ -69,4 +69,5 @@ pub fn fixture(rel: &str) -> PathBuf {
     Path::new(ROOT).join(rel)
 }
 pub mod kafka;
+pub mod process;
 pub mod tansu;

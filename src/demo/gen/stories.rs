@@ -211,6 +211,13 @@ impl Writer<'_> {
         self.pop.lines[self.rng.usize(0..self.pop.lines.len())].msisdn
     }
 
+    /// The account of a background line, as mediation writes it on the line's records (and as the
+    /// producers key them: a record without it would land in another partition than its account).
+    fn account_of(&self, n: Number) -> Option<CompactString> {
+        let line = self.pop.lines.iter().find(|l| l.msisdn == n)?;
+        Some(self.pop.accounts[line.account as usize].id.clone())
+    }
+
     fn high_risk(&mut self) -> Number {
         self.plan
             .high_risk(&mut self.rng)
@@ -355,6 +362,7 @@ impl Writer<'_> {
         }
         for (i, &v) in victims.iter().enumerate() {
             let mut r = self.rec(t + 20 * i as i64, v, RecordType::Voice);
+            r.account = self.account_of(v);
             r.direction = Some(Direction::Mt);
             r.other = Some(caller);
             r.answered = i % 3 == 0;
@@ -390,6 +398,7 @@ impl Writer<'_> {
                 let (t, caller) = (self.when(2 * HOUR), self.high_risk());
                 let victims = self.wangiri_wave(t, caller);
                 let mut r = self.rec(t + 40 * MIN, victims[7], RecordType::Voice);
+                r.account = self.account_of(victims[7]);
                 r.other = Some(caller);
                 r.duration_s = 75;
                 self.emit(r);

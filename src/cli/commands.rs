@@ -1,0 +1,409 @@
+//! The commands: each parses what its arguments mean, calls into the library, and returns the exit
+//! code. Library code does the work.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::classify::ClassFilter;
+use crate::modes::inspect::{self, Target};
+use crate::modes::replay::{self, ReplayOptions};
+use crate::record::{EventTime, Number};
+
+use super::args::*;
+
+/// `rule=3`, `rule`, `all=2` → (rule, count) pairs.
+fn parse_inject(specs: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
+    let mut out: Vec<(String, u32)> = Vec::new();
+    for spec in specs {
+        let (rule, n) = match spec.split_once('=') {
+            Some((r, n)) => (
+                r,
+                n.parse::<u32>()
+                    .map_err(|_| anyhow::anyhow!("--inject {spec:?}: count must be a number"))?,
+            ),
+            None => (spec.as_str(), 1),
+        };
+        if rule == "all" {
+            out.extend(
+                crate::demo::gen::stories::STORY_RULES
+                    .iter()
+                    .map(|r| (r.to_string(), n)),
+            );
+        } else {
+            out.push((rule.to_string(), n));
+        }
+    }
+    Ok(out)
+}
+
+pub fn run_cmd(a: RunArgs) -> anyhow::Result<i32> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let (mut cfg, base) = crate::config::Config::load(a.config.as_deref())?;
+    let dir = crate::rules::runtime::locate(a.rules.as_deref(), &cfg, &base);
+    if a.check {
+        let sources = crate::rules::RuleSources::read(&dir)?;
+        return match crate::rules::runtime::validate(&sources, &cfg) {
+            Ok(set) => {
+                eprintln!(
+                    "configuration OK; {}: {} rules OK (rule set {})",
+                    dir.display(),
+                    set.rules.len(),
+                    sources.version
+                );
+                Ok(0)
+            }
+            Err(e) => {
+                eprintln!("{e:#}");
+                Ok(1)
+            }
+        };
+    }
+    let control = crate::daemon::Control::default();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, control.stop.clone())?;
+    }
+    let stop_demo = Arc::new(AtomicBool::new(false));
+    let mut embedded = None;
+    let mut helpers = Vec::new();
+    let mut state_dir =
+        (!cfg.durability.dir.is_empty()).then(|| PathBuf::from(&cfg.durability.dir));
+    let mut demo_state = None;
+    let brokers = match cfg.kafka.brokers.clone() {
+        Some(b) => b,
+        None => {
+            if state_dir.is_some() {
+                // The embedded broker's log lives in memory: a snapshot from an earlier run would
+                // describe offsets this broker never had.
+                let t = std::env::temp_dir()
+                    .join(format!("cdrguard-demo-state-{}", std::process::id()));
+                eprintln!(
+                    "State snapshots (embedded broker: temporary) in {}",
+                    t.display()
+                );
+                state_dir = Some(t.clone());
+                demo_state = Some(t);
+            }
+            let demo = cfg.demo.enabled && !a.no_demo;
+            if demo {
+                // Demo rounds run in simulated time, ahead of the wall clock after the first.
+                cfg.state.max_future_skew = crate::config::Secs(3650 * 86_400);
+            }
+            let e = crate::demo::embedded::start(&cfg)?;
+            let b = e.bootstrap.clone();
+            eprintln!(
+                "Embedded Kafka broker (librdkafka mock cluster) at {b}\n  produce usage records to `{}` and account events to `{}` (key: account id, else msisdn)\n  alerts on `{}`, `{}`, `{}`, `{}`; dead letters on `{}`\n  e.g. kcat -b {b} -C -t {}",
+                cfg.kafka.usage_topic,
+                cfg.kafka.events_topic,
+                cfg.kafka.alert_topics.fraud,
+                cfg.kafka.alert_topics.collections,
+                cfg.kafka.alert_topics.key_accounts,
+                cfg.kafka.alert_topics.care,
+                cfg.kafka.dead_letter_topic,
+                cfg.kafka.alert_topics.fraud,
+            );
+            if cfg.demo.print_alerts {
+                helpers.push(crate::demo::embedded::print_alerts(
+                    b.clone(),
+                    cfg.clone(),
+                    stop_demo.clone(),
+                )?);
+            }
+            if demo {
+                helpers.push(crate::demo::embedded::demo_traffic(
+                    b.clone(),
+                    cfg.clone(),
+                    stop_demo.clone(),
+                )?);
+            }
+            embedded = Some(e);
+            b
+        }
+    };
+    let opts = crate::daemon::RunOptions {
+        rules_dir: dir,
+        watch_rules: true,
+        sighup: true,
+        status: true,
+        control,
+        state_dir,
+    };
+    let result = crate::daemon::run(cfg, &base, &brokers, opts);
+    stop_demo.store(true, Ordering::Relaxed);
+    for h in helpers {
+        let _ = h.join();
+    }
+    drop(embedded);
+    if let Some(t) = demo_state {
+        let _ = std::fs::remove_dir_all(t);
+    }
+    result?;
+    Ok(0)
+}
+
+pub fn check_cmd(a: CheckArgs) -> anyhow::Result<i32> {
+    let (cfg, base) = crate::config::Config::load(a.config.as_deref())?;
+    let dir = crate::rules::runtime::locate(a.rules.as_deref(), &cfg, &base);
+    let sources = crate::rules::RuleSources::read(&dir)?;
+    let (errors, warnings, rules) = match crate::rules::runtime::validate(&sources, &cfg) {
+        Ok(set) => (vec![], set.warnings.clone(), set.rules.len()),
+        Err(e) => (e.errors, e.warnings, 0),
+    };
+    for p in &errors {
+        println!("{}", p.with_level("error"));
+    }
+    for p in &warnings {
+        println!("{}", p.with_level("warning"));
+    }
+    if errors.is_empty() {
+        eprintln!(
+            "{}: {rules} rules OK (rule set {}), {} warning(s)",
+            dir.display(),
+            sources.version,
+            warnings.len()
+        );
+        Ok(0)
+    } else {
+        eprintln!(
+            "{}: {} error(s), {} warning(s)",
+            dir.display(),
+            errors.len(),
+            warnings.len()
+        );
+        Ok(1)
+    }
+}
+
+pub fn test_cmd(a: TestArgs) -> anyhow::Result<i32> {
+    let (cfg, base) = crate::config::Config::load(a.config.as_deref())?;
+    let dir = crate::rules::runtime::locate(a.rules.as_deref(), &cfg, &base);
+    let report = crate::modes::ruletest::run(&dir, &a.cases)?;
+    print!("{}", report.render());
+    Ok(if report.failed() > 0 { 1 } else { 0 })
+}
+
+pub fn replay_cmd(a: ReplayArgs) -> anyhow::Result<i32> {
+    let opts = ReplayOptions {
+        usage: a.input.usage,
+        events: a.input.events,
+        out: a.out,
+        dead_letter: a.dead_letter,
+        config: a.input.config,
+        cutoff: None,
+        progress: !a.quiet,
+        keep_fired: false,
+        no_dead_letter: false,
+        rules: match (a.rules, a.no_rules) {
+            (_, true) => replay::RulesChoice::Off,
+            (Some(d), _) => replay::RulesChoice::Dir(d),
+            (None, false) => replay::RulesChoice::Default,
+        },
+        watch_rules: a.watch_rules,
+    };
+    let (report, _) = replay::run(&opts)?;
+    eprint!("{}", report.render());
+    if let Some(p) = a.summary_json {
+        let f = File::create(&p).with_context(|| format!("creating {}", p.display()))?;
+        serde_json::to_writer_pretty(BufWriter::new(f), &report)?;
+    }
+    Ok(0)
+}
+
+fn number(s: &str, what: &str) -> anyhow::Result<Number> {
+    Number::parse(s).map_err(|why| anyhow::anyhow!("--{what} {s:?}: {why}"))
+}
+
+/// `--at`, `--window` and `--filter` of the reports (`inspect`, `state inspect`), with their defaults.
+fn report_options(
+    r: ReportArgs,
+) -> anyhow::Result<(
+    Option<EventTime>,
+    Vec<inspect::WindowSpec>,
+    Vec<ClassFilter>,
+)> {
+    let at =
+        r.at.as_deref()
+            .map(|s| EventTime::parse(s).map_err(|why| anyhow::anyhow!("--at {s:?}: {why}")))
+            .transpose()?;
+    let or_default = |given: Vec<String>, default: &[&str]| {
+        if given.is_empty() {
+            default.iter().map(|s| s.to_string()).collect()
+        } else {
+            given
+        }
+    };
+    let windows = or_default(r.windows, inspect::DEFAULT_WINDOWS)
+        .iter()
+        .map(|w| inspect::WindowSpec::parse(w).map_err(anyhow::Error::msg))
+        .collect::<Result<_, _>>()?;
+    let filters = or_default(r.filters, inspect::DEFAULT_FILTERS)
+        .iter()
+        .map(|f| ClassFilter::parse(f).map_err(anyhow::Error::msg))
+        .collect::<Result<_, _>>()?;
+    Ok((at, windows, filters))
+}
+
+pub fn inspect_cmd(a: InspectArgs) -> anyhow::Result<i32> {
+    let target = target(&a.target)?;
+    let json = a.report.json;
+    let (at, windows, filters) = report_options(a.report)?;
+    let dl = a.dead_letter;
+    let (report, pipeline) = replay::run_quiet(
+        &a.input.usage,
+        a.input.events.as_deref(),
+        a.input.config.as_deref(),
+        at,
+        dl,
+    )?;
+    if report.counts.rejected_total() > 0 {
+        eprintln!(
+            "note: {} input lines were rejected (see `cdrguard replay` for details)",
+            report.counts.rejected_total()
+        );
+    }
+    // "As of" is where the input closed every window: the final watermark, which timers fired up to.
+    let as_of = at.unwrap_or_else(|| EventTime {
+        utc: pipeline.store.borrow().watermark().unwrap_or(0),
+        offset_min: pipeline.display_offset,
+    });
+    let v = inspect::report(
+        &pipeline.store.borrow(),
+        &pipeline.fired,
+        &target,
+        as_of,
+        &windows,
+        &filters,
+    )?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &v)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", inspect::render_text(&v))?;
+    }
+    Ok(0)
+}
+
+/// The entity named by exactly one of the flags (clap refuses two).
+fn target(t: &TargetArgs) -> anyhow::Result<Target> {
+    Ok(match (&t.msisdn, &t.account, &t.calling_number, &t.imei) {
+        (Some(m), ..) => Target::Subscriber(number(m, "msisdn")?),
+        (_, Some(acc), ..) => Target::Account(acc.clone()),
+        (_, _, Some(c), _) => Target::CallingNumber(number(c, "calling-number")?),
+        (.., Some(i)) => Target::Imei(number(i, "imei")?),
+        _ => anyhow::bail!("name the entity: --msisdn, --account, --calling-number or --imei"),
+    })
+}
+
+pub fn state_cmd(a: StateArgs) -> anyhow::Result<i32> {
+    use crate::modes::state as statedir;
+    let mut out = std::io::stdout().lock();
+    match a.command {
+        StateCommand::Inspect(a) => {
+            let target = target(&a.target)?;
+            let json = a.report.json;
+            let (at, windows, filters) = report_options(a.report)?;
+            let opts = statedir::ReportOptions {
+                at,
+                windows,
+                filters,
+                json,
+            };
+            statedir::inspect(&a.dir, &target, &opts, &mut out)?;
+        }
+        StateCommand::Export(a) if a.all => statedir::list(&a.dir, &mut out)?,
+        StateCommand::Export(a) => {
+            let target = target(&a.target)?;
+            statedir::export(&a.dir, &target, &mut out)?;
+        }
+        StateCommand::Clear(a) => {
+            let target = target(&TargetArgs {
+                msisdn: a.msisdn,
+                account: a.account,
+                calling_number: None,
+                imei: None,
+            })?;
+            statedir::clear(&a.dir, &target, &mut out)?;
+        }
+    }
+    Ok(0)
+}
+
+pub fn gen_cmd(a: GenArgs) -> anyhow::Result<i32> {
+    let start = EventTime::parse(&a.start)
+        .map_err(|why| anyhow::anyhow!("--start {:?}: {why}", a.start))?;
+    let cfg = crate::demo::gen::GenConfig {
+        seed: a.seed,
+        subscribers: a.subscribers,
+        records: a.records,
+        start,
+        days: a.days,
+        home_cc: a.home_cc,
+        inject: parse_inject(&a.inject)?,
+        tag: a.tag.clone(),
+    };
+    if let Some(brokers) = &a.brokers {
+        let (kcfg, _) = crate::config::Config::load(a.config.as_deref())?;
+        let (mut usage, mut events) = (Vec::new(), Vec::new());
+        let t = std::time::Instant::now();
+        let s = crate::demo::gen::generate(&cfg, &mut usage, &mut events)?;
+        let producer = crate::demo::embedded::input_producer(brokers)?;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let n =
+            crate::demo::embedded::produce_input(&producer, &kcfg, &usage, &events, a.rate, &stop)?;
+        eprintln!(
+            "produced {n} records ({} usage, {} events) to {brokers} in {:.2} s",
+            s.usage_records,
+            s.account_events,
+            t.elapsed().as_secs_f64()
+        );
+        if let Some(p) = &a.labels {
+            let f = File::create(p).with_context(|| format!("creating {}", p.display()))?;
+            serde_json::to_writer_pretty(BufWriter::new(f), &s.labels)?;
+        }
+        return Ok(0);
+    }
+    let (usage_path, events_path) = (
+        a.usage.clone().expect("clap: --usage"),
+        a.events.clone().expect("clap: --events"),
+    );
+    let mut usage = BufWriter::with_capacity(
+        1 << 20,
+        File::create(&usage_path).with_context(|| format!("creating {}", usage_path.display()))?,
+    );
+    let mut events = BufWriter::new(
+        File::create(&events_path)
+            .with_context(|| format!("creating {}", events_path.display()))?,
+    );
+    let t = std::time::Instant::now();
+    let s = crate::demo::gen::generate(&cfg, &mut usage, &mut events)?;
+    usage.flush()?;
+    events.flush()?;
+    if let Some(p) = &a.labels {
+        let f = File::create(p).with_context(|| format!("creating {}", p.display()))?;
+        serde_json::to_writer_pretty(BufWriter::new(f), &s.labels)?;
+    }
+    eprintln!(
+        "generated {} usage records and {} account events for {} subscribers in {} accounts in {:.2} s",
+        s.usage_records,
+        s.account_events,
+        s.subscribers,
+        s.accounts,
+        t.elapsed().as_secs_f64()
+    );
+    if !s.labels.is_empty() {
+        eprintln!(
+            "injected {} stories; they must raise {} alerts{}",
+            cfg.inject.iter().map(|(_, n)| *n as u64).sum::<u64>(),
+            s.labels.len(),
+            a.labels
+                .as_ref()
+                .map(|p| format!(" (listed in {})", p.display()))
+                .unwrap_or_default()
+        );
+    }
+    Ok(0)
+}

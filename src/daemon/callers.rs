@@ -1,0 +1,388 @@
+//! The caller shard: calling-number state (Wangiri sources) for every partition of the process.
+//!
+//! A calling number rings subscribers of every partition, so its state cannot live in one. Each
+//! partition's worker reports every usage record it processes, in order: the MT calls that give a
+//! calling number state in full, the others as progress (how far the partition got, and the newest
+//! event time). The shard merges the partitions with the same aligner as everything else
+//! (`source::align`, one lane per partition): a call is applied only once no partition can still
+//! report an earlier one, so the shard applies the calls in the same order whatever the timing, and a
+//! redelivered alert id carries the same content.
+//!
+//! **Barriers.** A record that runs a rule reading the shard's alerts (`alerted("wangiri_inbound", …)`
+//! in a callback rule) is reported as a barrier before its partition processes it; when the merge
+//! reaches it — every call before it in event time applied — the shard tells the worker
+//! (`WorkerMessage::Cleared`), and only then does the record run. No cycle can form: the barrier with
+//! the smallest key is always next.
+//!
+//! **Durability.** The shard snapshots its store, alert memory, the process-wide flags and where its
+//! merge stands in each partition (`LanePosition`); commits of a usage partition never pass what its
+//! durable snapshot covers (`Tracker::set_shard_cap`). After a restart, calls below a lane's position
+//! are skipped. Without a usable snapshot it is rebuilt from the rebuild window like a partition.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::durability::checkpoint::{self, CallerState, EncodedSnapshot, LanePosition};
+use crate::durability::snapshot::{self, Position, SnapshotKind};
+use crate::pipeline::Scope;
+use crate::record::{Decoded, Input, Item, UsageRecord};
+use crate::rules::RuleSources;
+use crate::sink::{Origin, Output, Outputs};
+use crate::source::align::Aligner;
+use crate::telemetry::metrics::WorkerView;
+
+use super::worker::{self, worker_of, WorkerContext, WorkerMessage};
+
+/// What the shard is told.
+pub enum ShardMessage {
+    /// Usage partitions assigned to this process (before any of their records is reported).
+    Assign {
+        partitions: Vec<i32>,
+    },
+    /// Usage partitions revoked: what they reported and the shard has not applied is dropped (their
+    /// next owner reads it again).
+    Revoke {
+        partitions: Vec<i32>,
+    },
+    /// A partition's processed usage, in order, and where it stands now.
+    Feed {
+        partition: i32,
+        items: Vec<FeedItem>,
+        head: LaneHead,
+    },
+    Reload(Arc<RuleSources>),
+    /// Snapshot now (a revoke); `done` is told when it is durable.
+    Snapshot {
+        done: Option<SyncSender<bool>>,
+    },
+}
+
+/// One thing a partition reports, in offset order.
+pub enum FeedItem {
+    /// Usage records before `next` were processed, none of them a call the shard keeps; the newest
+    /// of them at `time`.
+    Progress { next: i64, time: Option<i64> },
+    /// An MT call that gives its calling number state. `emit`: its alerts are sent (not re-read from
+    /// already committed input).
+    Call {
+        offset: i64,
+        time: i64,
+        record: Box<UsageRecord>,
+        emit: bool,
+    },
+    /// The record at `offset` waits for every call before it to be applied.
+    Barrier { offset: i64, time: i64 },
+}
+
+/// Where a partition's usage stands after a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaneHead {
+    /// The next record to be processed.
+    pub next: i64,
+    /// Its event time, when it is already read.
+    pub time: Option<i64>,
+    /// Nothing more to process: the usage end offset is reached and the queue is empty.
+    pub ended: bool,
+}
+
+enum Waiting {
+    Call {
+        record: Box<UsageRecord>,
+        emit: bool,
+    },
+    Barrier,
+}
+
+struct Shard<'a> {
+    ctx: WorkerContext,
+    workers: Vec<Sender<WorkerMessage>>,
+    pipeline: crate::pipeline::Pipeline,
+    merge: Aligner<(i64, Waiting)>,
+    /// Where the merge stood in each partition it has seen (kept when a partition leaves, for the
+    /// snapshot and in case it comes back).
+    lanes: BTreeMap<i32, LanePosition>,
+    outputs: Outputs<'a>,
+    dirty: bool,
+}
+
+pub fn run(
+    ctx: WorkerContext,
+    workers: Vec<Sender<WorkerMessage>>,
+    rx: Receiver<ShardMessage>,
+    restored: Option<CallerState>,
+) {
+    let interval = Duration::from_secs(ctx.config.durability.snapshot_interval.0.max(1) as u64);
+    let mut pipeline = ctx.pipeline(Scope::CallingNumbers);
+    let mut lanes = BTreeMap::new();
+    if let Some(state) = restored {
+        {
+            let mut flags = ctx.flags.lock().expect("flags lock");
+            flags.extend(state.flags.iter().copied());
+            for (key, at) in state.memory.alerts() {
+                let t = flags.entry(key).or_insert(at);
+                *t = (*t).max(at);
+            }
+        }
+        pipeline.restore(state.store, state.memory);
+        lanes = state.lanes;
+    }
+    let sinks = ctx.outputs.clone();
+    let mut shard = Shard {
+        outputs: Outputs::new(sinks.iter().map(|o| o.as_ref() as &dyn Output).collect()),
+        ctx,
+        workers,
+        pipeline,
+        merge: Aligner::default(),
+        lanes,
+        dirty: false,
+    };
+    let mut next_view = Instant::now();
+    let mut next_snapshot = Instant::now() + interval;
+    loop {
+        if shard.ctx.abort.load(Ordering::Relaxed) {
+            return;
+        }
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(ShardMessage::Assign { partitions }) => shard.assign(&partitions),
+            Ok(ShardMessage::Revoke { partitions }) => shard.revoke(&partitions),
+            Ok(ShardMessage::Feed {
+                partition,
+                items,
+                head,
+            }) => {
+                shard.feed(partition, items, head);
+                shard.apply();
+                // Positions moved: the next snapshot lets this partition's commits move too.
+                shard.dirty = true;
+            }
+            Ok(ShardMessage::Reload(sources)) => {
+                let _ = shard.pipeline.reload_rules(&sources);
+            }
+            Ok(ShardMessage::Snapshot { done }) => {
+                shard.snapshot(done);
+                next_snapshot = Instant::now() + interval;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                if !shard.ctx.abort.load(Ordering::Relaxed) {
+                    shard.snapshot(None);
+                }
+                return;
+            }
+        }
+        if shard.dirty && Instant::now() >= next_snapshot {
+            shard.snapshot(None);
+            next_snapshot = Instant::now() + interval;
+        }
+        if Instant::now() >= next_view {
+            next_view = Instant::now() + Duration::from_secs(1);
+            let mut view = WorkerView::default();
+            worker::add_to_view(&mut view, &shard.pipeline);
+            worker::store_view(&shard.ctx, view);
+        }
+    }
+}
+
+impl Shard<'_> {
+    fn assign(&mut self, partitions: &[i32]) {
+        for &p in partitions {
+            let at = self.lanes.get(&p).copied().unwrap_or(LanePosition {
+                next: 0,
+                high: i64::MIN,
+            });
+            self.merge.open(p as u32, at.high, at.next);
+        }
+    }
+
+    fn revoke(&mut self, partitions: &[i32]) {
+        for &p in partitions {
+            if let Some((next, high)) = self.merge.resume_point(p as u32) {
+                self.lanes.insert(p, LanePosition { next, high });
+            }
+            self.merge.close(p as u32);
+        }
+        // The others may have waited for these.
+        self.apply();
+    }
+
+    fn feed(&mut self, partition: i32, items: Vec<FeedItem>, head: LaneHead) {
+        let id = partition as u32;
+        if !self.merge.is_open(id) {
+            // Reported before a revoke reached the shard: the next owner reads it again.
+            return;
+        }
+        let applied = self.lanes.get(&partition).map_or(i64::MIN, |l| l.next);
+        for item in items {
+            match item {
+                FeedItem::Progress { next, time } => self.merge.advance(id, next, time),
+                FeedItem::Call { offset, .. } if offset < applied => {
+                    // Already in the restored state.
+                    self.ctx
+                        .metrics
+                        .snapshots
+                        .records_skipped
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.ctx.tracker.ack(Input::Usage, partition, offset, true);
+                    self.merge.advance(id, offset + 1, None);
+                }
+                FeedItem::Call {
+                    offset,
+                    time,
+                    record,
+                    emit,
+                } => self.merge.push(
+                    id,
+                    offset,
+                    Some(time),
+                    (offset, Waiting::Call { record, emit }),
+                ),
+                FeedItem::Barrier { offset, time } if offset < applied => {
+                    // The shard went past it before a restart: nothing earlier is still to come.
+                    self.merge.advance(id, offset, Some(time));
+                    self.clear(partition, offset);
+                }
+                FeedItem::Barrier { offset, time } => {
+                    self.merge
+                        .push(id, offset, Some(time), (offset, Waiting::Barrier))
+                }
+            }
+        }
+        self.merge.advance(id, head.next, head.time);
+        self.merge.set_ended(id, head.ended);
+    }
+
+    /// Applies every call the merge can release, and clears every barrier it reaches.
+    fn apply(&mut self) {
+        while let Some((id, _, (offset, waiting))) = self.merge.pop() {
+            let partition = id as i32;
+            match waiting {
+                Waiting::Barrier => self.clear(partition, offset),
+                Waiting::Call { record, emit } => {
+                    self.pipeline.process(Decoded {
+                        source: "callers",
+                        line: offset as u64,
+                        raw: &[],
+                        truncated: 0,
+                        item: Ok(Item::Usage(*record)),
+                    });
+                    self.dirty = true;
+                    // Late and duplicate verdicts of copies are the partition's business, not dead
+                    // letters.
+                    let alerts = self.pipeline.take_alerts();
+                    if emit {
+                        worker::send_alerts(
+                            &mut self.outputs,
+                            &self.ctx.metrics,
+                            alerts,
+                            Origin::record(Input::Usage, partition, offset),
+                        );
+                    } else {
+                        self.ctx
+                            .metrics
+                            .snapshots
+                            .outputs_suppressed
+                            .fetch_add(alerts.len() as u64, Ordering::Relaxed);
+                    }
+                    // The worker's hold on the offset ends now that the alerts are with the sinks.
+                    self.ctx.tracker.ack(Input::Usage, partition, offset, true);
+                }
+            }
+        }
+    }
+
+    fn clear(&self, partition: i32, offset: i64) {
+        let _ =
+            worker_of(&self.workers, partition).send(WorkerMessage::Cleared { partition, offset });
+    }
+
+    /// Encodes the shard's state and hands it to the writer.
+    fn snapshot(&mut self, done: Option<SyncSender<bool>>) {
+        let Some(sink) = &self.ctx.snapshots else {
+            if let Some(d) = done {
+                let _ = d.send(true);
+            }
+            return;
+        };
+        let started = Instant::now();
+        for (&p, at) in self.lanes.iter_mut() {
+            if let Some((next, high)) = self.merge.resume_point(p as u32) {
+                *at = LanePosition { next, high };
+            }
+        }
+        // Lanes opened since the last snapshot.
+        for p in 0..self.open_lanes_upper() {
+            if let (Some((next, high)), false) = (
+                self.merge.resume_point(p as u32),
+                self.lanes.contains_key(&p),
+            ) {
+                self.lanes.insert(p, LanePosition { next, high });
+            }
+        }
+        let store = self.pipeline.store.borrow();
+        let default_memory = crate::alert::memory::AlertMemory::default();
+        let memory_ref = self
+            .pipeline
+            .rules
+            .as_ref()
+            .map(|e| e.shared().memory.borrow());
+        let memory = memory_ref.as_deref().unwrap_or(&default_memory);
+        let flags: Vec<((u64, u64), i64)> = self
+            .ctx
+            .flags
+            .lock()
+            .expect("flags lock")
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        let topic = &self.ctx.config.kafka.usage_topic;
+        let positions = self
+            .lanes
+            .iter()
+            .map(|(&p, at)| Position {
+                topic: topic.clone(),
+                partition: p,
+                next: at.next,
+            })
+            .collect();
+        // Commits of an assigned partition may go as far as what this snapshot holds.
+        let covers = self
+            .lanes
+            .iter()
+            .filter(|(&p, _)| self.merge.is_open(p as u32))
+            .map(|(&p, at)| (Input::Usage, p, at.next - 1))
+            .collect();
+        let header = checkpoint::header(SnapshotKind::Callers, positions, &store);
+        let payload = checkpoint::CallerStateRef {
+            store: &store,
+            memory,
+            flags,
+            lanes: &self.lanes,
+        };
+        match snapshot::encode(&header, &payload) {
+            Ok(bytes) => {
+                self.dirty = false;
+                let _ = sink.send(EncodedSnapshot {
+                    kind: SnapshotKind::Callers,
+                    bytes,
+                    covers,
+                    started,
+                    done,
+                });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Caller shard state not encodable; no snapshot.");
+                if let Some(d) = done {
+                    let _ = d.send(false);
+                }
+            }
+        }
+    }
+
+    /// One past the highest lane id that may be open.
+    fn open_lanes_upper(&self) -> i32 {
+        self.merge.lane_count() as i32
+    }
+}

@@ -1,0 +1,397 @@
+//! The polling thread: reads both input topics and hands each message to the worker that owns its
+//! partition, followed by the facts the event-time merge decides on — "this input partition's end
+//! offset is reached" (`Polled::End`), and "it is not any more: the broker has more" (`Polled::Behind`,
+//! known from a fetch response before its records are handed over). It also keeps the read-ahead bounded (pausing a partition whose
+//! records pile up in a worker while its merge waits), stores the offsets the tracker cleared, and
+//! relays validated rule reloads.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::config::Config;
+use crate::record::Input;
+use crate::rules::Reloader;
+use crate::sink::Tracker;
+use crate::source::kafka::{end_offsets, ConsumerCtx, InputMessage};
+use crate::telemetry::events::RulesReloaded;
+use crate::telemetry::metrics::{now_ms, Metrics};
+
+use super::callers::ShardMessage;
+use super::status::Status;
+use super::worker::{Polled, WorkerMessage};
+
+/// Bytes of input read ahead and not yet processed, per input partition: the poller adds what it
+/// hands over, workers subtract what they process or drop.
+pub struct QueuedBytes {
+    by: Mutex<AHashMap<(Input, i32), i64>>,
+    metrics: Arc<Metrics>,
+}
+
+impl QueuedBytes {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        QueuedBytes {
+            by: Mutex::default(),
+            metrics,
+        }
+    }
+
+    pub fn add(&self, input: Input, partition: i32, bytes: i64) {
+        *self
+            .by
+            .lock()
+            .expect("queued lock")
+            .entry((input, partition))
+            .or_default() += bytes;
+        self.metrics
+            .align
+            .queued_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn sub(&self, input: Input, partition: i32, bytes: i64) {
+        if bytes != 0 {
+            self.add(input, partition, -bytes);
+        }
+    }
+
+    fn get(&self, input: Input, partition: i32) -> i64 {
+        self.by
+            .lock()
+            .expect("queued lock")
+            .get(&(input, partition))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// The assignment's start offsets, written by the rebalancer (inside `poll`, on this thread) and
+/// read by the poller when a poll comes back from a rebalance.
+#[derive(Default)]
+pub struct Assignment {
+    starts: Mutex<BTreeMap<(Input, i32), Option<i64>>>,
+}
+
+impl Assignment {
+    /// An input partition assigned, reading from `start` (`None`: not known before its first record).
+    pub fn assigned(&self, input: Input, partition: i32, start: Option<i64>) {
+        self.starts
+            .lock()
+            .expect("assignment lock")
+            .insert((input, partition), start);
+    }
+
+    pub fn revoked(&self, input: Input, partition: i32) {
+        self.starts
+            .lock()
+            .expect("assignment lock")
+            .remove(&(input, partition));
+    }
+
+    fn current(&self) -> BTreeMap<(Input, i32), Option<i64>> {
+        self.starts.lock().expect("assignment lock").clone()
+    }
+}
+
+/// What the poller knows of one assigned input partition.
+struct Reading {
+    topic: CString,
+    /// The next offset to read (one past the last message handed over).
+    next: Option<i64>,
+    /// `next` when its end was last reported: report again only after it moved.
+    end_reported: Option<i64>,
+    /// The partition's end offset, as last cached.
+    end: Option<i64>,
+    paused: bool,
+    /// A message of it came in the current poll round.
+    fresh: bool,
+}
+
+pub struct Poller<'a> {
+    pub consumer: &'a BaseConsumer<ConsumerCtx>,
+    pub cfg: &'a Config,
+    pub workers: &'a [Sender<WorkerMessage>],
+    pub shard: Option<SyncSender<ShardMessage>>,
+    pub tracker: &'a Tracker,
+    pub metrics: &'a Metrics,
+    pub queued: &'a QueuedBytes,
+    pub assignment: &'a Assignment,
+    pub reloader: Option<Reloader>,
+    pub status: Status,
+    readings: BTreeMap<(Input, i32), Reading>,
+    generation: u64,
+}
+
+impl<'a> Poller<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        consumer: &'a BaseConsumer<ConsumerCtx>,
+        cfg: &'a Config,
+        workers: &'a [Sender<WorkerMessage>],
+        shard: Option<SyncSender<ShardMessage>>,
+        tracker: &'a Tracker,
+        metrics: &'a Metrics,
+        queued: &'a QueuedBytes,
+        assignment: &'a Assignment,
+        reloader: Option<Reloader>,
+        status: Status,
+    ) -> Self {
+        Poller {
+            consumer,
+            cfg,
+            workers,
+            shard,
+            tracker,
+            metrics,
+            queued,
+            assignment,
+            reloader,
+            status,
+            readings: BTreeMap::new(),
+            generation: u64::MAX,
+        }
+    }
+
+    /// Polls until `stop` or `abort` is set.
+    pub fn run(&mut self, stop: &AtomicBool, abort: &AtomicBool) -> anyhow::Result<()> {
+        let mut next_store = Instant::now();
+        while !stop.load(Ordering::Relaxed) && !abort.load(Ordering::Relaxed) {
+            let batches = self.poll_round();
+            for (w, batch) in batches.into_iter().enumerate() {
+                if !batch.is_empty() && self.workers[w].send(WorkerMessage::Polled(batch)).is_err()
+                {
+                    anyhow::bail!("worker {w} stopped unexpectedly");
+                }
+            }
+            self.bound_read_ahead();
+            self.metrics.last_poll_ms.store(now_ms(), Ordering::Relaxed);
+            if Instant::now() >= next_store {
+                store_offsets(self.consumer, self.tracker);
+                next_store = Instant::now() + Duration::from_millis(100);
+            }
+            self.reload();
+            let lag = self.lag();
+            self.status.maybe_log(self.metrics, self.tracker, lag);
+        }
+        Ok(())
+    }
+
+    /// Polls up to `daemon.poll_batch` messages per worker (less when the poll comes back empty: a
+    /// quiet stream waits for nothing), then the end facts the round established. One batch per
+    /// worker.
+    fn poll_round(&mut self) -> Vec<Vec<Polled>> {
+        let mut batches: Vec<Vec<Polled>> = (0..self.workers.len()).map(|_| Vec::new()).collect();
+        let ctx = self.consumer.context();
+        let mut timeout = Duration::from_millis(100);
+        let mut polled = 0;
+        let most = self.cfg.daemon.poll_batch * batches.len();
+        while polled < most {
+            let polled_msg = self.consumer.poll(timeout);
+            let generation = ctx.generation.load(Ordering::SeqCst);
+            if generation != self.generation {
+                // A rebalance ran inside that poll: what was polled before it may belong to
+                // partitions given away (their next owner reads them from the committed offset),
+                // and the assignment's start offsets are new.
+                self.generation = generation;
+                for b in &mut batches {
+                    b.clear();
+                }
+                self.reassigned();
+            }
+            let Some(m) = polled_msg else {
+                break;
+            };
+            timeout = Duration::ZERO;
+            polled += 1;
+            match m {
+                Ok(m) => {
+                    let Some(input) = ctx.input_of(m.topic()) else {
+                        continue;
+                    };
+                    let msg = InputMessage {
+                        input,
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().unwrap_or_default().to_vec(),
+                        timestamp_ms: m.timestamp().to_millis(),
+                    };
+                    if let Some(r) = self.readings.get_mut(&(input, msg.partition)) {
+                        r.next = Some(msg.offset + 1);
+                        r.fresh = true;
+                    }
+                    self.queued.add(input, msg.partition, msg.weight());
+                    let w = msg.partition.unsigned_abs() as usize % batches.len();
+                    batches[w].push(Polled::Message(msg));
+                }
+                // Client errors are counted and logged by the context; nothing to do per message.
+                Err(e) => tracing::debug!(error = %e, "Consume error."),
+            }
+        }
+        self.ends(&mut batches);
+        batches
+    }
+
+    /// Takes the new assignment's start offsets.
+    fn reassigned(&mut self) {
+        let ctx = self.consumer.context();
+        let mut readings = BTreeMap::new();
+        for ((input, p), start) in self.assignment.current() {
+            let topic = CString::new(ctx.topic(input)).expect("topic names have no NUL");
+            readings.insert(
+                (input, p),
+                Reading {
+                    topic,
+                    next: start,
+                    end_reported: None,
+                    end: None,
+                    paused: false,
+                    fresh: false,
+                },
+            );
+        }
+        self.readings = readings;
+    }
+
+    /// Reports every input partition whose end offset the round reached.
+    fn ends(&mut self, batches: &mut [Vec<Polled>]) {
+        let mut positions: Option<BTreeMap<(Input, i32), i64>> = None;
+        for (&(input, p), r) in self.readings.iter_mut() {
+            let fresh = std::mem::take(&mut r.fresh);
+            let Some((_, end)) = end_offsets(self.consumer, &r.topic, p) else {
+                continue;
+            };
+            r.end = Some(end);
+            let mut next = r.next;
+            if next.is_none_or(|n| n < end) && !fresh {
+                // Transaction markers and compacted-away offsets are never handed over, but the
+                // consumer's position moves past them: take it (one call per round, only when needed).
+                let pos = positions.get_or_insert_with(|| positions_of(self.consumer));
+                if let Some(&p) = pos.get(&(input, p)) {
+                    next = Some(next.map_or(p, |n| n.max(p)));
+                    r.next = next;
+                }
+            }
+            let Some(next) = next else { continue };
+            let batch = &mut batches[p.unsigned_abs() as usize % batches.len()];
+            if next >= end {
+                if r.end_reported != Some(next) {
+                    r.end_reported = Some(next);
+                    batch.push(Polled::End {
+                        input,
+                        partition: p,
+                        at: next,
+                    });
+                }
+            } else if r.end_reported.take().is_some() {
+                // The broker has more than was reported: the end is no longer reached, even before
+                // those records arrive (what arrives meanwhile on the other topic waits for them).
+                batch.push(Polled::Behind {
+                    input,
+                    partition: p,
+                });
+            }
+        }
+    }
+
+    /// Pauses fetching of an input partition whose records pile up in its worker (its merge waits
+    /// for the other input or the caller shard), and resumes it when they have been worked off.
+    fn bound_read_ahead(&mut self) {
+        if self.readings.is_empty() {
+            return;
+        }
+        let budget = (self.cfg.daemon.max_read_ahead_mib as i64) << 20;
+        let limit = (budget / self.readings.len() as i64).max(1 << 20);
+        let ctx = self.consumer.context();
+        let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
+        for (&(input, p), r) in self.readings.iter_mut() {
+            let queued = self.queued.get(input, p);
+            if !r.paused && queued > limit {
+                r.paused = true;
+                let _ = pause.add_partition_offset(ctx.topic(input), p, Offset::Invalid);
+                self.metrics.align.pauses.fetch_add(1, Ordering::Relaxed);
+            } else if r.paused && queued < limit / 2 {
+                r.paused = false;
+                let _ = resume.add_partition_offset(ctx.topic(input), p, Offset::Invalid);
+            }
+        }
+        if pause.count() > 0 {
+            if let Err(e) = self.consumer.pause(&pause) {
+                tracing::warn!(error = %e, "Pausing fetches failed.");
+            }
+        }
+        if resume.count() > 0 {
+            if let Err(e) = self.consumer.resume(&resume) {
+                tracing::warn!(error = %e, "Resuming fetches failed.");
+            }
+        }
+    }
+
+    /// Hands a validated rule library to every worker and the caller shard.
+    fn reload(&mut self) {
+        let Some(reloader) = &mut self.reloader else {
+            return;
+        };
+        let refused = reloader.counts.refused;
+        match reloader.poll() {
+            Some(sources) => {
+                RulesReloaded { accepted: true }.emit(self.metrics);
+                for w in self.workers {
+                    let _ = w.send(WorkerMessage::Reload(sources.clone()));
+                }
+                if let Some(s) = &self.shard {
+                    let _ = s.send(ShardMessage::Reload(sources));
+                }
+            }
+            None if reloader.counts.refused > refused => {
+                RulesReloaded { accepted: false }.emit(self.metrics)
+            }
+            None => {}
+        }
+    }
+
+    /// Messages behind each partition's end offset.
+    fn lag(&self) -> BTreeMap<(Input, i32), i64> {
+        // Cheap: a few entries per assigned partition, once per poll round.
+        self.readings
+            .iter()
+            .filter_map(|(&k, r)| Some((k, (r.end? - r.next?).max(0))))
+            .collect()
+    }
+}
+
+/// The consumer's position (next offset it will hand over) per assigned input partition.
+fn positions_of(consumer: &BaseConsumer<ConsumerCtx>) -> BTreeMap<(Input, i32), i64> {
+    let ctx = consumer.context();
+    let mut out = BTreeMap::new();
+    if let Ok(tpl) = consumer.position() {
+        for e in tpl.elements() {
+            if let (Some(input), Offset::Offset(o)) = (ctx.input_of(e.topic()), e.offset()) {
+                out.insert((input, e.partition()), o);
+            }
+        }
+    }
+    out
+}
+
+/// Stores the offsets the tracker has cleared. `store_offset(o)` makes the next commit `o + 1`: the
+/// next record to read.
+pub fn store_offsets(consumer: &BaseConsumer<ConsumerCtx>, tracker: &Tracker) {
+    let ctx = consumer.context();
+    for (input, partition, offset) in tracker.committable() {
+        let topic = ctx.topic(input);
+        match consumer.store_offset(topic, partition, offset) {
+            Ok(()) => tracker.stored(input, partition, offset),
+            // A partition moving in a rebalance: retried while it is ours; otherwise its next owner
+            // re-reads from the last commit.
+            Err(e) => tracing::debug!(error = %e, topic, partition, offset, "Offset not stored."),
+        }
+    }
+}
