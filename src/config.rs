@@ -117,6 +117,24 @@ impl AlertTopics {
     }
 }
 
+impl KafkaConfig {
+    /// The topic of an input: the one mapping from `Input` to a topic name.
+    pub fn topic(&self, input: crate::record::Input) -> &str {
+        match input {
+            crate::record::Input::Usage => &self.usage_topic,
+            crate::record::Input::Events => &self.events_topic,
+        }
+    }
+
+    /// The input a topic is, if it is one of the two.
+    pub fn input_of(&self, topic: &str) -> Option<crate::record::Input> {
+        crate::record::Input::ALL
+            .iter()
+            .copied()
+            .find(|&i| self.topic(i) == topic)
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {

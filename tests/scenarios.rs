@@ -153,9 +153,9 @@ fn run_scenario(dir: &Path) -> Vec<String> {
             &filters,
         );
         match report {
-            Ok(v) => subset(
+            Ok(r) => subset(
                 &check["expect"],
-                &v,
+                &serde_json::to_value(r).unwrap(),
                 &format!(
                     "{name}: check {i} ({})",
                     check["why"].as_str().unwrap_or("")

@@ -51,7 +51,10 @@ fn report(p: &Pipeline, target: Target) -> serde_json::Value {
         .iter()
         .map(|f| ClassFilter::parse(f).unwrap())
         .collect();
-    inspect::report(&p.store.borrow(), &p.fired, &target, at, &windows, &filters).unwrap()
+    serde_json::to_value(
+        inspect::report(&p.store.borrow(), &p.fired, &target, at, &windows, &filters).unwrap(),
+    )
+    .unwrap()
 }
 
 #[test]

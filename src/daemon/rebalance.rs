@@ -78,10 +78,7 @@ impl Rebalancer {
     }
 
     fn topic(&self, input: Input) -> &str {
-        match input {
-            Input::Usage => &self.cfg.kafka.usage_topic,
-            Input::Events => &self.cfg.kafka.events_topic,
-        }
+        self.cfg.kafka.topic(input)
     }
 
     /// Loads a partition's snapshot, checking that it is one and for this partition.

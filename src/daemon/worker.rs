@@ -140,10 +140,7 @@ impl WorkerContext {
     }
 
     pub fn topic(&self, input: Input) -> &str {
-        match input {
-            Input::Usage => &self.config.kafka.usage_topic,
-            Input::Events => &self.config.kafka.events_topic,
-        }
+        self.config.kafka.topic(input)
     }
 }
 

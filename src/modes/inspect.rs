@@ -4,11 +4,10 @@
 use std::fmt::Write as _;
 
 use serde::Serialize;
-use serde_json::{json, Value};
 
 use crate::classify::ClassFilter;
-use crate::record::{EventTime, Money, Number};
-use crate::state::{Account, Entity, Features, Fix, Timer, WindowStore};
+use crate::record::{Date, EntityType, EventTime, Money, Number, Segment};
+use crate::state::{Account, Features, Fix, PaymentState, Timer, WindowStore};
 
 pub const DEFAULT_WINDOWS: &[&str] = &["10m", "1h", "4h", "24h", "72h", "7d", "30d"];
 pub const DEFAULT_FILTERS: &[&str] = &[
@@ -55,7 +54,7 @@ pub enum Target {
     Imei(Number),
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct FeatureRow {
     pub filter: String,
     pub window: String,
@@ -105,69 +104,169 @@ fn round5(x: f32) -> f64 {
     (x as f64 * 1e5).round() / 1e5
 }
 
-fn fix_json(f: &Option<Fix>, off: i16) -> Value {
-    match f {
-        // Stored as f32 (~1 m); print 5 decimals rather than f32 noise such as 48.849998474121094.
-        Some(f) => {
-            json!({"at": local(f.at, off), "lat": round5(f.lat), "lon": round5(f.lon)})
-        }
-        None => Value::Null,
+/// What `inspect` and `state inspect` show: built once, rendered as JSON (serde) and as text
+/// (`render_text`), so the two never disagree and a field cannot be misspelt in one of them.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub entity: EntityId,
+    pub as_of: EventTime,
+    /// The account of a subscriber (or the account itself).
+    pub account_id: Option<String>,
+    /// Activity and locations; absent for an account none of whose lines has usage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<FeatureRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<AccountView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EntityId {
+    #[serde(rename = "type")]
+    pub kind: EntityType,
+    pub key: String,
+}
+
+/// An entity's own state, or an account's lines read together.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum StateView {
+    Entity {
+        first_seen: EventTime,
+        last_seen: EventTime,
+        previous_location: Option<LocationView>,
+        last_location: Option<LocationView>,
+        open_calls: usize,
+        cells_stored: usize,
+    },
+    Lines {
+        first_seen: Option<EventTime>,
+        last_seen: Option<EventTime>,
+        open_calls: usize,
+        lines_in_state: usize,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct LocationView {
+    pub at: EventTime,
+    /// Stored as f32 (~1 m); shown with 5 decimals rather than f32 noise such as 48.849998474121094.
+    pub lat: f64,
+    pub lon: f64,
+}
+
+impl LocationView {
+    fn of(f: &Option<Fix>, offset_min: i16) -> Option<Self> {
+        f.as_ref().map(|f| LocationView {
+            at: local(f.at, offset_min),
+            lat: round5(f.lat),
+            lon: round5(f.lon),
+        })
     }
 }
 
-fn entity_json(e: &Entity, at: EventTime) -> Value {
-    json!({
-        "first_seen": local(e.first_seen, at.offset_min),
-        "last_seen": local(e.last_seen, at.offset_min),
-        "previous_location": fix_json(&e.fixes[0], at.offset_min),
-        "last_location": fix_json(&e.fixes[1], at.offset_min),
-        "open_calls": e.open_calls(at.utc),
-        "cells_stored": e.cells.len(),
-    })
+#[derive(Debug, Serialize)]
+pub struct AccountView {
+    pub account_id: String,
+    pub segment: Segment,
+    pub lines: Vec<String>,
+    pub credit_limit: Option<Money>,
+    pub activated_at: Option<EventTime>,
+    pub deactivated_at: Option<EventTime>,
+    pub last_sim_change: Option<EventTime>,
+    pub invoices: Vec<InvoiceView>,
+    pub payments: Vec<PaymentState>,
+    pub credit_balance: Money,
+    pub unpaid: Money,
+    pub overdue: Money,
+    pub unbilled: Money,
+    pub exposure: Money,
+    pub exposure_pct_of_limit: Option<f64>,
+    pub promise_to_pay_until: Option<Date>,
+    pub promise_active: bool,
+    pub reversals_90d: usize,
+    pub timers_pending: Vec<TimerView>,
+    pub timers_fired: Vec<TimerView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InvoiceView {
+    pub invoice_id: String,
+    pub issued_at: EventTime,
+    pub due_date: Date,
+    pub amount_due: Money,
+    pub paid: Money,
+    pub remaining: Money,
+    pub days_overdue: i32,
 }
 
 /// A timer as reports show it (flat, with its kind named); snapshots encode timers their own way.
-fn timer_json(t: &Timer) -> Value {
-    let crate::state::TimerKind::InvoiceOverdue { invoice_id, days } = &t.kind;
-    json!({"at": t.at, "account_id": t.account_id, "kind": "invoice_overdue",
-           "invoice_id": invoice_id, "days": days})
+#[derive(Debug, Serialize)]
+pub struct TimerView {
+    pub at: EventTime,
+    pub account_id: String,
+    pub kind: &'static str,
+    pub invoice_id: String,
+    pub days: u16,
 }
 
-fn account_json(a: &Account, at: EventTime, pending: Vec<&Timer>, fired: Vec<&Timer>) -> Value {
-    let l = &a.ledger;
-    let invoices: Vec<Value> = l
-        .invoices
-        .iter()
-        .map(|i| {
-            json!({"invoice_id": i.invoice_id, "issued_at": i.issued_at, "due_date": i.due_date, "amount_due": i.amount_due,
-                   "paid": i.paid, "remaining": i.remaining(), "days_overdue": i.days_overdue(at)})
-        })
-        .collect();
-    json!({
-        "account_id": a.id,
-        "segment": l.segment,
-        "lines": a.lines.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-        "credit_limit": l.credit_limit,
-        "activated_at": l.activated_at,
-        "deactivated_at": l.deactivated_at,
-        "last_sim_change": l.last_sim_change,
-        "invoices": invoices,
-        "payments": l.payments,
-        "credit_balance": l.credit_balance,
-        "unpaid": l.unpaid(),
-        "overdue": l.overdue(at),
-        "unbilled": l.unbilled,
-        "exposure": l.exposure(),
-        "exposure_pct_of_limit": l.credit_limit.filter(|c| c.micros() > 0).map(|c| (l.exposure().micros() as f64 / c.micros() as f64 * 1000.0).round() / 10.0),
-        "promise_to_pay_until": l.promise_to_pay_until,
-        "promise_active": l.promise_active(at),
-        "reversals_90d": l.reversals_within(90 * 86_400, at),
-        "timers_pending": pending.into_iter().map(timer_json).collect::<Vec<_>>(),
-        "timers_fired": fired.into_iter().map(timer_json).collect::<Vec<_>>(),
-    })
+impl TimerView {
+    fn of(t: &Timer) -> Self {
+        let crate::state::TimerKind::InvoiceOverdue { invoice_id, days } = &t.kind;
+        TimerView {
+            at: t.at,
+            account_id: t.account_id.to_string(),
+            kind: "invoice_overdue",
+            invoice_id: invoice_id.to_string(),
+            days: *days,
+        }
+    }
 }
 
-/// Builds the report as JSON (the text form is rendered from it).
+impl AccountView {
+    fn of(a: &Account, at: EventTime, pending: Vec<&Timer>, fired: Vec<&Timer>) -> Self {
+        let l = &a.ledger;
+        AccountView {
+            account_id: a.id.to_string(),
+            segment: l.segment,
+            lines: a.lines.iter().map(|n| n.to_string()).collect(),
+            credit_limit: l.credit_limit,
+            activated_at: l.activated_at,
+            deactivated_at: l.deactivated_at,
+            last_sim_change: l.last_sim_change,
+            invoices: l
+                .invoices
+                .iter()
+                .map(|i| InvoiceView {
+                    invoice_id: i.invoice_id.to_string(),
+                    issued_at: i.issued_at,
+                    due_date: i.due_date,
+                    amount_due: i.amount_due,
+                    paid: i.paid,
+                    remaining: i.remaining(),
+                    days_overdue: i.days_overdue(at),
+                })
+                .collect(),
+            payments: l.payments.clone(),
+            credit_balance: l.credit_balance,
+            unpaid: l.unpaid(),
+            overdue: l.overdue(at),
+            unbilled: l.unbilled,
+            exposure: l.exposure(),
+            exposure_pct_of_limit: l.credit_limit.filter(|c| c.micros() > 0).map(|c| {
+                (l.exposure().micros() as f64 / c.micros() as f64 * 1000.0).round() / 10.0
+            }),
+            promise_to_pay_until: l.promise_to_pay_until,
+            promise_active: l.promise_active(at),
+            reversals_90d: l.reversals_within(90 * 86_400, at),
+            timers_pending: pending.into_iter().map(TimerView::of).collect(),
+            timers_fired: fired.into_iter().map(TimerView::of).collect(),
+        }
+    }
+}
+
+/// Builds the report of one entity as of `at`.
 pub fn report(
     store: &WindowStore,
     fired: &[Timer],
@@ -175,7 +274,7 @@ pub fn report(
     at: EventTime,
     windows: &[WindowSpec],
     filters: &[ClassFilter],
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Report> {
     let horizon = store.config().distinct_horizon.0;
     let not_found =
         |what: &str| anyhow::anyhow!("{what} does not appear in the input (up to {at})");
@@ -184,13 +283,18 @@ pub fn report(
             let e = store
                 .subscriber(*n)
                 .ok_or_else(|| not_found(&format!("subscriber {n}")))?;
-            ("subscriber", n.to_string(), Some(e), store.account_of(e))
+            (
+                EntityType::Subscriber,
+                n.to_string(),
+                Some(e),
+                store.account_of(e),
+            )
         }
         Target::Account(id) => {
             let a = store
                 .account(id)
                 .ok_or_else(|| not_found(&format!("account {id}")))?;
-            ("account", id.clone(), None, Some(a))
+            (EntityType::Account, id.clone(), None, Some(a))
         }
         Target::CallingNumber(n) => {
             let e = store.calling_number(*n).ok_or_else(|| {
@@ -198,79 +302,106 @@ pub fn report(
                     "calling number {n} (tracked for international MT voice)"
                 ))
             })?;
-            ("calling_number", n.to_string(), Some(e), None)
+            (EntityType::CallingNumber, n.to_string(), Some(e), None)
         }
         Target::Imei(n) => {
             let e = store
                 .imei(*n)
                 .ok_or_else(|| not_found(&format!("IMEI {n} (set state.track_imei = true)")))?;
-            ("imei", n.to_string(), Some(e), None)
+            (EntityType::Imei, n.to_string(), Some(e), None)
         }
     };
-    let mut v = json!({
-        "entity": {"type": kind, "key": key},
-        "as_of": at,
-        "account_id": account.map(|a| a.id.as_str()),
-    });
+    let mut r = Report {
+        entity: EntityId { kind, key },
+        as_of: at,
+        account_id: account.map(|a| a.id.to_string()),
+        state: None,
+        features: None,
+        account: None,
+    };
+    let off = at.offset_min;
     if let Some(e) = entity {
-        v["state"] = entity_json(e, at);
-        v["features"] = serde_json::to_value(features(e, at.utc, windows, filters, horizon))?;
+        r.state = Some(StateView::Entity {
+            first_seen: local(e.first_seen, off),
+            last_seen: local(e.last_seen, off),
+            previous_location: LocationView::of(&e.fixes[0], off),
+            last_location: LocationView::of(&e.fixes[1], off),
+            open_calls: e.open_calls(at.utc),
+            cells_stored: e.cells.len(),
+        });
+        r.features = Some(features(e, at.utc, windows, filters, horizon));
     } else if let Some(a) = account {
         // The account's usage is its lines' usage, read together.
         let usage = store.usage_of(a);
         if !usage.is_empty() {
-            v["state"] = json!({
-                "first_seen": usage.first_seen().map(|t| local(t, at.offset_min)),
-                "last_seen": usage.last_seen().map(|t| local(t, at.offset_min)),
-                "open_calls": usage.open_calls(at.utc),
-                "lines_in_state": a.lines.iter().filter(|l| store.subscriber(**l).is_some()).count(),
+            r.state = Some(StateView::Lines {
+                first_seen: usage.first_seen().map(|t| local(t, off)),
+                last_seen: usage.last_seen().map(|t| local(t, off)),
+                open_calls: usage.open_calls(at.utc),
+                lines_in_state: a
+                    .lines
+                    .iter()
+                    .filter(|l| store.subscriber(**l).is_some())
+                    .count(),
             });
-            v["features"] =
-                serde_json::to_value(features(&usage, at.utc, windows, filters, horizon))?;
+            r.features = Some(features(&usage, at.utc, windows, filters, horizon));
         }
     }
     if let Some(a) = account {
         let mut pending: Vec<&Timer> = store.pending_timers(&a.id).collect();
         pending.sort();
         let fired: Vec<&Timer> = fired.iter().filter(|t| t.account_id == a.id).collect();
-        v["account"] = account_json(a, at, pending, fired);
+        r.account = Some(AccountView::of(a, at, pending, fired));
     }
-    Ok(v)
+    Ok(r)
+}
+
+fn or_dash<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
 /// Human-readable form: one row per (filter, window) with activity, then the account view.
-pub fn render_text(v: &Value) -> String {
+pub fn render_text(r: &Report) -> String {
     let mut s = String::new();
-    let e = &v["entity"];
-    let _ = write!(
-        s,
-        "{} {}",
-        e["type"].as_str().unwrap_or(""),
-        e["key"].as_str().unwrap_or("")
-    );
-    if let (Some(a), false) = (v["account_id"].as_str(), e["type"] == "account") {
+    let _ = write!(s, "{} {}", r.entity.kind, r.entity.key);
+    if let (Some(a), false) = (&r.account_id, r.entity.kind == EntityType::Account) {
         let _ = write!(s, " (account {a})");
     }
-    let _ = writeln!(s, " as of {}", v["as_of"].as_str().unwrap_or(""));
-    let st = &v["state"];
-    if !st.is_null() {
+    let _ = writeln!(s, " as of {}", r.as_of);
+    if let Some(st) = &r.state {
+        let (first, last, open) = match st {
+            StateView::Entity {
+                first_seen,
+                last_seen,
+                open_calls,
+                ..
+            } => (Some(*first_seen), Some(*last_seen), *open_calls),
+            StateView::Lines {
+                first_seen,
+                last_seen,
+                open_calls,
+                ..
+            } => (*first_seen, *last_seen, *open_calls),
+        };
         let _ = writeln!(
             s,
-            "  first seen {}, last seen {}, open calls {}",
-            st["first_seen"].as_str().unwrap_or("-"),
-            st["last_seen"].as_str().unwrap_or("-"),
-            st["open_calls"].as_u64().unwrap_or(0)
+            "  first seen {}, last seen {}, open calls {open}",
+            or_dash(first),
+            or_dash(last)
         );
-        for k in ["previous_location", "last_location"] {
-            if let Some(f) = st[k].as_object() {
-                let _ = writeln!(
-                    s,
-                    "  {:<18}{}, {} at {}",
-                    k.replace('_', " "),
-                    f["lat"],
-                    f["lon"],
-                    f["at"].as_str().unwrap_or("")
-                );
+        if let StateView::Entity {
+            previous_location,
+            last_location,
+            ..
+        } = st
+        {
+            for (label, f) in [
+                ("previous location", previous_location),
+                ("last location", last_location),
+            ] {
+                if let Some(f) = f {
+                    let _ = writeln!(s, "  {label:<18}{}, {} at {}", f.lat, f.lon, f.at);
+                }
             }
         }
         let _ = writeln!(
@@ -278,30 +409,25 @@ pub fn render_text(v: &Value) -> String {
             "\n  {:<30}{:>6}{:>8}{:>9}{:>11}{:>12}{:>9}{:>7}",
             "filter", "window", "count", "minutes", "MB", "charge", "numbers", "cells"
         );
-        let mut last_filter = String::new();
-        for r in v["features"].as_array().into_iter().flatten() {
-            if r["count"].as_u64() == Some(0) {
-                continue;
-            }
-            let f = r["filter"].as_str().unwrap_or("");
-            let shown = if f == last_filter { "" } else { f };
-            last_filter = f.to_string();
-            let opt = |x: &Value| {
-                x.as_u64()
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| "-".into())
+        let mut last_filter = "";
+        for row in r.features.iter().flatten().filter(|row| row.count > 0) {
+            let shown = if row.filter == last_filter {
+                ""
+            } else {
+                &row.filter
             };
+            last_filter = &row.filter;
             let _ = writeln!(
                 s,
                 "  {:<30}{:>6}{:>8}{:>9.1}{:>11.2}{:>12}{:>9}{:>7}",
                 shown,
-                r["window"].as_str().unwrap_or(""),
-                r["count"].as_u64().unwrap_or(0),
-                r["duration_s"].as_u64().unwrap_or(0) as f64 / 60.0,
-                r["bytes"].as_u64().unwrap_or(0) as f64 / 1e6,
-                r["charge"].as_str().unwrap_or(""),
-                opt(&r["distinct_numbers"]),
-                opt(&r["distinct_cells"])
+                row.window,
+                row.count,
+                row.duration_s as f64 / 60.0,
+                row.bytes as f64 / 1e6,
+                row.charge,
+                or_dash(row.distinct_numbers),
+                or_dash(row.distinct_cells)
             );
         }
         let _ = writeln!(
@@ -309,55 +435,44 @@ pub fn render_text(v: &Value) -> String {
             "  (rows with no records omitted; `-`: window longer than state.distinct_horizon)"
         );
     }
-    let a = &v["account"];
-    if !a.is_null() {
+    if let Some(a) = &r.account {
         let _ = writeln!(
             s,
             "\naccount {} · segment {} · lines {}",
-            a["account_id"].as_str().unwrap_or(""),
-            a["segment"].as_str().unwrap_or(""),
-            a["lines"].as_array().map_or(0, Vec::len)
+            a.account_id,
+            a.segment,
+            a.lines.len()
         );
-        let money = |k: &str| a[k].as_str().unwrap_or("-").to_string();
-        let _ =
-            writeln!(
+        let _ = writeln!(
             s,
             "  credit limit {} · unpaid {} · overdue {} · unbilled {} · exposure {} ({}% of limit)",
-            money("credit_limit"),
-            money("unpaid"),
-            money("overdue"),
-            money("unbilled"),
-            money("exposure"),
-            a["exposure_pct_of_limit"].as_f64().map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+            or_dash(a.credit_limit),
+            a.unpaid,
+            a.overdue,
+            a.unbilled,
+            a.exposure,
+            or_dash(a.exposure_pct_of_limit)
         );
         let _ = writeln!(
             s,
             "  activated {} · promise to pay until {} · reversals in 90 days {}",
-            a["activated_at"].as_str().unwrap_or("-"),
-            a["promise_to_pay_until"].as_str().unwrap_or("-"),
-            a["reversals_90d"]
+            or_dash(a.activated_at),
+            or_dash(a.promise_to_pay_until),
+            a.reversals_90d
         );
-        for i in a["invoices"].as_array().into_iter().flatten() {
+        for i in &a.invoices {
             let _ = writeln!(
                 s,
                 "  invoice {:<12} due {} amount {:>10} paid {:>10} remaining {:>10} days overdue {}",
-                i["invoice_id"].as_str().unwrap_or(""),
-                i["due_date"].as_str().unwrap_or(""),
-                i["amount_due"].as_str().unwrap_or(""),
-                i["paid"].as_str().unwrap_or(""),
-                i["remaining"].as_str().unwrap_or(""),
-                i["days_overdue"]
+                i.invoice_id, i.due_date, i.amount_due, i.paid, i.remaining, i.days_overdue
             );
         }
-        for (label, key) in [("fired", "timers_fired"), ("pending", "timers_pending")] {
-            for t in a[key].as_array().into_iter().flatten() {
+        for (label, timers) in [("fired", &a.timers_fired), ("pending", &a.timers_pending)] {
+            for t in timers {
                 let _ = writeln!(
                     s,
                     "  timer {label:<8} {} {} invoice {} +{} days",
-                    t["at"].as_str().unwrap_or(""),
-                    t["kind"].as_str().unwrap_or(""),
-                    t["invoice_id"].as_str().unwrap_or(""),
-                    t["days"]
+                    t.at, t.kind, t.invoice_id, t.days
                 );
             }
         }

@@ -104,18 +104,28 @@ pub fn inspect(
         let at = opts
             .at
             .unwrap_or_else(|| EventTime::from_utc(s.default_as_of()));
-        let mut v = inspect::report(store, &[], target, at, &opts.windows, &opts.filters)
+        let report = inspect::report(store, &[], target, at, &opts.windows, &opts.filters)
             .map_err(StateDirError::Report)?;
         if opts.json {
-            v["snapshot"] = s.header_json();
-            serde_json::to_writer_pretty(&mut *out, &v).map_err(std::io::Error::from)?;
+            /// The report with the snapshot it comes from.
+            #[derive(serde::Serialize)]
+            struct Document<'a> {
+                #[serde(flatten)]
+                report: &'a inspect::Report,
+                snapshot: Value,
+            }
+            let doc = Document {
+                report: &report,
+                snapshot: s.header_json(),
+            };
+            serde_json::to_writer_pretty(&mut *out, &doc).map_err(std::io::Error::from)?;
             writeln!(out)?;
         } else {
             if !first {
                 writeln!(out)?;
             }
             write!(out, "{}", s.header_text())?;
-            write!(out, "{}", inspect::render_text(&v))?;
+            write!(out, "{}", inspect::render_text(&report))?;
         }
         first = false;
         Ok(())

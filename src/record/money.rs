@@ -75,7 +75,8 @@ impl fmt::Display for Money {
         while frac.len() > 2 && frac.ends_with('0') {
             frac.pop();
         }
-        write!(f, "{sign}{int}.{frac}")
+        // `pad`, so that widths and alignment in format strings apply (report columns).
+        f.pad(&format!("{sign}{int}.{frac}"))
     }
 }
 

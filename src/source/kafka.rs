@@ -48,8 +48,8 @@ impl InputMessage {
 
 pub struct ConsumerCtx {
     pub metrics: Arc<Metrics>,
-    pub usage_topic: String,
-    pub events_topic: String,
+    /// The topics read (names of the two inputs).
+    pub topics: KafkaConfig,
     /// What to do with partitions as they are assigned and revoked (the daemon's state handover).
     pub hook: std::sync::OnceLock<Arc<dyn RebalanceHook>>,
     /// Bumped at every rebalance: messages polled before it may belong to partitions given away.
@@ -60,20 +60,11 @@ pub struct ConsumerCtx {
 impl ConsumerCtx {
     /// The input a topic is, if it is one.
     pub fn input_of(&self, topic: &str) -> Option<Input> {
-        if topic == self.usage_topic {
-            Some(Input::Usage)
-        } else if topic == self.events_topic {
-            Some(Input::Events)
-        } else {
-            None
-        }
+        self.topics.input_of(topic)
     }
 
     pub fn topic(&self, input: Input) -> &str {
-        match input {
-            Input::Usage => &self.usage_topic,
-            Input::Events => &self.events_topic,
-        }
+        self.topics.topic(input)
     }
 }
 
@@ -167,8 +158,7 @@ pub fn consumer(
     }
     c.create_with_context(ConsumerCtx {
         metrics,
-        usage_topic: cfg.usage_topic.clone(),
-        events_topic: cfg.events_topic.clone(),
+        topics: cfg.clone(),
         hook: std::sync::OnceLock::new(),
         generation: std::sync::atomic::AtomicU64::new(0),
         errors: RateLimit::default(),

@@ -322,7 +322,7 @@ pub fn state_features(
         for n in store.subscriber_numbers() {
             let target = inspect::Target::Subscriber(n);
             let v = inspect::report(store, &[], &target, at, &windows, &filters).unwrap();
-            let kept = serde_json::json!({"features": v["features"], "account": v["account"]});
+            let kept = serde_json::json!({"features": v.features, "account": v.account});
             assert!(
                 out.insert(n.to_string(), kept).is_none(),
                 "subscriber {n} in two partitions' state"
