@@ -211,6 +211,16 @@ impl Pipeline {
         }
     }
 
+    /// Runs `f` with the state and the alert memory, as a snapshot holds them (an empty memory
+    /// without rules).
+    pub fn with_state<R>(&self, f: impl FnOnce(&WindowStore, &AlertMemory) -> R) -> R {
+        let store = self.store.borrow();
+        match &self.rules {
+            Some(e) => f(&store, &e.shared().memory.borrow()),
+            None => f(&store, &AlertMemory::default()),
+        }
+    }
+
     /// The call the last record handed over to the caller shard, if it was one (`Scope::Lines`).
     pub fn take_call(&mut self) -> Option<UsageRecord> {
         self.call.take()

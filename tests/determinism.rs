@@ -218,17 +218,11 @@ fn the_same_topics_give_the_same_alerts_whatever_the_workers_batches_and_load() 
 
 /// A daemon process against the mock cluster of this test.
 fn daemon_config(k: &Kafka, state: &Path) -> Config {
-    let mut cfg = k.cfg.clone();
+    let mut cfg = durable(&k.cfg);
     cfg.kafka.brokers = Some(k.brokers.clone());
     cfg.daemon.workers = 3;
     cfg.daemon.status_interval = Secs(5);
     cfg.durability.dir = state.to_str().unwrap().to_string();
-    cfg.durability.snapshot_interval = Secs(1);
-    cfg.durability.delivery_timeout = Secs(10);
-    // A killed member is noticed in seconds, not the default 45 s.
-    cfg.kafka
-        .options
-        .insert("session.timeout.ms".into(), "6000".into());
     cfg
 }
 
@@ -254,24 +248,16 @@ fn sigkills_and_restarts_in_the_middle_change_no_alert_and_no_state() {
     let mut daemon = DaemonProcess::spawn(&config, &log);
     let mut kills = Vec::new();
     for kill in 0..KILLS {
-        assert!(
-            daemon.wait_for_log("Partitions assigned.", kill + 1, Duration::from_secs(60)),
-            "run {kill} joined its group:\n{}",
-            log_tail(&log, 30)
-        );
+        daemon.expect_assigned(kill);
         // Some progress (a commit after a snapshot), then the kill a random moment later.
-        let before = k.committed_total(PARTITIONS);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while k.committed_total(PARTITIONS) <= before
-            && (k.committed_total(PARTITIONS) as u64) < total
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_progress(
+            || k.committed_total(PARTITIONS),
+            total,
+            Duration::from_secs(60),
+        );
         std::thread::sleep(Duration::from_millis(rng.u64(0..1_500)));
-        daemon.sigkill();
+        daemon.kill_and_restart(&config);
         kills.push(k.committed_total(PARTITIONS));
-        daemon = DaemonProcess::spawn(&config, &log);
     }
     let done = read_alerts(&k, &mut reader, total, Duration::from_secs(240));
     daemon.sigterm();

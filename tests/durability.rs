@@ -9,20 +9,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use cdrguard::config::{Config, Secs};
+use cdrguard::config::Config;
 use cdrguard::record::EventTime;
 use common::kafka::*;
 use common::*;
 
 fn durable_config(k: &Kafka) -> Config {
-    let mut cfg = k.cfg.clone();
-    cfg.durability.snapshot_interval = Secs(1);
-    cfg.durability.delivery_timeout = Secs(10);
-    // A crashed member is noticed in seconds, not the default 45 s.
-    cfg.kafka
-        .options
-        .insert("session.timeout.ms".into(), "6000".into());
-    cfg
+    durable(&k.cfg)
 }
 
 fn wait_committed(k: &Kafka, partitions: i32, total: u64, timeout: Duration) -> bool {
@@ -75,13 +68,11 @@ fn crashes_mid_stream_lose_no_alert_and_count_no_record_twice() {
             c.clone(),
             Some(state.path()),
         );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while k.committed_total(PARTITIONS) <= before
-            && (k.committed_total(PARTITIONS) as u64) < lines
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_progress(
+            || k.committed_total(PARTITIONS),
+            lines,
+            Duration::from_secs(60),
+        );
         std::thread::sleep(Duration::from_millis(rng.u64(0..1500)));
         c.abort.store(true, Ordering::Relaxed);
         d.join().unwrap().unwrap();

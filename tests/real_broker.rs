@@ -157,17 +157,11 @@ fn ten_sigkills_lose_no_alert_and_count_no_record_twice() {
     let mut daemon = DaemonProcess::spawn(&config, &log);
     let mut kills = Vec::new();
     for kill in 0..KILLS {
-        assert!(
-            daemon.wait_for_log("Partitions assigned.", kill + 1, Duration::from_secs(60)),
-            "run {kill} joined its group:\n{}",
-            log_tail(&log, 30)
-        );
+        daemon.expect_assigned(kill);
         let after = Duration::from_millis(rng.u64(300..4000));
         std::thread::sleep(after);
-        daemon.sigkill();
-        let committed = k.committed_total();
-        kills.push((after, committed));
-        daemon = DaemonProcess::spawn(&config, &log);
+        daemon.kill_and_restart(&config);
+        kills.push((after, k.committed_total()));
     }
     assert!(
         k.wait_committed(total, Duration::from_secs(120)),

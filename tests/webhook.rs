@@ -52,14 +52,6 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Every POST the server logged.
 fn received(log: &Path) -> Vec<Value> {
     std::fs::read_to_string(log)

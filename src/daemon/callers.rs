@@ -307,28 +307,12 @@ impl Shard<'_> {
             return;
         };
         let started = Instant::now();
-        for (&p, at) in self.lanes.iter_mut() {
-            if let Some((next, high)) = self.merge.resume_point(p as u32) {
-                *at = LanePosition { next, high };
+        // Where each open lane stands now; closed ones keep where they stood when they closed.
+        for p in 0..self.merge.lane_count() as u32 {
+            if let Some((next, high)) = self.merge.resume_point(p) {
+                self.lanes.insert(p as i32, LanePosition { next, high });
             }
         }
-        // Lanes opened since the last snapshot.
-        for p in 0..self.open_lanes_upper() {
-            if let (Some((next, high)), false) = (
-                self.merge.resume_point(p as u32),
-                self.lanes.contains_key(&p),
-            ) {
-                self.lanes.insert(p, LanePosition { next, high });
-            }
-        }
-        let store = self.pipeline.store.borrow();
-        let default_memory = crate::alert::memory::AlertMemory::default();
-        let memory_ref = self
-            .pipeline
-            .rules
-            .as_ref()
-            .map(|e| e.shared().memory.borrow());
-        let memory = memory_ref.as_deref().unwrap_or(&default_memory);
         let flags: Vec<((u64, u64), i64)> = self
             .ctx
             .flags
@@ -354,14 +338,18 @@ impl Shard<'_> {
             .filter(|(&p, _)| self.merge.is_open(p as u32))
             .map(|(&p, at)| (Input::Usage, p, at.next - 1))
             .collect();
-        let header = checkpoint::header(SnapshotKind::Callers, positions, &store);
-        let payload = checkpoint::CallerStateRef {
-            store: &store,
-            memory,
-            flags,
-            lanes: &self.lanes,
-        };
-        match snapshot::encode(&header, &payload) {
+        let lanes = &self.lanes;
+        let encoded = self.pipeline.with_state(|store, memory| {
+            let header = checkpoint::header(SnapshotKind::Callers, positions, store);
+            let payload = checkpoint::CallerStateRef {
+                store,
+                memory,
+                flags,
+                lanes,
+            };
+            snapshot::encode(&header, &payload)
+        });
+        match encoded {
             Ok(bytes) => {
                 self.dirty = false;
                 let _ = sink.send(EncodedSnapshot {
@@ -379,10 +367,5 @@ impl Shard<'_> {
                 }
             }
         }
-    }
-
-    /// One past the highest lane id that may be open.
-    fn open_lanes_upper(&self) -> i32 {
-        self.merge.lane_count() as i32
     }
 }

@@ -428,25 +428,17 @@ impl Worker<'_> {
                 covers.push((*input, partition, next - 1));
             }
         }
-        let encoded = {
-            let store = part.pipeline.store.borrow();
-            let default_memory = crate::alert::memory::AlertMemory::default();
-            let memory_ref = part
-                .pipeline
-                .rules
-                .as_ref()
-                .map(|e| e.shared().memory.borrow());
-            let memory = memory_ref.as_deref().unwrap_or(&default_memory);
-            let header = checkpoint::header(SnapshotKind::Partition(partition), positions, &store);
+        let encoded = part.pipeline.with_state(|store, memory| {
+            let header = checkpoint::header(SnapshotKind::Partition(partition), positions, store);
             snapshot::encode(
                 &header,
                 &checkpoint::PartitionStateRef {
-                    store: &store,
+                    store,
                     memory,
                     highs,
                 },
             )
-        };
+        });
         match encoded {
             Ok(bytes) => {
                 part.dirty = false;

@@ -71,3 +71,38 @@ pub fn fixture(rel: &str) -> PathBuf {
 pub mod kafka;
 pub mod process;
 pub mod tansu;
+
+/// A port nobody listens on now (a server binds it a moment later; a lost race is retried).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `committed()` passes what it was at the call, or reaches `total`, or `timeout`: a
+/// daemon has made progress (a commit follows a snapshot).
+pub fn wait_for_progress(committed: impl Fn() -> i64, total: u64, timeout: std::time::Duration) {
+    let before = committed();
+    let deadline = std::time::Instant::now() + timeout;
+    while committed() <= before
+        && (committed() as u64) < total
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A test daemon's config with snapshots every second and a crashed member noticed in seconds.
+pub fn durable(cfg: &cdrguard::config::Config) -> cdrguard::config::Config {
+    use cdrguard::config::Secs;
+    let mut cfg = cfg.clone();
+    cfg.durability.snapshot_interval = Secs(1);
+    cfg.durability.delivery_timeout = Secs(10);
+    // Not the default 45 s.
+    cfg.kafka
+        .options
+        .insert("session.timeout.ms".into(), "6000".into());
+    cfg
+}

@@ -117,6 +117,21 @@ impl DaemonProcess {
         }
     }
 
+    /// Waits until start number `run` (from 0) has joined its group; panics with the log's tail.
+    pub fn expect_assigned(&mut self, run: usize) {
+        assert!(
+            self.wait_for_log("Partitions assigned.", run + 1, Duration::from_secs(60)),
+            "run {run} joined its group:\n{}",
+            log_tail(&self.log, 30)
+        );
+    }
+
+    /// SIGKILLs it and starts it again with the same config and log.
+    pub fn kill_and_restart(&mut self, config: &Path) {
+        self.sigkill();
+        *self = DaemonProcess::spawn(config, &self.log.clone());
+    }
+
     /// Everything logged by every start so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use cdrguard::config::Config;
 
+use super::free_port;
 use super::process::log_tail;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -119,15 +120,6 @@ fn install_tansu() -> Option<PathBuf> {
         .status()
         .ok()?;
     (status.success() && executable(&bin)).then_some(bin)
-}
-
-/// A port nobody listens on now (the broker binds it a moment later; a lost race is retried).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Runs a future to completion on this thread (the admin client's futures need no runtime).
@@ -416,18 +408,13 @@ impl Tansu {
     /// The config of a daemon against this broker: the topics and group of `cfg`, no metrics port,
     /// snapshots every second to `state_dir`, a crashed member noticed in seconds.
     pub fn daemon_config(&self, state_dir: &Path) -> Config {
-        let mut cfg = self.cfg.clone();
+        let mut cfg = super::durable(&self.cfg);
         cfg.kafka.brokers = Some(self.brokers.clone());
         cfg.daemon.metrics_address = String::new();
         cfg.daemon.workers = 2;
         cfg.daemon.status_interval = cdrguard::config::Secs(5);
         cfg.rules.watch_interval = cdrguard::config::Secs(1);
         cfg.durability.dir = state_dir.to_str().unwrap().to_string();
-        cfg.durability.snapshot_interval = cdrguard::config::Secs(1);
-        cfg.durability.delivery_timeout = cdrguard::config::Secs(10);
-        cfg.kafka
-            .options
-            .insert("session.timeout.ms".into(), "6000".into());
         cfg
     }
 }
