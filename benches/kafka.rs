@@ -340,6 +340,10 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 fn main() {
+    // The daemon's warnings and errors (`RUST_LOG=cdrguard=info` for more).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .try_init();
     // `cargo bench` passes `--bench`; a filter argument picks one part.
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     if filter.as_deref().is_none_or(|f| "backlog".contains(f)) {

@@ -10,8 +10,8 @@
 //!
 //! **Barriers.** A record that runs a rule reading the shard's alerts (`alerted("wangiri_inbound", …)`
 //! in a callback rule) is reported as a barrier before its partition processes it; when the merge
-//! reaches it — every call before it in event time applied — the shard tells the worker
-//! (`WorkerMessage::Cleared`), and only then does the record run. No cycle can form: the barrier with
+//! reaches it — every call before it in event time applied — the shard tells the worker (a mailbox
+//! the worker reads ahead of its inbox, `worker::Clearances`), and only then does the record run. No cycle can form: the barrier with
 //! the smallest key is always next.
 //!
 //! **Durability.** The shard snapshots its store, alert memory, the process-wide flags and where its
@@ -34,7 +34,7 @@ use crate::sink::{Origin, Output, Outputs};
 use crate::source::align::Aligner;
 use crate::telemetry::metrics::WorkerView;
 
-use super::worker::{self, worker_of, WorkerContext, WorkerMessage};
+use super::worker::{self, WorkerContext, WorkerMessage};
 
 /// What the shard is told.
 pub enum ShardMessage {
@@ -47,17 +47,20 @@ pub enum ShardMessage {
     Revoke {
         partitions: Vec<i32>,
     },
-    /// A partition's processed usage, in order, and where it stands now.
-    Feed {
-        partition: i32,
-        items: Vec<FeedItem>,
-        head: LaneHead,
-    },
+    /// What partitions processed since their last report (one message per worker batch).
+    Reports(Vec<LaneReport>),
     Reload(Arc<RuleSources>),
     /// Snapshot now (a revoke); `done` is told when it is durable.
     Snapshot {
         done: Option<SyncSender<bool>>,
     },
+}
+
+/// A partition's processed usage, in order, and where it stands now.
+pub struct LaneReport {
+    pub partition: i32,
+    pub items: Vec<FeedItem>,
+    pub head: LaneHead,
 }
 
 /// One thing a partition reports, in offset order.
@@ -73,8 +76,13 @@ pub enum FeedItem {
         record: Box<UsageRecord>,
         emit: bool,
     },
-    /// The record at `offset` waits for every call before it to be applied.
-    Barrier { offset: i64, time: i64 },
+    /// The record at `offset` waits for every call before it to be applied. `then`: the event time
+    /// of the partition's next usage record, when it is already read.
+    Barrier {
+        offset: i64,
+        time: i64,
+        then: Option<i64>,
+    },
 }
 
 /// Where a partition's usage stands after a report.
@@ -93,7 +101,9 @@ enum Waiting {
         record: Box<UsageRecord>,
         emit: bool,
     },
-    Barrier,
+    Barrier {
+        then: Option<i64>,
+    },
 }
 
 struct Shard<'a> {
@@ -148,12 +158,10 @@ pub fn run(
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(ShardMessage::Assign { partitions }) => shard.assign(&partitions),
             Ok(ShardMessage::Revoke { partitions }) => shard.revoke(&partitions),
-            Ok(ShardMessage::Feed {
-                partition,
-                items,
-                head,
-            }) => {
-                shard.feed(partition, items, head);
+            Ok(ShardMessage::Reports(reports)) => {
+                for r in reports {
+                    shard.feed(r.partition, r.items, r.head);
+                }
                 shard.apply();
                 // Positions moved: the next snapshot lets this partition's commits move too.
                 shard.dirty = true;
@@ -225,7 +233,7 @@ impl Shard<'_> {
                         .snapshots
                         .records_skipped
                         .fetch_add(1, Ordering::Relaxed);
-                    self.ctx.tracker.ack(Input::Usage, partition, offset, true);
+                    self.release_hold(partition, offset);
                     self.merge.advance(id, offset + 1, None);
                 }
                 FeedItem::Call {
@@ -239,14 +247,14 @@ impl Shard<'_> {
                     Some(time),
                     (offset, Waiting::Call { record, emit }),
                 ),
-                FeedItem::Barrier { offset, time } if offset < applied => {
+                FeedItem::Barrier { offset, time, .. } if offset < applied => {
                     // The shard went past it before a restart: nothing earlier is still to come.
                     self.merge.advance(id, offset, Some(time));
                     self.clear(partition, offset);
                 }
-                FeedItem::Barrier { offset, time } => {
+                FeedItem::Barrier { offset, time, then } => {
                     self.merge
-                        .push(id, offset, Some(time), (offset, Waiting::Barrier))
+                        .push(id, offset, Some(time), (offset, Waiting::Barrier { then }))
                 }
             }
         }
@@ -259,7 +267,13 @@ impl Shard<'_> {
         while let Some((id, _, (offset, waiting))) = self.merge.pop() {
             let partition = id as i32;
             match waiting {
-                Waiting::Barrier => self.clear(partition, offset),
+                Waiting::Barrier { then } => {
+                    self.clear(partition, offset);
+                    // The lane's next record is at `offset + 1` or later, not earlier than `then`.
+                    if then.is_some() && self.merge.queued(id) == 0 {
+                        self.merge.advance(id, offset + 1, then);
+                    }
+                }
                 Waiting::Call { record, emit } => {
                     self.pipeline.process(Decoded {
                         source: "callers",
@@ -287,15 +301,24 @@ impl Shard<'_> {
                             .fetch_add(alerts.len() as u64, Ordering::Relaxed);
                     }
                     // The worker's hold on the offset ends now that the alerts are with the sinks.
-                    self.ctx.tracker.ack(Input::Usage, partition, offset, true);
+                    self.release_hold(partition, offset);
                 }
             }
         }
     }
 
+    /// Ends the worker's hold on a call's offset (snapshots off; see `worker::process`).
+    fn release_hold(&self, partition: i32, offset: i64) {
+        if self.ctx.snapshots.is_none() {
+            self.ctx.tracker.ack(Input::Usage, partition, offset, true);
+        }
+    }
+
     fn clear(&self, partition: i32, offset: i64) {
-        let _ =
-            worker_of(&self.workers, partition).send(WorkerMessage::Cleared { partition, offset });
+        let w = partition.unsigned_abs() as usize % self.workers.len();
+        if self.ctx.clearances[w].push(partition, offset) {
+            let _ = self.workers[w].send(WorkerMessage::Wake);
+        }
     }
 
     /// Encodes the shard's state and hands it to the writer.

@@ -174,6 +174,11 @@ pub fn run(
         metrics: metrics.clone(),
         flags: Default::default(),
         shard: shard_tx.clone(),
+        clearances: Arc::new(
+            (0..cfg.daemon.workers)
+                .map(|_| worker::Clearances::default())
+                .collect(),
+        ),
         queued: queued.clone(),
         abort: opts.control.abort.clone(),
         snapshots: snapshot_tx,

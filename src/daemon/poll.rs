@@ -43,23 +43,23 @@ impl QueuedBytes {
         }
     }
 
-    pub fn add(&self, input: Input, partition: i32, bytes: i64) {
-        *self
-            .by
-            .lock()
-            .expect("queued lock")
-            .entry((input, partition))
-            .or_default() += bytes;
+    /// Adds (or, negative, takes back) bytes per input partition, and empties `changes`: one lock
+    /// per batch, not per message.
+    pub fn apply(&self, changes: &mut AHashMap<(Input, i32), i64>) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut total = 0;
+        let mut by = self.by.lock().expect("queued lock");
+        for (k, v) in changes.drain() {
+            *by.entry(k).or_default() += v;
+            total += v;
+        }
+        drop(by);
         self.metrics
             .align
             .queued_bytes
-            .fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    pub fn sub(&self, input: Input, partition: i32, bytes: i64) {
-        if bytes != 0 {
-            self.add(input, partition, -bytes);
-        }
+            .fetch_add(total, Ordering::Relaxed);
     }
 
     fn get(&self, input: Input, partition: i32) -> i64 {
@@ -100,6 +100,12 @@ impl Assignment {
     }
 }
 
+/// How often input partitions that had no message in a round are checked for their end offset
+/// (and, at a consumer position moved past transaction markers, for an end reached without a
+/// message): the check of every partition costs a lock each, and nothing about them changes in
+/// between but what the broker has (which only matters to records produced while the daemon reads).
+const IDLE_CHECK: Duration = Duration::from_millis(20);
+
 /// What the poller knows of one assigned input partition.
 struct Reading {
     topic: CString,
@@ -127,6 +133,9 @@ pub struct Poller<'a> {
     pub status: Status,
     readings: BTreeMap<(Input, i32), Reading>,
     generation: u64,
+    /// Bytes handed over in the current round, per input partition.
+    round_bytes: AHashMap<(Input, i32), i64>,
+    next_idle_check: Instant,
 }
 
 impl<'a> Poller<'a> {
@@ -156,6 +165,8 @@ impl<'a> Poller<'a> {
             status,
             readings: BTreeMap::new(),
             generation: u64::MAX,
+            round_bytes: AHashMap::new(),
+            next_idle_check: Instant::now(),
         }
     }
 
@@ -227,7 +238,7 @@ impl<'a> Poller<'a> {
                         r.next = Some(msg.offset + 1);
                         r.fresh = true;
                     }
-                    self.queued.add(input, msg.partition, msg.weight());
+                    *self.round_bytes.entry((input, msg.partition)).or_default() += msg.weight();
                     let w = msg.partition.unsigned_abs() as usize % batches.len();
                     batches[w].push(Polled::Message(msg));
                 }
@@ -235,6 +246,7 @@ impl<'a> Poller<'a> {
                 Err(e) => tracing::debug!(error = %e, "Consume error."),
             }
         }
+        self.queued.apply(&mut self.round_bytes);
         self.ends(&mut batches);
         batches
     }
@@ -260,17 +272,24 @@ impl<'a> Poller<'a> {
         self.readings = readings;
     }
 
-    /// Reports every input partition whose end offset the round reached.
+    /// Reports every input partition whose end offset the round reached (or no longer reaches).
     fn ends(&mut self, batches: &mut [Vec<Polled>]) {
         let mut positions: Option<BTreeMap<(Input, i32), i64>> = None;
+        let idle_check = Instant::now() >= self.next_idle_check;
+        if idle_check {
+            self.next_idle_check = Instant::now() + IDLE_CHECK;
+        }
         for (&(input, p), r) in self.readings.iter_mut() {
             let fresh = std::mem::take(&mut r.fresh);
+            if !fresh && !idle_check && r.end.is_some() {
+                continue;
+            }
             let Some((_, end)) = end_offsets(self.consumer, &r.topic, p) else {
                 continue;
             };
             r.end = Some(end);
             let mut next = r.next;
-            if next.is_none_or(|n| n < end) && !fresh {
+            if next.is_none_or(|n| n < end) && !fresh && idle_check {
                 // Transaction markers and compacted-away offsets are never handed over, but the
                 // consumer's position moves past them: take it (one call per round, only when needed).
                 let pos = positions.get_or_insert_with(|| positions_of(self.consumer));

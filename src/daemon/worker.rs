@@ -52,7 +52,7 @@ use crate::state::tracks_caller;
 use crate::telemetry::events::{AlertSent, DeadLettered, OutputFailed, RecordRejected};
 use crate::telemetry::metrics::{Metrics, RuleView, WorkerView};
 
-use super::callers::{FeedItem, LaneHead, ShardMessage};
+use super::callers::{FeedItem, LaneHead, LaneReport, ShardMessage};
 use super::poll::QueuedBytes;
 
 /// What the polling thread, the rebalancer and the caller shard tell a worker.
@@ -74,11 +74,8 @@ pub enum WorkerMessage {
         partitions: Vec<i32>,
         reply: SyncSender<Vec<Receiver<bool>>>,
     },
-    /// The caller shard has applied every call before this usage record of the partition.
-    Cleared {
-        partition: i32,
-        offset: i64,
-    },
+    /// The caller shard cleared a barrier while the worker may be idle: read `Clearances`.
+    Wake,
     /// Snapshot and stop.
     Stop,
 }
@@ -100,6 +97,35 @@ pub enum Polled {
     },
 }
 
+/// Barriers the caller shard has cleared, for one worker: a mailbox read on every turn of the
+/// worker's loop, ahead of its inbox. A clearance that queued behind the inbox's batches would hold
+/// its partition for as long as they take, and clearances form chains (the next barrier often needs
+/// the progress the last one held back).
+#[derive(Default)]
+pub struct Clearances {
+    list: std::sync::Mutex<Vec<(i32, i64)>>,
+    pending: AtomicBool,
+}
+
+impl Clearances {
+    /// Adds one: the caller shard has applied every call before `offset` of `partition`. True if the
+    /// mailbox was empty (the worker may be idle and need waking).
+    pub fn push(&self, partition: i32, offset: i64) -> bool {
+        let mut list = self.list.lock().expect("clearances lock");
+        list.push((partition, offset));
+        !self.pending.swap(true, Ordering::AcqRel)
+    }
+
+    fn take(&self) -> Vec<(i32, i64)> {
+        if !self.pending.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let mut list = self.list.lock().expect("clearances lock");
+        self.pending.store(false, Ordering::Release);
+        std::mem::take(&mut *list)
+    }
+}
+
 /// What every worker and the caller shard share.
 #[derive(Clone)]
 pub struct WorkerContext {
@@ -114,6 +140,8 @@ pub struct WorkerContext {
     pub flags: GlobalFlags,
     /// The caller shard, when calling numbers are tracked.
     pub shard: Option<SyncSender<ShardMessage>>,
+    /// Every worker's mailbox of clearances from the caller shard, by worker index.
+    pub clearances: Arc<Vec<Clearances>>,
     pub queued: Arc<QueuedBytes>,
     /// Crash-like stop (tests): leave at once, queued records unprocessed.
     pub abort: Arc<AtomicBool>,
@@ -242,6 +270,8 @@ pub fn run(ctx: WorkerContext, rx: Receiver<WorkerMessage>) {
         outputs: Outputs::new(sinks.iter().map(|o| o.as_ref() as &dyn Output).collect()),
         ctx,
         partitions: AHashMap::new(),
+        worked_off: AHashMap::new(),
+        reports: Vec::new(),
     };
     let mut next_tick = Instant::now();
     let mut next_snapshot = Instant::now() + interval;
@@ -249,6 +279,7 @@ pub fn run(ctx: WorkerContext, rx: Receiver<WorkerMessage>) {
         if w.ctx.abort.load(Ordering::Relaxed) {
             return;
         }
+        w.clearances();
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(WorkerMessage::Polled(batch)) => w.polled(batch),
             Ok(WorkerMessage::Reload(sources)) => w.reload(sources),
@@ -260,15 +291,13 @@ pub fn run(ctx: WorkerContext, rx: Receiver<WorkerMessage>) {
             }) => w.assign(partition, state, bounds, starts),
             Ok(WorkerMessage::Release { partitions, reply }) => {
                 let done = w.release(&partitions);
+                // The caller shard hears of everything processed before the rebalancer goes on.
+                w.flush();
                 let _ = reply.send(done);
             }
-            Ok(WorkerMessage::Cleared { partition, offset }) => {
-                if let Some(part) = w.partitions.get_mut(&partition) {
-                    part.cleared = part.cleared.max(offset);
-                    w.drain(partition);
-                }
-            }
+            Ok(WorkerMessage::Wake) => {}
             Ok(WorkerMessage::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                w.flush();
                 w.publish_view();
                 let parts: Vec<i32> = w.partitions.keys().copied().collect();
                 for p in parts {
@@ -278,8 +307,10 @@ pub fn run(ctx: WorkerContext, rx: Receiver<WorkerMessage>) {
             }
             Err(RecvTimeoutError::Timeout) => {}
         }
+        w.flush();
         if Instant::now() >= next_tick {
             w.tick();
+            w.flush();
             next_tick = Instant::now() + Duration::from_secs(1);
             // A partition new to this process is snapshotted at once: commits start after it.
             let due = Instant::now() >= next_snapshot;
@@ -304,6 +335,10 @@ struct Worker<'a> {
     decoder: Decoder,
     outputs: Outputs<'a>,
     partitions: AHashMap<i32, Partition>,
+    /// Read-ahead worked off (negative bytes), handed back to the poller once per batch.
+    worked_off: AHashMap<(Input, i32), i64>,
+    /// Partition reports for the caller shard, sent once per batch.
+    reports: Vec<LaneReport>,
 }
 
 impl Worker<'_> {
@@ -384,14 +419,14 @@ impl Worker<'_> {
     }
 
     /// Gives back the queued-bytes budget of records dropped unprocessed.
-    fn unqueue(&self, partition: i32, mut merge: Aligner<Queued>) {
+    fn unqueue(&mut self, partition: i32, mut merge: Aligner<Queued>) {
         for input in Input::ALL {
             let bytes: i64 = merge
                 .close(lane(*input))
                 .iter()
                 .map(|q| q.msg.weight())
                 .sum();
-            self.ctx.queued.sub(*input, partition, bytes);
+            *self.worked_off.entry((*input, partition)).or_default() -= bytes;
         }
     }
 
@@ -512,7 +547,7 @@ impl Worker<'_> {
                 offset = m.offset,
                 "Record of a partition not held here dropped."
             );
-            self.ctx.queued.sub(m.input, m.partition, m.weight());
+            *self.worked_off.entry((m.input, m.partition)).or_default() -= m.weight();
             return false;
         };
         self.ctx.metrics.records_in[m.input.index()].fetch_add(1, Ordering::Relaxed);
@@ -548,10 +583,15 @@ impl Worker<'_> {
                     {
                         if part.barrier != Some(offset) {
                             part.barrier = Some(offset);
-                            part.feed.push(FeedItem::Barrier {
-                                offset,
-                                time: r.event_start.utc,
-                            });
+                            let time = r.event_start.utc;
+                            // What comes after it in the lane is not earlier than the next record
+                            // queued: once cleared, the shard need not wait for this partition to
+                            // report that far.
+                            let then = part
+                                .merge
+                                .second(lane(Input::Usage))
+                                .and_then(|q| q.item.as_ref().ok().map(Item::time));
+                            part.feed.push(FeedItem::Barrier { offset, time, then });
                             self.ctx
                                 .metrics
                                 .align
@@ -574,9 +614,9 @@ impl Worker<'_> {
     }
 
     fn report_to_shard(&mut self, partition: i32) {
-        let Some(shard) = &self.ctx.shard else {
+        if self.ctx.shard.is_none() {
             return;
-        };
+        }
         let Some(part) = self.partitions.get_mut(&partition) else {
             return;
         };
@@ -586,15 +626,46 @@ impl Worker<'_> {
         }
         part.reported = Some(head);
         let items = std::mem::take(&mut part.feed);
-        if shard
-            .send(ShardMessage::Feed {
-                partition,
-                items,
-                head,
-            })
-            .is_err()
-        {
-            tracing::error!("The caller shard stopped; offsets of usage stay uncommitted.");
+        self.reports.push(LaneReport {
+            partition,
+            items,
+            head,
+        });
+    }
+
+    /// Lets the records the caller shard cleared go on.
+    fn clearances(&mut self) {
+        let cleared = self.ctx.clearances[self.ctx.index].take();
+        if cleared.is_empty() {
+            return;
+        }
+        let mut touched = Vec::new();
+        for (partition, offset) in cleared {
+            if let Some(part) = self.partitions.get_mut(&partition) {
+                part.cleared = part.cleared.max(offset);
+                touched.push(partition);
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for p in touched {
+            self.drain(p);
+        }
+        self.flush();
+    }
+
+    /// Hands back the read-ahead worked off and sends the caller shard what the partitions reported,
+    /// each once per batch.
+    fn flush(&mut self) {
+        self.ctx.queued.apply(&mut self.worked_off);
+        if self.reports.is_empty() {
+            return;
+        }
+        let reports = std::mem::take(&mut self.reports);
+        if let Some(shard) = &self.ctx.shard {
+            if shard.send(ShardMessage::Reports(reports)).is_err() {
+                tracing::error!("The caller shard stopped; offsets of usage stay uncommitted.");
+            }
         }
     }
 
@@ -678,8 +749,14 @@ impl Worker<'_> {
         if input == Input::Usage && with_shard {
             match call {
                 Some(record) => {
-                    // The offset waits until the shard has handed the call's alerts to the sinks.
-                    self.ctx.tracker.add(input, partition, m.offset);
+                    // Without snapshots nothing else stops a commit from passing a call the shard
+                    // has not applied yet: the offset waits until the shard has handed the call's
+                    // alerts to the sinks. With snapshots, usage commits wait for the shard's own
+                    // snapshot (`Tracker::set_shard_cap`), and a partition's snapshot must not wait
+                    // for the shard's merge (it lags the fastest partition by design).
+                    if self.ctx.snapshots.is_none() {
+                        self.ctx.tracker.add(input, partition, m.offset);
+                    }
                     part.feed.push(FeedItem::Call {
                         offset: m.offset,
                         time: record.event_start.utc,
@@ -691,7 +768,7 @@ impl Worker<'_> {
             }
         }
         self.ctx.tracker.processed(input, partition, m.offset);
-        self.ctx.queued.sub(input, partition, weight);
+        *self.worked_off.entry((input, partition)).or_default() -= weight;
     }
 
     fn reload(&mut self, sources: Arc<RuleSources>) {
