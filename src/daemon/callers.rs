@@ -69,12 +69,15 @@ pub enum FeedItem {
     /// of them at `time`.
     Progress { next: i64, time: Option<i64> },
     /// An MT call that gives its calling number state. `emit`: its alerts are sent (not re-read from
-    /// already committed input).
+    /// already committed input). `admitted`: the partition's state accepted it (on time, not a
+    /// duplicate); false when it was re-read from what the partition's restored snapshot already
+    /// holds, and the shard judges its lateness itself (see `Shard::late`).
     Call {
         offset: i64,
         time: i64,
         record: Box<UsageRecord>,
         emit: bool,
+        admitted: bool,
     },
     /// The record at `offset` waits for every call before it to be applied. `then`: the event time
     /// of the partition's next usage record, when it is already read.
@@ -100,6 +103,8 @@ enum Waiting {
     Call {
         record: Box<UsageRecord>,
         emit: bool,
+        /// Not judged by its partition: the lane's running maximum event time before it.
+        unjudged_after: Option<i64>,
     },
     Barrier {
         then: Option<i64>,
@@ -241,12 +246,23 @@ impl Shard<'_> {
                     time,
                     record,
                     emit,
-                } => self.merge.push(
-                    id,
-                    offset,
-                    Some(time),
-                    (offset, Waiting::Call { record, emit }),
-                ),
+                    admitted,
+                } => {
+                    let unjudged_after = (!admitted).then(|| self.merge.high(id)).flatten();
+                    self.merge.push(
+                        id,
+                        offset,
+                        Some(time),
+                        (
+                            offset,
+                            Waiting::Call {
+                                record,
+                                emit,
+                                unjudged_after,
+                            },
+                        ),
+                    )
+                }
                 FeedItem::Barrier { offset, time, .. } if offset < applied => {
                     // The shard went past it before a restart: nothing earlier is still to come.
                     self.merge.advance(id, offset, Some(time));
@@ -274,7 +290,20 @@ impl Shard<'_> {
                         self.merge.advance(id, offset + 1, then);
                     }
                 }
-                Waiting::Call { record, emit } => {
+                Waiting::Call {
+                    record,
+                    emit,
+                    unjudged_after,
+                } => {
+                    if unjudged_after.is_some_and(|high| self.late(&record, high)) {
+                        self.ctx
+                            .metrics
+                            .snapshots
+                            .records_skipped
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.release_hold(partition, offset);
+                        continue;
+                    }
                     self.pipeline.process(Decoded {
                         source: "callers",
                         line: offset as u64,
@@ -305,6 +334,16 @@ impl Shard<'_> {
                 }
             }
         }
+    }
+
+    /// Whether the partition rejected this call as late when it first read it, judged as its state
+    /// did: the call ended before the newest usage time of the partition before it (`high`, which
+    /// the shard follows per lane) minus the allowed lateness. A call re-read from what a restored
+    /// partition snapshot holds comes without the partition's verdict; without this check the
+    /// shard would count a ring after a restart that it did not count before.
+    fn late(&self, r: &UsageRecord, high: i64) -> bool {
+        let lateness = self.ctx.config.state.allowed_lateness.0;
+        high != i64::MIN && r.event_start.utc + (r.duration_s as i64) < high - lateness
     }
 
     /// Ends the worker's hold on a call's offset (snapshots off; see `worker::process`).

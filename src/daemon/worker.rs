@@ -208,6 +208,10 @@ struct Partition {
     bounds: ReadBounds,
     /// Per input (`[usage, events]`), the next offset: every record before it is in the state.
     covered: [Option<i64>; 2],
+    /// The next usage offset to pass through `process` (applied, or skipped as already in the
+    /// restored state): what the caller shard may take as reported. Not `covered`, which a restored
+    /// partition starts at its snapshot's position, ahead of the records it re-reads for the shard.
+    usage_next: i64,
     last_record: Instant,
     /// Records processed since the last snapshot.
     dirty: bool,
@@ -227,6 +231,30 @@ struct Partition {
 }
 
 impl Partition {
+    /// A partition whose inputs are read from `starts`, its state covering what `bounds` says.
+    fn new(
+        pipeline: Pipeline,
+        merge: Aligner<Queued>,
+        bounds: ReadBounds,
+        starts: [Option<i64>; 2],
+    ) -> Self {
+        Partition {
+            pipeline,
+            merge,
+            bounds,
+            covered: bounds.apply_from,
+            usage_next: starts[0].unwrap_or(i64::MIN),
+            last_record: Instant::now(),
+            dirty: false,
+            snapshotted: false,
+            pending_end: [None; 2],
+            cleared: i64::MIN,
+            barrier: None,
+            reported: None,
+            feed: Vec::new(),
+        }
+    }
+
     /// Where the caller shard's merge may assume this partition's usage stands.
     fn usage_head(&self) -> LaneHead {
         let id = lane(Input::Usage);
@@ -238,7 +266,7 @@ impl Partition {
                 ended: false,
             },
             None => LaneHead {
-                next: self.covered[0].unwrap_or(0),
+                next: self.usage_next,
                 time: None,
                 ended,
             },
@@ -364,6 +392,7 @@ impl Worker<'_> {
             part.reported = None;
             part.barrier = None;
             part.feed.clear();
+            part.usage_next = starts[0].unwrap_or(i64::MIN);
             self.unqueue(partition, old);
             return;
         }
@@ -382,23 +411,8 @@ impl Worker<'_> {
             ?bounds,
             "Partition started."
         );
-        self.partitions.insert(
-            partition,
-            Partition {
-                pipeline,
-                merge,
-                bounds,
-                covered: bounds.apply_from,
-                last_record: Instant::now(),
-                dirty: false,
-                snapshotted: false,
-                pending_end: [None; 2],
-                cleared: i64::MIN,
-                barrier: None,
-                reported: None,
-                feed: Vec::new(),
-            },
-        );
+        self.partitions
+            .insert(partition, Partition::new(pipeline, merge, bounds, starts));
     }
 
     /// Snapshots (when on) and drops the partitions; what they held unprocessed is read again by
@@ -681,7 +695,8 @@ impl Worker<'_> {
         let time = q.item.as_ref().ok().map(Item::time);
         // Usage for the caller shard: the call it keeps state for, else progress.
         let mut call: Option<UsageRecord> = None;
-        if part.bounds.applies(input, m.offset) {
+        let applies = part.bounds.applies(input, m.offset);
+        if applies {
             let source = self.ctx.topic(input);
             let verdict = part.pipeline.process(Decoded {
                 source,
@@ -746,6 +761,9 @@ impl Worker<'_> {
             }
         }
         let part = self.partitions.get_mut(&partition).expect("queued here");
+        if input == Input::Usage {
+            part.usage_next = m.offset + 1;
+        }
         if input == Input::Usage && with_shard {
             match call {
                 Some(record) => {
@@ -762,6 +780,7 @@ impl Worker<'_> {
                         time: record.event_start.utc,
                         record: Box::new(record),
                         emit,
+                        admitted: applies,
                     });
                 }
                 None => part.progress(m.offset, time),
@@ -888,4 +907,43 @@ pub fn add_to_view(view: &mut WorkerView, pipeline: &Pipeline) {
 /// Sends to the worker owning `partition`.
 pub fn worker_of(workers: &[Sender<WorkerMessage>], partition: i32) -> &Sender<WorkerMessage> {
     &workers[partition.unsigned_abs() as usize % workers.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{Classifier, PrefixList};
+    use crate::config::Config;
+    use crate::pipeline::PipelineOptions;
+
+    /// Regression: a partition restored from a snapshot at usage offset 100 and re-reading from the
+    /// commit at 40 told the caller shard it stood at 100 before it had re-read anything, so a shard
+    /// snapshot taken then skipped the calls at 40..100 after the next crash (one Wangiri alert
+    /// fired on another victim).
+    #[test]
+    fn a_restored_partition_tells_the_shard_only_what_it_has_re_read() {
+        let config = Config::default();
+        let classifier = Classifier::new(
+            crate::record::Number::parse("33").unwrap(),
+            PrefixList::default(),
+        );
+        let pipeline = Pipeline::new(PipelineOptions::new(classifier, config.state.clone()))
+            .expect("no rules");
+        let bounds = ReadBounds {
+            apply_from: [Some(100), Some(10)],
+            emit_from: [Some(40), Some(5)],
+        };
+        let part = Partition::new(
+            pipeline,
+            Aligner::with_lanes(2),
+            bounds,
+            [Some(40), Some(5)],
+        );
+        assert_eq!(part.usage_head().next, 40, "nothing re-read yet");
+        assert_eq!(
+            part.covered[0],
+            Some(100),
+            "the snapshot position stays what the state covers"
+        );
+    }
 }
