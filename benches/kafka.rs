@@ -13,7 +13,10 @@
 //!
 //! The producer, the daemon and the probe reader share this process and the machine's two vCPUs.
 //!
-//! `cargo bench --bench kafka` (`CDRGUARD_BENCH_RECORDS=200000` for a shorter backlog).
+//! `cargo bench --bench kafka` (`CDRGUARD_BENCH_RECORDS=200000` for a shorter backlog). For
+//! experiments: `CDRGUARD_BENCH_READ_AHEAD_MIB=n` sets `daemon.max_read_ahead_mib`, and
+//! `CDRGUARD_BENCH_KAFKA_OPTIONS=k=v,k=v` adds librdkafka options. The backlog line also prints the
+//! fetch pauses (read-ahead bound) and the records that waited for the caller shard (barriers).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +41,21 @@ fn config() -> Config {
     cfg.daemon.idle_watermark_after = Secs(0);
     cfg.daemon.status_interval = Secs(5);
     cfg.state.max_future_skew = Secs(3650 * 86_400);
+    if let Some(mib) = std::env::var("CDRGUARD_BENCH_READ_AHEAD_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.daemon.max_read_ahead_mib = mib;
+    }
+    // Client options for experiments: `k=v,k=v`.
+    for kv in std::env::var("CDRGUARD_BENCH_KAFKA_OPTIONS")
+        .unwrap_or_default()
+        .split(',')
+    {
+        if let Some((k, v)) = kv.split_once('=') {
+            cfg.kafka.options.insert(k.into(), v.into());
+        }
+    }
     cfg
 }
 
@@ -192,12 +210,14 @@ fn backlog() {
             })
             .unwrap_or(0);
         println!(
-            "kafka backlog, {label}: {total} records consumed, processed and committed (alerts {} delivered, dead letters {}) in {:.1} s from daemon start (incl. ~3 s group join): {:.0} records/s; snapshot files {:.1} MiB",
+            "kafka backlog, {label}: {total} records consumed, processed and committed (alerts {} delivered, dead letters {}) in {:.1} s from daemon start (incl. ~3 s group join): {:.0} records/s; snapshot files {:.1} MiB; {} fetch pauses, {} records held for the caller shard",
             summary.alerts,
             summary.dead_letters,
             elapsed.as_secs_f64(),
             total as f64 / elapsed.as_secs_f64(),
-            snap_bytes as f64 / 1048576.0
+            snap_bytes as f64 / 1048576.0,
+            summary.fetch_pauses,
+            summary.held_for_shard,
         );
     }
 }

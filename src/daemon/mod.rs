@@ -80,6 +80,10 @@ pub struct RunSummary {
     pub alerts: u64,
     pub dead_letters: u64,
     pub in_flight_at_exit: u64,
+    /// Times fetching of a partition was paused (read-ahead bound).
+    pub fetch_pauses: u64,
+    /// Records that waited for the caller shard (barriers).
+    pub held_for_shard: u64,
 }
 
 pub fn run(
@@ -332,6 +336,8 @@ pub fn run(
         alerts: metrics.alerts.total(),
         dead_letters: metrics.dead_letters.load(Ordering::Relaxed),
         in_flight_at_exit: tracker.in_flight(),
+        fetch_pauses: metrics.align.pauses.load(Ordering::Relaxed),
+        held_for_shard: metrics.align.held_for_shard.load(Ordering::Relaxed),
     };
     tracing::info!(
         records = summary.records,
