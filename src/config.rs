@@ -76,6 +76,10 @@ pub struct KafkaConfig {
     pub alert_topics: AlertTopics,
     /// Where a new consumer group starts: `earliest` (default) or `latest`.
     pub start_from: StartFrom,
+    /// When the next offset of a partition is gone (retention, deleted records, a recreated topic):
+    /// `continue` (default) resumes at the oldest record left, counting and logging what was
+    /// skipped; `stop` exits non-zero without committing past the gap.
+    pub on_gap: OnGap,
     /// librdkafka options passed through to the consumer and producers (e.g. `security.protocol`,
     /// `fetch.wait.max.ms`). Options cdrguard sets from typed settings are refused by name.
     pub options: std::collections::BTreeMap<String, String>,
@@ -145,9 +149,21 @@ impl Default for KafkaConfig {
             dead_letter_topic: "cdrguard.dead-letter".into(),
             alert_topics: AlertTopics::default(),
             start_from: StartFrom::Earliest,
+            on_gap: OnGap::Continue,
             options: Default::default(),
         }
     }
+}
+
+/// What the daemon does when records it has not read are gone from the broker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnGap {
+    /// Resume at the oldest record left; the skip is counted, logged and marked in the state.
+    #[default]
+    Continue,
+    /// Exit non-zero without committing past the gap: someone decides.
+    Stop,
 }
 
 /// Where a partition the consumer group never committed starts.
@@ -299,7 +315,10 @@ pub struct DemoConfig {
     pub enabled: bool,
     /// Records per second the generator produces. Default 2000.
     pub rate: u32,
-    /// Partitions of the embedded input topics. Default 4.
+    /// Partitions of the embedded input topics. Default 32: the embedded broker keeps at most 5 MB
+    /// or 100,000 messages per partition (librdkafka's mock cluster, fixed), so 32 partitions hold
+    /// about 160 MB per topic (some 340,000 usage records); older records are dropped, and a
+    /// consumer that had not read them counts a gap.
     pub partitions: i32,
     /// Subscribers in each generated round (4 days of simulated traffic). Default 3000.
     pub subscribers: u32,
@@ -312,7 +331,7 @@ impl Default for DemoConfig {
         DemoConfig {
             enabled: true,
             rate: 2000,
-            partitions: 4,
+            partitions: 32,
             subscribers: 3000,
             print_alerts: true,
         }

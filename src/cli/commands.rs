@@ -351,6 +351,7 @@ pub fn gen_cmd(a: GenArgs) -> anyhow::Result<i32> {
         let t = std::time::Instant::now();
         let s = crate::demo::gen::generate(&cfg, &mut usage, &mut events)?;
         let producer = crate::demo::embedded::input_producer(brokers)?;
+        let before = crate::demo::embedded::log_starts(&producer, &kcfg).ok();
         let stop = std::sync::atomic::AtomicBool::new(false);
         let n =
             crate::demo::embedded::produce_input(&producer, &kcfg, &usage, &events, a.rate, &stop)?;
@@ -360,6 +361,25 @@ pub fn gen_cmd(a: GenArgs) -> anyhow::Result<i32> {
             s.account_events,
             t.elapsed().as_secs_f64()
         );
+        // A broker that drops what was just produced (retention, a size limit such as the embedded
+        // broker's) leaves a consumer that had not read it a gap.
+        if let (Some(before), Ok(after)) =
+            (before, crate::demo::embedded::log_starts(&producer, &kcfg))
+        {
+            let dropped: i64 = after
+                .iter()
+                .map(|(k, low)| low - before.get(k).copied().unwrap_or(*low))
+                .filter(|d| *d > 0)
+                .sum();
+            if dropped > 0 {
+                eprintln!(
+                    "warning: the broker dropped {dropped} of the oldest records of the input topics while this ran \
+                     (its retention or size limit; the embedded broker keeps at most 5 MB or 100,000 messages per partition). \
+                     A consumer that had not read them skips them (cdrguard_records_skipped_total). \
+                     Produce at a --rate the consumer keeps up with, or give the topics more partitions (demo.partitions)."
+                );
+            }
+        }
         if let Some(p) = &a.labels {
             let f = File::create(p).with_context(|| format!("creating {}", p.display()))?;
             serde_json::to_writer_pretty(BufWriter::new(f), &s.labels)?;

@@ -84,6 +84,8 @@ pub struct RunSummary {
     pub fetch_pauses: u64,
     /// Records that waited for the caller shard (barriers).
     pub held_for_shard: u64,
+    /// Offsets skipped because their records were gone from the broker (`record::gap`).
+    pub records_skipped: u64,
 }
 
 pub fn run(
@@ -338,6 +340,7 @@ pub fn run(
         in_flight_at_exit: tracker.in_flight(),
         fetch_pauses: metrics.align.pauses.load(Ordering::Relaxed),
         held_for_shard: metrics.align.held_for_shard.load(Ordering::Relaxed),
+        records_skipped: metrics.gaps_total().skipped,
     };
     tracing::info!(
         records = summary.records,

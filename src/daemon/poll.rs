@@ -16,12 +16,12 @@ use ahash::AHashMap;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use crate::config::Config;
-use crate::record::Input;
+use crate::config::{Config, OnGap};
+use crate::record::{detect_gap, Input, OffsetGap};
 use crate::rules::Reloader;
 use crate::sink::Tracker;
 use crate::source::kafka::{end_offsets, ConsumerCtx, InputMessage};
-use crate::telemetry::events::RulesReloaded;
+use crate::telemetry::events::{OffsetGapFound, RateLimit, RulesReloaded};
 use crate::telemetry::metrics::{now_ms, Metrics};
 
 use super::callers::ShardMessage;
@@ -136,6 +136,9 @@ pub struct Poller<'a> {
     /// Bytes handed over in the current round, per input partition.
     round_bytes: AHashMap<(Input, i32), i64>,
     next_idle_check: Instant,
+    gap_log: RateLimit<(Input, i32)>,
+    /// A gap found with `kafka.on_gap = stop`: the poller stops.
+    stopped_by: Option<OffsetGap>,
 }
 
 impl<'a> Poller<'a> {
@@ -167,6 +170,8 @@ impl<'a> Poller<'a> {
             generation: u64::MAX,
             round_bytes: AHashMap::new(),
             next_idle_check: Instant::now(),
+            gap_log: RateLimit::default(),
+            stopped_by: None,
         }
     }
 
@@ -180,6 +185,17 @@ impl<'a> Poller<'a> {
                 {
                     anyhow::bail!("worker {w} stopped unexpectedly");
                 }
+            }
+            if let Some(g) = self.stopped_by {
+                anyhow::bail!(
+                    "records gone from the broker: offsets {}..{} of {}/{} ({}); stopped without committing past them (kafka.on_gap = stop). \
+                     To go on, set kafka.on_gap = \"continue\" for one run: the skip is counted and marked in the state",
+                    g.expected,
+                    g.received,
+                    self.consumer.context().topic(g.input),
+                    g.partition,
+                    g.reason.as_str()
+                );
             }
             self.bound_read_ahead();
             self.metrics.last_poll_ms.store(now_ms(), Ordering::Relaxed);
@@ -234,12 +250,29 @@ impl<'a> Poller<'a> {
                         payload: m.payload().unwrap_or_default().to_vec(),
                         timestamp_ms: m.timestamp().to_millis(),
                     };
+                    let w = msg.partition.unsigned_abs() as usize % batches.len();
                     if let Some(r) = self.readings.get_mut(&(input, msg.partition)) {
+                        if let Some(gap) = r.next.and_then(|expected| {
+                            gap_before(self.consumer, r, input, msg.partition, expected, msg.offset)
+                        }) {
+                            OffsetGapFound {
+                                gap: &gap,
+                                topic: ctx.topic(input),
+                                policy: self.cfg.kafka.on_gap,
+                            }
+                            .emit(self.metrics, &self.gap_log);
+                            if self.cfg.kafka.on_gap == OnGap::Stop {
+                                // Neither this record nor anything after it is handed over, so
+                                // nothing past the gap is committed.
+                                self.stopped_by = Some(gap);
+                                break;
+                            }
+                            batches[w].push(Polled::Gap(gap));
+                        }
                         r.next = Some(msg.offset + 1);
                         r.fresh = true;
                     }
                     *self.round_bytes.entry((input, msg.partition)).or_default() += msg.weight();
-                    let w = msg.partition.unsigned_abs() as usize % batches.len();
                     batches[w].push(Polled::Message(msg));
                 }
                 // Client errors are counted and logged by the context; nothing to do per message.
@@ -384,6 +417,33 @@ impl<'a> Poller<'a> {
             .filter_map(|(&k, r)| Some((k, (r.end? - r.next?).max(0))))
             .collect()
     }
+}
+
+/// Whether records were skipped before `received` (see `record::gap`). The log start comes from
+/// librdkafka's cache, refreshed by the fetch response that brought `received`; asked of the broker
+/// only when the cache has none.
+fn gap_before(
+    consumer: &BaseConsumer<ConsumerCtx>,
+    r: &Reading,
+    input: Input,
+    partition: i32,
+    expected: i64,
+    received: i64,
+) -> Option<OffsetGap> {
+    if received == expected {
+        return None;
+    }
+    let mut low = end_offsets(consumer, &r.topic, partition)
+        .map(|(low, _)| low)
+        .filter(|&l| l >= 0);
+    if low.is_none() && received > expected {
+        let topic = r.topic.to_str().unwrap_or_default();
+        low = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(5))
+            .ok()
+            .map(|(l, _)| l);
+    }
+    detect_gap(input, partition, expected, received, low)
 }
 
 /// The consumer's position (next offset it will hand over) per assigned input partition.

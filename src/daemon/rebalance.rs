@@ -64,6 +64,8 @@ pub struct Rebalancer {
 enum Start {
     Committed,
     At(i64),
+    /// The log's end (`kafka.start_from = latest` when the watermarks could not be read).
+    End,
     /// The earliest offset within `durability.rebuild_window`.
     Rebuild,
 }
@@ -318,6 +320,10 @@ impl RebalanceHook for Rebalancer {
                         }
                         Err(e) => {
                             tracing::warn!(partition = p, error = %e, "Watermarks unknown; starting per kafka.start_from without an initial commit.");
+                            // The consumer's own reset goes to the log start (`source::kafka`).
+                            if self.cfg.kafka.start_from == StartFrom::Latest {
+                                plan.start[k] = Start::End;
+                            }
                         }
                     }
                 }
@@ -352,6 +358,7 @@ impl RebalanceHook for Rebalancer {
                 let at = match plan.start[k] {
                     Start::Committed => None,
                     Start::At(o) => Some(Offset::Offset(o)),
+                    Start::End => Some(Offset::End),
                     // Never past the committed offset: what comes after it was never processed.
                     Start::Rebuild => {
                         rebuild
@@ -365,13 +372,20 @@ impl RebalanceHook for Rebalancer {
                 starts[k] = match at {
                     None => c_of(&committed, self.topic(i), p),
                     Some(Offset::Offset(o)) => Some(o),
-                    // The log's beginning: its number, for the event-time merge.
-                    Some(_) => consumer
+                    // The log's beginning or end: its number, for the event-time merge and the
+                    // poller's gap check.
+                    Some(o) => consumer
                         .fetch_watermarks(self.topic(i), p, BROKER_TIMEOUT)
                         .ok()
-                        .map(|(low, _)| low),
+                        .map(|(low, high)| if o == Offset::End { high } else { low }),
                 };
-                self.assignment.assigned(i, p, starts[k]);
+                // The poller expects the committed offset at the latest: a start past it (a
+                // rebuild from a log whose beginning moved past the commit) is a gap it counts.
+                let expected = match (starts[k], plan.bounds.emit_from[k]) {
+                    (Some(s), Some(c)) => Some(s.min(c)),
+                    (s, _) => s,
+                };
+                self.assignment.assigned(i, p, expected);
                 if let Some(o) = at {
                     if let Err(e) = tpl.set_partition_offset(self.topic(i), p, o) {
                         tracing::error!(error = %e, partition = p, "Setting the start offset failed.");

@@ -63,8 +63,17 @@ impl Status {
             .map(|w| w.ruleset_version.clone())
             .find(|v| !v.is_empty())
             .unwrap_or_default();
+        let gaps = metrics.gaps_total();
+        let skipped = if gaps.episodes > 0 {
+            format!(
+                ", SKIPPED {} records in {} offset gap(s) (gone from the broker)",
+                gaps.skipped, gaps.episodes
+            )
+        } else {
+            String::new()
+        };
         tracing::info!(
-            "status: {:.0} records/s, {} records, {} alerts ({}), {} dead letters, lag {}, in flight {}, rules {}",
+            "status: {:.0} records/s, {} records, {} alerts ({}), {} dead letters, lag {}, in flight {}, rules {}{}",
             rate,
             records,
             metrics.alerts.total(),
@@ -72,7 +81,8 @@ impl Status {
             metrics.dead_letters.load(Ordering::Relaxed),
             metrics.lag_total(),
             tracker.in_flight(),
-            version
+            version,
+            skipped
         );
     }
 }

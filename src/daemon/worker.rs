@@ -41,7 +41,7 @@ use crate::config::Config;
 use crate::durability::checkpoint::{self, EncodedSnapshot, PartitionState, ReadBounds};
 use crate::durability::snapshot::{self, Position, SnapshotKind};
 use crate::pipeline::{Pipeline, PipelineOptions, RulesOptions, Scope, Verdict};
-use crate::record::{Decoded, Decoder, Input, Item, Mode, Reject, UsageRecord};
+use crate::record::{Decoded, Decoder, GapMark, Input, Item, Mode, OffsetGap, Reject, UsageRecord};
 use crate::rules::api::GlobalFlags;
 use crate::rules::RuleSources;
 use crate::sink::{Origin, Output, Outputs, Rejected, Tracker};
@@ -95,6 +95,9 @@ pub enum Polled {
         input: Input,
         partition: i32,
     },
+    /// Records of the partition were gone from the broker before they were read; the next message
+    /// of that input is the first after the gap.
+    Gap(OffsetGap),
 }
 
 /// Barriers the caller shard has cleared, for one worker: a mailbox read on every turn of the
@@ -228,6 +231,8 @@ struct Partition {
     reported: Option<LaneHead>,
     /// For the caller shard, gathered while draining.
     feed: Vec<FeedItem>,
+    /// Per input, a gap reported before its next record (`Polled::Gap`).
+    gap: [Option<GapMark>; 2],
 }
 
 impl Partition {
@@ -252,6 +257,7 @@ impl Partition {
             barrier: None,
             reported: None,
             feed: Vec::new(),
+            gap: [None, None],
         }
     }
 
@@ -327,9 +333,15 @@ pub fn run(ctx: WorkerContext, rx: Receiver<WorkerMessage>) {
             Ok(WorkerMessage::Stop) | Err(RecvTimeoutError::Disconnected) => {
                 w.flush();
                 w.publish_view();
-                let parts: Vec<i32> = w.partitions.keys().copied().collect();
-                for p in parts {
-                    w.snapshot(p, None, false);
+                let parts: Vec<(i32, bool)> = w
+                    .partitions
+                    .iter()
+                    .map(|(&p, part)| (p, part.snapshotted))
+                    .collect();
+                for (p, snapshotted) in parts {
+                    // Even an idle partition's: its start may be committed, and a commit without
+                    // a snapshot means a rebuild at the next start.
+                    w.snapshot(p, None, !snapshotted);
                 }
                 return;
             }
@@ -543,6 +555,20 @@ impl Worker<'_> {
                         part.pending_end[input.index()] = None;
                     }
                 }
+                Polled::Gap(g) => {
+                    if let Some(part) = self.partitions.get_mut(&g.partition) {
+                        // Marked in the state when the first record after it is read (its time).
+                        part.gap[g.input.index()] = Some(GapMark {
+                            input: g.input,
+                            partition: g.partition,
+                            from: g.expected,
+                            to: g.received,
+                            reason: g.reason,
+                            after: part.pipeline.store.borrow().newest_event_time(),
+                            before: None,
+                        });
+                    }
+                }
             }
         }
         touched.sort_unstable();
@@ -570,6 +596,11 @@ impl Worker<'_> {
             Input::Events => self.decoder.account_event(&m.payload).map(Item::Event),
         };
         let time = item.as_ref().ok().map(Item::time);
+        if let Some(mut mark) = part.gap[m.input.index()].take() {
+            mark.before = time;
+            part.pipeline.store.borrow_mut().note_gap(mark);
+            part.dirty = true;
+        }
         part.last_record = Instant::now();
         part.pending_end[m.input.index()] = None;
         part.merge

@@ -45,6 +45,9 @@ impl Embedded {
 pub fn start(cfg: &Config) -> anyhow::Result<Embedded> {
     let cluster = MockCluster::new(1).context("starting the embedded Kafka mock cluster")?;
     let k = &cfg.kafka;
+    // librdkafka's mock cluster keeps at most 5 MB or 100,000 messages per partition (fixed in
+    // rdkafka_mock.c) and drops the oldest beyond: room comes from partitions
+    // (`demo.partitions`). What a consumer loses to it is counted like any gap.
     let parts = cfg.demo.partitions;
     cluster.create_topic(&k.usage_topic, parts, 1)?;
     cluster.create_topic(&k.events_topic, parts, 1)?;
@@ -128,6 +131,27 @@ pub fn produce_input(
     }
     producer.flush(Duration::from_secs(30))?;
     Ok(sent)
+}
+
+/// The first offset the broker still has of every partition of both input topics. Compared before
+/// and after producing, it shows records the broker dropped (its retention or size limit) — records
+/// a consumer that had not read them yet will skip.
+pub fn log_starts(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    cfg: &Config,
+) -> anyhow::Result<std::collections::BTreeMap<(String, i32), i64>> {
+    let timeout = Duration::from_secs(10);
+    let mut out = std::collections::BTreeMap::new();
+    for topic in [&cfg.kafka.usage_topic, &cfg.kafka.events_topic] {
+        let meta = producer.client().fetch_metadata(Some(topic), timeout)?;
+        for t in meta.topics() {
+            for p in t.partitions() {
+                let (low, _) = producer.client().fetch_watermarks(topic, p.id(), timeout)?;
+                out.insert((topic.to_string(), p.id()), low);
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub fn input_producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {

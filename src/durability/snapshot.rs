@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 8] = b"CDRGSNAP";
 
-/// Bumped whenever the encoding of any snapshotted type changes.
-pub const FORMAT: u32 = 2;
+/// Bumped whenever the encoding of any snapshotted type changes. 3: stores keep gap marks.
+pub const FORMAT: u32 = 3;
 
 /// What a snapshot holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

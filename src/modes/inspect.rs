@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::classify::ClassFilter;
-use crate::record::{Date, EntityType, EventTime, Money, Number, Segment};
+use crate::record::{Date, EntityType, EventTime, Input, Money, Number, Segment};
 use crate::state::{Account, Features, Fix, PaymentState, Timer, WindowStore};
 
 pub const DEFAULT_WINDOWS: &[&str] = &["10m", "1h", "4h", "24h", "72h", "7d", "30d"];
@@ -119,6 +119,24 @@ pub struct Report {
     pub features: Option<Vec<FeatureRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account: Option<AccountView>,
+    /// Offsets the input of this entity's partition skipped (records gone from the broker before
+    /// they were read) over a span some window still covers: counts there may be short.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gaps: Vec<GapView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GapView {
+    pub input: Input,
+    pub partition: i32,
+    /// Offsets `from..to` (to exclusive) were skipped.
+    pub from: i64,
+    pub to: i64,
+    pub reason: &'static str,
+    /// The event-time span whose windows may miss records: after the newest record before the gap,
+    /// before the first after it.
+    pub after: Option<EventTime>,
+    pub before: Option<EventTime>,
 }
 
 #[derive(Debug, Serialize)]
@@ -318,8 +336,22 @@ pub fn report(
         state: None,
         features: None,
         account: None,
+        gaps: Vec::new(),
     };
     let off = at.offset_min;
+    r.gaps = store
+        .gaps()
+        .iter()
+        .map(|g| GapView {
+            input: g.input,
+            partition: g.partition,
+            from: g.from,
+            to: g.to,
+            reason: g.reason.as_str(),
+            after: g.after.map(|t| local(t, off)),
+            before: g.before.map(|t| local(t, off)),
+        })
+        .collect();
     if let Some(e) = entity {
         r.state = Some(StateView::Entity {
             first_seen: local(e.first_seen, off),
@@ -433,6 +465,19 @@ pub fn render_text(r: &Report) -> String {
         let _ = writeln!(
             s,
             "  (rows with no records omitted; `-`: window longer than state.distinct_horizon)"
+        );
+    }
+    for g in &r.gaps {
+        let _ = writeln!(
+            s,
+            "\n  GAP: {} partition {} skipped offsets {}..{} ({}): records between {} and {} may be missing from these windows",
+            g.input,
+            g.partition,
+            g.from,
+            g.to,
+            g.reason,
+            or_dash(g.after),
+            or_dash(g.before)
         );
     }
     if let Some(a) = &r.account {

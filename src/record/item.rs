@@ -5,7 +5,9 @@ use super::{AccountEvent, Reject, UsageRecord};
 
 /// The two inputs every mode reads: usage records (CDRs) and account events. In the daemon each is a
 /// topic, co-partitioned with the other; in `replay` each is a file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Input {
     Usage,

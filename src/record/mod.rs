@@ -33,6 +33,7 @@ macro_rules! wire_names {
 mod account_event;
 mod alert;
 mod decode;
+mod gap;
 mod item;
 mod money;
 mod number;
@@ -49,6 +50,7 @@ pub use alert::{
     Severity,
 };
 pub use decode::{Decoder, Reject, RejectReason};
+pub use gap::{detect as detect_gap, GapMark, GapReason, OffsetGap};
 pub use item::{Decoded, Input, Item};
 pub use money::Money;
 pub use number::Number;

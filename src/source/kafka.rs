@@ -144,7 +144,11 @@ pub fn consumer(
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", cfg.start_from.as_str())
+        // Only reached when the next offset is gone (retention, deleted records, a recreated
+        // topic): a partition new to the group starts where `kafka.start_from` says, set explicitly
+        // at assignment (`daemon::rebalance`). A reset resumes at the oldest record left, skipping
+        // as little as can be; the poller counts the gap and applies `kafka.on_gap`.
+        .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         // Range assigns partition p of both (co-partitioned) topics to one member: an account's
         // usage and events meet in one worker. Round-robin or cooperative-sticky would split them.

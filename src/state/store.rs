@@ -18,7 +18,7 @@ use compact_str::CompactString;
 
 use crate::classify::{ClassFilter, RecordClass};
 use crate::config::{CallingNumbers, StateConfig};
-use crate::record::{AccountEvent, Direction, Number, RecordType, UsageRecord};
+use crate::record::{AccountEvent, Direction, GapMark, Number, RecordType, UsageRecord};
 
 use super::cells::WindowSums;
 use super::dedup::Dedup;
@@ -138,7 +138,15 @@ pub struct WindowStore {
     final_watermark: Option<i64>,
     next_maintenance: i64,
     pub counters: StoreCounters,
+    /// Offsets the input skipped (records gone from the broker before they were read), newest
+    /// last: windows over their event-time span may miss records. Kept until the span leaves the
+    /// longest window, at most `MAX_GAP_MARKS`.
+    gaps: Vec<GapMark>,
 }
+
+/// Gap marks a store keeps (the oldest go first): an input that keeps outrunning its broker's
+/// retention would otherwise grow the state without bound.
+const MAX_GAP_MARKS: usize = 64;
 
 /// Counts the store keeps for the summary and metrics.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -200,7 +208,21 @@ impl WindowStore {
             final_watermark: None,
             next_maintenance: i64::MIN,
             counters: StoreCounters::default(),
+            gaps: Vec::new(),
         }
+    }
+
+    /// Marks offsets the input skipped (see `record::gap`).
+    pub fn note_gap(&mut self, mark: GapMark) {
+        if self.gaps.len() == MAX_GAP_MARKS {
+            self.gaps.remove(0);
+        }
+        self.gaps.push(mark);
+    }
+
+    /// The gaps whose event-time span some window may still cover, oldest first.
+    pub fn gaps(&self) -> &[GapMark] {
+        &self.gaps
     }
 
     /// A store restored from a snapshot takes the current configuration: limits may have been changed
@@ -561,6 +583,10 @@ impl WindowStore {
             }
         }
         self.counters.evicted_entities += evicted;
+        // A gap no window reaches any more changes nothing.
+        let horizon = now - self.cfg.max_window.0;
+        self.gaps
+            .retain(|g| g.before.or(g.after).is_none_or(|t| t >= horizon));
     }
 
     pub fn subscriber(&self, n: Number) -> Option<&Entity> {

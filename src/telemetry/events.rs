@@ -3,28 +3,37 @@
 //! counted every time and logged at most once per `LOG_EVERY` per kind, with how many were not logged.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::record::{Alert, Input, Reject};
+use crate::config::OnGap;
+use crate::record::{Alert, Input, OffsetGap, Reject};
 
 use super::metrics::{Metrics, RestoreOutcome};
 
 const LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// Logs a repeated event once per `LOG_EVERY` per key; the count says how many were not logged.
-#[derive(Default)]
-pub struct RateLimit {
-    last: Mutex<HashMap<&'static str, (Instant, u64)>>,
+pub struct RateLimit<K = &'static str> {
+    last: Mutex<HashMap<K, (Instant, u64)>>,
 }
 
-impl RateLimit {
+impl<K> Default for RateLimit<K> {
+    fn default() -> Self {
+        RateLimit {
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Eq + Hash> RateLimit<K> {
     /// `Some(suppressed since the last logged one)` when this occurrence should be logged.
-    pub fn check(&self, key: &'static str) -> Option<u64> {
+    pub fn check(&self, key: K) -> Option<u64> {
         let mut last = self.last.lock().expect("rate limit lock");
         let now = Instant::now();
-        match last.get_mut(key) {
+        match last.get_mut(&key) {
             Some((at, skipped)) if now.duration_since(*at) < LOG_EVERY => {
                 *skipped += 1;
                 None
@@ -162,6 +171,47 @@ impl RulesReloaded {
             &metrics.reloads_refused
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Records gone from the broker before they were read: counted always, logged as an error once per
+/// `LOG_EVERY` per input partition (with the episodes not logged).
+pub struct OffsetGapFound<'a> {
+    pub gap: &'a OffsetGap,
+    pub topic: &'a str,
+    pub policy: OnGap,
+}
+
+impl OffsetGapFound<'_> {
+    pub fn emit(&self, metrics: &Metrics, limit: &RateLimit<(Input, i32)>) {
+        let totals = metrics.count_gap(self.gap);
+        let Some(not_logged) = limit.check((self.gap.input, self.gap.partition)) else {
+            return;
+        };
+        let g = self.gap;
+        let what = match self.policy {
+            OnGap::Continue => "resuming at the oldest record left (kafka.on_gap = continue); windows over this span may miss records",
+            OnGap::Stop => "stopping without committing past the gap (kafka.on_gap = stop)",
+        };
+        tracing::error!(
+            topic = self.topic,
+            partition = g.partition,
+            expected = g.expected,
+            received = g.received,
+            skipped = g.skipped(),
+            reason = g.reason.as_str(),
+            partition_skipped_total = totals.skipped,
+            episodes_not_logged = not_logged,
+            "Records skipped: offsets {}..{} of {}/{} were gone from the broker before they were read ({}); {what}.",
+            g.expected,
+            g.received,
+            self.topic,
+            g.partition,
+            match g.reason {
+                crate::record::GapReason::Deleted => "deleted: retention, deleted records or the broker's size limit",
+                crate::record::GapReason::Rewound => "the log restarted lower: topic recreated or truncated",
+            }
+        );
     }
 }
 

@@ -36,7 +36,11 @@ pub fn serve(
                         let path = request.split_whitespace().nth(1).unwrap_or("/");
                         let (status, body, kind) = match path {
                             "/metrics" => ("200 OK", metrics.render(), "text/plain; version=0.0.4"),
-                            "/health" if metrics.healthy() => ("200 OK", "ok\n".into(), "text/plain"),
+                            // Degraded is still 200: restarting does not bring skipped records back.
+                            "/health" if metrics.healthy() => match metrics.degraded() {
+                                Some(why) => ("200 OK", format!("degraded: {why}\n"), "text/plain"),
+                                None => ("200 OK", "ok\n".into(), "text/plain"),
+                            },
                             "/health" => (
                                 "503 Service Unavailable",
                                 "consumer not polling\n".into(),

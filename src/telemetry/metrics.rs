@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use ahash::AHashMap;
 use hdrhistogram::Histogram;
 
-use crate::record::{Department, Input, RejectReason};
+use crate::record::{Department, GapReason, Input, OffsetGap, RejectReason};
 
 /// What one worker reports about its rule engines and state, replaced every second.
 #[derive(Clone, Default)]
@@ -162,6 +162,13 @@ pub struct AlignMetrics {
     pub queued_bytes: AtomicI64,
 }
 
+/// Offset gaps of one input partition and reason.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GapCount {
+    pub episodes: u64,
+    pub skipped: u64,
+}
+
 pub struct Metrics {
     /// Topic names, for labels: `[usage, events]`.
     topics: [String; 2],
@@ -183,6 +190,9 @@ pub struct Metrics {
     pub snapshots: SnapshotMetrics,
     pub webhook: WebhookMetrics,
     pub align: AlignMetrics,
+    /// Offsets skipped because their records were gone (`record::gap`), per input partition and
+    /// reason. Rare: a lock is fine.
+    pub gaps: Mutex<BTreeMap<(Input, i32, GapReason), GapCount>>,
 }
 
 impl Default for Metrics {
@@ -216,7 +226,39 @@ impl Metrics {
             snapshots: SnapshotMetrics::default(),
             webhook: WebhookMetrics::default(),
             align: AlignMetrics::default(),
+            gaps: Mutex::default(),
         }
+    }
+
+    /// Counts a gap; returns the partition's totals for this reason.
+    pub fn count_gap(&self, gap: &OffsetGap) -> GapCount {
+        let mut gaps = self.gaps.lock().expect("metrics lock");
+        let c = gaps
+            .entry((gap.input, gap.partition, gap.reason))
+            .or_default();
+        c.episodes += 1;
+        c.skipped += gap.skipped();
+        *c
+    }
+
+    /// Records skipped by offset gaps and gap episodes since start, all partitions.
+    pub fn gaps_total(&self) -> GapCount {
+        let gaps = self.gaps.lock().expect("metrics lock");
+        gaps.values().fold(GapCount::default(), |a, c| GapCount {
+            episodes: a.episodes + c.episodes,
+            skipped: a.skipped + c.skipped,
+        })
+    }
+
+    /// Why the daemon runs but its results are incomplete, if they are.
+    pub fn degraded(&self) -> Option<String> {
+        let g = self.gaps_total();
+        (g.episodes > 0).then(|| {
+            format!(
+                "{} records skipped in {} offset gap(s): their records were gone from the broker (cdrguard_records_skipped_total)",
+                g.skipped, g.episodes
+            )
+        })
     }
 
     pub fn topic(&self, input: Input) -> &str {
@@ -412,6 +454,37 @@ impl Metrics {
                 s,
                 "cdrguard_consumer_lag{{topic=\"{}\",partition=\"{p}\"}} {lag}",
                 self.topic(*input)
+            );
+        }
+        head(
+            &mut s,
+            "cdrguard_records_skipped_total",
+            "Offsets jumped because their records were gone from the broker before they were read (reason deleted: retention, deleted records, a size limit; rewound: the log restarted lower, its count unknown and 0 here).",
+            "counter",
+        );
+        let gaps = self.gaps.lock().expect("metrics lock").clone();
+        for ((input, p, reason), c) in &gaps {
+            let _ = writeln!(
+                s,
+                "cdrguard_records_skipped_total{{topic=\"{}\",partition=\"{p}\",reason=\"{}\"}} {}",
+                self.topic(*input),
+                reason.as_str(),
+                c.skipped
+            );
+        }
+        head(
+            &mut s,
+            "cdrguard_offset_gaps_total",
+            "Offset gaps found (episodes), by input partition and reason.",
+            "counter",
+        );
+        for ((input, p, reason), c) in &gaps {
+            let _ = writeln!(
+                s,
+                "cdrguard_offset_gaps_total{{topic=\"{}\",partition=\"{p}\",reason=\"{}\"}} {}",
+                self.topic(*input),
+                reason.as_str(),
+                c.episodes
             );
         }
         self.render_workers(&mut s, head);
