@@ -233,12 +233,7 @@ impl Shard<'_> {
                 FeedItem::Progress { next, time } => self.merge.advance(id, next, time),
                 FeedItem::Call { offset, .. } if offset < applied => {
                     // Already in the restored state.
-                    self.ctx
-                        .metrics
-                        .snapshots
-                        .records_skipped
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.release_hold(partition, offset);
+                    self.skip_call(partition, offset);
                     self.merge.advance(id, offset + 1, None);
                 }
                 FeedItem::Call {
@@ -296,12 +291,7 @@ impl Shard<'_> {
                     unjudged_after,
                 } => {
                     if unjudged_after.is_some_and(|high| self.late(&record, high)) {
-                        self.ctx
-                            .metrics
-                            .snapshots
-                            .records_skipped
-                            .fetch_add(1, Ordering::Relaxed);
-                        self.release_hold(partition, offset);
+                        self.skip_call(partition, offset);
                         continue;
                     }
                     self.pipeline.process(Decoded {
@@ -344,6 +334,17 @@ impl Shard<'_> {
     fn late(&self, r: &UsageRecord, high: i64) -> bool {
         let lateness = self.ctx.config.state.allowed_lateness.0;
         high != i64::MIN && r.event_start.utc + (r.duration_s as i64) < high - lateness
+    }
+
+    /// A call not applied (already in the restored state, or late for its partition): counted, and
+    /// its offset no longer held.
+    fn skip_call(&self, partition: i32, offset: i64) {
+        self.ctx
+            .metrics
+            .snapshots
+            .records_skipped
+            .fetch_add(1, Ordering::Relaxed);
+        self.release_hold(partition, offset);
     }
 
     /// Ends the worker's hold on a call's offset (snapshots off; see `worker::process`).
