@@ -273,11 +273,18 @@ fn a_partition_handed_to_another_daemon_keeps_its_alerts_and_state() {
         cb.clone(),
         Some(dir_b.path()),
     );
-    assert!(
-        wait_committed(&k, 2, lines, Duration::from_secs(90)),
-        "both daemons together read everything"
-    );
+    let done = wait_committed(&k, 2, lines, Duration::from_secs(90));
+    let kc = &k.cfg.kafka;
+    let committed = [
+        k.committed(&kc.group_id, &kc.usage_topic, 2),
+        k.committed(&kc.group_id, &kc.events_topic, 2),
+    ];
     let (sa, sb) = (stop(&ca, a), stop(&cb, b));
+    assert!(
+        done,
+        "both daemons together read everything: committed usage {:?}, events {:?} of {lines}; A {sa:?}, B {sb:?}",
+        committed[0], committed[1]
+    );
     assert!(
         sa.records > 0 && sb.records > 0,
         "both consumed: {sa:?} {sb:?}"
