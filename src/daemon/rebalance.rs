@@ -215,7 +215,10 @@ impl RebalanceHook for Rebalancer {
                                         p,
                                         BROKER_TIMEOUT,
                                     ) {
-                                        Ok((_, high)) if s <= high => plan.start[k] = Start::At(s),
+                                        Ok((_, high)) if s <= high => {
+                                            plan.start[k] = Start::At(s);
+                                            self.tracker.start_restored(i, p, s);
+                                        }
                                         _ => foreign = true,
                                     }
                                 }

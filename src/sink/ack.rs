@@ -87,6 +87,18 @@ impl Tracker {
         p.shard_cap = Some(first - 1);
     }
 
+    /// A partition restored from a durable snapshot that covers it up to `next - 1` but has no
+    /// commit (one lost to a rebalance, or expired): what the snapshot covers is processed and may
+    /// be committed at once — usage only once the caller shard's snapshot covers it too. Without
+    /// this a partition with nothing new to read would never be committed.
+    pub fn start_restored(&self, input: Input, partition: i32, next: i64) {
+        let mut parts = self.parts.lock().expect("tracker lock");
+        let p = parts.entry((input, partition)).or_default();
+        *p = Partition::default();
+        p.processed = Some(next - 1);
+        p.cap = Some(next - 1);
+    }
+
     /// A durable snapshot covers the partition up to `last` (inclusive).
     pub fn set_cap(&self, input: Input, partition: i32, last: i64) {
         let mut parts = self.parts.lock().expect("tracker lock");
@@ -275,6 +287,27 @@ mod tests {
         t.processed(u, 0, 4);
         t.ack(u, 0, 3, false);
         assert!(t.committable().is_empty());
+    }
+
+    /// Regression: a partition restored from a snapshot without a commit (the commit at a revoke
+    /// lost to the next rebalance) and with nothing new to read was never committed.
+    #[test]
+    fn a_partition_restored_without_a_commit_commits_what_its_snapshot_covers() {
+        let t = Tracker::durable(true);
+        let (u, e) = (Input::Usage, Input::Events);
+        t.start(u, 1, None);
+        t.start(e, 1, None);
+        t.start_restored(u, 1, 4343);
+        t.start_restored(e, 1, 472);
+        assert_eq!(
+            t.committable(),
+            [(e, 1, 471)],
+            "usage waits for the caller shard"
+        );
+        t.set_shard_cap(1, 4342);
+        let mut c = t.committable();
+        c.sort();
+        assert_eq!(c, [(u, 1, 4342), (e, 1, 471)]);
     }
 
     #[test]
