@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
 
@@ -129,6 +129,31 @@ impl ConsumerContext for ConsumerCtx {
                 tracing::warn!(error = ?other, "Rebalance failed; dropping the assignment.");
                 let _ = consumer.unassign();
             }
+        }
+    }
+
+    /// A failed commit loses nothing — the records after the last commit are read again after a
+    /// restart, and skipped as far as a snapshot holds them — but it must show: counted as a client
+    /// error and logged (a commit during a rebalance, a member fenced by the coordinator).
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        let nothing_to_commit =
+            |e: &KafkaError| e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset);
+        let failed = match result {
+            Err(e) if !nothing_to_commit(&e) => Some(e.to_string()),
+            _ => offsets.elements().iter().find_map(|e| {
+                e.error()
+                    .err()
+                    .filter(|x| !nothing_to_commit(x))
+                    .map(|x| format!("{}/{}: {x}", e.topic(), e.partition()))
+            }),
+        };
+        if let Some(why) = failed {
+            KafkaClientError {
+                client: "consumer (offset commit)",
+                error: &why,
+                reason: "offsets not committed; they are committed again with the next ones",
+            }
+            .emit(&self.metrics, &self.errors);
         }
     }
 }
