@@ -156,7 +156,12 @@ fn backlog() {
     let partitions = 128;
     let (_cluster, brokers) = cluster(partitions, &cfg);
     let (u, e) = traffic(records, (records / 10) as u32, 5, true);
-    let producer = cdrguard::demo::embedded::input_producer(&brokers).unwrap();
+    let producer = cdrguard::demo::embedded::input_producer(
+        &Default::default(),
+        &brokers,
+        std::path::Path::new(""),
+    )
+    .unwrap();
     let t = Instant::now();
     let total = cdrguard::demo::embedded::produce_input(
         &producer,
@@ -294,7 +299,12 @@ fn evaluate(rec, sub, acct, params) {
         h
     });
 
-    let producer = cdrguard::demo::embedded::input_producer(&brokers).unwrap();
+    let producer = cdrguard::demo::embedded::input_producer(
+        &Default::default(),
+        &brokers,
+        std::path::Path::new(""),
+    )
+    .unwrap();
     let now = cdrguard::telemetry::metrics::now_ms() / 1000;
     let started = Instant::now();
     let mut probes = 0u64;

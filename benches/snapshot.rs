@@ -179,7 +179,12 @@ fn main() {
     ] {
         let broker = cdrguard::demo::embedded::start(&cfg).unwrap();
         let brokers = broker.bootstrap.clone();
-        let producer = cdrguard::demo::embedded::input_producer(&brokers).unwrap();
+        let producer = cdrguard::demo::embedded::input_producer(
+            &Default::default(),
+            &brokers,
+            std::path::Path::new(""),
+        )
+        .unwrap();
         producer
             .send(
                 BaseRecord::to(&cfg.kafka.usage_topic)

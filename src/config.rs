@@ -80,10 +80,81 @@ pub struct KafkaConfig {
     /// `continue` (default) resumes at the oldest record left, counting and logging what was
     /// skipped; `stop` exits non-zero without committing past the gap.
     pub on_gap: OnGap,
-    /// librdkafka options passed through to the consumer and producers (e.g. `security.protocol`,
-    /// `fetch.wait.max.ms`). Options cdrguard sets from typed settings are refused by name.
+    /// TLS to the brokers (`security.protocol` `ssl`, or `sasl_ssl` with `kafka.sasl`). Unset: plain
+    /// TCP.
+    pub tls: Option<TlsConfig>,
+    /// SASL authentication (`sasl_plaintext`, or `sasl_ssl` with `kafka.tls`). Unset: none.
+    pub sasl: Option<SaslConfig>,
+    /// librdkafka options passed through to the consumer and producers (e.g. `fetch.wait.max.ms`,
+    /// `client.rack`). Options cdrguard sets from typed settings are refused by name, and so are
+    /// secrets (passwords belong in files or the environment: `kafka.sasl`).
     pub options: std::collections::BTreeMap<String, String>,
 }
+
+/// TLS to the brokers. Relative paths are resolved from the config file's folder.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// CA certificate(s) (PEM) the brokers' certificates are verified against. Unset: the system's
+    /// trust store.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM), for brokers that require mutual TLS; with `key`.
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM, unencrypted; keep it readable by cdrguard only).
+    pub key: Option<PathBuf>,
+    /// Check that a broker's certificate names the host connected to. Default true; turn off only
+    /// for brokers reached through addresses their certificates do not list.
+    pub verify_hostname: Option<bool>,
+}
+
+/// SASL authentication. The password (or OAuth client secret) is read from a file or an
+/// environment variable when the clients are created, never from this file, and never logged.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SaslConfig {
+    /// `SCRAM-SHA-512`, `SCRAM-SHA-256`, `PLAIN`, `OAUTHBEARER` (OIDC client credentials) or
+    /// `GSSAPI` (Kerberos).
+    pub mechanism: String,
+    /// User name; for `OAUTHBEARER` the OAuth client id.
+    pub username: Option<String>,
+    /// File holding the password (or client secret); one trailing newline is ignored.
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password (or client secret).
+    pub password_env: Option<String>,
+    /// Refused: a password written in the configuration file ends up in backups, tickets and
+    /// version control. Present only to name the mistake.
+    #[serde(skip_serializing)]
+    pub password: Option<String>,
+    /// `OAUTHBEARER`: the OIDC token endpoint (client-credentials grant).
+    pub token_endpoint: Option<String>,
+    /// `OAUTHBEARER`: scope requested, if the provider needs one.
+    pub scope: Option<String>,
+    /// `GSSAPI`: the brokers' Kerberos service name. Default `kafka`.
+    pub kerberos_service_name: Option<String>,
+    /// `GSSAPI`: the client principal, e.g. `cdrguard/host@REALM`.
+    pub kerberos_principal: Option<String>,
+    /// `GSSAPI`: keytab of that principal.
+    pub kerberos_keytab: Option<PathBuf>,
+}
+
+/// SASL mechanisms this build supports (librdkafka with OpenSSL, Cyrus SASL and libcurl).
+pub const SASL_MECHANISMS: [&str; 5] = [
+    "SCRAM-SHA-512",
+    "SCRAM-SHA-256",
+    "PLAIN",
+    "OAUTHBEARER",
+    "GSSAPI",
+];
+
+/// Pass-through options that carry secrets: refused, whatever their value.
+pub const SECRET_KAFKA_OPTIONS: [&str; 6] = [
+    "sasl.password",
+    "ssl.key.password",
+    "ssl.keystore.password",
+    "sasl.oauthbearer.client.secret",
+    "ssl.key.pem",
+    "ssl_key",
+];
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -137,6 +208,71 @@ impl KafkaConfig {
             .copied()
             .find(|&i| self.topic(i) == topic)
     }
+
+    /// What is wrong with `kafka.tls` and `kafka.sasl` as written (files are checked when the
+    /// clients are created, and by `run --check`).
+    fn security_problems(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        if let Some(t) = &self.tls {
+            if t.cert.is_some() != t.key.is_some() {
+                errs.push("kafka.tls: cert and key go together (mutual TLS)".into());
+            }
+        }
+        let Some(s) = &self.sasl else { return errs };
+        if s.password.is_some() {
+            errs.push(
+                "kafka.sasl.password: a password in the configuration file is refused; put it in a file (kafka.sasl.password_file, readable by cdrguard only) or an environment variable (kafka.sasl.password_env)"
+                    .into(),
+            );
+        }
+        let mechanism = s.mechanism.to_ascii_uppercase();
+        if !SASL_MECHANISMS.contains(&mechanism.as_str()) {
+            errs.push(format!(
+                "kafka.sasl.mechanism: {:?} is not one of {}",
+                s.mechanism,
+                SASL_MECHANISMS.join(", ")
+            ));
+            return errs;
+        }
+        let secret = match (&s.password_file, &s.password_env) {
+            (Some(_), Some(_)) => {
+                errs.push("kafka.sasl: password_file or password_env, not both".into());
+                true
+            }
+            (None, None) => false,
+            _ => true,
+        };
+        if mechanism != "GSSAPI" {
+            if s.username.as_deref().is_none_or(str::is_empty) {
+                errs.push(format!("kafka.sasl.username: required with {mechanism}"));
+            }
+            if !secret && s.password.is_none() {
+                errs.push(format!(
+                    "kafka.sasl: {mechanism} needs password_file or password_env"
+                ));
+            }
+        }
+        match (mechanism.as_str(), &s.token_endpoint) {
+            ("OAUTHBEARER", None) => errs.push(
+                "kafka.sasl.token_endpoint: required with OAUTHBEARER (the OIDC token URL)".into(),
+            ),
+            ("OAUTHBEARER", Some(u))
+                if !(u.starts_with("https://") || u.starts_with("http://")) =>
+            {
+                errs.push(format!(
+                    "kafka.sasl.token_endpoint: {u:?} is not an http(s) URL"
+                ))
+            }
+            ("OAUTHBEARER", _) => {}
+            (_, Some(_)) => errs.push("kafka.sasl.token_endpoint: only with OAUTHBEARER".into()),
+            _ => {}
+        }
+        if mechanism != "GSSAPI" && (s.kerberos_keytab.is_some() || s.kerberos_principal.is_some())
+        {
+            errs.push("kafka.sasl.kerberos_*: only with GSSAPI".into());
+        }
+        errs
+    }
 }
 
 impl Default for KafkaConfig {
@@ -150,6 +286,8 @@ impl Default for KafkaConfig {
             alert_topics: AlertTopics::default(),
             start_from: StartFrom::Earliest,
             on_gap: OnGap::Continue,
+            tls: None,
+            sasl: None,
             options: Default::default(),
         }
     }
@@ -220,7 +358,18 @@ impl Default for WebhookConfig {
 }
 
 /// librdkafka options cdrguard derives from typed settings or needs for at-least-once delivery.
-pub const OWNED_KAFKA_OPTIONS: [&str; 10] = [
+pub const OWNED_KAFKA_OPTIONS: [&str; 21] = [
+    "security.protocol",
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.endpoint.identification.algorithm",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.oauthbearer.method",
+    "sasl.oauthbearer.client.id",
+    "sasl.oauthbearer.token.endpoint.url",
     "bootstrap.servers",
     "group.id",
     "enable.auto.commit",
@@ -562,10 +711,16 @@ impl Config {
         for key in self.kafka.options.keys() {
             if OWNED_KAFKA_OPTIONS.contains(&key.as_str()) {
                 errs.push(format!(
-                    "kafka.options.{key}: set by cdrguard (use the typed setting, e.g. kafka.brokers, kafka.group_id, kafka.start_from)"
+                    "kafka.options.{key}: set by cdrguard (use the typed setting, e.g. kafka.brokers, kafka.group_id, kafka.start_from, kafka.tls, kafka.sasl)"
+                ));
+            }
+            if SECRET_KAFKA_OPTIONS.contains(&key.as_str()) {
+                errs.push(format!(
+                    "kafka.options.{key}: a secret in the configuration file is refused; use kafka.sasl.password_file or kafka.sasl.password_env"
                 ));
             }
         }
+        errs.extend(self.kafka.security_problems());
         let w = &self.webhook;
         for (dept, url) in &w.urls {
             if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {

@@ -24,7 +24,8 @@
 //! - [`durability`]: the snapshot format, checkpoints tied to offsets, the checkpoint directory.
 //! - [`modes`]: the offline commands (`replay`, `inspect`, `test`, `state`); [`daemon`]: `run`.
 //! - [`telemetry`]: internal events that log and count, metrics, `/metrics` and `/health`.
-//! - [`demo`]: generated traffic and the embedded broker; [`cli`] and [`config`].
+//! - [`demo`]: generated traffic and the embedded broker; [`cli`] and [`config`]; [`client`], the
+//!   Kafka client settings (brokers, TLS, SASL) every client shares.
 //!
 //! Imports flow one way: `source`, `sink` and `durability` never import `daemon`; `pipeline` never
 //! imports `source`.
@@ -47,4 +48,5 @@ pub mod telemetry;
 pub mod demo;
 
 pub mod cli;
+pub mod client;
 pub mod config;

@@ -1,9 +1,7 @@
 //! `cdrguard`: parse the command line, set up logging, run, map the outcome to an exit code.
 
-use clap::Parser;
-
 fn main() {
-    let cli = cdrguard::cli::Cli::parse();
+    let cli = cdrguard::cli::Cli::from_command_line();
     if let Err(e) = cdrguard::cli::init_tracing(&cli) {
         eprintln!("error: {e:#}");
         std::process::exit(2);

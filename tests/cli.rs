@@ -220,3 +220,69 @@ fn check_and_test_report_the_rule_library_and_exit_non_zero_on_problems() {
         "{out}"
     );
 }
+
+#[test]
+fn the_readme_configuration_loads_as_written_from_the_repository_root() {
+    let blocks = common::readme_toml("## Configuration");
+    assert_eq!(blocks.len(), 1);
+    // A config file at the repository root: its relative paths resolve from there.
+    let cfg: cdrguard::config::Config = toml::from_str(&blocks[0]).unwrap();
+    cfg.validate().unwrap();
+    cfg.classifier(std::path::Path::new(ROOT)).unwrap();
+    // The secured example: valid, and it says how it connects without a secret.
+    let secured = common::readme_toml("### Secured Kafka");
+    assert_eq!(secured.len(), 1);
+    let cfg: cdrguard::config::Config = toml::from_str(&secured[0]).unwrap();
+    cfg.validate().unwrap();
+    assert_eq!(
+        cdrguard::client::describe(&cfg.kafka),
+        "sasl_ssl, CA /etc/cdrguard/kafka-ca.pem, SCRAM-SHA-512 as \"cdrguard\" (secret from /run/secrets/kafka-password)"
+    );
+}
+
+#[test]
+fn version_names_the_build_and_json_logs_start_with_json() {
+    let (code, out, _) = run(&["--version"], None);
+    assert_eq!(code, 0);
+    assert!(out.contains("(commit "), "{out}");
+    assert!(out.contains("librdkafka 2."), "{out}");
+    assert!(out.contains("ssl") && out.contains("sasl_scram"), "{out}");
+
+    // `run` on the embedded broker with JSON logs: every stderr line is a JSON object, the banner too.
+    let mut child = Command::new(BIN)
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--no-demo",
+            "--metrics-address",
+            "",
+        ])
+        .current_dir(ROOT)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0 {
+        lines.push(std::mem::take(&mut line));
+        if lines.last().unwrap().contains("Consuming.") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.iter().any(|l| l.contains("Embedded Kafka broker")),
+        "{lines:#?}"
+    );
+    for l in &lines {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(l).is_ok(),
+            "not JSON: {l}"
+        );
+    }
+}

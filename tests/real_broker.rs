@@ -139,7 +139,12 @@ fn ten_sigkills_lose_no_alert_and_count_no_record_twice() {
 
     // Bad records first: they must reach the dead-letter topic exactly as often as they exist.
     let bad: [&[u8]; 3] = [b"{not json", b"{\"record_id\":\"x\"}", b"\xff\xfe"];
-    let raw = cdrguard::demo::embedded::input_producer(&k.brokers).unwrap();
+    let raw = cdrguard::demo::embedded::input_producer(
+        &Default::default(),
+        &k.brokers,
+        std::path::Path::new(""),
+    )
+    .unwrap();
     for b in bad {
         raw.send(
             rdkafka::producer::BaseRecord::to(&k.cfg.kafka.usage_topic)

@@ -87,12 +87,23 @@ pub struct RunArgs {
     /// Rule library folder (default: `rules.dir` from the config, else `rules/`).
     #[arg(long)]
     pub rules: Option<PathBuf>,
-    /// Validate the configuration and the rule library, then exit (0 valid, 1 not).
+    /// Pre-flight, then exit (0 ready, 1 not): the configuration, the rule library, reference
+    /// files, the brokers (with TLS/SASL), the topics and their partition counts, the state
+    /// directory, the metrics address — each problem named.
     #[arg(long)]
     pub check: bool,
     /// Embedded mode without the demo traffic generator (an empty broker to produce to).
     #[arg(long)]
     pub no_demo: bool,
+    /// Bootstrap servers, overriding `kafka.brokers`.
+    #[arg(long, env = "CDRGUARD_BROKERS")]
+    pub brokers: Option<String>,
+    /// Consumer group, overriding `kafka.group_id`.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// `/metrics` and `/health` address, overriding `daemon.metrics_address` (empty: none).
+    #[arg(long)]
+    pub metrics_address: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -39,28 +39,26 @@ fn parse_inject(specs: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
     Ok(out)
 }
 
-pub fn run_cmd(a: RunArgs) -> anyhow::Result<i32> {
+/// `run`; `json_logs`: stderr carries only JSON log lines (no banner).
+pub fn run_cmd(a: RunArgs, json_logs: bool) -> anyhow::Result<i32> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let (mut cfg, base) = crate::config::Config::load(a.config.as_deref())?;
+    if let Some(b) = a.brokers {
+        cfg.kafka.brokers = Some(b);
+    }
+    if let Some(g) = a.group {
+        cfg.kafka.group_id = g;
+    }
+    if let Some(m) = a.metrics_address {
+        cfg.daemon.metrics_address = m;
+    }
+    cfg.validate()?;
     let dir = crate::rules::runtime::locate(a.rules.as_deref(), &cfg, &base);
     if a.check {
-        let sources = crate::rules::RuleSources::read(&dir)?;
-        return match crate::rules::runtime::validate(&sources, &cfg) {
-            Ok(set) => {
-                eprintln!(
-                    "configuration OK; {}: {} rules OK (rule set {})",
-                    dir.display(),
-                    set.rules.len(),
-                    sources.version
-                );
-                Ok(0)
-            }
-            Err(e) => {
-                eprintln!("{e:#}");
-                Ok(1)
-            }
-        };
+        let report = crate::modes::preflight::run(&cfg, &base, &dir);
+        print!("{}", report.render());
+        return Ok(if report.problems.is_empty() { 0 } else { 1 });
     }
     let control = crate::daemon::Control::default();
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -80,10 +78,7 @@ pub fn run_cmd(a: RunArgs) -> anyhow::Result<i32> {
                 // describe offsets this broker never had.
                 let t = std::env::temp_dir()
                     .join(format!("cdrguard-demo-state-{}", std::process::id()));
-                eprintln!(
-                    "State snapshots (embedded broker: temporary) in {}",
-                    t.display()
-                );
+                tracing::info!(dir = %t.display(), "State snapshots (embedded broker: temporary).");
                 state_dir = Some(t.clone());
                 demo_state = Some(t);
             }
@@ -94,17 +89,34 @@ pub fn run_cmd(a: RunArgs) -> anyhow::Result<i32> {
             }
             let e = crate::demo::embedded::start(&cfg)?;
             let b = e.bootstrap.clone();
-            eprintln!(
-                "Embedded Kafka broker (librdkafka mock cluster) at {b}\n  produce usage records to `{}` and account events to `{}` (key: account id, else msisdn)\n  alerts on `{}`, `{}`, `{}`, `{}`; dead letters on `{}`\n  e.g. kcat -b {b} -C -t {}",
-                cfg.kafka.usage_topic,
-                cfg.kafka.events_topic,
-                cfg.kafka.alert_topics.fraud,
-                cfg.kafka.alert_topics.collections,
-                cfg.kafka.alert_topics.key_accounts,
-                cfg.kafka.alert_topics.care,
-                cfg.kafka.dead_letter_topic,
-                cfg.kafka.alert_topics.fraud,
-            );
+            if json_logs {
+                // A JSON log pipeline reads every line of stderr as an event.
+                let k = &cfg.kafka;
+                tracing::info!(
+                    bootstrap = %b,
+                    usage_topic = %k.usage_topic,
+                    events_topic = %k.events_topic,
+                    demo,
+                    "Embedded Kafka broker (librdkafka mock cluster) started."
+                );
+            } else {
+                eprintln!(
+                    "Embedded Kafka broker (librdkafka mock cluster) at {b}\n  produce usage records to `{}` and account events to `{}` (key: account id, else msisdn)\n  alerts on `{}`, `{}`, `{}`, `{}`; dead letters on `{}`\n  e.g. kcat -b {b} -C -t {}",
+                    cfg.kafka.usage_topic,
+                    cfg.kafka.events_topic,
+                    cfg.kafka.alert_topics.fraud,
+                    cfg.kafka.alert_topics.collections,
+                    cfg.kafka.alert_topics.key_accounts,
+                    cfg.kafka.alert_topics.care,
+                    cfg.kafka.dead_letter_topic,
+                    cfg.kafka.alert_topics.fraud,
+                );
+                if demo {
+                    eprintln!("  demo traffic runs in simulated time, hours of event time per second (the status line shows it): records of your own would be late; run with --no-demo to produce your own");
+                } else {
+                    eprintln!("  no demo traffic (--no-demo): the event time is what you produce");
+                }
+            }
             if cfg.demo.print_alerts {
                 helpers.push(crate::demo::embedded::print_alerts(
                     b.clone(),
@@ -346,11 +358,11 @@ pub fn gen_cmd(a: GenArgs) -> anyhow::Result<i32> {
         tag: a.tag.clone(),
     };
     if let Some(brokers) = &a.brokers {
-        let (kcfg, _) = crate::config::Config::load(a.config.as_deref())?;
+        let (kcfg, base) = crate::config::Config::load(a.config.as_deref())?;
         let (mut usage, mut events) = (Vec::new(), Vec::new());
         let t = std::time::Instant::now();
         let s = crate::demo::gen::generate(&cfg, &mut usage, &mut events)?;
-        let producer = crate::demo::embedded::input_producer(brokers)?;
+        let producer = crate::demo::embedded::input_producer(&kcfg.kafka, brokers, &base)?;
         let before = crate::demo::embedded::log_starts(&producer, &kcfg).ok();
         let stop = std::sync::atomic::AtomicBool::new(false);
         let n =

@@ -5,7 +5,7 @@ pub mod args;
 mod commands;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 pub use args::Command;
 
@@ -35,6 +35,26 @@ pub enum LogFormat {
     Json,
 }
 
+/// The build: version, git commit, and the linked librdkafka with its features.
+pub fn version() -> String {
+    let (rdkafka, features) = crate::client::build_info();
+    format!(
+        "{} (commit {})\nlibrdkafka {rdkafka} (features: {features})",
+        env!("CARGO_PKG_VERSION"),
+        env!("CDRGUARD_GIT_COMMIT"),
+    )
+}
+
+impl Cli {
+    /// Parses the command line; `--version` shows `version()` (known only at run time: the
+    /// librdkafka features come from the linked library).
+    pub fn from_command_line() -> Cli {
+        let v: &'static str = Box::leak(version().into_boxed_str());
+        let matches = Cli::command().version(v).long_version(v).get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
 pub fn init_tracing(cli: &Cli) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .with_context(|| format!("--log {:?}", cli.log))?;
@@ -57,7 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Gen(a) => commands::gen_cmd(a),
         Command::Check(a) => commands::check_cmd(a),
         Command::Test(a) => commands::test_cmd(a),
-        Command::Run(a) => commands::run_cmd(a),
+        Command::Run(a) => commands::run_cmd(a, cli.log_format == LogFormat::Json),
         Command::State(a) => commands::state_cmd(a),
     }
 }

@@ -136,7 +136,7 @@ pub fn run(
 
     // Sinks: the Kafka topics always, webhooks where configured.
     let kafka_out = Arc::new(
-        KafkaOutput::new(brokers, &cfg.kafka, tracker.clone(), metrics.clone())
+        KafkaOutput::new(brokers, &cfg.kafka, base, tracker.clone(), metrics.clone())
             .context("creating the Kafka producer")?,
     );
     let webhook =
@@ -146,7 +146,7 @@ pub fn run(
         outputs.push(w.clone());
     }
 
-    let consumer = kafka_in::consumer(&cfg.kafka, brokers, metrics.clone())
+    let consumer = kafka_in::consumer(&cfg.kafka, brokers, base, metrics.clone())
         .context("creating the consumer")?;
     let stop_metrics = Arc::new(AtomicBool::new(false));
     let metrics_thread = if cfg.daemon.metrics_address.is_empty() {
@@ -245,6 +245,7 @@ pub fn run(
         .context("subscribing")?;
     tracing::info!(
         brokers,
+        security = %crate::client::describe(&cfg.kafka),
         group = %cfg.kafka.group_id,
         usage = %cfg.kafka.usage_topic,
         events = %cfg.kafka.events_topic,

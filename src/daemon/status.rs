@@ -63,6 +63,22 @@ impl Status {
             .map(|w| w.ruleset_version.clone())
             .find(|v| !v.is_empty())
             .unwrap_or_default();
+        // What a producer needs to know: usage stamped before the watermark is dead-lettered as
+        // late (the embedded demo runs hours of event time per second).
+        let watermark = metrics
+            .workers
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .flat_map(|w| w.watermarks.values().copied())
+            .max()
+            .map(|utc| {
+                format!(
+                    ", event time watermark {}",
+                    crate::record::EventTime { utc, offset_min: 0 }
+                )
+            })
+            .unwrap_or_default();
         let gaps = metrics.gaps_total();
         let skipped = if gaps.episodes > 0 {
             format!(
@@ -73,7 +89,7 @@ impl Status {
             String::new()
         };
         tracing::info!(
-            "status: {:.0} records/s, {} records, {} alerts ({}), {} dead letters, lag {}, in flight {}, rules {}{}",
+            "status: {:.0} records/s, {} records, {} alerts ({}), {} dead letters, lag {}, in flight {}, rules {}{}{}",
             rate,
             records,
             metrics.alerts.total(),
@@ -82,6 +98,7 @@ impl Status {
             metrics.lag_total(),
             tracker.in_flight(),
             version,
+            watermark,
             skipped
         );
     }

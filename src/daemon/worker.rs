@@ -884,8 +884,11 @@ impl Worker<'_> {
             partitions: self.partitions.len(),
             ..Default::default()
         };
-        for part in self.partitions.values() {
+        for (&p, part) in &self.partitions {
             add_to_view(&mut view, &part.pipeline);
+            if let Some(w) = part.pipeline.store.borrow().watermark() {
+                view.watermarks.insert(p, w);
+            }
         }
         store_view(&self.ctx, view);
     }

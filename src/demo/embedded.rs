@@ -154,9 +154,14 @@ pub fn log_starts(
     Ok(out)
 }
 
-pub fn input_producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+/// A producer of input records to `brokers`, connecting as `kafka` says (TLS, SASL; relative paths
+/// from `base`).
+pub fn input_producer(
+    kafka: &crate::config::KafkaConfig,
+    brokers: &str,
+    base: &std::path::Path,
+) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+    crate::client::client_config(kafka, brokers, base)?
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "1000000")
         .create()
@@ -179,7 +184,8 @@ pub fn demo_traffic(
 }
 
 fn demo_rounds(brokers: &str, cfg: &Config, stop: &AtomicBool) -> anyhow::Result<()> {
-    let producer = input_producer(brokers)?;
+    // The embedded broker speaks plain Kafka, whatever the configuration says of real ones.
+    let producer = input_producer(&Default::default(), brokers, std::path::Path::new(""))?;
     let now = crate::telemetry::metrics::now_ms() / 1000;
     // Whole minutes, so every timestamp written is exact.
     let first = (now - 4 * 86_400) / 60 * 60;

@@ -1,6 +1,8 @@
-//! The offline commands: `replay`, `inspect`, `test` (rule cases) and `state` (snapshot tools).
+//! The commands beside the daemon: `replay`, `inspect`, `test` (rule cases), `state` (snapshot
+//! tools) and the daemon's pre-flight (`run --check`).
 
 pub mod inspect;
+pub mod preflight;
 pub mod replay;
 pub mod ruletest;
 pub mod state;

@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -21,6 +20,7 @@ use rdkafka::ClientContext;
 use crate::alert::wire;
 use crate::config::KafkaConfig;
 use crate::record::Alert;
+use crate::telemetry::events::{KafkaClientError, RateLimit};
 use crate::telemetry::metrics::Metrics;
 
 use super::ack::Tracker;
@@ -29,12 +29,18 @@ use super::{Origin, Output, Rejected, SinkError};
 pub struct Delivery {
     pub tracker: Arc<Tracker>,
     pub metrics: Arc<Metrics>,
+    /// A broker outage repeats the same error many times a second: one line per 30 s.
+    errors: RateLimit,
 }
 
 impl ClientContext for Delivery {
     fn error(&self, error: KafkaError, reason: &str) {
-        self.metrics.kafka_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%error, reason, "Kafka producer error; retrying.");
+        KafkaClientError {
+            client: "producer",
+            error: &error,
+            reason,
+        }
+        .emit(&self.metrics, &self.errors);
     }
 }
 
@@ -81,13 +87,13 @@ impl KafkaOutput {
     pub fn new(
         brokers: &str,
         cfg: &KafkaConfig,
+        base: &std::path::Path,
         tracker: Arc<Tracker>,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, KafkaError> {
+    ) -> anyhow::Result<Self> {
         let options = &cfg.options;
-        let mut client = ClientConfig::new();
+        let mut client = crate::client::client_config(cfg, brokers, base)?;
         client
-            .set("bootstrap.servers", brokers)
             .set("acks", "all")
             .set("message.timeout.ms", "0")
             .set("linger.ms", "1")
@@ -98,6 +104,7 @@ impl KafkaOutput {
         let producer = client.create_with_context(Delivery {
             tracker: tracker.clone(),
             metrics,
+            errors: RateLimit::default(),
         })?;
         Ok(KafkaOutput {
             producer,

@@ -17,7 +17,6 @@
 use std::ffi::CString;
 use std::sync::Arc;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
@@ -161,11 +160,11 @@ impl ConsumerContext for ConsumerCtx {
 pub fn consumer(
     cfg: &KafkaConfig,
     brokers: &str,
+    base: &std::path::Path,
     metrics: Arc<Metrics>,
-) -> Result<BaseConsumer<ConsumerCtx>, KafkaError> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("group.id", &cfg.group_id)
+) -> anyhow::Result<BaseConsumer<ConsumerCtx>> {
+    let mut c = crate::client::client_config(cfg, brokers, base)?;
+    c.set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
@@ -182,16 +181,17 @@ pub fn consumer(
         // mock broker answers a fetch only when the wait expires). Fetch responses also bring the
         // end offsets the event-time merge waits for.
         .set("fetch.wait.max.ms", "2");
+    // Pass-through options win over the defaults above (owned ones are refused by `validate`).
     for (k, v) in &cfg.options {
         c.set(k, v);
     }
-    c.create_with_context(ConsumerCtx {
+    Ok(c.create_with_context(ConsumerCtx {
         metrics,
         topics: cfg.clone(),
         hook: std::sync::OnceLock::new(),
         generation: std::sync::atomic::AtomicU64::new(0),
         errors: RateLimit::default(),
-    })
+    })?)
 }
 
 /// The partition's log start and end offsets as of the last fetch response (or offset query) for it,

@@ -24,7 +24,15 @@ pub struct WorkerView {
     pub timers_pending: u64,
     /// Per rule: evaluations, errors, quarantined, evaluation time (ns).
     pub rules: BTreeMap<String, RuleView>,
+    /// Per usage partition held: its event-time watermark (seconds since the epoch).
+    pub watermarks: BTreeMap<i32, i64>,
 }
+
+/// Upper bounds (seconds) of the rule evaluation time histogram's buckets: from a comparison in
+/// Rust (~1 µs with the call) to a runaway script stopped by the sandbox (~10 ms).
+const EVAL_BUCKETS: [f64; 12] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2,
+];
 
 #[derive(Clone)]
 pub struct RuleView {
@@ -290,6 +298,20 @@ impl Metrics {
         let head = |s: &mut String, name: &str, help: &str, kind: &str| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
+        static LIBRDKAFKA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let librdkafka = LIBRDKAFKA.get_or_init(|| crate::client::build_info().0);
+        head(
+            &mut s,
+            "cdrguard_build_info",
+            "The running build: version, git commit, librdkafka version.",
+            "gauge",
+        );
+        let _ = writeln!(
+            s,
+            "cdrguard_build_info{{version=\"{}\",commit=\"{}\",librdkafka=\"{librdkafka}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            env!("CDRGUARD_GIT_COMMIT")
+        );
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         head(
             &mut s,
@@ -570,25 +592,59 @@ impl Metrics {
                 r.quarantined as u8
             );
         }
+        // A histogram, not a summary: buckets add up across instances and over time.
         head(
             s,
             "cdrguard_rule_eval_seconds",
             "Rule evaluation time (sandboxed call), by rule.",
-            "summary",
+            "histogram",
         );
         for (id, r) in &rules {
-            for q in [0.5, 0.99, 0.999] {
+            for le in EVAL_BUCKETS {
                 let _ = writeln!(
                     s,
-                    "cdrguard_rule_eval_seconds{{rule=\"{id}\",quantile=\"{q}\"}} {:.9}",
-                    r.latency.value_at_quantile(q) as f64 / 1e9
+                    "cdrguard_rule_eval_seconds_bucket{{rule=\"{id}\",le=\"{le}\"}} {}",
+                    r.latency.count_between(0, (le * 1e9) as u64)
                 );
             }
             let _ = writeln!(
                 s,
-                "cdrguard_rule_eval_seconds_sum{{rule=\"{id}\"}} {:.9}\ncdrguard_rule_eval_seconds_count{{rule=\"{id}\"}} {}",
+                "cdrguard_rule_eval_seconds_bucket{{rule=\"{id}\",le=\"+Inf\"}} {}\ncdrguard_rule_eval_seconds_sum{{rule=\"{id}\"}} {:.9}\ncdrguard_rule_eval_seconds_count{{rule=\"{id}\"}} {}",
+                r.latency.len(),
                 r.latency.mean() * r.latency.len() as f64 / 1e9,
                 r.latency.len()
+            );
+        }
+        let watermarks: BTreeMap<i32, i64> = workers
+            .iter()
+            .flat_map(|w| w.watermarks.iter().map(|(&p, &t)| (p, t)))
+            .collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        head(
+            s,
+            "cdrguard_event_time_watermark_seconds",
+            "Event-time watermark of each usage partition held (Unix seconds): windows and timers are complete up to it.",
+            "gauge",
+        );
+        for (p, t) in &watermarks {
+            let _ = writeln!(
+                s,
+                "cdrguard_event_time_watermark_seconds{{partition=\"{p}\"}} {t}"
+            );
+        }
+        head(
+            s,
+            "cdrguard_event_time_behind_seconds",
+            "Freshness: the wall clock minus each partition's watermark (includes state.allowed_lateness).",
+            "gauge",
+        );
+        for (p, t) in &watermarks {
+            let _ = writeln!(
+                s,
+                "cdrguard_event_time_behind_seconds{{partition=\"{p}\"}} {}",
+                now - t
             );
         }
         for (name, help, v) in [

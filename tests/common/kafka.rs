@@ -77,7 +77,12 @@ impl Kafka {
 
     /// Produces raw payloads to a topic (bad input).
     pub fn produce_raw(&self, topic: &str, payloads: &[&[u8]]) {
-        let producer = cdrguard::demo::embedded::input_producer(&self.brokers).unwrap();
+        let producer = cdrguard::demo::embedded::input_producer(
+            &Default::default(),
+            &self.brokers,
+            std::path::Path::new(""),
+        )
+        .unwrap();
         for p in payloads {
             producer
                 .send(
@@ -425,11 +430,19 @@ pub fn committed_offsets(
     topic: &str,
     partitions: i32,
 ) -> BTreeMap<i32, i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .unwrap();
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", brokers);
+    committed_offsets_with(client, group, topic, partitions)
+}
+
+/// Offsets committed by a consumer group, per partition of `topic`, through `client` settings.
+pub fn committed_offsets_with(
+    mut client: ClientConfig,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = client.set("group.id", group).create().unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
@@ -457,7 +470,8 @@ pub fn produce_in_thread(
     let brokers = brokers.to_string();
     let cfg = cfg.clone();
     std::thread::spawn(move || {
-        let producer = cdrguard::demo::embedded::input_producer(&brokers).unwrap();
+        let producer =
+            cdrguard::demo::embedded::input_producer(&cfg.kafka, &brokers, Path::new("")).unwrap();
         cdrguard::demo::embedded::produce_input(
             &producer,
             &cfg,
@@ -472,7 +486,8 @@ pub fn produce_in_thread(
 
 /// Produces NDJSON usage and events to `brokers` as the producers are asked to (keyed, in time order).
 pub fn produce_now(brokers: &str, cfg: &Config, usage: &[u8], events: &[u8]) -> u64 {
-    let producer = cdrguard::demo::embedded::input_producer(brokers).unwrap();
+    let producer =
+        cdrguard::demo::embedded::input_producer(&cfg.kafka, brokers, Path::new("")).unwrap();
     cdrguard::demo::embedded::produce_input(
         &producer,
         cfg,

@@ -68,8 +68,25 @@ pub fn copy_tree(from: &Path, to: &Path) {
 pub fn fixture(rel: &str) -> PathBuf {
     Path::new(ROOT).join(rel)
 }
+/// The ```toml blocks of the README section that starts with `heading`.
+pub fn readme_toml(heading: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let section = &readme[readme
+        .find(heading)
+        .unwrap_or_else(|| panic!("{heading} in README"))..];
+    let section = &section[heading.len()..];
+    let end = section.find("\n## ").unwrap_or(section.len());
+    let section = &section[..end];
+    section
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b[..b.find("```").unwrap()].to_string())
+        .collect()
+}
+
 pub mod kafka;
 pub mod process;
+pub mod secured;
 pub mod tansu;
 
 /// A port nobody listens on now (a server binds it a moment later; a lost race is retried).

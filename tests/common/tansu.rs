@@ -4,7 +4,7 @@
 //! commits and fetches go over the wire to an implementation librdkafka did not write.
 //!
 //! The broker binary is found at `$TANSU`, else `tansu` on PATH, else the cache `.ci/run` installs it
-//! to; when there is none, the first test installs it there with `cargo install` (once, about 6 min on
+//! to; when there is none, the first test installs it there with `cargo install` (once, about 8 min on
 //! 2 cores), so that `cargo test` stays the one test command on a fresh machine. If that fails (no
 //! registry access), the tests fail and say how to install it.
 //!
@@ -26,7 +26,6 @@
 //! - A second member joining a group waits about 3 s for the rebalance.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -50,14 +49,18 @@ use super::kafka::Reader;
 
 /// The tansu release the tests are written against (and `.ci/run` installs).
 pub const TANSU_VERSION: &str = "0.6.0";
+/// Its storage engines: `memory://` (dynostore) for most tests, `sqlite://` (libsql) where SCRAM
+/// users must be kept (`secured`).
+pub const TANSU_FEATURES: &str = "dynostore,libsql";
 
-/// Where `.ci/run` caches its tansu install: `${CDRGUARD_TOOLS:-$HOME/.cache/cdrguard-tools}/tansu`.
+/// Where `.ci/run` caches its tansu install: `${CDRGUARD_TOOLS:-$HOME/.cache/cdrguard-tools}/tansu-sql`
+/// (built with the `dynostore` and `libsql` features: memory and SQLite storage).
 fn cached_tansu() -> Option<PathBuf> {
     let tools = match std::env::var_os("CDRGUARD_TOOLS") {
         Some(t) => PathBuf::from(t),
         None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/cdrguard-tools"),
     };
-    Some(tools.join("tansu/bin/tansu"))
+    Some(tools.join("tansu-sql/bin/tansu"))
 }
 
 fn executable(p: &Path) -> bool {
@@ -93,8 +96,8 @@ pub fn tansu_binary() -> PathBuf {
     panic!(
         "tansu (a Kafka-compatible broker) is needed by the real-broker tests and was not found: \
          not in $TANSU, not on PATH, not at {}. Install it with\n  \
-         cargo install tansu --version {TANSU_VERSION} --locked --features dynostore --root \
-         ~/.cache/cdrguard-tools/tansu\n(about 6 min on 2 cores; `.ci/run` does this), or set \
+         cargo install tansu --version {TANSU_VERSION} --locked --features {TANSU_FEATURES} --root \
+         ~/.cache/cdrguard-tools/tansu-sql\n(about 8 min on 2 cores; `.ci/run` does this), or set \
          TANSU=/path/to/tansu.",
         cached_tansu().map_or("the cache".into(), |p| p.display().to_string())
     );
@@ -110,12 +113,12 @@ fn install_tansu() -> Option<PathBuf> {
     }
     let root = bin.parent()?.parent()?.to_path_buf();
     eprintln!(
-        "tansu not found: installing it into {} (once, about 6 min on 2 cores)",
+        "tansu not found: installing it into {} (once, about 8 min on 2 cores)",
         root.display()
     );
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(["install", "tansu", "--version", TANSU_VERSION, "--locked"])
-        .args(["--features", "dynostore", "--root"])
+        .args(["--features", TANSU_FEATURES, "--root"])
         .arg(&root)
         .status()
         .ok()?;
@@ -141,12 +144,32 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
     }
 }
 
-/// Waits until the broker answers a metadata request (or exits, or the time runs out).
-fn wait_ready(child: &mut Child, brokers: &str, timeout: Duration) -> Result<(), String> {
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .map_err(|e| e.to_string())?;
+/// How a broker is started beyond the defaults.
+#[derive(Clone, Default)]
+pub struct Launch {
+    /// Storage engine URL; default `memory://tansu/`. `sqlite://tansu.db` is a file in its folder
+    /// (needs a tansu built with the `libsql` feature; it keeps SCRAM users).
+    pub storage: Option<String>,
+    /// The port the broker tells clients to connect to (a TLS terminator in front of it); default
+    /// its own.
+    pub advertised_port: Option<u16>,
+    /// Require SASL authentication (SCRAM users stored by the storage engine).
+    pub authentication: bool,
+    /// Client settings to see it answer with, e.g. TLS and SASL to the advertised address; without
+    /// `bootstrap.servers`, its own address. Must reach the advertised address: librdkafka leaves
+    /// the bootstrap connection for the brokers the metadata names.
+    pub ready: Option<ClientConfig>,
+}
+
+/// Waits until the broker answers a metadata request through `client` (or exits, or the time
+/// runs out).
+fn wait_ready(
+    child: &mut Child,
+    client: ClientConfig,
+    brokers: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let client: BaseConsumer = client.create().map_err(|e| e.to_string())?;
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -178,8 +201,15 @@ impl Tansu {
     /// the dead-letter topic (one partition each), as `cdrguard::demo::embedded::start` makes them.
     pub fn start(partitions: i32) -> Tansu {
         let mut t = Tansu::start_empty();
-        t.cfg.demo.partitions = partitions;
-        let k = &t.cfg.kafka;
+        t.create_daemon_topics(partitions);
+        t
+    }
+
+    /// The daemon's topics: the inputs with `partitions` each, the alert and dead-letter topics with
+    /// one; `cfg.demo.partitions` records the count.
+    pub fn create_daemon_topics(&mut self, partitions: i32) {
+        self.cfg.demo.partitions = partitions;
+        let k = &self.cfg.kafka;
         let mut topics = vec![
             (k.usage_topic.as_str(), partitions),
             (k.events_topic.as_str(), partitions),
@@ -193,27 +223,46 @@ impl Tansu {
         ] {
             topics.push((a.as_str(), 1));
         }
-        t.create_topics(&topics);
-        t
+        self.create_topics(&topics);
     }
 
     /// A broker with no topic.
     pub fn start_empty() -> Tansu {
+        Tansu::launch(Launch::default(), tempfile::tempdir().unwrap(), None)
+    }
+
+    /// A broker as `l` says, running in `dir` (its log, and a file storage's database), on `port`
+    /// or a free one.
+    pub fn launch(l: Launch, dir: tempfile::TempDir, port: Option<u16>) -> Tansu {
         let bin = tansu_binary();
-        let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("tansu.log");
         let mut last_failure = String::new();
-        // A port found free can be taken before the broker binds it: try another.
+        let fixed_port = port.is_some();
+        // A port found free can be taken before the broker binds it: try another (unless asked
+        // for that port: a restart).
         for _attempt in 0..3 {
-            let port = free_port();
+            let port = port.unwrap_or_else(free_port);
             let url = format!("tcp://127.0.0.1:{port}");
+            let advertised = format!("tcp://127.0.0.1:{}", l.advertised_port.unwrap_or(port));
             let brokers = format!("127.0.0.1:{port}");
-            let out = File::create(&log).unwrap();
-            let mut child = Command::new(&bin)
-                .arg("broker")
+            let out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap();
+            let mut cmd = Command::new(&bin);
+            cmd.arg("broker")
                 .args(["--listener-url", &url])
-                .args(["--advertised-listener-url", &url])
-                .args(["--storage-engine", "memory://tansu/"])
+                .args(["--advertised-listener-url", &advertised])
+                .args([
+                    "--storage-engine",
+                    l.storage.as_deref().unwrap_or("memory://tansu/"),
+                ]);
+            if l.authentication {
+                cmd.arg("--authentication");
+            }
+            let mut child = cmd
+                .current_dir(dir.path())
                 // Its flags read these too; an inherited value must not win over nothing.
                 .env_remove("CLUSTER_ID")
                 .env_remove("SCHEMA_REGISTRY")
@@ -223,7 +272,11 @@ impl Tansu {
                 .stderr(out)
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-            match wait_ready(&mut child, &brokers, Duration::from_secs(30)) {
+            let mut ready = l.ready.clone().unwrap_or_default();
+            if ready.get("bootstrap.servers").is_none() {
+                ready.set("bootstrap.servers", &brokers);
+            }
+            match wait_ready(&mut child, ready, &brokers, Duration::from_secs(30)) {
                 Ok(()) => {
                     return Tansu {
                         child,
@@ -237,19 +290,31 @@ impl Tansu {
                     let _ = child.kill();
                     let _ = child.wait();
                     last_failure = format!("{why}\n--- tansu log ---\n{}", log_tail(&log, 40));
+                    if fixed_port {
+                        break;
+                    }
                 }
             }
         }
         panic!("tansu did not come up: {last_failure}");
     }
 
+    /// Stops the broker and starts it again as `l` says, on the same port and folder (a file
+    /// storage keeps its topics, offsets and users).
+    pub fn relaunch(mut self, l: Launch) -> Tansu {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (port, cfg) = (self.port, self.cfg.clone());
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let mut t = Tansu::launch(l, dir, Some(port));
+        t.cfg = cfg;
+        t
+    }
+
     /// Creates topics (name, partitions) through the Kafka admin API, then waits until the
     /// metadata shows each with its partitions.
     pub fn create_topics(&self, topics: &[(&str, i32)]) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()
-            .unwrap();
+        let admin: AdminClient<DefaultClientContext> = self.client().create().unwrap();
         let new: Vec<NewTopic> = topics
             .iter()
             .map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(1)))
@@ -280,10 +345,7 @@ impl Tansu {
 
     /// Partitions of a topic in the broker's metadata (0: no such topic).
     pub fn partitions(&self, topic: &str) -> i32 {
-        let client: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()
-            .unwrap();
+        let client: BaseConsumer = self.client().create().unwrap();
         let m = client
             .fetch_metadata(Some(topic), Duration::from_secs(5))
             .unwrap();
@@ -291,6 +353,11 @@ impl Tansu {
             .iter()
             .find(|t| t.name() == topic && t.error().is_none())
             .map_or(0, |t| t.partitions().len() as i32)
+    }
+
+    /// Client settings for this broker: its address and the TLS/SASL settings of `cfg.kafka`.
+    pub fn client(&self) -> ClientConfig {
+        cdrguard::client::client_config(&self.cfg.kafka, &self.brokers, self.dir.path()).unwrap()
     }
 
     /// The broker's log so far (its last lines).
@@ -304,8 +371,8 @@ impl Tansu {
     /// Produces NDJSON usage and events as the producers are asked to (keyed, in time order), one
     /// record per batch (see the module doc: tansu loses the rest of a batch fetched from inside it).
     pub fn produce(&self, usage: &[u8], events: &[u8]) -> u64 {
-        let producer: rdkafka::producer::ThreadedProducer<_> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        let producer: rdkafka::producer::ThreadedProducer<_> = self
+            .client()
             .set("batch.num.messages", "1")
             .set("linger.ms", "0")
             .set("queue.buffering.max.messages", "1000000")
@@ -324,8 +391,8 @@ impl Tansu {
 
     /// A reader of whole topics from their first offset: every partition assigned, no group.
     pub fn reader(&self, topics: &[&str]) -> Reader {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        let consumer: BaseConsumer = self
+            .client()
             .set("group.id", format!("test-reader-{}", fastrand::u64(..)))
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "10")
@@ -346,7 +413,7 @@ impl Tansu {
     /// Offsets committed by a consumer group, per partition of `topic` (partitions without one are
     /// left out).
     pub fn committed(&self, group: &str, topic: &str) -> BTreeMap<i32, i64> {
-        super::kafka::committed_offsets(&self.brokers, group, topic, self.partitions(topic))
+        super::kafka::committed_offsets_with(self.client(), group, topic, self.partitions(topic))
     }
 
     /// Records committed by the daemon's group on both input topics.
@@ -364,8 +431,8 @@ impl Tansu {
     /// is the last record *batch*'s base offset + 1, short of the end by the rest of that batch, and
     /// it stays so. The end is found by reading from there until nothing more comes.
     pub fn end_offsets(&self, topic: &str) -> BTreeMap<i32, i64> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        let consumer: BaseConsumer = self
+            .client()
             .set("group.id", format!("test-end-{}", fastrand::u64(..)))
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "10")
