@@ -209,6 +209,19 @@ impl KafkaConfig {
             .find(|&i| self.topic(i) == topic)
     }
 
+    /// The topics the daemon writes, with their settings: the four alert topics and the dead-letter
+    /// topic.
+    pub fn output_topics(&self) -> [(&'static str, &str); 5] {
+        let a = &self.alert_topics;
+        [
+            ("kafka.alert_topics.FRAUD", &a.fraud),
+            ("kafka.alert_topics.COLLECTIONS", &a.collections),
+            ("kafka.alert_topics.KEY_ACCOUNTS", &a.key_accounts),
+            ("kafka.alert_topics.CARE", &a.care),
+            ("kafka.dead_letter_topic", &self.dead_letter_topic),
+        ]
+    }
+
     /// What is wrong with `kafka.tls` and `kafka.sasl` as written (files are checked when the
     /// clients are created, and by `run --check`).
     fn security_problems(&self) -> Vec<String> {
@@ -737,20 +750,12 @@ impl Config {
         }
         let k = &self.kafka;
         for (name, topic) in [
-            ("kafka.usage_topic", &k.usage_topic),
-            ("kafka.events_topic", &k.events_topic),
-            ("kafka.dead_letter_topic", &k.dead_letter_topic),
-            ("kafka.alert_topics.FRAUD", &k.alert_topics.fraud),
-            (
-                "kafka.alert_topics.COLLECTIONS",
-                &k.alert_topics.collections,
-            ),
-            (
-                "kafka.alert_topics.KEY_ACCOUNTS",
-                &k.alert_topics.key_accounts,
-            ),
-            ("kafka.alert_topics.CARE", &k.alert_topics.care),
-        ] {
+            ("kafka.usage_topic", k.usage_topic.as_str()),
+            ("kafka.events_topic", k.events_topic.as_str()),
+        ]
+        .into_iter()
+        .chain(k.output_topics())
+        {
             if topic.is_empty()
                 || !topic
                     .bytes()

@@ -254,21 +254,8 @@ fn kafka(r: &mut Report, cfg: &Config, brokers: &str, mut settings: rdkafka::Cli
             }
         }
     }
-    let outputs = [
-        ("kafka.alert_topics.FRAUD", &k.alert_topics.fraud),
-        (
-            "kafka.alert_topics.COLLECTIONS",
-            &k.alert_topics.collections,
-        ),
-        (
-            "kafka.alert_topics.KEY_ACCOUNTS",
-            &k.alert_topics.key_accounts,
-        ),
-        ("kafka.alert_topics.CARE", &k.alert_topics.care),
-        ("kafka.dead_letter_topic", &k.dead_letter_topic),
-    ];
     let mut missing = Vec::new();
-    for (setting, topic) in outputs {
+    for (setting, topic) in k.output_topics() {
         if let Err(e) = partitions(topic) {
             missing.push(format!("{setting}: topic {topic:?} {e}"));
         }

@@ -669,3 +669,43 @@ impl Metrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_build_info_watermarks_and_an_aggregatable_histogram() {
+        let m = Metrics::new("u", "e");
+        let mut latency = Histogram::<u64>::new(3).unwrap();
+        for ns in [800, 3_000, 3_000, 40_000, 20_000_000] {
+            latency.record(ns).unwrap();
+        }
+        let rule = RuleView {
+            evaluations: 5,
+            errors: 0,
+            quarantined: false,
+            latency,
+        };
+        let mut view = WorkerView::default();
+        view.rules.insert("r".into(), rule);
+        view.watermarks.insert(3, 1_700_000_000);
+        m.workers.lock().unwrap().push(view);
+        let text = m.render();
+        assert!(text.contains("cdrguard_build_info{version=\""), "{text}");
+        assert!(text.contains("# TYPE cdrguard_rule_eval_seconds histogram"));
+        // Cumulative buckets: 1 µs holds one, 5 µs three, 50 µs four, +Inf all five.
+        for line in [
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"0.000001\"} 1",
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"0.000005\"} 3",
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"0.00005\"} 4",
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"0.01\"} 4",
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"+Inf\"} 5",
+            "cdrguard_rule_eval_seconds_count{rule=\"r\"} 5",
+            "cdrguard_event_time_watermark_seconds{partition=\"3\"} 1700000000",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert!(text.contains("cdrguard_event_time_behind_seconds{partition=\"3\"} "));
+    }
+}

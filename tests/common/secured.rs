@@ -37,29 +37,30 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// A self-signed CA certificate `<stem>.pem` with its key `<stem>.key`.
+fn self_signed(dir: &Path, subject: &str, stem: &str) {
+    let (key, pem) = (format!("{stem}.key"), format!("{stem}.pem"));
+    let mut args = vec!["req", "-x509", "-days", "2", "-subj", subject];
+    args.extend(EC_KEY);
+    args.extend(["-keyout", &key, "-out", &pem]);
+    openssl(dir, &args);
+}
+
+/// A new P-256 key, unencrypted.
+const EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
 /// Makes `ca.pem` (the test CA), `server.pem`/`server.key` (signed by it, for 127.0.0.1 and
 /// localhost) and `other-ca.pem` (a CA that signed nothing here) in `dir`.
 pub fn certificates(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec![
-        "req",
-        "-x509",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=cdrguard test CA",
-    ];
-    ca.extend(ec);
-    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
-    openssl(dir, &ca);
+    self_signed(dir, "/CN=cdrguard test CA", "ca");
     let mut csr = vec!["req", "-subj", "/CN=localhost"];
-    csr.extend(ec);
+    csr.extend(EC_KEY);
     csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
     openssl(dir, &csr);
     std::fs::write(
@@ -87,17 +88,7 @@ pub fn certificates(dir: &Path) {
             "server.pem",
         ],
     );
-    let mut other = vec![
-        "req",
-        "-x509",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=somebody else's CA",
-    ];
-    other.extend(ec);
-    other.extend(["-keyout", "other-ca.key", "-out", "other-ca.pem"]);
-    openssl(dir, &other);
+    self_signed(dir, "/CN=somebody else's CA", "other-ca");
 }
 
 /// stunnel accepting TLS on a port and forwarding to the broker; killed on drop.
