@@ -199,19 +199,30 @@ fn check_and_test_report_the_rule_library_and_exit_non_zero_on_problems() {
             "sub.minutes(\"voice.mo.hirisk\"",
         );
     std::fs::write(&irsf, text).unwrap();
-    let params = std::fs::read_to_string(lib.join("params.toml")).unwrap() + "unused_knob = 1\n";
+    // Values of the wrong type, which used to pass (a quoted number made IRSF fire 24x more, a NaN
+    // distance made impossible_travel fire on every located call), and a parameter nobody declared.
+    let params = std::fs::read_to_string(lib.join("params.toml"))
+        .unwrap()
+        .replace("min_calls = 3 ", "min_calls = \"3\" ")
+        .replace("min_km = 50.0", "min_km = nan")
+        .replace("lookback = \"72h\"", "lookback = \"72 hours\"")
+        .replace(
+            "[segments.vip.roaming_high_usage]\nmin_charges = 500.0",
+            "[segments.vip.roaming_high_usage]\nmin_charges = [500.0]",
+        )
+        + "unused_knob = 1\n";
     std::fs::write(lib.join("params.toml"), params).unwrap();
     let (code, out, _) = run(&["check", "--rules", lib.to_str().unwrap()], None);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(
-            "irsf_high_risk_destination.rhai:26:23: error: parameter \"min_cals\" is not defined"
+            "irsf_high_risk_destination.rhai:27:23: error: parameter \"min_cals\" is not defined"
         ),
         "{out}"
     );
     assert!(
         out.contains(
-            "irsf_high_risk_destination.rhai:25:32: error: unknown filter token \"hirisk\""
+            "irsf_high_risk_destination.rhai:26:32: error: unknown filter token \"hirisk\""
         ),
         "{out}"
     );
@@ -219,6 +230,15 @@ fn check_and_test_report_the_rule_library_and_exit_non_zero_on_problems() {
         out.contains("warning: parameter bill_shock.unused_knob is not read"),
         "{out}"
     );
+    for said in [
+        "params.toml:9:1: error: irsf_high_risk_destination.min_calls: \"3\" (a string) is not an integer of at least 1",
+        "params.toml:38:1: error: impossible_travel.min_km: nan is not a finite number",
+        "params.toml:21:1: error: wangiri_callback.lookback: \"72 hours\": unknown unit",
+        "params.toml:47:1: error: segments.vip.roaming_high_usage.min_charges: an array is not a number of at least 0",
+        "error: bill_shock.unused_knob: not declared in the rule's RULE.params",
+    ] {
+        assert!(out.contains(said), "{said:?} in\n{out}");
+    }
 }
 
 #[test]

@@ -17,6 +17,7 @@
 //!     cooldown: "1h",                      // optional: default = window, else 1h
 //!     min_hits: 1,                         // optional: positive evaluations needed within the window
 //!     actions: ["bar_international"],      // optional: default recommended actions
+//!     params: #{ min_calls: "int 1.." },   // the type of each params.toml value (`param_types`)
 //! };
 //! ```
 
@@ -26,6 +27,8 @@ use crate::classify::{ClassFilter, RecordClass, CLASS_COUNT};
 use crate::record::time::parse_duration;
 use crate::record::EventType;
 use crate::record::{Category, Department, EntityType, Severity};
+
+use super::param_types::ParamSpec;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +52,9 @@ pub struct RuleMeta {
     pub actions: Vec<String>,
     #[serde(default)]
     pub requires: Vec<String>,
+    /// Declared type of each parameter in `params.toml` (`param_types::ParamSpec`).
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 /// Record predicates a usage trigger can add to its class filter, checked natively before any script
@@ -87,6 +93,8 @@ pub struct Resolved {
     pub min_hits: u32,
     /// `NEEDS_*` bits from `RULE.requires`.
     pub requires: u8,
+    /// `RULE.params`, parsed.
+    pub params: std::collections::BTreeMap<String, ParamSpec>,
 }
 
 impl RuleMeta {
@@ -162,6 +170,15 @@ impl RuleMeta {
         if min_hits > 1 && window_s.is_none() {
             errs.push("RULE.min_hits: needs RULE.window (hits are counted within it)".into());
         }
+        let mut params = std::collections::BTreeMap::new();
+        for (name, spec) in &self.params {
+            match ParamSpec::parse(spec) {
+                Ok(p) => {
+                    params.insert(name.clone(), p);
+                }
+                Err(e) => errs.push(format!("RULE.params.{name}: {e}")),
+            }
+        }
         if errs.is_empty() {
             Ok(Resolved {
                 meta: self,
@@ -170,6 +187,7 @@ impl RuleMeta {
                 cooldown_s,
                 min_hits,
                 requires,
+                params,
             })
         } else {
             Err(errs)

@@ -9,6 +9,7 @@
 pub mod sandbox;
 pub mod library;
 pub mod meta;
+pub mod param_types;
 pub mod params;
 pub mod api;
 pub mod ruleset;

@@ -13,6 +13,7 @@
 //! the default). Each rule gets one resolved table per segment at load, so a lookup at run time is a
 //! hash probe, not a merge.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use ahash::AHashMap;
@@ -21,6 +22,7 @@ use rhai::Dynamic;
 use crate::record::Segment;
 
 use super::api::ParamTable;
+use super::param_types::ParamSpec;
 
 pub const SEGMENTS: [Segment; 7] = [
     Segment::Consumer,
@@ -130,14 +132,28 @@ impl Params {
             .flat_map(|t| t.keys().map(String::as_str))
     }
 
-    /// One table per segment (in `SEGMENTS` order) with overrides applied; errors name the bad keys.
-    pub fn resolve(&self, rule: &str, text: &str) -> Result<Vec<Rc<ParamTable>>, Vec<ParamsError>> {
+    /// One table per segment (in `SEGMENTS` order) with overrides applied, every value checked
+    /// against its declared type (`RULE.params`); errors name the bad keys.
+    pub fn resolve(
+        &self,
+        rule: &str,
+        text: &str,
+        declared: &BTreeMap<String, ParamSpec>,
+    ) -> Result<Vec<Rc<ParamTable>>, Vec<ParamsError>> {
         let empty = toml::Table::new();
         let defaults = self.defaults.get(rule).unwrap_or(&empty);
         let mut errs = Vec::new();
+        let typed = |k: &str, v: &toml::Value| -> Result<Dynamic, String> {
+            match declared.get(k) {
+                Some(spec) => spec.value(v),
+                None => Err(format!(
+                    "not declared in the rule's RULE.params (declare its type, e.g. {k}: \"float 0..\")"
+                )),
+            }
+        };
         let mut base = AHashMap::new();
         for (k, v) in defaults {
-            match to_dynamic(v) {
+            match typed(k, v) {
                 Ok(d) => {
                     base.insert(k.clone(), d);
                 }
@@ -147,13 +163,21 @@ impl Params {
                 }),
             }
         }
+        for k in declared.keys().filter(|k| !defaults.contains_key(*k)) {
+            errs.push(ParamsError {
+                line: line_of(text, &format!("[{rule}]")),
+                message: format!(
+                    "{rule}.{k}: declared in RULE.params but given no value in [{rule}]"
+                ),
+            });
+        }
         let mut out = Vec::new();
         for seg in SEGMENTS {
             let mut values = base.clone();
             if let Some(over) = self.overrides.get(&(seg, rule.to_string())) {
                 for (k, v) in over {
                     let at = line_of(text, &format!("segments.{}.{rule}", seg.as_str()));
-                    if !base.contains_key(k) {
+                    if !defaults.contains_key(k) {
                         errs.push(ParamsError {
                             line: at,
                             message: format!(
@@ -163,7 +187,7 @@ impl Params {
                         });
                         continue;
                     }
-                    match to_dynamic(v) {
+                    match typed(k, v) {
                         Ok(d) => {
                             values.insert(k.clone(), d);
                         }
@@ -186,24 +210,6 @@ impl Params {
             Err(errs)
         }
     }
-}
-
-fn to_dynamic(v: &toml::Value) -> Result<Dynamic, String> {
-    Ok(match v {
-        toml::Value::Integer(i) => (*i).into(),
-        toml::Value::Float(f) => (*f).into(),
-        toml::Value::Boolean(b) => (*b).into(),
-        toml::Value::String(s) => s.clone().into(),
-        toml::Value::Array(a) => a
-            .iter()
-            .map(to_dynamic)
-            .collect::<Result<rhai::Array, _>>()?
-            .into(),
-        toml::Value::Datetime(_) => {
-            return Err("dates are not supported as parameters; use a duration string".into())
-        }
-        toml::Value::Table(_) => return Err("nested tables are not supported".into()),
-    })
 }
 
 /// Which segment's table applies: an account's segment, else consumer.

@@ -311,7 +311,7 @@ impl RuleSet {
             for (line, column, message) in literal_problems(&f.text) {
                 errors.push(problem(&f.path, line, column, message));
             }
-            let tables = match params.resolve(&resolved.meta.id, params_text) {
+            let tables = match params.resolve(&resolved.meta.id, params_text, &resolved.params) {
                 Ok(t) => t,
                 Err(es) => {
                     for e in es {
