@@ -795,7 +795,11 @@ impl Config {
             errs.push("demo.rate must be positive and demo.partitions 1..=256".into());
         }
         let sb = &self.rules.sandbox;
-        if sb.max_operations == 0 || sb.max_call_levels == 0 || sb.max_expr_depth == 0 {
+        if sb.max_operations == 0
+            || sb.max_call_levels == 0
+            || sb.max_expr_depth == 0
+            || sb.max_eval_ms == 0
+        {
             errs.push(
                 "rules.sandbox: limits must be positive (0 would mean unlimited in Rhai)".into(),
             );

@@ -11,8 +11,14 @@ use cdrguard::rules::{
 };
 use common::*;
 
-const RUNTIME_HOSTILE: [(&str, &str, &str); 6] = [
+const RUNTIME_HOSTILE: [(&str, &str, &str); 7] = [
     ("infinite_loop", "limit_operations", "too many operations"),
+    // Under the operation limit, over the CPU-time budget.
+    (
+        "slow_but_legal",
+        "limit_time",
+        "over the CPU-time budget of one evaluation",
+    ),
     (
         "deep_recursion",
         "limit_call_depth",
@@ -52,7 +58,12 @@ fn runtime_failures_are_counted_per_rule_quarantined_and_the_replay_goes_on() {
     }
     write_files(
         dir.path(),
-        &[("config.toml", "[rules]\nquarantine_after = 3\n")],
+        // A budget the operation limit is always reached within (100,000 operations of the
+        // infinite loop take ~0.1 s in a debug build), and the slow rule never.
+        &[(
+            "config.toml",
+            "[rules]\nquarantine_after = 3\n[rules.sandbox]\nmax_eval_ms = 400\n",
+        )],
     );
     // Five calls from five subscribers: every rule triggers on each, the good rule alerts on each.
     let usage: Vec<String> = (0..5)
@@ -107,7 +118,7 @@ fn runtime_failures_are_counted_per_rule_quarantined_and_the_replay_goes_on() {
             "{name} not listed as quarantined:\n{text}"
         );
     }
-    assert_eq!(report.rules.as_ref().unwrap().counters.errors, 18);
+    assert_eq!(report.rules.as_ref().unwrap().counters.errors, 21);
 }
 
 #[test]
