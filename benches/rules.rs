@@ -117,7 +117,7 @@ fn warm(cfg: &Config, base: &Path, dir: &Path, input: &[Item]) -> Pipeline {
         rules: Some(RulesOptions {
             sources: &sources,
             sandbox: &cfg.rules.sandbox,
-            quarantine_after: cfg.rules.quarantine_after,
+            quarantine: cfg.rules.quarantine_policy(),
             mode: Mode::Replay,
             high_risk_from_rules: false,
             flags: None,

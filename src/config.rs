@@ -508,13 +508,31 @@ pub struct RulesConfig {
     /// The rule library folder (scripts, `params.toml`, `lists/`). Relative paths are resolved from
     /// the config file's folder. Default `rules` in the working directory.
     pub dir: Option<PathBuf>,
-    /// A rule that fails this many times (limits, runtime errors, bad verdicts) is quarantined until
-    /// the next reload. Default 50.
+    /// A rule is quarantined when this many of its recent evaluations failed (limits, runtime
+    /// errors, bad verdicts)... Default 50.
     pub quarantine_after: u64,
+    /// ...and they are at least this share of its recent evaluations. Default 0.05.
+    pub quarantine_error_rate: f64,
+    /// Recent: the last `quarantine_window` to twice that many evaluations. Default 1000.
+    pub quarantine_window: u64,
+    /// A quarantined rule runs again this much event time later (or at the next reload).
+    /// Default `1h`.
+    pub quarantine_cooldown: Secs,
     /// How often the library folder is checked for changes when watching. Default `2s`.
     pub watch_interval: Secs,
     /// Per-evaluation limits of the Rhai sandbox.
     pub sandbox: crate::rules::SandboxLimits,
+}
+
+impl RulesConfig {
+    pub fn quarantine_policy(&self) -> crate::rules::engine::QuarantinePolicy {
+        crate::rules::engine::QuarantinePolicy {
+            after: self.quarantine_after,
+            error_rate: self.quarantine_error_rate,
+            window: self.quarantine_window,
+            cooldown_s: self.quarantine_cooldown.0,
+        }
+    }
 }
 
 impl Default for RulesConfig {
@@ -522,6 +540,9 @@ impl Default for RulesConfig {
         RulesConfig {
             dir: None,
             quarantine_after: 50,
+            quarantine_error_rate: 0.05,
+            quarantine_window: 1000,
+            quarantine_cooldown: Secs(3600),
             watch_interval: Secs(2),
             sandbox: Default::default(),
         }
@@ -714,6 +735,13 @@ impl Config {
         }
         if s.invoice_overdue_days.iter().any(|&d| d > 365) {
             errs.push("state.invoice_overdue_days: at most 365 days".into());
+        }
+        let r = &self.rules;
+        if !(0.0..=1.0).contains(&r.quarantine_error_rate)
+            || r.quarantine_window == 0
+            || r.quarantine_cooldown.0 < 1
+        {
+            errs.push("rules: quarantine_error_rate 0..=1, quarantine_window at least 1, quarantine_cooldown at least 1s".into());
         }
         if self.rules.quarantine_after == 0 {
             errs.push("rules.quarantine_after: at least 1".into());

@@ -77,7 +77,7 @@ pub enum Scope {
 pub struct RulesOptions<'a> {
     pub sources: &'a RuleSources,
     pub sandbox: &'a SandboxLimits,
-    pub quarantine_after: u64,
+    pub quarantine: crate::rules::engine::QuarantinePolicy,
     /// Stamped on alerts.
     pub mode: Mode,
     /// Classification takes the high-risk list from the rule library (and its reloads) rather than
@@ -179,7 +179,7 @@ impl Pipeline {
             };
             let engine_opts = EngineOptions {
                 limits: r.sandbox.clone(),
-                quarantine_after: r.quarantine_after,
+                quarantine: r.quarantine,
                 mode: r.mode,
                 entities,
                 publish_flags: opts.scope == Scope::CallingNumbers,

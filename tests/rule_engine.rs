@@ -36,7 +36,7 @@ fn pipeline(rules: &Path) -> Pipeline {
         rules: Some(RulesOptions {
             sources: &sources,
             sandbox: &cfg.rules.sandbox,
-            quarantine_after: 50,
+            quarantine: Default::default(),
             mode: Mode::Replay,
             high_risk_from_rules: false,
             flags: None,

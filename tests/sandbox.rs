@@ -184,3 +184,76 @@ fn limits_are_explicit_not_build_dependent() {
     assert_eq!(engine.max_call_levels(), 16);
     assert_eq!(engine.max_string_size(), 4096);
 }
+
+/// A rule that throws on a few records keeps running; one that always throws is quarantined, comes
+/// back after the cool-down of event time, and is quarantined again if it still fails.
+#[test]
+fn quarantine_follows_the_recent_error_rate_and_ends_after_a_cool_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    let rule = |id: &str, body: &str| {
+        format!(
+            "fn evaluate(rec, sub, acct, params) {{ {body} }}\nconst RULE = #{{ id: \"{id}\", name: \"{id}\", description: \"test\", category: \"fraud\", severity: \"low\", departments: [\"FRAUD\"], entity: \"subscriber\", triggers: [\"voice\"], version: \"1\", cooldown: \"1s\" }};\n"
+        )
+    };
+    write_files(
+        &rules,
+        &[
+            (
+                "rare_throw.rhai",
+                &rule(
+                    "rare_throw",
+                    "if rec.duration_s == 13 { throw \"rare\"; } #{ explanation: \"ok\" }",
+                ),
+            ),
+            (
+                "always_throw.rhai",
+                &rule("always_throw", "throw \"always\";"),
+            ),
+        ],
+    );
+    write_files(
+        dir.path(),
+        &[(
+            "config.toml",
+            "[rules]\nquarantine_after = 3\nquarantine_error_rate = 0.05\nquarantine_window = 100\nquarantine_cooldown = \"1h\"\n",
+        )],
+    );
+    // 200 calls a minute apart (3 h 20 min of event time); every 50th lasts 13 s: 4 throws, 2%.
+    let usage: String = (0..200)
+        .map(|i| {
+            let t = 1_762_765_200 + i * 60;
+            let start = cdrguard::record::EventTime {
+                utc: t,
+                offset_min: 0,
+            }
+            .to_string();
+            voice_mo(
+                &format!("r{i}"),
+                &start,
+                "33612000001",
+                "33145000000",
+                (i % 50 + 1) as u32,
+            ) + "\n"
+        })
+        .collect();
+    write_files(dir.path(), &[("usage.ndjson", &usage)]);
+    let (_, pipeline, alerts) = replay_with(
+        &rules,
+        &dir.path().join("usage.ndjson"),
+        None,
+        Some(&dir.path().join("config.toml")),
+    );
+    let engine = pipeline.rules.as_ref().unwrap();
+    let stats = |id: &str| engine.stats().iter().find(|s| s.id == id).unwrap();
+    let rare = stats("rare_throw");
+    assert_eq!((rare.evaluations, rare.errors), (200, 4));
+    assert!(!rare.quarantined && rare.quarantines == 0);
+    assert_eq!(alerts.len(), 196, "every record but the four that threw");
+    // Quarantined after 3 evaluations (minutes 0-2), back at minute 62, 64 and 66 quarantined
+    // again, back at 126... : 3 evaluations per hour of event time.
+    let always = stats("always_throw");
+    assert_eq!(always.quarantines, 4, "minutes 2, 64, 126, 188");
+    assert_eq!(always.evaluations, 12);
+    assert!(always.quarantined);
+}

@@ -160,7 +160,7 @@ impl WorkerContext {
             rules: Some(RulesOptions {
                 sources: &self.sources,
                 sandbox: &self.config.rules.sandbox,
-                quarantine_after: self.config.rules.quarantine_after,
+                quarantine: self.config.rules.quarantine_policy(),
                 mode: Mode::Live,
                 high_risk_from_rules: self.config.reference.high_risk_prefixes.is_none(),
                 flags: Some(self.flags.clone()),
@@ -922,6 +922,7 @@ pub fn add_to_view(view: &mut WorkerView, pipeline: &Pipeline) {
                 r.evaluations += s.evaluations;
                 r.errors += s.errors;
                 r.quarantined |= s.quarantined;
+                r.quarantines += s.quarantines;
             }
             None => {
                 view.rules.insert(
@@ -930,6 +931,7 @@ pub fn add_to_view(view: &mut WorkerView, pipeline: &Pipeline) {
                         evaluations: s.evaluations,
                         errors: s.errors,
                         quarantined: s.quarantined,
+                        quarantines: s.quarantines,
                         latency: s.latency.clone(),
                     },
                 );

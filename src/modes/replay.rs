@@ -237,7 +237,7 @@ pub fn run_to(
         rules: library.as_ref().map(|l| RulesOptions {
             sources: &l.sources,
             sandbox: &cfg.rules.sandbox,
-            quarantine_after: cfg.rules.quarantine_after,
+            quarantine: cfg.rules.quarantine_policy(),
             mode: Mode::Replay,
             high_risk_from_rules: cfg.reference.high_risk_prefixes.is_none(),
             flags: None,

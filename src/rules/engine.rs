@@ -44,9 +44,16 @@ pub struct RuleStats {
     pub errors: u64,
     pub errors_by_kind: std::collections::BTreeMap<&'static str, u64>,
     pub last_error: Option<String>,
-    /// Errors since the active set was loaded (the quarantine counter).
+    /// Errors since the active set was loaded.
     pub errors_since_load: u64,
     pub quarantined: bool,
+    /// Event time at which the rule was quarantined (re-admitted a cool-down later).
+    pub quarantined_at: Option<i64>,
+    /// Times the rule was quarantined.
+    pub quarantines: u64,
+    /// (evaluations, errors) of the last two blocks of `QuarantinePolicy::window` evaluations: the
+    /// recent error rate.
+    recent: [(u64, u64); 2],
     /// Distinct entities alerted on.
     pub entities: AHashSet<u64>,
     /// Evaluation time, nanoseconds.
@@ -67,6 +74,9 @@ impl RuleStats {
             last_error: None,
             errors_since_load: 0,
             quarantined: false,
+            quarantined_at: None,
+            quarantines: 0,
+            recent: [(0, 0); 2],
             entities: AHashSet::new(),
             latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 2)
                 .expect("valid histogram bounds"),
@@ -119,12 +129,44 @@ impl EntityFilter {
     }
 }
 
+/// When a failing rule is quarantined, and when it comes back. A rule that fails now and then keeps
+/// running (its errors are counted); one that fails often stops, and is tried again after a
+/// cool-down, so that a long-running daemon does not go dark on a rule for good.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuarantinePolicy {
+    /// Errors among the recent evaluations before a rule is quarantined.
+    pub after: u64,
+    /// ...and the share of the recent evaluations they must be.
+    pub error_rate: f64,
+    /// Recent means the last `window`..`2 × window` evaluations.
+    pub window: u64,
+    /// Event time after which a quarantined rule runs again.
+    pub cooldown_s: i64,
+}
+
+impl Default for QuarantinePolicy {
+    fn default() -> Self {
+        QuarantinePolicy {
+            after: 50,
+            error_rate: 0.05,
+            window: 1000,
+            cooldown_s: 3600,
+        }
+    }
+}
+
+impl QuarantinePolicy {
+    fn trips(&self, evaluations: u64, errors: u64) -> bool {
+        errors >= self.after && errors as f64 >= self.error_rate * evaluations as f64
+    }
+}
+
 /// How an engine runs, fixed when it is built.
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
     pub limits: SandboxLimits,
-    /// Errors after which a rule is quarantined until the next reload.
-    pub quarantine_after: u64,
+    /// When a failing rule is taken out, and when it comes back.
+    pub quarantine: QuarantinePolicy,
     /// Stamped on every alert.
     pub mode: Mode,
     pub entities: EntityFilter,
@@ -137,7 +179,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             limits: SandboxLimits::default(),
-            quarantine_after: 50,
+            quarantine: QuarantinePolicy::default(),
             mode: Mode::Replay,
             entities: EntityFilter::All,
             publish_flags: false,
@@ -207,6 +249,8 @@ impl RuleEngine {
             s.version = r.meta().version.clone();
             s.errors_since_load = 0;
             s.quarantined = false;
+            s.quarantined_at = None;
+            s.recent = [(0, 0); 2];
             self.slots.push(slot);
         }
     }
@@ -357,7 +401,7 @@ impl RuleEngine {
         subject: &Subject,
     ) {
         let slot = self.slots[i];
-        if self.stats[slot].quarantined {
+        if self.stats[slot].quarantined && !self.readmit(slot, time.utc) {
             return;
         }
         let set = &mut self.set;
@@ -439,6 +483,10 @@ impl RuleEngine {
 
         let stats = &mut self.stats[slot];
         stats.evaluations += 1;
+        stats.recent[1].0 += 1;
+        if stats.recent[1].0 >= self.opts.quarantine.window {
+            stats.recent = [stats.recent[1], (0, 0)];
+        }
         stats.latency.saturating_record(elapsed.max(1));
         self.counters.evaluations += 1;
 
@@ -504,15 +552,38 @@ impl RuleEngine {
             Ok((Decision::Cooldown, _)) => stats.suppressed += 1,
             Ok((Decision::NeedMoreHits, _)) => stats.pending_hits += 1,
             Ok((Decision::Emit, None)) => {}
-            Err(e) => self.count_error(slot, &e),
+            Err(e) => self.count_error(slot, &e, end),
         }
     }
 
-    fn count_error(&mut self, slot: usize, e: &ScriptError) {
+    /// A quarantined rule comes back once its cool-down (event time, so that a replay and the
+    /// daemon decide alike) has passed; true if it did.
+    fn readmit(&mut self, slot: usize, now: i64) -> bool {
+        let cooldown = self.opts.quarantine.cooldown_s;
+        let s = &mut self.stats[slot];
+        match s.quarantined_at {
+            Some(at) if now >= at.saturating_add(cooldown) => {
+                s.quarantined = false;
+                s.quarantined_at = None;
+                s.recent = [(0, 0); 2];
+                tracing::warn!(
+                    rule = %s.id,
+                    quarantines = s.quarantines,
+                    "Rule re-admitted after its quarantine cool-down; quarantined again if it keeps failing."
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn count_error(&mut self, slot: usize, e: &ScriptError, at: i64) {
         self.counters.errors += 1;
+        let q = self.opts.quarantine;
         let s = &mut self.stats[slot];
         s.errors += 1;
         s.errors_since_load += 1;
+        s.recent[1].1 += 1;
         *s.errors_by_kind.entry(e.kind()).or_default() += 1;
         let file = self
             .set
@@ -530,13 +601,18 @@ impl RuleEngine {
             tracing::warn!(rule = %s.id, error = %message, "Rule failed; counted, the record goes on to the other rules.");
         }
         s.last_error = Some(message);
-        if s.errors_since_load >= self.opts.quarantine_after && !s.quarantined {
+        let (evaluations, errors) = (s.recent[0].0 + s.recent[1].0, s.recent[0].1 + s.recent[1].1);
+        if !s.quarantined && q.trips(evaluations, errors) {
             s.quarantined = true;
+            s.quarantined_at = Some(at);
+            s.quarantines += 1;
             tracing::error!(
                 rule = %s.id,
-                errors = s.errors_since_load,
+                errors,
+                evaluations,
                 last_error = s.last_error.as_deref().unwrap_or(""),
-                "Rule quarantined after repeated failures; it stays off until the next reload."
+                cooldown = %crate::record::time::format_duration(q.cooldown_s),
+                "Rule quarantined: it keeps failing. It comes back after the cool-down (event time) or at the next reload."
             );
         }
     }

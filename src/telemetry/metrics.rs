@@ -39,6 +39,8 @@ pub struct RuleView {
     pub evaluations: u64,
     pub errors: u64,
     pub quarantined: bool,
+    /// Times quarantined (each re-admission after a cool-down can be followed by another).
+    pub quarantines: u64,
     pub latency: Histogram<u64>,
 }
 
@@ -531,6 +533,7 @@ impl Metrics {
                         acc.evaluations += r.evaluations;
                         acc.errors += r.errors;
                         acc.quarantined |= r.quarantined;
+                        acc.quarantines += r.quarantines;
                         let _ = acc.latency.add(&r.latency);
                     }
                     None => {
@@ -590,6 +593,19 @@ impl Metrics {
                 s,
                 "cdrguard_rule_quarantined{{rule=\"{id}\"}} {}",
                 r.quarantined as u8
+            );
+        }
+        head(
+            s,
+            "cdrguard_rule_quarantines_total",
+            "Times a rule was quarantined (re-admitted after rules.quarantine_cooldown of event time).",
+            "counter",
+        );
+        for (id, r) in &rules {
+            let _ = writeln!(
+                s,
+                "cdrguard_rule_quarantines_total{{rule=\"{id}\"}} {}",
+                r.quarantines
             );
         }
         // A histogram, not a summary: buckets add up across instances and over time.
@@ -685,6 +701,7 @@ mod tests {
             evaluations: 5,
             errors: 0,
             quarantined: false,
+            quarantines: 0,
             latency,
         };
         let mut view = WorkerView::default();
