@@ -635,6 +635,9 @@ pub struct StateConfig {
     pub calling_numbers: CallingNumbers,
     /// Keep state per IMEI (device) as well. Default false: no shipped rule needs it and it doubles state.
     pub track_imei: bool,
+    /// Condition names one rule may keep per entity with `edge(name, cond)`; a further name is a
+    /// rule error. Default 16.
+    pub max_edges_per_entity: u32,
 }
 
 impl Default for StateConfig {
@@ -649,6 +652,7 @@ impl Default for StateConfig {
             ledger_history: Secs(90 * 86_400),
             calling_numbers: CallingNumbers::International,
             track_imei: false,
+            max_edges_per_entity: 16,
         }
     }
 }
@@ -729,6 +733,9 @@ impl Config {
         }
         if s.max_future_skew.0 < 0 {
             errs.push("state.max_future_skew: must not be negative".into());
+        }
+        if s.max_edges_per_entity == 0 {
+            errs.push("state.max_edges_per_entity: at least 1".into());
         }
         if s.dedup_horizon.0 <= 0 {
             errs.push("state.dedup_horizon: must be positive".into());

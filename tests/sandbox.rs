@@ -257,3 +257,69 @@ fn quarantine_follows_the_recent_error_rate_and_ends_after_a_cool_down() {
     assert_eq!(always.evaluations, 12);
     assert!(always.quarantined);
 }
+
+/// `edge` names built from record values are bounded per rule and entity: the memory stays small,
+/// each refused name is a counted error, the rule beside it is unaffected.
+#[test]
+fn edge_names_are_bounded_per_entity() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    for name in ["edge_flood", "good"] {
+        let text =
+            std::fs::read_to_string(fixture(&format!("fixtures/sandbox/{name}.rhai"))).unwrap();
+        write_files(&rules, &[(&format!("{name}.rhai"), &text)]);
+    }
+    write_files(
+        dir.path(),
+        &[(
+            "config.toml",
+            "[rules]\nquarantine_after = 100000\n[state]\nmax_edges_per_entity = 16\n",
+        )],
+    );
+    // 2,000 calls of two subscribers.
+    let usage: String = (0..2000)
+        .map(|i| {
+            let start = cdrguard::record::EventTime {
+                utc: 1_762_765_200 + i * 10,
+                offset_min: 0,
+            }
+            .to_string();
+            voice_mo(
+                &format!("r{i}"),
+                &start,
+                &format!("3361200000{}", i % 2),
+                "33145000000",
+                60,
+            ) + "\n"
+        })
+        .collect();
+    write_files(dir.path(), &[("usage.ndjson", &usage)]);
+    let (report, pipeline, alerts) = replay_with(
+        &rules,
+        &dir.path().join("usage.ndjson"),
+        None,
+        Some(&dir.path().join("config.toml")),
+    );
+    let engine = pipeline.rules.as_ref().unwrap();
+    let flood = engine
+        .stats()
+        .iter()
+        .find(|s| s.id == "edge_flood")
+        .unwrap();
+    assert_eq!(flood.errors, 2000 - 2 * 16, "16 names per subscriber kept");
+    let last = flood.last_error.as_deref().unwrap();
+    assert!(last.contains("state.max_edges_per_entity"), "{last}");
+    let rules_report = report.rules.as_ref().unwrap();
+    assert_eq!(rules_report.edges_refused, 2000 - 32);
+    assert!(
+        rules_report.alert_memory_bytes < 64 * 1024,
+        "{} bytes",
+        rules_report.alert_memory_bytes
+    );
+    assert!(report.render().contains("edge() names REFUSED"));
+    assert_eq!(
+        alerts.iter().filter(|a| a.rule.id == "good").count(),
+        alerts.len()
+    );
+    assert!(!alerts.is_empty());
+}

@@ -34,6 +34,19 @@ pub struct AlertMemory {
     now: i64,
     /// Entry count after the last prune: prune again when it has doubled.
     pruned_at_len: usize,
+    /// Latch names per (rule, entity), for the bound on `edge`; rebuilt from `latches` after a
+    /// restore or a prune (`None`).
+    #[serde(skip)]
+    latch_counts: Option<AHashMap<(u64, u64), u32>>,
+    /// `edge` calls refused by the bound since start.
+    #[serde(skip)]
+    pub edges_refused: u64,
+}
+
+/// What `edge` answers when a rule asks about one name too many for one entity.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooManyEdges {
+    pub max: u32,
 }
 
 /// What the policy decided for a positive evaluation.
@@ -85,15 +98,47 @@ impl AlertMemory {
     }
 
     /// True when `cond` holds now and did not the last time this rule asked about this entity.
-    pub fn edge(&mut self, rule: u64, entity: u64, name: &str, cond: bool) -> bool {
+    /// A rule may keep at most `max` names per entity: names built from per-record values (a record
+    /// id) would otherwise grow this memory for `state.max_window` — refused, and counted.
+    pub fn edge(
+        &mut self,
+        rule: u64,
+        entity: u64,
+        name: &str,
+        cond: bool,
+        max: u32,
+    ) -> Result<bool, TooManyEdges> {
         let now = self.now;
-        let slot = self
-            .latches
-            .entry((rule, entity, key_hash(name)))
-            .or_insert((false, now));
+        let key = (rule, entity, key_hash(name));
+        if !self.latches.contains_key(&key) {
+            let latches = &self.latches;
+            let counts = self.latch_counts.get_or_insert_with(|| {
+                let mut c: AHashMap<(u64, u64), u32> = AHashMap::new();
+                for (r, e, _) in latches.keys() {
+                    *c.entry((*r, *e)).or_default() += 1;
+                }
+                c
+            });
+            let n = counts.entry((rule, entity)).or_default();
+            if *n >= max {
+                self.edges_refused += 1;
+                return Err(TooManyEdges { max });
+            }
+            *n += 1;
+        }
+        let slot = self.latches.entry(key).or_insert((false, now));
         let rising = cond && !slot.0;
         *slot = (cond, now);
-        rising
+        Ok(rising)
+    }
+
+    /// Heap bytes of the memory, for the state size (hash map slots and their keys and values).
+    pub fn estimated_bytes(&self) -> usize {
+        self.entries.capacity() * (std::mem::size_of::<((u64, u64), Memo)>() + 1)
+            + self.latches.capacity() * (std::mem::size_of::<((u64, u64, u64), (bool, i64))>() + 1)
+            + self.latch_counts.as_ref().map_or(0, |c| {
+                c.capacity() * (std::mem::size_of::<((u64, u64), u32)>() + 1)
+            })
     }
 
     /// Records a positive evaluation at `t` and decides whether it becomes an alert.
@@ -149,6 +194,7 @@ impl AlertMemory {
         }
         self.entries.retain(|_, m| m.touched >= now - keep_s);
         self.latches.retain(|_, (_, t)| *t >= now - keep_s);
+        self.latch_counts = None;
         self.pruned_at_len = self.entries.len() + self.latches.len();
     }
 }
@@ -184,10 +230,18 @@ mod tests {
     fn edge_fires_once_per_crossing_and_rearms_when_seen_false() {
         let mut m = AlertMemory::default();
         let seq = [false, true, true, false, true];
-        let got: Vec<bool> = seq.iter().map(|&c| m.edge(1, 2, "above", c)).collect();
+        let got: Vec<bool> = seq
+            .iter()
+            .map(|&c| m.edge(1, 2, "above", c, 16).unwrap())
+            .collect();
         assert_eq!(got, [false, true, false, false, true]);
         // Another entity, another name: separate latches.
-        assert!(m.edge(1, 3, "above", true));
-        assert!(m.edge(1, 2, "other", true));
+        assert!(m.edge(1, 3, "above", true, 16).unwrap());
+        assert!(m.edge(1, 2, "other", true, 16).unwrap());
+        // A third name for entity 2 with a bound of 2: refused and counted; the known ones still work.
+        assert_eq!(m.edge(1, 2, "third", true, 2), Err(TooManyEdges { max: 2 }));
+        assert_eq!(m.edges_refused, 1);
+        assert!(!m.edge(1, 2, "other", true, 2).unwrap());
+        assert!(m.edge(1, 4, "third", true, 2).unwrap(), "per entity");
     }
 }

@@ -912,6 +912,9 @@ pub fn add_to_view(view: &mut WorkerView, pipeline: &Pipeline) {
         return;
     };
     view.ruleset_version = engine.version().to_string();
+    let (memory_bytes, edges_refused) = engine.alert_memory();
+    view.state_bytes += memory_bytes as u64;
+    view.edges_refused += edges_refused;
     // Every pipeline reloads the same library: a reload counts once, not once per partition.
     view.reloads_ok = view.reloads_ok.max(engine.counters.reloads_ok);
     view.reloads_failed = view.reloads_failed.max(engine.counters.reloads_failed);

@@ -435,7 +435,7 @@ pub fn register(engine: &mut Engine, shared: &Rc<Shared>, lists: Lists) {
     // rule and entity (false before, true now) — "once per crossing". Re-armed when it is seen false.
     let memory = shared.memory.clone();
     let shared_e = shared.clone();
-    engine.register_fn("edge", move |name: &str, cond: bool| -> bool {
+    engine.register_fn("edge", move |name: &str, cond: bool| -> Fallible<bool> {
         let (rule, entity) = shared_e.current.get();
         let entity = match entity {
             EntityKey::None => 0,
@@ -446,7 +446,17 @@ pub fn register(engine: &mut Engine, shared: &Rc<Shared>, lists: Lists) {
                 .account_at(slot)
                 .map_or(0, |a| crate::alert::memory::key_hash(&a.id)),
         };
-        memory.borrow_mut().edge(rule, entity, name, cond)
+        let max = shared_e.store.borrow().config().max_edges_per_entity;
+        memory
+            .borrow_mut()
+            .edge(rule, entity, name, cond, max)
+            .map_err(|e| {
+                format!(
+                    "edge({name:?}): this rule already keeps {} condition names for this entity (state.max_edges_per_entity); build names from constants, not from record values",
+                    e.max
+                )
+                .into()
+            })
     });
     // `alerted("wangiri_inbound", rec.other_number, "72h")`: that rule alerted on that entity within
     // the window before the trigger time.

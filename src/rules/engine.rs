@@ -617,6 +617,12 @@ impl RuleEngine {
         }
     }
 
+    /// The alert memory's estimated bytes, and the `edge` names refused by its bound.
+    pub fn alert_memory(&self) -> (usize, u64) {
+        let m = self.shared.memory.borrow();
+        (m.estimated_bytes(), m.edges_refused)
+    }
+
     /// Forgets alert memory untouched for longer than the longest window.
     pub fn maintain(&mut self, now: i64) {
         let keep = self.shared.store.borrow().config().max_window.0;

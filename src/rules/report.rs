@@ -26,6 +26,10 @@ pub struct RulesReport {
     pub rules_active: usize,
     pub counters: EngineCounters,
     pub rules: Vec<RuleRow>,
+    /// Alert memory (cooldowns, min-hits, `edge` latches), estimated bytes.
+    pub alert_memory_bytes: usize,
+    /// `edge` names refused by `state.max_edges_per_entity`.
+    pub edges_refused: u64,
 }
 
 impl RulesReport {
@@ -52,7 +56,10 @@ impl RulesReport {
             })
             .collect();
         rules.sort_by(|a, b| a.id.cmp(&b.id));
+        let (alert_memory_bytes, edges_refused) = engine.alert_memory();
         RulesReport {
+            alert_memory_bytes,
+            edges_refused,
             ruleset_version: engine.version().to_string(),
             rules_active: engine.set().rules.len(),
             counters: engine.counters.clone(),
@@ -80,6 +87,19 @@ impl RulesReport {
             100.0 * self.no_rule_share(),
             if c.reloads_ok + c.reloads_failed > 0 {
                 format!("; reloads {} ok, {} failed", c.reloads_ok, c.reloads_failed)
+            } else {
+                String::new()
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  alert memory        {:.1} MiB estimated{}",
+            self.alert_memory_bytes as f64 / 1048576.0,
+            if self.edges_refused > 0 {
+                format!(
+                    "; {} edge() names REFUSED (state.max_edges_per_entity)",
+                    self.edges_refused
+                )
             } else {
                 String::new()
             }

@@ -26,6 +26,8 @@ pub struct WorkerView {
     pub rules: BTreeMap<String, RuleView>,
     /// Per usage partition held: its event-time watermark (seconds since the epoch).
     pub watermarks: BTreeMap<i32, i64>,
+    /// `edge` names refused by `state.max_edges_per_entity`.
+    pub edges_refused: u64,
 }
 
 /// Upper bounds (seconds) of the rule evaluation time histogram's buckets: from a comparison in
@@ -517,13 +519,14 @@ impl Metrics {
 
     fn render_workers(&self, s: &mut String, head: impl Fn(&mut String, &str, &str, &str)) {
         let workers = self.workers.lock().expect("metrics lock").clone();
-        let (mut entities, mut bytes, mut timers) = (0, 0, 0);
+        let (mut entities, mut bytes, mut timers, mut edges_refused) = (0, 0, 0, 0);
         let mut rules: BTreeMap<String, RuleView> = BTreeMap::new();
         let mut version = String::new();
         for w in &workers {
             entities += w.entities;
             bytes += w.state_bytes;
             timers += w.timers_pending;
+            edges_refused += w.edges_refused;
             if !w.ruleset_version.is_empty() {
                 version = w.ruleset_version.clone();
             }
@@ -671,7 +674,7 @@ impl Metrics {
             ),
             (
                 "cdrguard_state_bytes",
-                "Estimated bytes of window state.",
+                "Estimated bytes of window state and alert memory.",
                 bytes,
             ),
             (
@@ -683,6 +686,13 @@ impl Metrics {
             head(s, name, help, "gauge");
             let _ = writeln!(s, "{name} {v}");
         }
+        head(
+            s,
+            "cdrguard_rule_edges_refused_total",
+            "edge() condition names refused by state.max_edges_per_entity (a rule error each).",
+            "counter",
+        );
+        let _ = writeln!(s, "cdrguard_rule_edges_refused_total {edges_refused}");
     }
 }
 
