@@ -311,8 +311,15 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
             ))
         }
     };
-    Ok(n * mult)
+    // An overflow used to wrap: "1152921504606846977h" became 1 h.
+    match n.checked_mul(mult) {
+        Some(secs) if secs <= MAX_DURATION_S => Ok(secs),
+        _ => Err(format!("{s:?}: longer than 100 years")),
+    }
 }
+
+/// The longest duration accepted anywhere (windows, cooldowns, config): 100 years.
+pub const MAX_DURATION_S: i64 = 100 * 365 * 86_400 + 25 * 86_400;
 
 /// Formats seconds back to the shortest exact unit (`3600` → `1h`).
 pub fn format_duration(secs: i64) -> String {
@@ -327,6 +334,16 @@ pub fn format_duration(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_that_overflow_are_refused_not_wrapped() {
+        assert_eq!(parse_duration("72h"), Ok(72 * 3600));
+        let e = parse_duration("1152921504606846977h").unwrap_err();
+        assert!(e.contains("longer than 100 years"), "{e}");
+        assert!(parse_duration("9223372036854775807d").is_err());
+        assert!(parse_duration("36500d").is_ok());
+        assert!(parse_duration("40000d").is_err());
+    }
 
     #[test]
     fn offset_gives_local_hour_and_utc_instant() {

@@ -53,11 +53,17 @@ impl RuleSources {
         let mut lists = Vec::new();
         let mut params = None;
         walk(root, root, &mut |rel, path| {
+            // A byte-order mark (editors on Windows) is not part of the text.
             let read = || {
-                std::fs::read_to_string(path).map_err(|error| LibraryError::Read {
-                    path: path.to_path_buf(),
-                    error,
-                })
+                std::fs::read_to_string(path)
+                    .map(|t| match t.strip_prefix('\u{feff}') {
+                        Some(rest) => rest.to_string(),
+                        None => t,
+                    })
+                    .map_err(|error| LibraryError::Read {
+                        path: path.to_path_buf(),
+                        error,
+                    })
             };
             if rel.ends_with(".rhai") {
                 scripts.push(SourceFile {
@@ -194,6 +200,16 @@ mod tests {
         let mut h = StableHash::new();
         h.write(b"a");
         assert_eq!(h.finish(), 0xd228cb696f1a8caf78912b704e4a8964);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_a_rule_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("r.rhai"), "\u{feff}const X = 1;").unwrap();
+        std::fs::write(dir.path().join("params.toml"), "\u{feff}[r]\n").unwrap();
+        let s = RuleSources::read(dir.path()).unwrap();
+        assert_eq!(s.scripts[0].text, "const X = 1;");
+        assert_eq!(s.params.unwrap().text, "[r]\n");
     }
 
     #[test]

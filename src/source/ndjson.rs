@@ -113,6 +113,11 @@ impl LineReader {
         if self.buf.last() == Some(&b'\r') {
             self.buf.pop();
         }
+        // A UTF-8 byte-order mark (files saved by spreadsheet tools) would make the first record
+        // undecodable.
+        if self.line == 0 && self.buf.starts_with(b"\xEF\xBB\xBF") {
+            self.buf.drain(..3);
+        }
         self.line += 1;
         Ok(true)
     }
@@ -155,6 +160,15 @@ mod tests {
                 (3, "bc".into(), false)
             ]
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_line_is_dropped() {
+        let mut r = reader(b"\xEF\xBB\xBF{\"a\":1}\n\xEF\xBB\xBF\n", 1024);
+        assert!(r.next_line().unwrap());
+        assert_eq!(r.buf, b"{\"a\":1}");
+        assert!(r.next_line().unwrap());
+        assert_eq!(r.buf, b"\xEF\xBB\xBF", "only at the start of the input");
     }
 
     #[test]
