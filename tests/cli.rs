@@ -241,6 +241,39 @@ fn check_and_test_report_the_rule_library_and_exit_non_zero_on_problems() {
     }
 }
 
+/// A typo that only shows at run time (a method the views do not have) fails the rule's cases with
+/// the script error and its position, not only as "expected, not raised".
+#[test]
+fn test_fails_a_case_with_the_script_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("rules");
+    copy_tree(format!("{ROOT}/rules").as_ref(), &lib);
+    let irsf = lib.join("fraud/irsf_high_risk_destination.rhai");
+    let text = std::fs::read_to_string(&irsf).unwrap().replace(
+        "sub.minutes(\"voice.mo.high_risk\"",
+        "sub.minutez(\"voice.mo.high_risk\"",
+    );
+    std::fs::write(&irsf, text).unwrap();
+    let (code, out, _) = run(&["test", "--rules", lib.to_str().unwrap()], None);
+    assert_eq!(code, 1, "{out}");
+    let near_miss = out
+        .lines()
+        .skip_while(|l| !l.contains("irsf_high_risk_destination/two_calls_eight_minutes_near_miss"))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        near_miss.starts_with("FAIL"),
+        "a near miss fails too:\n{out}"
+    );
+    assert!(
+        near_miss.contains("script error: irsf_high_risk_destination failed")
+            && near_miss
+                .contains("irsf_high_risk_destination.rhai:26:23: Function not found: minutez"),
+        "{near_miss}"
+    );
+}
+
 #[test]
 fn the_readme_configuration_loads_as_written_from_the_repository_root() {
     let blocks = common::readme_toml("## Configuration");

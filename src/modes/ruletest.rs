@@ -50,13 +50,19 @@ pub struct CaseResult {
     pub description: String,
     pub missing: Vec<Expected>,
     pub unexpected: Vec<Expected>,
+    /// Script failures of the rules compared (a typo'd method, a bad verdict key): each fails the
+    /// case, with its `file:line:col`, however the alerts compare.
+    pub script_errors: Vec<String>,
     /// The case could not run (bad files); counted as a failure.
     pub error: Option<String>,
 }
 
 impl CaseResult {
     pub fn passed(&self) -> bool {
-        self.error.is_none() && self.missing.is_empty() && self.unexpected.is_empty()
+        self.error.is_none()
+            && self.missing.is_empty()
+            && self.unexpected.is_empty()
+            && self.script_errors.is_empty()
     }
 }
 
@@ -81,6 +87,9 @@ impl TestReport {
             let _ = writeln!(s, "{status} {}/{}  {}", c.rule, c.case, c.description);
             if let Some(e) = &c.error {
                 let _ = writeln!(s, "     error: {e}");
+            }
+            for e in &c.script_errors {
+                let _ = writeln!(s, "     script error: {e}");
             }
             for m in &c.missing {
                 let _ = writeln!(
@@ -175,6 +184,7 @@ fn run_case(rule: &str, dir: &Path, rules_dir: &Path) -> CaseResult {
         description: String::new(),
         missing: vec![],
         unexpected: vec![],
+        script_errors: vec![],
         error: None,
     };
     // Per-case replay logs ("Rules loaded") would drown the report; failures show in the diff.
@@ -183,17 +193,18 @@ fn run_case(rule: &str, dir: &Path, rules_dir: &Path) -> CaseResult {
             compare(rule, dir, rules_dir)
         });
     match outcome {
-        Ok((description, missing, unexpected)) => {
+        Ok((description, missing, unexpected, script_errors)) => {
             result.description = description;
             result.missing = missing;
             result.unexpected = unexpected;
+            result.script_errors = script_errors;
         }
         Err(e) => result.error = Some(format!("{e:#}")),
     }
     result
 }
 
-type Diff = (String, Vec<Expected>, Vec<Expected>);
+type Diff = (String, Vec<Expected>, Vec<Expected>, Vec<String>);
 
 fn compare(rule: &str, dir: &Path, rules_dir: &Path) -> anyhow::Result<Diff> {
     let expect_path = dir.join("expect.json");
@@ -201,10 +212,24 @@ fn compare(rule: &str, dir: &Path, rules_dir: &Path) -> anyhow::Result<Diff> {
         .with_context(|| format!("reading {}", expect_path.display()))?;
     let expect: Expectation = serde_json::from_str(&text)
         .with_context(|| format!("parsing {}", expect_path.display()))?;
-    let alerts = replay_case(dir, rules_dir)?;
+    let (alerts, rules_report) = replay_case(dir, rules_dir)?;
     let mut rules_compared: BTreeSet<&str> =
         expect.alerts.iter().map(|e| e.rule.as_str()).collect();
     rules_compared.insert(rule);
+    let script_errors: Vec<String> = rules_report
+        .iter()
+        .flat_map(|r| &r.rules)
+        .filter(|r| r.errors > 0 && rules_compared.contains(r.id.as_str()))
+        .map(|r| {
+            format!(
+                "{} failed {} of {} evaluations; last: {}",
+                r.id,
+                r.errors,
+                r.evaluations,
+                r.last_error.as_deref().unwrap_or("?")
+            )
+        })
+        .collect();
     // Compared as multisets: "once per crossing" means two crossings give two alerts, not one.
     let mut actual: Vec<Expected> = alerts
         .iter()
@@ -230,11 +255,14 @@ fn compare(rule: &str, dir: &Path, rules_dir: &Path) -> anyhow::Result<Diff> {
     actual.sort();
     missing.sort();
     let unexpected = actual;
-    Ok((expect.description, missing, unexpected))
+    Ok((expect.description, missing, unexpected, script_errors))
 }
 
-/// Replays a case folder with the library and returns the alerts raised.
-pub fn replay_case(dir: &Path, rules_dir: &Path) -> anyhow::Result<Vec<Alert>> {
+/// Replays a case folder with the library; the alerts raised and what the rules did.
+pub fn replay_case(
+    dir: &Path,
+    rules_dir: &Path,
+) -> anyhow::Result<(Vec<Alert>, Option<crate::rules::RulesReport>)> {
     let usage = dir.join("usage.ndjson");
     let events = dir.join("events.ndjson");
     let config = dir.join("config.toml");
@@ -247,9 +275,12 @@ pub fn replay_case(dir: &Path, rules_dir: &Path) -> anyhow::Result<Vec<Alert>> {
         ..Default::default()
     };
     let mut out = Vec::new();
-    replay::run_to(&opts, &mut out).with_context(|| format!("replaying {}", usage.display()))?;
-    out.split(|&b| b == b'\n')
+    let (report, _) = replay::run_to(&opts, &mut out)
+        .with_context(|| format!("replaying {}", usage.display()))?;
+    let alerts = out
+        .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|l| serde_json::from_slice::<Alert>(l).context("reading back an alert"))
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    Ok((alerts, report.rules))
 }
