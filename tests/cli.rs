@@ -241,6 +241,40 @@ fn check_and_test_report_the_rule_library_and_exit_non_zero_on_problems() {
     }
 }
 
+/// One mistake, one error: a params.toml that does not parse is reported once (not once per
+/// parameter every script reads), and every bad line of a list is reported.
+#[test]
+fn check_reports_one_error_per_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("rules");
+    copy_tree(format!("{ROOT}/rules").as_ref(), &lib);
+    let params = std::fs::read_to_string(lib.join("params.toml"))
+        .unwrap()
+        .replace("min_calls = 3 ", "min_calls = 3\nmin_calls = 4 ");
+    std::fs::write(lib.join("params.toml"), params).unwrap();
+    let list = lib.join("lists/sms_whitelist.txt");
+    let text = std::fs::read_to_string(&list).unwrap() + "+4412\nnot-a-prefix\n";
+    std::fs::write(&list, text).unwrap();
+    let (code, out, _) = run(&["check", "--rules", lib.to_str().unwrap()], None);
+    assert_eq!(code, 1, "{out}");
+    let errors: Vec<&str> = out.lines().filter(|l| l.contains(": error: ")).collect();
+    assert_eq!(errors.len(), 3, "{out}");
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.contains("params.toml:9:1: error: duplicate key")),
+        "{out}"
+    );
+    assert_eq!(
+        errors
+            .iter()
+            .filter(|l| l.contains("sms_whitelist.txt"))
+            .count(),
+        2,
+        "{out}"
+    );
+}
+
 /// A typo that only shows at run time (a method the views do not have) fails the rule's cases with
 /// the script error and its position, not only as "expected, not raised".
 #[test]

@@ -41,7 +41,13 @@ impl PrefixList {
 
     /// Parses the list format: one prefix per line, `#` comments, `!prefix` for an exemption.
     pub fn parse(text: &str, path: &str) -> Result<Self, ListError> {
+        Self::parse_all(text, path).map_err(|mut es| es.swap_remove(0))
+    }
+
+    /// Like `parse`, with every bad line reported, not only the first.
+    pub fn parse_all(text: &str, path: &str) -> Result<Self, Vec<ListError>> {
         let mut list = PrefixList::new();
+        let mut errs = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let body = line.split('#').next().unwrap_or("").trim();
             if body.is_empty() {
@@ -51,14 +57,20 @@ impl PrefixList {
                 Some(d) => (false, d.trim()),
                 None => (true, body),
             };
-            let n = Number::parse(digits).map_err(|why| ListError {
-                path: path.into(),
-                line: i + 1,
-                message: format!("{digits:?} is not a prefix: {why}"),
-            })?;
-            list.insert(n, listed);
+            match Number::parse(digits) {
+                Ok(n) => list.insert(n, listed),
+                Err(why) => errs.push(ListError {
+                    path: path.into(),
+                    line: i + 1,
+                    message: format!("{digits:?} is not a prefix: {why}"),
+                }),
+            }
         }
-        Ok(list)
+        if errs.is_empty() {
+            Ok(list)
+        } else {
+            Err(errs)
+        }
     }
 
     pub fn load(path: &Path) -> Result<Self, ListError> {
@@ -136,6 +148,12 @@ mod tests {
 
     #[test]
     fn bad_line_names_its_line() {
+        let all = PrefixList::parse_all("882\n+44\n33\nabc\n", "lists/x.txt").unwrap_err();
+        assert_eq!(
+            all.iter().map(|e| e.line).collect::<Vec<_>>(),
+            [2, 4],
+            "every bad line"
+        );
         let e = PrefixList::parse("882\n+44\n", "lists/x.txt").unwrap_err();
         assert_eq!(
             e.to_string(),

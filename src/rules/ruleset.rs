@@ -158,13 +158,15 @@ impl RuleSet {
         let params_file = sources.params.as_ref();
         let params_text = params_file.map_or("", |f| f.text.as_str());
         let params_path = params_file.map_or("params.toml", |f| f.path.as_str());
-        let params = match Params::parse(params_text) {
-            Ok(p) => p,
+        // A params.toml that does not parse is one error: the "parameter not defined" errors every
+        // script's reads would then raise follow from it and are not reported.
+        let (params, params_parsed) = match Params::parse(params_text) {
+            Ok(p) => (p, true),
             Err(es) => {
                 for e in es {
                     errors.push(problem(params_path, e.line, 1, e.message));
                 }
-                Params::default()
+                (Params::default(), false)
             }
         };
 
@@ -176,11 +178,15 @@ impl RuleSet {
                 .trim_start_matches("lists/")
                 .trim_end_matches(".txt")
                 .to_string();
-            match PrefixList::parse(&f.text, &sources.display_path(&f.path)) {
+            match PrefixList::parse_all(&f.text, &sources.display_path(&f.path)) {
                 Ok(l) => {
                     lists.insert(name, l);
                 }
-                Err(e) => errors.push(problem(&f.path, e.line, 1, e.message.clone())),
+                Err(es) => {
+                    for e in es {
+                        errors.push(problem(&f.path, e.line, 1, e.message));
+                    }
+                }
             }
         }
         let lists: Lists = Rc::new(lists);
@@ -284,7 +290,7 @@ impl RuleSet {
             let defined: BTreeSet<&str> = params.defaults_of(&resolved.meta.id).collect();
             let mut read = BTreeSet::new();
             for (name, line, column) in param_reads(&f.text, &param_name) {
-                if !defined.contains(name.as_str()) {
+                if params_parsed && !defined.contains(name.as_str()) {
                     errors.push(problem(
                         &f.path,
                         line,
@@ -297,7 +303,10 @@ impl RuleSet {
                 }
                 read.insert(name);
             }
-            for name in defined.iter().filter(|n| !read.contains(**n)) {
+            for name in defined
+                .iter()
+                .filter(|n| params_parsed && !read.contains(**n))
+            {
                 warnings.push(problem(
                     params_path,
                     line_of(params_text, name).unwrap_or(1),
@@ -311,7 +320,13 @@ impl RuleSet {
             for (line, column, message) in literal_problems(&f.text) {
                 errors.push(problem(&f.path, line, column, message));
             }
-            let tables = match params.resolve(&resolved.meta.id, params_text, &resolved.params) {
+            // Declared parameters without a value would all be errors too.
+            let declared = if params_parsed {
+                resolved.params.clone()
+            } else {
+                Default::default()
+            };
+            let tables = match params.resolve(&resolved.meta.id, params_text, &declared) {
                 Ok(t) => t,
                 Err(es) => {
                     for e in es {
