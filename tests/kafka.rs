@@ -413,3 +413,72 @@ fn timers_fire_on_a_quiet_stream_as_the_wall_clock_moves() {
     stages.sort();
     assert_eq!(stages, [7, 15, 30]);
 }
+
+/// `GET` on the daemon's metrics address: (status line, body).
+fn http_get(address: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(address).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// Snapshots that cannot be written (a full or broken disk) must show: `/health` says degraded
+/// while they fail, and a stop whose last snapshots failed is an error (exit 1), not a clean exit.
+#[test]
+fn snapshots_that_cannot_be_written_degrade_health_and_fail_the_stop() {
+    let k = Kafka::start(2);
+    let (usage, events, _) = stories(29);
+    let total = k.produce(&usage, &events);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut cfg = durable(&k.cfg);
+    let address = format!("127.0.0.1:{}", free_port());
+    cfg.daemon.metrics_address = address.clone();
+    let c = control();
+    let daemon = k.daemon_with_state(cfg, &fixture("rules"), c.clone(), Some(&state));
+    wait_for_progress(|| k.committed_total(2), total, Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (k.committed_total(2) as u64) < total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        k.committed_total(2) as u64,
+        total,
+        "committed before the disk breaks"
+    );
+    let (status, body) = http_get(&address, "/health");
+    assert!(
+        status.contains("200") && !body.contains("degraded"),
+        "{status} {body}"
+    );
+
+    // The state directory becomes a file: every write fails from now on.
+    std::fs::rename(&state, dir.path().join("moved")).unwrap();
+    std::fs::write(&state, "not a directory").unwrap();
+    let (more_usage, more_events, _) = stories(30);
+    k.produce(&more_usage, &more_events);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let degraded = loop {
+        let (status, body) = http_get(&address, "/health");
+        if body.contains("snapshots failing") {
+            break format!("{status} {body}");
+        }
+        assert!(Instant::now() < deadline, "never degraded: {status} {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(degraded.contains("state"), "{degraded}");
+    assert_eq!(
+        k.committed_total(2) as u64,
+        total,
+        "commits wait for a snapshot that covers them"
+    );
+    c.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let e = daemon.join().unwrap().unwrap_err().to_string();
+    assert!(e.contains("the last snapshots could not be written"), "{e}");
+}

@@ -308,6 +308,7 @@ pub fn run(
     if let Some(w) = writer {
         let _ = w.join();
     }
+    let snapshots_failing = metrics.snapshots.failing_since_ms.load(Ordering::Relaxed) > 0;
     if let Some(t) = metrics_thread {
         let _ = t.join();
     }
@@ -349,6 +350,20 @@ pub fn run(
         dead_letters = summary.dead_letters,
         "Stopped."
     );
+    if snapshots_failing {
+        // Offsets were committed only as far as the last snapshot written: nothing is lost, but the
+        // next start re-reads (or rebuilds) more than it should, and an orchestrator must know.
+        let why = metrics
+            .snapshots
+            .last_error
+            .lock()
+            .expect("metrics lock")
+            .clone();
+        anyhow::bail!(
+            "the last snapshots could not be written ({}); offsets are committed only up to the last one written",
+            why.unwrap_or_default()
+        );
+    }
     Ok(summary)
 }
 

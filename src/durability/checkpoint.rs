@@ -165,8 +165,20 @@ fn write_job(
     }
     if let Err(e) = snapshot::write_atomic(&path, &job.bytes) {
         tracing::error!(path = %path.display(), error = %e, "Snapshot not written; commits wait for the next one.");
+        let s = &metrics.snapshots;
+        let _ = s.failing_since_ms.compare_exchange(
+            0,
+            crate::telemetry::metrics::now_ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        *s.last_error.lock().expect("metrics lock") = Some(format!("{}: {e}", path.display()));
         return false;
     }
+    metrics
+        .snapshots
+        .failing_since_ms
+        .store(0, Ordering::Relaxed);
     for &(input, partition, last) in &job.covers {
         match job.kind {
             SnapshotKind::Partition(_) => tracker.set_cap(input, partition, last),

@@ -131,6 +131,11 @@ pub struct SnapshotMetrics {
     pub written: AtomicU64,
     /// Snapshots not written: alerts undelivered in time, or an I/O error.
     pub failed: AtomicU64,
+    /// When writing started failing with an I/O error (ms since the epoch; 0: the last write
+    /// succeeded). Commits wait meanwhile: `/health` says degraded.
+    pub failing_since_ms: std::sync::atomic::AtomicI64,
+    /// The last I/O error, for `/health` and the exit.
+    pub last_error: Mutex<Option<String>>,
     pub bytes_written: AtomicU64,
     /// Time to encode plus write the last snapshot (µs).
     pub last_write_us: AtomicU64,
@@ -264,13 +269,28 @@ impl Metrics {
 
     /// Why the daemon runs but its results are incomplete, if they are.
     pub fn degraded(&self) -> Option<String> {
+        let mut why = Vec::new();
+        let since = self.snapshots.failing_since_ms.load(Ordering::Relaxed);
+        if since > 0 {
+            why.push(format!(
+                "snapshots failing for {} s, commits wait: {} (cdrguard_snapshots_failed_total)",
+                (now_ms() - since) / 1000,
+                self.snapshots
+                    .last_error
+                    .lock()
+                    .expect("metrics lock")
+                    .as_deref()
+                    .unwrap_or("?")
+            ));
+        }
         let g = self.gaps_total();
-        (g.episodes > 0).then(|| {
-            format!(
+        if g.episodes > 0 {
+            why.push(format!(
                 "{} records skipped in {} offset gap(s): their records were gone from the broker (cdrguard_records_skipped_total)",
                 g.skipped, g.episodes
-            )
-        })
+            ));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
     }
 
     pub fn topic(&self, input: Input) -> &str {
