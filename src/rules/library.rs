@@ -39,6 +39,13 @@ pub enum LibraryError {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// A symbolic link to something outside the library folder: refused, so that a link to
+    /// `/etc/passwd` cannot show its content in error messages, nor a link to `/` walk the disk.
+    #[error("{0}: a symbolic link out of the rule library is refused")]
+    LinkOutside(PathBuf),
+    /// A folder reached twice through symbolic links.
+    #[error("{0}: a symbolic link loop (this folder is already part of the library)")]
+    LinkLoop(PathBuf),
 }
 
 /// Folders beside a rule that hold its test cases (`<rule_id>.cases/`), not scripts.
@@ -52,7 +59,16 @@ impl RuleSources {
         let mut scripts = Vec::new();
         let mut lists = Vec::new();
         let mut params = None;
-        walk(root, root, &mut |rel, path| {
+        let canonical_root = std::fs::canonicalize(root).map_err(|error| LibraryError::Read {
+            path: root.to_path_buf(),
+            error,
+        })?;
+        let mut seen = std::collections::HashSet::from([canonical_root.clone()]);
+        let bounds = Bounds {
+            root,
+            canonical_root: &canonical_root,
+        };
+        walk(&bounds, root, &mut seen, &mut |rel, path| {
             // A byte-order mark (editors on Windows) is not part of the text.
             let read = || {
                 std::fs::read_to_string(path)
@@ -118,11 +134,19 @@ impl RuleSources {
     }
 }
 
+/// The library folder as given (for relative names) and as resolved (for links).
+struct Bounds<'a> {
+    root: &'a Path,
+    canonical_root: &'a Path,
+}
+
 fn walk(
-    root: &Path,
+    bounds: &Bounds,
     dir: &Path,
+    seen: &mut std::collections::HashSet<PathBuf>,
     f: &mut dyn FnMut(&str, &Path) -> Result<(), LibraryError>,
 ) -> Result<(), LibraryError> {
+    let root = bounds.root;
     let io = |error| LibraryError::Read {
         path: dir.to_path_buf(),
         error,
@@ -140,9 +164,24 @@ fn walk(
         if name.starts_with('.') || name.ends_with('~') {
             continue;
         }
+        // Links are followed only inside the library (a ConfigMap mount links its files into a
+        // hidden folder beside them).
+        if entry.file_type().map_err(io)?.is_symlink() {
+            let target = std::fs::canonicalize(&path).map_err(|error| LibraryError::Read {
+                path: path.clone(),
+                error,
+            })?;
+            if !target.starts_with(bounds.canonical_root) {
+                return Err(LibraryError::LinkOutside(path));
+            }
+        }
         if path.is_dir() {
             if !name.ends_with(CASES_SUFFIX) {
-                walk(root, &path, f)?;
+                let canonical = std::fs::canonicalize(&path).map_err(io)?;
+                if !seen.insert(canonical) {
+                    return Err(LibraryError::LinkLoop(path));
+                }
+                walk(bounds, &path, seen, f)?;
             }
             continue;
         }
@@ -200,6 +239,33 @@ mod tests {
         let mut h = StableHash::new();
         h.write(b"a");
         assert_eq!(h.finish(), 0xd228cb696f1a8caf78912b704e4a8964);
+    }
+
+    #[test]
+    fn links_out_of_the_library_and_link_loops_are_refused() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("rules");
+        std::fs::create_dir_all(lib.join("fraud")).unwrap();
+        std::fs::write(lib.join("fraud/a.rhai"), "const A = 1;").unwrap();
+        std::fs::write(dir.path().join("secret.txt"), "root:x:0:0").unwrap();
+        // Inside: followed.
+        symlink(lib.join("fraud/a.rhai"), lib.join("b.rhai")).unwrap();
+        let s = RuleSources::read(&lib).unwrap();
+        assert_eq!(s.scripts.len(), 2);
+        // Out of the library: refused, without its content.
+        symlink(dir.path().join("secret.txt"), lib.join("lists.rhai")).unwrap();
+        let e = RuleSources::read(&lib).unwrap_err().to_string();
+        assert!(
+            e.contains("lists.rhai: a symbolic link out of the rule library"),
+            "{e}"
+        );
+        assert!(!e.contains("root:x"), "{e}");
+        std::fs::remove_file(lib.join("lists.rhai")).unwrap();
+        // A loop: refused at once.
+        symlink(&lib, lib.join("fraud/again")).unwrap();
+        let e = RuleSources::read(&lib).unwrap_err().to_string();
+        assert!(e.contains("again: a symbolic link loop"), "{e}");
     }
 
     #[test]
