@@ -180,9 +180,13 @@ impl Ledger {
                         }
                     }
                 }
-                // Even an unknown reversal is a reversal: count it for the "second within 90 days" test.
-                super::reserve_tight(&mut self.reversals);
-                self.reversals.push(e.occurred_at);
+                // Even an unknown reversal is a reversal: count it for the "second within 90 days"
+                // test. A second reversal of the same payment is refused, and not counted: it is a
+                // redelivery or a billing error, not a second chargeback.
+                if !matches!(warn, Some(LedgerWarning::AlreadyReversed(_))) {
+                    super::reserve_tight(&mut self.reversals);
+                    self.reversals.push(e.occurred_at);
+                }
             }
             EventType::CreditLimitChanged => {
                 self.credit_limit = Some(e.credit.as_ref().expect("validated").credit_limit)
@@ -336,7 +340,8 @@ mod tests {
             l.apply(&rev).1,
             Some(LedgerWarning::AlreadyReversed("P1".into()))
         );
-        assert_eq!(l.reversals.len(), 2);
+        // The refused second reversal is not a second chargeback (issue 14: it used to count).
+        assert_eq!(l.reversals.len(), 1);
     }
 
     #[test]
@@ -357,6 +362,16 @@ mod tests {
 
     // Regression (review): reversing a payment whose credit had settled a later invoice left the
     // account owing less than billing says.
+    #[test]
+    fn a_refused_double_reversal_is_not_a_second_reversal() {
+        let mut l = Ledger::default();
+        l.apply(&payment("P1", None, "30.00"));
+        l.apply(&reversal("R1", "P1", "30.00"));
+        let (_, warn) = l.apply(&reversal("R2", "P1", "30.00"));
+        assert_eq!(warn, Some(LedgerWarning::AlreadyReversed("P1".into())));
+        assert_eq!(l.reversals.len(), 1);
+    }
+
     #[test]
     fn reversing_credit_that_was_spent_leaves_the_debt() {
         let mut l = Ledger::default();
