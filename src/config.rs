@@ -558,6 +558,9 @@ pub struct InputConfig {
     pub max_record_bytes: usize,
     /// ISO 4217 code charges and payments must be in when they name a currency. Default `EUR`.
     pub currency: String,
+    /// Largest dead-letter file a replay writes, in MiB; further rejects are counted, not written.
+    /// Default 256.
+    pub dead_letter_file_max_mib: u64,
 }
 
 impl Default for InputConfig {
@@ -565,6 +568,7 @@ impl Default for InputConfig {
         InputConfig {
             max_record_bytes: 64 * 1024,
             currency: "EUR".into(),
+            dead_letter_file_max_mib: 256,
         }
     }
 }
@@ -681,6 +685,9 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errs = Vec::new();
+        if self.input.dead_letter_file_max_mib == 0 {
+            errs.push("input.dead_letter_file_max_mib: at least 1".into());
+        }
         if self.input.max_record_bytes < 256 {
             errs.push(format!(
                 "input.max_record_bytes: {} is too small (at least 256)",

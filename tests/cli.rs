@@ -64,6 +64,48 @@ fn replay_from_stdin_dead_letters_next_to_the_output() {
     assert!(out.exists(), "alerts file is created even when empty");
 }
 
+/// Garbage replayed by mistake (a binary file) fills the dead-letter file only up to its cap; the
+/// rest is counted and the summary says so.
+#[test]
+fn the_dead_letter_file_has_a_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("alerts.ndjson");
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[input]\ndead_letter_file_max_mib = 1\n").unwrap();
+    let garbage: Vec<u8> = (0..20_000)
+        .flat_map(|i| format!("not json {i} {}\n", "x".repeat(100)).into_bytes())
+        .collect();
+    let (code, _, err) = run(
+        &[
+            "replay",
+            "--usage",
+            "-",
+            "--out",
+            out.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--no-rules",
+            "--quiet",
+        ],
+        Some(&garbage),
+    );
+    assert_eq!(code, 0, "{err}");
+    let dl = dir.path().join("alerts.ndjson.rejected.ndjson");
+    let size = std::fs::metadata(&dl).unwrap().len();
+    assert!(size <= 1 << 20 && size > 900_000, "{size} bytes");
+    let written = std::fs::read_to_string(&dl).unwrap().lines().count() as u64;
+    let not_written = 20_000 - written;
+    assert!(
+        err.contains(&format!(
+            "rejected                  20,000   → {} ({},{:03} NOT WRITTEN: the file reached input.dead_letter_file_max_mib)",
+            dl.display(),
+            not_written / 1000,
+            not_written % 1000
+        )),
+        "{written} written\n{err}"
+    );
+}
+
 #[test]
 fn summary_json_is_machine_readable() {
     let dir = tempfile::tempdir().unwrap();

@@ -63,6 +63,8 @@ pub struct ReplayReport {
     pub elapsed: Duration,
     pub peak_rss_bytes: Option<u64>,
     pub dead_letter: Option<PathBuf>,
+    /// Rejects not written to the dead-letter file: it reached `input.dead_letter_file_max_mib`.
+    pub dead_letters_dropped: u64,
     /// Alerts written.
     pub alerts: u64,
     pub rules: Option<RulesReport>,
@@ -88,11 +90,17 @@ impl ReplayReport {
         let _ = writeln!(s, "  usage accepted      {:>12}", n(c.usage_accepted));
         let _ = writeln!(s, "  events accepted     {:>12}", n(c.events_accepted));
         let _ = writeln!(s, "  duplicates          {:>12}", n(c.duplicates));
-        let dl = self
+        let mut dl = self
             .dead_letter
             .as_ref()
             .map(|p| format!("   → {}", p.display()))
             .unwrap_or_default();
+        if self.dead_letters_dropped > 0 {
+            dl += &format!(
+                " ({} NOT WRITTEN: the file reached input.dead_letter_file_max_mib)",
+                n(self.dead_letters_dropped)
+            );
+        }
         let _ = writeln!(s, "  rejected            {:>12}{dl}", n(c.rejected_total()));
         for (reason, count) in &c.rejected {
             let _ = writeln!(s, "    {:<18}{:>12}", reason.as_str(), n(*count));
@@ -256,7 +264,7 @@ pub fn run_to(
         (false, Some(p)) => Some(p.clone()),
         (false, None) => Some(default_dead_letter(opts)),
     };
-    let dead_letter = DeadLetterFile::new(dl_path);
+    let dead_letter = DeadLetterFile::new(dl_path, cfg.input.dead_letter_file_max_mib << 20);
     let alerts = AlertFile::new(out);
     let mut outputs = Outputs::new(vec![&alerts, &dead_letter]);
     let mut progress = Progress::new(opts.progress);
@@ -309,6 +317,7 @@ pub fn run_to(
             .path()
             .filter(|_| dead_letter.written() > 0)
             .map(Path::to_path_buf),
+        dead_letters_dropped: dead_letter.dropped(),
     };
     drop(store);
     Ok((report, pipeline))

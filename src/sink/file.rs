@@ -82,16 +82,31 @@ pub struct DeadLetterFile {
     path: Option<PathBuf>,
     out: RefCell<Option<BufWriter<File>>>,
     written: std::cell::Cell<u64>,
+    /// Bytes written, and the most it may hold: garbage input (a binary file replayed by mistake)
+    /// must not fill the disk with its dead letters.
+    bytes: std::cell::Cell<u64>,
+    max_bytes: u64,
+    /// Rejects not written because the file reached `max_bytes`.
+    dropped: std::cell::Cell<u64>,
 }
 
 impl DeadLetterFile {
-    /// Without a path, rejects are counted but not written (inspect).
-    pub fn new(path: Option<PathBuf>) -> Self {
+    /// Without a path, rejects are counted but not written (inspect). At most `max_bytes` are
+    /// written.
+    pub fn new(path: Option<PathBuf>, max_bytes: u64) -> Self {
         DeadLetterFile {
             path,
             out: RefCell::new(None),
             written: Default::default(),
+            bytes: Default::default(),
+            max_bytes,
+            dropped: Default::default(),
         }
+    }
+
+    /// Rejects not written: the file reached its cap (`input.dead_letter_file_max_mib`).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.get()
     }
 
     pub fn path(&self) -> Option<&std::path::Path> {
@@ -136,8 +151,21 @@ impl DeadLetterFile {
             },
             raw_truncated_bytes: truncated,
         };
-        serde_json::to_writer(&mut *out, &entry)?;
-        out.write_all(b"\n")?;
+        let mut line = serde_json::to_vec(&entry)?;
+        line.push(b'\n');
+        if self.bytes.get() + line.len() as u64 > self.max_bytes {
+            if self.dropped.get() == 0 {
+                tracing::warn!(
+                    path = %self.path.as_deref().unwrap_or(std::path::Path::new("")).display(),
+                    max_mib = self.max_bytes >> 20,
+                    "Dead-letter file full (input.dead_letter_file_max_mib): further rejects are counted, not written."
+                );
+            }
+            self.dropped.set(self.dropped.get() + 1);
+            return Ok(());
+        }
+        out.write_all(&line)?;
+        self.bytes.set(self.bytes.get() + line.len() as u64);
         self.written.set(self.written.get() + 1);
         Ok(())
     }
