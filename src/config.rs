@@ -666,6 +666,34 @@ impl Default for StateConfig {
 #[error("invalid configuration:\n  {}", .0.join("\n  "))]
 pub struct ConfigErrors(pub Vec<String>);
 
+/// Keys of `have` that `schema` does not know, with their paths. A table empty in the schema (a map
+/// such as `kafka.options` or `webhook.urls`, an optional section) takes any key.
+fn unknown_keys(
+    have: &toml::Table,
+    schema: &toml::Table,
+    path: &str,
+    errs: &mut Vec<String>,
+    sections: &mut std::collections::BTreeSet<String>,
+) {
+    for (k, v) in have {
+        let full = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
+        match (schema.get(k), v) {
+            (None, _) => {
+                errs.push(format!("unknown key `{full}`"));
+                sections.insert(full.split('.').next().unwrap_or("").to_string());
+            }
+            (Some(toml::Value::Table(s)), toml::Value::Table(t)) if !s.is_empty() => {
+                unknown_keys(t, s, &full, errs, sections)
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Config {
     /// Reads and validates a config file; `None` gives the defaults (validated too).
     pub fn load(path: Option<&Path>) -> anyhow::Result<(Config, PathBuf)> {
@@ -673,14 +701,66 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-                let cfg: Config =
-                    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+                let cfg = Config::parse(&text).map_err(|es| {
+                    anyhow::anyhow!(
+                        "{}: invalid configuration:\n  {}",
+                        p.display(),
+                        es.join("\n  ")
+                    )
+                })?;
                 (cfg, p.parent().map(Path::to_path_buf).unwrap_or_default())
             }
             None => (Config::default(), PathBuf::new()),
         };
         cfg.validate()?;
         Ok((cfg, base))
+    }
+
+    /// Reads a config file's text. Every problem is reported, not only the first serde meets: all
+    /// unknown keys (a typo must not fall back to a default in silence), and one error per section
+    /// whose values do not fit.
+    pub fn parse(text: &str) -> Result<Config, Vec<String>> {
+        let first = match toml::from_str::<Config>(text) {
+            Ok(c) => return Ok(c),
+            Err(e) => e.to_string(),
+        };
+        // A syntax error: nothing more can be read.
+        let Ok(table) = text.parse::<toml::Table>() else {
+            return Err(vec![first]);
+        };
+        let mut schema = Config::default();
+        schema.kafka.tls = Some(Default::default());
+        schema.kafka.sasl = Some(Default::default());
+        let schema = toml::Table::try_from(&schema).expect("the defaults serialize");
+        let mut errs = Vec::new();
+        let mut unknown_in = std::collections::BTreeSet::new();
+        unknown_keys(&table, &schema, "", &mut errs, &mut unknown_in);
+        for (section, value) in &table {
+            if unknown_in.contains(section.as_str()) {
+                continue;
+            }
+            // Each key of the section alone, so that the message can name it.
+            let keys: Vec<(String, toml::Value)> = match value {
+                toml::Value::Table(t) => t
+                    .iter()
+                    .map(|(k, v)| {
+                        let one = toml::Table::from_iter([(k.clone(), v.clone())]);
+                        (format!("{section}.{k}"), toml::Value::Table(one))
+                    })
+                    .collect(),
+                other => vec![(section.clone(), other.clone())],
+            };
+            for (name, v) in keys {
+                let one = toml::Table::from_iter([(section.clone(), v)]);
+                if let Err(e) = one.try_into::<Config>() {
+                    errs.push(format!("{name}: {}", e.message().trim()));
+                }
+            }
+        }
+        if errs.is_empty() {
+            errs.push(first);
+        }
+        Err(errs)
     }
 
     pub fn validate(&self) -> Result<(), ConfigErrors> {
@@ -908,6 +988,28 @@ mod tests {
         assert_eq!(c.state.allowed_lateness, Secs(4 * 3600));
         let e = toml::from_str::<Config>("[state]\nallowed_lateness = \"4 hours\"\n").unwrap_err();
         assert!(e.to_string().contains("unknown unit"), "{e}");
+    }
+
+    #[test]
+    fn parse_reports_every_unknown_key_and_every_bad_section() {
+        let text = "[state]\nallowed_latenes = \"1h\"\n[daemon]\nworkers = \"two\"\nmetrics_adress = \"\"\n[input]\ncurrency = 3\n[kafka.options]\n\"client.rack\" = \"a\"\n[webhook.urls]\nFRAUD = \"http://x.example\"\n[kafka.tls]\nca = \"ca.pem\"\n";
+        let errs = Config::parse(text).unwrap_err();
+        assert_eq!(
+            errs[..2],
+            [
+                "unknown key `daemon.metrics_adress`",
+                "unknown key `state.allowed_latenes`"
+            ]
+        );
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        assert!(
+            errs[2].starts_with("input.currency: invalid type: integer `3`"),
+            "{errs:#?}"
+        );
+        let ok = Config::parse(
+            "[kafka.options]\n\"client.rack\" = \"a\"\n[kafka.tls]\nca = \"ca.pem\"\n",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]
