@@ -34,6 +34,27 @@ fn run(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
     )
 }
 
+/// `cdrguard replay --usage - --out <out> --config <config> --quiet <extra>` with `input` on stdin.
+fn replay_stdin(
+    out: &std::path::Path,
+    config: &str,
+    extra: &[&str],
+    input: &[u8],
+) -> (i32, String, String) {
+    let mut args = vec![
+        "replay",
+        "--usage",
+        "-",
+        "--out",
+        out.to_str().unwrap(),
+        "--config",
+        config,
+        "--quiet",
+    ];
+    args.extend(extra);
+    run(&args, Some(input))
+}
+
 #[test]
 fn replay_from_stdin_dead_letters_next_to_the_output() {
     let dir = tempfile::tempdir().unwrap();
@@ -42,18 +63,11 @@ fn replay_from_stdin_dead_letters_next_to_the_output() {
         "{ROOT}/fixtures/scenarios/malformed_input/usage.ndjson"
     ))
     .unwrap();
-    let (code, _, err) = run(
-        &[
-            "replay",
-            "--usage",
-            "-",
-            "--out",
-            out.to_str().unwrap(),
-            "--config",
-            "fixtures/scenarios/malformed_input/config.toml",
-            "--quiet",
-        ],
-        Some(&input),
+    let (code, _, err) = replay_stdin(
+        &out,
+        "fixtures/scenarios/malformed_input/config.toml",
+        &[],
+        &input,
     );
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("usage accepted                29"), "{err}");
@@ -75,20 +89,7 @@ fn the_dead_letter_file_has_a_cap() {
     let garbage: Vec<u8> = (0..20_000)
         .flat_map(|i| format!("not json {i} {}\n", "x".repeat(100)).into_bytes())
         .collect();
-    let (code, _, err) = run(
-        &[
-            "replay",
-            "--usage",
-            "-",
-            "--out",
-            out.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "--no-rules",
-            "--quiet",
-        ],
-        Some(&garbage),
-    );
+    let (code, _, err) = replay_stdin(&out, config.to_str().unwrap(), &["--no-rules"], &garbage);
     assert_eq!(code, 0, "{err}");
     let dl = dir.path().join("alerts.ndjson.rejected.ndjson");
     let size = std::fs::metadata(&dl).unwrap().len();

@@ -49,22 +49,18 @@ const RUNTIME_HOSTILE: [(&str, &str, &str); 7] = [
 
 #[test]
 fn runtime_failures_are_counted_per_rule_quarantined_and_the_replay_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    for name in RUNTIME_HOSTILE.iter().map(|h| h.0).chain(["good"]) {
-        let text =
-            std::fs::read_to_string(fixture(&format!("fixtures/sandbox/{name}.rhai"))).unwrap();
-        write_files(&rules, &[(&format!("{name}.rhai"), &text)]);
-    }
-    write_files(
-        dir.path(),
-        // A budget the operation limit is always reached within (100,000 operations of the
-        // infinite loop take ~0.1 s in a debug build), and the slow rule never.
-        &[(
-            "config.toml",
-            "[rules]\nquarantine_after = 3\n[rules.sandbox]\nmax_eval_ms = 400\n",
-        )],
+    let names: Vec<&str> = RUNTIME_HOSTILE
+        .iter()
+        .map(|h| h.0)
+        .chain(["good"])
+        .collect();
+    // A budget the operation limit is always reached within (100,000 operations of the infinite
+    // loop take ~0.1 s in a debug build), and the slow rule never.
+    let dir = fixtures_library(
+        &names,
+        "[rules]\nquarantine_after = 3\n[rules.sandbox]\nmax_eval_ms = 400\n",
     );
+    let rules = dir.path().join("rules");
     // Five calls from five subscribers: every rule triggers on each, the good rule alerts on each.
     let usage: Vec<String> = (0..5)
         .map(|i| {
@@ -220,29 +216,12 @@ fn quarantine_follows_the_recent_error_rate_and_ends_after_a_cool_down() {
         )],
     );
     // 200 calls a minute apart (3 h 20 min of event time); every 50th lasts 13 s: 4 throws, 2%.
-    let usage: String = (0..200)
-        .map(|i| {
-            let t = 1_762_765_200 + i * 60;
-            let start = cdrguard::record::EventTime {
-                utc: t,
-                offset_min: 0,
-            }
-            .to_string();
-            voice_mo(
-                &format!("r{i}"),
-                &start,
-                "33612000001",
-                "33145000000",
-                (i % 50 + 1) as u32,
-            ) + "\n"
-        })
-        .collect();
-    write_files(dir.path(), &[("usage.ndjson", &usage)]);
-    let (_, pipeline, alerts) = replay_with(
-        &rules,
-        &dir.path().join("usage.ndjson"),
-        None,
-        Some(&dir.path().join("config.toml")),
+    let (_, pipeline, alerts) = replay_calls(
+        dir.path(),
+        200,
+        60,
+        |_| "33612000001".into(),
+        |i| (i % 50 + 1) as u32,
     );
     let engine = pipeline.rules.as_ref().unwrap();
     let stats = |id: &str| engine.stats().iter().find(|s| s.id == id).unwrap();
@@ -262,43 +241,17 @@ fn quarantine_follows_the_recent_error_rate_and_ends_after_a_cool_down() {
 /// each refused name is a counted error, the rule beside it is unaffected.
 #[test]
 fn edge_names_are_bounded_per_entity() {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    for name in ["edge_flood", "good"] {
-        let text =
-            std::fs::read_to_string(fixture(&format!("fixtures/sandbox/{name}.rhai"))).unwrap();
-        write_files(&rules, &[(&format!("{name}.rhai"), &text)]);
-    }
-    write_files(
-        dir.path(),
-        &[(
-            "config.toml",
-            "[rules]\nquarantine_after = 100000\n[state]\nmax_edges_per_entity = 16\n",
-        )],
+    let dir = fixtures_library(
+        &["edge_flood", "good"],
+        "[rules]\nquarantine_after = 100000\n[state]\nmax_edges_per_entity = 16\n",
     );
     // 2,000 calls of two subscribers.
-    let usage: String = (0..2000)
-        .map(|i| {
-            let start = cdrguard::record::EventTime {
-                utc: 1_762_765_200 + i * 10,
-                offset_min: 0,
-            }
-            .to_string();
-            voice_mo(
-                &format!("r{i}"),
-                &start,
-                &format!("3361200000{}", i % 2),
-                "33145000000",
-                60,
-            ) + "\n"
-        })
-        .collect();
-    write_files(dir.path(), &[("usage.ndjson", &usage)]);
-    let (report, pipeline, alerts) = replay_with(
-        &rules,
-        &dir.path().join("usage.ndjson"),
-        None,
-        Some(&dir.path().join("config.toml")),
+    let (report, pipeline, alerts) = replay_calls(
+        dir.path(),
+        2000,
+        10,
+        |i| format!("3361200000{}", i % 2),
+        |_| 60,
     );
     let engine = pipeline.rules.as_ref().unwrap();
     let flood = engine
@@ -322,4 +275,57 @@ fn edge_names_are_bounded_per_entity() {
         alerts.len()
     );
     assert!(!alerts.is_empty());
+}
+
+/// Replays `n` MO calls `spacing_s` apart (from 2025-11-10T09:00Z) of the subscriber `msisdn(i)`
+/// lasting `duration(i)` seconds, with the library in `dir/rules` and `dir/config.toml`.
+fn replay_calls(
+    dir: &std::path::Path,
+    n: i64,
+    spacing_s: i64,
+    msisdn: impl Fn(i64) -> String,
+    duration: impl Fn(i64) -> u32,
+) -> (
+    cdrguard::modes::replay::ReplayReport,
+    cdrguard::pipeline::Pipeline,
+    Vec<cdrguard::record::Alert>,
+) {
+    let usage: String = (0..n)
+        .map(|i| {
+            let start = cdrguard::record::EventTime {
+                utc: 1_762_765_200 + i * spacing_s,
+                offset_min: 0,
+            }
+            .to_string();
+            voice_mo(
+                &format!("r{i}"),
+                &start,
+                &msisdn(i),
+                "33145000000",
+                duration(i),
+            ) + "\n"
+        })
+        .collect();
+    write_files(dir, &[("usage.ndjson", &usage)]);
+    replay_with(
+        &dir.join("rules"),
+        &dir.join("usage.ndjson"),
+        None,
+        Some(&dir.join("config.toml")),
+    )
+}
+
+/// A folder with `rules/` holding the named fixtures of `fixtures/sandbox/`, and `config.toml`.
+fn fixtures_library(names: &[&str], config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for name in names {
+        let text =
+            std::fs::read_to_string(fixture(&format!("fixtures/sandbox/{name}.rhai"))).unwrap();
+        write_files(
+            &dir.path().join("rules"),
+            &[(&format!("{name}.rhai"), &text)],
+        );
+    }
+    write_files(dir.path(), &[("config.toml", config)]);
+    dir
 }
