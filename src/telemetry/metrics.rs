@@ -30,6 +30,14 @@ pub struct WorkerView {
     pub edges_refused: u64,
 }
 
+/// A per-rule series: name, help, type, and its value for one rule.
+type PerRule = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&RuleView) -> u64,
+);
+
 /// Upper bounds (seconds) of the rule evaluation time histogram's buckets: from a comparison in
 /// Rust (~1 µs with the call) to a runaway script stopped by the sandbox (~10 ms).
 const EVAL_BUCKETS: [f64; 12] = [
@@ -579,57 +587,38 @@ impl Metrics {
         );
         head(s, "cdrguard_ruleset_info", "The active rule set.", "gauge");
         let _ = writeln!(s, "cdrguard_ruleset_info{{version=\"{version}\"}} 1");
-        head(
-            s,
-            "cdrguard_rule_evaluations_total",
-            "Rule evaluations, by rule.",
-            "counter",
-        );
-        for (id, r) in &rules {
-            let _ = writeln!(
-                s,
-                "cdrguard_rule_evaluations_total{{rule=\"{id}\"}} {}",
-                r.evaluations
-            );
-        }
-        head(
-            s,
-            "cdrguard_rule_errors_total",
-            "Rule failures (sandbox limits, runtime errors, bad verdicts), by rule.",
-            "counter",
-        );
-        for (id, r) in &rules {
-            let _ = writeln!(
-                s,
-                "cdrguard_rule_errors_total{{rule=\"{id}\"}} {}",
-                r.errors
-            );
-        }
-        head(
-            s,
-            "cdrguard_rule_quarantined",
-            "1 while a rule is quarantined after repeated failures.",
-            "gauge",
-        );
-        for (id, r) in &rules {
-            let _ = writeln!(
-                s,
-                "cdrguard_rule_quarantined{{rule=\"{id}\"}} {}",
-                r.quarantined as u8
-            );
-        }
-        head(
-            s,
-            "cdrguard_rule_quarantines_total",
-            "Times a rule was quarantined (re-admitted after rules.quarantine_cooldown of event time).",
-            "counter",
-        );
-        for (id, r) in &rules {
-            let _ = writeln!(
-                s,
-                "cdrguard_rule_quarantines_total{{rule=\"{id}\"}} {}",
-                r.quarantines
-            );
+        // One series per rule for each of these.
+        let per_rule: [PerRule; 4] = [
+            (
+                "cdrguard_rule_evaluations_total",
+                "Rule evaluations, by rule.",
+                "counter",
+                |r| r.evaluations,
+            ),
+            (
+                "cdrguard_rule_errors_total",
+                "Rule failures (sandbox limits, runtime errors, bad verdicts), by rule.",
+                "counter",
+                |r| r.errors,
+            ),
+            (
+                "cdrguard_rule_quarantined",
+                "1 while a rule is quarantined after repeated failures.",
+                "gauge",
+                |r| r.quarantined as u64,
+            ),
+            (
+                "cdrguard_rule_quarantines_total",
+                "Times a rule was quarantined (re-admitted after rules.quarantine_cooldown of event time).",
+                "counter",
+                |r| r.quarantines,
+            ),
+        ];
+        for (name, help, kind, value) in per_rule {
+            head(s, name, help, kind);
+            for (id, r) in &rules {
+                let _ = writeln!(s, "{name}{{rule=\"{id}\"}} {}", value(r));
+            }
         }
         // A histogram, not a summary: buckets add up across instances and over time.
         head(
@@ -658,9 +647,7 @@ impl Metrics {
             .iter()
             .flat_map(|w| w.watermarks.iter().map(|(&p, &t)| (p, t)))
             .collect();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = now_ms() / 1000;
         head(
             s,
             "cdrguard_event_time_watermark_seconds",
