@@ -120,7 +120,6 @@ fn warm(cfg: &Config, base: &Path, dir: &Path, input: &[Item]) -> Pipeline {
             quarantine: cfg.rules.quarantine_policy(),
             mode: Mode::Replay,
             high_risk_from_rules: false,
-            flags: None,
         }),
         ..PipelineOptions::new(cfg.classifier(base).unwrap(), cfg.state.clone())
     });
@@ -258,7 +257,7 @@ fn bench(c: &mut Criterion) {
             .count() as u64;
         let before = engine.counters.clone();
         for (r, class) in &held {
-            engine.on_usage(r, *class);
+            engine.on_usage(r, *class, None);
         }
         let after = &engine.counters;
         let without = after.usage_without_rules - before.usage_without_rules;
@@ -288,7 +287,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function(id, |b| {
             b.iter(|| {
                 for (r, class) in &held {
-                    engine.on_usage(r, *class);
+                    engine.on_usage(r, *class, None);
                 }
                 engine.take_alerts().count()
             })

@@ -137,6 +137,7 @@ fn main() {
             store: &store,
             memory: &memory,
             highs: [i64::MIN; 2],
+            handed_over: &Default::default(),
         },
     )
     .unwrap();

@@ -16,9 +16,8 @@ use std::rc::Rc;
 use crate::alert::memory::AlertMemory;
 use crate::classify::{Classifier, RecordClass};
 use crate::config::{CallingNumbers, StateConfig};
-use crate::record::{Decoded, EntityType, Item, Mode, Reject, RejectReason, UsageRecord};
-use crate::rules::api::GlobalFlags;
-use crate::rules::engine::{EngineOptions, EntityFilter};
+use crate::record::{Decoded, Item, Mode, Reject, RejectReason, UsageRecord};
+use crate::rules::engine::{AccountFacts, EngineOptions, Placement};
 use crate::rules::{
     BuildErrors, RuleEngine, RuleSet, RuleSources, SandboxLimits, Shared, SharedStore,
 };
@@ -67,9 +66,10 @@ pub enum Scope {
     Everything,
     /// Lines, accounts and devices (a daemon partition): calling numbers ring subscribers of every
     /// partition, so their state and rules belong to the caller shard, and the calls that give them
-    /// state are handed over (`take_call`).
+    /// state, and the records of rules reading their alerts, are handed over (`take_handover`).
     Lines,
-    /// Calling numbers only: the daemon's caller shard.
+    /// Calling numbers and the rules reading their alerts: the daemon's caller shard, fed by
+    /// `take_over`.
     CallingNumbers,
 }
 
@@ -83,8 +83,16 @@ pub struct RulesOptions<'a> {
     /// Classification takes the high-risk list from the rule library (and its reloads) rather than
     /// from a path in the config.
     pub high_risk_from_rules: bool,
-    /// The process-wide calling-number alerts (daemon): the caller shard writes, partitions read.
-    pub flags: Option<GlobalFlags>,
+}
+
+/// An applied usage record a daemon partition hands to the caller shard (`Scope::Lines`).
+pub struct Handover {
+    pub record: UsageRecord,
+    /// It gives its calling number state (an MT call the shard keeps).
+    pub call: bool,
+    /// It triggers rules that run in the shard (`rules::placement`): its account as the partition
+    /// saw it then.
+    pub facts: Option<AccountFacts>,
 }
 
 /// Everything a pipeline is built from.
@@ -124,8 +132,8 @@ pub struct Pipeline {
     /// Which calls give a calling number state (before the scope took calling numbers off a
     /// partition's store): the calls a partition hands to the caller shard.
     calling_numbers: CallingNumbers,
-    /// The last applied call to hand to the caller shard (`Scope::Lines`).
-    call: Option<UsageRecord>,
+    /// The last applied record to hand to the caller shard (`Scope::Lines`).
+    handover: Option<Handover>,
     pub counts: Counts,
     /// Records later than this are skipped (inspect `--at`).
     cutoff: Option<i64>,
@@ -157,7 +165,7 @@ impl Pipeline {
             high_risk_from_rules: false,
             scope: opts.scope,
             calling_numbers,
-            call: None,
+            handover: None,
             counts: Counts::default(),
             cutoff: opts.cutoff,
             fired: Vec::new(),
@@ -169,20 +177,18 @@ impl Pipeline {
             let shared = Shared::new(
                 pipeline.store.clone(),
                 Rc::new(RefCell::new(AlertMemory::default())),
-                r.flags,
             );
             let set = RuleSet::build(r.sources, r.sandbox, &shared)?;
-            let entities = match opts.scope {
-                Scope::Everything => EntityFilter::All,
-                Scope::Lines => EntityFilter::Except(EntityType::CallingNumber),
-                Scope::CallingNumbers => EntityFilter::Only(EntityType::CallingNumber),
+            let placement = match opts.scope {
+                Scope::Everything => Placement::All,
+                Scope::Lines => Placement::Partition,
+                Scope::CallingNumbers => Placement::CallerShard,
             };
             let engine_opts = EngineOptions {
                 limits: r.sandbox.clone(),
                 quarantine: r.quarantine,
                 mode: r.mode,
-                entities,
-                publish_flags: opts.scope == Scope::CallingNumbers,
+                placement,
             };
             pipeline.rules = Some(RuleEngine::new(set, shared, engine_opts));
             pipeline.high_risk_from_rules = r.high_risk_from_rules;
@@ -221,16 +227,56 @@ impl Pipeline {
         }
     }
 
-    /// The call the last record handed over to the caller shard, if it was one (`Scope::Lines`).
-    pub fn take_call(&mut self) -> Option<UsageRecord> {
-        self.call.take()
+    /// What the last record hands over to the caller shard, if anything (`Scope::Lines`).
+    pub fn take_handover(&mut self) -> Option<Handover> {
+        self.handover.take()
     }
 
-    /// Whether this usage record, once applied, runs a rule reading the caller shard's alerts.
-    pub fn reads_flags(&self, r: &UsageRecord) -> bool {
-        self.rules
+    /// What a partition hands over for a record it does not apply again (re-read from what its
+    /// restored snapshot holds), with the account facts it kept for it. Without them (the shard's
+    /// snapshot covered the record, and it will skip it; or the shard is being rebuilt) they are
+    /// taken from the state as it is now.
+    pub fn handover_of(&self, r: UsageRecord, kept: Option<AccountFacts>) -> Option<Handover> {
+        let class = self.classifier.classify(&r);
+        let call = tracks_caller(self.calling_numbers, &r, class);
+        let facts = self
+            .rules
             .as_ref()
-            .is_some_and(|e| e.reads_flags(self.classifier.classify(r)))
+            .filter(|e| e.hands_over(class))
+            .map(|e| kept.unwrap_or_else(|| e.account_facts(&r)));
+        (call || facts.is_some()).then_some(Handover {
+            record: r,
+            call,
+            facts,
+        })
+    }
+
+    /// The caller shard's step for a record a partition handed over: the call applied to the
+    /// calling numbers' state, then the shard's rules run on it, in the order of the shard's
+    /// merge.
+    pub fn take_over(&mut self, h: Handover) -> Verdict {
+        self.counts.lines += 1;
+        if self.counts.lines % 4096 == 1 {
+            self.maintain();
+        }
+        let r = h.record;
+        let class = self.classifier.classify(&r);
+        if h.call {
+            let outcome = self.store.borrow_mut().apply_call(&r, class);
+            match outcome {
+                Outcome::Accepted => {
+                    self.counts.usage_accepted += 1;
+                    self.note_time(r.event_start.utc);
+                }
+                // Duplicates and late calls were the partition's to report.
+                Outcome::Duplicate => return Verdict::Duplicate,
+                _ => return Verdict::Skipped,
+            }
+        }
+        if let Some(engine) = &mut self.rules {
+            engine.on_usage(&r, class, h.facts.as_ref());
+        }
+        Verdict::Applied
     }
 
     /// Takes the alerts emitted since the last call.
@@ -253,14 +299,7 @@ impl Pipeline {
     pub fn process(&mut self, d: Decoded<'_>) -> Verdict {
         self.counts.lines += 1;
         if self.counts.lines % 4096 == 1 {
-            let watermark = {
-                let mut store = self.store.borrow_mut();
-                store.set_wall_clock(wall_clock_now());
-                store.watermark()
-            };
-            if let (Some(engine), Some(w)) = (&mut self.rules, watermark) {
-                engine.maintain(w);
-            }
+            self.maintain();
         }
         let verdict = match d.item {
             Err(reject) => Verdict::Reject(reject),
@@ -270,10 +309,7 @@ impl Pipeline {
             }
             Ok(Item::Usage(r)) => {
                 let class = self.classifier.classify(&r);
-                let outcome = match self.scope {
-                    Scope::CallingNumbers => self.store.borrow_mut().apply_call(&r, class),
-                    _ => self.store.borrow_mut().apply_usage(&r, class),
-                };
+                let outcome = self.store.borrow_mut().apply_usage(&r, class);
                 let store = self.store.borrow();
                 match outcome {
                     Outcome::Accepted => {
@@ -282,7 +318,7 @@ impl Pipeline {
                         self.note_time(r.event_start.utc);
                         self.display_offset = r.event_start.offset_min;
                         if let Some(engine) = &mut self.rules {
-                            engine.on_usage(&r, class);
+                            engine.on_usage(&r, class, None);
                         }
                         self.hand_over(r, class);
                         Verdict::Applied
@@ -342,10 +378,37 @@ impl Pipeline {
         verdict
     }
 
-    /// Keeps an applied call whose calling number the caller shard keeps state for.
+    /// Keeps an applied record for the caller shard: a call whose calling number it keeps state
+    /// for, or a record of a rule it runs (with the account facts of now).
     fn hand_over(&mut self, r: UsageRecord, class: RecordClass) {
-        if self.scope == Scope::Lines && tracks_caller(self.calling_numbers, &r, class) {
-            self.call = Some(r);
+        if self.scope != Scope::Lines {
+            return;
+        }
+        let call = tracks_caller(self.calling_numbers, &r, class);
+        let facts = self
+            .rules
+            .as_ref()
+            .filter(|e| e.hands_over(class))
+            .map(|e| e.account_facts(&r));
+        if call || facts.is_some() {
+            self.handover = Some(Handover {
+                record: r,
+                call,
+                facts,
+            });
+        }
+    }
+
+    /// Now and then: the wall clock for future-dated records, and alert memory past the watermark
+    /// dropped.
+    fn maintain(&mut self) {
+        let watermark = {
+            let mut store = self.store.borrow_mut();
+            store.set_wall_clock(wall_clock_now());
+            store.watermark()
+        };
+        if let (Some(engine), Some(w)) = (&mut self.rules, watermark) {
+            engine.maintain(w);
         }
     }
 

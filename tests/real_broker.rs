@@ -46,8 +46,8 @@ fn the_daemon_runs_against_a_real_broker() {
     let config = k.dir.path().join("cdrguard.toml");
     write_config(&k.daemon_config(&state), &config);
     // A backlog on two partitions, on the broker before the daemon reads it: the partitions' records
-    // are merged in event time (the caller shard's barrier holds a Wangiri callback until the wave's
-    // rings in the other partition are in). Records produced while the daemon reads are merged as
+    // are merged in event time (the caller shard evaluates a Wangiri callback once the wave's rings
+    // in the other partition are in). Records produced while the daemon reads are merged as
     // they become visible, which a replay cannot reproduce.
     let produced = k.produce(&usage, &events);
     let mut daemon = DaemonProcess::spawn(&config, &k.dir.path().join("daemon.log"));

@@ -39,7 +39,6 @@ fn pipeline(rules: &Path) -> Pipeline {
             quarantine: Default::default(),
             mode: Mode::Replay,
             high_risk_from_rules: false,
-            flags: None,
         }),
         ..PipelineOptions::new(
             cfg.classifier(&Path::new(ROOT).join(base)).unwrap(),
@@ -362,7 +361,7 @@ fn check_warns_about_a_rule_no_record_can_trigger() {
     let store = std::rc::Rc::new(std::cell::RefCell::new(
         WindowStore::new(Default::default()),
     ));
-    let shared = cdrguard::rules::Shared::new(store, Default::default(), None);
+    let shared = cdrguard::rules::Shared::new(store, Default::default());
     let set = cdrguard::rules::RuleSet::build(
         &RuleSources::read(dir.path()).unwrap(),
         &Default::default(),
@@ -374,5 +373,72 @@ fn check_warns_about_a_rule_no_record_can_trigger() {
     assert!(
         w.contains("good.rhai:") && w.contains("can never run"),
         "{w}"
+    );
+}
+
+/// A subscriber rule reading a calling-number rule's alerts runs where calling numbers are kept (the
+/// daemon's caller shard), which has no subscriber or account state: a library whose callback rule
+/// reads `sub` is refused with one error at the read, in every mode; one that computes the rule id
+/// at run time gets a warning; the shipped callback rule is placed there.
+#[test]
+fn rules_reading_calling_number_alerts_run_beside_them_and_cannot_read_the_subscriber() {
+    let shipped = |rel: &str| std::fs::read_to_string(fixture(&format!("rules/{rel}"))).unwrap();
+    let inbound = shipped("fraud/wangiri_inbound.rhai");
+    let callback = shipped("fraud/wangiri_callback.rhai");
+    let params = "[wangiri_inbound]\nmin_victims = 20\n[wangiri_callback]\nlookback = \"72h\"\n";
+    let build = |callback: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        write_files(
+            dir.path(),
+            &[
+                ("fraud/wangiri_inbound.rhai", &inbound),
+                ("fraud/wangiri_callback.rhai", callback),
+                ("params.toml", params),
+            ],
+        );
+        let sources = RuleSources::read(dir.path()).unwrap();
+        let store = std::rc::Rc::new(std::cell::RefCell::new(
+            WindowStore::new(Default::default()),
+        ));
+        let shared = cdrguard::rules::Shared::new(store, Default::default());
+        cdrguard::rules::RuleSet::build(&sources, &Default::default(), &shared)
+    };
+    let set = build(&callback).unwrap_or_else(|e| panic!("shipped pair: {e}"));
+    let placed: Vec<(&str, bool)> = set
+        .rules
+        .iter()
+        .map(|r| (r.id(), r.reads_callers))
+        .collect();
+    assert!(placed.contains(&("wangiri_callback", true)), "{placed:?}");
+    assert!(placed.contains(&("wangiri_inbound", false)), "{placed:?}");
+
+    let reads_sub = callback.replace(
+        "    if !alerted(",
+        "    if sub.count(\"voice.mo\", \"1h\") > 100 { return; }\n    if !alerted(",
+    );
+    let err = build(&reads_sub).err().expect("refused");
+    assert_eq!(err.errors.len(), 1, "{err}");
+    let shown = err.errors[0].to_string();
+    let line = 1 + reads_sub
+        .lines()
+        .position(|l| l.contains("sub.count"))
+        .unwrap();
+    assert!(
+        shown.contains(&format!("wangiri_callback.rhai:{line}:8")),
+        "{shown}"
+    );
+    assert!(shown.contains("cannot read `sub`"), "{shown}");
+
+    let dynamic = callback.replace(
+        "alerted(\"wangiri_inbound\",",
+        "alerted(\"wangiri_\" + rec.kind,",
+    );
+    let set = build(&dynamic).unwrap_or_else(|e| panic!("dynamic id: {e}"));
+    assert!(
+        set.warnings
+            .iter()
+            .any(|w| w.to_string().contains("computed at run time")),
+        "{:?}",
+        set.warnings
     );
 }

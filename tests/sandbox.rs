@@ -143,7 +143,7 @@ fn scripts_that_cannot_load_fail_the_build_with_file_line_column() {
         let store = std::rc::Rc::new(std::cell::RefCell::new(cdrguard::state::WindowStore::new(
             Default::default(),
         )));
-        let shared = Shared::new(store, Default::default(), None);
+        let shared = Shared::new(store, Default::default());
         let err = match RuleSet::build(&sources, &SandboxLimits::default(), &shared) {
             Ok(_) => panic!("{name}: built"),
             Err(e) => e,

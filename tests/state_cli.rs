@@ -87,6 +87,7 @@ fn write_partition(dir: &Path, p: i32, store: &WindowStore, usage_next: i64) {
         store,
         memory: &AlertMemory::default(),
         highs: [i64::MIN; 2],
+        handed_over: &Default::default(),
     };
     let bytes = snapshot::encode(&header, &state).unwrap();
     snapshot::write_atomic(&partition_path(dir, p), &bytes).unwrap();
@@ -156,7 +157,6 @@ fn state_dir() -> tempfile::TempDir {
     let state = CallerStateRef {
         store: &callers,
         memory: &AlertMemory::default(),
-        flags: vec![],
         lanes: &lanes,
     };
     let bytes = snapshot::encode(&header, &state).unwrap();

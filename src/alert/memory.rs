@@ -70,10 +70,6 @@ impl AlertMemory {
         self.now = t;
     }
 
-    pub fn now(&self) -> i64 {
-        self.now
-    }
-
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -1,40 +1,40 @@
-//! The caller shard: calling-number state (Wangiri sources) for every partition of the process.
+//! The caller shard: calling-number state (Wangiri sources) for every partition of the process, and
+//! the rules that read it.
 //!
 //! A calling number rings subscribers of every partition, so its state cannot live in one. Each
-//! partition's worker reports every usage record it processes, in order: the MT calls that give a
-//! calling number state in full, the others as progress (how far the partition got, and the newest
+//! partition's worker reports every usage record it processes, in order: the records the shard needs
+//! in full (`pipeline::Handover`), the others as progress (how far the partition got, and the newest
 //! event time). The shard merges the partitions with the same aligner as everything else
-//! (`source::align`, one lane per partition): a call is applied only once no partition can still
-//! report an earlier one, so the shard applies the calls in the same order whatever the timing, and a
+//! (`source::align`, one lane per partition): a record is taken only once no partition can still
+//! report an earlier one, so the shard takes them in the same order whatever the timing, and a
 //! redelivered alert id carries the same content.
 //!
-//! **Barriers.** A record that runs a rule reading the shard's alerts (`alerted("wangiri_inbound", …)`
-//! in a callback rule) is reported as a barrier before its partition processes it; when the merge
-//! reaches it — every call before it in event time applied — the shard tells the worker (a mailbox
-//! the worker reads ahead of its inbox, `worker::Clearances`), and only then does the record run. No cycle can form: the barrier with
-//! the smallest key is always next.
+//! A record the shard needs is an MT call that gives its calling number state, or a record of a
+//! subscriber rule reading calling-number alerts (`alerted("wangiri_inbound", …)` in the Wangiri
+//! callback rule, `rules::placement`), which runs here with the account facts its partition took:
+//! at its place in the merge every call before it in event time is applied, as in a replay.
 //!
-//! **Durability.** The shard snapshots its store, alert memory, the process-wide flags and where its
-//! merge stands in each partition (`LanePosition`); commits of a usage partition never pass what its
-//! durable snapshot covers (`Tracker::set_shard_cap`). After a restart, calls below a lane's position
-//! are skipped. Without a usable snapshot it is rebuilt from the rebuild window like a partition.
+//! **Durability.** The shard snapshots its store, alert memory and where its merge stands in each
+//! partition (`LanePosition`); commits of a usage partition never pass what its durable snapshot
+//! covers (`Tracker::set_shard_cap`). After a restart, records below a lane's position are skipped.
+//! Without a usable snapshot it is rebuilt from the rebuild window like a partition.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::durability::checkpoint::{self, CallerState, EncodedSnapshot, LanePosition};
 use crate::durability::snapshot::{self, Position, SnapshotKind};
-use crate::pipeline::Scope;
-use crate::record::{Decoded, Input, Item, UsageRecord};
+use crate::pipeline::{Handover, Scope};
+use crate::record::{Input, UsageRecord};
 use crate::rules::RuleSources;
 use crate::sink::{Origin, Output, Outputs};
 use crate::source::align::Aligner;
 use crate::telemetry::metrics::WorkerView;
 
-use super::worker::{self, WorkerContext, WorkerMessage};
+use super::worker::{self, WorkerContext};
 
 /// What the shard is told.
 pub enum ShardMessage {
@@ -68,23 +68,16 @@ pub enum FeedItem {
     /// Usage records before `next` were processed, none of them a call the shard keeps; the newest
     /// of them at `time`.
     Progress { next: i64, time: Option<i64> },
-    /// An MT call that gives its calling number state. `emit`: its alerts are sent (not re-read from
-    /// already committed input). `admitted`: the partition's state accepted it (on time, not a
-    /// duplicate); false when it was re-read from what the partition's restored snapshot already
-    /// holds, and the shard judges its lateness itself (see `Shard::late`).
-    Call {
+    /// A record the shard needs whole. `emit`: its alerts are sent (not re-read from already
+    /// committed input). `admitted`: the partition's state accepted it (on time, not a duplicate);
+    /// false when it was re-read from what the partition's restored snapshot already holds, and the
+    /// shard judges a call's lateness itself (see `Shard::late`).
+    Record {
         offset: i64,
         time: i64,
-        record: Box<UsageRecord>,
+        handover: Box<Handover>,
         emit: bool,
         admitted: bool,
-    },
-    /// The record at `offset` waits for every call before it to be applied. `then`: the event time
-    /// of the partition's next usage record, when it is already read.
-    Barrier {
-        offset: i64,
-        time: i64,
-        then: Option<i64>,
     },
 }
 
@@ -99,21 +92,15 @@ pub struct LaneHead {
     pub ended: bool,
 }
 
-enum Waiting {
-    Call {
-        record: Box<UsageRecord>,
-        emit: bool,
-        /// Not judged by its partition: the lane's running maximum event time before it.
-        unjudged_after: Option<i64>,
-    },
-    Barrier {
-        then: Option<i64>,
-    },
+struct Waiting {
+    handover: Box<Handover>,
+    emit: bool,
+    /// Not judged by its partition: the lane's running maximum event time before it.
+    unjudged_after: Option<i64>,
 }
 
 struct Shard<'a> {
     ctx: WorkerContext,
-    workers: Vec<Sender<WorkerMessage>>,
     pipeline: crate::pipeline::Pipeline,
     merge: Aligner<(i64, Waiting)>,
     /// Where the merge stood in each partition it has seen (kept when a partition leaves, for the
@@ -123,24 +110,11 @@ struct Shard<'a> {
     dirty: bool,
 }
 
-pub fn run(
-    ctx: WorkerContext,
-    workers: Vec<Sender<WorkerMessage>>,
-    rx: Receiver<ShardMessage>,
-    restored: Option<CallerState>,
-) {
+pub fn run(ctx: WorkerContext, rx: Receiver<ShardMessage>, restored: Option<CallerState>) {
     let interval = Duration::from_secs(ctx.config.durability.snapshot_interval.0.max(1) as u64);
     let mut pipeline = ctx.pipeline(Scope::CallingNumbers);
     let mut lanes = BTreeMap::new();
     if let Some(state) = restored {
-        {
-            let mut flags = ctx.flags.lock().expect("flags lock");
-            flags.extend(state.flags.iter().copied());
-            for (key, at) in state.memory.alerts() {
-                let t = flags.entry(key).or_insert(at);
-                *t = (*t).max(at);
-            }
-        }
         pipeline.restore(state.store, state.memory);
         lanes = state.lanes;
     }
@@ -148,7 +122,6 @@ pub fn run(
     let mut shard = Shard {
         outputs: Outputs::new(sinks.iter().map(|o| o.as_ref() as &dyn Output).collect()),
         ctx,
-        workers,
         pipeline,
         merge: Aligner::default(),
         lanes,
@@ -231,15 +204,15 @@ impl Shard<'_> {
         for item in items {
             match item {
                 FeedItem::Progress { next, time } => self.merge.advance(id, next, time),
-                FeedItem::Call { offset, .. } if offset < applied => {
+                FeedItem::Record { offset, .. } if offset < applied => {
                     // Already in the restored state.
-                    self.skip_call(partition, offset);
+                    self.skip(partition, offset);
                     self.merge.advance(id, offset + 1, None);
                 }
-                FeedItem::Call {
+                FeedItem::Record {
                     offset,
                     time,
-                    record,
+                    handover,
                     emit,
                     admitted,
                 } => {
@@ -250,22 +223,13 @@ impl Shard<'_> {
                         Some(time),
                         (
                             offset,
-                            Waiting::Call {
-                                record,
+                            Waiting {
+                                handover,
                                 emit,
                                 unjudged_after,
                             },
                         ),
                     )
-                }
-                FeedItem::Barrier { offset, time, .. } if offset < applied => {
-                    // The shard went past it before a restart: nothing earlier is still to come.
-                    self.merge.advance(id, offset, Some(time));
-                    self.clear(partition, offset);
-                }
-                FeedItem::Barrier { offset, time, then } => {
-                    self.merge
-                        .push(id, offset, Some(time), (offset, Waiting::Barrier { then }))
                 }
             }
         }
@@ -273,56 +237,44 @@ impl Shard<'_> {
         self.merge.set_ended(id, head.ended);
     }
 
-    /// Applies every call the merge can release, and clears every barrier it reaches.
+    /// Takes every record the merge can release.
     fn apply(&mut self) {
         while let Some((id, _, (offset, waiting))) = self.merge.pop() {
             let partition = id as i32;
-            match waiting {
-                Waiting::Barrier { then } => {
-                    self.clear(partition, offset);
-                    // The lane's next record is at `offset + 1` or later, not earlier than `then`.
-                    if then.is_some() && self.merge.queued(id) == 0 {
-                        self.merge.advance(id, offset + 1, then);
-                    }
-                }
-                Waiting::Call {
-                    record,
-                    emit,
-                    unjudged_after,
-                } => {
-                    if unjudged_after.is_some_and(|high| self.late(&record, high)) {
-                        self.skip_call(partition, offset);
-                        continue;
-                    }
-                    self.pipeline.process(Decoded {
-                        source: "callers",
-                        line: offset as u64,
-                        raw: &[],
-                        truncated: 0,
-                        item: Ok(Item::Usage(*record)),
-                    });
-                    self.dirty = true;
-                    // Late and duplicate verdicts of copies are the partition's business, not dead
-                    // letters.
-                    let alerts = self.pipeline.take_alerts();
-                    if emit {
-                        worker::send_alerts(
-                            &mut self.outputs,
-                            &self.ctx.metrics,
-                            alerts,
-                            Origin::record(Input::Usage, partition, offset),
-                        );
-                    } else {
-                        self.ctx
-                            .metrics
-                            .snapshots
-                            .outputs_suppressed
-                            .fetch_add(alerts.len() as u64, Ordering::Relaxed);
-                    }
-                    // The worker's hold on the offset ends now that the alerts are with the sinks.
-                    self.release_hold(partition, offset);
-                }
+            let Waiting {
+                mut handover,
+                emit,
+                unjudged_after,
+            } = waiting;
+            if handover.call && unjudged_after.is_some_and(|high| self.late(&handover.record, high))
+            {
+                handover.call = false;
             }
+            if !handover.call && handover.facts.is_none() {
+                self.skip(partition, offset);
+                continue;
+            }
+            // Late and duplicate verdicts of copies are the partition's business, not dead
+            // letters.
+            self.pipeline.take_over(*handover);
+            self.dirty = true;
+            let alerts = self.pipeline.take_alerts();
+            if emit {
+                worker::send_alerts(
+                    &mut self.outputs,
+                    &self.ctx.metrics,
+                    alerts,
+                    Origin::record(Input::Usage, partition, offset),
+                );
+            } else {
+                self.ctx
+                    .metrics
+                    .snapshots
+                    .outputs_suppressed
+                    .fetch_add(alerts.len() as u64, Ordering::Relaxed);
+            }
+            // The worker's hold on the offset ends now that the alerts are with the sinks.
+            self.release_hold(partition, offset);
         }
     }
 
@@ -336,9 +288,9 @@ impl Shard<'_> {
         high != i64::MIN && r.event_start.utc + (r.duration_s as i64) < high - lateness
     }
 
-    /// A call not applied (already in the restored state, or late for its partition): counted, and
-    /// its offset no longer held.
-    fn skip_call(&self, partition: i32, offset: i64) {
+    /// A record not taken (already in the restored state, or a call late for its partition):
+    /// counted, and its offset no longer held.
+    fn skip(&self, partition: i32, offset: i64) {
         self.ctx
             .metrics
             .snapshots
@@ -351,13 +303,6 @@ impl Shard<'_> {
     fn release_hold(&self, partition: i32, offset: i64) {
         if self.ctx.snapshots.is_none() {
             self.ctx.tracker.ack(Input::Usage, partition, offset, true);
-        }
-    }
-
-    fn clear(&self, partition: i32, offset: i64) {
-        let w = partition.unsigned_abs() as usize % self.workers.len();
-        if self.ctx.clearances[w].push(partition, offset) {
-            let _ = self.workers[w].send(WorkerMessage::Wake);
         }
     }
 
@@ -376,14 +321,6 @@ impl Shard<'_> {
                 self.lanes.insert(p as i32, LanePosition { next, high });
             }
         }
-        let flags: Vec<((u64, u64), i64)> = self
-            .ctx
-            .flags
-            .lock()
-            .expect("flags lock")
-            .iter()
-            .map(|(k, v)| (*k, *v))
-            .collect();
         let topic = &self.ctx.config.kafka.usage_topic;
         let positions = self
             .lanes
@@ -407,7 +344,6 @@ impl Shard<'_> {
             let payload = checkpoint::CallerStateRef {
                 store,
                 memory,
-                flags,
                 lanes,
             };
             snapshot::encode(&header, &payload)

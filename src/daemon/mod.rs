@@ -3,9 +3,10 @@
 //! ```text
 //!  usage / events topics ─► poll (one thread) ─► worker p % N: pipelines of its partitions, each
 //!        ▲                  + end offsets         merging its usage and events in event time
-//!        │                                          │ MT calls, progress, barriers ▼
+//!        │                                          │ MT calls, callbacks, progress ▼
 //!        │                                          │             caller shard: calling numbers of
-//!        │                                          │             every partition, merged in event time
+//!        │                                          │             every partition and the rules reading
+//!        │                                          │             them, merged in event time
 //!        │                                          ▼ alerts, dead letters     ▼ alerts
 //!        │                                        sinks: Kafka department topics, webhooks
 //!        └── store_offset ◄── ack tracker ◄── acknowledgements ◄─┘
@@ -82,8 +83,6 @@ pub struct RunSummary {
     pub in_flight_at_exit: u64,
     /// Times fetching of a partition was paused (read-ahead bound).
     pub fetch_pauses: u64,
-    /// Records that waited for the caller shard (barriers).
-    pub held_for_shard: u64,
     /// Offsets skipped because their records were gone from the broker (`record::gap`).
     pub records_skipped: u64,
 }
@@ -178,13 +177,7 @@ pub fn run(
         outputs,
         tracker: tracker.clone(),
         metrics: metrics.clone(),
-        flags: Default::default(),
         shard: shard_tx.clone(),
-        clearances: Arc::new(
-            (0..cfg.daemon.workers)
-                .map(|_| worker::Clearances::default())
-                .collect(),
-        ),
         queued: queued.clone(),
         abort: opts.control.abort.clone(),
         snapshots: snapshot_tx,
@@ -203,11 +196,10 @@ pub fn run(
                 shard: None,
                 ..ctx.clone()
             };
-            let workers = senders.clone();
             Some(
                 std::thread::Builder::new()
                     .name("caller-shard".into())
-                    .spawn(move || callers::run(ctx, workers, rx, shard_restored))?,
+                    .spawn(move || callers::run(ctx, rx, shard_restored))?,
             )
         }
         None => None,
@@ -341,7 +333,6 @@ pub fn run(
         dead_letters: metrics.dead_letters.load(Ordering::Relaxed),
         in_flight_at_exit: tracker.in_flight(),
         fetch_pauses: metrics.align.pauses.load(Ordering::Relaxed),
-        held_for_shard: metrics.align.held_for_shard.load(Ordering::Relaxed),
         records_skipped: metrics.gaps_total().skipped,
     };
     tracing::info!(

@@ -15,10 +15,9 @@
 //!
 //! **Caller shard.** A calling number rings subscribers of every partition, so its state (Wangiri)
 //! lives in the caller shard (`callers`): every usage record a partition processes is reported to it
-//! in order — the MT calls it keeps state for whole, the rest as progress — and it merges the
-//! partitions in event time. A record that runs a rule reading the shard's alerts (`alerted`: a
-//! Wangiri callback) first waits until the shard has applied every call before it in event time (a
-//! barrier), so it sees exactly the flags a replay in event time would.
+//! in order — whole when the shard needs it (an MT call it keeps state for, or a record of a rule
+//! reading calling-number alerts, with its account facts: `rules::placement`), the rest as progress
+//! — and it merges the partitions in event time. No partition ever waits for the shard.
 //!
 //! Per record: run the pipeline, hand each alert and reject to the sinks, mark the offset processed;
 //! the tracker commits it once all of that is acknowledged (and, with snapshots on, once a durable
@@ -40,15 +39,14 @@ use crate::classify::Classifier;
 use crate::config::Config;
 use crate::durability::checkpoint::{self, EncodedSnapshot, PartitionState, ReadBounds};
 use crate::durability::snapshot::{self, Position, SnapshotKind};
-use crate::pipeline::{Pipeline, PipelineOptions, RulesOptions, Scope, Verdict};
-use crate::record::{Decoded, Decoder, GapMark, Input, Item, Mode, OffsetGap, Reject, UsageRecord};
-use crate::rules::api::GlobalFlags;
+use crate::pipeline::{Handover, Pipeline, PipelineOptions, RulesOptions, Scope, Verdict};
+use crate::record::{Decoded, Decoder, GapMark, Input, Item, Mode, OffsetGap, Reject};
+use crate::rules::engine::AccountFacts;
 use crate::rules::RuleSources;
 use crate::sink::{Origin, Output, Outputs, Rejected, Tracker};
 use crate::source::align::Aligner;
 use crate::source::kafka::InputMessage;
 use crate::source::lane;
-use crate::state::tracks_caller;
 use crate::telemetry::events::{AlertSent, DeadLettered, OutputFailed, RecordRejected};
 use crate::telemetry::metrics::{Metrics, RuleView, WorkerView};
 
@@ -74,8 +72,6 @@ pub enum WorkerMessage {
         partitions: Vec<i32>,
         reply: SyncSender<Vec<Receiver<bool>>>,
     },
-    /// The caller shard cleared a barrier while the worker may be idle: read `Clearances`.
-    Wake,
     /// Snapshot and stop.
     Stop,
 }
@@ -100,35 +96,6 @@ pub enum Polled {
     Gap(OffsetGap),
 }
 
-/// Barriers the caller shard has cleared, for one worker: a mailbox read on every turn of the
-/// worker's loop, ahead of its inbox. A clearance that queued behind the inbox's batches would hold
-/// its partition for as long as they take, and clearances form chains (the next barrier often needs
-/// the progress the last one held back).
-#[derive(Default)]
-pub struct Clearances {
-    list: std::sync::Mutex<Vec<(i32, i64)>>,
-    pending: AtomicBool,
-}
-
-impl Clearances {
-    /// Adds one: the caller shard has applied every call before `offset` of `partition`. True if the
-    /// mailbox was empty (the worker may be idle and need waking).
-    pub fn push(&self, partition: i32, offset: i64) -> bool {
-        let mut list = self.list.lock().expect("clearances lock");
-        list.push((partition, offset));
-        !self.pending.swap(true, Ordering::AcqRel)
-    }
-
-    fn take(&self) -> Vec<(i32, i64)> {
-        if !self.pending.load(Ordering::Acquire) {
-            return Vec::new();
-        }
-        let mut list = self.list.lock().expect("clearances lock");
-        self.pending.store(false, Ordering::Release);
-        std::mem::take(&mut *list)
-    }
-}
-
 /// What every worker and the caller shard share.
 #[derive(Clone)]
 pub struct WorkerContext {
@@ -139,12 +106,8 @@ pub struct WorkerContext {
     pub outputs: Vec<Arc<dyn Output + Send + Sync>>,
     pub tracker: Arc<Tracker>,
     pub metrics: Arc<Metrics>,
-    /// Calling-number alerts: the caller shard writes them, partitions read them (`alerted`).
-    pub flags: GlobalFlags,
     /// The caller shard, when calling numbers are tracked.
     pub shard: Option<SyncSender<ShardMessage>>,
-    /// Every worker's mailbox of clearances from the caller shard, by worker index.
-    pub clearances: Arc<Vec<Clearances>>,
     pub queued: Arc<QueuedBytes>,
     /// Crash-like stop (tests): leave at once, queued records unprocessed.
     pub abort: Arc<AtomicBool>,
@@ -163,7 +126,6 @@ impl WorkerContext {
                 quarantine: self.config.rules.quarantine_policy(),
                 mode: Mode::Live,
                 high_risk_from_rules: self.config.reference.high_risk_prefixes.is_none(),
-                flags: Some(self.flags.clone()),
             }),
             ..PipelineOptions::new(self.classifier.clone(), self.config.state.clone())
         })
@@ -223,10 +185,10 @@ struct Partition {
     /// Per input, the end offset reported, not yet passed on to the merge (`daemon.align_wait`),
     /// and since when.
     pending_end: [Option<Instant>; 2],
-    /// Usage offset up to which the caller shard has cleared records waiting for it.
-    cleared: i64,
-    /// The usage offset a barrier was sent for.
-    barrier: Option<i64>,
+    /// Account facts of the records handed to the caller shard for its rules, by usage offset,
+    /// until a durable shard snapshot covers them (snapshots on): kept in this partition's
+    /// snapshot, so that the records re-read after a restart are handed over as they were.
+    handed_over: std::collections::BTreeMap<i64, AccountFacts>,
     /// What the caller shard heard last about this partition's usage lane.
     reported: Option<LaneHead>,
     /// For the caller shard, gathered while draining.
@@ -253,8 +215,7 @@ impl Partition {
             dirty: false,
             snapshotted: false,
             pending_end: [None; 2],
-            cleared: i64::MIN,
-            barrier: None,
+            handed_over: Default::default(),
             reported: None,
             feed: Vec::new(),
             gap: [None, None],
@@ -313,7 +274,6 @@ pub fn run(ctx: WorkerContext, rx: Receiver<WorkerMessage>) {
         if w.ctx.abort.load(Ordering::Relaxed) {
             return;
         }
-        w.clearances();
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(WorkerMessage::Polled(batch)) => w.polled(batch),
             Ok(WorkerMessage::Reload(sources)) => w.reload(sources),
@@ -329,7 +289,6 @@ pub fn run(ctx: WorkerContext, rx: Receiver<WorkerMessage>) {
                 w.flush();
                 let _ = reply.send(done);
             }
-            Ok(WorkerMessage::Wake) => {}
             Ok(WorkerMessage::Stop) | Err(RecvTimeoutError::Disconnected) => {
                 w.flush();
                 w.publish_view();
@@ -402,7 +361,6 @@ impl Worker<'_> {
             part.bounds = bounds;
             let old = std::mem::replace(&mut part.merge, merge);
             part.reported = None;
-            part.barrier = None;
             part.feed.clear();
             part.usage_next = starts[0].unwrap_or(i64::MIN);
             self.unqueue(partition, old);
@@ -413,9 +371,11 @@ impl Worker<'_> {
         } else {
             Scope::Everything
         });
+        let mut handed_over = Default::default();
         if let Some(state) = state {
             let state = *state;
             pipeline.restore(state.store, state.memory);
+            handed_over = state.handed_over;
         }
         tracing::debug!(
             worker = self.ctx.index,
@@ -423,8 +383,9 @@ impl Worker<'_> {
             ?bounds,
             "Partition started."
         );
-        self.partitions
-            .insert(partition, Partition::new(pipeline, merge, bounds, starts));
+        let mut part = Partition::new(pipeline, merge, bounds, starts);
+        part.handed_over = handed_over;
+        self.partitions.insert(partition, part);
     }
 
     /// Snapshots (when on) and drops the partitions; what they held unprocessed is read again by
@@ -489,6 +450,11 @@ impl Worker<'_> {
                 covers.push((*input, partition, next - 1));
             }
         }
+        // What a durable shard snapshot covers is never handed over again.
+        if let Some(cap) = self.ctx.tracker.shard_cap(partition) {
+            part.handed_over = part.handed_over.split_off(&(cap + 1));
+        }
+        let handed_over = &part.handed_over;
         let encoded = part.pipeline.with_state(|store, memory| {
             let header = checkpoint::header(SnapshotKind::Partition(partition), positions, store);
             snapshot::encode(
@@ -497,6 +463,7 @@ impl Worker<'_> {
                     store,
                     memory,
                     highs,
+                    handed_over,
                 },
             )
         });
@@ -615,37 +582,8 @@ impl Worker<'_> {
             let Some(part) = self.partitions.get_mut(&partition) else {
                 return;
             };
-            let Some((id, _, head)) = part.merge.peek() else {
+            if part.merge.peek().is_none() {
                 break;
-            };
-            // A record that reads the caller shard's alerts waits for the shard (a barrier).
-            if id == lane(Input::Usage) && self.ctx.shard.is_some() {
-                let offset = head.msg.offset;
-                if let Ok(Item::Usage(r)) = &head.item {
-                    if offset > part.cleared
-                        && part.bounds.applies(Input::Usage, offset)
-                        && part.pipeline.reads_flags(r)
-                    {
-                        if part.barrier != Some(offset) {
-                            part.barrier = Some(offset);
-                            let time = r.event_start.utc;
-                            // What comes after it in the lane is not earlier than the next record
-                            // queued: once cleared, the shard need not wait for this partition to
-                            // report that far.
-                            let then = part
-                                .merge
-                                .second(lane(Input::Usage))
-                                .and_then(|q| q.item.as_ref().ok().map(Item::time));
-                            part.feed.push(FeedItem::Barrier { offset, time, then });
-                            self.ctx
-                                .metrics
-                                .align
-                                .held_for_shard
-                                .fetch_add(1, Ordering::Relaxed);
-                        }
-                        break;
-                    }
-                }
             }
             let (id, _, q) = part.merge.pop().expect("peeked");
             let input = if id == lane(Input::Usage) {
@@ -678,27 +616,6 @@ impl Worker<'_> {
         });
     }
 
-    /// Lets the records the caller shard cleared go on.
-    fn clearances(&mut self) {
-        let cleared = self.ctx.clearances[self.ctx.index].take();
-        if cleared.is_empty() {
-            return;
-        }
-        let mut touched = Vec::new();
-        for (partition, offset) in cleared {
-            if let Some(part) = self.partitions.get_mut(&partition) {
-                part.cleared = part.cleared.max(offset);
-                touched.push(partition);
-            }
-        }
-        touched.sort_unstable();
-        touched.dedup();
-        for p in touched {
-            self.drain(p);
-        }
-        self.flush();
-    }
-
     /// Hands back the read-ahead worked off and sends the caller shard what the partitions reported,
     /// each once per batch.
     fn flush(&mut self) {
@@ -718,14 +635,13 @@ impl Worker<'_> {
         let m = q.msg;
         let weight = m.weight();
         let origin = Origin::record(input, partition, m.offset);
-        let calling = self.ctx.config.state.calling_numbers;
         let with_shard = self.ctx.shard.is_some();
         let snapshots = &self.ctx.metrics.snapshots;
         let part = self.partitions.get_mut(&partition).expect("queued here");
         let emit = part.bounds.emits(input, m.offset);
         let time = q.item.as_ref().ok().map(Item::time);
-        // Usage for the caller shard: the call it keeps state for, else progress.
-        let mut call: Option<UsageRecord> = None;
+        // Usage for the caller shard: what it needs whole, else progress.
+        let mut handover: Option<Handover> = None;
         let applies = part.bounds.applies(input, m.offset);
         if applies {
             let source = self.ctx.topic(input);
@@ -739,7 +655,12 @@ impl Worker<'_> {
             part.covered[input.index()] = Some(m.offset + 1);
             part.dirty = true;
             if matches!(verdict, Verdict::Applied) {
-                call = part.pipeline.take_call();
+                handover = part.pipeline.take_handover();
+                if let (Some(h), true) = (&handover, self.ctx.snapshots.is_some()) {
+                    if let Some(f) = &h.facts {
+                        part.handed_over.insert(m.offset, f.clone());
+                    }
+                }
             }
             let alerts = part.pipeline.take_alerts();
             if emit {
@@ -786,9 +707,8 @@ impl Worker<'_> {
             // Already in the restored snapshot; the caller shard decides for itself.
             snapshots.records_skipped.fetch_add(1, Ordering::Relaxed);
             if let (Ok(Item::Usage(r)), true) = (q.item, with_shard) {
-                if tracks_caller(calling, &r, self.ctx.classifier.classify(&r)) {
-                    call = Some(r);
-                }
+                let facts = part.handed_over.get(&m.offset).cloned();
+                handover = part.pipeline.handover_of(r, facts);
             }
         }
         let part = self.partitions.get_mut(&partition).expect("queued here");
@@ -796,8 +716,8 @@ impl Worker<'_> {
             part.usage_next = m.offset + 1;
         }
         if input == Input::Usage && with_shard {
-            match call {
-                Some(record) => {
+            match handover {
+                Some(h) => {
                     // Without snapshots nothing else stops a commit from passing a call the shard
                     // has not applied yet: the offset waits until the shard has handed the call's
                     // alerts to the sinks. With snapshots, usage commits wait for the shard's own
@@ -806,10 +726,10 @@ impl Worker<'_> {
                     if self.ctx.snapshots.is_none() {
                         self.ctx.tracker.add(input, partition, m.offset);
                     }
-                    part.feed.push(FeedItem::Call {
+                    part.feed.push(FeedItem::Record {
                         offset: m.offset,
-                        time: record.event_start.utc,
-                        record: Box::new(record),
+                        time: h.record.event_start.utc,
+                        handover: Box::new(h),
                         emit,
                         admitted: applies,
                     });

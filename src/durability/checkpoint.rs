@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alert::memory::AlertMemory;
 use crate::record::Input;
+use crate::rules::engine::AccountFacts;
 use crate::sink::ack::Tracker;
 use crate::state::WindowStore;
 use crate::telemetry::metrics::Metrics;
@@ -49,6 +50,9 @@ pub struct PartitionStateRef<'a> {
     /// The event-time alignment's running maximum per input (`[usage, events]`) at the snapshot's
     /// positions, so the merge resumes exactly where it was (`source::align`).
     pub highs: [i64; 2],
+    /// Account facts of records handed to the caller shard's rules that its durable snapshot does
+    /// not cover yet, by usage offset (`daemon::worker`).
+    pub handed_over: &'a BTreeMap<i64, AccountFacts>,
 }
 
 /// A partition's state as read back. Same field order as `PartitionStateRef`.
@@ -57,6 +61,7 @@ pub struct PartitionState {
     pub store: WindowStore,
     pub memory: AlertMemory,
     pub highs: [i64; 2],
+    pub handed_over: BTreeMap<i64, AccountFacts>,
 }
 
 /// Where the caller shard's merge stands in one usage partition.
@@ -72,17 +77,15 @@ pub struct LanePosition {
 pub struct CallerStateRef<'a> {
     pub store: &'a WindowStore,
     pub memory: &'a AlertMemory,
-    pub flags: Vec<((u64, u64), i64)>,
     pub lanes: &'a BTreeMap<i32, LanePosition>,
 }
 
-/// The caller shard's state: calling numbers, its alert memory, the process-wide alert flags, and
-/// where its merge stands in each usage partition.
+/// The caller shard's state: calling numbers, its alert memory (with the alerts of the subscriber
+/// rules it runs), and where its merge stands in each usage partition.
 #[derive(Serialize, Deserialize)]
 pub struct CallerState {
     pub store: WindowStore,
     pub memory: AlertMemory,
-    pub flags: Vec<((u64, u64), i64)>,
     pub lanes: BTreeMap<i32, LanePosition>,
 }
 

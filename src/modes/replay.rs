@@ -248,7 +248,6 @@ pub fn run_to(
             quarantine: cfg.rules.quarantine_policy(),
             mode: Mode::Replay,
             high_risk_from_rules: cfg.reference.high_risk_prefixes.is_none(),
-            flags: None,
         }),
         cutoff: opts.cutoff.map(|t| t.utc),
         keep_fired: opts.keep_fired,

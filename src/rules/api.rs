@@ -54,16 +54,10 @@ pub enum EntityKey {
     Account(u32),
 }
 
-/// (rule id hash, entity key hash) → trigger time of the newest alert, shared by threads.
-pub type GlobalFlags = std::sync::Arc<std::sync::Mutex<AHashMap<(u64, u64), i64>>>;
-
 /// What views share: the store, the alert memory (for `alerted`), and the parse caches.
 pub struct Shared {
     pub store: SharedStore,
     pub memory: Rc<RefCell<AlertMemory>>,
-    /// Alerts the daemon's caller shard raised on calling numbers, for `alerted` in the partitions (a
-    /// Wangiri source flagged by the shard, a callback seen in a subscriber's partition).
-    pub global_flags: Option<GlobalFlags>,
     /// Rule (id hash) and entity of the evaluation in progress, for `edge`.
     pub current: std::cell::Cell<(u64, EntityKey)>,
     filters: RefCell<AHashMap<ImmutableString, Rc<ClassFilter>>>,
@@ -71,16 +65,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(
-        store: SharedStore,
-        memory: Rc<RefCell<AlertMemory>>,
-        global_flags: Option<GlobalFlags>,
-    ) -> Rc<Self> {
+    pub fn new(store: SharedStore, memory: Rc<RefCell<AlertMemory>>) -> Rc<Self> {
         Rc::new(Shared {
             store,
             memory,
             current: Default::default(),
-            global_flags,
             filters: RefCell::default(),
             windows: RefCell::default(),
         })
@@ -459,28 +448,15 @@ pub fn register(engine: &mut Engine, shared: &Rc<Shared>, lists: Lists) {
             })
     });
     // `alerted("wangiri_inbound", rec.other_number, "72h")`: that rule alerted on that entity within
-    // the window before the trigger time.
+    // the window before the trigger time. In the daemon a rule asking about a calling-number rule
+    // runs in the caller shard, whose memory holds those alerts (`rules::placement`).
     let memory = shared.memory.clone();
     let shared_w = shared.clone();
     engine.register_fn(
         "alerted",
         move |rule: &str, key: &str, window: ImmutableString| -> Fallible<bool> {
             let w = shared_w.window(&window, false)?;
-            let memory = memory.borrow();
-            if memory.alerted_since(rule, key, w) {
-                return Ok(true);
-            }
-            let now = memory.now();
-            Ok(shared_w.global_flags.as_ref().is_some_and(|g| {
-                let k = (
-                    crate::alert::memory::key_hash(rule),
-                    crate::alert::memory::key_hash(key),
-                );
-                g.lock()
-                    .expect("flags lock")
-                    .get(&k)
-                    .is_some_and(|&t| t > now - w && t <= now)
-            }))
+            Ok(memory.borrow().alerted_since(rule, key, w))
         },
     );
 }

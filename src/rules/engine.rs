@@ -17,7 +17,7 @@ use rhai::Dynamic;
 
 use crate::classify::RecordClass;
 use crate::record::{AccountEvent, Direction, EventTime, Number, RecordType, UsageRecord};
-use crate::record::{Alert, EntityRef, EntityType, Mode};
+use crate::record::{Alert, EntityRef, EntityType, Mode, Segment};
 use crate::state::Timer;
 
 use super::api::{
@@ -26,7 +26,7 @@ use super::api::{
 use super::library::RuleSources;
 use super::meta;
 use super::params::segment_index;
-use super::ruleset::{BuildErrors, RuleSet, ENTRY};
+use super::ruleset::{BuildErrors, Rule, RuleSet, ENTRY};
 use super::sandbox::{self, SandboxLimits, ScriptError};
 use crate::alert::memory::{key_hash, Decision};
 use crate::alert::policy::{self, TriggerInfo};
@@ -101,32 +101,46 @@ pub struct EngineCounters {
 
 /// Who a trigger concerns, resolved once and shared by every rule it runs.
 #[derive(Default)]
-struct Subject {
+struct Subject<'a> {
     sub: Option<Number>,
     caller: Option<Number>,
     imei: Option<Number>,
     account: Option<u32>,
+    /// The account as the record's partition saw it (a rule run in the caller shard).
+    facts: Option<&'a AccountFacts>,
 }
 
-/// Which rules an engine runs, by the entity they are keyed by.
+/// Which rules an engine runs (`rules::placement`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum EntityFilter {
+pub enum Placement {
+    /// Every rule: replay, inspect, rule tests, a daemon that keeps no calling-number state.
     #[default]
     All,
-    /// Only these (the daemon's caller shard: calling numbers).
-    Only(EntityType),
-    /// All but these (the daemon's partitions, beside a caller shard).
-    Except(EntityType),
+    /// A daemon partition: all but the calling-number rules and the rules reading their alerts.
+    Partition,
+    /// The daemon's caller shard: the calling-number rules and the rules reading their alerts.
+    CallerShard,
 }
 
-impl EntityFilter {
-    pub fn runs(self, kind: EntityType) -> bool {
+impl Placement {
+    pub fn runs(self, rule: &Rule) -> bool {
+        let at_shard = rule.meta().entity == EntityType::CallingNumber || rule.reads_callers;
         match self {
-            EntityFilter::All => true,
-            EntityFilter::Only(k) => k == kind,
-            EntityFilter::Except(k) => k != kind,
+            Placement::All => true,
+            Placement::Partition => !at_shard,
+            Placement::CallerShard => at_shard,
         }
     }
+}
+
+/// What a subscriber rule run in the caller shard needs of the record's account, taken in the
+/// partition when the record was applied (the shard keeps no accounts).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AccountFacts {
+    pub id: Option<String>,
+    pub segment: Option<Segment>,
+    pub credit_limit: bool,
+    pub overdue: bool,
 }
 
 /// When a failing rule is quarantined, and when it comes back. A rule that fails now and then keeps
@@ -169,10 +183,7 @@ pub struct EngineOptions {
     pub quarantine: QuarantinePolicy,
     /// Stamped on every alert.
     pub mode: Mode,
-    pub entities: EntityFilter,
-    /// Publish this engine's alerts to the process-wide flags (`Shared::global_flags`) that
-    /// `alerted` reads in other pipelines: the caller shard does, partitions only read.
-    pub publish_flags: bool,
+    pub placement: Placement,
 }
 
 impl Default for EngineOptions {
@@ -181,8 +192,7 @@ impl Default for EngineOptions {
             limits: SandboxLimits::default(),
             quarantine: QuarantinePolicy::default(),
             mode: Mode::Replay,
-            entities: EntityFilter::All,
-            publish_flags: false,
+            placement: Placement::All,
         }
     }
 }
@@ -286,18 +296,37 @@ impl RuleEngine {
         }
     }
 
-    /// Whether a usage record of this class runs a rule of this engine that reads the process-wide
-    /// alert flags (`alerted` on another pipeline's entity: a Wangiri callback). The daemon holds such
-    /// a record until the caller shard has applied every call before it in event time.
-    pub fn reads_flags(&self, class: RecordClass) -> bool {
-        self.set.for_class(class).iter().any(|&(i, _)| {
-            let rule = &self.set.rules[i as usize];
-            rule.reads_flags && self.opts.entities.runs(rule.meta().entity)
-        })
+    /// Whether a usage record of this class triggers a rule that reads calling-number alerts, which
+    /// a daemon partition hands to the caller shard with `account_facts` (`rules::placement`).
+    pub fn hands_over(&self, class: RecordClass) -> bool {
+        self.opts.placement == Placement::Partition
+            && self
+                .set
+                .for_class(class)
+                .iter()
+                .any(|&(i, _)| self.set.rules[i as usize].reads_callers)
     }
 
-    /// Evaluates the rules a usage record (already applied to state) can trigger.
-    pub fn on_usage(&mut self, r: &UsageRecord, class: RecordClass) {
+    /// The record's account as a rule sees it at the record's time.
+    pub fn account_facts(&self, r: &UsageRecord) -> AccountFacts {
+        let store = self.shared.store.borrow();
+        let Some(a) = store
+            .subscriber(r.served.msisdn)
+            .and_then(|e| store.account_at(e.account))
+        else {
+            return AccountFacts::default();
+        };
+        AccountFacts {
+            id: Some(a.id.to_string()),
+            segment: Some(a.ledger.segment),
+            credit_limit: a.ledger.credit_limit.is_some(),
+            overdue: a.ledger.overdue(r.event_start) > crate::record::Money::ZERO,
+        }
+    }
+
+    /// Evaluates the rules a usage record (already applied to state) can trigger; `facts`: its
+    /// account as its partition saw it (the caller shard, which keeps no accounts).
+    pub fn on_usage(&mut self, r: &UsageRecord, class: RecordClass, facts: Option<&AccountFacts>) {
         self.counters.usage_records += 1;
         if self.set.for_class(class).is_empty() {
             self.counters.usage_without_rules += 1;
@@ -336,6 +365,7 @@ impl RuleEngine {
                     .subscriber(msisdn)
                     .map(|e| e.account)
                     .filter(|&s| store.account_at(s).is_some()),
+                facts,
             }
         };
         let trigger = Dynamic::from(UsageView::new(r, class));
@@ -398,7 +428,7 @@ impl RuleEngine {
         trigger: &Dynamic,
         time: EventTime,
         record_id: Option<&str>,
-        subject: &Subject,
+        subject: &Subject<'_>,
     ) {
         let slot = self.slots[i];
         if self.stats[slot].quarantined && !self.readmit(slot, time.utc) {
@@ -407,7 +437,7 @@ impl RuleEngine {
         let set = &mut self.set;
         let rule = &mut set.rules[i];
         let kind = rule.meta().entity;
-        if !self.opts.entities.runs(kind) {
+        if !self.opts.placement.runs(rule) {
             return;
         }
         let end = time.utc;
@@ -439,7 +469,15 @@ impl RuleEngine {
         };
         // Declared account conditions, checked natively: no script runs for a record they exclude.
         let needs = rule.resolved.requires;
-        let segment = {
+        let segment = if let Some(f) = subject.facts {
+            if needs != 0
+                && !((needs & meta::NEEDS_CREDIT_LIMIT == 0 || f.credit_limit)
+                    && (needs & meta::NEEDS_OVERDUE == 0 || f.overdue))
+            {
+                return;
+            }
+            f.segment.filter(|_| kind == EntityType::Subscriber)
+        } else {
             let store = self.shared.store.borrow();
             let account = subject.account.and_then(|s| store.account_at(s));
             if needs != 0 {
@@ -493,13 +531,18 @@ impl RuleEngine {
         let verdict = match result {
             Ok(None) => return,
             Ok(Some(map)) => {
-                let account_id = {
-                    let store = self.shared.store.borrow();
-                    subject
-                        .account
-                        .filter(|_| matches!(kind, EntityType::Subscriber | EntityType::Account))
-                        .and_then(|s| store.account_at(s))
-                        .map(|a| a.id.to_string())
+                let account_id = match subject.facts {
+                    Some(f) => f.id.clone().filter(|_| kind == EntityType::Subscriber),
+                    None => {
+                        let store = self.shared.store.borrow();
+                        subject
+                            .account
+                            .filter(|_| {
+                                matches!(kind, EntityType::Subscriber | EntityType::Account)
+                            })
+                            .and_then(|s| store.account_at(s))
+                            .map(|a| a.id.to_string())
+                    }
                 };
                 let entity = EntityRef {
                     kind,
@@ -533,17 +576,6 @@ impl RuleEngine {
         };
         match verdict {
             Ok((Decision::Emit, Some(alert))) => {
-                if let Some(g) = self
-                    .shared
-                    .global_flags
-                    .as_ref()
-                    .filter(|_| self.opts.publish_flags)
-                {
-                    g.lock().expect("flags lock").insert(
-                        (key_hash(&alert.rule.id), key_hash(&alert.entity.key)),
-                        alert.trigger_event_time.utc,
-                    );
-                }
                 stats.alerts += 1;
                 stats.entities.insert(key_hash(&alert.entity.key));
                 self.counters.alerts += 1;

@@ -17,12 +17,13 @@ use ahash::AHashMap;
 use rhai::{Dynamic, Engine, Scope, AST};
 
 use crate::classify::{is_possible, PrefixList, RecordClass, CLASS_COUNT};
-use crate::record::EventType;
+use crate::record::{EntityType, EventType};
 
 use super::api::{self, Lists, ParamTable, Shared};
 use super::library::RuleSources;
 use super::meta::{Resolved, RuleMeta, TimerTrigger, Trigger};
 use super::params::{Params, SEGMENTS};
+use super::placement;
 use super::sandbox::{self, SandboxLimits, ScriptError};
 
 /// One problem found while building, in the form editors and CI logs understand.
@@ -93,8 +94,9 @@ pub struct Rule {
     pub scope: Scope<'static>,
     /// Resolved parameters per segment, in `params::SEGMENTS` order.
     pub params: Vec<Rc<ParamTable>>,
-    /// The script calls `alerted` (reads alerts of other entities, possibly another pipeline's).
-    pub reads_flags: bool,
+    /// The script reads the alerts of a calling-number rule (`alerted("wangiri_inbound", …)`): the
+    /// daemon runs it in the caller shard (`placement`).
+    pub reads_callers: bool,
 }
 
 impl Rule {
@@ -353,9 +355,10 @@ impl RuleSet {
                 ast,
                 scope,
                 params: tables,
-                reads_flags: calls(&f.text, "alerted"),
+                reads_callers: false,
             });
         }
+        place(&mut rules, &mut errors, &mut warnings, &problem);
         for id in params.rule_ids().collect::<BTreeSet<_>>() {
             if !rules.iter().any(|r| r.id() == id) && errors.is_empty() {
                 errors.push(problem(
@@ -585,20 +588,77 @@ fn literal_problems(text: &str) -> Vec<(usize, usize, String)> {
     out
 }
 
-/// Whether a script's code (comments aside) calls the function `name`. Text, not the AST: a match
-/// inside a string literal only makes the answer conservative.
-fn calls(text: &str, name: &str) -> bool {
-    let call = format!("{name}(");
-    text.lines()
-        .map(|l| l.split("//").next().unwrap_or(""))
-        .any(|code| {
-            code.match_indices(&call).any(|(i, _)| {
-                !code[..i]
-                    .chars()
-                    .next_back()
-                    .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.')
-            })
-        })
+/// Marks the rules that read calling-number rules' alerts (they run in the daemon's caller shard)
+/// and refuses those that cannot run there (`placement`).
+fn place(
+    rules: &mut [Rule],
+    errors: &mut Vec<Problem>,
+    warnings: &mut Vec<Problem>,
+    problem: &impl Fn(&str, usize, usize, String) -> Problem,
+) {
+    let callers: BTreeSet<String> = rules
+        .iter()
+        .filter(|r| r.meta().entity == EntityType::CallingNumber)
+        .map(|r| r.id().to_string())
+        .collect();
+    let at = |p: rhai::Position| (p.line().unwrap_or(1), p.position().unwrap_or(1));
+    for rule in rules.iter_mut() {
+        if rule.meta().entity == EntityType::CallingNumber {
+            continue;
+        }
+        let mut read = None;
+        for call in placement::alerted_calls(&rule.ast) {
+            match call.rule {
+                Some(id) if callers.contains(&id) => read = read.or(Some((id, call.position))),
+                Some(_) => {}
+                None => {
+                    let (line, column) = at(call.position);
+                    warnings.push(problem(
+                        &rule.file,
+                        line,
+                        column,
+                        "`alerted` with a rule id computed at run time: in the daemon it sees the alerts of rules kept beside this rule's entity only, never those of calling-number rules (write the id as a literal)".into(),
+                    ));
+                }
+            }
+        }
+        let Some((source, pos)) = read else { continue };
+        rule.reads_callers = true;
+        if rule.meta().entity != EntityType::Subscriber {
+            let (line, column) = at(pos);
+            errors.push(problem(
+                &rule.file,
+                line,
+                column,
+                format!(
+                    "rule {} reads the alerts of calling-number rule {source:?}, so it runs beside the calling numbers, which only a subscriber rule can: its entity is {:?}",
+                    rule.id(),
+                    rule.meta().entity.as_str()
+                ),
+            ));
+            continue;
+        }
+        let entry = rule
+            .ast
+            .iter_functions()
+            .find(|f| f.name == ENTRY)
+            .map(|f| f.params.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        for var in entry.iter().skip(1).take(2) {
+            if let Some(p) = placement::first_read(&rule.ast, ENTRY, var) {
+                let (line, column) = at(p);
+                errors.push(problem(
+                    &rule.file,
+                    line,
+                    column,
+                    format!(
+                        "rule {} reads the alerts of calling-number rule {source:?}, so the daemon runs it beside the calling numbers, where no subscriber or account state is kept: it cannot read `{var}` (use the record's fields, or split the rule)",
+                        rule.id()
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

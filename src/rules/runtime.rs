@@ -36,7 +36,7 @@ pub fn locate_optional(flag: Option<&Path>, cfg: &Config, base: &Path) -> Option
 /// Builds the rule set as a pipeline would, against an empty store: every problem, or the set.
 pub fn validate(sources: &RuleSources, cfg: &Config) -> Result<RuleSet, BuildErrors> {
     let store = std::rc::Rc::new(std::cell::RefCell::new(WindowStore::new(cfg.state.clone())));
-    let shared = Shared::new(store, Default::default(), None);
+    let shared = Shared::new(store, Default::default());
     RuleSet::build(sources, &cfg.rules.sandbox, &shared)
 }
 

@@ -113,6 +113,14 @@ impl Tracker {
         p.shard_cap = Some(p.shard_cap.map_or(last, |c| c.max(last)));
     }
 
+    /// Last usage offset of `partition` the caller shard's durable snapshot covers, if known.
+    pub fn shard_cap(&self, partition: i32) -> Option<i64> {
+        let parts = self.parts.lock().expect("tracker lock");
+        parts
+            .get(&(Input::Usage, partition))
+            .and_then(|p| p.shard_cap)
+    }
+
     /// Waits until every message produced for offsets up to `upto` is acknowledged; false on timeout
     /// or if one of them failed for good.
     pub fn wait_delivered(

@@ -241,11 +241,6 @@ impl<T> Aligner<T> {
         self.lane(id)?.queue.front().map(|q| (q.key, &q.item))
     }
 
-    /// The item after the head of lane `id`, merge order aside.
-    pub fn second(&self, id: u32) -> Option<&T> {
-        self.lane(id)?.queue.get(1).map(|q| &q.item)
-    }
-
     /// Where lane `id` would resume if what it holds were dropped: the position of its first waiting
     /// item (or of the next to come) and the running maximum before it. A snapshot taken now covers
     /// the positions before it.

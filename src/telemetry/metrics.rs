@@ -179,8 +179,6 @@ pub struct WebhookMetrics {
 /// The event-time alignment in the workers and the caller shard.
 #[derive(Default)]
 pub struct AlignMetrics {
-    /// Records held until the caller shard had applied every call before them (Wangiri callbacks).
-    pub held_for_shard: AtomicU64,
     /// Times fetching of a partition was paused because too much of it waited in a worker.
     pub pauses: AtomicU64,
     /// Records read ahead and waiting in the workers' queues (bytes).
@@ -410,11 +408,6 @@ impl Metrics {
                 "cdrguard_webhook_failed_total",
                 "Alerts a webhook refused for good (their input offsets stay uncommitted).",
                 &w.failed,
-            ),
-            (
-                "cdrguard_align_held_for_shard_total",
-                "Records held until the caller shard had applied every call before them in event time.",
-                &self.align.held_for_shard,
             ),
             (
                 "cdrguard_fetch_pauses_total",
