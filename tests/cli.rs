@@ -318,8 +318,10 @@ fn check_reports_one_error_per_mistake() {
     );
 }
 
-/// A typo that only shows at run time (a method the views do not have) fails the rule's cases with
-/// the script error and its position, not only as "expected, not raised".
+/// A mistake that only shows at run time (a method of the subscriber view called on the record:
+/// it exists, so `check` cannot tell statically) fails the rule's cases with the script error and
+/// its position, not only as "expected, not raised". A method that exists nowhere is refused by
+/// `check` (`rules::lint`, tests/sandbox.rs).
 #[test]
 fn test_fails_a_case_with_the_script_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -328,7 +330,7 @@ fn test_fails_a_case_with_the_script_error() {
     let irsf = lib.join("fraud/irsf_high_risk_destination.rhai");
     let text = std::fs::read_to_string(&irsf).unwrap().replace(
         "sub.minutes(\"voice.mo.high_risk\"",
-        "sub.minutez(\"voice.mo.high_risk\"",
+        "rec.minutes(\"voice.mo.high_risk\"",
     );
     std::fs::write(&irsf, text).unwrap();
     let (code, out, _) = run(&["test", "--rules", lib.to_str().unwrap()], None);
@@ -346,7 +348,7 @@ fn test_fails_a_case_with_the_script_error() {
     assert!(
         near_miss.contains("script error: irsf_high_risk_destination failed")
             && near_miss
-                .contains("irsf_high_risk_destination.rhai:26:23: Function not found: minutez"),
+                .contains("irsf_high_risk_destination.rhai:26:23: Function not found: minutes"),
         "{near_miss}"
     );
 }

@@ -131,6 +131,16 @@ fn scripts_that_cannot_load_fail_the_build_with_file_line_column() {
             "undeclared_variable.rhai:5:8",
             "cals",
         ),
+        (
+            "typo_method",
+            "typo_method.rhai:4:37",
+            "no method named `minutez` exists",
+        ),
+        (
+            "typo_verdict_key",
+            "typo_verdict_key.rhai:5:16",
+            "unknown verdict key `explaination`",
+        ),
     ];
     for (name, at, message) in cases {
         let dir = tempfile::tempdir().unwrap();

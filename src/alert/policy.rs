@@ -25,8 +25,17 @@ use crate::rules::ruleset::Rule;
 use crate::rules::sandbox::ScriptError;
 
 /// The verdict fields a rule may return; anything else is an error (a typo must not vanish).
-const VERDICT_KEYS: &str =
-    "severity, score, metrics, thresholds, explanation, actions, window, key, record_ids";
+pub const VERDICT_KEYS: &[&str] = &[
+    "severity",
+    "score",
+    "metrics",
+    "thresholds",
+    "explanation",
+    "actions",
+    "window",
+    "key",
+    "record_ids",
+];
 
 /// What triggered the evaluation, for the alert's time and evidence.
 pub struct TriggerInfo<'a> {
@@ -151,7 +160,8 @@ fn parse_verdict(rule: &Rule, map: &Map, t: &TriggerInfo) -> Result<Verdict, Scr
             }
             other => {
                 return Err(bad(format!(
-                    "unknown key {other:?} (allowed: {VERDICT_KEYS})"
+                    "unknown key {other:?} (allowed: {})",
+                    VERDICT_KEYS.join(", ")
                 )))
             }
         }

@@ -12,6 +12,7 @@ pub mod meta;
 pub mod param_types;
 pub mod params;
 pub mod api;
+pub mod lint;
 pub mod placement;
 pub mod ruleset;
 pub mod engine;

@@ -23,8 +23,8 @@ use super::api::{self, Lists, ParamTable, Shared};
 use super::library::RuleSources;
 use super::meta::{Resolved, RuleMeta, TimerTrigger, Trigger};
 use super::params::{Params, SEGMENTS};
-use super::placement;
 use super::sandbox::{self, SandboxLimits, ScriptError};
+use super::{lint, placement};
 
 /// One problem found while building, in the form editors and CI logs understand.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,6 +195,7 @@ impl RuleSet {
 
         let mut engine = sandbox::build_engine(limits);
         api::register(&mut engine, shared, lists.clone());
+        let known = lint::known_functions(&engine);
 
         // Scripts.
         let mut rules: Vec<Rule> = Vec::new();
@@ -321,6 +322,15 @@ impl RuleSet {
             }
             for (line, column, message) in literal_problems(&f.text) {
                 errors.push(problem(&f.path, line, column, message));
+            }
+            for found in lint::check(&ast, &known, ENTRY, crate::alert::policy::VERDICT_KEYS) {
+                let p = found.position;
+                errors.push(problem(
+                    &f.path,
+                    p.line().unwrap_or(1),
+                    p.position().unwrap_or(1),
+                    found.message,
+                ));
             }
             // Declared parameters without a value would all be errors too.
             let declared = if params_parsed {
