@@ -642,6 +642,10 @@ pub struct StateConfig {
     /// Condition names one rule may keep per entity with `edge(name, cond)`; a further name is a
     /// rule error. Default 16.
     pub max_edges_per_entity: u32,
+    /// An answered call longer than this counts as this long for concurrency (`simultaneous_calls`):
+    /// its span is clipped and counted (`calls_clipped`), so one implausible record cannot keep a
+    /// line's open calls growing. Its minutes are not clipped. Default `24h`.
+    pub max_call_duration: Secs,
 }
 
 impl Default for StateConfig {
@@ -657,6 +661,7 @@ impl Default for StateConfig {
             calling_numbers: CallingNumbers::International,
             track_imei: false,
             max_edges_per_entity: 16,
+            max_call_duration: Secs(86_400),
         }
     }
 }
@@ -823,6 +828,9 @@ impl Config {
         }
         if s.max_edges_per_entity == 0 {
             errs.push("state.max_edges_per_entity: at least 1".into());
+        }
+        if s.max_call_duration.0 <= 0 {
+            errs.push("state.max_call_duration: must be positive".into());
         }
         if s.dedup_horizon.0 <= 0 {
             errs.push("state.dedup_horizon: must be positive".into());

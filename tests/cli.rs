@@ -418,3 +418,138 @@ fn version_names_the_build_and_json_logs_start_with_json() {
         );
     }
 }
+
+/// Hostile rules beside a good one, run as users run them: a print flood (200 lines of 4 KB per
+/// record) reaches the log at the rate limit, not as hundreds of megabytes; a rule throwing on 2% of
+/// records is counted and stays on; the replay gives exactly the good rule's alerts.
+#[test]
+fn a_print_flood_and_a_rare_throw_leave_the_log_small_and_the_good_alerts_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("rules");
+    std::fs::create_dir_all(&lib).unwrap();
+    for name in ["print_flood", "rare_throw", "good"] {
+        std::fs::copy(
+            format!("{ROOT}/fixtures/sandbox/{name}.rhai"),
+            lib.join(format!("{name}.rhai")),
+        )
+        .unwrap();
+    }
+    // 500 calls of 500 subscribers lasting 1..=50 s: the 10 of 13 s throw; 480 last 3 s or more.
+    let usage: String = (0..500)
+        .map(|i| {
+            common::voice_mo(
+                &format!("r{i}"),
+                &format!("2026-11-10T10:{:02}:{:02}+01:00", i / 60, i % 60),
+                &format!("33612{i:06}"),
+                "33145000000",
+                (i % 50 + 1) as u32,
+            ) + "\n"
+        })
+        .collect();
+    let out = dir.path().join("alerts.ndjson");
+    let (code, _, err) = run(
+        &[
+            "replay",
+            "--usage",
+            "-",
+            "--rules",
+            lib.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ],
+        Some(usage.as_bytes()),
+    );
+    assert_eq!(code, 0, "{}", &err[err.len().saturating_sub(3000)..]);
+    let flood_lines = err.lines().filter(|l| l.contains("flood xxx")).count();
+    assert!(flood_lines >= 1, "script output reaches the log");
+    assert!(
+        err.len() < 2 << 20,
+        "{} bytes of log for 100,000 prints ({flood_lines} lines)",
+        err.len()
+    );
+    let alerts = std::fs::read_to_string(&out).unwrap();
+    let rules: Vec<&str> = alerts
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if v["rule"]["id"] == "good" {
+                "good"
+            } else {
+                "other"
+            }
+        })
+        .collect();
+    assert_eq!(rules.len(), 480, "{err}");
+    assert!(rules.iter().all(|r| *r == "good"));
+    let rare = err
+        .lines()
+        .find(|l| l.contains("rare_throw"))
+        .unwrap_or_default();
+    assert!(!rare.contains("QUARANTINED"), "{rare}");
+}
+
+/// One library with one mistake of each kind an analyst makes: `check` prints exactly one error per
+/// mistake, each with file:line:col, and nothing that merely follows from another.
+#[test]
+fn check_prints_one_error_per_mistake_with_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("rules");
+    copy_tree(format!("{ROOT}/rules").as_ref(), &lib);
+    let edit = |rel: &str, from: &str, to: &str| {
+        let path = lib.join(rel);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{rel}: {from}");
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    };
+    // A method that exists nowhere.
+    edit(
+        "fraud/irsf_high_risk_destination.rhai",
+        "sub.minutes(",
+        "sub.minutez(",
+    );
+    // A verdict key the policy does not know.
+    edit(
+        "fraud/impossible_travel.rhai",
+        "explanation: `Consecutive",
+        "explaination: `Consecutive",
+    );
+    // A record class that does not exist.
+    edit(
+        "fraud/simbox_behaviour.rhai",
+        "sub.count(\"voice.mt\", \"24h\")",
+        "sub.count(\"voice.mtt\", \"24h\")",
+    );
+    // An undeclared variable (a compile error).
+    edit(
+        "customer/bill_shock.rhai",
+        "let recent = sub.charges(\"all\", \"30m\");",
+        "let recent = sub.charges(\"all\", \"30m\") + shock;",
+    );
+    // A quoted number where the rule declares an integer.
+    edit("params.toml", "min_calls = 3 ", "min_calls = \"3\" ");
+    let (code, out, err) = run(&["check", "--rules", lib.to_str().unwrap()], None);
+    assert_eq!(code, 1, "{out}{err}");
+    let errors: Vec<&str> = out.lines().filter(|l| l.contains(": error: ")).collect();
+    for (file, what) in [
+        ("irsf_high_risk_destination.rhai:", "minutez"),
+        ("impossible_travel.rhai:", "explaination"),
+        ("simbox_behaviour.rhai:", "voice.mtt"),
+        ("bill_shock.rhai:", "shock"),
+        ("params.toml:", "min_calls"),
+    ] {
+        let found: Vec<&&str> = errors
+            .iter()
+            .filter(|l| l.contains(file) && l.contains(what))
+            .collect();
+        assert_eq!(found.len(), 1, "{file} {what}:\n{out}");
+        let at = found[0].split(file).nth(1).unwrap();
+        let place: Vec<&str> = at.splitn(3, ':').take(2).collect();
+        assert!(
+            place.iter().all(|n| n.parse::<u32>().is_ok()),
+            "{file} line:col in {}",
+            found[0]
+        );
+    }
+    assert_eq!(errors.len(), 5, "one error per mistake:\n{out}");
+}

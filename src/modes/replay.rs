@@ -131,6 +131,13 @@ impl ReplayReport {
             n(z.imeis as u64),
             n(self.store.evicted_entities)
         );
+        if self.store.calls_clipped > 0 {
+            let _ = writeln!(
+                s,
+                "  calls clipped       {:>12} longer than state.max_call_duration (their concurrency span only)",
+                n(self.store.calls_clipped)
+            );
+        }
         let per_sub = |b: usize| b.checked_div(z.subscribers).unwrap_or(0);
         let _ = writeln!(
             s,

@@ -203,6 +203,8 @@ pub struct Limits {
     pub retention_s: i64,
     pub distinct_horizon_s: i64,
     pub allowed_lateness_s: i64,
+    /// Call spans are clipped to this length (`state.max_call_duration`).
+    pub max_call_s: i64,
 }
 
 impl Features for Entity {
@@ -234,6 +236,7 @@ mod tests {
             retention_s: 1 << 40,
             distinct_horizon_s: 3600,
             allowed_lateness_s: 3600,
+            max_call_s: 86_400,
         };
         for (start, end) in spans {
             let c = Contribution {

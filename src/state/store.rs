@@ -161,6 +161,8 @@ pub struct StoreCounters {
     pub evicted_entities: u64,
     /// Usage stamped in the future of the wall clock (a broken producer clock).
     pub future: u64,
+    /// Calls longer than `state.max_call_duration`, clipped to it for concurrency.
+    pub calls_clipped: u64,
     /// Account events that could not be applied in full, by reason (`unknown_payment`...).
     pub ledger_warnings: std::collections::BTreeMap<String, u64>,
 }
@@ -191,6 +193,7 @@ impl WindowStore {
             retention_s: cfg.max_window.0,
             distinct_horizon_s: cfg.distinct_horizon.0,
             allowed_lateness_s: cfg.allowed_lateness.0,
+            max_call_s: cfg.max_call_duration.0,
         };
         WindowStore {
             dedup: Dedup::new(cfg.dedup_horizon.0),
@@ -232,6 +235,7 @@ impl WindowStore {
             retention_s: cfg.max_window.0,
             distinct_horizon_s: cfg.distinct_horizon.0,
             allowed_lateness_s: cfg.allowed_lateness.0,
+            max_call_s: cfg.max_call_duration.0,
         };
         self.dedup.set_horizon(cfg.dedup_horizon.0);
         self.cfg = cfg;
@@ -316,8 +320,10 @@ impl WindowStore {
         if let Some(refused) = self.admit(r) {
             return refused;
         }
-        let c = contribution(r, class);
         let limits = self.limits;
+        let c = contribution(r, class, limits.max_call_s);
+        self.counters.calls_clipped +=
+            u64::from(c.call.is_some() && r.duration_s as i64 > limits.max_call_s);
         self.apply_caller(r, class, &c, &limits);
         Outcome::Accepted
     }
@@ -329,8 +335,10 @@ impl WindowStore {
             return refused;
         }
         let t = r.event_start.utc;
-        let c = contribution(r, class);
         let limits = self.limits;
+        let c = contribution(r, class, limits.max_call_s);
+        self.counters.calls_clipped +=
+            u64::from(c.call.is_some() && r.duration_s as i64 > limits.max_call_s);
         let msisdn = r.served.msisdn;
         let sub = self
             .subscribers
@@ -736,7 +744,7 @@ fn account_slot(
 }
 
 /// What a usage record adds to the windows of the entities it concerns.
-fn contribution(r: &UsageRecord, class: RecordClass) -> Contribution {
+fn contribution(r: &UsageRecord, class: RecordClass, max_call_s: i64) -> Contribution {
     let t = r.event_start.utc;
     let other = r.destination();
     let units = match r.record_type {
@@ -747,7 +755,7 @@ fn contribution(r: &UsageRecord, class: RecordClass) -> Contribution {
     let outgoing_voice = r.record_type == RecordType::Voice && r.direction != Some(Direction::Mt);
     let call = (outgoing_voice && r.answered && r.duration_s > 0).then(|| Span {
         start: t,
-        end: t + r.duration_s as i64,
+        end: t + (r.duration_s as i64).min(max_call_s),
     });
     let fix = match (r.location.lat, r.location.lon) {
         (Some(lat), Some(lon)) => Some(Fix {
@@ -793,6 +801,43 @@ mod tests {
             r#"{{"record_id":"{id}","record_type":"voice","direction":"mo","event_start":"{t}","duration_s":60,"served":{{"msisdn":"{msisdn}","account_id":"{account}"}},"other_party":{{"number":"33611111111"}}}}"#
         );
         Decoder::default().usage(json.as_bytes()).unwrap()
+    }
+
+    /// Defect 4 of the rule-safety issue: one line's week-long answered calls, one every 5 s, kept
+    /// every call open for a week. A call is now clipped to `state.max_call_duration` for
+    /// concurrency, and counted; its minutes stay whole.
+    #[test]
+    fn calls_longer_than_the_maximum_are_clipped_and_counted() {
+        let classifier = Classifier::new(Number::parse("33").unwrap(), PrefixList::new());
+        let mut store = WindowStore::new(StateConfig::default());
+        let call = |id: &str, t: &str, duration_s: u32| {
+            let json = format!(
+                r#"{{"record_id":"{id}","record_type":"voice","direction":"mo","event_start":"{t}","duration_s":{duration_s},"answered":true,"served":{{"msisdn":"33600000001"}},"other_party":{{"number":"33611111111"}}}}"#
+            );
+            Decoder::default().usage(json.as_bytes()).unwrap()
+        };
+        for (id, t, d) in [
+            ("w1", "2026-09-01T10:00:00Z", 7 * 86_400),
+            ("w2", "2026-09-01T10:00:05Z", 7 * 86_400),
+            ("n1", "2026-09-01T10:00:10Z", 600),
+        ] {
+            let r = call(id, t, d);
+            assert_eq!(
+                store.apply_usage(&r, classifier.classify(&r)),
+                Outcome::Accepted
+            );
+        }
+        assert_eq!(store.counters.calls_clipped, 2, "the two week-long calls");
+        let line = store
+            .subscriber(Number::parse("33600000001").unwrap())
+            .unwrap();
+        let t0 = 1_788_256_800; // 2026-09-01T10:00:00Z
+        assert_eq!(line.max_concurrent_calls(t0 + 20, t0 + 30), 3);
+        assert_eq!(
+            line.max_concurrent_calls(t0 + 86_400 + 10, t0 + 2 * 86_400),
+            0,
+            "clipped at 24 h, not open for a week"
+        );
     }
 
     #[test]
