@@ -442,3 +442,40 @@ fn rules_reading_calling_number_alerts_run_beside_them_and_cannot_read_the_subsc
         set.warnings
     );
 }
+
+/// A rule folder that disappears (a deploy that moves it, a volume unmounted) is a refused reload,
+/// counted once and logged, the previous rules staying active; when it is back, the next change
+/// reloads as usual.
+#[test]
+fn a_missing_rule_folder_is_a_counted_refused_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("rules");
+    irsf_library(&lib, PARAMS);
+    let (mut cfg, _) = Config::load(None).unwrap();
+    cfg.rules.watch_interval = cdrguard::config::Secs(1);
+    let library = cdrguard::rules::Library::load(&lib, &cfg).unwrap();
+    let mut reloader = cdrguard::rules::Reloader::spawn(&library, &cfg, false).unwrap();
+    let away = dir.path().join("rules.moved");
+    std::fs::rename(&lib, &away).unwrap();
+    assert!(reloader.wait(Duration::from_secs(5)).is_none());
+    assert_eq!(reloader.counts.refused, 1, "the missing folder is counted");
+    // Still missing: not counted again at every look.
+    assert!(reloader.wait(Duration::from_millis(2500)).is_none());
+    assert_eq!(reloader.counts.refused, 1);
+    std::fs::rename(&away, &lib).unwrap();
+    write_files(
+        &lib,
+        &[(
+            "params.toml",
+            &PARAMS.replace("min_calls = 3", "min_calls = 4"),
+        )],
+    );
+    assert!(
+        reloader.wait(Duration::from_secs(5)).is_some(),
+        "back: reloaded"
+    );
+    assert_eq!(
+        reloader.counts,
+        cdrguard::rules::runtime::ReloadCounts { ok: 1, refused: 1 }
+    );
+}
