@@ -28,16 +28,21 @@ const KEYWORD_FUNCTIONS: &[&str] = &[
     "eval",
 ];
 
-/// The names of every function the engine can call.
-pub fn known_functions(engine: &Engine) -> BTreeSet<String> {
-    let mut names: BTreeSet<String> = engine
-        .gen_fn_signatures(true)
-        .iter()
-        .filter_map(|s| s.split('(').next())
-        .map(|n| n.rsplit("::").next().unwrap_or(n).to_string())
-        .collect();
-    names.extend(KEYWORD_FUNCTIONS.iter().map(|s| s.to_string()));
-    names
+/// The names of every function the rule engine can call. They are the same for every engine
+/// `ruleset` builds (the sandbox's, with `api` registered), so they are listed once per process:
+/// a daemon builds a rule set per partition, and listing them costs thousands of signature strings.
+pub fn known_functions(engine: &Engine) -> &'static BTreeSet<String> {
+    static KNOWN: std::sync::OnceLock<BTreeSet<String>> = std::sync::OnceLock::new();
+    KNOWN.get_or_init(|| {
+        let mut names: BTreeSet<String> = engine
+            .gen_fn_signatures(true)
+            .iter()
+            .filter_map(|s| s.split('(').next())
+            .map(|n| n.rsplit("::").next().unwrap_or(n).to_string())
+            .collect();
+        names.extend(KEYWORD_FUNCTIONS.iter().map(|s| s.to_string()));
+        names
+    })
 }
 
 /// A problem found, at its place in the script.

@@ -323,7 +323,7 @@ impl RuleSet {
             for (line, column, message) in literal_problems(&f.text) {
                 errors.push(problem(&f.path, line, column, message));
             }
-            for found in lint::check(&ast, &known, ENTRY, crate::alert::policy::VERDICT_KEYS) {
+            for found in lint::check(&ast, known, ENTRY, crate::alert::policy::VERDICT_KEYS) {
                 let p = found.position;
                 errors.push(problem(
                     &f.path,
