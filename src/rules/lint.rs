@@ -92,8 +92,7 @@ pub fn check(
 
     // The entry function's verdicts: map literals it returns (`return #{…}`, or a block's last
     // expression, which Rhai returns).
-    let only = ast.clone_functions_only_filtered(|_, _, _, name, _| name == entry);
-    only.walk(&mut |path: &[ASTNode]| {
+    super::placement::function_only(ast, entry).walk(&mut |path: &[ASTNode]| {
         let map = match path.last() {
             Some(ASTNode::Stmt(Stmt::Return(Some(e), ..))) => e.as_ref(),
             Some(ASTNode::Stmt(Stmt::Expr(e))) => e.as_ref(),
@@ -127,4 +126,28 @@ pub fn check(
         true
     });
     findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_entry_functions_maps_are_verdicts() {
+        let engine = crate::rules::build_engine(&Default::default());
+        let ast = engine
+            .compile(
+                "fn counts(rec) { #{ calls: rec.n, minutes: rec.m } }\n\
+                 fn evaluate(rec, sub, acct, params) { let c = counts(rec); #{ explaination: c.calls } }",
+            )
+            .unwrap();
+        let found = check(&ast, &BTreeSet::new(), "evaluate", &["explanation"]);
+        let keys: Vec<_> = found
+            .iter()
+            .filter(|f| f.message.contains("verdict"))
+            .map(|f| f.message.as_str())
+            .collect();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        assert!(keys[0].contains("explaination"), "{keys:?}");
+    }
 }

@@ -47,10 +47,8 @@ pub fn alerted_calls(ast: &AST) -> Vec<AlertedCall> {
 
 /// Where the function `func` reads its variable `var` (the first read, if any).
 pub fn first_read(ast: &AST, func: &str, var: &str) -> Option<Position> {
-    // An AST holding that function only: walking it walks the function's body and nothing else.
-    let only = ast.clone_functions_only_filtered(|_, _, _, name, _| name == func);
     let mut found = None;
-    only.walk(&mut |nodes: &[ASTNode]| {
+    function_only(ast, func).walk(&mut |nodes: &[ASTNode]| {
         if let Some(ASTNode::Expr(Expr::Variable(v, _, pos))) = nodes.last() {
             if v.1 == var && v.2.is_empty() {
                 found = Some(*pos);
@@ -60,4 +58,34 @@ pub fn first_read(ast: &AST, func: &str, var: &str) -> Option<Position> {
         true
     });
     found
+}
+
+/// An AST holding the functions named `name` only (overloads together): walking it walks their
+/// bodies and nothing else. (`AST::clone_functions_only_filtered` does not filter: rhai 1.27's
+/// `Module::merge_filtered` copies every function into an empty module.)
+pub fn function_only(ast: &AST, name: &str) -> AST {
+    let mut only = ast.clone_functions_only();
+    only.retain_functions(|_, _, f, _| f == name);
+    only
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_is_looked_for_in_the_named_function_only() {
+        let engine = crate::rules::build_engine(&Default::default());
+        let ast = engine
+            .compile(
+                "fn describe(sub) { sub.msisdn }\n\
+                 fn evaluate(rec, sub, acct, params) { rec.destination }",
+            )
+            .unwrap();
+        assert_eq!(first_read(&ast, "evaluate", "sub"), None);
+        assert_eq!(
+            first_read(&ast, "describe", "sub"),
+            Some(Position::new(1, 20))
+        );
+    }
 }
