@@ -52,6 +52,18 @@ pub enum Verdict {
     Skipped,
 }
 
+/// The dead letter of a record whose id was seen before with other content.
+fn conflict(field: &str, id: &str) -> Reject {
+    Reject::new(
+        RejectReason::ConflictingDuplicate,
+        Some(field.into()),
+        format!(
+            "id {id:?} was seen before with other content (within state.dedup_horizon): two records \
+             share it; the first was kept"
+        ),
+    )
+}
+
 fn wall_clock_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -268,7 +280,8 @@ impl Pipeline {
                     self.counts.usage_accepted += 1;
                     self.note_time(r.event_start.utc);
                 }
-                // Duplicates and late calls were the partition's to report.
+                // Duplicates and late calls were the partition's to report. (A conflict here is
+                // an id two partitions both accepted: the producer's keys split them.)
                 Outcome::Duplicate => return Verdict::Duplicate,
                 _ => return Verdict::Skipped,
             }
@@ -324,6 +337,7 @@ impl Pipeline {
                         Verdict::Applied
                     }
                     Outcome::Duplicate => Verdict::Duplicate,
+                    Outcome::Conflict => Verdict::Reject(conflict("record_id", &r.record_id)),
                     Outcome::Future => Verdict::Reject(Reject::new(
                         RejectReason::Future,
                         Some("event_start".into()),
@@ -358,6 +372,7 @@ impl Pipeline {
                 let outcome = self.store.borrow_mut().apply_event(&e);
                 match outcome {
                     Outcome::Duplicate => Verdict::Duplicate,
+                    Outcome::Conflict => Verdict::Reject(conflict("event_id", &e.event_id)),
                     _ => {
                         self.counts.events_accepted += 1;
                         self.note_time(e.occurred_at.utc);

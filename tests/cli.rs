@@ -73,7 +73,8 @@ fn replay_from_stdin_dead_letters_next_to_the_output() {
     assert!(err.contains("usage accepted                29"), "{err}");
     assert!(err.contains("late                         1"), "{err}");
     let dl = std::fs::read_to_string(dir.path().join("alerts.ndjson.rejected.ndjson")).unwrap();
-    assert_eq!(dl.lines().count(), 28);
+    // 27 malformed lines, one late, one reusing a good line's id with another start time.
+    assert_eq!(dl.lines().count(), 29);
     assert!(dl.lines().all(|l| l.contains("\"source\":\"stdin\"")));
     assert!(out.exists(), "alerts file is created even when empty");
 }
@@ -552,4 +553,59 @@ fn check_prints_one_error_per_mistake_with_its_place() {
         );
     }
     assert_eq!(errors.len(), 5, "one error per mistake:\n{out}");
+}
+
+/// A resend (same record, written differently) is a counted duplicate; a record reusing an id with
+/// other content is dead-lettered as `conflicting_duplicate` and the first copy is the one kept.
+#[test]
+fn a_reused_id_with_other_content_is_dead_lettered_as_a_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let usage = dir.path().join("usage.ndjson");
+    let events = dir.path().join("events.ndjson");
+    let first = r#"{"record_id":"c-1","record_type":"voice","direction":"mo","event_start":"2026-11-21T09:00:00+01:00","duration_s":60,"served":{"msisdn":"33600000021","account_id":"A-2"},"other_party":{"number":"33633333301"},"charge":{"amount":"0.10","currency":"EUR"}}"#;
+    let resend = r#"{ "served": {"account_id": "A-2", "msisdn": "33600000021"}, "record_id": "c-1", "record_type": "voice", "direction": "mo", "event_start": "2026-11-21T09:00:00+01:00", "duration_s": 60, "other_party": {"number": "33633333301"}, "charge": {"amount": "0.1", "currency": "EUR"} }"#;
+    let other = first.replace("\"duration_s\":60", "\"duration_s\":3600");
+    let next = first.replace("c-1", "c-2");
+    std::fs::write(&usage, [first, resend, &other, &next].join("\n")).unwrap();
+    let payment = r#"{"event_id":"p-1","event_type":"payment_received","occurred_at":"2026-11-21T10:00:00+01:00","account_id":"A-2","payment":{"payment_id":"P-1"},"amount":{"value":"20.00","currency":"EUR"}}"#;
+    std::fs::write(
+        &events,
+        [payment, &payment.replace("20.00", "200.00")].join("\n"),
+    )
+    .unwrap();
+    let summary = dir.path().join("summary.json");
+    let out = dir.path().join("alerts.ndjson");
+    let (code, _, err) = run(
+        &[
+            "replay",
+            "--usage",
+            usage.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--summary-json",
+            summary.to_str().unwrap(),
+            "--quiet",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap();
+    assert_eq!(v["counts"]["usage_accepted"], 2, "{v}");
+    assert_eq!(v["counts"]["events_accepted"], 1, "{v}");
+    assert_eq!(v["counts"]["duplicates"], 1, "{v}");
+    assert_eq!(v["counts"]["rejected"]["conflicting_duplicate"], 2, "{v}");
+    let dl = std::fs::read_to_string(dir.path().join("alerts.ndjson.rejected.ndjson")).unwrap();
+    let lines: Vec<serde_json::Value> = dl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{dl}");
+    assert!(
+        lines.iter().all(|l| l["reason"] == "conflicting_duplicate"),
+        "{dl}"
+    );
+    assert!(dl.contains("3600") && dl.contains("200.00"), "{dl}");
 }

@@ -45,6 +45,8 @@ pub enum RejectReason {
     Late,
     /// Stamped after the real time now plus `state.max_future_skew`: a broken producer clock.
     Future,
+    /// The id of a record seen before with other content (`state::dedup`): the first is kept.
+    ConflictingDuplicate,
 }
 
 wire_names!(RejectReason {
@@ -60,6 +62,7 @@ wire_names!(RejectReason {
     CurrencyMismatch => "currency_mismatch",
     Late => "late",
     Future => "future",
+    ConflictingDuplicate => "conflicting_duplicate",
 });
 
 /// A rejected record's reason, the field it concerns and a sentence for the operator.

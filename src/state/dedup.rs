@@ -3,14 +3,21 @@
 //! Mediation resends and Kafka redelivery repeat record ids. Two generations of 64-bit fingerprints: a
 //! lookup probes both, and when the newest event time passes the current generation's start + horizon,
 //! the older generation is dropped. Every id is remembered for at least one horizon and at most two, at
-//! ~10 bytes each, with no per-entry timestamps to scan. Collision odds at 10⁶ ids: ~3 × 10⁻⁸ per day.
+//! ~13 bytes each, with no per-entry timestamps to scan. Collision odds at 10⁶ ids: ~3 × 10⁻⁸ per day.
 //!
-//! Fingerprints are XXH3-64, a specified algorithm whose output is the same on every machine and
-//! crate version (fixed-seed ahash is not: it changes with CPU features), because they are written to
-//! state snapshots that another machine may load after a restore or a partition move.
+//! Beside each id, a 32-bit digest of the content it was first seen with: a second record with the
+//! same id and other content is not a resend but a conflict (an exporter reusing ids, two sources
+//! sharing an id space), dead-lettered with reason `conflicting_duplicate` so that somebody looks,
+//! where a plain duplicate is only counted. The digest is of the decoded record (its binary
+//! serialisation), not of its bytes: a resend by another exporter instance with other key order,
+//! spacing or number formatting is the same record.
+//!
+//! Fingerprints and digests are XXH3-64, a specified algorithm whose output is the same on every
+//! machine and crate version (fixed-seed ahash is not: it changes with CPU features), because they
+//! are written to state snapshots that another machine may load after a restore or a partition move.
 
-use std::collections::HashSet;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 /// The fingerprints are already uniformly distributed: hashing them again would waste time.
 #[derive(Default)]
@@ -28,18 +35,72 @@ impl Hasher for Identity {
     }
 }
 
-type FingerprintSet = HashSet<u64, BuildHasherDefault<Identity>>;
+/// A fingerprint as two halves, so that an entry with its digest takes 12 bytes, not 16 (a `u64`
+/// key would align the pair to 8). Serialised as the `u64` (a map key any format can write).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Fingerprint([u32; 2]);
+
+impl Fingerprint {
+    fn new(fp: u64) -> Self {
+        Fingerprint([(fp >> 32) as u32, fp as u32])
+    }
+    fn get(self) -> u64 {
+        u64::from(self.0[0]) << 32 | u64::from(self.0[1])
+    }
+}
+
+impl Hash for Fingerprint {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u64(self.get());
+    }
+}
+
+impl serde::Serialize for Fingerprint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.get())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Fingerprint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u64::deserialize(d).map(Fingerprint::new)
+    }
+}
+
+type SeenIds = HashMap<Fingerprint, u32, BuildHasherDefault<Identity>>;
 
 /// The fingerprint of a record id; `domain` keeps usage and event ids apart.
 pub fn fingerprint(domain: u8, id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(id.as_bytes(), 0x6364_7267_0000_0000 | domain as u64)
 }
 
-/// Snapshotted as the two fingerprint sets and the generation start.
+/// The digest of a decoded record's content (its postcard serialisation, made on the stack for any
+/// record of ordinary size).
+pub fn content_digest<T: serde::Serialize>(record: &T) -> u32 {
+    let mut buf = [0_u8; 1024];
+    let digest = match postcard::to_slice(record, &mut buf) {
+        Ok(bytes) => xxhash_rust::xxh3::xxh3_64(bytes),
+        Err(_) => xxhash_rust::xxh3::xxh3_64(&postcard::to_allocvec(record).unwrap_or_default()),
+    };
+    digest as u32
+}
+
+/// What the dedup memory knew of a record id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// Not seen within the horizon: remembered now.
+    New,
+    /// Seen with the same content: a resend or a redelivery.
+    Again,
+    /// Seen with other content: two records share the id. The first is kept.
+    Conflict,
+}
+
+/// Snapshotted as the two generations and the generation start.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct Dedup {
-    current: FingerprintSet,
-    previous: FingerprintSet,
+    current: SeenIds,
+    previous: SeenIds,
     generation_start: Option<i64>,
     horizon_s: i64,
 }
@@ -47,26 +108,43 @@ pub struct Dedup {
 impl Dedup {
     pub fn new(horizon_s: i64) -> Self {
         Dedup {
-            current: FingerprintSet::default(),
-            previous: FingerprintSet::default(),
+            current: SeenIds::default(),
+            previous: SeenIds::default(),
             generation_start: None,
             horizon_s,
         }
     }
 
     /// Records `id` (namespaced by `domain`, so a usage record and an account event may share an id)
-    /// and returns whether it was already seen.
-    pub fn check_and_insert(&mut self, domain: u8, id: &str, newest_event_time: i64) -> bool {
+    /// with its `content` digest, and says whether and how it was seen before.
+    pub fn check_and_insert(
+        &mut self,
+        domain: u8,
+        id: &str,
+        content: u32,
+        newest_event_time: i64,
+    ) -> Seen {
         let start = *self.generation_start.get_or_insert(newest_event_time);
         if newest_event_time >= start + self.horizon_s {
             self.previous = std::mem::take(&mut self.current);
             self.generation_start = Some(newest_event_time);
         }
-        let fp = fingerprint(domain, id);
-        if self.previous.contains(&fp) {
-            return true;
+        let fp = Fingerprint::new(fingerprint(domain, id));
+        let first = match self.previous.get(&fp) {
+            Some(&first) => first,
+            None => match self.current.entry(fp) {
+                std::collections::hash_map::Entry::Occupied(e) => *e.get(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(content);
+                    return Seen::New;
+                }
+            },
+        };
+        if first == content {
+            Seen::Again
+        } else {
+            Seen::Conflict
         }
-        !self.current.insert(fp)
     }
 
     /// A restored snapshot takes the configured horizon, which may have changed since it was written.
@@ -79,7 +157,8 @@ impl Dedup {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        (self.current.capacity() + self.previous.capacity()) * 9
+        (self.current.capacity() + self.previous.capacity())
+            * (std::mem::size_of::<(Fingerprint, u32)>() + 1)
     }
 }
 
@@ -99,16 +178,45 @@ mod tests {
     fn remembers_for_at_least_the_horizon() {
         let mut d = Dedup::new(86_400);
         let t0 = 1_795_000_000;
-        assert!(!d.check_and_insert(0, "r1", t0));
-        assert!(d.check_and_insert(0, "r1", t0 + 10));
-        assert!(!d.check_and_insert(1, "r1", t0 + 10), "other domain");
-        assert!(!d.check_and_insert(0, "r2", t0 + 86_400)); // rotates; r1 now in previous
-        assert!(d.check_and_insert(0, "r1", t0 + 86_400 + 5));
-        assert!(!d.check_and_insert(0, "r3", t0 + 2 * 86_400)); // rotates again; r1 forgotten
-        assert!(!d.check_and_insert(0, "r1", t0 + 2 * 86_400 + 5));
+        let seen = |d: &mut Dedup, domain, id, t| d.check_and_insert(domain, id, 7, t) != Seen::New;
+        assert!(!seen(&mut d, 0, "r1", t0));
+        assert!(seen(&mut d, 0, "r1", t0 + 10));
+        assert!(!seen(&mut d, 1, "r1", t0 + 10), "other domain");
+        assert!(!seen(&mut d, 0, "r2", t0 + 86_400)); // rotates; r1 now in previous
+        assert!(seen(&mut d, 0, "r1", t0 + 86_400 + 5));
+        assert!(!seen(&mut d, 0, "r3", t0 + 2 * 86_400)); // rotates again; r1 forgotten
+        assert!(!seen(&mut d, 0, "r1", t0 + 2 * 86_400 + 5));
         assert!(
-            d.check_and_insert(0, "r2", t0 + 2 * 86_400 + 5),
+            seen(&mut d, 0, "r2", t0 + 2 * 86_400 + 5),
             "r2 kept one more horizon"
         );
+    }
+
+    #[test]
+    fn the_same_id_with_other_content_is_a_conflict_in_either_generation() {
+        let mut d = Dedup::new(86_400);
+        let t0 = 1_795_000_000;
+        assert_eq!(d.check_and_insert(0, "r1", 1, t0), Seen::New);
+        assert_eq!(d.check_and_insert(0, "r1", 1, t0 + 1), Seen::Again);
+        assert_eq!(d.check_and_insert(0, "r1", 2, t0 + 2), Seen::Conflict);
+        // The first content stays the reference: the conflicting copy is not remembered.
+        assert_eq!(d.check_and_insert(0, "r1", 1, t0 + 3), Seen::Again);
+        assert_eq!(d.check_and_insert(0, "r2", 5, t0 + 86_400), Seen::New); // r1 now previous
+        assert_eq!(d.check_and_insert(0, "r1", 2, t0 + 86_401), Seen::Conflict);
+        assert_eq!(d.check_and_insert(0, "r1", 1, t0 + 86_402), Seen::Again);
+    }
+
+    #[test]
+    fn the_digest_is_of_the_decoded_content_not_of_the_bytes() {
+        let decoder = crate::record::Decoder::default();
+        let a = r#"{"record_id":"r1","record_type":"voice","direction":"mo","event_start":"2026-12-01T10:00:00Z","duration_s":60,"served":{"msisdn":"33612345678"},"charge":{"amount":"1.50"}}"#;
+        // Same record: other key order, spacing and number formatting.
+        let b = r#"{ "served": {"msisdn": "33612345678"}, "record_type": "voice", "record_id": "r1",
+                    "direction": "mo", "duration_s": 60, "event_start": "2026-12-01T10:00:00Z",
+                    "charge": {"amount": "1.5"} }"#;
+        let c = a.replace("\"duration_s\":60", "\"duration_s\":61");
+        let digest = |s: &str| content_digest(&decoder.usage(s.as_bytes()).unwrap());
+        assert_eq!(digest(a), digest(b));
+        assert_ne!(digest(a), digest(&c));
     }
 }

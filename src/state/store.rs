@@ -21,7 +21,7 @@ use crate::config::{CallingNumbers, StateConfig};
 use crate::record::{AccountEvent, Direction, GapMark, Number, RecordType, UsageRecord};
 
 use super::cells::WindowSums;
-use super::dedup::Dedup;
+use super::dedup::{content_digest, Dedup, Seen};
 use super::distinct::SeenKind;
 use super::entity::{Contribution, Entity, Fix, Limits, Span, NO_ACCOUNT};
 use super::ledger::{Ledger, LedgerWarning};
@@ -35,6 +35,9 @@ pub enum Outcome {
     Accepted,
     /// Its id was seen within the dedup horizon: counted, not applied again.
     Duplicate,
+    /// Its id was seen within the dedup horizon with other content: dead-lettered by the caller
+    /// with reason `conflicting_duplicate`; the first record stays applied.
+    Conflict,
     /// Older than the watermark: dead-lettered by the caller with reason `late`.
     Late,
     /// Stamped after the wall clock plus `max_future_skew`: dead-lettered with reason `future`. One
@@ -154,6 +157,9 @@ pub struct StoreCounters {
     pub usage_applied: u64,
     pub events_applied: u64,
     pub duplicates: u64,
+    /// Records whose id was seen with other content (`Outcome::Conflict`).
+    #[serde(default)]
+    pub conflicts: u64,
     pub late: u64,
     pub timers_fired: u64,
     /// Timers whose invoice was reissued with another due date or whose account is gone.
@@ -305,9 +311,19 @@ impl WindowStore {
             return Some(Outcome::Future);
         }
         let newest = self.newest.map_or(t, |n| n.max(t));
-        if self.dedup.check_and_insert(0, &r.record_id, newest) {
-            self.counters.duplicates += 1;
-            return Some(Outcome::Duplicate);
+        match self
+            .dedup
+            .check_and_insert(0, &r.record_id, content_digest(r), newest)
+        {
+            Seen::New => {}
+            Seen::Again => {
+                self.counters.duplicates += 1;
+                return Some(Outcome::Duplicate);
+            }
+            Seen::Conflict => {
+                self.counters.conflicts += 1;
+                return Some(Outcome::Conflict);
+            }
         }
         self.newest = Some(newest);
         self.counters.usage_applied += 1;
@@ -419,9 +435,19 @@ impl WindowStore {
     pub fn apply_event(&mut self, e: &AccountEvent) -> Outcome {
         // Usage time clocks the dedup generations; billing's business dates must not rotate them.
         let newest = self.newest.unwrap_or(e.occurred_at.utc);
-        if self.dedup.check_and_insert(1, &e.event_id, newest) {
-            self.counters.duplicates += 1;
-            return Outcome::Duplicate;
+        match self
+            .dedup
+            .check_and_insert(1, &e.event_id, content_digest(e), newest)
+        {
+            Seen::New => {}
+            Seen::Again => {
+                self.counters.duplicates += 1;
+                return Outcome::Duplicate;
+            }
+            Seen::Conflict => {
+                self.counters.conflicts += 1;
+                return Outcome::Conflict;
+            }
         }
         self.counters.events_applied += 1;
         let slot = account_slot(&mut self.accounts, &mut self.account_index, &e.account_id);
