@@ -529,6 +529,12 @@ fn check_prints_one_error_per_mistake_with_its_place() {
     );
     // A quoted number where the rule declares an integer.
     edit("params.toml", "min_calls = 3 ", "min_calls = \"3\" ");
+    // A property the record view does not have.
+    edit(
+        "fraud/wangiri_callback.rhai",
+        "duration_s: rec.duration_s",
+        "duration_s: rec.duration",
+    );
     let (code, out, err) = run(&["check", "--rules", lib.to_str().unwrap()], None);
     assert_eq!(code, 1, "{out}{err}");
     let errors: Vec<&str> = out.lines().filter(|l| l.contains(": error: ")).collect();
@@ -538,6 +544,7 @@ fn check_prints_one_error_per_mistake_with_its_place() {
         ("simbox_behaviour.rhai:", "voice.mtt"),
         ("bill_shock.rhai:", "shock"),
         ("params.toml:", "min_calls"),
+        ("wangiri_callback.rhai:", "duration"),
     ] {
         let found: Vec<&&str> = errors
             .iter()
@@ -552,7 +559,7 @@ fn check_prints_one_error_per_mistake_with_its_place() {
             found[0]
         );
     }
-    assert_eq!(errors.len(), 5, "one error per mistake:\n{out}");
+    assert_eq!(errors.len(), 6, "one error per mistake:\n{out}");
 }
 
 /// A resend (same record, written differently) is a counted duplicate; a record reusing an id with

@@ -125,6 +125,70 @@ pub fn check(
         }
         true
     });
+    findings.extend(unknown_properties(ast, known, entry));
+    findings
+}
+
+/// Properties read on the views the entry function is given (`rec.minutez`, `sub.countz`): the
+/// record, the entity and the account, its first three parameters. Their types are fixed, so a
+/// property no getter serves fails on every evaluation that reaches it. Other objects can be maps
+/// with any field, and a parameter the function rebinds is no longer a view: neither is checked.
+fn unknown_properties(ast: &AST, known: &BTreeSet<String>, entry: &str) -> Vec<Finding> {
+    let Some(views) = ast.iter_functions().find(|f| f.name == entry).map(|f| {
+        f.params
+            .iter()
+            .take(3)
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+    }) else {
+        return Vec::new();
+    };
+    let body = super::placement::function_only(ast, entry);
+    let mut rebound = BTreeSet::new();
+    body.walk(&mut |path: &[ASTNode]| {
+        match path.last() {
+            Some(ASTNode::Stmt(Stmt::Var(v, ..))) => {
+                rebound.insert(v.0.name.to_string());
+            }
+            Some(ASTNode::Stmt(Stmt::Assignment(a))) => {
+                if let Expr::Variable(v, ..) = &a.1.lhs {
+                    rebound.insert(v.1.to_string());
+                }
+            }
+            _ => {}
+        }
+        true
+    });
+    let mut findings = Vec::new();
+    let mut reported = BTreeSet::new();
+    body.walk(&mut |path: &[ASTNode]| {
+        let Some(ASTNode::Expr(Expr::Dot(dot, ..))) = path.last() else {
+            return true;
+        };
+        let Expr::Variable(v, ..) = &dot.lhs else {
+            return true;
+        };
+        let var = v.1.as_str();
+        // `a.b.c` is `a.(b.c)`: the property read on the view is the leftmost of the right side.
+        let mut rhs = &dot.rhs;
+        while let Expr::Dot(inner, ..) | Expr::Index(inner, ..) = rhs {
+            rhs = &inner.lhs;
+        }
+        if let Expr::Property(p, pos) = rhs {
+            let name = p.2.as_str();
+            if views.iter().any(|w| w == var)
+                && !rebound.contains(var)
+                && !known.contains(&format!("get${name}"))
+                && reported.insert((var.to_string(), name.to_string()))
+            {
+                findings.push(Finding {
+                    position: *pos,
+                    message: format!("`{var}` has no property `{name}` (a typo?)"),
+                });
+            }
+        }
+        true
+    });
     findings
 }
 
