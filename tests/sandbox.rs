@@ -339,3 +339,44 @@ fn fixtures_library(names: &[&str], config: &str) -> tempfile::TempDir {
     write_files(dir.path(), &[("config.toml", config)]);
     dir
 }
+
+/// A rule slow on 2% of its records stays under the error rate that quarantines failing rules, but
+/// its p99 is over the CPU-time budget: it is quarantined at its 10th overrun, and the good rule
+/// beside it alerts on every record.
+#[test]
+fn a_rule_whose_p99_is_over_the_budget_is_quarantined() {
+    let dir = fixtures_library(&["sometimes_slow", "good"], "");
+    let rules = dir.path().join("rules");
+    let usage: Vec<String> = (0..1000)
+        .map(|i| {
+            voice_mo(
+                &format!("r{i}"),
+                // One a second: the run ends within the quarantine's cool-down (1 h of event time).
+                &format!("2026-11-10T10:{:02}:{:02}+01:00", i / 60, i % 60),
+                &format!("336120{i:05}"),
+                "33145000000",
+                if i % 50 == 49 { 59 } else { 60 },
+            )
+        })
+        .collect();
+    write_files(dir.path(), &[("usage.ndjson", &(usage.join("\n") + "\n"))]);
+    let (report, pipeline, alerts) = replay_with(
+        &rules,
+        &dir.path().join("usage.ndjson"),
+        None,
+        Some(&dir.path().join("config.toml")),
+    );
+    assert_eq!(report.counts.usage_accepted, 1000);
+    assert_eq!(alerts.iter().filter(|a| a.rule.id == "good").count(), 1000);
+    let engine = pipeline.rules.as_ref().unwrap();
+    let s = engine
+        .stats()
+        .iter()
+        .find(|s| s.id == "sometimes_slow")
+        .unwrap();
+    assert!(s.quarantined, "{} errors", s.errors);
+    assert_eq!(s.quarantines, 1);
+    assert_eq!(s.errors, 10, "quarantined at its 10th overrun");
+    assert_eq!(s.errors_by_kind.get("limit_time"), Some(&10));
+    assert_eq!(s.evaluations, 500, "the 10th slow record is the 500th");
+}

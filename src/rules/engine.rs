@@ -51,9 +51,9 @@ pub struct RuleStats {
     pub quarantined_at: Option<i64>,
     /// Times the rule was quarantined.
     pub quarantines: u64,
-    /// (evaluations, errors) of the last two blocks of `QuarantinePolicy::window` evaluations: the
-    /// recent error rate.
-    recent: [(u64, u64); 2],
+    /// (evaluations, errors, time-budget overruns) of the last two blocks of
+    /// `QuarantinePolicy::window` evaluations: the recent error rate and p99 against the budget.
+    recent: [(u64, u64, u64); 2],
     /// Distinct entities alerted on.
     pub entities: AHashSet<u64>,
     /// Evaluation time, nanoseconds.
@@ -76,7 +76,7 @@ impl RuleStats {
             quarantined: false,
             quarantined_at: None,
             quarantines: 0,
-            recent: [(0, 0); 2],
+            recent: [(0, 0, 0); 2],
             entities: AHashSet::new(),
             latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 2)
                 .expect("valid histogram bounds"),
@@ -169,9 +169,17 @@ impl Default for QuarantinePolicy {
     }
 }
 
+/// Overruns of the CPU-time budget among the recent evaluations that quarantine a rule on their
+/// own, when they are also more than `OVERRUN_SHARE` of them: the rule's p99 evaluation time is over
+/// its budget. Each overrun is also an error, counted like any other.
+const MIN_OVERRUNS: u64 = 10;
+const OVERRUN_SHARE: f64 = 0.01;
+
 impl QuarantinePolicy {
-    fn trips(&self, evaluations: u64, errors: u64) -> bool {
-        errors >= self.after && errors as f64 >= self.error_rate * evaluations as f64
+    /// Whether a rule with these recent (evaluations, errors, time-budget overruns) is taken out.
+    fn trips(&self, (evaluations, errors, overruns): (u64, u64, u64)) -> bool {
+        (errors >= self.after && errors as f64 >= self.error_rate * evaluations as f64)
+            || (overruns >= MIN_OVERRUNS && overruns as f64 > OVERRUN_SHARE * evaluations as f64)
     }
 }
 
@@ -260,7 +268,7 @@ impl RuleEngine {
             s.errors_since_load = 0;
             s.quarantined = false;
             s.quarantined_at = None;
-            s.recent = [(0, 0); 2];
+            s.recent = [(0, 0, 0); 2];
             self.slots.push(slot);
         }
     }
@@ -523,7 +531,7 @@ impl RuleEngine {
         stats.evaluations += 1;
         stats.recent[1].0 += 1;
         if stats.recent[1].0 >= self.opts.quarantine.window {
-            stats.recent = [stats.recent[1], (0, 0)];
+            stats.recent = [stats.recent[1], (0, 0, 0)];
         }
         stats.latency.saturating_record(elapsed.max(1));
         self.counters.evaluations += 1;
@@ -597,7 +605,7 @@ impl RuleEngine {
             Some(at) if now >= at.saturating_add(cooldown) => {
                 s.quarantined = false;
                 s.quarantined_at = None;
-                s.recent = [(0, 0); 2];
+                s.recent = [(0, 0, 0); 2];
                 tracing::warn!(
                     rule = %s.id,
                     quarantines = s.quarantines,
@@ -616,6 +624,13 @@ impl RuleEngine {
         s.errors += 1;
         s.errors_since_load += 1;
         s.recent[1].1 += 1;
+        s.recent[1].2 += u64::from(matches!(
+            e,
+            ScriptError::Limit {
+                limit: sandbox::Limit::Time,
+                ..
+            }
+        ));
         *s.errors_by_kind.entry(e.kind()).or_default() += 1;
         let file = self
             .set
@@ -633,18 +648,20 @@ impl RuleEngine {
             tracing::warn!(rule = %s.id, error = %message, "Rule failed; counted, the record goes on to the other rules.");
         }
         s.last_error = Some(message);
-        let (evaluations, errors) = (s.recent[0].0 + s.recent[1].0, s.recent[0].1 + s.recent[1].1);
-        if !s.quarantined && q.trips(evaluations, errors) {
+        let [a, b] = s.recent;
+        let (evaluations, errors, overruns) = (a.0 + b.0, a.1 + b.1, a.2 + b.2);
+        if !s.quarantined && q.trips((evaluations, errors, overruns)) {
             s.quarantined = true;
             s.quarantined_at = Some(at);
             s.quarantines += 1;
             tracing::error!(
                 rule = %s.id,
                 errors,
+                overruns,
                 evaluations,
                 last_error = s.last_error.as_deref().unwrap_or(""),
                 cooldown = %crate::record::time::format_duration(q.cooldown_s),
-                "Rule quarantined: it keeps failing. It comes back after the cool-down (event time) or at the next reload."
+                "Rule quarantined: it keeps failing, or over 1% of its evaluations overran the CPU-time budget. It comes back after the cool-down (event time) or at the next reload."
             );
         }
     }
@@ -671,4 +688,27 @@ fn wall_clock_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_is_quarantined_for_its_error_rate_or_for_a_p99_over_the_budget() {
+        let q = QuarantinePolicy::default(); // 50 errors and 5%, over 1000..2000 evaluations
+        assert!(!q.trips((2000, 49, 0)), "too few errors");
+        assert!(
+            !q.trips((2000, 60, 0)),
+            "3% errors: a rare failure keeps running"
+        );
+        assert!(q.trips((1000, 60, 0)), "6% errors");
+        // Overruns are errors too; 1% of the evaluations over the budget is a p99 over it.
+        assert!(!q.trips((2000, 15, 15)), "0.75% overruns");
+        assert!(q.trips((2000, 25, 25)), "1.25% overruns");
+        assert!(
+            !q.trips((500, 9, 9)),
+            "a few slow evaluations in a short history"
+        );
+    }
 }
