@@ -292,6 +292,33 @@ impl Pipeline {
         Verdict::Applied
     }
 
+    /// The key a record's message should have had, when `key` is not it (README "Keying"): an
+    /// account event's account; a usage record's account (its `served.account_id`, else the account
+    /// this state knows its line belongs to), else its msisdn. Records keyed otherwise can land in
+    /// a partition other than their account's, whose state then sees part of the account.
+    pub fn miskeyed(&self, item: &Item, key: Option<&[u8]>) -> Option<String> {
+        let account = match item {
+            Item::Event(e) => Some(e.account_id.as_str()),
+            Item::Usage(r) => r.served.account_id.as_deref(),
+        };
+        match (account, item) {
+            (Some(a), _) => (key != Some(a.as_bytes())).then(|| a.to_string()),
+            (None, Item::Usage(r)) => {
+                let store = self.store.borrow();
+                match store.line_account_id(r.served.msisdn) {
+                    Some(a) => (key != Some(a.as_bytes())).then(|| a.to_string()),
+                    None => {
+                        let n = key
+                            .and_then(|k| std::str::from_utf8(k).ok())
+                            .and_then(|k| crate::record::Number::parse(k).ok());
+                        (n != Some(r.served.msisdn)).then(|| r.served.msisdn.to_string())
+                    }
+                }
+            }
+            (None, Item::Event(_)) => unreachable!("an event always names its account"),
+        }
+    }
+
     /// Takes the alerts emitted since the last call.
     pub fn take_alerts(&mut self) -> Vec<crate::record::Alert> {
         self.rules

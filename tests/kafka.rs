@@ -482,3 +482,92 @@ fn snapshots_that_cannot_be_written_degrade_health_and_fail_the_stop() {
     let e = daemon.join().unwrap().unwrap_err().to_string();
     assert!(e.contains("the last snapshots could not be written"), "{e}");
 }
+
+/// Records keyed other than by their account (README "Keying") are counted per topic, logged, and
+/// shown in `/health` and the metrics; records keyed as the contract says are not. The account of a
+/// usage record is its `served.account_id`, else the account an `activation` gave its line, else
+/// the record is keyed by its msisdn.
+#[test]
+fn records_keyed_other_than_by_their_account_are_counted_and_degrade_health() {
+    let k = Kafka::start(1);
+    let call = |id: String, minute: u32, msisdn: &str, account: Option<&str>| {
+        let account = account.map_or(String::new(), |a| format!(r#","account_id":"{a}""#));
+        format!(
+            r#"{{"record_id":"{id}","record_type":"voice","direction":"mo","event_start":"2026-11-10T10:{minute:02}:00+01:00","duration_s":60,"served":{{"msisdn":"{msisdn}"{account}}},"other_party":{{"number":"33145000000"}}}}"#
+        )
+    };
+    let activation = r#"{"event_id":"act-3","event_type":"activation","occurred_at":"2026-11-10T09:00:00+01:00","account_id":"A-3","msisdn":"33612000003"}"#;
+    let payment = r#"{"event_id":"pay-1","event_type":"payment_received","occurred_at":"2026-11-10T09:00:00+01:00","account_id":"A-1","payment":{"payment_id":"P-1"},"amount":{"value":"20.00","currency":"EUR"}}"#;
+    // (payload, key, keyed as the contract says)
+    let mut events: Vec<(String, Option<String>, bool)> = vec![
+        (activation.into(), Some("A-3".into()), true),
+        (payment.into(), Some("33612000001".into()), false),
+    ];
+    let mut usage = Vec::new();
+    for i in 0..5 {
+        // A line whose records name its account: keyed by it, by the msisdn, or not at all.
+        let l1 = |n: u32| call(format!("l1-{i}-{n}"), i * 3 + n, "33612000001", Some("A-1"));
+        usage.push((l1(0), Some("A-1".to_string()), true));
+        usage.push((l1(1), Some("33612000001".into()), false));
+        usage.push((l1(2), None, false));
+        // A line with no account anywhere: keyed by its msisdn, or by somebody's account.
+        let l2 = |n: u32| call(format!("l2-{i}-{n}"), 20 + i * 2 + n, "33612000002", None);
+        usage.push((l2(0), Some("33612000002".into()), true));
+        usage.push((l2(1), Some("A-1".into()), false));
+        // A line an activation gave to A-3, its records naming no account: keyed by A-3.
+        let l3 = |n: u32| call(format!("l3-{i}-{n}"), 40 + i * 2 + n, "33612000003", None);
+        usage.push((l3(0), Some("A-3".into()), true));
+        usage.push((l3(1), Some("33612000003".into()), false));
+    }
+    let producer = cdrguard::demo::embedded::input_producer(
+        &Default::default(),
+        &k.brokers,
+        std::path::Path::new(""),
+    )
+    .unwrap();
+    for (topic, records) in [
+        (&k.cfg.kafka.events_topic, &mut events),
+        (&k.cfg.kafka.usage_topic, &mut usage),
+    ] {
+        for (payload, key, _) in records.iter() {
+            let mut r = rdkafka::producer::BaseRecord::<str, str>::to(topic).payload(payload);
+            if let Some(key) = key {
+                r = r.key(key);
+            }
+            producer.send(r).map_err(|(e, _)| e).unwrap();
+        }
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+    let wrong =
+        |records: &[(String, Option<String>, bool)]| records.iter().filter(|r| !r.2).count() as u64;
+    let (wrong_usage, wrong_events) = (wrong(&usage), wrong(&events));
+    assert_eq!((wrong_usage, wrong_events), (20, 1));
+
+    let mut cfg = k.cfg.clone();
+    let address = format!("127.0.0.1:{}", free_port());
+    cfg.daemon.metrics_address = address.clone();
+    let c = control();
+    let daemon = k.daemon(cfg, &fixture("rules"), c.clone());
+    let total = (usage.len() + events.len()) as u64;
+    wait_for_progress(|| k.committed_total(1), total, Duration::from_secs(60));
+    let (status, health) = http_get(&address, "/health");
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        health.contains("degraded")
+            && health.contains(&format!(
+                "{wrong_usage} usage record(s) and {wrong_events} account event(s) keyed other than by their account"
+            )),
+        "{health}"
+    );
+    let (_, metrics) = http_get(&address, "/metrics");
+    for (topic, n) in [
+        (&k.cfg.kafka.usage_topic, wrong_usage),
+        (&k.cfg.kafka.events_topic, wrong_events),
+    ] {
+        let line = format!("cdrguard_input_miskeyed_total{{topic=\"{topic}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    let summary = stop(&c, daemon);
+    assert_eq!(summary.records, total);
+    assert_eq!(summary.miskeyed, wrong_usage + wrong_events);
+}

@@ -85,6 +85,8 @@ pub struct RunSummary {
     pub fetch_pauses: u64,
     /// Offsets skipped because their records were gone from the broker (`record::gap`).
     pub records_skipped: u64,
+    /// Records not keyed by their account (`cdrguard_input_miskeyed_total`).
+    pub miskeyed: u64,
 }
 
 pub fn run(
@@ -181,6 +183,7 @@ pub fn run(
         queued: queued.clone(),
         abort: opts.control.abort.clone(),
         snapshots: snapshot_tx,
+        miskeyed_log: Default::default(),
     };
     let mut senders: Vec<Sender<WorkerMessage>> = Vec::new();
     let mut receivers = Vec::new();
@@ -334,6 +337,7 @@ pub fn run(
         in_flight_at_exit: tracker.in_flight(),
         fetch_pauses: metrics.align.pauses.load(Ordering::Relaxed),
         records_skipped: metrics.gaps_total().skipped,
+        miskeyed: metrics.miskeyed_total(),
     };
     tracing::info!(
         records = summary.records,

@@ -88,8 +88,12 @@ impl Status {
         } else {
             String::new()
         };
+        let miskeyed = match metrics.miskeyed_total() {
+            0 => String::new(),
+            n => format!(", MISKEYED {n} records (not keyed by their account)"),
+        };
         tracing::info!(
-            "status: {:.0} records/s, {} records, {} alerts ({}), {} dead letters, lag {}, in flight {}, rules {}{}{}",
+            "status: {:.0} records/s, {} records, {} alerts ({}), {} dead letters, lag {}, in flight {}, rules {}{}{}{}",
             rate,
             records,
             metrics.alerts.total(),
@@ -99,7 +103,8 @@ impl Status {
             tracker.in_flight(),
             version,
             watermark,
-            skipped
+            skipped,
+            miskeyed
         );
     }
 }

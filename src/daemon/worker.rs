@@ -47,7 +47,9 @@ use crate::sink::{Origin, Output, Outputs, Rejected, Tracker};
 use crate::source::align::Aligner;
 use crate::source::kafka::InputMessage;
 use crate::source::lane;
-use crate::telemetry::events::{AlertSent, DeadLettered, OutputFailed, RecordRejected};
+use crate::telemetry::events::{
+    AlertSent, DeadLettered, OutputFailed, RateLimit, RecordMiskeyed, RecordRejected,
+};
 use crate::telemetry::metrics::{Metrics, RuleView, WorkerView};
 
 use super::callers::{FeedItem, LaneHead, LaneReport, ShardMessage};
@@ -113,6 +115,8 @@ pub struct WorkerContext {
     pub abort: Arc<AtomicBool>,
     /// The snapshot writer, when snapshots are on.
     pub snapshots: Option<SyncSender<EncodedSnapshot>>,
+    /// Mis-keyed records are logged at most once a minute per input, by all workers together.
+    pub miskeyed_log: Arc<RateLimit<Input>>,
 }
 
 impl WorkerContext {
@@ -645,6 +649,20 @@ impl Worker<'_> {
         let applies = part.bounds.applies(input, m.offset);
         if applies {
             let source = self.ctx.topic(input);
+            // Once per record: re-read records (outputs suppressed) were checked the first time.
+            if let (Ok(item), true) = (&q.item, emit) {
+                if let Some(expected) = part.pipeline.miskeyed(item, m.key.as_deref()) {
+                    RecordMiskeyed {
+                        input,
+                        topic: source,
+                        partition,
+                        offset: m.offset,
+                        key: m.key.as_deref(),
+                        expected: &expected,
+                    }
+                    .emit(&self.ctx.metrics, &self.ctx.miskeyed_log);
+                }
+            }
             let verdict = part.pipeline.process(Decoded {
                 source,
                 line: m.offset as u64,

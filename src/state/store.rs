@@ -661,6 +661,16 @@ impl WindowStore {
         }
     }
 
+    /// The id of the account a line belongs to, as far as this store knows: from its usage, else
+    /// from an `activation` naming it.
+    pub fn line_account_id(&self, n: Number) -> Option<&str> {
+        let slot = match self.subscribers.get(&n.key()) {
+            Some(sub) if sub.account != NO_ACCOUNT => sub.account,
+            _ => *self.line_accounts.get(&n.key())?,
+        };
+        self.account_at(slot).map(|a| a.id.as_str())
+    }
+
     /// The account a subscriber's usage is attributed to.
     pub fn account_of(&self, sub: &Entity) -> Option<&Account> {
         self.accounts

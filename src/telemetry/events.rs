@@ -141,6 +141,37 @@ impl KafkaClientError<'_> {
     }
 }
 
+/// A record whose message key is not the one its partitioning needs: counted always, logged once
+/// per `LOG_EVERY` per input with an example.
+pub struct RecordMiskeyed<'a> {
+    pub input: Input,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub expected: &'a str,
+}
+
+impl RecordMiskeyed<'_> {
+    pub fn emit(&self, metrics: &Metrics, limit: &RateLimit<Input>) {
+        metrics.miskeyed[self.input.index()].fetch_add(1, Ordering::Relaxed);
+        if let Some(not_logged) = limit.check(self.input) {
+            tracing::warn!(
+                topic = self.topic,
+                partition = self.partition,
+                offset = self.offset,
+                key = %self.key.map_or("(none)".into(), String::from_utf8_lossy),
+                expected = self.expected,
+                not_logged,
+                total = metrics.miskeyed[self.input.index()].load(Ordering::Relaxed),
+                "Record keyed other than by its account: the producer's partitioner may put one \
+                 account's records in several partitions, whose state then sees part of the account \
+                 (README \"Keying\")."
+            );
+        }
+    }
+}
+
 /// A partition's state started, after an assignment.
 pub struct PartitionStarted {
     pub partition: i32,

@@ -196,6 +196,8 @@ pub struct Metrics {
     /// Topic names, for labels: `[usage, events]`.
     topics: [String; 2],
     pub records_in: [AtomicU64; 2],
+    /// Records whose message key is not the one their partitioning needs (`Pipeline::miskeyed`).
+    pub miskeyed: [AtomicU64; 2],
     pub rejected: [AtomicU64; RejectReason::ALL.len()],
     pub dead_letters: AtomicU64,
     pub delivered: AtomicU64,
@@ -235,6 +237,7 @@ impl Metrics {
         Metrics {
             topics: [usage_topic.to_string(), events_topic.to_string()],
             records_in: Default::default(),
+            miskeyed: Default::default(),
             rejected: Default::default(),
             dead_letters: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -296,7 +299,23 @@ impl Metrics {
                 g.skipped, g.episodes
             ));
         }
+        let miskeyed = self.miskeyed.each_ref().map(|c| c.load(Ordering::Relaxed));
+        if miskeyed.iter().any(|&n| n > 0) {
+            why.push(format!(
+                "{} usage record(s) and {} account event(s) keyed other than by their account: an \
+                 account split over partitions loses alerts (cdrguard_input_miskeyed_total; README \
+                 \"Keying\")",
+                miskeyed[0], miskeyed[1]
+            ));
+        }
         (!why.is_empty()).then(|| why.join("; "))
+    }
+
+    pub fn miskeyed_total(&self) -> u64 {
+        self.miskeyed
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn topic(&self, input: Input) -> &str {
@@ -354,6 +373,20 @@ impl Metrics {
                 s,
                 "cdrguard_records_in_total{{input=\"{input}\"}} {}",
                 load(&self.records_in[input.index()])
+            );
+        }
+        head(
+            &mut s,
+            "cdrguard_input_miskeyed_total",
+            "Records whose message key is not their account (usage without an account: its msisdn), by topic.",
+            "counter",
+        );
+        for input in Input::ALL {
+            let _ = writeln!(
+                s,
+                "cdrguard_input_miskeyed_total{{topic=\"{}\"}} {}",
+                self.topic(*input),
+                load(&self.miskeyed[input.index()])
             );
         }
         head(
