@@ -543,6 +543,24 @@ fn records_keyed_other_than_by_their_account_are_counted_and_degrade_health() {
     let (wrong_usage, wrong_events) = (wrong(&usage), wrong(&events));
     assert_eq!((wrong_usage, wrong_events), (20, 1));
 
+    // `run --check` samples the topics. It cannot know the activation, so it takes the A-3 keys of
+    // that line's records for "other" and its msisdn keys for right: 20 again, split otherwise.
+    let mut checked = k.cfg.clone();
+    checked.kafka.brokers = Some(k.brokers.clone());
+    let report = cdrguard::modes::preflight::run(
+        &checked,
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+        &fixture("rules"),
+    )
+    .render();
+    for line in [
+        "20 of 35 sampled records keyed other than by their account (5 by the line's msisdn, 5 unkeyed, 10 other",
+        "1 of 2 sampled records keyed other than by their account (0 by the line's msisdn, 0 unkeyed, 1 other",
+        "harmless with one partition",
+    ] {
+        assert!(report.contains(line), "{line} in\n{report}");
+    }
+
     let mut cfg = k.cfg.clone();
     let address = format!("127.0.0.1:{}", free_port());
     cfg.daemon.metrics_address = address.clone();

@@ -17,6 +17,7 @@ use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
 use crate::config::Config;
+use crate::record::Input;
 
 /// What was checked and what is wrong.
 #[derive(Debug, Default)]
@@ -182,6 +183,7 @@ fn kafka(r: &mut Report, cfg: &Config, brokers: &str, mut settings: rdkafka::Cli
     let how = crate::client::describe(&cfg.kafka);
     // No group: the pre-flight never joins the daemon's group (that would rebalance it).
     settings.set("log_level", "3");
+    let settings = settings;
     let client: BaseProducer<Seen> = match settings.create_with_context(Seen::default()) {
         Ok(c) => c,
         Err(e) => {
@@ -254,6 +256,11 @@ fn kafka(r: &mut Report, cfg: &Config, brokers: &str, mut settings: rdkafka::Cli
             }
         }
     }
+    if let (Ok(u), Ok(e)) = (&usage, &events) {
+        for (input, n) in [(Input::Usage, *u), (Input::Events, *e)] {
+            r.check(sample_keying(cfg, &settings, input, n));
+        }
+    }
     let mut missing = Vec::new();
     for (setting, topic) in k.output_topics() {
         if let Err(e) = partitions(topic) {
@@ -266,6 +273,128 @@ fn kafka(r: &mut Report, cfg: &Config, brokers: &str, mut settings: rdkafka::Cli
     } else {
         // Alerts and dead letters the producer cannot deliver hold every commit behind them.
         r.problems.extend(missing);
+    }
+}
+
+/// Records read from the end of each input partition to see how the producers key them.
+const KEYING_SAMPLE: i64 = 100;
+
+/// How the last records of an input topic are keyed, against the contract (README "Keying"): an
+/// event by its account; a usage record by its `served.account_id`, else by its msisdn. (A line an
+/// `activation` gave an account should be keyed by that account: the sample cannot know, so such a
+/// key counts as "other".) A problem when one partition can hold what belongs in another.
+fn sample_keying(
+    cfg: &Config,
+    settings: &rdkafka::ClientConfig,
+    input: Input,
+    partitions: usize,
+) -> Result<String, String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let topic = cfg.kafka.topic(input);
+    let setting = match input {
+        Input::Usage => "kafka.usage_topic",
+        Input::Events => "kafka.events_topic",
+    };
+    let fail = |e: String| format!("{setting} {topic:?}: keying not sampled: {e}");
+    // Assigned, never subscribed: no group is joined and nothing is committed.
+    let consumer: BaseConsumer = settings
+        .clone()
+        .set("group.id", "cdrguard-run-check")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| fail(e.to_string()))?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = std::collections::BTreeMap::new();
+    for p in 0..partitions as i32 {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, BROKER_TIMEOUT)
+            .map_err(|e| fail(e.to_string()))?;
+        if high > low {
+            let from = low.max(high - KEYING_SAMPLE);
+            tpl.add_partition_offset(topic, p, Offset::Offset(from))
+                .map_err(|e| fail(e.to_string()))?;
+            ends.insert(p, high);
+        }
+    }
+    if ends.is_empty() {
+        return Ok(format!("{setting} {topic:?}: empty, keying not sampled"));
+    }
+    consumer.assign(&tpl).map_err(|e| fail(e.to_string()))?;
+    let decoder = cfg.decoder();
+    let (mut right, mut by_line, mut unkeyed, mut other, mut undecodable) = (0, 0, 0, 0, 0);
+    let mut example = None;
+    let deadline = Instant::now() + BROKER_TIMEOUT;
+    while !ends.is_empty() && Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.map_err(|e| fail(e.to_string()))?;
+        use rdkafka::Message;
+        if ends
+            .get(&m.partition())
+            .is_some_and(|&end| m.offset() + 1 >= end)
+        {
+            ends.remove(&m.partition());
+        }
+        let payload = m.payload().unwrap_or_default();
+        // The account (or, for usage without one, the msisdn) the key must be.
+        let (expected, line) = match input {
+            Input::Usage => match decoder.usage(payload) {
+                Ok(rec) => match rec.served.account_id {
+                    Some(a) => (a.to_string(), Some(rec.served.msisdn.to_string())),
+                    None => (rec.served.msisdn.to_string(), None),
+                },
+                Err(_) => {
+                    undecodable += 1;
+                    continue;
+                }
+            },
+            Input::Events => match decoder.account_event(payload) {
+                Ok(e) => (e.account_id.to_string(), None),
+                Err(_) => {
+                    undecodable += 1;
+                    continue;
+                }
+            },
+        };
+        let key = m.key().map(String::from_utf8_lossy);
+        match key.as_deref() {
+            Some(k) if k == expected => right += 1,
+            None => unkeyed += 1,
+            Some(k) => {
+                if line.as_deref() == Some(k) {
+                    by_line += 1;
+                } else {
+                    other += 1;
+                }
+                example.get_or_insert_with(|| format!("key {k:?} for {expected:?}"));
+            }
+        }
+    }
+    let sampled = right + by_line + unkeyed + other;
+    let wrong = sampled - right;
+    let skipped = match undecodable {
+        0 => String::new(),
+        n => format!(", {n} undecodable not counted"),
+    };
+    if wrong == 0 {
+        return Ok(format!(
+            "{setting} {topic:?}: keyed by account (else msisdn) as the daemon needs ({sampled} records sampled{skipped})"
+        ));
+    }
+    let detail = format!(
+        "{wrong} of {sampled} sampled records keyed other than by their account ({by_line} by the line's msisdn, {unkeyed} unkeyed, {other} other; e.g. {}){skipped}",
+        example.unwrap_or_else(|| "no key".into())
+    );
+    if partitions > 1 {
+        Err(format!(
+            "{setting} {topic:?}: {detail}: records of one account land in several partitions, each seeing part of it, and alerts are lost (README \"Keying\")"
+        ))
+    } else {
+        Ok(format!(
+            "{setting} {topic:?}: {detail}; harmless with one partition, not with more (README \"Keying\")"
+        ))
     }
 }
 
