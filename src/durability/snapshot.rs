@@ -23,8 +23,9 @@ const MAGIC: &[u8; 8] = b"CDRGSNAP";
 /// Bumped whenever the encoding of any snapshotted type changes. 3: stores keep gap marks. 4: the
 /// caller shard runs the rules reading its alerts (no process-wide flags; partitions keep the
 /// account facts they handed over). 5: stores count clipped calls. 6: the dedup memory keeps a
-/// content digest beside each id, and stores count conflicting duplicates.
-pub const FORMAT: u32 = 6;
+/// content digest beside each id, and stores count conflicting duplicates. 7: account events'
+/// digests are of their JSON form (their skipped optional blocks made postcard forms ambiguous).
+pub const FORMAT: u32 = 7;
 
 /// What a snapshot holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -302,6 +302,9 @@ fn sample_keying(
         .clone()
         .set("group.id", "cdrguard-run-check")
         .set("enable.auto.commit", "false")
+        // A partition is done at its end, whatever the last offset holds (a transaction marker
+        // is never delivered).
+        .set("enable.partition.eof", "true")
         .create()
         .map_err(|e| fail(e.to_string()))?;
     let mut tpl = TopicPartitionList::new();
@@ -329,13 +332,23 @@ fn sample_keying(
         let Some(m) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
-        let m = m.map_err(|e| fail(e.to_string()))?;
+        let m = match m {
+            Ok(m) => m,
+            Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                ends.remove(&p);
+                continue;
+            }
+            Err(e) => return Err(fail(e.to_string())),
+        };
         use rdkafka::Message;
-        if ends
-            .get(&m.partition())
-            .is_some_and(|&end| m.offset() + 1 >= end)
-        {
-            ends.remove(&m.partition());
+        // Only the sample: not what was produced after the end offsets were read.
+        match ends.get(&m.partition()) {
+            Some(&end) if m.offset() < end => {
+                if m.offset() + 1 >= end {
+                    ends.remove(&m.partition());
+                }
+            }
+            _ => continue,
         }
         let payload = m.payload().unwrap_or_default();
         // The account (or, for usage without one, the msisdn) the key must be.
@@ -374,10 +387,20 @@ fn sample_keying(
     }
     let sampled = right + by_line + unkeyed + other;
     let wrong = sampled - right;
-    let skipped = match undecodable {
+    let mut skipped = match undecodable {
         0 => String::new(),
         n => format!(", {n} undecodable not counted"),
     };
+    if !ends.is_empty() {
+        skipped += &format!(
+            "; incomplete: {} partition(s) not read to their end within {} s",
+            ends.len(),
+            BROKER_TIMEOUT.as_secs()
+        );
+    }
+    if sampled == 0 {
+        return Err(fail(format!("no record could be decoded{skipped}")));
+    }
     if wrong == 0 {
         return Ok(format!(
             "{setting} {topic:?}: keyed by account (else msisdn) as the daemon needs ({sampled} records sampled{skipped})"

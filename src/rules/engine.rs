@@ -169,9 +169,11 @@ impl Default for QuarantinePolicy {
     }
 }
 
-/// Overruns of the CPU-time budget among the recent evaluations that quarantine a rule on their
-/// own, when they are also more than `OVERRUN_SHARE` of them: the rule's p99 evaluation time is over
-/// its budget. Each overrun is also an error, counted like any other.
+/// Evaluations stopped by the CPU-time budget among the recent ones that quarantine a rule on their
+/// own, when they are also more than `OVERRUN_SHARE` of them: the rule's p99 CPU time per
+/// evaluation is over its budget. (Not the `p99 µs` of the summary, which is wall-clock time over
+/// every evaluation since the library was loaded.) Each overrun is also an error, counted like any
+/// other.
 const MIN_OVERRUNS: u64 = 10;
 const OVERRUN_SHARE: f64 = 0.01;
 
@@ -529,10 +531,12 @@ impl RuleEngine {
 
         let stats = &mut self.stats[slot];
         stats.evaluations += 1;
-        stats.recent[1].0 += 1;
+        // A full block starts the next before this evaluation counts, so that its error, if any,
+        // lands in the same block as the evaluation.
         if stats.recent[1].0 >= self.opts.quarantine.window {
             stats.recent = [stats.recent[1], (0, 0, 0)];
         }
+        stats.recent[1].0 += 1;
         stats.latency.saturating_record(elapsed.max(1));
         self.counters.evaluations += 1;
 
@@ -661,7 +665,7 @@ impl RuleEngine {
                 evaluations,
                 last_error = s.last_error.as_deref().unwrap_or(""),
                 cooldown = %crate::record::time::format_duration(q.cooldown_s),
-                "Rule quarantined: it keeps failing, or over 1% of its evaluations overran the CPU-time budget. It comes back after the cool-down (event time) or at the next reload."
+                "Rule quarantined: it keeps failing, or over 1% of its recent evaluations were stopped by the CPU-time budget. It comes back after the cool-down (event time) or at the next reload."
             );
         }
     }

@@ -130,9 +130,11 @@ pub fn check(
 }
 
 /// Properties read on the views the entry function is given (`rec.minutez`, `sub.countz`): the
-/// record, the entity and the account, its first three parameters. Their types are fixed, so a
-/// property no getter serves fails on every evaluation that reaches it. Other objects can be maps
-/// with any field, and a parameter the function rebinds is no longer a view: neither is checked.
+/// record, the entity and the account, its first three parameters. A property no view's getter
+/// serves fails on every evaluation that reaches it. (Which view a parameter is depends on the
+/// rule's triggers and entity, so a getter of any view passes: `rec.credit_limit` still fails only
+/// at run time.) Other objects can be maps with any field, and a parameter the function rebinds is
+/// no longer a view: neither is checked.
 fn unknown_properties(ast: &AST, known: &BTreeSet<String>, entry: &str) -> Vec<Finding> {
     let Some(views) = ast.iter_functions().find(|f| f.name == entry).map(|f| {
         f.params
@@ -183,7 +185,7 @@ fn unknown_properties(ast: &AST, known: &BTreeSet<String>, entry: &str) -> Vec<F
             {
                 findings.push(Finding {
                     position: *pos,
-                    message: format!("`{var}` has no property `{name}` (a typo?)"),
+                    message: format!("`{var}.{name}`: no view has a property `{name}` (a typo?)"),
                 });
             }
         }

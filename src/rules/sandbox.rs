@@ -20,9 +20,11 @@
 //! for `Instant`), so the wall clock is read at each checkpoint from the first (most evaluations end
 //! before it), and the CPU clock only once the evaluation has run `CPU_FROM` of wall-clock time, and
 //! after that only once the wall clock says the budget may be spent. CPU time is counted from that
-//! first read, so an evaluation is stopped once it has used between `max_eval_ms` and
-//! `max_eval_ms` plus `CPU_FROM` of CPU time, whatever the load (on a busy machine less CPU time
-//! fits in the uncounted millisecond, never more). A rule stopped by the budget fails like any other limit: counted,
+//! first read, so an evaluation is stopped once it has used `max_eval_ms` of CPU time plus what
+//! ran before the first checkpoint past `CPU_FROM` (at most `CPU_FROM` and one checkpoint interval
+//! of operations). That uncounted part holds less CPU time on a busy machine, so an evaluation
+//! within a millisecond or so above the budget may be stopped under load and not on an idle
+//! machine; one under the budget is never stopped, whatever the load. A rule stopped by the budget fails like any other limit: counted,
 //! logged with its position, quarantined when it keeps failing.
 
 use std::cell::Cell;

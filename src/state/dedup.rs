@@ -8,13 +8,19 @@
 //! Beside each id, a 32-bit digest of the content it was first seen with: a second record with the
 //! same id and other content is not a resend but a conflict (an exporter reusing ids, two sources
 //! sharing an id space), dead-lettered with reason `conflicting_duplicate` so that somebody looks,
-//! where a plain duplicate is only counted. The digest is of the decoded record (its binary
-//! serialisation), not of its bytes: a resend by another exporter instance with other key order,
-//! spacing or number formatting is the same record.
+//! where a plain duplicate is only counted. The digest is of the decoded record, not of its bytes: a
+//! resend by another exporter instance with other key order, spacing or number formatting is the
+//! same record. Usage records are digested in their postcard form (every field, in order, none
+//! skipped: unambiguous, and cheap at one per record); account events in their JSON form, because
+//! their optional blocks are skipped when absent and only the field names then tell
+//! `payment.invoice_id` from `payment.reversed_payment_id`.
 //!
 //! Fingerprints and digests are XXH3-64, a specified algorithm whose output is the same on every
 //! machine and crate version (fixed-seed ahash is not: it changes with CPU features), because they
 //! are written to state snapshots that another machine may load after a restore or a partition move.
+//! A digest depends on the records' shape: a field added to `UsageRecord` or `AccountEvent` changes
+//! every digest, and resends of records digested before would read as conflicts — so such a change
+//! bumps the snapshot `FORMAT` (the pinned digests in the tests fail until it does).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -74,15 +80,20 @@ pub fn fingerprint(domain: u8, id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(id.as_bytes(), 0x6364_7267_0000_0000 | domain as u64)
 }
 
-/// The digest of a decoded record's content (its postcard serialisation, made on the stack for any
+/// The digest of a usage record's content (its postcard serialisation, made on the stack for any
 /// record of ordinary size).
-pub fn content_digest<T: serde::Serialize>(record: &T) -> u32 {
+pub fn usage_digest(record: &crate::record::UsageRecord) -> u32 {
     let mut buf = [0_u8; 1024];
     let digest = match postcard::to_slice(record, &mut buf) {
         Ok(bytes) => xxhash_rust::xxh3::xxh3_64(bytes),
         Err(_) => xxhash_rust::xxh3::xxh3_64(&postcard::to_allocvec(record).unwrap_or_default()),
     };
     digest as u32
+}
+
+/// The digest of an account event's content (its JSON form: field names included).
+pub fn event_digest(event: &crate::record::AccountEvent) -> u32 {
+    xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(event).unwrap_or_default()) as u32
 }
 
 /// What the dedup memory knew of a record id.
@@ -166,6 +177,10 @@ impl Dedup {
 mod tests {
     use super::*;
 
+    /// Digests of the records in the tests below: pinned, see `usage_digest`.
+    const USAGE_PIN: u32 = 1_412_405_483;
+    const EVENT_PIN: u32 = 2_843_496_030;
+
     #[test]
     fn fingerprints_are_the_same_on_every_machine() {
         // Pinned values: a change here makes every snapshot's dedup memory useless.
@@ -215,8 +230,32 @@ mod tests {
                     "direction": "mo", "duration_s": 60, "event_start": "2026-12-01T10:00:00Z",
                     "charge": {"amount": "1.5"} }"#;
         let c = a.replace("\"duration_s\":60", "\"duration_s\":61");
-        let digest = |s: &str| content_digest(&decoder.usage(s.as_bytes()).unwrap());
+        let digest = |s: &str| usage_digest(&decoder.usage(s.as_bytes()).unwrap());
         assert_eq!(digest(a), digest(b));
         assert_ne!(digest(a), digest(&c));
+        // Pinned: a change means the record's shape changed. Bump the snapshot FORMAT, then the pin.
+        assert_eq!(
+            digest(a),
+            USAGE_PIN,
+            "usage digest changed: bump snapshot FORMAT"
+        );
+    }
+
+    #[test]
+    fn events_that_differ_only_in_which_optional_block_they_carry_differ() {
+        let decoder = crate::record::Decoder::default();
+        let event = |payment: &str| {
+            let text = format!(
+                r#"{{"event_id":"e1","event_type":"payment_received","occurred_at":"2026-12-01T10:00:00Z","account_id":"A-1","payment":{{{payment}}},"amount":{{"value":"5.00"}}}}"#
+            );
+            event_digest(&decoder.account_event(text.as_bytes()).unwrap())
+        };
+        let by_invoice = event(r#""payment_id":"P1","invoice_id":"X""#);
+        let by_reversal = event(r#""payment_id":"P1","reversed_payment_id":"X""#);
+        assert_ne!(by_invoice, by_reversal);
+        assert_eq!(
+            by_invoice, EVENT_PIN,
+            "event digest changed: bump snapshot FORMAT"
+        );
     }
 }

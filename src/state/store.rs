@@ -21,7 +21,7 @@ use crate::config::{CallingNumbers, StateConfig};
 use crate::record::{AccountEvent, Direction, GapMark, Number, RecordType, UsageRecord};
 
 use super::cells::WindowSums;
-use super::dedup::{content_digest, Dedup, Seen};
+use super::dedup::{event_digest, usage_digest, Dedup, Seen};
 use super::distinct::SeenKind;
 use super::entity::{Contribution, Entity, Fix, Limits, Span, NO_ACCOUNT};
 use super::ledger::{Ledger, LedgerWarning};
@@ -313,7 +313,7 @@ impl WindowStore {
         let newest = self.newest.map_or(t, |n| n.max(t));
         match self
             .dedup
-            .check_and_insert(0, &r.record_id, content_digest(r), newest)
+            .check_and_insert(0, &r.record_id, usage_digest(r), newest)
         {
             Seen::New => {}
             Seen::Again => {
@@ -437,7 +437,7 @@ impl WindowStore {
         let newest = self.newest.unwrap_or(e.occurred_at.utc);
         match self
             .dedup
-            .check_and_insert(1, &e.event_id, content_digest(e), newest)
+            .check_and_insert(1, &e.event_id, event_digest(e), newest)
         {
             Seen::New => {}
             Seen::Again => {
