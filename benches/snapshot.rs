@@ -143,7 +143,9 @@ fn main() {
     .unwrap();
     let encode = t.elapsed();
     let dir = tempfile::tempdir_in(Path::new(ROOT).join("target")).unwrap();
-    let path = cdrguard::durability::dir::partition_path(dir.path(), 0);
+    let path = cdrguard::durability::dir::CheckpointDir::open(dir.path(), "bench")
+        .unwrap()
+        .partition(0, 1);
     let t = Instant::now();
     snapshot::write_atomic(&path, &bytes).unwrap();
     let write = t.elapsed();

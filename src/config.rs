@@ -457,6 +457,25 @@ pub struct DurabilityConfig {
     pub rebuild_window: Secs,
     /// Longest wait for a snapshot's alerts to be acknowledged before it is written. Default `30s`.
     pub delivery_timeout: Secs,
+    /// This daemon's name in a state directory several daemons share: its caller shard's snapshot
+    /// is `callers.<instance>.snap`. Partition snapshots need no name (their owner comes from the
+    /// consumer group). Letters, digits, `-`, `_`, `.`. Default: the host name.
+    pub instance: String,
+}
+
+/// The host name (Linux), else `cdrguard`: a name that differs between machines sharing a state
+/// directory without configuration.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "cdrguard".into())
 }
 
 impl Default for DurabilityConfig {
@@ -466,6 +485,7 @@ impl Default for DurabilityConfig {
             snapshot_interval: Secs(30),
             rebuild_window: Secs(35 * 86_400),
             delivery_timeout: Secs(30),
+            instance: host_name(),
         }
     }
 }

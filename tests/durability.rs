@@ -171,7 +171,7 @@ fn a_corrupt_snapshot_is_reported_and_the_state_rebuilt_from_the_input() {
     stop(&c, d);
 
     // Damage the snapshot: one flipped byte in the middle.
-    let snap = state.path().join("partition-0.snap");
+    let snap = partition_snapshots(state.path())[&0].clone();
     let mut bytes = std::fs::read(&snap).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
@@ -197,7 +197,8 @@ fn a_corrupt_snapshot_is_reported_and_the_state_rebuilt_from_the_input() {
         .unwrap()
         .filter(|e| {
             let name = e.as_ref().unwrap().file_name();
-            name.to_string_lossy().starts_with("partition-0.rejected-")
+            let name = name.to_string_lossy();
+            name.starts_with("partition-0.") && name.contains(".rejected-")
         })
         .count();
     assert_eq!(
@@ -253,28 +254,30 @@ fn a_partition_handed_to_another_daemon_keeps_its_alerts_and_state() {
     let topics = alert_topics(&k);
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     let mut reader = k.reader(&topic_refs);
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // One state directory both daemons reach (storage every instance of the group shares).
+    let shared = tempfile::tempdir().unwrap();
     let cfg = durable_config(&k);
+    let (mut cfg_a, mut cfg_b) = (cfg.clone(), cfg.clone());
+    cfg_a.durability.instance = "a".into();
+    cfg_b.durability.instance = "b".into();
 
-    // A alone, then B joins: A snapshots and commits both partitions at the revoke, keeps one, and
-    // B rebuilds the other from its input (its own directory has no snapshot of it).
+    // A alone, then B joins: A snapshots and commits both partitions at the revoke (under the
+    // group generation it had them in), keeps one, and B restores the other from A's snapshot.
     let ca = control();
-    let a = k.daemon_with_state(
-        cfg.clone(),
-        &fixture("rules"),
-        ca.clone(),
-        Some(dir_a.path()),
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    let cb = control();
-    let b = k.daemon_with_state(
-        cfg.clone(),
-        &fixture("rules"),
-        cb.clone(),
-        Some(dir_b.path()),
-    );
-    let done = wait_committed(&k, 2, lines, Duration::from_secs(90));
+    let a = k.daemon_with_state(cfg_a, &fixture("rules"), ca.clone(), Some(shared.path()));
+    // B joins once A has committed on both partitions (so both have a snapshot and a commit).
     let kc = &k.cfg.kafka;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while k.committed(&kc.group_id, &kc.usage_topic, 2).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "A never committed both partitions"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cb = control();
+    let b = k.daemon_with_state(cfg_b, &fixture("rules"), cb.clone(), Some(shared.path()));
+    let done = wait_committed(&k, 2, lines, Duration::from_secs(90));
     let committed = [
         k.committed(&kc.group_id, &kc.usage_topic, 2),
         k.committed(&kc.group_id, &kc.events_topic, 2),
@@ -314,9 +317,15 @@ fn a_partition_handed_to_another_daemon_keeps_its_alerts_and_state() {
             l.entity
         );
     }
-    let restores = [dir_a.path(), dir_b.path()]
-        .iter()
-        .map(|d| snapshot_stores(d).len())
-        .sum::<usize>();
-    assert!(restores >= 2, "both partitions snapshotted at the end");
+    assert!(
+        sb.restores.get("snapshot").copied().unwrap_or(0) >= 1
+            && sb.restores.keys().all(|k| !k.starts_with("rebuilt")),
+        "B restored A's partition from its snapshot, rebuilt nothing: {:?}",
+        sb.restores
+    );
+    assert_eq!(
+        snapshot_stores(shared.path()).len(),
+        2,
+        "one snapshot per partition left (older generations removed)"
+    );
 }

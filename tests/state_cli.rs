@@ -10,7 +10,7 @@ use cdrguard::config::Config;
 use cdrguard::durability::checkpoint::{
     self, CallerStateRef, LanePosition, PartitionState, PartitionStateRef,
 };
-use cdrguard::durability::dir::{partition_path, CheckpointDir};
+use cdrguard::durability::dir::CheckpointDir;
 use cdrguard::durability::snapshot::{self, Loaded, Position, SnapshotKind};
 use cdrguard::record::Number;
 use cdrguard::state::{Outcome, WindowStore};
@@ -94,13 +94,13 @@ fn write_partition(dir: &Path, p: i32, store: &WindowStore, usage_next: i64) {
 }
 
 /// partition-0: subscribers …01 (3 MO calls) and …02 (1) on account A-1, which has an invoice and so a
-/// pending overdue timer, and …03 (1) on A-2. partition-1: …04 on A-3. callers.snap: the
+/// pending overdue timer, and …03 (1) on A-2. partition-1: …04 on A-3. callers.test.snap: the
 /// international number that rang …01.
 fn state_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let (cfg, _) = Config::load(None).unwrap();
     let mut partition_cfg = cfg.state.clone();
-    // As the daemon runs with a caller shard: calling numbers live in callers.snap only.
+    // As the daemon runs with a caller shard: calling numbers live in callers.test.snap only.
     partition_cfg.calling_numbers = cdrguard::config::CallingNumbers::Off;
 
     let mut p0 = WindowStore::new(partition_cfg.clone());
@@ -160,8 +160,13 @@ fn state_dir() -> tempfile::TempDir {
         lanes: &lanes,
     };
     let bytes = snapshot::encode(&header, &state).unwrap();
-    snapshot::write_atomic(&dir.path().join("callers.snap"), &bytes).unwrap();
+    snapshot::write_atomic(&dir.path().join("callers.test.snap"), &bytes).unwrap();
     dir
+}
+
+/// Where a daemon of group generation 1 keeps partition `p`'s snapshot.
+fn partition_path(dir: &Path, p: i32) -> std::path::PathBuf {
+    dir.join(format!("partition-{p}.g1.snap"))
 }
 
 fn d(dir: &tempfile::TempDir) -> &str {
@@ -202,7 +207,7 @@ fn inspect_shows_the_subscribers_windows_and_the_snapshot_header() {
     ];
     let (code, out, err) = run(&args);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("partition-0.snap (partition 0"), "{out}");
+    assert!(out.contains("partition-0.g1.snap (partition 0"), "{out}");
     assert!(out.contains("usage[0] 5, account-events[0] 1"), "{out}");
     assert!(out.contains("holds 3 subscribers, 2 accounts"), "{out}");
     assert!(
@@ -278,7 +283,7 @@ fn export_prints_the_raw_state_with_the_account_ledger_and_timers() {
     assert!(v["snapshot"]["file"]
         .as_str()
         .unwrap()
-        .ends_with("partition-0.snap"));
+        .ends_with("partition-0.g1.snap"));
     let ledger = &v["account"]["ledger"];
     assert_eq!(ledger["invoices"][0]["invoice_id"], "INV-1");
     assert_eq!(ledger["invoices"][0]["amount_due"], "80.00");
@@ -347,7 +352,7 @@ fn clear_removes_one_subscriber_and_leaves_a_valid_snapshot() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Removed subscriber 33600000001"), "{out}");
-    assert!(out.contains("partition-0.snap"), "{out}");
+    assert!(out.contains("partition-0.g1.snap"), "{out}");
     assert!(out.contains("subscribers 3 → 2"), "{out}");
 
     let (code, _, err) = run(&[
@@ -428,7 +433,7 @@ fn clear_removes_an_account_and_its_timers_but_not_its_lines() {
 fn clear_is_refused_while_a_daemon_holds_the_directory() {
     let dir = state_dir();
     let before = std::fs::read(partition_path(dir.path(), 0)).unwrap();
-    let lock = CheckpointDir::open(dir.path()).unwrap();
+    let lock = CheckpointDir::open(dir.path(), "test").unwrap();
     let (code, _, err) = run(&[
         "state",
         "clear",
@@ -486,7 +491,7 @@ fn a_corrupt_snapshot_is_named_skipped_and_never_rewritten() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("corrupt snapshot") && err.contains("partition-1.snap"),
+        err.contains("corrupt snapshot") && err.contains("partition-1.g1.snap"),
         "{err}"
     );
     assert!(err.contains("checksum mismatch"), "{err}");
@@ -512,7 +517,7 @@ fn a_corrupt_snapshot_is_named_skipped_and_never_rewritten() {
     ]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("partition-1.snap") && err.contains("left as it is"),
+        err.contains("partition-1.g1.snap") && err.contains("left as it is"),
         "{err}"
     );
     assert_eq!(std::fs::read(&path).unwrap(), bytes, "not rewritten");

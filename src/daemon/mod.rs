@@ -87,6 +87,8 @@ pub struct RunSummary {
     pub records_skipped: u64,
     /// Records not keyed by their account (`cdrguard_input_miskeyed_total`).
     pub miskeyed: u64,
+    /// Partitions started, by how their state started (`cdrguard_partition_restores_total`).
+    pub restores: std::collections::BTreeMap<String, u64>,
 }
 
 pub fn run(
@@ -103,7 +105,7 @@ pub fn run(
         &cfg.kafka.events_topic,
     ));
     let dir = match &opts.state_dir {
-        Some(d) => Some(Arc::new(CheckpointDir::open(d)?)),
+        Some(d) => Some(Arc::new(CheckpointDir::open(d, &cfg.durability.instance)?)),
         None => {
             tracing::warn!("No durability.dir: state is not snapshotted and is lost on restart.");
             None
@@ -338,6 +340,14 @@ pub fn run(
         fetch_pauses: metrics.align.pauses.load(Ordering::Relaxed),
         records_skipped: metrics.gaps_total().skipped,
         miskeyed: metrics.miskeyed_total(),
+        restores: metrics
+            .snapshots
+            .restores
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .map(|(o, n)| (o.label(), *n))
+            .collect(),
     };
     tracing::info!(
         records = summary.records,

@@ -45,6 +45,23 @@ use super::worker::{worker_of, WorkerMessage};
 
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The consumer group's generation as this member knows it (-1 outside a group). rdkafka has no
+/// safe accessor; librdkafka's consumer-group metadata carries it (the one `unsafe` of the crate).
+#[allow(unsafe_code)]
+fn group_generation(consumer: &BaseConsumer<ConsumerCtx>) -> i32 {
+    use rdkafka::bindings as ffi;
+    // SAFETY: the handle is the live consumer's; the metadata is a copy, destroyed after reading.
+    unsafe {
+        let md = ffi::rd_kafka_consumer_group_metadata(consumer.client().native_ptr());
+        if md.is_null() {
+            return -1;
+        }
+        let generation = ffi::rd_kafka_consumer_group_metadata_generation_id(md);
+        ffi::rd_kafka_consumer_group_metadata_destroy(md);
+        generation
+    }
+}
+
 pub struct Rebalancer {
     pub cfg: Arc<Config>,
     pub dir: Option<Arc<CheckpointDir>>,
@@ -83,17 +100,50 @@ impl Rebalancer {
         self.cfg.kafka.topic(input)
     }
 
-    /// Loads a partition's snapshot, checking that it is one and for this partition.
-    fn load(&self, dir: &CheckpointDir, p: i32) -> Result<(Loaded, PartitionState), SnapshotError> {
-        let loaded = Loaded::read(&dir.partition(p))?;
-        if loaded.header.kind != SnapshotKind::Partition(p) {
-            return Err(SnapshotError::Incompatible {
-                path: loaded.path.clone(),
-                why: format!("holds {:?}, not partition {p}", loaded.header.kind),
+    /// Loads the snapshot of partition `p` a new owner restores (`dir::pick`: the newest
+    /// generation covering the committed offsets `c`). Unusable files (corrupt, another version,
+    /// another partition) are set aside and the others tried; the error is the first such file's,
+    /// or `Missing` when there is none.
+    fn load(
+        &self,
+        dir: &CheckpointDir,
+        p: i32,
+        c: [Option<i64>; 2],
+    ) -> Result<(Loaded, PartitionState), SnapshotError> {
+        let mut usable = Vec::new();
+        let mut first_error = None;
+        for (_, path) in dir.partition_snapshots(p) {
+            let read = Loaded::read(&path).and_then(|l| match l.header.kind {
+                SnapshotKind::Partition(q) if q == p => Ok(l),
+                other => Err(SnapshotError::Incompatible {
+                    path: path.clone(),
+                    why: format!("holds {other:?}, not partition {p}"),
+                }),
             });
+            match read {
+                Ok(l) => usable.push(l),
+                Err(e) => {
+                    if !matches!(e, SnapshotError::Io { .. }) {
+                        dir.set_aside(&path);
+                    }
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        let state = loaded.payload::<PartitionState>()?;
-        Ok((loaded, state))
+        let next =
+            |l: &Loaded| [Input::Usage, Input::Events].map(|i| l.header.next(self.topic(i), p));
+        let candidates: Vec<[Option<i64>; 2]> = usable.iter().map(next).collect();
+        let Some(k) = crate::durability::dir::pick(&candidates, c) else {
+            return Err(first_error.unwrap_or_else(|| SnapshotError::Missing(dir.partition(p, 0))));
+        };
+        let loaded = usable.swap_remove(k);
+        match loaded.payload::<PartitionState>() {
+            Ok(state) => Ok((loaded, state)),
+            Err(e) => {
+                dir.set_aside(&loaded.path);
+                Err(e)
+            }
+        }
     }
 
     /// The offsets within the rebuild window, for the (topic, partition)s asked: the first with a
@@ -149,6 +199,7 @@ impl RebalanceHook for Rebalancer {
             return;
         }
         let started = Instant::now();
+        let generation = group_generation(consumer);
         let parts: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         let committed: BTreeMap<(String, i32), i64> = match consumer
             .committed_offsets(tpl.clone(), BROKER_TIMEOUT)
@@ -194,7 +245,7 @@ impl RebalanceHook for Rebalancer {
                 outcome: RestoreOutcome::NoSnapshots,
             };
             if let Some(dir) = &self.dir {
-                match self.load(dir, p) {
+                match self.load(dir, p, c) {
                     Ok((loaded, state)) => {
                         let s = inputs.map(|i| loaded.header.next(self.topic(i), p));
                         let mut stale = false;
@@ -272,12 +323,6 @@ impl RebalanceHook for Rebalancer {
                         plan.outcome = RestoreOutcome::New;
                     }
                     Err(e) => {
-                        if matches!(
-                            e,
-                            SnapshotError::Corrupt { .. } | SnapshotError::Incompatible { .. }
-                        ) {
-                            dir.set_aside(&dir.partition(p));
-                        }
                         tracing::error!(
                             partition = p,
                             error = %e,
@@ -405,6 +450,7 @@ impl RebalanceHook for Rebalancer {
                 state: plan.state,
                 bounds: plan.bounds,
                 starts,
+                generation,
             };
             if worker_of(&workers, p).send(work).is_err() {
                 tracing::error!(partition = p, "Worker stopped; partition not started.");

@@ -67,6 +67,9 @@ pub enum WorkerMessage {
         state: Option<Box<PartitionState>>,
         bounds: ReadBounds,
         starts: [Option<i64>; 2],
+        /// The consumer-group generation of the assignment: names the partition's snapshots
+        /// (`durability::dir`).
+        generation: i32,
     },
     /// Partitions revoked: snapshot (when on) and drop them; the reply carries one receiver per
     /// snapshot, told when it is durable.
@@ -199,6 +202,8 @@ struct Partition {
     feed: Vec<FeedItem>,
     /// Per input, a gap reported before its next record (`Polled::Gap`).
     gap: [Option<GapMark>; 2],
+    /// The consumer-group generation under which this process owns the partition.
+    generation: i32,
 }
 
 impl Partition {
@@ -223,6 +228,7 @@ impl Partition {
             reported: None,
             feed: Vec::new(),
             gap: [None, None],
+            generation: 0,
         }
     }
 
@@ -286,7 +292,8 @@ pub fn run(ctx: WorkerContext, rx: Receiver<WorkerMessage>) {
                 state,
                 bounds,
                 starts,
-            }) => w.assign(partition, state, bounds, starts),
+                generation,
+            }) => w.assign(partition, state, bounds, starts, generation),
             Ok(WorkerMessage::Release { partitions, reply }) => {
                 let done = w.release(&partitions);
                 // The caller shard hears of everything processed before the rebalancer goes on.
@@ -352,6 +359,7 @@ impl Worker<'_> {
         state: Option<Box<PartitionState>>,
         bounds: ReadBounds,
         starts: [Option<i64>; 2],
+        generation: i32,
     ) {
         let mut merge = Aligner::with_lanes(2);
         let highs = state.as_ref().map_or([i64::MIN; 2], |s| s.highs);
@@ -363,6 +371,7 @@ impl Worker<'_> {
             // Snapshots off and the partition stayed here through an eager rebalance: keep its state,
             // read again from the committed offsets (duplicates are recognised by record id).
             part.bounds = bounds;
+            part.generation = generation;
             let old = std::mem::replace(&mut part.merge, merge);
             part.reported = None;
             part.feed.clear();
@@ -389,6 +398,7 @@ impl Worker<'_> {
         );
         let mut part = Partition::new(pipeline, merge, bounds, starts);
         part.handed_over = handed_over;
+        part.generation = generation;
         self.partitions.insert(partition, part);
     }
 
@@ -476,6 +486,7 @@ impl Worker<'_> {
                 part.dirty = false;
                 part.snapshotted = true;
                 let _ = sink.send(EncodedSnapshot {
+                    generation: part.generation,
                     kind: SnapshotKind::Partition(partition),
                     bytes,
                     covers,

@@ -106,6 +106,8 @@ pub fn header(kind: SnapshotKind, positions: Vec<Position>, store: &WindowStore)
 /// An encoded snapshot on its way to the writer.
 pub struct EncodedSnapshot {
     pub kind: SnapshotKind,
+    /// The group generation of the owner (partitions; `durability::dir`).
+    pub generation: i32,
     pub bytes: Vec<u8>,
     /// Per input partition, the last offset the snapshot covers.
     pub covers: Vec<(Input, i32, i64)>,
@@ -151,7 +153,7 @@ fn write_job(
     job: &EncodedSnapshot,
 ) -> bool {
     let path = match job.kind {
-        SnapshotKind::Partition(p) => dir.partition(p),
+        SnapshotKind::Partition(p) => dir.partition(p, job.generation),
         SnapshotKind::Callers => dir.callers(),
     };
     for &(input, partition, last) in &job.covers {
@@ -182,6 +184,9 @@ fn write_job(
         .snapshots
         .failing_since_ms
         .store(0, Ordering::Relaxed);
+    if let SnapshotKind::Partition(p) = job.kind {
+        dir.remove_older(p, job.generation);
+    }
     for &(input, partition, last) in &job.covers {
         match job.kind {
             SnapshotKind::Partition(_) => tracker.set_cap(input, partition, last),

@@ -13,8 +13,8 @@
 //! Snapshots are read one at a time and dropped once looked at: a partition's state can be large, and
 //! the entity is usually in one of them. One that cannot be read (corrupt, incompatible, holding
 //! another partition than its name says) is named with the reason on stderr and skipped; `clear`
-//! never rewrites a file it could not read. Subscribers and accounts live in `partition-N.snap`,
-//! calling numbers in `callers.snap` (or in the partitions when the daemon ran without a caller shard).
+//! never rewrites a file it could not read. Subscribers and accounts live in `partition-N.gG.snap` (the newest generation),
+//! calling numbers in `callers.<instance>.snap` (or in the partitions when the daemon ran without a caller shard).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use crate::classify::ClassFilter;
 use crate::durability::checkpoint::{self, CallerState, PartitionState};
-use crate::durability::dir::CheckpointDir;
+use crate::durability::dir::{self, CheckpointDir, LockError, Named};
 use crate::durability::snapshot::{self, Header, Loaded, SnapshotError, SnapshotKind};
 use crate::modes::inspect::{self, Target, WindowSpec};
 use crate::record::EventTime;
@@ -39,7 +39,7 @@ pub enum StateDirError {
         source: std::io::Error,
     },
     #[error(
-        "no snapshots (partition-N.snap, callers.snap) in {0}: is it the daemon's durability.dir?"
+        "no snapshots (partition-N.gG.snap, callers.<instance>.snap) in {0}: is it the daemon's durability.dir?"
     )]
     Empty(PathBuf),
     #[error("{what} is in none of the {read} readable snapshot(s) in {dir}{}", unreadable_note(.unreadable))]
@@ -201,17 +201,12 @@ pub fn clear(dir: &Path, target: &Target, out: &mut dyn Write) -> Result<(), Sta
     // Before locking: `CheckpointDir::open` creates a missing directory, which would hide a typo.
     exists(dir)?;
     // Held until this function returns, so that no daemon starts on the directory mid-rewrite.
-    let _lock = CheckpointDir::open(dir).map_err(|e| {
-        // `CheckpointDir::open` fails with an I/O error if it cannot open the LOCK file, and with a bare
-        // message if another process holds it.
-        if e.downcast_ref::<std::io::Error>().is_some() {
-            StateDirError::Lock {
-                dir: dir.to_path_buf(),
-                source: e,
-            }
-        } else {
-            StateDirError::InUse(dir.to_path_buf())
-        }
+    let _lock = CheckpointDir::open_exclusive(dir).map_err(|e| match e {
+        LockError::InUse(d) => StateDirError::InUse(d),
+        LockError::Io(source) => StateDirError::Lock {
+            dir: dir.to_path_buf(),
+            source,
+        },
     })?;
     for_each_holding(dir, target, "not checked and left as it is", |mut s| {
         let file = s.path.display().to_string();
@@ -408,41 +403,43 @@ fn exists(dir: &Path) -> Result<(), StateDirError> {
     }
 }
 
-/// The snapshot files in `dir`: `partition-N.snap` by partition number, then `callers.snap`.
-/// Set-aside (`.rejected-*`) and temporary (`.tmp-*`) files are not snapshots.
+/// The snapshot files in `dir`: each partition's newest generation (`partition-N.gG.snap`, what a
+/// restart restores when it covers the commits), by partition number, then the caller shards'
+/// (`callers.<instance>.snap`). Set-aside (`.rejected-*`) and temporary (`.tmp-*`) files are not
+/// snapshots.
 fn snapshot_files(dir: &Path) -> Result<Vec<PathBuf>, StateDirError> {
     exists(dir)?;
-    let list_err = |source| StateDirError::ListDir {
+    std::fs::read_dir(dir).map_err(|source| StateDirError::ListDir {
         path: dir.to_path_buf(),
         source,
-    };
-    let mut partitions = Vec::new();
-    let mut callers = None;
-    for entry in std::fs::read_dir(dir).map_err(list_err)? {
-        let path = entry.map_err(list_err)?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        if name == "callers.snap" {
-            callers = Some(path);
-        } else if let Some(p) = partition_of(name) {
-            partitions.push((p, path));
+    })?;
+    let mut partitions = std::collections::BTreeMap::new();
+    let mut callers = Vec::new();
+    for (name, path) in dir::snapshot_names(dir) {
+        match dir::parse(&name) {
+            Some(Named::Partition(p, g)) => {
+                let newest = partitions.entry(p).or_insert((g, path.clone()));
+                if g > newest.0 {
+                    *newest = (g, path);
+                }
+            }
+            Some(Named::Callers(_)) => callers.push(path),
+            None => {}
         }
     }
-    partitions.sort();
+    callers.sort();
     Ok(partitions
-        .into_iter()
+        .into_values()
         .map(|(_, path)| path)
         .chain(callers)
         .collect())
 }
 
 fn partition_of(file_name: &str) -> Option<i32> {
-    file_name
-        .strip_prefix("partition-")?
-        .strip_suffix(".snap")?
-        .parse()
-        .ok()
+    match dir::parse(file_name)? {
+        Named::Partition(p, _) => Some(p),
+        Named::Callers(_) => None,
+    }
 }
 
 /// A snapshot must hold what its name says; the daemon rejects one that does not.

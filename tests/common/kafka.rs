@@ -337,20 +337,34 @@ pub fn state_features(
     out
 }
 
-/// The partition stores in a daemon's state directory (after it stopped).
+/// The partition stores in a daemon's state directory (after it stopped): each partition's newest
+/// generation.
 pub fn snapshot_stores(dir: &Path) -> Vec<cdrguard::state::WindowStore> {
-    use cdrguard::durability::checkpoint::PartitionState;
-    use cdrguard::durability::snapshot::Loaded;
-    let mut stores = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let path = e.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if name.starts_with("partition-") && name.ends_with(".snap") {
-            let loaded = Loaded::read(&path).unwrap();
-            stores.push(loaded.payload::<PartitionState>().unwrap().store);
+    partition_snapshots(dir)
+        .values()
+        .map(|path| {
+            let loaded = cdrguard::durability::snapshot::Loaded::read(path).unwrap();
+            loaded
+                .payload::<cdrguard::durability::checkpoint::PartitionState>()
+                .unwrap()
+                .store
+        })
+        .collect()
+}
+
+/// Each partition's newest snapshot file in a state directory.
+pub fn partition_snapshots(dir: &Path) -> std::collections::BTreeMap<i32, std::path::PathBuf> {
+    use cdrguard::durability::dir::{parse, snapshot_names, Named};
+    let mut newest = std::collections::BTreeMap::new();
+    for (name, path) in snapshot_names(dir) {
+        if let Some(Named::Partition(p, g)) = parse(&name) {
+            let e = newest.entry(p).or_insert((g, path.clone()));
+            if g > e.0 {
+                *e = (g, path);
+            }
         }
     }
-    stores
+    newest.into_iter().map(|(p, (_, path))| (p, path)).collect()
 }
 
 /// What a clean replay of the same input gives: its alerts by id, the state's features and the
