@@ -519,6 +519,9 @@ fn records_keyed_other_than_by_their_account_are_counted_and_degrade_health() {
         usage.push((l3(0), Some("A-3".into()), true));
         usage.push((l3(1), Some("33612000003".into()), false));
     }
+    // A resend of a mis-keyed record: a duplicate, not applied, so not counted again.
+    let resend = usage[1].0.clone();
+    usage.push((resend, Some("33612000001".into()), true));
     let producer = cdrguard::demo::embedded::input_producer(
         &Default::default(),
         &k.brokers,
@@ -544,7 +547,7 @@ fn records_keyed_other_than_by_their_account_are_counted_and_degrade_health() {
     assert_eq!((wrong_usage, wrong_events), (20, 1));
 
     // `run --check` samples the topics. It cannot know the activation, so it takes the A-3 keys of
-    // that line's records for "other" and its msisdn keys for right: 20 again, split otherwise.
+    // that line's records for "other" and its msisdn keys for right; it counts the resend.
     let mut checked = k.cfg.clone();
     checked.kafka.brokers = Some(k.brokers.clone());
     let report = cdrguard::modes::preflight::run(
@@ -554,7 +557,7 @@ fn records_keyed_other_than_by_their_account_are_counted_and_degrade_health() {
     )
     .render();
     for line in [
-        "20 of 35 sampled records keyed other than by their account (5 by the line's msisdn, 5 unkeyed, 10 other",
+        "21 of 36 sampled records keyed other than by their account (6 by the line's msisdn, 5 unkeyed, 10 other",
         "1 of 2 sampled records keyed other than by their account (0 by the line's msisdn, 0 unkeyed, 1 other",
         "harmless with one partition",
     ] {

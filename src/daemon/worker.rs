@@ -660,20 +660,13 @@ impl Worker<'_> {
         let applies = part.bounds.applies(input, m.offset);
         if applies {
             let source = self.ctx.topic(input);
-            // Once per record: re-read records (outputs suppressed) were checked the first time.
-            if let (Ok(item), true) = (&q.item, emit) {
-                if let Some(expected) = part.pipeline.miskeyed(item, m.key.as_deref()) {
-                    RecordMiskeyed {
-                        input,
-                        topic: source,
-                        partition,
-                        offset: m.offset,
-                        key: m.key.as_deref(),
-                        expected: &expected,
-                    }
-                    .emit(&self.ctx.metrics, &self.ctx.miskeyed_log);
-                }
-            }
+            // Judged against the state before the record (its line's account as known then);
+            // counted once it is applied, and once: re-read records (outputs suppressed) were
+            // counted the first time.
+            let miskeyed = match (&q.item, emit) {
+                (Ok(item), true) => part.pipeline.miskeyed(item, m.key.as_deref()),
+                _ => None,
+            };
             let verdict = part.pipeline.process(Decoded {
                 source,
                 line: m.offset as u64,
@@ -683,6 +676,17 @@ impl Worker<'_> {
             });
             part.covered[input.index()] = Some(m.offset + 1);
             part.dirty = true;
+            if let (Some(expected), Verdict::Applied) = (&miskeyed, &verdict) {
+                RecordMiskeyed {
+                    input,
+                    topic: source,
+                    partition,
+                    offset: m.offset,
+                    key: m.key.as_deref(),
+                    expected,
+                }
+                .emit(&self.ctx.metrics, &self.ctx.miskeyed_log);
+            }
             if matches!(verdict, Verdict::Applied) {
                 handover = part.pipeline.take_handover();
                 if let (Some(h), true) = (&handover, self.ctx.snapshots.is_some()) {
