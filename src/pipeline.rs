@@ -297,26 +297,21 @@ impl Pipeline {
     /// this state knows its line belongs to), else its msisdn. Records keyed otherwise can land in
     /// a partition other than their account's, whose state then sees part of the account.
     pub fn miskeyed(&self, item: &Item, key: Option<&[u8]>) -> Option<String> {
-        let account = match item {
-            Item::Event(e) => Some(e.account_id.as_str()),
-            Item::Usage(r) => r.served.account_id.as_deref(),
+        let by_account = |a: &str| (key != Some(a.as_bytes())).then(|| a.to_string());
+        let r = match item {
+            Item::Event(e) => return by_account(&e.account_id),
+            Item::Usage(r) => r,
         };
-        match (account, item) {
-            (Some(a), _) => (key != Some(a.as_bytes())).then(|| a.to_string()),
-            (None, Item::Usage(r)) => {
-                let store = self.store.borrow();
-                match store.line_account_id(r.served.msisdn) {
-                    Some(a) => (key != Some(a.as_bytes())).then(|| a.to_string()),
-                    None => {
-                        let n = key
-                            .and_then(|k| std::str::from_utf8(k).ok())
-                            .and_then(|k| crate::record::Number::parse(k).ok());
-                        (n != Some(r.served.msisdn)).then(|| r.served.msisdn.to_string())
-                    }
-                }
-            }
-            (None, Item::Event(_)) => unreachable!("an event always names its account"),
+        if let Some(a) = &r.served.account_id {
+            return by_account(a);
         }
+        if let Some(a) = self.store.borrow().line_account_id(r.served.msisdn) {
+            return by_account(a);
+        }
+        let n = key
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .and_then(|k| crate::record::Number::parse(k).ok());
+        (n != Some(r.served.msisdn)).then(|| r.served.msisdn.to_string())
     }
 
     /// Takes the alerts emitted since the last call.

@@ -60,7 +60,6 @@ fn runtime_failures_are_counted_per_rule_quarantined_and_the_replay_goes_on() {
         &names,
         "[rules]\nquarantine_after = 3\n[rules.sandbox]\nmax_eval_ms = 400\n",
     );
-    let rules = dir.path().join("rules");
     // Five calls from five subscribers: every rule triggers on each, the good rule alerts on each.
     let usage: Vec<String> = (0..5)
         .map(|i| {
@@ -73,14 +72,7 @@ fn runtime_failures_are_counted_per_rule_quarantined_and_the_replay_goes_on() {
             )
         })
         .collect();
-    write_files(dir.path(), &[("usage.ndjson", &(usage.join("\n") + "\n"))]);
-
-    let (report, pipeline, alerts) = replay_with(
-        &rules,
-        &dir.path().join("usage.ndjson"),
-        None,
-        Some(&dir.path().join("config.toml")),
-    );
+    let (report, pipeline, alerts) = replay_library(&dir, &usage);
     assert_eq!(report.counts.usage_accepted, 5, "every record applied");
     let good: Vec<_> = alerts.iter().filter(|a| a.rule.id == "good").collect();
     assert_eq!(
@@ -326,6 +318,24 @@ fn replay_calls(
 }
 
 /// A folder with `rules/` holding the named fixtures of `fixtures/sandbox/`, and `config.toml`.
+/// Replays `usage` (NDJSON lines) with the library and config `fixtures_library` made in `dir`.
+fn replay_library(
+    dir: &tempfile::TempDir,
+    usage: &[String],
+) -> (
+    cdrguard::modes::replay::ReplayReport,
+    cdrguard::pipeline::Pipeline,
+    Vec<cdrguard::record::Alert>,
+) {
+    write_files(dir.path(), &[("usage.ndjson", &(usage.join("\n") + "\n"))]);
+    replay_with(
+        &dir.path().join("rules"),
+        &dir.path().join("usage.ndjson"),
+        None,
+        Some(&dir.path().join("config.toml")),
+    )
+}
+
 fn fixtures_library(names: &[&str], config: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for name in names {
@@ -346,7 +356,6 @@ fn fixtures_library(names: &[&str], config: &str) -> tempfile::TempDir {
 #[test]
 fn a_rule_whose_p99_is_over_the_budget_is_quarantined() {
     let dir = fixtures_library(&["sometimes_slow", "good"], "");
-    let rules = dir.path().join("rules");
     let usage: Vec<String> = (0..1000)
         .map(|i| {
             voice_mo(
@@ -359,13 +368,7 @@ fn a_rule_whose_p99_is_over_the_budget_is_quarantined() {
             )
         })
         .collect();
-    write_files(dir.path(), &[("usage.ndjson", &(usage.join("\n") + "\n"))]);
-    let (report, pipeline, alerts) = replay_with(
-        &rules,
-        &dir.path().join("usage.ndjson"),
-        None,
-        Some(&dir.path().join("config.toml")),
-    );
+    let (report, pipeline, alerts) = replay_library(&dir, &usage);
     assert_eq!(report.counts.usage_accepted, 1000);
     assert_eq!(alerts.iter().filter(|a| a.rule.id == "good").count(), 1000);
     let engine = pipeline.rules.as_ref().unwrap();

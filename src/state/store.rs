@@ -311,23 +311,28 @@ impl WindowStore {
             return Some(Outcome::Future);
         }
         let newest = self.newest.map_or(t, |n| n.max(t));
-        match self
-            .dedup
-            .check_and_insert(0, &r.record_id, usage_digest(r), newest)
-        {
-            Seen::New => {}
-            Seen::Again => {
-                self.counters.duplicates += 1;
-                return Some(Outcome::Duplicate);
-            }
-            Seen::Conflict => {
-                self.counters.conflicts += 1;
-                return Some(Outcome::Conflict);
-            }
+        if let Some(seen) = self.seen_before(0, &r.record_id, usage_digest(r), newest) {
+            return Some(seen);
         }
         self.newest = Some(newest);
         self.counters.usage_applied += 1;
         None
+    }
+
+    /// The dedup check of a record id (`domain` 0 usage, 1 events) with its content digest, counted:
+    /// `None` for an id not seen within the horizon.
+    fn seen_before(&mut self, domain: u8, id: &str, digest: u32, newest: i64) -> Option<Outcome> {
+        match self.dedup.check_and_insert(domain, id, digest, newest) {
+            Seen::New => None,
+            Seen::Again => {
+                self.counters.duplicates += 1;
+                Some(Outcome::Duplicate)
+            }
+            Seen::Conflict => {
+                self.counters.conflicts += 1;
+                Some(Outcome::Conflict)
+            }
+        }
     }
 
     /// Applies an MT call to its calling number only: the daemon's caller shard, which sees the calls
@@ -435,19 +440,8 @@ impl WindowStore {
     pub fn apply_event(&mut self, e: &AccountEvent) -> Outcome {
         // Usage time clocks the dedup generations; billing's business dates must not rotate them.
         let newest = self.newest.unwrap_or(e.occurred_at.utc);
-        match self
-            .dedup
-            .check_and_insert(1, &e.event_id, event_digest(e), newest)
-        {
-            Seen::New => {}
-            Seen::Again => {
-                self.counters.duplicates += 1;
-                return Outcome::Duplicate;
-            }
-            Seen::Conflict => {
-                self.counters.conflicts += 1;
-                return Outcome::Conflict;
-            }
+        if let Some(seen) = self.seen_before(1, &e.event_id, event_digest(e), newest) {
+            return seen;
         }
         self.counters.events_applied += 1;
         let slot = account_slot(&mut self.accounts, &mut self.account_index, &e.account_id);

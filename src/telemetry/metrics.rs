@@ -362,32 +362,25 @@ impl Metrics {
             env!("CDRGUARD_GIT_COMMIT")
         );
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        head(
-            &mut s,
-            "cdrguard_records_in_total",
-            "Records consumed, by input.",
-            "counter",
-        );
-        for input in Input::ALL {
-            let _ = writeln!(
-                s,
-                "cdrguard_records_in_total{{input=\"{input}\"}} {}",
-                load(&self.records_in[input.index()])
-            );
-        }
-        head(
-            &mut s,
-            "cdrguard_input_miskeyed_total",
-            "Records whose message key is not their account (usage without an account: its msisdn), by topic.",
-            "counter",
-        );
-        for input in Input::ALL {
-            let _ = writeln!(
-                s,
-                "cdrguard_input_miskeyed_total{{topic=\"{}\"}} {}",
-                self.topic(*input),
-                load(&self.miskeyed[input.index()])
-            );
+        // Per input: (name, help, labelled by topic rather than input, counters).
+        for (name, help, by_topic, counters) in [
+            ("cdrguard_records_in_total", "Records consumed, by input.", false, &self.records_in),
+            (
+                "cdrguard_input_miskeyed_total",
+                "Records whose message key is not their account (usage without an account: its msisdn), by topic.",
+                true,
+                &self.miskeyed,
+            ),
+        ] {
+            head(&mut s, name, help, "counter");
+            for input in Input::ALL {
+                let label = if by_topic {
+                    format!("topic=\"{}\"", self.topic(*input))
+                } else {
+                    format!("input=\"{input}\"")
+                };
+                let _ = writeln!(s, "{name}{{{label}}} {}", load(&counters[input.index()]));
+            }
         }
         head(
             &mut s,
