@@ -89,6 +89,34 @@ pub struct KafkaConfig {
     /// `client.rack`). Options cdrguard sets from typed settings are refused by name, and so are
     /// secrets (passwords belong in files or the environment: `kafka.sasl`).
     pub options: std::collections::BTreeMap<String, String>,
+    /// How the usage topic's producers key their records: `account` (default: as asked above, read
+    /// directly), `msisdn` or `any` (by the line, the switch, not at all): cdrguard then routes the
+    /// records through internal topics keyed by account before any state sees them
+    /// (`crate::repartition`).
+    pub usage_keyed_by: KeyedBy,
+    /// The same for the events topic: `account` (default), else routed like usage.
+    pub events_keyed_by: KeyedBy,
+    /// Retention of the internal topics cdrguard creates for `usage_keyed_by`/`events_keyed_by`. At
+    /// least `durability.rebuild_window`: a partition without a usable snapshot is rebuilt from them.
+    /// Default `40d`.
+    pub internal_retention: Secs,
+    /// The topics the workers read instead of `[usage_topic, events_topic]`: an input routed
+    /// through the repartition stages is read from its by-account topic (`repartition::worker_view`).
+    #[serde(skip)]
+    pub read_topics: Option<[String; 2]>,
+}
+
+/// How an input topic's producers key its records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyedBy {
+    /// By account id (else msisdn for a record that names no account): read as it is.
+    #[default]
+    Account,
+    /// By the line's msisdn: repartitioned by account.
+    Msisdn,
+    /// By anything else, or not at all: repartitioned by account.
+    Any,
 }
 
 /// TLS to the brokers. Relative paths are resolved from the config file's folder.
@@ -195,9 +223,25 @@ impl AlertTopics {
 impl KafkaConfig {
     /// The topic of an input: the one mapping from `Input` to a topic name.
     pub fn topic(&self, input: crate::record::Input) -> &str {
+        match &self.read_topics {
+            Some(t) => &t[input.index()],
+            None => self.source_topic(input),
+        }
+    }
+
+    /// The topic `input`'s producers write (`usage_topic`, `events_topic`).
+    pub fn source_topic(&self, input: crate::record::Input) -> &str {
         match input {
             crate::record::Input::Usage => &self.usage_topic,
             crate::record::Input::Events => &self.events_topic,
+        }
+    }
+
+    /// How `input`'s producers key it.
+    pub fn keyed_by(&self, input: crate::record::Input) -> KeyedBy {
+        match input {
+            crate::record::Input::Usage => self.usage_keyed_by,
+            crate::record::Input::Events => self.events_keyed_by,
         }
     }
 
@@ -302,6 +346,10 @@ impl Default for KafkaConfig {
             tls: None,
             sasl: None,
             options: Default::default(),
+            usage_keyed_by: KeyedBy::Account,
+            events_keyed_by: KeyedBy::Account,
+            internal_retention: Secs(40 * 86_400),
+            read_topics: None,
         }
     }
 }
@@ -813,6 +861,15 @@ impl Config {
         }
         if d.rebuild_window.0 < 0 {
             errs.push("durability.rebuild_window: must not be negative".to_string());
+        }
+        let repartitioned = crate::record::Input::ALL
+            .iter()
+            .any(|&i| self.kafka.keyed_by(i) != KeyedBy::Account);
+        if repartitioned && self.kafka.internal_retention.0 < d.rebuild_window.0 {
+            errs.push(format!(
+                "kafka.internal_retention: at least durability.rebuild_window ({}s): a partition without a usable snapshot is rebuilt from the internal topics",
+                d.rebuild_window.0
+            ));
         }
         let r = &self.reference;
         if let Err(why) = Number::parse(&r.home_country_code) {

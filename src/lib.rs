@@ -34,6 +34,7 @@
 #![deny(unsafe_code)]
 
 pub mod source;
+pub mod repartition;
 pub mod record;
 pub mod classify;
 pub mod state;

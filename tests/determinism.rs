@@ -284,3 +284,53 @@ fn sigkills_and_restarts_in_the_middle_change_no_alert_and_no_state() {
     // No record counted twice or missed in any window.
     assert_same_state(&state, &features, at);
 }
+
+/// Input keyed by the line, or not keyed at all, read through the repartition stages
+/// (`kafka.usage_keyed_by`, `kafka.events_keyed_by`; README "Keying") gives the alerts of a replay,
+/// ids and contents, as input keyed by account does: the order the stages restore depends on the
+/// records, not on which partition's records were read first.
+#[test]
+fn input_keyed_by_the_line_or_not_at_all_gives_the_alerts_of_a_replay_once_repartitioned() {
+    use cdrguard::config::KeyedBy;
+    let (usage, events) = input();
+    let total = lines(&usage) + lines(&events);
+    let want = expected(&usage, &events);
+    let _load = Burners::start(2);
+    for (usage_by, events_by) in [
+        (KeyedBy::Msisdn, KeyedBy::Account),
+        (KeyedBy::Any, KeyedBy::Any),
+    ] {
+        let label = format!("usage keyed by {usage_by:?}, events by {events_by:?}");
+        let mut cfg = test_config();
+        cfg.demo.partitions = PARTITIONS;
+        cfg.daemon.workers = 3;
+        cfg.kafka.usage_keyed_by = usage_by;
+        cfg.kafka.events_keyed_by = events_by;
+        let k = Kafka::start_with(cfg);
+        assert_eq!(k.produce(&usage, &events), total);
+        let topics = alert_topics(&k);
+        let mut reader = k.reader(&topics.iter().map(String::as_str).collect::<Vec<_>>());
+        let started = Instant::now();
+        let c = control();
+        let daemon = k.daemon(k.cfg.clone(), &fixture("rules"), c.clone());
+        let all = reader.read_until(Duration::from_secs(240), |m| {
+            alerts_by_id(m).len() >= want.len()
+        });
+        // Anything extra would come right behind.
+        reader.read_until(Duration::from_secs(3), |_| false);
+        let summary = stop(&c, daemon);
+        let got: BTreeMap<String, Value> = alerts_by_id(&reader.messages)
+            .into_iter()
+            .map(|(id, v)| (id, comparable(v)))
+            .collect();
+        eprintln!(
+            "{label}: {} alerts in {:.1} s",
+            got.len(),
+            started.elapsed().as_secs_f64()
+        );
+        compare(&label, &got, &want);
+        assert!(all, "{label}");
+        assert_eq!(summary.records, total, "{label}: every record read once");
+        assert_eq!(summary.miskeyed, 0, "{label}");
+    }
+}

@@ -321,12 +321,12 @@ impl Shard<'_> {
                 self.lanes.insert(p as i32, LanePosition { next, high });
             }
         }
-        let topic = &self.ctx.config.kafka.usage_topic;
+        let topic = self.ctx.config.kafka.topic(crate::record::Input::Usage);
         let positions = self
             .lanes
             .iter()
             .map(|(&p, at)| Position {
-                topic: topic.clone(),
+                topic: topic.to_string(),
                 partition: p,
                 next: at.next,
             })

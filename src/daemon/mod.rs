@@ -42,6 +42,7 @@ use crate::config::{CallingNumbers, Config};
 use crate::durability::checkpoint::{self, CallerState};
 use crate::durability::dir::CheckpointDir;
 use crate::durability::snapshot::{Loaded, SnapshotError, SnapshotKind};
+use crate::record::Input;
 use crate::rules::{Library, Reloader};
 use crate::sink::kafka::KafkaOutput;
 use crate::sink::webhook::WebhookOutput;
@@ -97,12 +98,15 @@ pub fn run(
     brokers: &str,
     opts: RunOptions,
 ) -> anyhow::Result<RunSummary> {
-    let cfg = Arc::new(cfg);
+    // Input keyed other than by account goes through the repartition stages; the workers read
+    // their by-account topics.
+    let source_cfg = cfg;
+    let cfg = Arc::new(crate::repartition::worker_view(&source_cfg));
     let library = Library::load(&opts.rules_dir, &cfg)?;
     let classifier = cfg.classifier(base).context("loading reference data")?;
     let metrics = Arc::new(Metrics::new(
-        &cfg.kafka.usage_topic,
-        &cfg.kafka.events_topic,
+        cfg.kafka.topic(Input::Usage),
+        cfg.kafka.topic(Input::Events),
     ));
     let dir = match &opts.state_dir {
         Some(d) => Some(Arc::new(CheckpointDir::open(d, &cfg.durability.instance)?)),
@@ -149,6 +153,14 @@ pub fn run(
         outputs.push(w.clone());
     }
 
+    let stages = crate::repartition::start(
+        &source_cfg,
+        brokers,
+        base,
+        metrics.clone(),
+        opts.control.stop.clone(),
+    )
+    .context("starting the repartition stages")?;
     let consumer = kafka_in::consumer(&cfg.kafka, brokers, base, metrics.clone())
         .context("creating the consumer")?;
     let stop_metrics = Arc::new(AtomicBool::new(false));
@@ -238,14 +250,17 @@ pub fn run(
         unreachable!("the hook is set once");
     }
     consumer
-        .subscribe(&[&cfg.kafka.usage_topic, &cfg.kafka.events_topic])
+        .subscribe(&[
+            cfg.kafka.topic(Input::Usage),
+            cfg.kafka.topic(Input::Events),
+        ])
         .context("subscribing")?;
     tracing::info!(
         brokers,
         security = %crate::client::describe(&cfg.kafka),
         group = %cfg.kafka.group_id,
-        usage = %cfg.kafka.usage_topic,
-        events = %cfg.kafka.events_topic,
+        usage = %cfg.kafka.topic(Input::Usage),
+        events = %cfg.kafka.topic(Input::Events),
         workers = cfg.daemon.workers,
         "Consuming."
     );
@@ -309,7 +324,11 @@ pub fn run(
     if let Some(t) = metrics_thread {
         let _ = t.join();
     }
+    // The stages flush and commit what they passed on (at least once: a crash re-sends, and what
+    // was sent twice is recognised downstream).
+    let staged = stages.stop();
     polled?;
+    staged?;
     if aborted {
         return Ok(RunSummary {
             in_flight_at_exit: tracker.in_flight(),

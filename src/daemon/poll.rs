@@ -16,6 +16,8 @@ use ahash::AHashMap;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use crate::repartition::LaneHeader;
+
 use crate::config::{Config, OnGap};
 use crate::record::{detect_gap, Input, OffsetGap};
 use crate::rules::Reloader;
@@ -139,6 +141,9 @@ pub struct Poller<'a> {
     gap_log: RateLimit<(Input, i32)>,
     /// A gap found with `kafka.on_gap = stop`: the poller stops.
     stopped_by: Option<OffsetGap>,
+    /// Per input: read from a by-account topic, whose messages carry lane headers and whose end is
+    /// told by markers, not by its end offset (`crate::repartition`).
+    sequenced: [bool; 2],
 }
 
 impl<'a> Poller<'a> {
@@ -172,6 +177,8 @@ impl<'a> Poller<'a> {
             next_idle_check: Instant::now(),
             gap_log: RateLimit::default(),
             stopped_by: None,
+            sequenced: [Input::Usage, Input::Events]
+                .map(|i| cfg.kafka.keyed_by(i) != crate::config::KeyedBy::Account),
         }
     }
 
@@ -249,6 +256,10 @@ impl<'a> Poller<'a> {
                         key: m.key().map(<[u8]>::to_vec),
                         payload: m.payload().unwrap_or_default().to_vec(),
                         timestamp_ms: m.timestamp().to_millis(),
+                        lane: match self.sequenced[input.index()] {
+                            true => LaneHeader::of(m.headers()),
+                            false => None,
+                        },
                     };
                     let w = msg.partition.unsigned_abs() as usize % batches.len();
                     if let Some(r) = self.readings.get_mut(&(input, msg.partition)) {
@@ -314,6 +325,14 @@ impl<'a> Poller<'a> {
         }
         for (&(input, p), r) in self.readings.iter_mut() {
             let fresh = std::mem::take(&mut r.fresh);
+            if self.sequenced[input.index()] {
+                // Its end offset says nothing: the sequencer writes it as it is read. Its markers
+                // say when its merge has ended. (The lag still needs the end offset.)
+                if let Some((_, end)) = end_offsets(self.consumer, &r.topic, p) {
+                    r.end = Some(end);
+                }
+                continue;
+            }
             if !fresh && !idle_check && r.end.is_some() {
                 continue;
             }

@@ -41,6 +41,7 @@ use crate::durability::checkpoint::{self, EncodedSnapshot, PartitionState, ReadB
 use crate::durability::snapshot::{self, Position, SnapshotKind};
 use crate::pipeline::{Handover, Pipeline, PipelineOptions, RulesOptions, Scope, Verdict};
 use crate::record::{Decoded, Decoder, GapMark, Input, Item, Mode, OffsetGap, Reject};
+use crate::repartition::LaneHeader;
 use crate::rules::engine::AccountFacts;
 use crate::rules::RuleSources;
 use crate::sink::{Origin, Output, Outputs, Rejected, Tracker};
@@ -171,7 +172,10 @@ pub fn send_alerts(
 /// A consumed record waiting for its turn in its partition's merge.
 struct Queued {
     msg: InputMessage,
-    item: Result<Item, Reject>,
+    /// `None`: a marker of a by-account topic (`crate::repartition`), no record.
+    item: Option<Result<Item, Reject>>,
+    /// A by-account topic's record: where it came from.
+    origin: Option<LaneHeader>,
 }
 
 struct Partition {
@@ -239,7 +243,11 @@ impl Partition {
         match self.merge.head(id) {
             Some((key, q)) => LaneHead {
                 next: key.seq,
-                time: q.item.as_ref().ok().map(Item::time),
+                time: q
+                    .item
+                    .as_ref()
+                    .and_then(|i| i.as_ref().ok())
+                    .map(Item::time),
                 ended: false,
             },
             None => LaneHead {
@@ -572,12 +580,33 @@ impl Worker<'_> {
             *self.worked_off.entry((m.input, m.partition)).or_default() -= m.weight();
             return false;
         };
+        // A by-account topic: its markers say how far the merge upstream has come, and its records
+        // go by the merge key they were released with, not by their own time.
+        let origin = m.lane;
+        if let Some(h) = origin.filter(LaneHeader::is_marker) {
+            let id = lane(m.input);
+            part.merge.push(
+                id,
+                m.offset,
+                Some(h.time),
+                Queued {
+                    msg: m,
+                    item: None,
+                    origin: None,
+                },
+            );
+            part.merge.set_ended(id, h.ended());
+            return true;
+        }
         self.ctx.metrics.records_in[m.input.index()].fetch_add(1, Ordering::Relaxed);
         let item = match m.input {
             Input::Usage => self.decoder.usage(&m.payload).map(Item::Usage),
             Input::Events => self.decoder.account_event(&m.payload).map(Item::Event),
         };
-        let time = item.as_ref().ok().map(Item::time);
+        let time = match origin {
+            Some(h) => Some(h.time),
+            None => item.as_ref().ok().map(Item::time),
+        };
         if let Some(mut mark) = part.gap[m.input.index()].take() {
             mark.before = time;
             part.pipeline.store.borrow_mut().note_gap(mark);
@@ -585,8 +614,16 @@ impl Worker<'_> {
         }
         part.last_record = Instant::now();
         part.pending_end[m.input.index()] = None;
-        part.merge
-            .push(lane(m.input), m.offset, time, Queued { msg: m, item });
+        part.merge.push(
+            lane(m.input),
+            m.offset,
+            time,
+            Queued {
+                msg: m,
+                item: Some(item),
+                origin,
+            },
+        );
         true
     }
 
@@ -647,14 +684,18 @@ impl Worker<'_> {
     }
 
     fn process(&mut self, partition: i32, input: Input, q: Queued) {
+        let Some(item) = q.item else {
+            return self.pass_marker(partition, input, q.msg);
+        };
         let m = q.msg;
+        let origin_header = q.origin;
         let weight = m.weight();
         let origin = Origin::record(input, partition, m.offset);
         let with_shard = self.ctx.shard.is_some();
         let snapshots = &self.ctx.metrics.snapshots;
         let part = self.partitions.get_mut(&partition).expect("queued here");
         let emit = part.bounds.emits(input, m.offset);
-        let time = q.item.as_ref().ok().map(Item::time);
+        let time = item.as_ref().ok().map(Item::time);
         // Usage for the caller shard: what it needs whole, else progress.
         let mut handover: Option<Handover> = None;
         let applies = part.bounds.applies(input, m.offset);
@@ -663,8 +704,9 @@ impl Worker<'_> {
             // Judged against the state before the record (its line's account as known then);
             // counted once it is applied, and once: re-read records (outputs suppressed) were
             // counted the first time.
-            let miskeyed = match (&q.item, emit) {
-                (Ok(item), true) => part.pipeline.miskeyed(item, m.key.as_deref()),
+            // (A by-account topic is keyed by cdrguard itself.)
+            let miskeyed = match (&item, emit, origin_header) {
+                (Ok(item), true, None) => part.pipeline.miskeyed(item, m.key.as_deref()),
                 _ => None,
             };
             let verdict = part.pipeline.process(Decoded {
@@ -672,7 +714,7 @@ impl Worker<'_> {
                 line: m.offset as u64,
                 raw: &m.payload,
                 truncated: 0,
-                item: q.item,
+                item,
             });
             part.covered[input.index()] = Some(m.offset + 1);
             part.dirty = true;
@@ -705,10 +747,19 @@ impl Worker<'_> {
                         reject,
                     }
                     .emit(&self.ctx.metrics);
+                    // A by-account topic's record is reported where its producer wrote it.
+                    let (source, partition, position) = match origin_header {
+                        Some(h) => (
+                            self.ctx.config.kafka.source_topic(input),
+                            h.lane as i32,
+                            h.seq,
+                        ),
+                        None => (source, partition, m.offset),
+                    };
                     let rejected = Rejected {
                         source,
                         partition: Some(partition),
-                        position: m.offset as u64,
+                        position: position as u64,
                         key: m.key.as_deref().unwrap_or(&[]),
                         raw: &m.payload,
                         truncated: 0,
@@ -739,7 +790,7 @@ impl Worker<'_> {
         } else {
             // Already in the restored snapshot; the caller shard decides for itself.
             snapshots.records_skipped.fetch_add(1, Ordering::Relaxed);
-            if let (Ok(Item::Usage(r)), true) = (q.item, with_shard) {
+            if let (Ok(Item::Usage(r)), true) = (item, with_shard) {
                 let facts = part.handed_over.get(&m.offset).cloned();
                 handover = part.pipeline.handover_of(r, facts);
             }
@@ -772,6 +823,22 @@ impl Worker<'_> {
         }
         self.ctx.tracker.processed(input, partition, m.offset);
         *self.worked_off.entry((input, partition)).or_default() -= weight;
+    }
+
+    /// A by-account topic's marker, in its turn: the offset is passed, nothing else happens.
+    fn pass_marker(&mut self, partition: i32, input: Input, m: InputMessage) {
+        let Some(part) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        part.covered[input.index()] = Some(m.offset + 1);
+        if input == Input::Usage {
+            part.usage_next = m.offset + 1;
+            if self.ctx.shard.is_some() {
+                part.progress(m.offset, None);
+            }
+        }
+        self.ctx.tracker.processed(input, partition, m.offset);
+        *self.worked_off.entry((input, partition)).or_default() -= m.weight();
     }
 
     fn reload(&mut self, sources: Arc<RuleSources>) {

@@ -19,9 +19,9 @@ use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
-use crate::config::Config;
+use crate::config::{Config, KeyedBy};
 use crate::demo::gen::{generate, GenConfig};
-use crate::record::{Decoder, EventTime};
+use crate::record::{Decoder, EventTime, Number};
 
 /// The in-process broker; dropping it stops it.
 pub struct Embedded {
@@ -52,6 +52,12 @@ pub fn start(cfg: &Config) -> anyhow::Result<Embedded> {
     cluster.create_topic(&k.usage_topic, parts, 1)?;
     cluster.create_topic(&k.events_topic, parts, 1)?;
     cluster.create_topic(&k.dead_letter_topic, 1, 1)?;
+    // The mock cluster does not create topics on request: the repartition stages' topics too.
+    for input in crate::repartition::inputs(cfg) {
+        let (repartition, by_account) = crate::repartition::topics(&k.group_id, input);
+        cluster.create_topic(&repartition, parts, 1)?;
+        cluster.create_topic(&by_account, parts, 1)?;
+    }
     for t in [
         &k.alert_topics.fraud,
         &k.alert_topics.collections,
@@ -67,10 +73,11 @@ pub fn start(cfg: &Config) -> anyhow::Result<Embedded> {
     })
 }
 
-/// Produces NDJSON usage and events to their topics in event-time order, keyed the way producers are
-/// asked to key them (usage by account id, else msisdn; events by account id), at most `rate`
-/// records per second (0: as fast as possible). Returns the number produced, or stops early when
-/// `stop` is set.
+/// Produces NDJSON usage and events to their topics in event-time order, keyed the way
+/// `kafka.usage_keyed_by` and `kafka.events_keyed_by` say their producers key them — by default as
+/// producers are asked to (usage by account id, else msisdn; events by account id); `msisdn`: by the
+/// line (an event that names none, by its account); `any`: no key — at most `rate` records per
+/// second (0: as fast as possible). Returns the number produced, or stops early when `stop` is set.
 pub fn produce_input(
     producer: &ThreadedProducer<DefaultProducerContext>,
     cfg: &Config,
@@ -80,23 +87,31 @@ pub fn produce_input(
     stop: &AtomicBool,
 ) -> anyhow::Result<u64> {
     let decoder = Decoder::default();
-    let mut lines: Vec<(i64, bool, String, &[u8])> = Vec::new();
+    let keyed = |by: KeyedBy, account: Option<&str>, msisdn: Option<Number>| match (by, account) {
+        (KeyedBy::Any, _) => None,
+        (KeyedBy::Account, Some(a)) => Some(a.to_string()),
+        _ => msisdn
+            .map(|n| n.to_string())
+            .or(account.map(str::to_string)),
+    };
+    let mut lines: Vec<(i64, bool, Option<String>, &[u8])> = Vec::new();
     for l in usage.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         let r = decoder
             .usage(l)
             .map_err(|e| anyhow::anyhow!("generated usage: {e:?}"))?;
-        let key = r
-            .served
-            .account_id
-            .as_deref()
-            .map_or_else(|| r.served.msisdn.to_string(), str::to_string);
+        let key = keyed(
+            cfg.kafka.usage_keyed_by,
+            r.served.account_id.as_deref(),
+            Some(r.served.msisdn),
+        );
         lines.push((r.event_start.utc, true, key, l));
     }
     for l in events.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         let e = decoder
             .account_event(l)
             .map_err(|e| anyhow::anyhow!("generated event: {e:?}"))?;
-        lines.push((e.occurred_at.utc, false, e.account_id.to_string(), l));
+        let key = keyed(cfg.kafka.events_keyed_by, Some(&e.account_id), e.msisdn);
+        lines.push((e.occurred_at.utc, false, key, l));
     }
     // Stable: events before usage at one instant, generator order otherwise.
     lines.sort_by_key(|(t, is_usage, ..)| (*t, *is_usage));
@@ -111,7 +126,10 @@ pub fn produce_input(
         } else {
             &cfg.kafka.events_topic
         };
-        let mut record = BaseRecord::to(topic).key(key.as_str()).payload(*payload);
+        let mut record = BaseRecord::<str, [u8]>::to(topic).payload(*payload);
+        if let Some(k) = key {
+            record = record.key(k.as_str());
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -163,6 +181,9 @@ pub fn input_producer(
 ) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
     crate::client::client_config(kafka, brokers, base)?
         .set("linger.ms", "5")
+        // Unkeyed records (`usage_keyed_by = "any"`) spread one by one, not a batch per partition:
+        // the embedded broker's partitions hold at most 5 MB.
+        .set("sticky.partitioning.linger.ms", "0")
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .context("creating the demo producer")

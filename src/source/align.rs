@@ -252,6 +252,21 @@ impl<T> Aligner<T> {
         })
     }
 
+    /// The position lane `id` expects next: one past the highest pushed or advanced to.
+    pub fn next_of(&self, id: u32) -> Option<i64> {
+        self.lane(id).map(|l| l.next)
+    }
+
+    /// No key still to go, held or to come, is below this: the smallest lower bound of the open
+    /// lanes (`Key::MAX` when every lane has ended and holds nothing). `None` without lanes.
+    pub fn lower_bound(&self) -> Option<Key> {
+        self.lanes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| Some(l.as_ref()?.lower_bound(i as u32)))
+            .min()
+    }
+
     /// The running maximum of lane `id`, including what it holds.
     pub fn high(&self, id: u32) -> Option<i64> {
         self.lane(id).map(|l| l.high)

@@ -36,6 +36,8 @@ pub struct InputMessage {
     pub payload: Vec<u8>,
     /// Broker timestamp (ms), for latency figures.
     pub timestamp_ms: Option<i64>,
+    /// The lane header of a by-account topic's message (`crate::repartition`).
+    pub lane: Option<crate::repartition::LaneHeader>,
 }
 
 impl InputMessage {

@@ -185,6 +185,36 @@ pub struct AlignMetrics {
     pub queued_bytes: AtomicI64,
 }
 
+/// The repartition stages of one input (`crate::repartition`).
+#[derive(Default)]
+pub struct RepartitionCounts {
+    /// Records written to the repartition topic.
+    pub rekeyed: AtomicU64,
+    /// Of those, usage records that name no account, keyed by their msisdn.
+    pub by_msisdn: AtomicU64,
+    /// Markers written (both stages).
+    pub markers: AtomicU64,
+    /// Records written to the by-account topic in merge order.
+    pub sequenced: AtomicU64,
+    /// Records read again after a stage restarted, already passed on (skipped).
+    pub duplicates: AtomicU64,
+    /// Records waiting in the sequencers' merges.
+    pub held: AtomicI64,
+    /// Offsets of the input topic gone from the broker before the first stage read them.
+    pub skipped: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct RepartitionMetrics {
+    inputs: [RepartitionCounts; 2],
+}
+
+impl RepartitionMetrics {
+    pub fn by(&self, input: Input) -> &RepartitionCounts {
+        &self.inputs[input.index()]
+    }
+}
+
 /// Offset gaps of one input partition and reason.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GapCount {
@@ -215,6 +245,7 @@ pub struct Metrics {
     pub snapshots: SnapshotMetrics,
     pub webhook: WebhookMetrics,
     pub align: AlignMetrics,
+    pub repartition: RepartitionMetrics,
     /// Offsets skipped because their records were gone (`record::gap`), per input partition and
     /// reason. Rare: a lock is fine.
     pub gaps: Mutex<BTreeMap<(Input, i32, GapReason), GapCount>>,
@@ -252,6 +283,7 @@ impl Metrics {
             snapshots: SnapshotMetrics::default(),
             webhook: WebhookMetrics::default(),
             align: AlignMetrics::default(),
+            repartition: RepartitionMetrics::default(),
             gaps: Mutex::default(),
         }
     }
@@ -560,8 +592,44 @@ impl Metrics {
                 c.episodes
             );
         }
+        self.render_repartition(&mut s, &head);
         self.render_workers(&mut s, head);
         s
+    }
+
+    /// The repartition stages' series, for the inputs that have them.
+    fn render_repartition(&self, s: &mut String, head: &impl Fn(&mut String, &str, &str, &str)) {
+        let used: Vec<Input> = Input::ALL
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let c = self.repartition.by(i);
+                c.rekeyed.load(Ordering::Relaxed) + c.markers.load(Ordering::Relaxed) > 0
+            })
+            .collect();
+        if used.is_empty() {
+            return;
+        }
+        type Get = fn(&RepartitionCounts) -> i64;
+        let series: [(&str, &str, &str, Get); 7] = [
+            ("cdrguard_repartition_records_skipped_total", "Input records gone from the broker before the repartition stage read them.", "counter", |c| c.skipped.load(Ordering::Relaxed) as i64),
+            ("cdrguard_repartition_records_total", "Records written to the repartition topic, by input.", "counter", |c| c.rekeyed.load(Ordering::Relaxed) as i64),
+            ("cdrguard_repartition_by_msisdn_total", "Usage records that name no account, repartitioned by their msisdn.", "counter", |c| c.by_msisdn.load(Ordering::Relaxed) as i64),
+            ("cdrguard_repartition_markers_total", "Markers written by the repartition stages.", "counter", |c| c.markers.load(Ordering::Relaxed) as i64),
+            ("cdrguard_repartition_sequenced_total", "Records written to the by-account topic in event-time order.", "counter", |c| c.sequenced.load(Ordering::Relaxed) as i64),
+            ("cdrguard_repartition_duplicates_total", "Records read again after a stage restart and skipped.", "counter", |c| c.duplicates.load(Ordering::Relaxed) as i64),
+            ("cdrguard_repartition_held", "Records waiting in the sequencers' merges for a source partition to show its next key.", "gauge", |c| c.held.load(Ordering::Relaxed)),
+        ];
+        for (name, help, kind, get) in series {
+            head(s, name, help, kind);
+            for &input in &used {
+                let _ = writeln!(
+                    s,
+                    "{name}{{input=\"{input}\"}} {}",
+                    get(self.repartition.by(input))
+                );
+            }
+        }
     }
 
     fn render_workers(&self, s: &mut String, head: impl Fn(&mut String, &str, &str, &str)) {

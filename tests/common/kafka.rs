@@ -38,13 +38,18 @@ impl Kafka {
     /// A one-broker cluster with the input topics (`partitions` each), the alert topics and the
     /// dead-letter topic: the embedded broker of `cdrguard run`.
     pub fn start(partitions: i32) -> Kafka {
+        let mut cfg = test_config();
+        cfg.demo.partitions = partitions;
+        Kafka::start_with(cfg)
+    }
+
+    /// The same for a config of the test's (its repartition stages' topics too).
+    pub fn start_with(cfg: Config) -> Kafka {
         // The daemon's log in the test output (`RUST_LOG=cdrguard=debug` for more).
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .with_test_writer()
             .try_init();
-        let mut cfg = test_config();
-        cfg.demo.partitions = partitions;
         let broker = cdrguard::demo::embedded::start(&cfg).unwrap();
         Kafka {
             brokers: broker.bootstrap.clone(),

@@ -1,0 +1,304 @@
+//! The first stage: reads an input topic as its producers keyed it and writes every record, unchanged,
+//! to the repartition topic keyed by its account (else its msisdn), with its lane header: source
+//! partition, offset, and the partition's running maximum event time. Markers tell every partition of
+//! the repartition topic how far each source partition has come, so a sequencer waiting for a lane
+//! that sends it nothing is not held back for ever.
+//!
+//! The running maximum is the merge key of what follows, so it must not depend on when this stage
+//! last restarted: it is committed with the source offset, as commit metadata (Kafka Streams keeps
+//! its partition time the same way, KIP-353), and read back at assignment.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{BaseRecord, ThreadedProducer};
+
+use crate::config::OnGap;
+use crate::record::{Decoder, Input};
+use crate::sink::Tracker;
+use crate::source::kafka::ConsumerCtx;
+use crate::telemetry::metrics::Metrics;
+
+use super::header::LaneHeader;
+use super::stage::{self, Acks, Sent};
+
+/// A marker goes out when its lane moved, at most this often...
+const MARK_EVERY: Duration = Duration::from_millis(50);
+/// ...and at least this often: a sequencer that (re)starts learns where idle lanes stand.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+pub(super) struct SourceLane {
+    /// The next offset to read, once known.
+    next: Option<i64>,
+    /// Running maximum event time so far (`i64::MIN`: none).
+    high: i64,
+    /// The running maximum after each offset sent and not yet committed past (commit metadata).
+    highs: BTreeMap<i64, i64>,
+    /// The high at the lane's start (commit metadata of an offset before any sent here).
+    start_high: i64,
+    /// What the last marker said: (next, high, ended), and when it went.
+    marked: Option<(i64, i64, bool)>,
+    marked_at: Instant,
+    fresh: bool,
+}
+
+pub struct Rekeyer {
+    pub input: Input,
+    pub consumer: Arc<BaseConsumer<ConsumerCtx>>,
+    pub producer: ThreadedProducer<Acks>,
+    pub source: String,
+    pub target: String,
+    /// Partitions of the repartition topic.
+    pub targets: i32,
+    pub tracker: Arc<Tracker>,
+    pub decoder: Decoder,
+    pub metrics: Arc<Metrics>,
+    pub on_gap: OnGap,
+    pub(super) lanes: BTreeMap<i32, SourceLane>,
+    pub(super) generation: u64,
+}
+
+impl Rekeyer {
+    pub fn run(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
+        self.consumer.subscribe(&[&self.source])?;
+        let source = CString::new(self.source.clone())?;
+        let mut next_commit = Instant::now() + COMMIT_EVERY;
+        let consumer = self.consumer.clone();
+        while !stop.load(Ordering::Relaxed) {
+            let mut timeout = Duration::from_millis(100);
+            for _ in 0..2048 {
+                let polled = consumer.poll(timeout);
+                let generation = consumer.context().generation.load(Ordering::SeqCst);
+                if generation != self.generation {
+                    self.generation = generation;
+                    self.reassigned();
+                }
+                match polled {
+                    None => break,
+                    Some(Ok(m)) => self.rekey(&m, &source)?,
+                    Some(Err(e)) => tracing::debug!(error = %e, "Consume error (repartition)."),
+                }
+                timeout = Duration::ZERO;
+            }
+            self.mark(&source);
+            if Instant::now() >= next_commit {
+                self.commit();
+                next_commit = Instant::now() + COMMIT_EVERY;
+            }
+        }
+        let _ = rdkafka::producer::Producer::flush(&self.producer, Duration::from_secs(10));
+        self.commit();
+        Ok(())
+    }
+
+    /// Takes the new assignment: each partition resumes at its commit with the running maximum
+    /// committed beside it.
+    fn reassigned(&mut self) {
+        let assigned = stage::assigned(&self.consumer);
+        self.lanes.retain(|p, _| assigned.contains_key(p));
+        for (p, (committed, meta)) in assigned {
+            let high = meta.and_then(|m| m.parse::<i64>().ok()).unwrap_or(i64::MIN);
+            self.tracker.start(self.input, p, committed);
+            self.lanes.insert(
+                p,
+                SourceLane {
+                    next: committed,
+                    high,
+                    highs: BTreeMap::new(),
+                    start_high: high,
+                    marked: None,
+                    marked_at: Instant::now(),
+                    fresh: false,
+                },
+            );
+        }
+    }
+
+    /// Passes one record on. Fails only for records gone before they were read with
+    /// `kafka.on_gap = stop`.
+    fn rekey(&mut self, m: &BorrowedMessage<'_>, source: &CString) -> anyhow::Result<()> {
+        let p = m.partition();
+        let Some(lane) = self.lanes.get_mut(&p) else {
+            return Ok(());
+        };
+        let offset = m.offset();
+        if let Some(expected) = lane.next.filter(|&e| e != offset) {
+            let low = stage::ends(&self.consumer, source, p).map(|(low, _)| low);
+            if let Some(gap) = crate::record::detect_gap(self.input, p, expected, offset, low) {
+                self.metrics
+                    .repartition
+                    .by(self.input)
+                    .skipped
+                    .fetch_add(gap.skipped(), Ordering::Relaxed);
+                tracing::warn!(
+                    topic = %self.source, partition = p, expected, received = offset,
+                    reason = gap.reason.as_str(),
+                    "Records gone from the broker before the repartition stage read them (cdrguard_repartition_records_skipped_total)."
+                );
+                if self.on_gap == OnGap::Stop {
+                    anyhow::bail!(
+                        "records gone from the broker: offsets {expected}..{offset} of {}/{p} ({}); stopped without committing past them (kafka.on_gap = stop)",
+                        self.source,
+                        gap.reason.as_str()
+                    );
+                }
+            }
+        }
+        let payload = m.payload().unwrap_or_default();
+        let (key, time) = route(&self.decoder, self.input, payload);
+        if let Some(t) = time {
+            lane.high = lane.high.max(t);
+        }
+        let header = LaneHeader::record(p as u32, offset, lane.high);
+        let headers = header.to_headers();
+        let mut record = BaseRecord::with_opaque_to(
+            &self.target,
+            Box::new(Sent {
+                partition: p,
+                offset: Some(offset),
+                key: None,
+            }),
+        )
+        .payload(payload)
+        .headers(headers);
+        if let Some(ts) = m.timestamp().to_millis() {
+            record = record.timestamp(ts);
+        }
+        let by = self.metrics.repartition.by(self.input);
+        match &key {
+            Routed::Account(k) | Routed::Msisdn(k) => record = record.key(k.as_bytes()),
+            // Not decodable: it goes on as it is, to the worker that dead-letters it with the
+            // reason; any partition will do, this one keeps it beside its neighbours.
+            Routed::Undecodable => {
+                record = record.partition(p % self.targets);
+                if let Some(k) = m.key() {
+                    record = record.key(k);
+                }
+            }
+        }
+        if matches!(key, Routed::Msisdn(_)) {
+            by.by_msisdn.fetch_add(1, Ordering::Relaxed);
+        }
+        self.tracker.add(self.input, p, offset);
+        stage::send(&self.producer, record);
+        self.tracker.processed(self.input, p, offset);
+        by.rekeyed.fetch_add(1, Ordering::Relaxed);
+        lane.highs.insert(offset, lane.high);
+        lane.next = Some(offset + 1);
+        lane.fresh = true;
+        Ok(())
+    }
+
+    /// Markers: where each source partition stands, to every partition of the repartition topic.
+    fn mark(&mut self, source: &CString) {
+        let mut positions = None;
+        let now = Instant::now();
+        for (&p, lane) in self.lanes.iter_mut() {
+            let fresh = std::mem::take(&mut lane.fresh);
+            let Some((low, end)) = stage::ends(&self.consumer, source, p) else {
+                continue;
+            };
+            if lane.next.is_none() && low == end {
+                lane.next = Some(end);
+            }
+            if lane.next.is_none_or(|n| n < end) && !fresh {
+                // Transaction markers and compacted-away offsets are never handed over; the
+                // position moves past them.
+                let pos = positions.get_or_insert_with(|| stage::positions(&self.consumer));
+                if let Some(&o) = pos.get(&p) {
+                    lane.next = Some(lane.next.map_or(o, |n| n.max(o)));
+                }
+            }
+            let Some(next) = lane.next else { continue };
+            let state = (next, lane.high, next >= end);
+            let due = match lane.marked {
+                Some(s) if s == state => now.duration_since(lane.marked_at) >= HEARTBEAT,
+                Some(_) => now.duration_since(lane.marked_at) >= MARK_EVERY,
+                None => true,
+            };
+            if !due {
+                continue;
+            }
+            let header = LaneHeader::marker(p as u32, next, lane.high, state.2);
+            for q in 0..self.targets {
+                let record = BaseRecord::<[u8], [u8], Box<Sent>>::with_opaque_to(
+                    &self.target,
+                    Box::new(Sent {
+                        partition: q,
+                        offset: None,
+                        key: None,
+                    }),
+                )
+                .partition(q)
+                .headers(header.to_headers());
+                stage::send(&self.producer, record);
+            }
+            self.metrics
+                .repartition
+                .by(self.input)
+                .markers
+                .fetch_add(self.targets as u64, Ordering::Relaxed);
+            lane.marked = Some(state);
+            lane.marked_at = now;
+        }
+    }
+
+    /// Commits what the repartition topic has acknowledged, with the running maximum there.
+    fn commit(&mut self) {
+        let mut offsets = Vec::new();
+        for (input, p, upto) in self.tracker.committable() {
+            let Some(lane) = self.lanes.get_mut(&p) else {
+                continue;
+            };
+            let high = lane
+                .highs
+                .range(..=upto)
+                .next_back()
+                .map_or(lane.start_high, |(_, &h)| h);
+            // What is committed is never needed again (the latest entry stays as the next floor).
+            lane.highs = lane.highs.split_off(&upto);
+            lane.start_high = high;
+            offsets.push((p, upto + 1, high.to_string()));
+            self.tracker.stored(input, p, upto);
+        }
+        if !stage::commit(&self.consumer, &self.source, &offsets) {
+            tracing::debug!("Repartition commit failed; retried with the next.");
+        }
+    }
+}
+
+/// Where a record goes.
+enum Routed {
+    Account(String),
+    /// A usage record that names no account: by its line.
+    Msisdn(String),
+    Undecodable,
+}
+
+fn route(decoder: &Decoder, input: Input, payload: &[u8]) -> (Routed, Option<i64>) {
+    match input {
+        Input::Usage => match decoder.usage(payload) {
+            Ok(r) => {
+                let t = Some(r.event_start.utc);
+                match r.served.account_id {
+                    Some(a) => (Routed::Account(a.to_string()), t),
+                    None => (Routed::Msisdn(r.served.msisdn.to_string()), t),
+                }
+            }
+            Err(_) => (Routed::Undecodable, None),
+        },
+        Input::Events => match decoder.account_event(payload) {
+            Ok(e) => (
+                Routed::Account(e.account_id.to_string()),
+                Some(e.occurred_at.utc),
+            ),
+            Err(_) => (Routed::Undecodable, None),
+        },
+    }
+}

@@ -1,0 +1,313 @@
+//! The second stage: reads a partition of the repartition topic — the records of one account range
+//! from every source partition, interleaved as the first stage's instances happened to write them —
+//! and writes them to the same partition of the by-account topic in merge order: by the key the
+//! first stage gave each record (its source partition's running maximum event time, the source
+//! partition, the offset), a record going only when every source partition has shown, by a record or
+//! a marker, that nothing smaller can come (`source::align`). The order out depends on the records
+//! only, never on which stage instance was faster.
+//!
+//! Markers go on to the workers: where the merge stands (its lower bound's event time) and whether
+//! every source partition had ended, which is what a worker's own merge with the other input needs
+//! instead of the by-account topic's end offset (that topic is written while it is read).
+//!
+//! Restarts: a record already released and acknowledged is skipped when read again, by the bound
+//! committed as metadata beside the offset; a record a first-stage instance sent twice (it restarted
+//! from its last commit) is skipped by its position in its lane.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{BaseRecord, ThreadedProducer};
+
+use crate::record::Input;
+use crate::sink::Tracker;
+use crate::source::align::{Aligner, Key};
+use crate::source::kafka::ConsumerCtx;
+use crate::telemetry::metrics::Metrics;
+
+use super::header::{key_from_metadata, key_to_metadata, LaneHeader};
+use super::stage::{self, Acks, Released, Sent};
+
+const MARK_EVERY: Duration = Duration::from_millis(20);
+const HEARTBEAT: Duration = Duration::from_secs(2);
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// A record waiting in a merge.
+pub(super) struct Waiting {
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    timestamp: Option<i64>,
+}
+
+pub(super) struct Part {
+    merge: Aligner<Waiting>,
+    /// Records keyed below this were released and acknowledged before a restart.
+    skip_below: Key,
+    /// What the last marker said (bound time, ended), and when it went.
+    marked: Option<(i64, bool)>,
+    marked_at: Instant,
+    /// Highest merge key time released.
+    released_high: i64,
+}
+
+pub struct Sequencer {
+    pub input: Input,
+    pub consumer: Arc<BaseConsumer<ConsumerCtx>>,
+    pub producer: ThreadedProducer<Acks>,
+    pub source: String,
+    pub target: String,
+    /// Partitions of the original input topic: the lanes every merge waits for.
+    pub lanes: u32,
+    pub tracker: Arc<Tracker>,
+    pub released: Arc<Mutex<AHashMap<i32, Released>>>,
+    pub metrics: Arc<Metrics>,
+    pub(super) parts: BTreeMap<i32, Part>,
+    pub(super) generation: u64,
+}
+
+impl Sequencer {
+    pub fn run(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
+        self.consumer.subscribe(&[&self.source])?;
+        let mut next_commit = Instant::now() + COMMIT_EVERY;
+        let consumer = self.consumer.clone();
+        while !stop.load(Ordering::Relaxed) {
+            let mut timeout = Duration::from_millis(100);
+            let mut touched = Vec::new();
+            for _ in 0..2048 {
+                let polled = consumer.poll(timeout);
+                let generation = consumer.context().generation.load(Ordering::SeqCst);
+                if generation != self.generation {
+                    self.generation = generation;
+                    self.reassigned();
+                    touched.clear();
+                }
+                match polled {
+                    None => break,
+                    Some(Ok(m)) => {
+                        if self.take(&m) && touched.last() != Some(&m.partition()) {
+                            touched.push(m.partition());
+                        }
+                    }
+                    Some(Err(e)) => tracing::debug!(error = %e, "Consume error (sequencer)."),
+                }
+                timeout = Duration::ZERO;
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            for q in touched {
+                self.release(q);
+            }
+            self.mark();
+            if Instant::now() >= next_commit {
+                self.commit();
+                next_commit = Instant::now() + COMMIT_EVERY;
+            }
+        }
+        let _ = rdkafka::producer::Producer::flush(&self.producer, Duration::from_secs(10));
+        self.commit();
+        Ok(())
+    }
+
+    fn reassigned(&mut self) {
+        let assigned = stage::assigned(&self.consumer);
+        self.parts.retain(|q, _| assigned.contains_key(q));
+        let mut released = self.released.lock().expect("released lock");
+        released.retain(|q, _| assigned.contains_key(q));
+        for (q, (committed, meta)) in assigned {
+            self.tracker.start(self.input, q, committed);
+            released.insert(q, Released::default());
+            let skip_below = meta.as_deref().and_then(key_from_metadata).unwrap_or(Key {
+                time: i64::MIN,
+                lane: 0,
+                seq: i64::MIN,
+            });
+            self.parts.insert(
+                q,
+                Part {
+                    merge: Aligner::with_lanes(self.lanes as usize),
+                    skip_below,
+                    marked: None,
+                    marked_at: Instant::now(),
+                    released_high: i64::MIN,
+                },
+            );
+        }
+    }
+
+    /// Takes a message of the repartition topic into its partition's merge; true if a merge moved.
+    fn take(&mut self, m: &BorrowedMessage<'_>) -> bool {
+        let q = m.partition();
+        let Some(part) = self.parts.get_mut(&q) else {
+            return false;
+        };
+        let offset = m.offset();
+        let Some(h) = LaneHeader::of(m.headers()) else {
+            // Not written by the first stage: nothing to order it by, and nobody to send it to.
+            tracing::warn!(
+                topic = %self.source, partition = q, offset,
+                "Message without a lane header in a repartition topic; skipped."
+            );
+            self.tracker.processed(self.input, q, offset);
+            return false;
+        };
+        if !part.merge.is_open(h.lane) {
+            tracing::warn!(
+                lane = h.lane,
+                "A source partition beyond the count known at start (partitions added?); merged from now on."
+            );
+            part.merge.open(h.lane, i64::MIN, 0);
+        }
+        let next = part.merge.next_of(h.lane).unwrap_or(0);
+        self.tracker.processed(self.input, q, offset);
+        if h.is_marker() {
+            // A marker older than what the lane already showed (a first-stage instance that lost
+            // the partition) says nothing new.
+            if h.seq >= next {
+                part.merge.advance(h.lane, h.seq, Some(h.time));
+                part.merge.set_ended(h.lane, h.ended());
+            }
+            return true;
+        }
+        if h.seq < next || h.key() < part.skip_below {
+            self.metrics
+                .repartition
+                .by(self.input)
+                .duplicates
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        // Read, not yet delivered downstream: holds the commit.
+        self.tracker.add(self.input, q, offset);
+        part.merge.push(
+            h.lane,
+            h.seq,
+            Some(h.time),
+            Waiting {
+                offset,
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                timestamp: m.timestamp().to_millis(),
+            },
+        );
+        self.metrics
+            .repartition
+            .by(self.input)
+            .held
+            .fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Writes what the merge lets go, in merge order.
+    fn release(&mut self, q: i32) {
+        let Some(part) = self.parts.get_mut(&q) else {
+            return;
+        };
+        let by = self.metrics.repartition.by(self.input);
+        while let Some((lane, key, w)) = part.merge.pop() {
+            {
+                let mut released = self.released.lock().expect("released lock");
+                let r = released.entry(q).or_default();
+                r.unacked.insert(key, ());
+                r.last = Some(key);
+            }
+            part.released_high = part.released_high.max(key.time);
+            let header = LaneHeader::record(lane, key.seq, key.time);
+            let mut record = BaseRecord::with_opaque_to(
+                &self.target,
+                Box::new(Sent {
+                    partition: q,
+                    offset: Some(w.offset),
+                    key: Some(key),
+                }),
+            )
+            .partition(q)
+            .payload(&w.payload[..])
+            .headers(header.to_headers());
+            if let Some(k) = &w.key {
+                record = record.key(&k[..]);
+            }
+            if let Some(ts) = w.timestamp {
+                record = record.timestamp(ts);
+            }
+            stage::send(&self.producer, record);
+            by.sequenced.fetch_add(1, Ordering::Relaxed);
+            by.held.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Markers to the workers: the merge's lower bound, and whether every lane has ended.
+    fn mark(&mut self) {
+        let now = Instant::now();
+        for (&q, part) in self.parts.iter_mut() {
+            let Some(bound) = part.merge.lower_bound() else {
+                continue;
+            };
+            let ended = bound == Key::MAX;
+            if !ended && bound.time == i64::MIN {
+                // A lane that has shown nothing yet: nothing to say.
+                continue;
+            }
+            // Ended: what comes next is merged as it becomes visible (README "Order").
+            let time = if ended {
+                part.released_high
+            } else {
+                bound.time
+            };
+            let state = (time, ended);
+            let due = match part.marked {
+                Some(s) if s == state => now.duration_since(part.marked_at) >= HEARTBEAT,
+                Some(_) => now.duration_since(part.marked_at) >= MARK_EVERY,
+                None => true,
+            };
+            if !due {
+                continue;
+            }
+            let header = LaneHeader::marker(u32::MAX, -1, time, ended);
+            let record = BaseRecord::<[u8], [u8], Box<Sent>>::with_opaque_to(
+                &self.target,
+                Box::new(Sent {
+                    partition: q,
+                    offset: None,
+                    key: None,
+                }),
+            )
+            .partition(q)
+            .headers(header.to_headers());
+            stage::send(&self.producer, record);
+            self.metrics
+                .repartition
+                .by(self.input)
+                .markers
+                .fetch_add(1, Ordering::Relaxed);
+            part.marked = Some(state);
+            part.marked_at = now;
+        }
+    }
+
+    /// Commits what was delivered downstream, with the bound below which everything was.
+    fn commit(&mut self) {
+        let mut offsets = Vec::new();
+        let released = self.released.lock().expect("released lock");
+        for (input, q, upto) in self.tracker.committable() {
+            let Some(part) = self.parts.get(&q) else {
+                continue;
+            };
+            let below = released
+                .get(&q)
+                .and_then(Released::delivered_below)
+                .map_or(part.skip_below, |b| b.max(part.skip_below));
+            offsets.push((q, upto + 1, key_to_metadata(below)));
+            self.tracker.stored(input, q, upto);
+        }
+        drop(released);
+        if !stage::commit(&self.consumer, &self.source, &offsets) {
+            tracing::debug!("Sequencer commit failed; retried with the next.");
+        }
+    }
+}
