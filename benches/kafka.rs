@@ -11,6 +11,11 @@
 //!    record in 200 that a bench-only rule turns into an alert; the time from producing a probe to
 //!    reading its alert back from the department topic, p50 / p99 / max.
 //!
+//! 3. **Repartition hop**: the same kind of backlog produced twice — keyed by account and read
+//!    directly, then unkeyed and read through the repartition stages (`kafka.usage_keyed_by =
+//!    "any"`, `events_keyed_by = "any"`) — consumed until the daemon's group has committed it all:
+//!    records per second each way, the ratio is the hop's cost.
+//!
 //! The producer, the daemon and the probe reader share this process and the machine's two vCPUs.
 //!
 //! `cargo bench --bench kafka` (`CDRGUARD_BENCH_RECORDS=200000` for a shorter backlog). For
@@ -390,5 +395,128 @@ fn main() {
     }
     if filter.as_deref().is_none_or(|f| "steady".contains(f)) {
         steady();
+    }
+    if filter.as_deref().is_none_or(|f| "repartition".contains(f)) {
+        repartition();
+    }
+}
+
+/// (committed, end) summed over the partitions of `topics`, for `group`.
+fn committed_and_end(brokers: &str, group: &str, topics: &[&str], partitions: i32) -> (i64, i64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in topics {
+        for p in 0..partitions {
+            tpl.add_partition(t, p);
+        }
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .map(|l| {
+            l.elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    let mut end = 0;
+    for t in topics {
+        for p in 0..partitions {
+            end += consumer
+                .fetch_watermarks(t, p, Duration::from_secs(10))
+                .map_or(0, |(_, h)| h);
+        }
+    }
+    (committed, end)
+}
+
+fn repartition() {
+    use cdrguard::config::KeyedBy;
+    use cdrguard::record::Input;
+    let records: u64 = std::env::var("CDRGUARD_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let partitions = 128;
+    let (u, e) = traffic(records, (records / 10) as u32, 5, true);
+    for keyed in [KeyedBy::Account, KeyedBy::Any] {
+        let mut cfg = config();
+        cfg.kafka.usage_keyed_by = keyed;
+        cfg.kafka.events_keyed_by = keyed;
+        let (_cluster, brokers) = cluster(partitions, &cfg);
+        let producer = cdrguard::demo::embedded::input_producer(
+            &Default::default(),
+            &brokers,
+            std::path::Path::new(""),
+        )
+        .unwrap();
+        let total = cdrguard::demo::embedded::produce_input(
+            &producer,
+            &cfg,
+            &u,
+            &e,
+            0,
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        let read = cdrguard::repartition::worker_view(&cfg);
+        let topics = [
+            read.kafka.topic(Input::Usage),
+            read.kafka.topic(Input::Events),
+        ];
+        let control = Control::default();
+        let started = Instant::now();
+        let daemon = start_daemon(
+            cfg.clone(),
+            &brokers,
+            &Path::new(ROOT).join("rules"),
+            control.clone(),
+            None,
+        );
+        // Everything the daemon reads committed (a sequencer's heartbeat may trail by a marker
+        // per partition).
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let (c, end) = committed_and_end(&brokers, &cfg.kafka.group_id, &topics, partitions);
+            let rekeyed = match keyed {
+                KeyedBy::Account => total as i64,
+                _ => [Input::Usage, Input::Events]
+                    .iter()
+                    .map(|&i| {
+                        committed_and_end(
+                            &brokers,
+                            &format!("{}-{i}-rekey", cfg.kafka.group_id),
+                            &[cfg.kafka.source_topic(i)],
+                            partitions,
+                        )
+                        .0
+                    })
+                    .sum(),
+            };
+            if rekeyed >= total as i64 && c >= total as i64 && c + 2 * partitions as i64 >= end {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(900) || daemon.is_finished() {
+                eprintln!("kafka bench: repartition backlog not drained");
+                break;
+            }
+        }
+        let elapsed = started.elapsed();
+        control.stop.store(true, Ordering::Relaxed);
+        let summary = daemon.join().unwrap().unwrap();
+        println!(
+            "kafka backlog, input keyed by {keyed:?}{}: {total} records committed (alerts {}) in {:.1} s from daemon start: {:.0} records/s",
+            if keyed == KeyedBy::Account { ", read directly" } else { ", through the repartition stages" },
+            summary.alerts,
+            elapsed.as_secs_f64(),
+            total as f64 / elapsed.as_secs_f64(),
+        );
     }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use cdrguard::config::{Config, Secs};
 use cdrguard::demo::gen::{generate, GenConfig};
+use cdrguard::record::Input;
 use serde_json::Value;
 
 use common::kafka::*;
@@ -333,4 +334,104 @@ fn input_keyed_by_the_line_or_not_at_all_gives_the_alerts_of_a_replay_once_repar
         assert_eq!(summary.records, total, "{label}: every record read once");
         assert_eq!(summary.miskeyed, 0, "{label}");
     }
+}
+
+/// The same through the repartition stages, with SIGKILLs of the whole daemon (stages included) in
+/// the middle: every stage resumes from its commit and its metadata (running maximum, release
+/// bound), what it passes on twice is recognised, and the alerts and the state are the replay's.
+#[test]
+fn repartitioned_input_survives_sigkills_with_the_alerts_and_state_of_a_replay() {
+    use cdrguard::config::KeyedBy;
+    const KILLS: usize = 3;
+    let (usage, events) = input();
+    let total = lines(&usage) + lines(&events);
+    let want = expected(&usage, &events);
+    let (_, features, at) = replay_state(&usage, &events);
+    let _load = Burners::start(2);
+    let mut cfg = test_config();
+    cfg.demo.partitions = PARTITIONS;
+    cfg.kafka.usage_keyed_by = KeyedBy::Any;
+    cfg.kafka.events_keyed_by = KeyedBy::Any;
+    let k = Kafka::start_with(cfg);
+    assert_eq!(k.produce(&usage, &events), total);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("cdrguard.toml");
+    write_config(&daemon_config(&k, &state), &config);
+    let log = dir.path().join("daemon.log");
+    let topics = alert_topics(&k);
+    let mut reader = k.reader(&topics.iter().map(String::as_str).collect::<Vec<_>>());
+    let by_account: Vec<String> = [Input::Usage, Input::Events]
+        .iter()
+        .map(|&i| cdrguard::repartition::topics(&k.cfg.kafka.group_id, i).1)
+        .collect();
+    // Records read by the first stage (its own group), the measure of progress between kills.
+    let rekeyed = || {
+        [Input::Usage, Input::Events]
+            .iter()
+            .map(|&i| {
+                let group = format!("{}-{i}-rekey", k.cfg.kafka.group_id);
+                k.committed(&group, k.cfg.kafka.source_topic(i), PARTITIONS)
+                    .values()
+                    .sum::<i64>()
+            })
+            .sum::<i64>()
+    };
+
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    let mut daemon = DaemonProcess::spawn(&config, &log);
+    let mut kills = Vec::new();
+    for kill in 0..KILLS {
+        assert!(
+            daemon.wait_for_log("Assignment prepared.", kill + 1, Duration::from_secs(60)),
+            "run {kill} joined its group:\n{}",
+            log_tail(&log, 30)
+        );
+        wait_for_progress(rekeyed, total, Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(rng.u64(0..1_500)));
+        daemon.kill_and_restart(&config);
+        kills.push(rekeyed());
+    }
+    // Done when every record of the by-account topics is committed by the daemon's group (commits
+    // follow snapshots) and every alert is out.
+    let mut records = k.reader(&by_account.iter().map(String::as_str).collect::<Vec<_>>());
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let done = loop {
+        records.read_until(Duration::from_millis(500), |_| false);
+        reader.read_until(Duration::from_millis(500), |_| false);
+        let mut last: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for m in records.messages.iter().filter(|m| !m.payload.is_empty()) {
+            let e = last.entry((m.topic.clone(), m.partition)).or_default();
+            *e = (*e).max(m.offset);
+        }
+        let committed = by_account.iter().all(|t| {
+            let c = k.committed(&k.cfg.kafka.group_id, t, PARTITIONS);
+            last.iter()
+                .filter(|((topic, _), _)| topic == t)
+                .all(|((_, p), &o)| c.get(p).is_some_and(|&n| n > o))
+        });
+        let read = last.len() == 2 * PARTITIONS as usize
+            && records
+                .messages
+                .iter()
+                .filter(|m| !m.payload.is_empty())
+                .count() as u64
+                >= total;
+        if (committed && read && alerts_by_id(&reader.messages).len() >= want.len())
+            || Instant::now() > deadline
+        {
+            break committed && read;
+        }
+    };
+    reader.read_until(Duration::from_secs(2), |_| false);
+    daemon.sigterm();
+    assert!(daemon.wait(Duration::from_secs(30)).success());
+    assert!(done, "not every record committed:\n{}", log_tail(&log, 30));
+    eprintln!("{KILLS} SIGKILLs; records read by the first stage at each: {kills:?} of {total}");
+    let got: BTreeMap<String, Value> = alerts_by_id(&reader.messages)
+        .into_iter()
+        .map(|(id, v)| (id, comparable(v)))
+        .collect();
+    compare("repartitioned, with SIGKILLs", &got, &want);
+    assert_same_state(&state, &features, at);
 }

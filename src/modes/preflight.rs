@@ -236,7 +236,41 @@ fn kafka(r: &mut Report, cfg: &Config, brokers: &str, mut settings: rdkafka::Cli
     let k = &cfg.kafka;
     let usage = partitions(&k.usage_topic);
     let events = partitions(&k.events_topic);
+    let repartitioned = crate::repartition::inputs(cfg);
     match (&usage, &events) {
+        (Ok(u), Ok(e)) if !repartitioned.is_empty() => {
+            // Only the input read directly fixes the partition count; the internal topics follow it.
+            let counts = [*u, *e];
+            let direct = Input::ALL
+                .iter()
+                .find(|i| !repartitioned.contains(i))
+                .copied()
+                .unwrap_or(Input::Usage);
+            let n = counts[direct.index()];
+            for &input in &repartitioned {
+                let (repartition, by_account) = crate::repartition::topics(&k.group_id, input);
+                let at = |t: &str| match partitions(t) {
+                    Ok(c) if c == n => Ok(format!("{t:?} ({c} partitions)")),
+                    Ok(c) => Err(format!(
+                        "internal topic {t:?} has {c} partitions; it needs {n}: delete it (it is rebuilt from the input) or give it {n}"
+                    )),
+                    Err(_) => Ok(format!("{t:?} (created at start with {n} partitions)")),
+                };
+                match (at(&repartition), at(&by_account)) {
+                    (Ok(a), Ok(b)) => r.passed.push(format!(
+                        "{} {:?} ({} partitions, keyed by {:?}): read through the repartition stages, {a} and {b}",
+                        match input {
+                            Input::Usage => "kafka.usage_topic",
+                            Input::Events => "kafka.events_topic",
+                        },
+                        k.source_topic(input),
+                        counts[input.index()],
+                        k.keyed_by(input),
+                    )),
+                    (a, b) => r.problems.extend([a.err(), b.err()].into_iter().flatten()),
+                }
+            }
+        }
         (Ok(u), Ok(e)) if u == e => r.passed.push(format!(
             "kafka.usage_topic {:?} and kafka.events_topic {:?}: {u} partitions each",
             k.usage_topic, k.events_topic
@@ -291,7 +325,7 @@ fn sample_keying(
 ) -> Result<String, String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{Offset, TopicPartitionList};
-    let topic = cfg.kafka.topic(input);
+    let topic = cfg.kafka.source_topic(input);
     let setting = match input {
         Input::Usage => "kafka.usage_topic",
         Input::Events => "kafka.events_topic",
@@ -410,7 +444,11 @@ fn sample_keying(
         "{wrong} of {sampled} sampled records keyed other than by their account ({by_line} by the line's msisdn, {unkeyed} unkeyed, {other} other; e.g. {}){skipped}",
         example.unwrap_or_else(|| "no key".into())
     );
-    if partitions > 1 {
+    if cfg.kafka.keyed_by(input) != crate::config::KeyedBy::Account {
+        Ok(format!(
+            "{setting} {topic:?}: {detail}; repartitioned by account (kafka.{input}_keyed_by), keys do not matter"
+        ))
+    } else if partitions > 1 {
         Err(format!(
             "{setting} {topic:?}: {detail}: records of one account land in several partitions, each seeing part of it, and alerts are lost (README \"Keying\")"
         ))

@@ -167,6 +167,7 @@ impl Kafka {
 pub struct Read {
     pub topic: String,
     pub partition: i32,
+    pub offset: i64,
     pub key: Vec<u8>,
     pub payload: Vec<u8>,
     pub headers: BTreeMap<String, String>,
@@ -214,6 +215,7 @@ impl Reader {
                 self.messages.push(Read {
                     topic: m.topic().to_string(),
                     partition: m.partition(),
+                    offset: m.offset(),
                     key: m.key().unwrap_or_default().to_vec(),
                     payload: m.payload().unwrap_or_default().to_vec(),
                     headers,
