@@ -58,6 +58,9 @@ pub fn start(cfg: &Config) -> anyhow::Result<Embedded> {
         cluster.create_topic(&repartition, parts, 1)?;
         cluster.create_topic(&by_account, parts, 1)?;
     }
+    if k.usage_keyed_by != crate::config::KeyedBy::Account {
+        cluster.create_topic(&crate::repartition::lines_topic(&k.group_id), 1, 1)?;
+    }
     for t in [
         &k.alert_topics.fraud,
         &k.alert_topics.collections,

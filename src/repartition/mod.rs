@@ -36,6 +36,7 @@
 //! whose account only an `activation` gives are not looked up here (README "Keying").
 
 pub mod header;
+mod lines;
 mod rekey;
 mod sequence;
 mod stage;
@@ -72,6 +73,11 @@ pub fn topics(group: &str, input: Input) -> (String, String) {
         format!("{group}-{input}-repartition"),
         format!("{group}-{input}-by-account"),
     )
+}
+
+/// The compacted topic of the line table (`lines`), when usage is repartitioned.
+pub fn lines_topic(group: &str) -> String {
+    format!("{group}-lines")
 }
 
 /// The configuration the workers read with: a repartitioned input's topic is its by-account topic.
@@ -132,6 +138,11 @@ pub fn ensure_topics(
     let n = sources[direct.index()];
     let retention = (k.internal_retention.0.saturating_mul(1000)).to_string();
     let mut missing = Vec::new();
+    let lines = lines_topic(&k.group_id);
+    let with_lines = k.usage_keyed_by != KeyedBy::Account;
+    if with_lines && !counts.contains_key(&lines) {
+        missing.push(lines.clone());
+    }
     for input in inputs(cfg) {
         let (repartition, by_account) = topics(&k.group_id, input);
         for t in [repartition, by_account] {
@@ -152,11 +163,19 @@ pub fn ensure_topics(
         crate::client::client_config(k, brokers, base)?.create()?;
     let new: Vec<NewTopic<'_>> = missing
         .iter()
-        .map(|t| NewTopic::new(t, n, TopicReplication::Fixed(-1)).set("retention.ms", &retention))
+        .map(|t| match *t == lines {
+            // One partition, read whole by every instance; compacted: the latest per line.
+            true => {
+                NewTopic::new(t, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact")
+            }
+            false => {
+                NewTopic::new(t, n, TopicReplication::Fixed(-1)).set("retention.ms", &retention)
+            }
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results =
-        block_on(admin.create_topics(new.iter(), &opts)).context("creating the internal topics")?;
+    let results = block_on(admin.create_topics(new.iter(), &opts))
+        .with_context(|| format!("creating the internal topics {}", missing.join(", ")))?;
     for r in results {
         match r {
             Ok(t) => tracing::info!(topic = %t, partitions = n, "Internal topic created."),
@@ -243,6 +262,40 @@ pub fn start(
     }
     let sources = ensure_topics(cfg, brokers, base, metrics.clone())?;
     let k = &cfg.kafka;
+    let lines = match k.usage_keyed_by != KeyedBy::Account {
+        true => {
+            let shared = Arc::new(lines::Lines::default());
+            let mut stage = lines::LinesStage {
+                shared: shared.clone(),
+                consumer: stage::consumer(
+                    cfg,
+                    brokers,
+                    base,
+                    &format!("{}-lines", k.group_id),
+                    metrics.clone(),
+                )?,
+                producer: crate::client::client_config(k, brokers, base)?
+                    .set("acks", "all")
+                    .set("linger.ms", "5")
+                    .set("message.timeout.ms", "0")
+                    .create()?,
+                events: k.source_topic(Input::Events).to_string(),
+                partitions: sources[Input::Events.index()],
+                topic: lines_topic(&k.group_id),
+                decoder: cfg.decoder(),
+                metrics: metrics.clone(),
+            };
+            let (s, f) = (stop.clone(), failed.clone());
+            threads.push((
+                "line table".to_string(),
+                std::thread::Builder::new()
+                    .name("lines".into())
+                    .spawn(move || failing(stage.run(&s), &f))?,
+            ));
+            Some(shared)
+        }
+        false => None,
+    };
     for input in inputs(cfg) {
         let (repartition, by_account) = topics(&k.group_id, input);
         let targets = {
@@ -278,6 +331,10 @@ pub fn start(
             decoder: cfg.decoder(),
             metrics: metrics.clone(),
             on_gap: k.on_gap,
+            lines: match input {
+                Input::Usage => lines.clone(),
+                Input::Events => None,
+            },
             lanes: Default::default(),
             generation: u64::MAX,
         };

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::OnGap;
-use crate::record::{Decoder, Input};
+use crate::record::{Decoder, Input, Number};
 use crate::sink::Tracker;
 use crate::source::kafka::ConsumerCtx;
 use crate::telemetry::metrics::Metrics;
@@ -32,6 +33,21 @@ const MARK_EVERY: Duration = Duration::from_millis(50);
 /// ...and at least this often: a sequencer that (re)starts learns where idle lanes stand.
 const HEARTBEAT: Duration = Duration::from_secs(2);
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// A record read and not yet passed on.
+pub(super) struct Pending {
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    timestamp: Option<i64>,
+    routed: Routed,
+    /// The lane's running maximum at this record (its merge key time), and before it.
+    high: i64,
+    high_before: i64,
+}
+
+/// Records waiting in a lane before its partition is paused.
+const MAX_WAITING: usize = 50_000;
 
 pub(super) struct SourceLane {
     /// The next offset to read, once known.
@@ -46,6 +62,9 @@ pub(super) struct SourceLane {
     marked: Option<(i64, i64, bool)>,
     marked_at: Instant,
     fresh: bool,
+    /// Read, not yet passed on (in order: one waiting for the line table holds the rest).
+    waiting: std::collections::VecDeque<Pending>,
+    paused: bool,
 }
 
 pub struct Rekeyer {
@@ -60,6 +79,8 @@ pub struct Rekeyer {
     pub decoder: Decoder,
     pub metrics: Arc<Metrics>,
     pub on_gap: OnGap,
+    /// The line table, for usage records that name no account (usage only).
+    pub lines: Option<Arc<super::lines::Lines>>,
     pub(super) lanes: BTreeMap<i32, SourceLane>,
     pub(super) generation: u64,
 }
@@ -86,6 +107,7 @@ impl Rekeyer {
                 }
                 timeout = Duration::ZERO;
             }
+            self.drain();
             self.mark(&source);
             if Instant::now() >= next_commit {
                 self.commit();
@@ -115,6 +137,8 @@ impl Rekeyer {
                     marked: None,
                     marked_at: Instant::now(),
                     fresh: false,
+                    waiting: Default::default(),
+                    paused: false,
                 },
             );
         }
@@ -151,48 +175,130 @@ impl Rekeyer {
             }
         }
         let payload = m.payload().unwrap_or_default();
-        let (key, time) = route(&self.decoder, self.input, payload);
+        let (routed, time) = route(&self.decoder, self.input, payload);
+        let high_before = lane.high;
         if let Some(t) = time {
             lane.high = lane.high.max(t);
         }
-        let header = LaneHeader::record(p as u32, offset, lane.high);
-        let headers = header.to_headers();
+        lane.waiting.push_back(Pending {
+            offset,
+            key: m.key().map(<[u8]>::to_vec),
+            payload: payload.to_vec(),
+            timestamp: m.timestamp().to_millis(),
+            routed,
+            high: lane.high,
+            high_before,
+        });
+        lane.next = Some(offset + 1);
+        lane.fresh = true;
+        Ok(())
+    }
+
+    /// Sends what may go, lane by lane in order: a record naming no account waits until the line
+    /// table has every event keyed up to its own key (`lines`).
+    fn drain(&mut self) {
+        let watermark = self
+            .lines
+            .as_ref()
+            .map_or(i64::MAX, |l| l.watermark.load(Ordering::Acquire));
+        let parts: Vec<i32> = self.lanes.keys().copied().collect();
+        for p in parts {
+            loop {
+                let lane = self.lanes.get_mut(&p).expect("listed");
+                let ready = match lane.waiting.front() {
+                    Some(w) if matches!(w.routed, Routed::Msisdn(_)) && self.lines.is_some() => {
+                        w.high < watermark
+                    }
+                    Some(_) => true,
+                    None => false,
+                };
+                if !ready {
+                    break;
+                }
+                let w = lane.waiting.pop_front().expect("ready");
+                self.send(p, w);
+            }
+            self.bound_waiting(p);
+        }
+    }
+
+    /// Pauses fetching a partition whose records pile up behind one waiting for the line table.
+    fn bound_waiting(&mut self, p: i32) {
+        let Some(lane) = self.lanes.get_mut(&p) else {
+            return;
+        };
+        let n = lane.waiting.len();
+        let pause = if !lane.paused && n > MAX_WAITING {
+            true
+        } else if lane.paused && n < MAX_WAITING / 2 {
+            false
+        } else {
+            return;
+        };
+        lane.paused = pause;
+        let mut tpl = TopicPartitionList::new();
+        if tpl
+            .add_partition_offset(&self.source, p, Offset::Invalid)
+            .is_ok()
+        {
+            let r = match pause {
+                true => self.consumer.pause(&tpl),
+                false => self.consumer.resume(&tpl),
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, partition = p, "Pausing or resuming a repartitioned partition failed.");
+            }
+        }
+    }
+
+    fn send(&mut self, p: i32, w: Pending) {
+        let by = self.metrics.repartition.by(self.input);
+        // The key, or (not decodable) the partition: it goes on as it is, to the worker that
+        // dead-letters it with the reason; this partition number keeps it beside its neighbours.
+        let (key, partition): (Option<Vec<u8>>, Option<i32>) = match &w.routed {
+            Routed::Account(a) => (Some(a.as_bytes().to_vec()), None),
+            Routed::Msisdn(n) => {
+                let found = self.lines.as_ref().and_then(|l| {
+                    let table = l.table.read().expect("lines lock");
+                    table.account_at(*n, w.high).map(str::to_string)
+                });
+                match found {
+                    Some(a) => (Some(a.into_bytes()), None),
+                    None => {
+                        by.by_msisdn.fetch_add(1, Ordering::Relaxed);
+                        (Some(n.to_string().into_bytes()), None)
+                    }
+                }
+            }
+            Routed::Undecodable => (w.key.clone(), Some(p % self.targets)),
+        };
+        let header = LaneHeader::record(p as u32, w.offset, w.high);
         let mut record = BaseRecord::with_opaque_to(
             &self.target,
             Box::new(Sent {
                 partition: p,
-                offset: Some(offset),
+                offset: Some(w.offset),
                 key: None,
             }),
         )
-        .payload(payload)
-        .headers(headers);
-        if let Some(ts) = m.timestamp().to_millis() {
+        .payload(&w.payload[..])
+        .headers(header.to_headers());
+        if let Some(ts) = w.timestamp {
             record = record.timestamp(ts);
         }
-        let by = self.metrics.repartition.by(self.input);
-        match &key {
-            Routed::Account(k) | Routed::Msisdn(k) => record = record.key(k.as_bytes()),
-            // Not decodable: it goes on as it is, to the worker that dead-letters it with the
-            // reason; any partition will do, this one keeps it beside its neighbours.
-            Routed::Undecodable => {
-                record = record.partition(p % self.targets);
-                if let Some(k) = m.key() {
-                    record = record.key(k);
-                }
-            }
+        if let Some(k) = &key {
+            record = record.key(&k[..]);
         }
-        if matches!(key, Routed::Msisdn(_)) {
-            by.by_msisdn.fetch_add(1, Ordering::Relaxed);
+        if let Some(q) = partition {
+            record = record.partition(q);
         }
-        self.tracker.add(self.input, p, offset);
+        self.tracker.add(self.input, p, w.offset);
         stage::send(&self.producer, record);
-        self.tracker.processed(self.input, p, offset);
+        self.tracker.processed(self.input, p, w.offset);
         by.rekeyed.fetch_add(1, Ordering::Relaxed);
-        lane.highs.insert(offset, lane.high);
-        lane.next = Some(offset + 1);
-        lane.fresh = true;
-        Ok(())
+        if let Some(lane) = self.lanes.get_mut(&p) {
+            lane.highs.insert(w.offset, w.high);
+        }
     }
 
     /// Markers: where each source partition stands, to every partition of the repartition topic.
@@ -216,7 +322,11 @@ impl Rekeyer {
                 }
             }
             let Some(next) = lane.next else { continue };
-            let state = (next, lane.high, next >= end);
+            // What has been passed on: up to the first record still waiting.
+            let state = match lane.waiting.front() {
+                Some(w) => (w.offset, w.high_before, false),
+                None => (next, lane.high, next >= end),
+            };
             let due = match lane.marked {
                 Some(s) if s == state => now.duration_since(lane.marked_at) >= HEARTBEAT,
                 Some(_) => now.duration_since(lane.marked_at) >= MARK_EVERY,
@@ -225,7 +335,7 @@ impl Rekeyer {
             if !due {
                 continue;
             }
-            let header = LaneHeader::marker(p as u32, next, lane.high, state.2);
+            let header = LaneHeader::marker(p as u32, state.0, state.1, state.2);
             for q in 0..self.targets {
                 let record = BaseRecord::<[u8], [u8], Box<Sent>>::with_opaque_to(
                     &self.target,
@@ -274,10 +384,11 @@ impl Rekeyer {
 }
 
 /// Where a record goes.
-enum Routed {
+pub(super) enum Routed {
     Account(String),
-    /// A usage record that names no account: by its line.
-    Msisdn(String),
+    /// A usage record that names no account: by its line's account if the line table knows it,
+    /// else by its msisdn.
+    Msisdn(Number),
     Undecodable,
 }
 
@@ -288,7 +399,7 @@ fn route(decoder: &Decoder, input: Input, payload: &[u8]) -> (Routed, Option<i64
                 let t = Some(r.event_start.utc);
                 match r.served.account_id {
                     Some(a) => (Routed::Account(a.to_string()), t),
-                    None => (Routed::Msisdn(r.served.msisdn.to_string()), t),
+                    None => (Routed::Msisdn(r.served.msisdn), t),
                 }
             }
             Err(_) => (Routed::Undecodable, None),

@@ -207,6 +207,8 @@ pub struct RepartitionCounts {
 #[derive(Default)]
 pub struct RepartitionMetrics {
     inputs: [RepartitionCounts; 2],
+    /// Lines in the line table (`repartition::lines`).
+    pub lines: AtomicI64,
 }
 
 impl RepartitionMetrics {
@@ -620,6 +622,17 @@ impl Metrics {
             ("cdrguard_repartition_duplicates_total", "Records read again after a stage restart and skipped.", "counter", |c| c.duplicates.load(Ordering::Relaxed) as i64),
             ("cdrguard_repartition_held", "Records waiting in the sequencers' merges for a source partition to show its next key.", "gauge", |c| c.held.load(Ordering::Relaxed)),
         ];
+        head(
+            s,
+            "cdrguard_repartition_lines",
+            "Lines in the line table the repartition stage looks usage records that name no account up in.",
+            "gauge",
+        );
+        let _ = writeln!(
+            s,
+            "cdrguard_repartition_lines {}",
+            self.repartition.lines.load(Ordering::Relaxed)
+        );
         for (name, help, kind, get) in series {
             head(s, name, help, kind);
             for &input in &used {
