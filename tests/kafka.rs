@@ -592,3 +592,65 @@ fn records_keyed_other_than_by_their_account_are_counted_and_degrade_health() {
     assert_eq!(summary.records, total);
     assert_eq!(summary.miskeyed, wrong_usage + wrong_events);
 }
+
+/// The order guarantee of repartitioning for a usage record that names no account (README
+/// "Exporters that key otherwise"): it goes by its line's msisdn until the events name the line's
+/// account, and to the account's partition from that event on — decided by event time, not by
+/// when the line table happened to learn of the activation. Here the activation is produced last
+/// (after every usage record), so only its event time can put it before the later calls.
+#[test]
+fn a_line_goes_by_its_msisdn_until_its_activation_and_by_its_account_from_it() {
+    let mut cfg = test_config();
+    cfg.demo.partitions = 4;
+    cfg.kafka.usage_keyed_by = cdrguard::config::KeyedBy::Any;
+    let k = Kafka::start_with(cfg);
+    let line = "33612000009";
+    let calls: Vec<String> = (0..6)
+        .map(|i| {
+            format!(
+                r#"{{"record_id":"c-{i}","record_type":"voice","direction":"mo","event_start":"2026-11-10T1{i}:00:00+01:00","duration_s":60,"served":{{"msisdn":"{line}"}},"other_party":{{"number":"33145000000"}}}}"#
+            )
+        })
+        .collect();
+    // Activated at 12:30: calls at 10:00..12:00 before it, 13:00..15:00 after.
+    let activation = r#"{"event_id":"act-9","event_type":"activation","occurred_at":"2026-11-10T12:30:00+01:00","account_id":"A-9","msisdn":"33612000009"}"#;
+    let payloads: Vec<&[u8]> = calls.iter().map(|c| c.as_bytes()).collect();
+    k.produce_raw(&k.cfg.kafka.usage_topic, &payloads);
+    k.produce_raw(&k.cfg.kafka.events_topic, &[activation.as_bytes()]);
+    let c = control();
+    let daemon = k.daemon(k.cfg.clone(), &fixture("rules"), c.clone());
+    let (repartition, _) =
+        cdrguard::repartition::topics(&k.cfg.kafka.group_id, cdrguard::record::Input::Usage);
+    let mut reader = k.reader(&[repartition.as_str()]);
+    let records = |m: &[Read]| m.iter().filter(|m| !m.payload.is_empty()).count();
+    assert!(
+        reader.read_until(Duration::from_secs(60), |m| records(m) >= calls.len()),
+        "every call repartitioned"
+    );
+    stop(&c, daemon);
+    let mut keys: Vec<(String, String)> = reader
+        .messages
+        .iter()
+        .filter(|m| !m.payload.is_empty())
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            (
+                v["record_id"].as_str().unwrap().to_string(),
+                String::from_utf8(m.key.clone()).unwrap(),
+            )
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            ("c-0", line),
+            ("c-1", line),
+            ("c-2", line),
+            ("c-3", "A-9"),
+            ("c-4", "A-9"),
+            ("c-5", "A-9")
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+}

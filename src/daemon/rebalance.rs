@@ -349,9 +349,13 @@ impl RebalanceHook for Rebalancer {
                 if c[k].is_none() && plan.start[k] == Start::Committed {
                     match consumer.fetch_watermarks(self.topic(i), p, BROKER_TIMEOUT) {
                         Ok((low, high)) => {
+                            // A by-account topic holds what the repartition stages passed on
+                            // for this group: all of it is new to the group.
+                            let sequenced =
+                                self.cfg.kafka.keyed_by(i) != crate::config::KeyedBy::Account;
                             let o = match self.cfg.kafka.start_from {
-                                StartFrom::Latest => high,
-                                StartFrom::Earliest => low,
+                                StartFrom::Latest if !sequenced => high,
+                                _ => low,
                             };
                             plan.start[k] = Start::At(o);
                             plan.bounds.emit_from[k] = Some(o);

@@ -830,7 +830,10 @@ impl Worker<'_> {
         let Some(part) = self.partitions.get_mut(&partition) else {
             return;
         };
-        part.covered[input.index()] = Some(m.offset + 1);
+        // Below a restored snapshot's position the state already covers more: leave it.
+        if part.bounds.applies(input, m.offset) {
+            part.covered[input.index()] = Some(m.offset + 1);
+        }
         if input == Input::Usage {
             part.usage_next = m.offset + 1;
             if self.ctx.shard.is_some() {

@@ -36,8 +36,10 @@ use crate::telemetry::metrics::Metrics;
 
 /// Assignments a line keeps (a line moved between accounts now and then; its latest few are kept
 /// for lookups of older records).
-const HISTORY: usize = 4;
+const HISTORY: usize = 8;
 const POSITIONS_EVERY: Duration = Duration::from_secs(1);
+/// Events held in the table's merge per partition before its fetching pauses.
+const MAX_QUEUED: usize = 100_000;
 /// Key prefix of a position entry in the lines topic (no msisdn starts with it).
 const POSITION: &str = "pos/";
 
@@ -150,6 +152,7 @@ impl LinesStage {
         let events = CString::new(self.events.clone())?;
         let mut next_positions = Instant::now() + POSITIONS_EVERY;
         let mut fresh = vec![false; self.partitions as usize];
+        let mut paused = vec![false; self.partitions as usize];
         while !stop.load(Ordering::Relaxed) {
             let mut timeout = Duration::from_millis(100);
             for _ in 0..4096 {
@@ -168,16 +171,45 @@ impl LinesStage {
                 merge.push(p as u32, m.offset(), time, Named { line });
                 fresh[p as usize] = true;
             }
+            let mut positions = None;
+            let mut pause = TopicPartitionList::new();
+            let mut resume = TopicPartitionList::new();
             for p in 0..self.partitions {
-                let next = merge.next_of(p as u32).unwrap_or(0);
-                if let Some((low, end)) =
+                let lane = p as u32;
+                let fresh = std::mem::take(&mut fresh[p as usize]);
+                let Some((low, end)) =
                     crate::source::kafka::end_offsets(&self.consumer, &events, p)
-                {
-                    // A partition emptied by retention, or one whose log starts past its position.
-                    let next = next.max(low);
-                    let ended = next >= end && !std::mem::take(&mut fresh[p as usize]);
-                    merge.set_ended(p as u32, ended && merge.queued(p as u32) == 0);
+                else {
+                    continue;
+                };
+                // A partition emptied by retention, or one whose log starts past its position.
+                let mut next = merge.next_of(lane).unwrap_or(0).max(low);
+                if next < end && !fresh {
+                    // Transaction markers and compacted-away offsets are never handed over; the
+                    // position moves past them.
+                    let pos =
+                        positions.get_or_insert_with(|| super::stage::positions(&self.consumer));
+                    if let Some(&o) = pos.get(&p) {
+                        merge.advance(lane, o, None);
+                        next = next.max(o);
+                    }
                 }
+                merge.set_ended(lane, next >= end && !fresh && merge.queued(lane) == 0);
+                // A partition far ahead of the others waits for them here: bounded.
+                let queued = merge.queued(lane);
+                if queued > MAX_QUEUED && !paused[p as usize] {
+                    paused[p as usize] = true;
+                    let _ = pause.add_partition_offset(&self.events, p, Offset::Invalid);
+                } else if queued < MAX_QUEUED / 2 && paused[p as usize] {
+                    paused[p as usize] = false;
+                    let _ = resume.add_partition_offset(&self.events, p, Offset::Invalid);
+                }
+            }
+            if pause.count() > 0 {
+                let _ = self.consumer.pause(&pause);
+            }
+            if resume.count() > 0 {
+                let _ = self.consumer.resume(&resume);
             }
             let mut changed = Vec::new();
             {

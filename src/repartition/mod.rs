@@ -115,13 +115,14 @@ fn partition_counts(
 
 /// Creates the internal topics if they are missing, and checks their partition counts: the
 /// by-account topics have the partition count of the input read directly (or of the usage topic),
-/// so that they meet it partition for partition. Returns the count of each input's source topic.
+/// so that they meet it partition for partition. Returns the count of each input's source topic,
+/// and the internal topics'.
 pub fn ensure_topics(
     cfg: &Config,
     brokers: &str,
     base: &std::path::Path,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<[i32; 2]> {
+) -> anyhow::Result<([i32; 2], i32)> {
     let k = &cfg.kafka;
     let counts = partition_counts(cfg, brokers, base, metrics.clone())?;
     let count = |topic: &str| {
@@ -157,7 +158,7 @@ pub fn ensure_topics(
         }
     }
     if missing.is_empty() {
-        return Ok(sources);
+        return Ok((sources, n));
     }
     let admin: AdminClient<DefaultClientContext> =
         crate::client::client_config(k, brokers, base)?.create()?;
@@ -187,10 +188,13 @@ pub fn ensure_topics(
             ),
         }
     }
-    Ok(sources)
+    Ok((sources, n))
 }
 
-fn failing(r: anyhow::Result<()>, failed: &AtomicBool) -> anyhow::Result<()> {
+/// Runs a stage; an error or a panic stops the daemon.
+fn failing(run: impl FnOnce() -> anyhow::Result<()>, failed: &AtomicBool) -> anyhow::Result<()> {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")));
     if let Err(e) = &r {
         tracing::error!("A repartition stage stopped: {e:#}. Stopping.");
         failed.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -260,7 +264,7 @@ pub fn start(
     if inputs(cfg).is_empty() {
         return Ok(Stages { stop, threads });
     }
-    let sources = ensure_topics(cfg, brokers, base, metrics.clone())?;
+    let (sources, targets) = ensure_topics(cfg, brokers, base, metrics.clone())?;
     let k = &cfg.kafka;
     let lines = match k.usage_keyed_by != KeyedBy::Account {
         true => {
@@ -272,10 +276,13 @@ pub fn start(
                     brokers,
                     base,
                     &format!("{}-lines", k.group_id),
+                    crate::config::StartFrom::Earliest,
                     metrics.clone(),
                 )?,
+                // Idempotent: a retry must not put a position ahead of the entries it covers.
                 producer: crate::client::client_config(k, brokers, base)?
                     .set("acks", "all")
+                    .set("enable.idempotence", "true")
                     .set("linger.ms", "5")
                     .set("message.timeout.ms", "0")
                     .create()?,
@@ -290,7 +297,7 @@ pub fn start(
                 "line table".to_string(),
                 std::thread::Builder::new()
                     .name("lines".into())
-                    .spawn(move || failing(stage.run(&s), &f))?,
+                    .spawn(move || failing(|| stage.run(&s), &f))?,
             ));
             Some(shared)
         }
@@ -298,10 +305,6 @@ pub fn start(
     };
     for input in inputs(cfg) {
         let (repartition, by_account) = topics(&k.group_id, input);
-        let targets = {
-            let counts = partition_counts(cfg, brokers, base, metrics.clone())?;
-            counts.get(&repartition).copied().unwrap_or(1)
-        };
         let group = |stage: &str| format!("{}-{input}-{stage}", k.group_id);
 
         let tracker = Arc::new(Tracker::default());
@@ -313,6 +316,7 @@ pub fn start(
                 brokers,
                 base,
                 &group("rekey"),
+                k.start_from,
                 metrics.clone(),
             )?),
             producer: stage::producer(
@@ -347,6 +351,7 @@ pub fn start(
                 brokers,
                 base,
                 &group("sequence"),
+                crate::config::StartFrom::Earliest,
                 metrics.clone(),
             )?),
             producer: stage::producer(
@@ -372,14 +377,14 @@ pub fn start(
             format!("{input} rekey"),
             std::thread::Builder::new()
                 .name(format!("rekey-{input}"))
-                .spawn(move || failing(rekeyer.run(&s), &f))?,
+                .spawn(move || failing(|| rekeyer.run(&s), &f))?,
         ));
         let (s, f) = (stop.clone(), failed.clone());
         threads.push((
             format!("{input} sequence"),
             std::thread::Builder::new()
                 .name(format!("sequence-{input}"))
-                .spawn(move || failing(sequencer.run(&s), &f))?,
+                .spawn(move || failing(|| sequencer.run(&s), &f))?,
         ));
     }
     Ok(Stages { stop, threads })

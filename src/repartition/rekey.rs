@@ -28,8 +28,9 @@ use crate::telemetry::metrics::Metrics;
 use super::header::LaneHeader;
 use super::stage::{self, Acks, Sent};
 
-/// A marker goes out when its lane moved, at most this often...
-const MARK_EVERY: Duration = Duration::from_millis(50);
+/// A marker goes out when its lane moved, at most this often (to every partition of the
+/// repartition topic: P² markers per interval when every lane moves)...
+const MARK_EVERY: Duration = Duration::from_millis(200);
 /// ...and at least this often: a sequencer that (re)starts learns where idle lanes stand.
 const HEARTBEAT: Duration = Duration::from_secs(2);
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
@@ -98,7 +99,7 @@ impl Rekeyer {
                 let generation = consumer.context().generation.load(Ordering::SeqCst);
                 if generation != self.generation {
                     self.generation = generation;
-                    self.reassigned();
+                    self.reassigned()?;
                 }
                 match polled {
                     None => break,
@@ -121,8 +122,13 @@ impl Rekeyer {
 
     /// Takes the new assignment: each partition resumes at its commit with the running maximum
     /// committed beside it.
-    fn reassigned(&mut self) {
-        let assigned = stage::assigned(&self.consumer);
+    fn reassigned(&mut self) -> anyhow::Result<()> {
+        let assigned = stage::assigned(&self.consumer)?;
+        // A partition paused here and assigned again stays paused in librdkafka
+        // (confluentinc/librdkafka#1849); its waiting records are gone with the old lane.
+        if let Ok(tpl) = self.consumer.assignment() {
+            let _ = self.consumer.resume(&tpl);
+        }
         self.lanes.retain(|p, _| assigned.contains_key(p));
         for (p, (committed, meta)) in assigned {
             let high = meta.and_then(|m| m.parse::<i64>().ok()).unwrap_or(i64::MIN);
@@ -142,6 +148,7 @@ impl Rekeyer {
                 },
             );
         }
+        Ok(())
     }
 
     /// Passes one record on. Fails only for records gone before they were read with

@@ -10,9 +10,10 @@
 //! every source partition had ended, which is what a worker's own merge with the other input needs
 //! instead of the by-account topic's end offset (that topic is written while it is read).
 //!
-//! Restarts: a record already released and acknowledged is skipped when read again, by the bound
-//! committed as metadata beside the offset; a record a first-stage instance sent twice (it restarted
-//! from its last commit) is skipped by its position in its lane.
+//! Restarts: a record already released and acknowledged is skipped when read again, by its lane's
+//! delivered position committed as metadata beside the offset (`lane=position,…`); a record a
+//! first-stage instance sent twice (it restarted from its last commit) is skipped the same way, by
+//! its position in its lane.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,12 +31,15 @@ use crate::source::align::{Aligner, Key};
 use crate::source::kafka::ConsumerCtx;
 use crate::telemetry::metrics::Metrics;
 
-use super::header::{key_from_metadata, key_to_metadata, LaneHeader};
+use super::header::LaneHeader;
 use super::stage::{self, Acks, Released, Sent};
 
 const MARK_EVERY: Duration = Duration::from_millis(20);
 const HEARTBEAT: Duration = Duration::from_secs(2);
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
+/// Source partitions a merge takes beyond the count known at start (partitions added); a header
+/// naming one further out is not a lane (a memory bound).
+const MAX_NEW_LANES: u32 = 1024;
 
 /// A record waiting in a merge.
 pub(super) struct Waiting {
@@ -47,8 +51,8 @@ pub(super) struct Waiting {
 
 pub(super) struct Part {
     merge: Aligner<Waiting>,
-    /// Records keyed below this were released and acknowledged before a restart.
-    skip_below: Key,
+    /// Per lane, the position below which everything was delivered before this assignment.
+    delivered_before: BTreeMap<u32, i64>,
     /// What the last marker said (bound time, ended), and when it went.
     marked: Option<(i64, bool)>,
     marked_at: Instant,
@@ -84,7 +88,7 @@ impl Sequencer {
                 let generation = consumer.context().generation.load(Ordering::SeqCst);
                 if generation != self.generation {
                     self.generation = generation;
-                    self.reassigned();
+                    self.reassigned()?;
                     touched.clear();
                 }
                 match polled {
@@ -114,30 +118,36 @@ impl Sequencer {
         Ok(())
     }
 
-    fn reassigned(&mut self) {
-        let assigned = stage::assigned(&self.consumer);
+    fn reassigned(&mut self) -> anyhow::Result<()> {
+        let assigned = stage::assigned(&self.consumer)?;
         self.parts.retain(|q, _| assigned.contains_key(q));
         let mut released = self.released.lock().expect("released lock");
         released.retain(|q, _| assigned.contains_key(q));
         for (q, (committed, meta)) in assigned {
             self.tracker.start(self.input, q, committed);
             released.insert(q, Released::default());
-            let skip_below = meta.as_deref().and_then(key_from_metadata).unwrap_or(Key {
-                time: i64::MIN,
-                lane: 0,
-                seq: i64::MIN,
-            });
+            let delivered_before = meta
+                .as_deref()
+                .map(stage::positions_from_metadata)
+                .unwrap_or_default();
+            let mut merge = Aligner::with_lanes(self.lanes as usize);
+            for (&lane, &next) in &delivered_before {
+                if lane < self.lanes + MAX_NEW_LANES {
+                    merge.open(lane, i64::MIN, next);
+                }
+            }
             self.parts.insert(
                 q,
                 Part {
-                    merge: Aligner::with_lanes(self.lanes as usize),
-                    skip_below,
+                    merge,
+                    delivered_before,
                     marked: None,
                     marked_at: Instant::now(),
                     released_high: i64::MIN,
                 },
             );
         }
+        Ok(())
     }
 
     /// Takes a message of the repartition topic into its partition's merge; true if a merge moved.
@@ -156,6 +166,11 @@ impl Sequencer {
             self.tracker.processed(self.input, q, offset);
             return false;
         };
+        if h.lane >= self.lanes + MAX_NEW_LANES {
+            tracing::warn!(lane = h.lane, topic = %self.source, partition = q, offset, "Lane header names a source partition far beyond the topic's; skipped.");
+            self.tracker.processed(self.input, q, offset);
+            return false;
+        }
         if !part.merge.is_open(h.lane) {
             tracing::warn!(
                 lane = h.lane,
@@ -174,7 +189,7 @@ impl Sequencer {
             }
             return true;
         }
-        if h.seq < next || h.key() < part.skip_below {
+        if h.seq < next {
             self.metrics
                 .repartition
                 .by(self.input)
@@ -210,12 +225,12 @@ impl Sequencer {
         };
         let by = self.metrics.repartition.by(self.input);
         while let Some((lane, key, w)) = part.merge.pop() {
-            {
-                let mut released = self.released.lock().expect("released lock");
-                let r = released.entry(q).or_default();
-                r.unacked.insert(key, ());
-                r.last = Some(key);
-            }
+            self.released
+                .lock()
+                .expect("released lock")
+                .entry(q)
+                .or_default()
+                .release(lane, key.seq);
             part.released_high = part.released_high.max(key.time);
             let header = LaneHeader::record(lane, key.seq, key.time);
             let mut record = BaseRecord::with_opaque_to(
@@ -298,11 +313,16 @@ impl Sequencer {
             let Some(part) = self.parts.get(&q) else {
                 continue;
             };
-            let below = released
+            let mut delivered = part.delivered_before.clone();
+            for (lane, next) in released
                 .get(&q)
-                .and_then(Released::delivered_below)
-                .map_or(part.skip_below, |b| b.max(part.skip_below));
-            offsets.push((q, upto + 1, key_to_metadata(below)));
+                .map(Released::delivered)
+                .unwrap_or_default()
+            {
+                let e = delivered.entry(lane).or_insert(next);
+                *e = (*e).max(next);
+            }
+            offsets.push((q, upto + 1, stage::positions_to_metadata(&delivered)));
             self.tracker.stored(input, q, upto);
         }
         drop(released);

@@ -22,23 +22,22 @@ use crate::source::kafka::{self as kafka_in, ConsumerCtx};
 use crate::telemetry::events::{KafkaClientError, RateLimit};
 use crate::telemetry::metrics::Metrics;
 
-/// A consumer for a stage: its own group, commits only by `commit` (with metadata), starting where
-/// `kafka.start_from` says when the group has no commit.
+/// A consumer for a stage: its own group, commits only by `commit` (with metadata), starting at
+/// `start` when the group has no commit (`kafka.start_from` for the input topics; the beginning for
+/// the internal ones, whose every record is new to the group).
 pub fn consumer(
     cfg: &Config,
     brokers: &str,
     base: &std::path::Path,
     group: &str,
+    start: crate::config::StartFrom,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<BaseConsumer<ConsumerCtx>> {
     let mut k = cfg.kafka.clone();
     k.group_id = group.to_string();
     let mut fixed = BTreeMap::new();
     fixed.insert("enable.auto.commit".to_string(), "false".to_string());
-    fixed.insert(
-        "auto.offset.reset".to_string(),
-        k.start_from.as_str().to_string(),
-    );
+    fixed.insert("auto.offset.reset".to_string(), start.as_str().to_string());
     fixed.insert("fetch.wait.max.ms".to_string(), "100".to_string());
     // The user's pass-through options first, the stage's own settings over them.
     k.options.extend(fixed);
@@ -54,24 +53,55 @@ pub struct Sent {
     pub key: Option<Key>,
 }
 
-/// Released records not yet acknowledged, and the last released, per partition (sequencer).
+/// A sequencer partition's released records, per lane (source partition): those not yet
+/// acknowledged, and the last released. Each lane is released in position order, so "everything
+/// of the lane before position n was delivered" is exact per lane — across lanes the release order
+/// is the merge's, which is not position order once every lane has ended (live input).
 #[derive(Default)]
 pub struct Released {
-    pub unacked: BTreeMap<Key, ()>,
-    pub last: Option<Key>,
+    unacked: BTreeMap<u32, std::collections::BTreeSet<i64>>,
+    last: BTreeMap<u32, i64>,
 }
 
 impl Released {
-    /// Every key below this was released and acknowledged.
-    pub fn delivered_below(&self) -> Option<Key> {
-        match self.unacked.keys().next() {
-            Some(&k) => Some(k),
-            None => self.last.map(|k| Key {
-                seq: k.seq.saturating_add(1),
-                ..k
-            }),
+    pub fn release(&mut self, lane: u32, seq: i64) {
+        self.unacked.entry(lane).or_default().insert(seq);
+        self.last.insert(lane, seq);
+    }
+
+    pub fn acked(&mut self, lane: u32, seq: i64) {
+        if let Some(s) = self.unacked.get_mut(&lane) {
+            s.remove(&seq);
         }
     }
+
+    /// Per lane, the position below which everything was released and acknowledged.
+    pub fn delivered(&self) -> BTreeMap<u32, i64> {
+        self.last
+            .iter()
+            .map(|(&lane, &last)| {
+                let first_unacked = self.unacked.get(&lane).and_then(|s| s.first().copied());
+                (lane, first_unacked.unwrap_or(last + 1))
+            })
+            .collect()
+    }
+}
+
+/// Per-lane positions as commit metadata (`lane=seq,…`), and back.
+pub fn positions_to_metadata(p: &BTreeMap<u32, i64>) -> String {
+    p.iter()
+        .map(|(l, s)| format!("{l}={s}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn positions_from_metadata(m: &str) -> BTreeMap<u32, i64> {
+    m.split(',')
+        .filter_map(|kv| {
+            let (l, s) = kv.split_once('=')?;
+            Some((l.parse().ok()?, s.parse().ok()?))
+        })
+        .collect()
 }
 
 pub struct Acks {
@@ -110,7 +140,7 @@ impl ProducerContext for Acks {
                     .expect("released lock")
                     .get_mut(&sent.partition)
                 {
-                    r.unacked.remove(&key);
+                    r.acked(key.lane, key.seq);
                 }
             }
         }
@@ -131,15 +161,13 @@ pub fn producer(
     released: Arc<Mutex<AHashMap<i32, Released>>>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<ThreadedProducer<Acks>> {
+    // (`client_config` applies the pass-through options; the settings here win over them.)
     let mut c = crate::client::client_config(&cfg.kafka, brokers, base)?;
     c.set("acks", "all")
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", "0")
         .set("linger.ms", "2")
         .set("queue.buffering.max.messages", "1000000");
-    for (k, v) in &cfg.kafka.options {
-        c.set(k, v);
-    }
     Ok(c.create_with_context(Acks {
         input,
         tracker,
@@ -174,17 +202,30 @@ pub fn send(producer: &ThreadedProducer<Acks>, mut record: BaseRecord<'_, [u8], 
     }
 }
 
+/// Per assigned partition: its committed offset and metadata (`None`: no commit).
+pub type Committed = BTreeMap<i32, (Option<i64>, Option<String>)>;
+
 /// The partitions assigned now, with their committed offsets and metadata (`None`: no commit).
-pub fn assigned(
-    consumer: &BaseConsumer<ConsumerCtx>,
-) -> BTreeMap<i32, (Option<i64>, Option<String>)> {
+/// The metadata carries what the stage's order needs: without it a stage cannot go on, so a
+/// failed lookup is retried and, failing, fails the stage.
+pub fn assigned(consumer: &BaseConsumer<ConsumerCtx>) -> anyhow::Result<Committed> {
     let mut out = BTreeMap::new();
-    let Ok(tpl) = consumer.assignment() else {
-        return out;
+    let tpl = consumer.assignment()?;
+    if tpl.count() == 0 {
+        return Ok(out);
+    }
+    let mut attempt = 0;
+    let committed = loop {
+        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(c) => break c,
+            Err(e) if attempt < 5 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "Reading a stage's committed offsets failed; retrying.");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => anyhow::bail!("reading the committed offsets of a repartition stage: {e}"),
+        }
     };
-    let committed = consumer
-        .committed_offsets(tpl.clone(), Duration::from_secs(10))
-        .unwrap_or(tpl);
     for e in committed.elements() {
         let offset = match e.offset() {
             Offset::Offset(o) => Some(o),
@@ -193,7 +234,7 @@ pub fn assigned(
         let meta = Some(e.metadata().to_string()).filter(|m| !m.is_empty());
         out.insert(e.partition(), (offset, meta));
     }
-    out
+    Ok(out)
 }
 
 /// Commits (asynchronously) `next` per partition of `topic`, each with its metadata.
