@@ -62,6 +62,14 @@ fn comparable(mut v: Value) -> Value {
     v
 }
 
+/// The alerts read, by id, as compared with a replay's.
+fn comparable_alerts(messages: &[Read]) -> BTreeMap<String, Value> {
+    alerts_by_id(messages)
+        .into_iter()
+        .map(|(id, v)| (id, comparable(v)))
+        .collect()
+}
+
 fn expected(usage: &[u8], events: &[u8]) -> BTreeMap<String, Value> {
     let alerts = replayed(usage, events);
     let waves = alerts
@@ -217,6 +225,33 @@ fn the_same_topics_give_the_same_alerts_whatever_the_workers_batches_and_load() 
     }
 }
 
+/// What a test that kills daemon processes needs: a scratch folder with the state directory, a
+/// config file and the log, and a reader of the alert topics.
+struct Crashable {
+    dir: tempfile::TempDir,
+    state: std::path::PathBuf,
+    config: std::path::PathBuf,
+    log: std::path::PathBuf,
+    reader: Reader,
+}
+
+fn crashable(k: &Kafka) -> Crashable {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("cdrguard.toml");
+    write_config(&daemon_config(k, &state), &config);
+    let log = dir.path().join("daemon.log");
+    let topics = alert_topics(k);
+    let reader = k.reader(&topics.iter().map(String::as_str).collect::<Vec<_>>());
+    Crashable {
+        dir,
+        state,
+        config,
+        log,
+        reader,
+    }
+}
+
 /// A daemon process against the mock cluster of this test.
 fn daemon_config(k: &Kafka, state: &Path) -> Config {
     let mut cfg = durable(&k.cfg);
@@ -237,13 +272,13 @@ fn sigkills_and_restarts_in_the_middle_change_no_alert_and_no_state() {
     let _load = Burners::start(2);
     let k = Kafka::start(PARTITIONS);
     assert_eq!(k.produce(&usage, &events), total);
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let config = dir.path().join("cdrguard.toml");
-    write_config(&daemon_config(&k, &state), &config);
-    let log = dir.path().join("daemon.log");
-    let topics = alert_topics(&k);
-    let mut reader = k.reader(&topics.iter().map(String::as_str).collect::<Vec<_>>());
+    let Crashable {
+        dir: _dir,
+        state,
+        config,
+        log,
+        mut reader,
+    } = crashable(&k);
 
     let mut rng = fastrand::Rng::with_seed(0xdec1de);
     let mut daemon = DaemonProcess::spawn(&config, &log);
@@ -267,10 +302,7 @@ fn sigkills_and_restarts_in_the_middle_change_no_alert_and_no_state() {
     eprintln!("{KILLS} SIGKILLs; records committed at each: {kills:?} of {total}");
 
     // Each id with one content (`alerts_by_id` checks every redelivered copy), and exactly the replay's.
-    let got: BTreeMap<String, Value> = alerts_by_id(&reader.messages)
-        .into_iter()
-        .map(|(id, v)| (id, comparable(v)))
-        .collect();
+    let got = comparable_alerts(&reader.messages);
     compare("with SIGKILLs", &got, &want);
     eprintln!(
         "{} alert messages for {} alerts ({} redelivered copies)",
@@ -345,10 +377,7 @@ fn input_keyed_by_the_line_or_not_at_all_gives_the_alerts_of_a_replay_once_repar
         // Anything extra would come right behind.
         reader.read_until(Duration::from_secs(3), |_| false);
         let summary = stop(&c, daemon);
-        let got: BTreeMap<String, Value> = alerts_by_id(&reader.messages)
-            .into_iter()
-            .map(|(id, v)| (id, comparable(v)))
-            .collect();
+        let got = comparable_alerts(&reader.messages);
         eprintln!(
             "{label}: {} alerts in {:.1} s",
             got.len(),
@@ -382,13 +411,13 @@ fn repartitioned_input_survives_sigkills_with_the_alerts_and_state_of_a_replay()
     cfg.kafka.events_keyed_by = KeyedBy::Any;
     let k = Kafka::start_with(cfg);
     assert_eq!(k.produce(&usage, &events), total);
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let config = dir.path().join("cdrguard.toml");
-    write_config(&daemon_config(&k, &state), &config);
-    let log = dir.path().join("daemon.log");
-    let topics = alert_topics(&k);
-    let mut reader = k.reader(&topics.iter().map(String::as_str).collect::<Vec<_>>());
+    let Crashable {
+        dir: _dir,
+        state,
+        config,
+        log,
+        mut reader,
+    } = crashable(&k);
     let by_account: Vec<String> = [Input::Usage, Input::Events]
         .iter()
         .map(|&i| cdrguard::repartition::topics(&k.cfg.kafka.group_id, i).1)
@@ -456,10 +485,7 @@ fn repartitioned_input_survives_sigkills_with_the_alerts_and_state_of_a_replay()
     assert!(daemon.wait(Duration::from_secs(30)).success());
     assert!(done, "not every record committed:\n{}", log_tail(&log, 30));
     eprintln!("{KILLS} SIGKILLs; records read by the first stage at each: {kills:?} of {total}");
-    let got: BTreeMap<String, Value> = alerts_by_id(&reader.messages)
-        .into_iter()
-        .map(|(id, v)| (id, comparable(v)))
-        .collect();
+    let got = comparable_alerts(&reader.messages);
     compare("repartitioned, with SIGKILLs", &got, &want);
     assert_same_state(&state, &features, at);
 }

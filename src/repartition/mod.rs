@@ -43,7 +43,7 @@ mod stage;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -53,7 +53,6 @@ use rdkafka::consumer::Consumer;
 
 use crate::config::{Config, KeyedBy};
 use crate::record::Input;
-use crate::sink::Tracker;
 use crate::telemetry::metrics::Metrics;
 
 pub use header::LaneHeader;
@@ -307,31 +306,24 @@ pub fn start(
         let (repartition, by_account) = topics(&k.group_id, input);
         let group = |stage: &str| format!("{}-{input}-{stage}", k.group_id);
 
-        let tracker = Arc::new(Tracker::default());
-        let released = Arc::new(Mutex::new(Default::default()));
+        let c = stage::clients(
+            cfg,
+            brokers,
+            base,
+            &group("rekey"),
+            k.start_from,
+            input,
+            metrics.clone(),
+        )?;
         let mut rekeyer = rekey::Rekeyer {
             input,
-            consumer: Arc::new(stage::consumer(
-                cfg,
-                brokers,
-                base,
-                &group("rekey"),
-                k.start_from,
-                metrics.clone(),
-            )?),
-            producer: stage::producer(
-                cfg,
-                brokers,
-                base,
-                input,
-                tracker.clone(),
-                released.clone(),
-                metrics.clone(),
-            )?,
+            consumer: c.consumer,
+            producer: c.producer,
             source: k.source_topic(input).to_string(),
+            source_c: std::ffi::CString::new(k.source_topic(input))?,
             target: repartition.clone(),
             targets,
-            tracker,
+            tracker: c.tracker,
             decoder: cfg.decoder(),
             metrics: metrics.clone(),
             on_gap: k.on_gap,
@@ -342,35 +334,28 @@ pub fn start(
             lanes: Default::default(),
             generation: u64::MAX,
         };
-        let tracker = Arc::new(Tracker::default());
-        let released = Arc::new(Mutex::new(Default::default()));
+        let c = stage::clients(
+            cfg,
+            brokers,
+            base,
+            &group("sequence"),
+            crate::config::StartFrom::Earliest,
+            input,
+            metrics.clone(),
+        )?;
         let mut sequencer = sequence::Sequencer {
             input,
-            consumer: Arc::new(stage::consumer(
-                cfg,
-                brokers,
-                base,
-                &group("sequence"),
-                crate::config::StartFrom::Earliest,
-                metrics.clone(),
-            )?),
-            producer: stage::producer(
-                cfg,
-                brokers,
-                base,
-                input,
-                tracker.clone(),
-                released.clone(),
-                metrics.clone(),
-            )?,
+            consumer: c.consumer,
+            producer: c.producer,
             source: repartition,
             target: by_account,
             lanes: sources[input.index()] as u32,
-            tracker,
-            released,
+            tracker: c.tracker,
+            released: c.released,
             metrics: metrics.clone(),
             parts: Default::default(),
             generation: u64::MAX,
+            touched: Vec::new(),
         };
         let (s, f) = (stop.clone(), failed.clone());
         threads.push((

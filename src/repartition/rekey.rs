@@ -26,14 +26,13 @@ use crate::source::kafka::ConsumerCtx;
 use crate::telemetry::metrics::Metrics;
 
 use super::header::LaneHeader;
-use super::stage::{self, Acks, Sent};
+use super::stage::{self, Acks, Sent, Stage};
 
 /// A marker goes out when its lane moved, at most this often (to every partition of the
 /// repartition topic: P² markers per interval when every lane moves)...
 const MARK_EVERY: Duration = Duration::from_millis(200);
 /// ...and at least this often: a sequencer that (re)starts learns where idle lanes stand.
 const HEARTBEAT: Duration = Duration::from_secs(2);
-const COMMIT_EVERY: Duration = Duration::from_millis(200);
 
 /// A record read and not yet passed on.
 pub(super) struct Pending {
@@ -60,8 +59,7 @@ pub(super) struct SourceLane {
     /// The high at the lane's start (commit metadata of an offset before any sent here).
     start_high: i64,
     /// What the last marker said: (next, high, ended), and when it went.
-    marked: Option<(i64, i64, bool)>,
-    marked_at: Instant,
+    marked: Option<((i64, i64, bool), Instant)>,
     fresh: bool,
     /// Read, not yet passed on (in order: one waiting for the line table holds the rest).
     waiting: std::collections::VecDeque<Pending>,
@@ -73,6 +71,8 @@ pub struct Rekeyer {
     pub consumer: Arc<BaseConsumer<ConsumerCtx>>,
     pub producer: ThreadedProducer<Acks>,
     pub source: String,
+    /// `source`, for librdkafka's cache lookups.
+    pub source_c: CString,
     pub target: String,
     /// Partitions of the repartition topic.
     pub targets: i32,
@@ -86,38 +86,41 @@ pub struct Rekeyer {
     pub(super) generation: u64,
 }
 
+impl Stage for Rekeyer {
+    fn consumer(&self) -> Arc<BaseConsumer<ConsumerCtx>> {
+        self.consumer.clone()
+    }
+
+    fn generation(&mut self) -> &mut u64 {
+        &mut self.generation
+    }
+
+    fn reassigned(&mut self) -> anyhow::Result<()> {
+        self.reassigned()
+    }
+
+    fn take(&mut self, m: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+        self.rekey(m)
+    }
+
+    fn round(&mut self) {
+        self.drain();
+        self.mark();
+    }
+
+    fn commit(&mut self) {
+        self.commit()
+    }
+
+    fn producer(&self) -> &ThreadedProducer<Acks> {
+        &self.producer
+    }
+}
+
 impl Rekeyer {
     pub fn run(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
-        self.consumer.subscribe(&[&self.source])?;
-        let source = CString::new(self.source.clone())?;
-        let mut next_commit = Instant::now() + COMMIT_EVERY;
-        let consumer = self.consumer.clone();
-        while !stop.load(Ordering::Relaxed) {
-            let mut timeout = Duration::from_millis(100);
-            for _ in 0..2048 {
-                let polled = consumer.poll(timeout);
-                let generation = consumer.context().generation.load(Ordering::SeqCst);
-                if generation != self.generation {
-                    self.generation = generation;
-                    self.reassigned()?;
-                }
-                match polled {
-                    None => break,
-                    Some(Ok(m)) => self.rekey(&m, &source)?,
-                    Some(Err(e)) => tracing::debug!(error = %e, "Consume error (repartition)."),
-                }
-                timeout = Duration::ZERO;
-            }
-            self.drain();
-            self.mark(&source);
-            if Instant::now() >= next_commit {
-                self.commit();
-                next_commit = Instant::now() + COMMIT_EVERY;
-            }
-        }
-        let _ = rdkafka::producer::Producer::flush(&self.producer, Duration::from_secs(10));
-        self.commit();
-        Ok(())
+        let topic = self.source.clone();
+        stage::run(self, &topic, stop)
     }
 
     /// Takes the new assignment: each partition resumes at its commit with the running maximum
@@ -141,7 +144,6 @@ impl Rekeyer {
                     highs: BTreeMap::new(),
                     start_high: high,
                     marked: None,
-                    marked_at: Instant::now(),
                     fresh: false,
                     waiting: Default::default(),
                     paused: false,
@@ -153,14 +155,14 @@ impl Rekeyer {
 
     /// Passes one record on. Fails only for records gone before they were read with
     /// `kafka.on_gap = stop`.
-    fn rekey(&mut self, m: &BorrowedMessage<'_>, source: &CString) -> anyhow::Result<()> {
+    fn rekey(&mut self, m: &BorrowedMessage<'_>) -> anyhow::Result<()> {
         let p = m.partition();
         let Some(lane) = self.lanes.get_mut(&p) else {
             return Ok(());
         };
         let offset = m.offset();
         if let Some(expected) = lane.next.filter(|&e| e != offset) {
-            let low = stage::ends(&self.consumer, source, p).map(|(low, _)| low);
+            let low = stage::ends(&self.consumer, &self.source_c, p).map(|(low, _)| low);
             if let Some(gap) = crate::record::detect_gap(self.input, p, expected, offset, low) {
                 self.metrics
                     .repartition
@@ -309,9 +311,9 @@ impl Rekeyer {
     }
 
     /// Markers: where each source partition stands, to every partition of the repartition topic.
-    fn mark(&mut self, source: &CString) {
+    fn mark(&mut self) {
+        let source = &self.source_c;
         let mut positions = None;
-        let now = Instant::now();
         for (&p, lane) in self.lanes.iter_mut() {
             let fresh = std::mem::take(&mut lane.fresh);
             let Some((low, end)) = stage::ends(&self.consumer, source, p) else {
@@ -334,35 +336,19 @@ impl Rekeyer {
                 Some(w) => (w.offset, w.high_before, false),
                 None => (next, lane.high, next >= end),
             };
-            let due = match lane.marked {
-                Some(s) if s == state => now.duration_since(lane.marked_at) >= HEARTBEAT,
-                Some(_) => now.duration_since(lane.marked_at) >= MARK_EVERY,
-                None => true,
-            };
-            if !due {
+            if !stage::marker_due(&lane.marked, &state, MARK_EVERY, HEARTBEAT) {
                 continue;
             }
             let header = LaneHeader::marker(p as u32, state.0, state.1, state.2);
             for q in 0..self.targets {
-                let record = BaseRecord::<[u8], [u8], Box<Sent>>::with_opaque_to(
-                    &self.target,
-                    Box::new(Sent {
-                        partition: q,
-                        offset: None,
-                        key: None,
-                    }),
-                )
-                .partition(q)
-                .headers(header.to_headers());
-                stage::send(&self.producer, record);
+                stage::send_marker(&self.producer, &self.target, q, &header);
             }
             self.metrics
                 .repartition
                 .by(self.input)
                 .markers
                 .fetch_add(self.targets as u64, Ordering::Relaxed);
-            lane.marked = Some(state);
-            lane.marked_at = now;
+            lane.marked = Some((state, Instant::now()));
         }
     }
 

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, ThreadedProducer};
 
@@ -32,11 +32,10 @@ use crate::source::kafka::ConsumerCtx;
 use crate::telemetry::metrics::Metrics;
 
 use super::header::LaneHeader;
-use super::stage::{self, Acks, Released, Sent};
+use super::stage::{self, Acks, Released, Sent, Stage};
 
 const MARK_EVERY: Duration = Duration::from_millis(20);
 const HEARTBEAT: Duration = Duration::from_secs(2);
-const COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// Source partitions a merge takes beyond the count known at start (partitions added); a header
 /// naming one further out is not a lane (a memory bound).
 const MAX_NEW_LANES: u32 = 1024;
@@ -54,8 +53,7 @@ pub(super) struct Part {
     /// Per lane, the position below which everything was delivered before this assignment.
     delivered_before: BTreeMap<u32, i64>,
     /// What the last marker said (bound time, ended), and when it went.
-    marked: Option<(i64, bool)>,
-    marked_at: Instant,
+    marked: Option<((i64, bool), Instant)>,
     /// Highest merge key time released.
     released_high: i64,
 }
@@ -73,49 +71,54 @@ pub struct Sequencer {
     pub metrics: Arc<Metrics>,
     pub(super) parts: BTreeMap<i32, Part>,
     pub(super) generation: u64,
+    /// Partitions whose merge moved in the current round.
+    pub(super) touched: Vec<i32>,
+}
+
+impl Stage for Sequencer {
+    fn consumer(&self) -> Arc<BaseConsumer<ConsumerCtx>> {
+        self.consumer.clone()
+    }
+
+    fn generation(&mut self) -> &mut u64 {
+        &mut self.generation
+    }
+
+    fn reassigned(&mut self) -> anyhow::Result<()> {
+        self.touched.clear();
+        self.reassigned()
+    }
+
+    fn take(&mut self, m: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+        if self.take(m) && self.touched.last() != Some(&m.partition()) {
+            self.touched.push(m.partition());
+        }
+        Ok(())
+    }
+
+    fn round(&mut self) {
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        for q in touched {
+            self.release(q);
+        }
+        self.mark();
+    }
+
+    fn commit(&mut self) {
+        self.commit()
+    }
+
+    fn producer(&self) -> &ThreadedProducer<Acks> {
+        &self.producer
+    }
 }
 
 impl Sequencer {
     pub fn run(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
-        self.consumer.subscribe(&[&self.source])?;
-        let mut next_commit = Instant::now() + COMMIT_EVERY;
-        let consumer = self.consumer.clone();
-        while !stop.load(Ordering::Relaxed) {
-            let mut timeout = Duration::from_millis(100);
-            let mut touched = Vec::new();
-            for _ in 0..2048 {
-                let polled = consumer.poll(timeout);
-                let generation = consumer.context().generation.load(Ordering::SeqCst);
-                if generation != self.generation {
-                    self.generation = generation;
-                    self.reassigned()?;
-                    touched.clear();
-                }
-                match polled {
-                    None => break,
-                    Some(Ok(m)) => {
-                        if self.take(&m) && touched.last() != Some(&m.partition()) {
-                            touched.push(m.partition());
-                        }
-                    }
-                    Some(Err(e)) => tracing::debug!(error = %e, "Consume error (sequencer)."),
-                }
-                timeout = Duration::ZERO;
-            }
-            touched.sort_unstable();
-            touched.dedup();
-            for q in touched {
-                self.release(q);
-            }
-            self.mark();
-            if Instant::now() >= next_commit {
-                self.commit();
-                next_commit = Instant::now() + COMMIT_EVERY;
-            }
-        }
-        let _ = rdkafka::producer::Producer::flush(&self.producer, Duration::from_secs(10));
-        self.commit();
-        Ok(())
+        let topic = self.source.clone();
+        stage::run(self, &topic, stop)
     }
 
     fn reassigned(&mut self) -> anyhow::Result<()> {
@@ -142,7 +145,6 @@ impl Sequencer {
                     merge,
                     delivered_before,
                     marked: None,
-                    marked_at: Instant::now(),
                     released_high: i64::MIN,
                 },
             );
@@ -258,7 +260,6 @@ impl Sequencer {
 
     /// Markers to the workers: the merge's lower bound, and whether every lane has ended.
     fn mark(&mut self) {
-        let now = Instant::now();
         for (&q, part) in self.parts.iter_mut() {
             let Some(bound) = part.merge.lower_bound() else {
                 continue;
@@ -275,33 +276,17 @@ impl Sequencer {
                 bound.time
             };
             let state = (time, ended);
-            let due = match part.marked {
-                Some(s) if s == state => now.duration_since(part.marked_at) >= HEARTBEAT,
-                Some(_) => now.duration_since(part.marked_at) >= MARK_EVERY,
-                None => true,
-            };
-            if !due {
+            if !stage::marker_due(&part.marked, &state, MARK_EVERY, HEARTBEAT) {
                 continue;
             }
             let header = LaneHeader::marker(u32::MAX, -1, time, ended);
-            let record = BaseRecord::<[u8], [u8], Box<Sent>>::with_opaque_to(
-                &self.target,
-                Box::new(Sent {
-                    partition: q,
-                    offset: None,
-                    key: None,
-                }),
-            )
-            .partition(q)
-            .headers(header.to_headers());
-            stage::send(&self.producer, record);
+            stage::send_marker(&self.producer, &self.target, q, &header);
             self.metrics
                 .repartition
                 .by(self.input)
                 .markers
                 .fetch_add(1, Ordering::Relaxed);
-            part.marked = Some(state);
-            part.marked_at = now;
+            part.marked = Some((state, Instant::now()));
         }
     }
 

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -204,6 +204,125 @@ pub fn send(producer: &ThreadedProducer<Acks>, mut record: BaseRecord<'_, [u8], 
 
 /// Per assigned partition: its committed offset and metadata (`None`: no commit).
 pub type Committed = BTreeMap<i32, (Option<i64>, Option<String>)>;
+
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// A stage's work, driven by `run`: one poll loop, rebalances, commits, for both stages.
+pub trait Stage {
+    fn consumer(&self) -> Arc<BaseConsumer<ConsumerCtx>>;
+    /// The consumer-group generation the stage last took its assignment at.
+    fn generation(&mut self) -> &mut u64;
+    /// Takes the assignment after a rebalance.
+    fn reassigned(&mut self) -> anyhow::Result<()>;
+    fn take(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) -> anyhow::Result<()>;
+    /// After each round of polling: pass on what may go, send the markers due.
+    fn round(&mut self);
+    fn commit(&mut self);
+    fn producer(&self) -> &ThreadedProducer<Acks>;
+}
+
+/// Reads `topic` until `stop`, then flushes and commits what was delivered.
+pub fn run(stage: &mut impl Stage, topic: &str, stop: &AtomicBool) -> anyhow::Result<()> {
+    let consumer = stage.consumer();
+    consumer.subscribe(&[topic])?;
+    let mut next_commit = Instant::now() + COMMIT_EVERY;
+    while !stop.load(Ordering::Relaxed) {
+        let mut timeout = Duration::from_millis(100);
+        for _ in 0..2048 {
+            let polled = consumer.poll(timeout);
+            let generation = consumer.context().generation.load(Ordering::SeqCst);
+            if generation != *stage.generation() {
+                *stage.generation() = generation;
+                stage.reassigned()?;
+            }
+            match polled {
+                None => break,
+                Some(Ok(m)) => stage.take(&m)?,
+                Some(Err(e)) => tracing::debug!(error = %e, topic, "Consume error."),
+            }
+            timeout = Duration::ZERO;
+        }
+        stage.round();
+        if Instant::now() >= next_commit {
+            stage.commit();
+            next_commit = Instant::now() + COMMIT_EVERY;
+        }
+    }
+    let _ = stage.producer().flush(Duration::from_secs(10));
+    stage.commit();
+    Ok(())
+}
+
+/// Whether a marker whose content is now `state` is due: it changed and the last went `every` ago,
+/// or it did not and the heartbeat is due (a stage that restarts learns where idle lanes stand).
+pub fn marker_due<S: PartialEq>(
+    last: &Option<(S, Instant)>,
+    state: &S,
+    every: Duration,
+    heartbeat: Duration,
+) -> bool {
+    match last {
+        Some((s, at)) if s == state => at.elapsed() >= heartbeat,
+        Some((_, at)) => at.elapsed() >= every,
+        None => true,
+    }
+}
+
+/// Sends a marker (a lane header, no payload) to partition `q` of `topic`; nothing waits for it.
+pub fn send_marker(
+    producer: &ThreadedProducer<Acks>,
+    topic: &str,
+    q: i32,
+    header: &super::header::LaneHeader,
+) {
+    let record = BaseRecord::<[u8], [u8], Box<Sent>>::with_opaque_to(
+        topic,
+        Box::new(Sent {
+            partition: q,
+            offset: None,
+            key: None,
+        }),
+    )
+    .partition(q)
+    .headers(header.to_headers());
+    send(producer, record);
+}
+
+/// A stage's clients: a consumer in `group` starting at `start`, and a producer whose
+/// acknowledgements clear the stage's tracker (and, for a sequencer, its released records).
+pub struct Clients {
+    pub consumer: Arc<BaseConsumer<ConsumerCtx>>,
+    pub producer: ThreadedProducer<Acks>,
+    pub tracker: Arc<Tracker>,
+    pub released: Arc<Mutex<AHashMap<i32, Released>>>,
+}
+
+pub fn clients(
+    cfg: &Config,
+    brokers: &str,
+    base: &std::path::Path,
+    group: &str,
+    start: crate::config::StartFrom,
+    input: Input,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Clients> {
+    let tracker = Arc::new(Tracker::default());
+    let released = Arc::new(Mutex::new(AHashMap::new()));
+    Ok(Clients {
+        consumer: Arc::new(consumer(cfg, brokers, base, group, start, metrics.clone())?),
+        producer: producer(
+            cfg,
+            brokers,
+            base,
+            input,
+            tracker.clone(),
+            released.clone(),
+            metrics,
+        )?,
+        tracker,
+        released,
+    })
+}
 
 /// The partitions assigned now, with their committed offsets and metadata (`None`: no commit).
 /// The metadata carries what the stage's order needs: without it a stage cannot go on, so a
