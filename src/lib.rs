@@ -13,6 +13,8 @@
 //! Modules in data-flow order:
 //! - [`source`]: where records come from — NDJSON files (`replay`) and Kafka (`run`) — and
 //!   `source::align`, the one event-time alignment every mode uses.
+//! - [`repartition`]: input keyed other than by account, moved to its account's partition through
+//!   Kafka topics and put back in event-time order before any state sees it.
 //! - [`record`]: wire types and decoding (no I/O); [`classify`]: each record's class.
 //! - [`state`]: windows per entity, account ledgers, timers, dedup — the only owner of heavy state.
 //! - [`rules`]: the Rhai library (`rules::runtime` finds, validates and reloads it for every mode), the

@@ -414,20 +414,6 @@ fn timers_fire_on_a_quiet_stream_as_the_wall_clock_moves() {
     assert_eq!(stages, [7, 15, 30]);
 }
 
-/// `GET` on the daemon's metrics address: (status line, body).
-fn http_get(address: &str, path: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(address).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    )
-}
-
 /// Snapshots that cannot be written (a full or broken disk) must show: `/health` says degraded
 /// while they fail, and a stop whose last snapshots failed is an error (exit 1), not a clean exit.
 #[test]

@@ -248,7 +248,8 @@ fn ten_sigkills_lose_no_alert_and_count_no_record_twice() {
 /// The same input produced three ways — keyed by account as the README asks, by the line's msisdn,
 /// not keyed at all — through a real broker with four partitions: with `kafka.usage_keyed_by` and
 /// `events_keyed_by` saying how, each gives exactly the alerts of a replay (ids and contents). The
-/// daemon creates its internal topics on the broker itself.
+/// daemon creates its internal topics on the broker itself. Keyed by msisdn with the default
+/// (`account`), every usage record is reported mis-keyed (each names its account), once.
 #[test]
 fn input_keyed_three_ways_gives_the_alerts_of_a_replay_through_a_real_broker() {
     use cdrguard::config::KeyedBy;
@@ -259,20 +260,78 @@ fn input_keyed_three_ways_gives_the_alerts_of_a_replay_through_a_real_broker() {
         .into_iter()
         .map(|(id, a)| (id, comparable(serde_json::to_value(a).unwrap())))
         .collect();
-    for (usage_by, events_by) in [
-        (KeyedBy::Account, KeyedBy::Account),
-        (KeyedBy::Msisdn, KeyedBy::Account),
-        (KeyedBy::Any, KeyedBy::Any),
+    // Traffic without stories (no late or duplicate record: each is applied, so each counts).
+    let (plain_usage, plain_events) = {
+        let gen = cdrguard::demo::gen::GenConfig {
+            subscribers: 400,
+            records: 8_000,
+            days: 4,
+            seed: 47,
+            ..Default::default()
+        };
+        let (mut u, mut e) = (Vec::new(), Vec::new());
+        cdrguard::demo::gen::generate(&gen, &mut u, &mut e).unwrap();
+        (u, e)
+    };
+    let named = plain_usage
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .inspect(|l| assert!(l.windows(12).any(|w| w == b"\"account_id\"")))
+        .count();
+    // (usage produced keyed by, configured as, events keyed by)
+    for (produced, usage_by, events_by) in [
+        (KeyedBy::Account, KeyedBy::Account, KeyedBy::Account),
+        (KeyedBy::Msisdn, KeyedBy::Msisdn, KeyedBy::Account),
+        (KeyedBy::Any, KeyedBy::Any, KeyedBy::Any),
+        (KeyedBy::Msisdn, KeyedBy::Account, KeyedBy::Account),
     ] {
-        let label = format!("usage keyed by {usage_by:?}, events by {events_by:?}");
+        let label =
+            format!("usage keyed by {produced:?} read as {usage_by:?}, events by {events_by:?}");
         let started = Instant::now();
         let mut k = Tansu::start(4);
-        k.cfg.kafka.usage_keyed_by = usage_by;
+        k.cfg.kafka.usage_keyed_by = produced;
         k.cfg.kafka.events_keyed_by = events_by;
-        k.produce(&usage, &events);
+        match produced != usage_by {
+            true => k.produce(&plain_usage, &plain_events),
+            false => k.produce(&usage, &events),
+        };
+        k.cfg.kafka.usage_keyed_by = usage_by;
         let state = k.dir.path().join("state");
         let config = k.dir.path().join("cdrguard.toml");
-        write_config(&k.daemon_config(&state), &config);
+        let mut cfg = k.daemon_config(&state);
+        let metrics = format!("127.0.0.1:{}", common::free_port());
+        cfg.daemon.metrics_address = metrics.clone();
+        write_config(&cfg, &config);
+        if produced != usage_by {
+            // Read as keyed by account: mis-keyed records, each counted once, and alerts lost.
+            let log = k.dir.path().join("daemon.log");
+            let mut daemon = DaemonProcess::spawn(&config, &log);
+            let line = format!(
+                "cdrguard_input_miskeyed_total{{topic=\"{}\"}} {named}",
+                k.cfg.kafka.usage_topic
+            );
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut last = String::new();
+            while !last.contains(&line) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(500));
+                last = common::http_get(&metrics, "/metrics").1;
+            }
+            daemon.sigterm();
+            let status = daemon.wait(Duration::from_secs(30));
+            assert!(
+                last.contains(&line),
+                "{label}: {line} in\n{last}\n{}",
+                log_tail(&log, 20)
+            );
+            let events_line = format!(
+                "cdrguard_input_miskeyed_total{{topic=\"{}\"}} 0",
+                k.cfg.kafka.events_topic
+            );
+            assert!(last.contains(&events_line), "{label}: {events_line}");
+            assert!(status.success(), "{label}: exit status {status}");
+            eprintln!("{label}: {named} records reported mis-keyed");
+            continue;
+        }
         let log = k.dir.path().join("daemon.log");
         let mut daemon = DaemonProcess::spawn(&config, &log);
         let topics = alert_topics(&k.cfg);
