@@ -162,11 +162,13 @@ pub fn producer(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<ThreadedProducer<Acks>> {
     // (`client_config` applies the pass-through options; the settings here win over them.)
+    // Lingering 10 ms rather than the alerts' 1: a backlog moves in larger batches (on the mock
+    // broker 47.5k records/s against 40–42k at 2 ms), for at most 10 ms more per hop.
     let mut c = crate::client::client_config(&cfg.kafka, brokers, base)?;
     c.set("acks", "all")
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", "0")
-        .set("linger.ms", "2")
+        .set("linger.ms", "10")
         .set("queue.buffering.max.messages", "1000000");
     Ok(c.create_with_context(Acks {
         input,
