@@ -16,7 +16,7 @@ use ahash::AHashMap;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use crate::repartition::LaneHeader;
+use crate::source::lane_header::LaneHeader;
 
 use crate::config::{Config, OnGap};
 use crate::record::{detect_gap, Input, OffsetGap};

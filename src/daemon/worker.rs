@@ -41,13 +41,13 @@ use crate::durability::checkpoint::{self, EncodedSnapshot, PartitionState, ReadB
 use crate::durability::snapshot::{self, Position, SnapshotKind};
 use crate::pipeline::{Handover, Pipeline, PipelineOptions, RulesOptions, Scope, Verdict};
 use crate::record::{Decoded, Decoder, GapMark, Input, Item, Mode, OffsetGap, Reject};
-use crate::repartition::LaneHeader;
 use crate::rules::engine::AccountFacts;
 use crate::rules::RuleSources;
 use crate::sink::{Origin, Output, Outputs, Rejected, Tracker};
 use crate::source::align::Aligner;
 use crate::source::kafka::InputMessage;
 use crate::source::lane;
+use crate::source::lane_header::LaneHeader;
 use crate::telemetry::events::{
     AlertSent, DeadLettered, OutputFailed, RateLimit, RecordMiskeyed, RecordRejected,
 };

@@ -35,7 +35,6 @@
 //! msisdn (counted: `cdrguard_repartition_by_msisdn_total`), as the keying contract says. Lines
 //! whose account only an `activation` gives are not looked up here (README "Keying").
 
-pub mod header;
 mod lines;
 mod rekey;
 mod sequence;
@@ -55,7 +54,7 @@ use crate::config::{Config, KeyedBy};
 use crate::record::Input;
 use crate::telemetry::metrics::Metrics;
 
-pub use header::LaneHeader;
+pub use crate::source::lane_header::LaneHeader;
 
 /// The inputs read through the repartition stages.
 pub fn inputs(cfg: &Config) -> Vec<Input> {

@@ -25,8 +25,8 @@ use crate::sink::Tracker;
 use crate::source::kafka::ConsumerCtx;
 use crate::telemetry::metrics::Metrics;
 
-use super::header::LaneHeader;
 use super::stage::{self, Acks, Sent, Stage};
+use crate::source::lane_header::LaneHeader;
 
 /// A marker goes out when its lane moved, at most this often (to every partition of the
 /// repartition topic: P² markers per interval when every lane moves)...

@@ -31,8 +31,8 @@ use crate::source::align::{Aligner, Key};
 use crate::source::kafka::ConsumerCtx;
 use crate::telemetry::metrics::Metrics;
 
-use super::header::LaneHeader;
 use super::stage::{self, Acks, Released, Sent, Stage};
+use crate::source::lane_header::LaneHeader;
 
 const MARK_EVERY: Duration = Duration::from_millis(20);
 const HEARTBEAT: Duration = Duration::from_secs(2);

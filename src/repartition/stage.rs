@@ -19,6 +19,7 @@ use crate::record::Input;
 use crate::sink::Tracker;
 use crate::source::align::Key;
 use crate::source::kafka::{self as kafka_in, ConsumerCtx};
+use crate::source::lane_header::LaneHeader;
 use crate::telemetry::events::{KafkaClientError, RateLimit};
 use crate::telemetry::metrics::Metrics;
 
@@ -271,12 +272,7 @@ pub fn marker_due<S: PartialEq>(
 }
 
 /// Sends a marker (a lane header, no payload) to partition `q` of `topic`; nothing waits for it.
-pub fn send_marker(
-    producer: &ThreadedProducer<Acks>,
-    topic: &str,
-    q: i32,
-    header: &super::header::LaneHeader,
-) {
+pub fn send_marker(producer: &ThreadedProducer<Acks>, topic: &str, q: i32, header: &LaneHeader) {
     let record = BaseRecord::<[u8], [u8], Box<Sent>>::with_opaque_to(
         topic,
         Box::new(Sent {

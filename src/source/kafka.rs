@@ -37,7 +37,7 @@ pub struct InputMessage {
     /// Broker timestamp (ms), for latency figures.
     pub timestamp_ms: Option<i64>,
     /// The lane header of a by-account topic's message (`crate::repartition`).
-    pub lane: Option<crate::repartition::LaneHeader>,
+    pub lane: Option<super::lane_header::LaneHeader>,
 }
 
 impl InputMessage {

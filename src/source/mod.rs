@@ -5,6 +5,7 @@
 pub mod align;
 mod files;
 pub mod kafka;
+pub mod lane_header;
 mod ndjson;
 
 pub use files::{lane, FileSource};

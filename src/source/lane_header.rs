@@ -1,6 +1,7 @@
-//! The one header every message of an internal topic carries: which source partition (lane) it comes
-//! from, its position there, and its merge key's event time — or, for a marker (no payload), how far
-//! its lane has come.
+//! The one header every message of a repartition stage's topic carries (`crate::repartition`):
+//! which source partition (lane) it comes from, its position there, and its merge key's event
+//! time — or, for a marker (no payload), how far its lane has come. Here, with the sources, because
+//! the workers read it off the by-account topics as they read any input.
 
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 
