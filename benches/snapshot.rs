@@ -8,6 +8,10 @@
 //!    been read and dead-lettered (a malformed one, so that no rule is needed to see it), compared
 //!    with the same start on an empty state directory.
 //!
+//! 3. **Incremental**: the same state with 5% of its subscribers touched by the input that
+//!    follows: the delta's bytes against the full snapshot's, and the time to restore base + delta
+//!    from a checkpoint store (`durability::layout`).
+//!
 //! `cargo bench --bench snapshot` (`CDRGUARD_BENCH_SUBSCRIBERS=100000` for a smaller state).
 
 use std::path::Path;
@@ -18,8 +22,12 @@ use cdrguard::alert::memory::AlertMemory;
 use cdrguard::config::{Config, Secs};
 use cdrguard::daemon::{self, Control, RunOptions};
 use cdrguard::demo::gen::{generate, GenConfig};
-use cdrguard::durability::checkpoint::{self, PartitionState, PartitionStateRef};
+use cdrguard::durability::checkpoint::{
+    self, PartitionDeltaRef, PartitionState, PartitionStateRef,
+};
+use cdrguard::durability::layout::{self, Checkpoints, Link};
 use cdrguard::durability::snapshot::{self, Loaded, Position, SnapshotKind};
+use cdrguard::durability::store::Store;
 use cdrguard::pipeline::{Pipeline, PipelineOptions};
 use cdrguard::record::EventTime;
 use cdrguard::record::{Decoded, Item};
@@ -40,8 +48,8 @@ fn rss_mib() -> f64 {
 }
 
 /// A store with `subscribers` subscribers, built the way the daemon builds one (decode, classify,
-/// apply), without rules.
-fn build_state(cfg: &Config, subscribers: u32) -> WindowStore {
+/// apply), without rules; and the last tenth of the usage, held back (section 3 applies it).
+fn build_state(cfg: &Config, subscribers: u32) -> (Pipeline, Vec<u8>) {
     let now = cdrguard::telemetry::metrics::now_ms() / 1000;
     let gen = GenConfig {
         seed: 11,
@@ -67,6 +75,9 @@ fn build_state(cfg: &Config, subscribers: u32) -> WindowStore {
     let mut p = Pipeline::new(PipelineOptions::new(classifier, cfg.state.clone())).unwrap();
     let decoder = cfg.decoder();
     // Events first (activations, limits, invoices), then usage: the order does not matter for size.
+    let tenth = u.len() - u.len() / 10;
+    let cut = tenth + u[tenth..].iter().position(|&b| b == b'\n').unwrap_or(0) + 1;
+    let held = u.split_off(cut.min(u.len()));
     for (lines, usage) in [(&e, false), (&u, true)] {
         for (i, l) in lines.split(|&b| b == b'\n').enumerate() {
             if l.is_empty() {
@@ -93,11 +104,130 @@ fn build_state(cfg: &Config, subscribers: u32) -> WindowStore {
         p.counts.usage_accepted,
         p.counts.events_accepted
     );
-    let store = std::mem::replace(
-        &mut *p.store.borrow_mut(),
-        WindowStore::new(cfg.state.clone()),
+    (p, held)
+}
+
+/// Section 3: a base, 5% of the subscribers touched, a delta; restored from a store.
+fn incremental(cfg: &Config, p: &mut Pipeline, held: &[u8], subscribers: u32) {
+    let base_link = Link {
+        partition: 0,
+        generation: 1,
+        seq: 1,
+        parent: None,
+    };
+    let delta_link = Link {
+        seq: 2,
+        parent: Some(1),
+        ..base_link
+    };
+    let header = |store: &WindowStore| {
+        checkpoint::header(
+            SnapshotKind::Partition(0),
+            vec![Position {
+                topic: cfg.kafka.usage_topic.clone(),
+                partition: 0,
+                next: 0,
+            }],
+            store,
+        )
+    };
+    let t = Instant::now();
+    let full = p.with_state_mut(|store, memory| {
+        store.track_changes(true);
+        memory.track_changes(true);
+        store.seal_changes(1);
+        memory.seal_changes(1);
+        snapshot::encode(
+            &header(store),
+            &PartitionStateRef {
+                store,
+                memory,
+                highs: [i64::MIN; 2],
+                handed_over: &Default::default(),
+            },
+        )
+        .unwrap()
+    });
+    let full_encode = t.elapsed();
+    p.with_state_mut(|store, memory| {
+        store.changes_durable(1);
+        memory.changes_durable(1);
+    });
+    // The input that follows, until 5% of the subscribers have been touched.
+    let decoder = cfg.decoder();
+    let mut touched = std::collections::HashSet::new();
+    let mut applied = 0u64;
+    for (i, l) in held.split(|&b| b == b'\n').enumerate() {
+        if l.is_empty() {
+            continue;
+        }
+        let item = decoder.usage(l).map(Item::Usage);
+        if let Ok(Item::Usage(r)) = &item {
+            touched.insert(r.served.msisdn);
+        }
+        p.process(Decoded {
+            source: "bench",
+            line: i as u64,
+            raw: l,
+            truncated: 0,
+            item,
+        });
+        applied += 1;
+        if touched.len() as u32 >= subscribers / 20 {
+            break;
+        }
+    }
+    let t = Instant::now();
+    let delta = p.with_state_mut(|store, memory| {
+        store.seal_changes(2);
+        memory.seal_changes(2);
+        snapshot::encode(
+            &header(store),
+            &PartitionDeltaRef {
+                store: store.delta(),
+                memory: memory.delta(),
+                highs: [i64::MIN; 2],
+                handed_over: &Default::default(),
+            },
+        )
+        .unwrap()
+    });
+    let delta_encode = t.elapsed();
+    let dir = tempfile::tempdir_in(Path::new(ROOT).join("target")).unwrap();
+    let cp = Checkpoints::open_for_tools(Store::dir(dir.path()), false).unwrap();
+    let (full_len, delta_len) = (full.len(), delta.len());
+    let t = Instant::now();
+    cp.store.put(&base_link.key(), full).unwrap();
+    let full_write = t.elapsed();
+    let t = Instant::now();
+    cp.store.put(&delta_link.key(), delta).unwrap();
+    let delta_write = t.elapsed();
+    let expected = p.store.borrow().size().subscribers;
+
+    let t = Instant::now();
+    let (links, _) = cp.contents().unwrap();
+    let chain = layout::chains(&links, 0).remove(0);
+    assert_eq!(chain.links, [base_link, delta_link]);
+    let newest = checkpoint::read_newest(&cp, &chain).unwrap();
+    let (state, read) = checkpoint::restore_chain(&cp, &chain, &newest).unwrap();
+    let restore = t.elapsed();
+    assert_eq!(state.store.size().subscribers, expected);
+    println!(
+        "incremental checkpoint: {} subscribers touched by {applied} records ({:.1}%): delta {:.1} MiB \
+         = {:.1}% of the full {:.1} MiB; encode {:.2} s (full {:.2} s), write+fsync {:.2} s (full \
+         {:.2} s); restore base + delta from the store ({:.1} MiB read, decoded, applied) {:.2} s",
+        touched.len(),
+        touched.len() as f64 * 100.0 / expected.max(1) as f64,
+        delta_len as f64 / 1048576.0,
+        delta_len as f64 * 100.0 / full_len as f64,
+        full_len as f64 / 1048576.0,
+        delta_encode.as_secs_f64(),
+        full_encode.as_secs_f64(),
+        delta_write.as_secs_f64(),
+        full_write.as_secs_f64(),
+        read as f64 / 1048576.0,
+        restore.as_secs_f64()
     );
-    store
 }
 
 fn main() {
@@ -110,7 +240,14 @@ fn main() {
     cfg.daemon.idle_watermark_after = Secs(0);
     cfg.state.max_future_skew = Secs(3650 * 86_400);
     cfg.demo.partitions = 1;
-    let store = build_state(&cfg, subscribers);
+    let (mut p, held) = build_state(&cfg, subscribers);
+    incremental(&cfg, &mut p, &held, subscribers);
+    drop(held);
+    let store = std::mem::replace(
+        &mut *p.store.borrow_mut(),
+        WindowStore::new(cfg.state.clone()),
+    );
+    drop(p);
     let size = store.size();
     println!(
         "state: {} subscribers, {} accounts, {} calling numbers, {} cells; estimated {:.0} MiB in memory; process RSS {:.0} MiB",
@@ -143,9 +280,15 @@ fn main() {
     .unwrap();
     let encode = t.elapsed();
     let dir = tempfile::tempdir_in(Path::new(ROOT).join("target")).unwrap();
-    let path = cdrguard::durability::dir::CheckpointDir::open(dir.path(), "bench")
-        .unwrap()
-        .partition(0, 1);
+    // Where a daemon of generation 1 writes its first base: section 2 restarts on it.
+    let base = Link {
+        partition: 0,
+        generation: 1,
+        seq: 1,
+        parent: None,
+    };
+    let path = dir.path().join(base.key());
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let t = Instant::now();
     snapshot::write_atomic(&path, &bytes).unwrap();
     let write = t.elapsed();

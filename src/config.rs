@@ -509,6 +509,15 @@ pub struct DurabilityConfig {
     /// is `callers.<instance>.snap`. Partition snapshots need no name (their owner comes from the
     /// consumer group). Letters, digits, `-`, `_`, `.`. Default: the host name.
     pub instance: String,
+    /// Where checkpoints go, when not to `dir`: `file:///path` or `s3://bucket/prefix` (any S3 API:
+    /// AWS, MinIO, Ceph, Garage), which every instance of a group reaches, so that a partition
+    /// moving to another machine is restored, not rebuilt. Credentials from the environment
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT`, …) or `store_options`; never
+    /// logged. Default empty: `dir`.
+    pub store: String,
+    /// S3 settings by `object_store`'s names (`aws_endpoint`, `aws_region`, `aws_allow_http`,
+    /// `aws_access_key_id`, …), over those of the environment.
+    pub store_options: std::collections::BTreeMap<String, String>,
 }
 
 /// The host name (Linux), else `cdrguard`: a name that differs between machines sharing a state
@@ -534,6 +543,8 @@ impl Default for DurabilityConfig {
             rebuild_window: Secs(35 * 86_400),
             delivery_timeout: Secs(30),
             instance: host_name(),
+            store: String::new(),
+            store_options: Default::default(),
         }
     }
 }
@@ -856,6 +867,20 @@ impl Config {
             ));
         }
         let d = &self.durability;
+        for k in d.store_options.keys() {
+            let k = k.to_ascii_lowercase();
+            let secret = k.contains("secret")
+                || k.contains("customer_key")
+                || matches!(
+                    k.as_str(),
+                    "aws_session_token" | "aws_token" | "session_token" | "token"
+                );
+            if secret {
+                errs.push(format!(
+                    "durability.store_options.{k}: secrets are not read from the configuration file; set them in the environment (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) or use the instance's role"
+                ));
+            }
+        }
         if !d.dir.is_empty() && d.snapshot_interval.0 < 1 {
             errs.push("durability.snapshot_interval: must be at least 1s".to_string());
         }

@@ -239,6 +239,16 @@ impl Pipeline {
         }
     }
 
+    /// Runs `f` with the state and the alert memory mutably (checkpoint bookkeeping: sealing and
+    /// confirming epochs of changes, `state::delta`). Without rules, a throwaway empty memory.
+    pub fn with_state_mut<R>(&self, f: impl FnOnce(&mut WindowStore, &mut AlertMemory) -> R) -> R {
+        let mut store = self.store.borrow_mut();
+        match &self.rules {
+            Some(e) => f(&mut store, &mut e.shared().memory.borrow_mut()),
+            None => f(&mut store, &mut AlertMemory::default()),
+        }
+    }
+
     /// What the last record hands over to the caller shard, if anything (`Scope::Lines`).
     pub fn take_handover(&mut self) -> Option<Handover> {
         self.handover.take()

@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cdrguard::config::Config;
-use cdrguard::record::EventTime;
 use common::kafka::*;
 use common::*;
 
@@ -131,27 +130,7 @@ fn a_corrupt_snapshot_is_reported_and_the_state_rebuilt_from_the_input() {
     let (usage, events, _) = stories(42);
     let (expected, features, at) = replay_state(&usage, &events);
     // Split both inputs at one instant, so that each run sees them merged as the replay does.
-    let half = usage.len() / 2;
-    let cut = half + usage[half..].iter().position(|&b| b == b'\n').unwrap() + 1;
-    let time = |line: &[u8], key: &str| {
-        let v: serde_json::Value = serde_json::from_slice(line).unwrap();
-        EventTime::parse(v[key].as_str().unwrap()).unwrap().utc
-    };
-    let line_start = usage[..cut - 1]
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    let split_at = time(&usage[line_start..cut - 1], "event_start");
-    let (mut events_1, mut events_2) = (Vec::new(), Vec::new());
-    for l in events.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let to = if time(l, "occurred_at") < split_at {
-            &mut events_1
-        } else {
-            &mut events_2
-        };
-        to.extend_from_slice(l);
-        to.push(b'\n');
-    }
+    let [(usage_1, events_1), (usage_2, events_2)] = split_in_time(&usage, &events);
     let state = tempfile::tempdir().unwrap();
     let cfg = durable_config(&k);
     let topics = alert_topics(&k);
@@ -159,7 +138,7 @@ fn a_corrupt_snapshot_is_reported_and_the_state_rebuilt_from_the_input() {
     let mut reader = k.reader(&topic_refs);
 
     // First half, a clean stop: snapshot and commit.
-    let first = k.produce(&usage[..cut], &events_1);
+    let first = k.produce(&usage_1, &events_1);
     let c = control();
     let d = k.daemon_with_state(
         cfg.clone(),
@@ -178,7 +157,7 @@ fn a_corrupt_snapshot_is_reported_and_the_state_rebuilt_from_the_input() {
     std::fs::write(&snap, bytes).unwrap();
 
     // Second half: the partition is rebuilt from its input, its delivered alerts are not sent again.
-    let second = k.produce(&usage[cut..], &events_2);
+    let second = k.produce(&usage_2, &events_2);
     let c = control();
     let d = k.daemon_with_state(
         cfg.clone(),
@@ -193,13 +172,11 @@ fn a_corrupt_snapshot_is_reported_and_the_state_rebuilt_from_the_input() {
         Duration::from_secs(60)
     ));
     stop(&c, d);
-    let set_aside = std::fs::read_dir(state.path())
+    let set_aside = cdrguard::durability::store::Store::dir(state.path())
+        .list()
         .unwrap()
-        .filter(|e| {
-            let name = e.as_ref().unwrap().file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("partition-0.") && name.contains(".rejected-")
-        })
+        .into_iter()
+        .filter(|(key, _)| key.starts_with("partition-0/") && key.contains(".rejected-"))
         .count();
     assert_eq!(
         set_aside, 1,

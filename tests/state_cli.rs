@@ -10,8 +10,9 @@ use cdrguard::config::Config;
 use cdrguard::durability::checkpoint::{
     self, CallerStateRef, LanePosition, PartitionState, PartitionStateRef,
 };
-use cdrguard::durability::dir::CheckpointDir;
+use cdrguard::durability::layout::{self, Checkpoints, Link};
 use cdrguard::durability::snapshot::{self, Loaded, Position, SnapshotKind};
+use cdrguard::durability::store::Store;
 use cdrguard::record::Number;
 use cdrguard::state::{Outcome, WindowStore};
 use serde_json::Value;
@@ -90,7 +91,9 @@ fn write_partition(dir: &Path, p: i32, store: &WindowStore, usage_next: i64) {
         handed_over: &Default::default(),
     };
     let bytes = snapshot::encode(&header, &state).unwrap();
-    snapshot::write_atomic(&partition_path(dir, p), &bytes).unwrap();
+    let path = partition_path(dir, p);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    snapshot::write_atomic(&path, &bytes).unwrap();
 }
 
 /// partition-0: subscribers …01 (3 MO calls) and …02 (1) on account A-1, which has an invoice and so a
@@ -164,9 +167,21 @@ fn state_dir() -> tempfile::TempDir {
     dir
 }
 
-/// Where a daemon of group generation 1 keeps partition `p`'s snapshot.
+/// Partition `p`'s newest checkpoint; before there is one, where a daemon of group generation 1
+/// writes its first base.
 fn partition_path(dir: &Path, p: i32) -> std::path::PathBuf {
-    dir.join(format!("partition-{p}.g1.snap"))
+    let cp = Checkpoints::open_for_tools(Store::dir(dir), false).unwrap();
+    let (links, _) = cp.contents().unwrap();
+    let newest = match layout::chains(&links, p).first() {
+        Some(c) => *c.newest(),
+        None => Link {
+            partition: p,
+            generation: 1,
+            seq: 1,
+            parent: None,
+        },
+    };
+    dir.join(newest.key())
 }
 
 fn d(dir: &tempfile::TempDir) -> &str {
@@ -207,7 +222,10 @@ fn inspect_shows_the_subscribers_windows_and_the_snapshot_header() {
     ];
     let (code, out, err) = run(&args);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("partition-0.g1.snap (partition 0"), "{out}");
+    assert!(
+        out.contains("partition-0/g1/00000000000000000001.base (partition 0"),
+        "{out}"
+    );
     assert!(out.contains("usage[0] 5, account-events[0] 1"), "{out}");
     assert!(out.contains("holds 3 subscribers, 2 accounts"), "{out}");
     assert!(
@@ -283,7 +301,7 @@ fn export_prints_the_raw_state_with_the_account_ledger_and_timers() {
     assert!(v["snapshot"]["file"]
         .as_str()
         .unwrap()
-        .ends_with("partition-0.g1.snap"));
+        .ends_with("partition-0/g1/00000000000000000001.base"));
     let ledger = &v["account"]["ledger"];
     assert_eq!(ledger["invoices"][0]["invoice_id"], "INV-1");
     assert_eq!(ledger["invoices"][0]["amount_due"], "80.00");
@@ -352,7 +370,7 @@ fn clear_removes_one_subscriber_and_leaves_a_valid_snapshot() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Removed subscriber 33600000001"), "{out}");
-    assert!(out.contains("partition-0.g1.snap"), "{out}");
+    assert!(out.contains("partition-0/g1/"), "{out}");
     assert!(out.contains("subscribers 3 → 2"), "{out}");
 
     let (code, _, err) = run(&[
@@ -433,7 +451,7 @@ fn clear_removes_an_account_and_its_timers_but_not_its_lines() {
 fn clear_is_refused_while_a_daemon_holds_the_directory() {
     let dir = state_dir();
     let before = std::fs::read(partition_path(dir.path(), 0)).unwrap();
-    let lock = CheckpointDir::open(dir.path(), "test").unwrap();
+    let lock = Checkpoints::open(Store::dir(dir.path()), "test").unwrap();
     let (code, _, err) = run(&[
         "state",
         "clear",
@@ -491,7 +509,7 @@ fn a_corrupt_snapshot_is_named_skipped_and_never_rewritten() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("corrupt snapshot") && err.contains("partition-1.g1.snap"),
+        err.contains("corrupt snapshot") && err.contains("partition-1/g1/"),
         "{err}"
     );
     assert!(err.contains("checksum mismatch"), "{err}");
@@ -517,7 +535,7 @@ fn a_corrupt_snapshot_is_named_skipped_and_never_rewritten() {
     ]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("partition-1.g1.snap") && err.contains("left as it is"),
+        err.contains("partition-1/g1/") && err.contains("left as it is"),
         "{err}"
     );
     assert_eq!(std::fs::read(&path).unwrap(), bytes, "not rewritten");
@@ -547,5 +565,5 @@ fn a_missing_directory_is_an_error_and_is_not_created() {
     // A directory without snapshots (a wrong path) says so.
     let (code, _, err) = run(&["state", "inspect", "--dir", d(&dir), "--account", "A-1"]);
     assert_eq!(code, 1);
-    assert!(err.contains("no snapshots"), "{err}");
+    assert!(err.contains("no checkpoints"), "{err}");
 }

@@ -3,12 +3,14 @@
 //! `alerted("wangiri_inbound", number, "72h")` is how a callback to a flagged Wangiri number is found.
 //!
 //! Keyed by rule *id*, not by position in a rule set, so it survives a reload: a rule edited while a
-//! SIM box is being tracked keeps its cooldown. Serializable, like the window store, for snapshots.
+//! SIM box is being tracked keeps its cooldown. Serializable, like the window store, for snapshots,
+//! full or incremental (the changed entries and latches, with tombstones: see `state::delta`).
 
 use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::record::Severity;
+use crate::state::delta::{apply_entries, ChangedKeys};
 
 use crate::rules::library::StableHash;
 
@@ -24,11 +26,16 @@ pub struct Memo {
     pub touched: i64,
 }
 
+/// An `edge` condition's key: (rule, entity, name).
+type LatchKey = (u64, u64, u64);
+/// An `edge` condition last seen: its value and when.
+type Latch = (bool, i64);
+
 #[derive(Default, Serialize, Deserialize)]
 pub struct AlertMemory {
     entries: AHashMap<(u64, u64), Memo>,
     /// `edge` conditions last seen per (rule, entity, name): value and when.
-    latches: AHashMap<(u64, u64, u64), (bool, i64)>,
+    latches: AHashMap<LatchKey, Latch>,
     /// Trigger time of the evaluation in progress: `alerted` looks back from here.
     #[serde(skip)]
     now: i64,
@@ -41,6 +48,32 @@ pub struct AlertMemory {
     /// `edge` calls refused by the bound since start.
     #[serde(skip)]
     pub edges_refused: u64,
+    /// Keys changed since the last durable checkpoint (`track_changes`); `None`, and free, when off.
+    #[serde(skip)]
+    changes: Option<Box<MemoryChanges>>,
+}
+
+#[derive(Default)]
+struct MemoryChanges {
+    entries: ChangedKeys<(u64, u64)>,
+    latches: ChangedKeys<LatchKey>,
+}
+
+/// The memory's changes since its last durable checkpoint as written, borrowed. Decoded as
+/// `MemoryDelta` (same fields, same order).
+#[derive(Serialize)]
+pub struct MemoryDeltaRef<'a> {
+    entries: Vec<((u64, u64), Option<&'a Memo>)>,
+    latches: Vec<(LatchKey, Option<&'a Latch>)>,
+    pruned_at_len: usize,
+}
+
+/// The memory's changes as read back (`AlertMemory::apply_delta`).
+#[derive(Deserialize)]
+pub struct MemoryDelta {
+    entries: Vec<((u64, u64), Option<Memo>)>,
+    latches: Vec<(LatchKey, Option<Latch>)>,
+    pruned_at_len: usize,
 }
 
 /// What `edge` answers when a rule asks about one name too many for one entity.
@@ -125,6 +158,9 @@ impl AlertMemory {
         let slot = self.latches.entry(key).or_insert((false, now));
         let rising = cond && !slot.0;
         *slot = (cond, now);
+        if let Some(c) = self.changes.as_deref_mut() {
+            c.latches.mark(key);
+        }
         Ok(rising)
     }
 
@@ -149,16 +185,17 @@ impl AlertMemory {
         hit_window_s: i64,
         cooldown_s: i64,
     ) -> Decision {
-        let m = self
-            .entries
-            .entry((key_hash(rule), key_hash(entity_key)))
-            .or_insert(Memo {
-                last_alert: None,
-                last_severity: Severity::Info,
-                hits: 0,
-                first_hit: t,
-                touched: t,
-            });
+        let key = (key_hash(rule), key_hash(entity_key));
+        if let Some(c) = self.changes.as_deref_mut() {
+            c.entries.mark(key);
+        }
+        let m = self.entries.entry(key).or_insert(Memo {
+            last_alert: None,
+            last_severity: Severity::Info,
+            hits: 0,
+            first_hit: t,
+            touched: t,
+        });
         m.touched = m.touched.max(t);
         if t >= m.first_hit + hit_window_s || t < m.first_hit {
             m.hits = 0;
@@ -188,10 +225,93 @@ impl AlertMemory {
         if len < 1024 || len < 2 * self.pruned_at_len {
             return;
         }
-        self.entries.retain(|_, m| m.touched >= now - keep_s);
-        self.latches.retain(|_, (_, t)| *t >= now - keep_s);
+        let mut changes = self.changes.as_deref_mut();
+        self.entries.retain(|&k, m| {
+            let keep = m.touched >= now - keep_s;
+            if let (false, Some(c)) = (keep, changes.as_deref_mut()) {
+                c.entries.mark(k);
+            }
+            keep
+        });
+        self.latches.retain(|&k, (_, t)| {
+            let keep = *t >= now - keep_s;
+            if let (false, Some(c)) = (keep, changes.as_deref_mut()) {
+                c.latches.mark(k);
+            }
+            keep
+        });
         self.latch_counts = None;
         self.pruned_at_len = self.entries.len() + self.latches.len();
+    }
+
+    /// Starts (or stops) recording changed keys for incremental checkpoints; as
+    /// `WindowStore::track_changes`.
+    pub fn track_changes(&mut self, on: bool) {
+        match (on, &self.changes) {
+            (true, None) => self.changes = Some(Box::default()),
+            (false, _) => self.changes = None,
+            (true, Some(_)) => {}
+        }
+    }
+
+    /// Closes the open epoch of changes under `epoch`; as `WindowStore::seal_changes`.
+    pub fn seal_changes(&mut self, epoch: u64) {
+        if let Some(c) = self.changes.as_deref_mut() {
+            c.entries.seal(epoch);
+            c.latches.seal(epoch);
+        }
+    }
+
+    /// The changes of every sealed epoch not yet durable, borrowing the memory; as
+    /// `WindowStore::delta` (encode it before the memory changes again).
+    pub fn delta(&self) -> MemoryDeltaRef<'_> {
+        debug_assert!(self.changes.is_some(), "delta() with change tracking off");
+        let (entries, latches) = match self.changes.as_deref() {
+            Some(c) => {
+                debug_assert!(
+                    c.entries.open_is_empty() && c.latches.open_is_empty(),
+                    "delta() after changes since seal_changes"
+                );
+                (
+                    c.entries.entries(&self.entries),
+                    c.latches.entries(&self.latches),
+                )
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        MemoryDeltaRef {
+            entries,
+            latches,
+            pruned_at_len: self.pruned_at_len,
+        }
+    }
+
+    /// Sealed epochs up to and including `epoch` are durable: forgets their changes.
+    pub fn changes_durable(&mut self, epoch: u64) {
+        if let Some(c) = self.changes.as_deref_mut() {
+            c.entries.durable(epoch);
+            c.latches.durable(epoch);
+        }
+    }
+
+    /// Entries and latches sorted, and the prune mark: for comparing two memories whose hash maps
+    /// iterate in different orders.
+    #[cfg(test)]
+    pub(crate) fn canonical(&self) -> Vec<u8> {
+        let mut entries: Vec<_> = self.entries.iter().collect();
+        entries.sort_unstable_by_key(|(k, _)| **k);
+        let mut latches: Vec<_> = self.latches.iter().collect();
+        latches.sort_unstable_by_key(|(k, _)| **k);
+        postcard::to_stdvec(&(entries, latches, self.pruned_at_len)).expect("encodes")
+    }
+
+    /// Restore: applies a delta on top of the state it was taken relative to.
+    pub fn apply_delta(&mut self, d: MemoryDelta) {
+        apply_entries(&mut self.entries, d.entries);
+        apply_entries(&mut self.latches, d.latches);
+        self.pruned_at_len = d.pruned_at_len;
+        // Rebuilt from the latches when next needed.
+        self.latch_counts = None;
     }
 }
 
@@ -239,5 +359,86 @@ mod tests {
         assert_eq!(m.edges_refused, 1);
         assert!(!m.edge(1, 2, "other", true, 2).unwrap());
         assert!(m.edge(1, 4, "third", true, 2).unwrap(), "per entity");
+    }
+
+    fn restore(base: &[u8], deltas: &[Vec<u8>]) -> AlertMemory {
+        let mut m: AlertMemory = postcard::from_bytes(base).unwrap();
+        for d in deltas {
+            m.apply_delta(postcard::from_bytes(d).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn tracking_off_records_nothing() {
+        let mut m = AlertMemory::default();
+        for e in 0..100 {
+            m.decide("r", &e.to_string(), e, Severity::High, 1, 60, 60);
+            m.edge(1, e as u64, "x", true, 4).unwrap();
+        }
+        assert!(m.changes.is_none());
+        m.track_changes(true);
+        m.seal_changes(1);
+        assert!(m.delta().entries.is_empty() && m.delta().latches.is_empty());
+    }
+
+    /// A prune removes most entries: the delta carries them as tombstones, and only the entries the
+    /// prune removed or a decision touched, not every entry the sweep looked at.
+    #[test]
+    fn a_delta_carries_pruned_entries_as_tombstones() {
+        let mut m = AlertMemory::default();
+        m.track_changes(true);
+        for e in 0..1500 {
+            m.decide("r", &e.to_string(), e, Severity::High, 1, 60, 60);
+            m.set_now(e);
+            m.edge(7, e as u64, "above", e % 2 == 0, 4).unwrap();
+        }
+        m.seal_changes(1);
+        let base = postcard::to_stdvec(&m).unwrap();
+        m.changes_durable(1);
+
+        // Epoch 2 touches ten entries; it fails. Epoch 3 prunes what is older than t = 1000.
+        for e in 1490..1500 {
+            m.decide("r", &e.to_string(), 5000, Severity::Critical, 1, 60, 60);
+        }
+        m.seal_changes(2);
+        let _failed = postcard::to_stdvec(&m.delta()).unwrap();
+        m.maybe_prune(2000, 1000);
+        assert_eq!(m.len(), 500);
+        m.seal_changes(3);
+        let delta = postcard::to_stdvec(&m.delta()).unwrap();
+        let decoded: MemoryDelta = postcard::from_bytes(&delta).unwrap();
+        assert_eq!(
+            decoded.entries.len(),
+            1000 + 10,
+            "pruned, and the failed epoch's"
+        );
+        assert_eq!(
+            decoded.entries.iter().filter(|(_, v)| v.is_none()).count(),
+            1000
+        );
+        assert_eq!(decoded.latches.len(), 1000);
+        m.changes_durable(3);
+
+        let mut restored = restore(&base, &[delta]);
+        assert_eq!(restored.canonical(), m.canonical());
+        // The latch bound is rebuilt from the restored latches.
+        restored.set_now(3000);
+        m.set_now(3000);
+        for name in ["a", "b", "c", "d"] {
+            assert_eq!(
+                restored.edge(7, 1200, name, true, 4),
+                m.edge(7, 1200, name, true, 4)
+            );
+        }
+        assert_ne!(m.changes.as_ref().unwrap().latches.len(), 0);
+        m.seal_changes(4);
+        m.changes_durable(4);
+        let c = m.changes.as_ref().unwrap();
+        assert_eq!(
+            c.entries.len() + c.latches.len(),
+            0,
+            "nothing held once durable"
+        );
     }
 }

@@ -73,7 +73,7 @@ pub fn run_cmd(a: RunArgs, json_logs: bool) -> anyhow::Result<i32> {
     let brokers = match cfg.kafka.brokers.clone() {
         Some(b) => b,
         None => {
-            if state_dir.is_some() {
+            if state_dir.is_some() || !cfg.durability.store.is_empty() {
                 // The embedded broker's log lives in memory: a snapshot from an earlier run would
                 // describe offsets this broker never had.
                 let t = std::env::temp_dir()
@@ -81,6 +81,10 @@ pub fn run_cmd(a: RunArgs, json_logs: bool) -> anyhow::Result<i32> {
                 tracing::info!(dir = %t.display(), "State snapshots (embedded broker: temporary).");
                 state_dir = Some(t.clone());
                 demo_state = Some(t);
+            }
+            if !cfg.durability.store.is_empty() {
+                tracing::warn!(store = %cfg.durability.store, "durability.store is not used with the embedded broker (its log lives in memory); checkpoints go to a temporary directory.");
+                cfg.durability.store.clear();
             }
             let demo = cfg.demo.enabled && !a.no_demo;
             if demo {

@@ -352,7 +352,7 @@ impl Shard<'_> {
             Ok(bytes) => {
                 self.dirty = false;
                 let _ = sink.send(EncodedSnapshot {
-                    generation: 0,
+                    link: None,
                     kind: SnapshotKind::Callers,
                     bytes,
                     covers,

@@ -40,8 +40,9 @@ use rdkafka::consumer::{CommitMode, Consumer};
 
 use crate::config::{CallingNumbers, Config};
 use crate::durability::checkpoint::{self, CallerState};
-use crate::durability::dir::CheckpointDir;
+use crate::durability::layout::Checkpoints;
 use crate::durability::snapshot::{Loaded, SnapshotError, SnapshotKind};
+use crate::durability::store::Store;
 use crate::record::Input;
 use crate::rules::{Library, Reloader};
 use crate::sink::kafka::KafkaOutput;
@@ -108,10 +109,25 @@ pub fn run(
         cfg.kafka.topic(Input::Usage),
         cfg.kafka.topic(Input::Events),
     ));
-    let dir = match &opts.state_dir {
-        Some(d) => Some(Arc::new(CheckpointDir::open(d, &cfg.durability.instance)?)),
+    let d = &cfg.durability;
+    let store = if !d.store.is_empty() {
+        Some(Store::open(
+            &d.store,
+            std::path::Path::new(""),
+            &d.store_options,
+        )?)
+    } else {
+        opts.state_dir.as_deref().map(Store::dir)
+    };
+    let dir = match store {
+        Some(store) => {
+            tracing::info!(store = store.describe(), "Checkpoints.");
+            Some(Arc::new(Checkpoints::open(store, &d.instance)?))
+        }
         None => {
-            tracing::warn!("No durability.dir: state is not snapshotted and is lost on restart.");
+            tracing::warn!(
+                "No durability.dir or durability.store: state is not snapshotted and is lost on restart."
+            );
             None
         }
     };
@@ -392,9 +408,18 @@ pub fn run(
 }
 
 /// Reads the caller shard's snapshot; the flag says whether its state must be rebuilt (none usable).
-fn load_shard(dir: &CheckpointDir) -> (Option<CallerState>, bool) {
-    let path = dir.callers();
-    let read = Loaded::read(&path).and_then(|l| {
+fn load_shard(dir: &Checkpoints) -> (Option<CallerState>, bool) {
+    let key = dir.callers_key();
+    let path = std::path::PathBuf::from(&key);
+    let read = match dir.store.get(&key) {
+        Ok(Some(bytes)) => Loaded::from_bytes(&path, bytes),
+        Ok(None) => Err(SnapshotError::Missing(path.clone())),
+        Err(e) => Err(SnapshotError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+    };
+    let read = read.and_then(|l| {
         if l.header.kind != SnapshotKind::Callers {
             return Err(SnapshotError::Incompatible {
                 path: path.clone(),
@@ -416,7 +441,7 @@ fn load_shard(dir: &CheckpointDir) -> (Option<CallerState>, bool) {
         Err(e) => {
             tracing::error!(error = %e, "No usable caller shard snapshot: its state is rebuilt by re-reading the rebuild window of every usage partition.");
             if !matches!(e, SnapshotError::Io { .. }) {
-                dir.set_aside(&path);
+                dir.set_aside(&key);
             }
             (None, true)
         }

@@ -30,9 +30,9 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{Config, StartFrom};
-use crate::durability::checkpoint::{PartitionState, ReadBounds};
-use crate::durability::dir::CheckpointDir;
-use crate::durability::snapshot::{Loaded, SnapshotError, SnapshotKind};
+use crate::durability::checkpoint::{self, PartitionState, ReadBounds};
+use crate::durability::layout::Checkpoints;
+use crate::durability::snapshot::{Loaded, SnapshotError};
 use crate::record::Input;
 use crate::sink::Tracker;
 use crate::source::kafka::{ConsumerCtx, RebalanceHook};
@@ -64,7 +64,7 @@ fn group_generation(consumer: &BaseConsumer<ConsumerCtx>) -> i32 {
 
 pub struct Rebalancer {
     pub cfg: Arc<Config>,
-    pub dir: Option<Arc<CheckpointDir>>,
+    pub dir: Option<Arc<Checkpoints>>,
     pub tracker: Arc<Tracker>,
     pub metrics: Arc<Metrics>,
     pub assignment: Arc<Assignment>,
@@ -74,6 +74,15 @@ pub struct Rebalancer {
     pub shard_rebuild: AtomicBool,
     /// The run loop has stopped and committed: the revoke at close has nothing left to do.
     pub stopped: AtomicBool,
+}
+
+/// Where a restored partition's state came from.
+struct Restored {
+    /// The group generation of the owner that wrote it.
+    generation: i32,
+    /// Its base and deltas, and their size.
+    checkpoints: usize,
+    bytes: usize,
 }
 
 /// Where an input of a partition starts reading.
@@ -100,48 +109,62 @@ impl Rebalancer {
         self.cfg.kafka.topic(input)
     }
 
-    /// Loads the snapshot of partition `p` a new owner restores (`dir::pick`: the newest
-    /// generation covering the committed offsets `c`). Unusable files (corrupt, another version,
-    /// another partition) are set aside and the others tried; the error is the first such file's,
-    /// or `Missing` when there is none.
+    /// Loads the checkpoint chain of partition `p` a new owner restores (`layout::pick`: the
+    /// newest generation covering the committed offsets `c`). Unusable checkpoints (corrupt,
+    /// another version, another partition) are set aside and the other chains tried; the error is
+    /// the first such one's, or `Missing` when there is none.
     fn load(
         &self,
-        dir: &CheckpointDir,
+        dir: &Checkpoints,
         p: i32,
         c: [Option<i64>; 2],
-    ) -> Result<(Loaded, PartitionState), SnapshotError> {
-        let mut usable = Vec::new();
+    ) -> Result<(Loaded, PartitionState, Restored), SnapshotError> {
+        let io = |e: crate::durability::store::StoreError| SnapshotError::Io {
+            path: format!("partition-{p}").into(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        let mut chains = dir.partition_chains(p).map_err(io)?;
         let mut first_error = None;
-        for (_, path) in dir.partition_snapshots(p) {
-            let read = Loaded::read(&path).and_then(|l| match l.header.kind {
-                SnapshotKind::Partition(q) if q == p => Ok(l),
-                other => Err(SnapshotError::Incompatible {
-                    path: path.clone(),
-                    why: format!("holds {other:?}, not partition {p}"),
-                }),
-            });
-            match read {
-                Ok(l) => usable.push(l),
-                Err(e) => {
-                    if !matches!(e, SnapshotError::Io { .. }) {
-                        dir.set_aside(&path);
+        loop {
+            let mut usable = Vec::new();
+            for chain in chains {
+                match checkpoint::read_newest(dir, &chain) {
+                    Ok(l) => usable.push((chain, l)),
+                    Err(e) => {
+                        if !matches!(e, SnapshotError::Io { .. } | SnapshotError::Missing(_)) {
+                            dir.set_aside(&chain.newest().key());
+                        }
+                        first_error.get_or_insert(e);
                     }
-                    first_error.get_or_insert(e);
                 }
             }
-        }
-        let next =
-            |l: &Loaded| [Input::Usage, Input::Events].map(|i| l.header.next(self.topic(i), p));
-        let candidates: Vec<[Option<i64>; 2]> = usable.iter().map(next).collect();
-        let Some(k) = crate::durability::dir::pick(&candidates, c) else {
-            return Err(first_error.unwrap_or_else(|| SnapshotError::Missing(dir.partition(p, 0))));
-        };
-        let loaded = usable.swap_remove(k);
-        match loaded.payload::<PartitionState>() {
-            Ok(state) => Ok((loaded, state)),
-            Err(e) => {
-                dir.set_aside(&loaded.path);
-                Err(e)
+            let next =
+                |l: &Loaded| [Input::Usage, Input::Events].map(|i| l.header.next(self.topic(i), p));
+            let candidates: Vec<[Option<i64>; 2]> = usable.iter().map(|(_, l)| next(l)).collect();
+            let Some(k) = crate::durability::layout::pick(&candidates, c) else {
+                return Err(first_error
+                    .unwrap_or_else(|| SnapshotError::Missing(format!("partition-{p}").into())));
+            };
+            let (chain, newest) = usable.swap_remove(k);
+            match checkpoint::restore_chain(dir, &chain, &newest) {
+                Ok((state, bytes)) => {
+                    let from = Restored {
+                        generation: chain.generation,
+                        checkpoints: chain.links.len(),
+                        bytes,
+                    };
+                    return Ok((newest, state, from));
+                }
+                Err(e) => {
+                    tracing::error!(partition = p, error = %e, "A checkpoint chain could not be restored; trying the others.");
+                    if !matches!(e, SnapshotError::Io { .. } | SnapshotError::Missing(_)) {
+                        for l in &chain.links {
+                            dir.set_aside(&l.key());
+                        }
+                    }
+                    first_error.get_or_insert(e);
+                    chains = usable.into_iter().map(|(c, _)| c).collect();
+                }
             }
         }
     }
@@ -246,7 +269,7 @@ impl RebalanceHook for Rebalancer {
             };
             if let Some(dir) = &self.dir {
                 match self.load(dir, p, c) {
-                    Ok((loaded, state)) => {
+                    Ok((loaded, state, from)) => {
                         let s = inputs.map(|i| loaded.header.next(self.topic(i), p));
                         let mut stale = false;
                         let mut foreign = false;
@@ -285,15 +308,15 @@ impl RebalanceHook for Rebalancer {
                             };
                         }
                         if foreign {
-                            tracing::error!(partition = p, path = %loaded.path.display(), "The snapshot is ahead of the partition's log (another cluster, or recreated topics): not used; starting new.");
-                            dir.set_aside(&loaded.path);
+                            tracing::error!(partition = p, checkpoint = %loaded.path.display(), "The checkpoint is ahead of the partition's log (another cluster, or recreated topics): not used; starting new.");
                             plan.bounds.apply_from = [None; 2];
                             plan.start = [Start::Committed; 2];
                             plan.outcome = RestoreOutcome::ForeignSnapshot;
                         } else {
                             tracing::info!(
                                 partition = p,
-                                bytes = loaded.size(),
+                                bytes = from.bytes,
+                                checkpoints = from.checkpoints,
                                 subscribers = loaded.header.subscribers,
                                 accounts = loaded.header.accounts,
                                 usage_from = ?s[0],
@@ -301,6 +324,8 @@ impl RebalanceHook for Rebalancer {
                                 committed_usage = ?c[0],
                                 committed_events = ?c[1],
                                 stale,
+                                from_generation = from.generation,
+                                generation,
                                 "Partition state restored from its snapshot."
                             );
                             plan.state = Some(Box::new(state));

@@ -37,7 +37,10 @@ use ahash::AHashMap;
 
 use crate::classify::Classifier;
 use crate::config::Config;
-use crate::durability::checkpoint::{self, EncodedSnapshot, PartitionState, ReadBounds};
+use crate::durability::checkpoint::{
+    self, ChainProgress, EncodedSnapshot, PartitionState, ReadBounds,
+};
+use crate::durability::layout::Link;
 use crate::durability::snapshot::{self, Position, SnapshotKind};
 use crate::pipeline::{Handover, Pipeline, PipelineOptions, RulesOptions, Scope, Verdict};
 use crate::record::{Decoded, Decoder, GapMark, Input, Item, Mode, OffsetGap, Reject};
@@ -208,6 +211,21 @@ struct Partition {
     gap: [Option<GapMark>; 2],
     /// The consumer-group generation under which this process owns the partition.
     generation: i32,
+    /// Where its checkpoint chain stands (snapshots on).
+    chain: ChainCursor,
+}
+
+/// A partition's checkpoint chain under its current owner (`durability::layout`).
+#[derive(Default)]
+struct ChainCursor {
+    progress: Arc<ChainProgress>,
+    next_seq: u64,
+    /// The newest checkpoint sent to the writer (`-1`: none).
+    sent: i64,
+    /// Size of the newest base sent, and of the deltas sent since: a new base when the deltas
+    /// reach half a base, so a restore reads at most one and a half.
+    base_bytes: usize,
+    since_base: usize,
 }
 
 impl Partition {
@@ -233,6 +251,10 @@ impl Partition {
             feed: Vec::new(),
             gap: [None, None],
             generation: 0,
+            chain: ChainCursor {
+                sent: -1,
+                ..Default::default()
+            },
         }
     }
 
@@ -404,6 +426,13 @@ impl Worker<'_> {
             ?bounds,
             "Partition started."
         );
+        if self.ctx.snapshots.is_some() {
+            // The first checkpoint of this owner is a base; changes are recorded from here on.
+            pipeline.with_state_mut(|store, memory| {
+                store.track_changes(true);
+                memory.track_changes(true);
+            });
+        }
         let mut part = Partition::new(pipeline, merge, bounds, starts);
         part.handed_over = handed_over;
         part.generation = generation;
@@ -476,25 +505,71 @@ impl Worker<'_> {
         if let Some(cap) = self.ctx.tracker.shard_cap(partition) {
             part.handed_over = part.handed_over.split_off(&(cap + 1));
         }
+        // One checkpoint in flight per partition: a delta is relative to the newest durable one,
+        // which must not change under it (a base in flight would remove its parent). A forced one
+        // (revoke, shutdown) does not wait: it is a base.
+        let chain = &mut part.chain;
+        let durable = chain.progress.durable.load(Ordering::SeqCst);
+        let in_flight = chain.progress.settled.load(Ordering::SeqCst) < chain.sent;
+        if in_flight && !force {
+            return reply(done, true);
+        }
+        let parent = (!in_flight && durable >= 0 && chain.since_base * 2 <= chain.base_bytes)
+            .then_some(durable as u64);
+        let now_us = crate::telemetry::metrics::now_ms().max(0) as u64 * 1000;
+        let seq = chain.next_seq.max(now_us);
         let handed_over = &part.handed_over;
-        let encoded = part.pipeline.with_state(|store, memory| {
+        let encoded = part.pipeline.with_state_mut(|store, memory| {
+            if durable >= 0 {
+                store.changes_durable(durable as u64);
+                memory.changes_durable(durable as u64);
+            }
+            store.seal_changes(seq);
+            memory.seal_changes(seq);
             let header = checkpoint::header(SnapshotKind::Partition(partition), positions, store);
-            snapshot::encode(
-                &header,
-                &checkpoint::PartitionStateRef {
-                    store,
-                    memory,
-                    highs,
-                    handed_over,
-                },
-            )
+            match parent {
+                None => snapshot::encode(
+                    &header,
+                    &checkpoint::PartitionStateRef {
+                        store,
+                        memory,
+                        highs,
+                        handed_over,
+                    },
+                ),
+                Some(_) => snapshot::encode(
+                    &header,
+                    &checkpoint::PartitionDeltaRef {
+                        store: store.delta(),
+                        memory: memory.delta(),
+                        highs,
+                        handed_over,
+                    },
+                ),
+            }
         });
         match encoded {
             Ok(bytes) => {
                 part.dirty = false;
                 part.snapshotted = true;
-                let _ = sink.send(EncodedSnapshot {
+                let chain = &mut part.chain;
+                chain.next_seq = seq + 1;
+                chain.sent = seq as i64;
+                match parent {
+                    None => {
+                        chain.base_bytes = bytes.len();
+                        chain.since_base = 0;
+                    }
+                    Some(_) => chain.since_base += bytes.len(),
+                }
+                let link = Link {
+                    partition,
                     generation: part.generation,
+                    seq,
+                    parent,
+                };
+                let _ = sink.send(EncodedSnapshot {
+                    link: Some((link, chain.progress.clone())),
                     kind: SnapshotKind::Partition(partition),
                     bytes,
                     covers,

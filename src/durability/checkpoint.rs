@@ -1,6 +1,7 @@
-//! Durable state: each partition's pipeline state and the caller shard's, snapshotted to a local
-//! directory with the input offsets they reflect, and the rules that keep Kafka's committed offsets
-//! consistent with them.
+//! Durable state: each partition's pipeline state and the caller shard's, checkpointed to the store
+//! (`durability::store`: a directory or S3) with the input offsets they reflect, as chains of a base
+//! and deltas (`durability::layout`), and the rules that keep Kafka's committed offsets consistent
+//! with them.
 //!
 //! **The invariant.** For every input partition, committed offset C ≤ S, the next offset of its last
 //! durable snapshot, and a snapshot is written only once every alert and dead letter of the records it
@@ -9,13 +10,12 @@
 //! on the broker), records from S on are processed normally, and alerts of records whose output was
 //! not acknowledged are emitted again with the same deterministic ids.
 //!
-//! **Why local snapshots and not a changelog topic** (Kafka Streams, Flink's RocksDB backend). A
-//! changelog write per state update would multiply broker traffic by the updates per record (≈2); a
-//! snapshot every `durability.snapshot_interval` costs one sequential write of the state, and the
-//! input topics already are the log that replays what came after. The price: a partition that moves
-//! to a machine without its snapshot is rebuilt by re-reading `durability.rebuild_window` of input
-//! (with outputs suppressed below C), not restored instantly; point the state directory at shared
-//! storage to avoid that.
+//! **Why checkpoints and not a changelog topic** (Kafka Streams). A changelog write per state update
+//! would multiply broker traffic by the updates per record (≈2); a delta every
+//! `durability.snapshot_interval` writes each changed entity once however often it changed, and the
+//! input topics already are the log that replays what came after. A partition that moves to a
+//! machine reaching the same store is restored from its chain; one whose chain is unusable is
+//! rebuilt by re-reading `durability.rebuild_window` of input (outputs suppressed below C).
 //!
 //! **Caller shard.** Its state spans partitions, so it keeps per usage partition where its merge
 //! stands (`LanePosition`), snapshots on its own schedule, and caps each usage partition's commits at
@@ -25,22 +25,23 @@
 //! calls).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::alert::memory::AlertMemory;
+use crate::alert::memory::{AlertMemory, MemoryDelta, MemoryDeltaRef};
 use crate::record::Input;
 use crate::rules::engine::AccountFacts;
 use crate::sink::ack::Tracker;
+use crate::state::delta::{StoreDelta, StoreDeltaRef};
 use crate::state::WindowStore;
 use crate::telemetry::metrics::Metrics;
 
-use super::dir::CheckpointDir;
-use super::snapshot::{self, Header, Position, SnapshotKind};
+use super::layout::{Chain, Checkpoints, Link};
+use super::snapshot::{Header, Loaded, Position, SnapshotError, SnapshotKind};
 
 /// A partition's state as written (borrowed from its pipeline, no copy).
 #[derive(Serialize)]
@@ -103,11 +104,48 @@ pub fn header(kind: SnapshotKind, positions: Vec<Position>, store: &WindowStore)
     }
 }
 
+/// A partition's changes since its last durable checkpoint, as written (`durability::layout`).
+#[derive(Serialize)]
+pub struct PartitionDeltaRef<'a> {
+    pub store: StoreDeltaRef<'a>,
+    pub memory: MemoryDeltaRef<'a>,
+    pub highs: [i64; 2],
+    pub handed_over: &'a BTreeMap<i64, AccountFacts>,
+}
+
+/// A delta as read back. Same field order as `PartitionDeltaRef`.
+#[derive(Deserialize)]
+pub struct PartitionDelta {
+    pub store: StoreDelta,
+    pub memory: MemoryDelta,
+    pub highs: [i64; 2],
+    pub handed_over: BTreeMap<i64, AccountFacts>,
+}
+
+/// Where a partition's chain stands, as the writer tells its worker (read at the next checkpoint).
+#[derive(Debug)]
+pub struct ChainProgress {
+    /// The newest durable checkpoint of this owner (`-1`: none yet): the next delta's parent.
+    pub durable: AtomicI64,
+    /// The newest checkpoint the writer has finished with, durable or not: while it is behind the
+    /// newest sent, one is in flight.
+    pub settled: AtomicI64,
+}
+
+impl Default for ChainProgress {
+    fn default() -> Self {
+        ChainProgress {
+            durable: AtomicI64::new(-1),
+            settled: AtomicI64::new(-1),
+        }
+    }
+}
+
 /// An encoded snapshot on its way to the writer.
 pub struct EncodedSnapshot {
     pub kind: SnapshotKind,
-    /// The group generation of the owner (partitions; `durability::dir`).
-    pub generation: i32,
+    /// Partitions: where in the chain (generation, sequence, parent), and the progress to report to.
+    pub link: Option<(Link, Arc<ChainProgress>)>,
     pub bytes: Vec<u8>,
     /// Per input partition, the last offset the snapshot covers.
     pub covers: Vec<(Input, i32, i64)>,
@@ -117,10 +155,10 @@ pub struct EncodedSnapshot {
     pub done: Option<SyncSender<bool>>,
 }
 
-/// The writer thread: waits until a snapshot's outputs are acknowledged, writes it atomically, then
-/// lets commits advance to it (partitions: the cap; the caller shard: its holds).
+/// The writer thread: waits until a snapshot's outputs are acknowledged, writes it to the store,
+/// then lets commits advance to it (partitions: the cap; the caller shard: its holds).
 pub fn spawn_writer(
-    dir: Arc<CheckpointDir>,
+    checkpoints: Arc<Checkpoints>,
     tracker: Arc<Tracker>,
     metrics: Arc<Metrics>,
     delivery_timeout: Duration,
@@ -134,7 +172,13 @@ pub fn spawn_writer(
                 if abort.load(Ordering::Relaxed) {
                     return;
                 }
-                let ok = write_job(&dir, &tracker, &metrics, delivery_timeout, &job);
+                let ok = write_job(&checkpoints, &tracker, &metrics, delivery_timeout, &job);
+                if let Some((link, progress)) = &job.link {
+                    if ok {
+                        progress.durable.store(link.seq as i64, Ordering::SeqCst);
+                    }
+                    progress.settled.store(link.seq as i64, Ordering::SeqCst);
+                }
                 if !ok {
                     metrics.snapshots.failed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -146,20 +190,35 @@ pub fn spawn_writer(
 }
 
 fn write_job(
-    dir: &CheckpointDir,
+    checkpoints: &Checkpoints,
     tracker: &Tracker,
     metrics: &Metrics,
     delivery_timeout: Duration,
     job: &EncodedSnapshot,
 ) -> bool {
-    let path = match job.kind {
-        SnapshotKind::Partition(p) => dir.partition(p, job.generation),
-        SnapshotKind::Callers => dir.callers(),
+    let key = match &job.link {
+        Some((link, _)) => link.key(),
+        None => checkpoints.callers_key(),
     };
+    if let Some((
+        Link {
+            parent: Some(parent),
+            ..
+        },
+        progress,
+    )) = &job.link
+    {
+        // A delta holds the changes since its parent: on any other checkpoint it would be wrong.
+        let durable = progress.durable.load(Ordering::SeqCst);
+        if durable != *parent as i64 {
+            tracing::warn!(key, durable, "Delta not written: its parent is not the newest durable checkpoint; the next checkpoint covers its changes.");
+            return false;
+        }
+    }
     for &(input, partition, last) in &job.covers {
         if !tracker.wait_delivered(input, partition, last, delivery_timeout) {
             tracing::warn!(
-                path = %path.display(),
+                key,
                 ?input,
                 partition,
                 "Snapshot not written: alerts of the records it covers are not acknowledged yet; \
@@ -168,24 +227,21 @@ fn write_job(
             return false;
         }
     }
-    if let Err(e) = snapshot::write_atomic(&path, &job.bytes) {
-        tracing::error!(path = %path.display(), error = %e, "Snapshot not written; commits wait for the next one.");
-        let s = &metrics.snapshots;
+    let s = &metrics.snapshots;
+    if let Err(e) = checkpoints.store.put(&key, job.bytes.clone()) {
+        tracing::error!(error = %e, "Checkpoint not written; commits wait for the next one.");
         let _ = s.failing_since_ms.compare_exchange(
             0,
             crate::telemetry::metrics::now_ms(),
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
-        *s.last_error.lock().expect("metrics lock") = Some(format!("{}: {e}", path.display()));
+        *s.last_error.lock().expect("metrics lock") = Some(e.to_string());
         return false;
     }
-    metrics
-        .snapshots
-        .failing_since_ms
-        .store(0, Ordering::Relaxed);
-    if let SnapshotKind::Partition(p) = job.kind {
-        dir.remove_older(p, job.generation);
+    s.failing_since_ms.store(0, Ordering::Relaxed);
+    if let Some((link @ Link { parent: None, .. }, _)) = &job.link {
+        checkpoints.remove_before(link);
     }
     for &(input, partition, last) in &job.covers {
         match job.kind {
@@ -193,14 +249,82 @@ fn write_job(
             SnapshotKind::Callers => tracker.set_shard_cap(partition, last),
         }
     }
-    let s = &metrics.snapshots;
     s.written.fetch_add(1, Ordering::Relaxed);
     s.bytes_written
         .fetch_add(job.bytes.len() as u64, Ordering::Relaxed);
+    match &job.link {
+        Some((Link { parent: None, .. }, _)) => &s.bases_written,
+        Some(_) => &s.deltas_written,
+        None => &s.bases_written,
+    }
+    .fetch_add(1, Ordering::Relaxed);
     s.last_write_us
         .store(job.started.elapsed().as_micros() as u64, Ordering::Relaxed);
-    tracing::debug!(path = %path.display(), bytes = job.bytes.len(), "Snapshot written.");
+    tracing::debug!(key, bytes = job.bytes.len(), "Checkpoint written.");
     true
+}
+
+/// Reads the newest checkpoint of a chain: its header says what the chain covers.
+pub fn read_newest(checkpoints: &Checkpoints, chain: &Chain) -> Result<Loaded, SnapshotError> {
+    read(checkpoints, chain.newest())
+}
+
+fn read(checkpoints: &Checkpoints, link: &Link) -> Result<Loaded, SnapshotError> {
+    let key = link.key();
+    let path = std::path::PathBuf::from(&key);
+    let bytes = match checkpoints.store.get(&key) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Err(SnapshotError::Missing(path)),
+        Err(e) => {
+            return Err(SnapshotError::Io {
+                path,
+                source: std::io::Error::other(e.to_string()),
+            })
+        }
+    };
+    let loaded = Loaded::from_bytes(&path, bytes)?;
+    match loaded.header.kind {
+        SnapshotKind::Partition(q) if q == link.partition => Ok(loaded),
+        other => Err(SnapshotError::Incompatible {
+            path,
+            why: format!("holds {other:?}, not partition {}", link.partition),
+        }),
+    }
+}
+
+/// Restores a chain: its base, then each delta in order. `newest` is the chain's newest
+/// checkpoint, already read (`read_newest`). Returns the state and the size read.
+pub fn restore_chain(
+    checkpoints: &Checkpoints,
+    chain: &Chain,
+    newest: &Loaded,
+) -> Result<(PartitionState, usize), SnapshotError> {
+    let mut bytes = newest.size();
+    let base = if chain.links.len() == 1 {
+        return Ok((newest.payload::<PartitionState>()?, bytes));
+    } else {
+        read(checkpoints, &chain.links[0])?
+    };
+    bytes += base.size();
+    let mut state = base.payload::<PartitionState>()?;
+    drop(base);
+    let last = chain.links.len() - 1;
+    for (i, link) in chain.links.iter().enumerate().skip(1) {
+        let loaded;
+        let delta = if i == last {
+            newest
+        } else {
+            loaded = read(checkpoints, link)?;
+            bytes += loaded.size();
+            &loaded
+        };
+        let d = delta.payload::<PartitionDelta>()?;
+        state.store.apply_delta(d.store);
+        state.memory.apply_delta(d.memory);
+        state.highs = d.highs;
+        state.handed_over = d.handed_over;
+    }
+    Ok((state, bytes))
 }
 
 /// How a partition's re-read records are treated after an assignment, per input (`[usage, events]`).

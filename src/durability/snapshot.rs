@@ -25,7 +25,9 @@ const MAGIC: &[u8; 8] = b"CDRGSNAP";
 /// account facts they handed over). 5: stores count clipped calls. 6: the dedup memory keeps a
 /// content digest beside each id, and stores count conflicting duplicates. 7: account events'
 /// digests are of their JSON form (their skipped optional blocks made postcard forms ambiguous).
-pub const FORMAT: u32 = 7;
+/// 8: timers keep their scheduling sequence (a delta's timers must keep their order among a base's),
+/// and checkpoints are chains of a base and deltas (`durability::layout`).
+pub const FORMAT: u32 = 8;
 
 /// What a snapshot holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,4 +1,5 @@
-//! `state`: read and edit the snapshot directory (`durability.dir`) of a **stopped** daemon — inspect
+//! `state`: read and edit the checkpoint store (`durability.dir`, or a `durability.store` URL given
+//! as `--dir`) of a **stopped** daemon — inspect
 //! one entity as the daemon last saved it, export its raw state, list the snapshots, or clear one
 //! subscriber or account (a number recycled to a new customer, a test account) without discarding a
 //! whole partition and paying its rebuild from Kafka.
@@ -13,7 +14,9 @@
 //! Snapshots are read one at a time and dropped once looked at: a partition's state can be large, and
 //! the entity is usually in one of them. One that cannot be read (corrupt, incompatible, holding
 //! another partition than its name says) is named with the reason on stderr and skipped; `clear`
-//! never rewrites a file it could not read. Subscribers and accounts live in `partition-N.gG.snap` (the newest generation),
+//! never rewrites a checkpoint it could not read. Subscribers and accounts live in each partition's
+//! newest chain (`partition-N/gG/…`, a base and its deltas, read as one; `clear` writes a new base
+//! after it),
 //! calling numbers in `callers.<instance>.snap` (or in the partitions when the daemon ran without a caller shard).
 
 use std::io::Write;
@@ -23,8 +26,9 @@ use serde_json::{json, Value};
 
 use crate::classify::ClassFilter;
 use crate::durability::checkpoint::{self, CallerState, PartitionState};
-use crate::durability::dir::{self, CheckpointDir, LockError, Named};
+use crate::durability::layout::{self, Chain, Checkpoints, Link, LockError};
 use crate::durability::snapshot::{self, Header, Loaded, SnapshotError, SnapshotKind};
+use crate::durability::store::Store;
 use crate::modes::inspect::{self, Target, WindowSpec};
 use crate::record::EventTime;
 use crate::state::WindowStore;
@@ -39,7 +43,7 @@ pub enum StateDirError {
         source: std::io::Error,
     },
     #[error(
-        "no snapshots (partition-N.gG.snap, callers.<instance>.snap) in {0}: is it the daemon's durability.dir?"
+        "no checkpoints (partition-N/gG/…, callers.<instance>.snap) in {0}: is it the daemon's durability.dir or durability.store?"
     )]
     Empty(PathBuf),
     #[error("{what} is in none of the {read} readable snapshot(s) in {dir}{}", unreadable_note(.unreadable))]
@@ -98,8 +102,9 @@ pub fn inspect(
     opts: &ReportOptions,
     out: &mut dyn Write,
 ) -> Result<(), StateDirError> {
+    let cp = open(dir, false)?;
     let mut first = true;
-    for_each_holding(dir, target, "skipped", |s| {
+    for_each_holding(&cp, dir, target, "skipped", |s| {
         let store = s.payload.store();
         let at = opts
             .at
@@ -135,7 +140,8 @@ pub fn inspect(
 /// `state export`: the entity's raw state as JSON, one document per snapshot that holds it: the
 /// entity's windows as stored, its account (ledger, lines) and the account's pending timers.
 pub fn export(dir: &Path, target: &Target, out: &mut dyn Write) -> Result<(), StateDirError> {
-    for_each_holding(dir, target, "skipped", |s| {
+    let cp = open(dir, false)?;
+    for_each_holding(&cp, dir, target, "skipped", |s| {
         let store = s.payload.store();
         let (entity, account) = match target {
             Target::Subscriber(n) => {
@@ -168,16 +174,24 @@ pub fn export(dir: &Path, target: &Target, out: &mut dyn Write) -> Result<(), St
 /// `state export --all`: one JSON array with every snapshot's header (unreadable ones with their
 /// error). Only headers are decoded: the checksum is verified, the payload is not decoded.
 pub fn list(dir: &Path, out: &mut dyn Write) -> Result<(), StateDirError> {
-    let files = snapshot_files(dir)?;
-    if files.is_empty() {
+    let cp = open(dir, false)?;
+    let entries = entries(&cp, dir)?;
+    if entries.is_empty() {
         eprintln!("note: {}", StateDirError::Empty(dir.to_path_buf()));
     }
     let mut rows = Vec::new();
-    for path in files {
-        let row = match Loaded::read(&path)
-            .and_then(|l| check_kind(&path, l.header.kind).map(|_| l))
-        {
-            Ok(l) => header_json(&path, &l.header, l.size()),
+    for entry in entries {
+        let key = entry.key();
+        let path = shown(&cp, &key);
+        let row = match read_newest(&cp, &entry) {
+            Ok(l) => {
+                let mut row = header_json(&path, &l.header, l.size());
+                if let Entry::Partition(chain) = &entry {
+                    row["generation"] = json!(chain.generation);
+                    row["checkpoints"] = json!(chain.links.len());
+                }
+                row
+            }
             Err(e) => {
                 eprintln!("warning: {e}");
                 json!({"file": path.display().to_string(), "error": e.to_string(), "reason": e.reason()})
@@ -198,71 +212,92 @@ pub fn clear(dir: &Path, target: &Target, out: &mut dyn Write) -> Result<(), Sta
         Target::CallingNumber(_) => return Err(StateDirError::NotClearable("calling number")),
         Target::Imei(_) => return Err(StateDirError::NotClearable("device (IMEI)")),
     }
-    // Before locking: `CheckpointDir::open` creates a missing directory, which would hide a typo.
-    exists(dir)?;
     // Held until this function returns, so that no daemon starts on the directory mid-rewrite.
-    let _lock = CheckpointDir::open_exclusive(dir).map_err(|e| match e {
-        LockError::InUse(d) => StateDirError::InUse(d),
-        LockError::Io(source) => StateDirError::Lock {
-            dir: dir.to_path_buf(),
-            source,
-        },
-    })?;
-    for_each_holding(dir, target, "not checked and left as it is", |mut s| {
-        let file = s.path.display().to_string();
-        let before = s.payload.store().size();
-        let store = s.payload.store_mut();
-        let what = match target {
-            Target::Subscriber(n) => {
-                let account = store
-                    .subscriber(*n)
-                    .and_then(|e| store.account_of(e))
-                    .map(|a| format!("; account {} keeps its ledger and other lines", a.id))
-                    .unwrap_or_default();
-                store.remove_subscriber(*n);
-                format!("subscriber {n} (its windows and locations{account})")
-            }
-            Target::Account(id) => {
-                let timers = store.pending_timers(id).count();
-                let lines = store.account(id).map_or(0, |a| a.lines.len());
-                store.remove_account(id);
-                format!(
+    // An object store cannot be locked: every daemon using it must be stopped (README).
+    let cp = open(dir, true)?;
+    for_each_holding(
+        &cp,
+        dir,
+        target,
+        "not checked and left as it is",
+        |mut s| {
+            let file = s.path.display().to_string();
+            let before = s.payload.store().size();
+            let store = s.payload.store_mut();
+            let what = match target {
+                Target::Subscriber(n) => {
+                    let account = store
+                        .subscriber(*n)
+                        .and_then(|e| store.account_of(e))
+                        .map(|a| format!("; account {} keeps its ledger and other lines", a.id))
+                        .unwrap_or_default();
+                    store.remove_subscriber(*n);
+                    format!("subscriber {n} (its windows and locations{account})")
+                }
+                Target::Account(id) => {
+                    let timers = store.pending_timers(id).count();
+                    let lines = store.account(id).map_or(0, |a| a.lines.len());
+                    store.remove_account(id);
+                    format!(
                     "account {id} (its ledger, {timers} pending timer(s), and the link of its {lines} \
                      line(s), which keep their own windows)"
                 )
+                }
+                _ => unreachable!("checked above"),
+            };
+            let after = store.size();
+            // Same kind and positions: the state still reflects the same input, minus this entity.
+            let header = checkpoint::header(s.header.kind, s.header.positions.clone(), store);
+            let bytes = s
+                .payload
+                .encode(&header)
+                .map_err(|source| StateDirError::Encode {
+                    path: s.path.clone(),
+                    source,
+                })?;
+            // Read the new bytes back before they replace a good checkpoint: the daemon will trust
+            // them.
+            Loaded::from_bytes(&s.path, bytes.clone())
+                .and_then(|l| decode(l, &s.entry))
+                .map_err(StateDirError::Verify)?;
+            // A partition gets a new base after its chain (the daemon restores the newest), which
+            // makes the chain before it useless; the caller shard's snapshot is replaced.
+            let key = match &s.entry {
+                Entry::Partition(chain) => Link {
+                    seq: chain.newest().seq + 1,
+                    parent: None,
+                    ..*chain.newest()
+                }
+                .key(),
+                Entry::Callers(key) => key.clone(),
+            };
+            cp.store
+                .put(&key, bytes)
+                .map_err(|e| StateDirError::Write {
+                    path: s.path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            if let Entry::Partition(chain) = &s.entry {
+                cp.remove_before(&Link {
+                    seq: chain.newest().seq + 1,
+                    parent: None,
+                    ..*chain.newest()
+                });
             }
-            _ => unreachable!("checked above"),
-        };
-        let after = store.size();
-        // Same kind and positions: the state still reflects the same input, minus this entity.
-        let header = checkpoint::header(s.header.kind, s.header.positions.clone(), store);
-        let bytes = s
-            .payload
-            .encode(&header)
-            .map_err(|source| StateDirError::Encode {
-                path: s.path.clone(),
-                source,
-            })?;
-        // Read the new bytes back before they replace a good file: the daemon will trust them.
-        Loaded::from_bytes(&s.path, bytes.clone())
-            .and_then(decode)
-            .map_err(StateDirError::Verify)?;
-        snapshot::write_atomic(&s.path, &bytes).map_err(|source| StateDirError::Write {
-            path: s.path.clone(),
-            source,
-        })?;
-        writeln!(
+            writeln!(
             out,
             "Removed {what} from {file}: subscribers {} → {}, accounts {} → {}. Alert cooldowns \
              remembered for it are kept.",
             before.subscribers, after.subscribers, before.accounts, after.accounts
         )?;
-        Ok(())
-    })
+            Ok(())
+        },
+    )
 }
 
-/// A snapshot file read and decoded.
+/// A checkpoint read and decoded (a partition's: its whole chain).
 struct Snapshot {
+    entry: Entry,
     path: PathBuf,
     header: Header,
     bytes: usize,
@@ -386,6 +421,115 @@ fn holds(store: &WindowStore, t: &Target) -> bool {
     }
 }
 
+/// What `state` reads: per partition its newest generation's chain (what a restart restores
+/// when it covers the commits), by partition number, then the caller shards' snapshots.
+enum Entry {
+    Partition(Chain),
+    Callers(String),
+}
+
+impl Entry {
+    fn key(&self) -> String {
+        match self {
+            Entry::Partition(chain) => chain.newest().key(),
+            Entry::Callers(key) => key.clone(),
+        }
+    }
+}
+
+/// `dir` is a directory, or a store URL (`file://…`, `s3://bucket/prefix`; S3 settings from the
+/// environment).
+fn open(dir: &Path, exclusive: bool) -> Result<Checkpoints, StateDirError> {
+    let text = dir.to_string_lossy();
+    let store = if text.starts_with("s3://") || text.starts_with("file://") {
+        Store::open(&text, Path::new(""), &Default::default()).map_err(|source| {
+            StateDirError::Lock {
+                dir: dir.to_path_buf(),
+                source,
+            }
+        })?
+    } else {
+        // Before locking: locking creates the LOCK file, which would hide a typo.
+        exists(dir)?;
+        Store::dir(dir)
+    };
+    if let (true, Some(local)) = (exclusive, store.local_dir()) {
+        exists(local)?;
+    }
+    Checkpoints::open_for_tools(store, exclusive).map_err(|e| match e {
+        LockError::InUse(d) => StateDirError::InUse(d),
+        LockError::Io(source) => StateDirError::Lock {
+            dir: dir.to_path_buf(),
+            source,
+        },
+    })
+}
+
+fn shown(cp: &Checkpoints, key: &str) -> PathBuf {
+    match cp.store.local_dir() {
+        Some(root) => root.join(key),
+        None => PathBuf::from(format!("{}/{key}", cp.store.describe())),
+    }
+}
+
+fn entries(cp: &Checkpoints, dir: &Path) -> Result<Vec<Entry>, StateDirError> {
+    let (links, mut callers) = cp.contents().map_err(|e| StateDirError::ListDir {
+        path: dir.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let partitions: std::collections::BTreeSet<i32> = links.iter().map(|l| l.partition).collect();
+    let mut out: Vec<Entry> = partitions
+        .into_iter()
+        .filter_map(|p| layout::chains(&links, p).into_iter().next())
+        .map(Entry::Partition)
+        .collect();
+    callers.sort();
+    out.extend(
+        callers
+            .into_iter()
+            .map(|i| Entry::Callers(format!("callers.{i}.snap"))),
+    );
+    Ok(out)
+}
+
+fn read_newest(cp: &Checkpoints, entry: &Entry) -> Result<Loaded, SnapshotError> {
+    match entry {
+        Entry::Partition(chain) => checkpoint::read_newest(cp, chain),
+        Entry::Callers(key) => {
+            let path = PathBuf::from(key);
+            match cp.store.get(key) {
+                Ok(Some(b)) => Loaded::from_bytes(&path, b),
+                Ok(None) => Err(SnapshotError::Missing(path)),
+                Err(e) => Err(SnapshotError::Io {
+                    path,
+                    source: std::io::Error::other(e.to_string()),
+                }),
+            }
+        }
+    }
+}
+
+/// Reads a checkpoint whole (a partition's chain applied).
+fn read_entry(cp: &Checkpoints, entry: Entry) -> Result<Snapshot, SnapshotError> {
+    let newest = read_newest(cp, &entry)?;
+    check_kind(&newest, &entry)?;
+    let path = shown(cp, &entry.key());
+    let (payload, bytes) = match &entry {
+        Entry::Partition(chain) => {
+            let (state, bytes) = checkpoint::restore_chain(cp, chain, &newest)?;
+            (Payload::Partition(state), bytes)
+        }
+        Entry::Callers(_) => (Payload::Callers(newest.payload()?), newest.size()),
+    };
+    Ok(Snapshot {
+        entry,
+        path,
+        header: newest.header,
+        bytes,
+        payload,
+    })
+}
+
 fn exists(dir: &Path) -> Result<(), StateDirError> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
@@ -403,91 +547,50 @@ fn exists(dir: &Path) -> Result<(), StateDirError> {
     }
 }
 
-/// The snapshot files in `dir`: each partition's newest generation (`partition-N.gG.snap`, what a
-/// restart restores when it covers the commits), by partition number, then the caller shards'
-/// (`callers.<instance>.snap`). Set-aside (`.rejected-*`) and temporary (`.tmp-*`) files are not
-/// snapshots.
-fn snapshot_files(dir: &Path) -> Result<Vec<PathBuf>, StateDirError> {
-    exists(dir)?;
-    std::fs::read_dir(dir).map_err(|source| StateDirError::ListDir {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let mut partitions = std::collections::BTreeMap::new();
-    let mut callers = Vec::new();
-    for (name, path) in dir::snapshot_names(dir) {
-        match dir::parse(&name) {
-            Some(Named::Partition(p, g)) => {
-                let newest = partitions.entry(p).or_insert((g, path.clone()));
-                if g > newest.0 {
-                    *newest = (g, path);
-                }
-            }
-            Some(Named::Callers(_)) => callers.push(path),
-            None => {}
-        }
-    }
-    callers.sort();
-    Ok(partitions
-        .into_values()
-        .map(|(_, path)| path)
-        .chain(callers)
-        .collect())
-}
-
-fn partition_of(file_name: &str) -> Option<i32> {
-    match dir::parse(file_name)? {
-        Named::Partition(p, _) => Some(p),
-        Named::Callers(_) => None,
-    }
-}
-
-/// A snapshot must hold what its name says; the daemon rejects one that does not.
-fn check_kind(path: &Path, kind: SnapshotKind) -> Result<(), SnapshotError> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let expected = match partition_of(name) {
-        Some(p) => SnapshotKind::Partition(p),
-        None => SnapshotKind::Callers,
+/// A checkpoint must hold what its name says; the daemon rejects one that does not.
+fn check_kind(loaded: &Loaded, entry: &Entry) -> Result<(), SnapshotError> {
+    let expected = match entry {
+        Entry::Partition(chain) => SnapshotKind::Partition(chain.newest().partition),
+        Entry::Callers(_) => SnapshotKind::Callers,
     };
-    if kind == expected {
+    if loaded.header.kind == expected {
         return Ok(());
     }
     Err(SnapshotError::Incompatible {
-        path: path.to_path_buf(),
-        why: format!("holds {}, not what its name says", kind_label(kind)),
-    })
-}
-
-fn decode(loaded: Loaded) -> Result<Snapshot, SnapshotError> {
-    check_kind(&loaded.path, loaded.header.kind)?;
-    let payload = match loaded.header.kind {
-        SnapshotKind::Partition(_) => Payload::Partition(loaded.payload()?),
-        SnapshotKind::Callers => Payload::Callers(loaded.payload()?),
-    };
-    Ok(Snapshot {
         path: loaded.path.clone(),
-        bytes: loaded.size(),
-        header: loaded.header,
-        payload,
+        why: format!(
+            "holds {}, not what its name says",
+            kind_label(loaded.header.kind)
+        ),
     })
 }
 
-/// Reads each snapshot of `dir` in turn and hands those holding `target` to `each`; unreadable ones
-/// are named on stderr with the reason and `skipped` (what happens to them). Not found anywhere is an
+/// Decodes rewritten bytes, as `read_entry` would (a check before they replace a checkpoint).
+fn decode(loaded: Loaded, entry: &Entry) -> Result<(), SnapshotError> {
+    check_kind(&loaded, entry)?;
+    match loaded.header.kind {
+        SnapshotKind::Partition(_) => loaded.payload::<PartitionState>().map(drop),
+        SnapshotKind::Callers => loaded.payload::<CallerState>().map(drop),
+    }
+}
+
+/// Reads each checkpoint in turn and hands those holding `target` to `each`; unreadable ones are
+/// named on stderr with the reason and `skipped` (what happens to them). Not found anywhere is an
 /// error.
 fn for_each_holding(
+    cp: &Checkpoints,
     dir: &Path,
     target: &Target,
     skipped: &str,
     mut each: impl FnMut(Snapshot) -> Result<(), StateDirError>,
 ) -> Result<(), StateDirError> {
-    let files = snapshot_files(dir)?;
-    if files.is_empty() {
+    let entries = entries(cp, dir)?;
+    if entries.is_empty() {
         return Err(StateDirError::Empty(dir.to_path_buf()));
     }
     let (mut read, mut unreadable, mut found) = (0, 0, 0);
-    for path in files {
-        match Loaded::read(&path).and_then(decode) {
+    for entry in entries {
+        match read_entry(cp, entry) {
             Ok(s) => {
                 read += 1;
                 if holds(s.payload.store(), target) {

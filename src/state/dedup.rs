@@ -107,6 +107,19 @@ pub enum Seen {
     Conflict,
 }
 
+/// One change to the dedup memory, in the journal an incremental checkpoint carries: replayed in
+/// order on the restored memory, the journal gives the same generations. (The memory changes with
+/// every record, so per-key tombstones would not pay: its change is best told as what happened.)
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DedupOp {
+    /// An id seen for the first time: its fingerprint and content digest went into the current
+    /// generation.
+    Insert { fingerprint: u64, digest: u32 },
+    /// A generation began at `start`: the current one became the previous, the previous was dropped.
+    /// (The very first generation too: both are empty then.)
+    Generation { start: i64 },
+}
+
 /// Snapshotted as the two generations and the generation start.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct Dedup {
@@ -127,18 +140,25 @@ impl Dedup {
     }
 
     /// Records `id` (namespaced by `domain`, so a usage record and an account event may share an id)
-    /// with its `content` digest, and says whether and how it was seen before.
+    /// with its `content` digest, and says whether and how it was seen before. What changed is
+    /// appended to `journal`, if given (incremental checkpoints).
     pub fn check_and_insert(
         &mut self,
         domain: u8,
         id: &str,
         content: u32,
         newest_event_time: i64,
+        mut journal: Option<&mut Vec<DedupOp>>,
     ) -> Seen {
-        let start = *self.generation_start.get_or_insert(newest_event_time);
+        let start = match self.generation_start {
+            Some(start) => start,
+            None => {
+                self.begin_generation(newest_event_time, journal.as_deref_mut());
+                newest_event_time
+            }
+        };
         if newest_event_time >= start + self.horizon_s {
-            self.previous = std::mem::take(&mut self.current);
-            self.generation_start = Some(newest_event_time);
+            self.begin_generation(newest_event_time, journal.as_deref_mut());
         }
         let fp = Fingerprint::new(fingerprint(domain, id));
         let first = match self.previous.get(&fp) {
@@ -147,6 +167,12 @@ impl Dedup {
                 std::collections::hash_map::Entry::Occupied(e) => *e.get(),
                 std::collections::hash_map::Entry::Vacant(e) => {
                     e.insert(content);
+                    if let Some(j) = journal {
+                        j.push(DedupOp::Insert {
+                            fingerprint: fp.get(),
+                            digest: content,
+                        });
+                    }
                     return Seen::New;
                 }
             },
@@ -156,6 +182,56 @@ impl Dedup {
         } else {
             Seen::Conflict
         }
+    }
+
+    fn begin_generation(&mut self, start: i64, journal: Option<&mut Vec<DedupOp>>) {
+        self.previous = std::mem::take(&mut self.current);
+        self.generation_start = Some(start);
+        if let Some(j) = journal {
+            // Two starts in one journal: whatever preceded the first is forgotten by the second, so
+            // a checkpoint stuck in flight for hours does not grow it past two generations.
+            if let Some(first) = j
+                .iter()
+                .rposition(|op| matches!(op, DedupOp::Generation { .. }))
+            {
+                j.drain(..first);
+            }
+            j.push(DedupOp::Generation { start });
+        }
+    }
+
+    /// Replays a journal written by `check_and_insert` (restoring an incremental checkpoint).
+    pub fn replay<'a>(&mut self, journal: impl IntoIterator<Item = &'a DedupOp>) {
+        for op in journal {
+            match *op {
+                DedupOp::Insert {
+                    fingerprint,
+                    digest,
+                } => {
+                    self.current
+                        .entry(Fingerprint::new(fingerprint))
+                        .or_insert(digest);
+                }
+                DedupOp::Generation { start } => self.begin_generation(start, None),
+            }
+        }
+    }
+
+    /// Both generations sorted, and the generation start: for comparing two memories whose hash maps
+    /// iterate in different orders.
+    #[cfg(test)]
+    pub fn canonical(&self) -> Vec<u8> {
+        let sorted = |m: &SeenIds| {
+            let mut v: Vec<(u64, u32)> = m.iter().map(|(k, d)| (k.get(), *d)).collect();
+            v.sort_unstable();
+            v
+        };
+        let generations = (
+            sorted(&self.current),
+            sorted(&self.previous),
+            self.generation_start,
+        );
+        postcard::to_stdvec(&generations).expect("encodes")
     }
 
     /// A restored snapshot takes the configured horizon, which may have changed since it was written.
@@ -193,7 +269,8 @@ mod tests {
     fn remembers_for_at_least_the_horizon() {
         let mut d = Dedup::new(86_400);
         let t0 = 1_795_000_000;
-        let seen = |d: &mut Dedup, domain, id, t| d.check_and_insert(domain, id, 7, t) != Seen::New;
+        let seen =
+            |d: &mut Dedup, domain, id, t| d.check_and_insert(domain, id, 7, t, None) != Seen::New;
         assert!(!seen(&mut d, 0, "r1", t0));
         assert!(seen(&mut d, 0, "r1", t0 + 10));
         assert!(!seen(&mut d, 1, "r1", t0 + 10), "other domain");
@@ -211,14 +288,20 @@ mod tests {
     fn the_same_id_with_other_content_is_a_conflict_in_either_generation() {
         let mut d = Dedup::new(86_400);
         let t0 = 1_795_000_000;
-        assert_eq!(d.check_and_insert(0, "r1", 1, t0), Seen::New);
-        assert_eq!(d.check_and_insert(0, "r1", 1, t0 + 1), Seen::Again);
-        assert_eq!(d.check_and_insert(0, "r1", 2, t0 + 2), Seen::Conflict);
+        assert_eq!(d.check_and_insert(0, "r1", 1, t0, None), Seen::New);
+        assert_eq!(d.check_and_insert(0, "r1", 1, t0 + 1, None), Seen::Again);
+        assert_eq!(d.check_and_insert(0, "r1", 2, t0 + 2, None), Seen::Conflict);
         // The first content stays the reference: the conflicting copy is not remembered.
-        assert_eq!(d.check_and_insert(0, "r1", 1, t0 + 3), Seen::Again);
-        assert_eq!(d.check_and_insert(0, "r2", 5, t0 + 86_400), Seen::New); // r1 now previous
-        assert_eq!(d.check_and_insert(0, "r1", 2, t0 + 86_401), Seen::Conflict);
-        assert_eq!(d.check_and_insert(0, "r1", 1, t0 + 86_402), Seen::Again);
+        assert_eq!(d.check_and_insert(0, "r1", 1, t0 + 3, None), Seen::Again);
+        assert_eq!(d.check_and_insert(0, "r2", 5, t0 + 86_400, None), Seen::New); // r1 now previous
+        assert_eq!(
+            d.check_and_insert(0, "r1", 2, t0 + 86_401, None),
+            Seen::Conflict
+        );
+        assert_eq!(
+            d.check_and_insert(0, "r1", 1, t0 + 86_402, None),
+            Seen::Again
+        );
     }
 
     #[test]

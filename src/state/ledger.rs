@@ -272,12 +272,16 @@ impl Ledger {
     }
 
     /// Drops settled history no rule looks at any more (paid invoices and payments older than `keep_s`).
-    pub fn prune(&mut self, now: i64, keep_s: i64) {
+    /// True if anything was dropped: the sweep visits every account, and only those it changed go
+    /// into an incremental checkpoint.
+    pub fn prune(&mut self, now: i64, keep_s: i64) -> bool {
         let cutoff = now - keep_s;
+        let before = self.invoices.len() + self.payments.len() + self.reversals.len();
         self.invoices
             .retain(|i| i.remaining() > Money::ZERO || i.issued_at.utc >= cutoff);
         self.payments.retain(|p| p.at.utc >= cutoff);
         self.reversals.retain(|t| t.utc >= cutoff);
+        self.invoices.len() + self.payments.len() + self.reversals.len() != before
     }
 
     /// True when the ledger holds nothing worth keeping for an idle account.

@@ -2,6 +2,7 @@
 
 mod cells;
 mod dedup;
+pub mod delta;
 mod distinct;
 mod entity;
 mod ledger;
@@ -19,6 +20,7 @@ pub trait Features {
 }
 
 pub use cells::{Cells, WindowSums, MAX_BUCKET_S, TICK_S};
+pub use delta::{StoreDelta, StoreDeltaRef};
 pub use distinct::SeenKind;
 pub use entity::{Entity, Fix, Limits, Span};
 pub use ledger::{InvoiceState, Ledger, PaymentState};

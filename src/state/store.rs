@@ -22,6 +22,7 @@ use crate::record::{AccountEvent, Direction, GapMark, Number, RecordType, UsageR
 
 use super::cells::WindowSums;
 use super::dedup::{event_digest, usage_digest, Dedup, Seen};
+use super::delta::{ChangedKeys, StoreChanges};
 use super::distinct::SeenKind;
 use super::entity::{Contribution, Entity, Fix, Limits, Span, NO_ACCOUNT};
 use super::ledger::{Ledger, LedgerWarning};
@@ -116,35 +117,41 @@ impl Features for AccountUsage<'_> {
 /// themselves up as they are updated; this sweep is for memory held by the idle ones.
 const MAINTENANCE_EVERY_S: i64 = 6 * 3600;
 
+/// Fields are `pub(super)` for `delta`, which writes and applies incremental checkpoints. Every
+/// mutation of a keyed map, an account or an account's timers marks its key in `changes` (when
+/// tracking is on): a mutation that does not is lost at the next restore from a delta.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct WindowStore {
     cfg: StateConfig,
     limits: Limits,
-    subscribers: AHashMap<u64, Entity>,
-    calling_numbers: AHashMap<u64, Entity>,
-    imeis: AHashMap<u64, Entity>,
+    pub(super) subscribers: AHashMap<u64, Entity>,
+    pub(super) calling_numbers: AHashMap<u64, Entity>,
+    pub(super) imeis: AHashMap<u64, Entity>,
     /// Accounts by slot. Slots are never reused, so a subscriber's slot can go stale (evicted account,
     /// `None`) but never point at another customer.
-    accounts: Vec<Option<Box<Account>>>,
-    account_index: AHashMap<CompactString, u32>,
+    pub(super) accounts: Vec<Option<Box<Account>>>,
+    pub(super) account_index: AHashMap<CompactString, u32>,
     /// Lines that account events (activation...) named, for usage records without `account_id`.
-    line_accounts: AHashMap<u64, u32>,
-    timers: TimerQueue,
-    dedup: Dedup,
+    pub(super) line_accounts: AHashMap<u64, u32>,
+    pub(super) timers: TimerQueue,
+    pub(super) dedup: Dedup,
     /// Newest usage event time (UTC seconds), if any.
-    newest: Option<i64>,
+    pub(super) newest: Option<i64>,
     /// Real time now; usage stamped later than this plus `max_future_skew` cannot be genuine. Read
     /// again after a restore, never snapshotted.
     #[serde(skip, default = "far_future")]
     wall_clock: i64,
     /// Set by `finish`: the end of input closes every window.
-    final_watermark: Option<i64>,
-    next_maintenance: i64,
+    pub(super) final_watermark: Option<i64>,
+    pub(super) next_maintenance: i64,
     pub counters: StoreCounters,
     /// Offsets the input skipped (records gone from the broker before they were read), newest
     /// last: windows over their event-time span may miss records. Kept until the span leaves the
     /// longest window, at most `MAX_GAP_MARKS`.
-    gaps: Vec<GapMark>,
+    pub(super) gaps: Vec<GapMark>,
+    /// What changed since the last durable checkpoint (`track_changes`); `None`, and free, when off.
+    #[serde(skip)]
+    pub(super) changes: Option<Box<StoreChanges>>,
 }
 
 /// Gap marks a store keeps (the oldest go first): an input that keeps outrunning its broker's
@@ -218,6 +225,7 @@ impl WindowStore {
             next_maintenance: i64::MIN,
             counters: StoreCounters::default(),
             gaps: Vec::new(),
+            changes: None,
         }
     }
 
@@ -254,8 +262,14 @@ impl WindowStore {
         let Some(sub) = self.subscribers.remove(&n.key()) else {
             return false;
         };
-        move_line(&mut self.accounts, n, sub.account, NO_ACCOUNT);
+        let mut changes = self.changes.as_deref_mut();
+        let marks = changes.as_deref_mut().map(|c| &mut c.accounts);
+        move_line(&mut self.accounts, n, sub.account, NO_ACCOUNT, marks);
         self.line_accounts.remove(&n.key());
+        if let Some(c) = changes {
+            c.subscribers.mark(n.key());
+            c.line_accounts.mark(n.key());
+        }
         true
     }
 
@@ -265,17 +279,31 @@ impl WindowStore {
         let Some(slot) = self.account_index.remove(id) else {
             return false;
         };
+        let mut changes = self.changes.as_deref_mut();
         if let Some(acct) = self.accounts[slot as usize].take() {
             for line in &acct.lines {
                 if let Some(sub) = self.subscribers.get_mut(&line.key()) {
                     if sub.account == slot {
                         sub.account = NO_ACCOUNT;
+                        if let Some(c) = changes.as_deref_mut() {
+                            c.subscribers.mark(line.key());
+                        }
                     }
                 }
             }
         }
-        self.line_accounts.retain(|_, s| *s != slot);
+        self.line_accounts.retain(|&line, s| {
+            let keep = *s != slot;
+            if let (false, Some(c)) = (keep, changes.as_deref_mut()) {
+                c.line_accounts.mark(line);
+            }
+            keep
+        });
         self.timers.cancel_for(id);
+        if let Some(c) = changes {
+            c.accounts.mark(slot);
+            c.timers.mark(id.into());
+        }
         true
     }
 
@@ -322,7 +350,11 @@ impl WindowStore {
     /// The dedup check of a record id (`domain` 0 usage, 1 events) with its content digest, counted:
     /// `None` for an id not seen within the horizon.
     fn seen_before(&mut self, domain: u8, id: &str, digest: u32, newest: i64) -> Option<Outcome> {
-        match self.dedup.check_and_insert(domain, id, digest, newest) {
+        let journal = self.changes.as_deref_mut().map(|c| &mut c.dedup.open);
+        match self
+            .dedup
+            .check_and_insert(domain, id, digest, newest, journal)
+        {
             Seen::New => None,
             Seen::Again => {
                 self.counters.duplicates += 1;
@@ -383,16 +415,25 @@ impl WindowStore {
             (None, _) => previous,
         };
         sub.account = slot;
+        let mut changes = self.changes.as_deref_mut();
+        if let Some(c) = changes.as_deref_mut() {
+            c.subscribers.mark(msisdn.key());
+        }
         if slot != previous {
-            move_line(&mut self.accounts, msisdn, previous, slot);
+            let marks = changes.as_deref_mut().map(|c| &mut c.accounts);
+            move_line(&mut self.accounts, msisdn, previous, slot, marks);
         }
         if let Some(acct) = self
             .accounts
             .get_mut(slot as usize)
             .and_then(Option::as_mut)
         {
-            if acct.ledger.last_invoice_at.is_none_or(|i| t >= i.utc) {
+            let billed = acct.ledger.last_invoice_at.is_some_and(|i| t < i.utc);
+            if !billed && r.charge.amount != crate::record::Money::ZERO {
                 acct.ledger.unbilled += r.charge.amount;
+                if let Some(c) = changes.as_deref_mut() {
+                    c.accounts.mark(slot);
+                }
             }
         }
         if let Some(imei) = r.served.imei.filter(|_| self.cfg.track_imei) {
@@ -406,6 +447,9 @@ impl WindowStore {
                 .entry(imei.key())
                 .or_insert_with(|| Entity::new(t))
                 .apply(&dev, &limits);
+            if let Some(c) = changes {
+                c.imeis.mark(imei.key());
+            }
         }
         self.apply_caller(r, class, &c, &limits);
         Outcome::Accepted
@@ -434,6 +478,9 @@ impl WindowStore {
                 .entry(caller.key())
                 .or_insert_with(|| Entity::new(c.at))
                 .apply(&ring, limits);
+            if let Some(changes) = self.changes.as_deref_mut() {
+                changes.calling_numbers.mark(caller.key());
+            }
         }
     }
 
@@ -447,6 +494,9 @@ impl WindowStore {
         let slot = account_slot(&mut self.accounts, &mut self.account_index, &e.account_id);
         let acct = self.accounts[slot as usize].as_mut().expect("live slot");
         let (fx, warn) = acct.ledger.apply(e);
+        if let Some(c) = self.changes.as_deref_mut() {
+            c.accounts.mark(slot);
+        }
         if let Some(w) = warn {
             let key = match w {
                 LedgerWarning::UnknownPayment(_) => "unknown_payment",
@@ -467,7 +517,15 @@ impl WindowStore {
                 Some(sub) => std::mem::replace(&mut sub.account, slot),
                 None => NO_ACCOUNT,
             };
-            move_line(&mut self.accounts, line, previous, slot);
+            let mut changes = self.changes.as_deref_mut();
+            if let Some(c) = changes.as_deref_mut() {
+                c.line_accounts.mark(line.key());
+                if previous != slot && self.subscribers.contains_key(&line.key()) {
+                    c.subscribers.mark(line.key());
+                }
+            }
+            let marks = changes.map(|c| &mut c.accounts);
+            move_line(&mut self.accounts, line, previous, slot, marks);
         }
         if let Some(issued_at) = fx.billing_cut {
             // Usage before the invoice was billed by it; what remains unbilled is usage since. Buckets
@@ -491,6 +549,9 @@ impl WindowStore {
                     .expect("live slot")
                     .id
                     .clone();
+                if let Some(c) = self.changes.as_deref_mut() {
+                    c.timers.mark(id.clone());
+                }
                 self.timers.schedule(at, id, kind);
             }
         }
@@ -510,6 +571,9 @@ impl WindowStore {
     fn fire_timers(&mut self, w: i64, fired: &mut Vec<Timer>) {
         // One at a time, so a stage scheduled by an earlier one that is already due fires in time order.
         while let Some(t) = self.timers.pop_due(w) {
+            if let Some(c) = self.changes.as_deref_mut() {
+                c.timers.mark(t.account_id.clone());
+            }
             let TimerKind::InvoiceOverdue { invoice_id, days } = &t.kind;
             let due_date = crate::record::Date::of(t.at).plus_days(-(*days as i32));
             // An invoice reissued with another due date, or an evicted account, cancels the timer.
@@ -573,13 +637,25 @@ impl WindowStore {
     fn maintain(&mut self, now: i64) {
         let limits = self.limits;
         let mut evicted = 0u64;
-        for map in [
+        let mut changes = self.changes.as_deref_mut();
+        let marks = match changes.as_deref_mut() {
+            Some(c) => c.entity_keys().map(Some),
+            None => [None, None, None],
+        };
+        let maps = [
             &mut self.subscribers,
             &mut self.calling_numbers,
             &mut self.imeis,
-        ] {
+        ];
+        for (map, mut marks) in maps.into_iter().zip(marks) {
             let before = map.len();
-            map.retain(|_, e| !e.is_idle(now, &limits));
+            map.retain(|&k, e| {
+                let keep = !e.is_idle(now, &limits);
+                if let (false, Some(m)) = (keep, marks.as_deref_mut()) {
+                    m.mark(k);
+                }
+                keep
+            });
             evicted += (before - map.len()) as u64;
             // No compaction here: an entity rolls its cells up on its own clock (`Entity::apply`), so
             // its state is a function of its own records alone — the same in one replay store as in
@@ -589,9 +665,12 @@ impl WindowStore {
             }
         }
         let subscribers = &self.subscribers;
-        for slot in self.accounts.iter_mut() {
+        for (i, slot) in self.accounts.iter_mut().enumerate() {
             let Some(acct) = slot else { continue };
-            acct.ledger.prune(now, self.cfg.ledger_history.0);
+            let pruned = acct.ledger.prune(now, self.cfg.ledger_history.0);
+            if let (true, Some(c)) = (pruned, changes.as_deref_mut()) {
+                c.accounts.mark(i as u32);
+            }
             let lines_gone = acct
                 .lines
                 .iter()
@@ -604,9 +683,15 @@ impl WindowStore {
                 for line in &acct.lines {
                     if self.line_accounts.get(&line.key()) == gone.as_ref() {
                         self.line_accounts.remove(&line.key());
+                        if let Some(c) = changes.as_deref_mut() {
+                            c.line_accounts.mark(line.key());
+                        }
                     }
                 }
                 *slot = None;
+                if let Some(c) = changes.as_deref_mut() {
+                    c.accounts.mark(i as u32);
+                }
                 evicted += 1;
             }
         }
@@ -739,17 +824,31 @@ fn far_future() -> i64 {
 }
 
 /// Moves a line's membership from one account slot to another (either may be `NO_ACCOUNT`), so a
-/// number ported between customers is counted in one account's view only.
-fn move_line(accounts: &mut [Option<Box<Account>>], line: Number, from: u32, to: u32) {
+/// number ported between customers is counted in one account's view only. Marks the slots whose
+/// lines changed in `changed`, if given.
+fn move_line(
+    accounts: &mut [Option<Box<Account>>],
+    line: Number,
+    from: u32,
+    to: u32,
+    mut changed: Option<&mut ChangedKeys<u32>>,
+) {
     if from != to {
         if let Some(old) = accounts.get_mut(from as usize).and_then(Option::as_mut) {
+            let before = old.lines.len();
             old.lines.retain(|l| *l != line);
+            if let (true, Some(c)) = (old.lines.len() != before, changed.as_deref_mut()) {
+                c.mark(from);
+            }
         }
     }
     if let Some(new) = accounts.get_mut(to as usize).and_then(Option::as_mut) {
         if !new.lines.contains(&line) {
             super::reserve_tight(&mut new.lines);
             new.lines.push(line);
+            if let Some(c) = changed {
+                c.mark(to);
+            }
         }
     }
 }

@@ -32,13 +32,24 @@ pub struct Timer {
     pub kind: TimerKind,
 }
 
-/// Snapshotted as the pending timers in firing order; restoring renumbers them in that order, so the
-/// firing order survives a restart.
+/// Snapshotted as the pending timers in firing order, each with its sequence number, and the next
+/// sequence number. The numbers themselves are kept, not renumbered at restore: an incremental
+/// checkpoint replaces the timers of the accounts it names with their numbers as written, and those
+/// must still sort against the untouched timers of other accounts (midnight ties are the rule, not the
+/// exception) exactly as they did before the restart.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(from = "Vec<Timer>", into = "Vec<Timer>")]
+#[serde(from = "QueueForm", into = "QueueForm")]
 pub struct TimerQueue {
     heap: BinaryHeap<Reverse<(i64, u64, Timer)>>,
     seq: u64,
+}
+
+/// `TimerQueue` as written: `Timer::seq` is not serialized on its own (reports show timers), so it
+/// travels beside each timer.
+#[derive(Serialize, Deserialize)]
+struct QueueForm {
+    seq: u64,
+    pending: Vec<(u64, Timer)>,
 }
 
 impl TimerQueue {
@@ -91,23 +102,70 @@ impl TimerQueue {
     pub fn heap_bytes(&self) -> usize {
         self.heap.capacity() * std::mem::size_of::<Reverse<(i64, u64, Timer)>>()
     }
-}
 
-impl From<TimerQueue> for Vec<Timer> {
-    fn from(q: TimerQueue) -> Vec<Timer> {
-        let mut v: Vec<_> = q.heap.into_iter().map(|Reverse(e)| e).collect();
-        v.sort();
-        v.into_iter().map(|(_, _, t)| t).collect()
+    /// The next sequence number to be given (incremental checkpoints carry it).
+    pub(super) fn next_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The pending timers of the accounts `wanted` accepts, in no particular order: one pass over the
+    /// heap, however many accounts are asked about.
+    pub(super) fn pending_where<'a>(
+        &'a self,
+        mut wanted: impl FnMut(&str) -> bool + 'a,
+    ) -> impl Iterator<Item = &'a Timer> + 'a {
+        self.heap
+            .iter()
+            .map(|Reverse((_, _, t))| t)
+            .filter(move |t| wanted(&t.account_id))
+    }
+
+    /// Replaces the pending timers of the accounts `replaced` accepts by `timers` (with their own
+    /// sequence numbers) and sets the next sequence number: applying an incremental checkpoint.
+    pub(super) fn replace(
+        &mut self,
+        replaced: impl Fn(&str) -> bool,
+        timers: impl IntoIterator<Item = Timer>,
+        seq: u64,
+    ) {
+        self.heap
+            .retain(|Reverse((_, _, t))| !replaced(&t.account_id));
+        self.heap
+            .extend(timers.into_iter().map(|t| Reverse((t.at.utc, t.seq, t))));
+        self.seq = seq;
+    }
+
+    /// Every pending timer in firing order.
+    #[cfg(test)]
+    pub(super) fn in_order(&self) -> Vec<&Timer> {
+        let mut v: Vec<&Timer> = self.heap.iter().map(|Reverse((_, _, t))| t).collect();
+        v.sort_unstable_by_key(|t| (t.at.utc, t.seq));
+        v
     }
 }
 
-impl From<Vec<Timer>> for TimerQueue {
-    fn from(v: Vec<Timer>) -> TimerQueue {
-        let mut q = TimerQueue::default();
-        for t in v {
-            q.schedule(t.at, t.account_id, t.kind);
+impl From<TimerQueue> for QueueForm {
+    fn from(q: TimerQueue) -> QueueForm {
+        let mut v: Vec<_> = q.heap.into_iter().map(|Reverse(e)| e).collect();
+        v.sort_unstable_by_key(|(at, seq, _)| (*at, *seq));
+        QueueForm {
+            seq: q.seq,
+            pending: v.into_iter().map(|(_, seq, t)| (seq, t)).collect(),
         }
-        q
+    }
+}
+
+impl From<QueueForm> for TimerQueue {
+    fn from(form: QueueForm) -> TimerQueue {
+        let heap = form
+            .pending
+            .into_iter()
+            .map(|(seq, t)| Reverse((t.at.utc, seq, Timer { seq, ..t })))
+            .collect();
+        TimerQueue {
+            heap,
+            seq: form.seq,
+        }
     }
 }
 

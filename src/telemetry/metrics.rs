@@ -145,6 +145,9 @@ pub struct SnapshotMetrics {
     /// The last I/O error, for `/health` and the exit.
     pub last_error: Mutex<Option<String>>,
     pub bytes_written: AtomicU64,
+    /// Partition checkpoints written whole (bases) and as changes since the last one (deltas).
+    pub bases_written: AtomicU64,
+    pub deltas_written: AtomicU64,
     /// Time to encode plus write the last snapshot (µs).
     pub last_write_us: AtomicU64,
     /// Partitions started, by how their state started.
@@ -488,6 +491,16 @@ impl Metrics {
                 "cdrguard_snapshot_bytes_total",
                 "Bytes of state snapshots written.",
                 &snap.bytes_written,
+            ),
+            (
+                "cdrguard_checkpoint_bases_total",
+                "Partition checkpoints written whole (a base; caller-shard snapshots count here too).",
+                &snap.bases_written,
+            ),
+            (
+                "cdrguard_checkpoint_deltas_total",
+                "Partition checkpoints written as the changes since the previous durable one.",
+                &snap.deltas_written,
             ),
             (
                 "cdrguard_snapshot_records_skipped_total",

@@ -344,34 +344,73 @@ pub fn state_features(
     out
 }
 
-/// The partition stores in a daemon's state directory (after it stopped): each partition's newest
-/// generation.
+/// The partition stores in a daemon's checkpoint store (after it stopped): each partition's
+/// newest generation, its chain applied.
 pub fn snapshot_stores(dir: &Path) -> Vec<cdrguard::state::WindowStore> {
-    partition_snapshots(dir)
-        .values()
-        .map(|path| {
-            let loaded = cdrguard::durability::snapshot::Loaded::read(path).unwrap();
-            loaded
-                .payload::<cdrguard::durability::checkpoint::PartitionState>()
+    stores_in(cdrguard::durability::store::Store::dir(dir))
+}
+
+/// The same, from any store (a directory or S3).
+pub fn stores_in(store: cdrguard::durability::store::Store) -> Vec<cdrguard::state::WindowStore> {
+    use cdrguard::durability::{checkpoint, layout};
+    let cp = layout::Checkpoints::open_for_tools(store, false).unwrap();
+    let (links, _) = cp.contents().unwrap();
+    let partitions: std::collections::BTreeSet<i32> = links.iter().map(|l| l.partition).collect();
+    partitions
+        .into_iter()
+        .map(|p| {
+            let chain = layout::chains(&links, p).remove(0);
+            let newest = checkpoint::read_newest(&cp, &chain).unwrap();
+            checkpoint::restore_chain(&cp, &chain, &newest)
                 .unwrap()
+                .0
                 .store
         })
         .collect()
 }
 
-/// Each partition's newest snapshot file in a state directory.
+/// Each partition's newest checkpoint file in a state directory.
 pub fn partition_snapshots(dir: &Path) -> std::collections::BTreeMap<i32, std::path::PathBuf> {
-    use cdrguard::durability::dir::{parse, snapshot_names, Named};
-    let mut newest = std::collections::BTreeMap::new();
-    for (name, path) in snapshot_names(dir) {
-        if let Some(Named::Partition(p, g)) = parse(&name) {
-            let e = newest.entry(p).or_insert((g, path.clone()));
-            if g > e.0 {
-                *e = (g, path);
-            }
-        }
+    use cdrguard::durability::layout;
+    let cp =
+        layout::Checkpoints::open_for_tools(cdrguard::durability::store::Store::dir(dir), false)
+            .unwrap();
+    let (links, _) = cp.contents().unwrap();
+    let partitions: std::collections::BTreeSet<i32> = links.iter().map(|l| l.partition).collect();
+    partitions
+        .into_iter()
+        .map(|p| (p, dir.join(layout::chains(&links, p)[0].newest().key())))
+        .collect()
+}
+
+/// Both inputs split at one instant (usage at its middle line), so that two runs, one after the
+/// other, see them merged as one replay does: `[(usage, events) before, (usage, events) after]`.
+pub fn split_in_time(usage: &[u8], events: &[u8]) -> [(Vec<u8>, Vec<u8>); 2] {
+    let time = |line: &[u8], key: &str| {
+        let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+        EventTime::parse(v[key].as_str().unwrap()).unwrap().utc
+    };
+    let half = usage.len() / 2;
+    let cut = half + usage[half..].iter().position(|&b| b == b'\n').unwrap() + 1;
+    let line_start = usage[..cut - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let split_at = time(&usage[line_start..cut - 1], "event_start");
+    let (mut events_1, mut events_2) = (Vec::new(), Vec::new());
+    for l in events.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let to = if time(l, "occurred_at") < split_at {
+            &mut events_1
+        } else {
+            &mut events_2
+        };
+        to.extend_from_slice(l);
+        to.push(b'\n');
     }
-    newest.into_iter().map(|(p, (_, path))| (p, path)).collect()
+    [
+        (usage[..cut].to_vec(), events_1),
+        (usage[cut..].to_vec(), events_2),
+    ]
 }
 
 /// What a clean replay of the same input gives: its alerts by id, the state's features and the
@@ -399,7 +438,15 @@ pub fn assert_same_state(
     expected: &BTreeMap<String, serde_json::Value>,
     at: EventTime,
 ) {
-    let stores = snapshot_stores(dir);
+    assert_same_stores(snapshot_stores(dir), expected, at);
+}
+
+/// Every subscriber's features in `stores` (each partition's) are a clean replay's.
+pub fn assert_same_stores(
+    stores: Vec<cdrguard::state::WindowStore>,
+    expected: &BTreeMap<String, serde_json::Value>,
+    at: EventTime,
+) {
     let refs: Vec<_> = stores.iter().collect();
     let got = state_features(&refs, at);
     assert_eq!(got.len(), expected.len(), "subscribers in state");

@@ -86,6 +86,7 @@ pub fn readme_toml(heading: &str) -> Vec<String> {
 
 pub mod kafka;
 pub mod process;
+pub mod s3;
 pub mod secured;
 pub mod tansu;
 

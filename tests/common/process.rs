@@ -68,12 +68,26 @@ impl DaemonProcess {
 
     /// Asks for a graceful stop (drain, deliver, snapshot, commit), as an orchestrator does.
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Pauses it (SIGSTOP), as a machine that stalls (GC, swap, a hung disk) looks to the group.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Resumes a paused daemon (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{sig}"), &self.pid().to_string()])
             .status()
             .unwrap()
             .success();
-        assert!(ok, "kill -TERM {}", self.pid());
+        assert!(ok, "kill -{sig} {}", self.pid());
     }
 
     /// Kills it at once (SIGKILL: no drain, no snapshot, no commit) and reaps it.

@@ -1,0 +1,343 @@
+//! Where checkpoints live: a local directory or an S3-API object store every instance reaches.
+//!
+//! `durability.store` picks it: empty or `file:///path` is a directory on this machine (today's
+//! default, `durability.dir`); `s3://bucket/prefix` is any S3 API (AWS, MinIO, Ceph, Garage),
+//! through `object_store` with its retries and AWS credential chain (`AWS_ACCESS_KEY_ID`, …, or
+//! `durability.store_options`). Credentials are never logged: the store describes itself by scheme,
+//! bucket and prefix only.
+//!
+//! The daemon is thread-per-stage with no async runtime; `object_store` is async. The store owns one
+//! small runtime and its callers block on it from their own threads (the snapshot writer, the
+//! rebalance callback), which is what `block_on` on a multi-thread runtime allows.
+//!
+//! Keys are `/`-separated names relative to the store's root (`partition-3/g7/…`, see
+//! `durability::dir`). A put is atomic on both: S3 makes an object visible whole or not at all; the
+//! directory writes a temporary file, syncs it and renames it (`snapshot::write_atomic`), because
+//! `object_store`'s local backend does not sync, and a machine that loses power must not come back
+//! with a torn checkpoint its commits rely on.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+/// Why a store operation failed. `Display` names the store and the key, never credentials.
+#[derive(Debug, thiserror::Error)]
+#[error("{store}: {what} {key}: {why}")]
+pub struct StoreError {
+    pub store: String,
+    pub what: &'static str,
+    pub key: String,
+    pub why: String,
+}
+
+/// A checkpoint store: put, get, list and delete whole objects by key.
+pub struct Store {
+    backend: Backend,
+    shown: String,
+}
+
+enum Backend {
+    Dir(PathBuf),
+    Object {
+        store: Arc<dyn ObjectStore>,
+        prefix: String,
+        rt: tokio::runtime::Runtime,
+    },
+}
+
+impl Store {
+    /// Opens the store named by `durability.store` (`file://…`, `s3://…`), or the directory `dir`
+    /// when that is empty. `options` are `object_store`'s S3 settings (`aws_endpoint`,
+    /// `aws_region`, `aws_allow_http`, …) over those of the environment.
+    pub fn open(
+        url: &str,
+        dir: &Path,
+        options: &BTreeMap<String, String>,
+    ) -> anyhow::Result<Store> {
+        if url.is_empty() {
+            return Ok(Store::dir(dir));
+        }
+        if let Some(path) = url.strip_prefix("file://") {
+            anyhow::ensure!(
+                !path.is_empty(),
+                "durability.store {url:?}: file:// needs a path (file:///var/lib/cdrguard)"
+            );
+            return Ok(Store::dir(Path::new(path)));
+        }
+        let Some(rest) = url.strip_prefix("s3://") else {
+            anyhow::bail!(
+                "durability.store {url:?}: give file:///path or s3://bucket/prefix (any S3 API)"
+            );
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        anyhow::ensure!(
+            !bucket.is_empty(),
+            "durability.store {url:?}: no bucket (s3://bucket/prefix)"
+        );
+        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        for (k, v) in options {
+            let key: object_store::aws::AmazonS3ConfigKey = k.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "durability.store_options: unknown S3 setting {k:?} (e.g. aws_endpoint, aws_region, aws_allow_http)"
+                )
+            })?;
+            builder = builder.with_config(key, v);
+        }
+        // A checkpoint that cannot be written is retried by the next one; commits wait meanwhile.
+        // Waiting minutes inside one attempt would only hold the writer up.
+        builder = builder.with_retry(object_store::RetryConfig {
+            max_retries: 4,
+            retry_timeout: Duration::from_secs(20),
+            ..Default::default()
+        });
+        let store = builder
+            .build()
+            .map_err(|e| anyhow::anyhow!("durability.store {url:?}: {e}"))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("object-store")
+            .enable_all()
+            .build()?;
+        let prefix = prefix.trim_matches('/').to_string();
+        Ok(Store {
+            shown: format!("s3://{bucket}/{prefix}"),
+            backend: Backend::Object {
+                store: Arc::new(store),
+                prefix,
+                rt,
+            },
+        })
+    }
+
+    pub fn dir(path: &Path) -> Store {
+        Store {
+            shown: path.display().to_string(),
+            backend: Backend::Dir(path.to_path_buf()),
+        }
+    }
+
+    /// The directory, for a store on this machine (locks and set-aside files live there).
+    pub fn local_dir(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Dir(p) => Some(p),
+            Backend::Object { .. } => None,
+        }
+    }
+
+    /// How logs and errors name the store.
+    pub fn describe(&self) -> &str {
+        &self.shown
+    }
+
+    fn error(&self, what: &'static str, key: &str, why: impl ToString) -> StoreError {
+        StoreError {
+            store: self.shown.clone(),
+            what,
+            key: key.to_string(),
+            why: why.to_string(),
+        }
+    }
+
+    fn object_path(prefix: &str, key: &str) -> object_store::path::Path {
+        if prefix.is_empty() {
+            object_store::path::Path::from(key)
+        } else {
+            object_store::path::Path::from(format!("{prefix}/{key}"))
+        }
+    }
+
+    /// Writes `bytes` under `key`, whole or not at all, durably.
+    pub fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Dir(root) => {
+                let path = root.join(key);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| self.error("put", key, e))?;
+                }
+                super::snapshot::write_atomic(&path, &bytes).map_err(|e| self.error("put", key, e))
+            }
+            Backend::Object { store, prefix, rt } => {
+                let at = Self::object_path(prefix, key);
+                rt.block_on(store.put(&at, bytes.into()))
+                    .map(|_| ())
+                    .map_err(|e| self.error("put", key, e))
+            }
+        }
+    }
+
+    /// The object under `key`; `None` if there is none.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match &self.backend {
+            Backend::Dir(root) => match std::fs::read(root.join(key)) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(self.error("get", key, e)),
+            },
+            Backend::Object { store, prefix, rt } => {
+                let at = Self::object_path(prefix, key);
+                rt.block_on(async {
+                    match store.get(&at).await {
+                        Ok(r) => r.bytes().await.map(|b| Some(b.to_vec())),
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                })
+                .map_err(|e| self.error("get", key, e))
+            }
+        }
+    }
+
+    /// Every key in the store with its size, sorted. A store holds a few objects per partition, so
+    /// one listing is cheap.
+    pub fn list(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = match &self.backend {
+            Backend::Dir(root) => {
+                let mut out = Vec::new();
+                list_dir(root, root, &mut out).map_err(|e| self.error("list", "", e))?;
+                out
+            }
+            Backend::Object { store, prefix, rt } => {
+                let base = (!prefix.is_empty()).then(|| object_store::path::Path::from(&**prefix));
+                let found: Vec<object_store::ObjectMeta> = rt
+                    .block_on(store.list(base.as_ref()).try_collect())
+                    .map_err(|e| self.error("list", "", e))?;
+                let skip = if prefix.is_empty() {
+                    0
+                } else {
+                    prefix.len() + 1
+                };
+                found
+                    .into_iter()
+                    .filter_map(|m| Some((m.location.as_ref().get(skip..)?.to_string(), m.size)))
+                    .collect()
+            }
+        };
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes `key`; removing what is not there is not an error.
+    pub fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Dir(root) => {
+                let path = root.join(key);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        // Empty generation and partition folders go with their last object.
+                        let mut dir = path.parent();
+                        while let Some(d) = dir.filter(|d| *d != root.as_path()) {
+                            if std::fs::remove_dir(d).is_err() {
+                                break;
+                            }
+                            dir = d.parent();
+                        }
+                        Ok(())
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(self.error("delete", key, e)),
+                }
+            }
+            Backend::Object { store, prefix, rt } => {
+                let at = Self::object_path(prefix, key);
+                match rt.block_on(store.delete(&at)) {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(self.error("delete", key, e)),
+                }
+            }
+        }
+    }
+}
+
+/// Files under `dir`, as `/`-joined keys relative to `root` (temporary and set-aside files too:
+/// the caller parses names).
+fn list_dir(root: &Path, dir: &Path, out: &mut Vec<(String, u64)>) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != root => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let path = entry.path();
+        if kind.is_dir() {
+            list_dir(root, &path, out)?;
+        } else if kind.is_file() {
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
+            let key = rel
+                .components()
+                .filter_map(|c| c.as_os_str().to_str())
+                .collect::<Vec<_>>()
+                .join("/");
+            out.push((key, entry.metadata()?.len()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_store_puts_lists_gets_and_deletes_nested_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open("", tmp.path(), &BTreeMap::new()).unwrap();
+        s.put("partition-1/g3/00000000000000000001.base", b"abc".to_vec())
+            .unwrap();
+        s.put("callers.a.snap", b"xy".to_vec()).unwrap();
+        assert_eq!(
+            s.list().unwrap(),
+            [
+                ("callers.a.snap".to_string(), 2),
+                ("partition-1/g3/00000000000000000001.base".to_string(), 3)
+            ]
+        );
+        assert_eq!(
+            s.get("partition-1/g3/00000000000000000001.base")
+                .unwrap()
+                .unwrap(),
+            b"abc"
+        );
+        assert_eq!(s.get("partition-1/g3/none").unwrap(), None);
+        s.delete("partition-1/g3/00000000000000000001.base")
+            .unwrap();
+        s.delete("partition-1/g3/00000000000000000001.base")
+            .unwrap();
+        assert!(!tmp.path().join("partition-1").exists(), "empty folders go");
+        assert_eq!(s.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn store_urls_are_checked_and_never_show_credentials() {
+        let tmp = tempfile::tempdir().unwrap();
+        let none = BTreeMap::new();
+        let f = Store::open(
+            &format!("file://{}", tmp.path().display()),
+            Path::new("x"),
+            &none,
+        )
+        .unwrap();
+        assert_eq!(f.local_dir(), Some(tmp.path()));
+        for bad in ["ftp://x", "s3://", "file://"] {
+            assert!(Store::open(bad, tmp.path(), &none).is_err(), "{bad}");
+        }
+        let mut opts = BTreeMap::new();
+        opts.insert("aws_secret_access_key".to_string(), "SECRET".to_string());
+        opts.insert("aws_access_key_id".to_string(), "KEY".to_string());
+        opts.insert("aws_region".to_string(), "eu-west-1".to_string());
+        let s = Store::open("s3://bucket/some/prefix/", tmp.path(), &opts).unwrap();
+        assert_eq!(s.describe(), "s3://bucket/some/prefix");
+        let e = s.error("put", "k", "boom").to_string();
+        assert!(!e.contains("SECRET") && !e.contains("KEY"), "{e}");
+        opts.insert("no_such_setting".to_string(), "1".to_string());
+        let e = Store::open("s3://bucket", tmp.path(), &opts).err().unwrap();
+        assert!(e.to_string().contains("no_such_setting"), "{e}");
+    }
+}
