@@ -16,6 +16,12 @@
 //!    "any"`, `events_keyed_by = "any"`) — consumed until the daemon's group has committed it all:
 //!    records per second each way, the ratio is the hop's cost.
 //!
+//! 4. **Instances**: the backlog of 1. consumed by 1, 2 and 3 daemon processes in one consumer group
+//!    (`cdrguard run`, release build, checkpoints every second to one shared store), each time a new
+//!    group: records per second until all is committed, and the CPU the daemons used per record. Two
+//!    vCPUs cap absolute scaling: the figure that carries over is the CPU per record (what another
+//!    instance costs), not the records per second.
+//!
 //! The producer, the daemon and the probe reader share this process and the machine's two vCPUs.
 //!
 //! `cargo bench --bench kafka` (`CDRGUARD_BENCH_RECORDS=200000` for a shorter backlog). For
@@ -223,9 +229,11 @@ fn backlog() {
         let summary = daemon.join().unwrap().unwrap();
         let snap_bytes: u64 = dir
             .map(|d| {
-                std::fs::read_dir(d)
+                cdrguard::durability::store::Store::dir(d)
+                    .list()
                     .unwrap()
-                    .map(|e| e.unwrap().metadata().unwrap().len())
+                    .iter()
+                    .map(|(_, size)| size)
                     .sum()
             })
             .unwrap_or(0);
@@ -396,6 +404,9 @@ fn main() {
     if filter.as_deref().is_none_or(|f| "steady".contains(f)) {
         steady();
     }
+    if filter.as_deref().is_none_or(|f| "instances".contains(f)) {
+        instances();
+    }
     if filter.as_deref().is_none_or(|f| "repartition".contains(f)) {
         repartition();
     }
@@ -517,6 +528,100 @@ fn repartition() {
             summary.alerts,
             elapsed.as_secs_f64(),
             total as f64 / elapsed.as_secs_f64(),
+        );
+    }
+}
+
+/// CPU seconds a process has used (user + system), from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}
+
+fn instances() {
+    let records: u64 = std::env::var("CDRGUARD_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let cfg = config();
+    let partitions = 128;
+    let (_cluster, brokers) = cluster(partitions, &cfg);
+    let (u, e) = traffic(records, (records / 10) as u32, 5, true);
+    let producer = cdrguard::demo::embedded::input_producer(
+        &Default::default(),
+        &brokers,
+        std::path::Path::new(""),
+    )
+    .unwrap();
+    let total = cdrguard::demo::embedded::produce_input(
+        &producer,
+        &cfg,
+        &u,
+        &e,
+        0,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    drop((u, e));
+    let scratch = tempfile::tempdir().unwrap();
+    for n in 1..=3 {
+        let store = scratch.path().join(format!("store-{n}"));
+        let mut children = Vec::new();
+        let started = Instant::now();
+        let mut cfg = cfg.clone();
+        cfg.kafka.brokers = Some(brokers.clone());
+        cfg.kafka.group_id = format!("bench-instances-{n}");
+        cfg.durability.snapshot_interval = Secs(1);
+        cfg.durability.dir = store.to_str().unwrap().to_string();
+        for i in 0..n {
+            cfg.durability.instance = format!("i{i}");
+            let path = scratch.path().join(format!("{n}-{i}.toml"));
+            std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+            let log = std::fs::File::create(scratch.path().join(format!("{n}-{i}.log"))).unwrap();
+            children.push(
+                std::process::Command::new(env!("CARGO_BIN_EXE_cdrguard"))
+                    .args(["--log", "warn", "run", "--config"])
+                    .arg(&path)
+                    .arg("--rules")
+                    .arg(Path::new(ROOT).join("rules"))
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+        while (committed_total(&brokers, &cfg, partitions) as u64) < total {
+            std::thread::sleep(Duration::from_millis(200));
+            if started.elapsed() > Duration::from_secs(900) {
+                eprintln!("kafka bench: {n} instances did not drain the backlog in 15 min");
+                break;
+            }
+        }
+        let elapsed = started.elapsed();
+        let cpu: f64 = children.iter().map(|c| cpu_seconds(c.id())).sum();
+        for c in &children {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+        for mut c in children {
+            let _ = c.wait();
+        }
+        println!(
+            "kafka instances: {n} daemon process(es), one group, {total} records committed in {:.1} s \
+             from start (group join included): {:.0} records/s; daemons' CPU {:.1} s = {:.1} µs per \
+             record",
+            elapsed.as_secs_f64(),
+            total as f64 / elapsed.as_secs_f64(),
+            cpu,
+            cpu * 1e6 / total as f64
         );
     }
 }

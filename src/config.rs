@@ -964,6 +964,13 @@ impl Config {
                     "kafka.options.{key}: a secret in the configuration file is refused; use kafka.sasl.password_file or kafka.sasl.password_env"
                 ));
             }
+            if key == "group.instance.id" {
+                // A static member keeps its generation across restarts, so a zombie and its
+                // replacement would write one generation's checkpoints (`durability::layout`).
+                errs.push(format!(
+                    "kafka.options.{key}: static group membership is not supported: checkpoint ownership is fenced by the group generation, which a static member keeps across restarts"
+                ));
+            }
         }
         errs.extend(self.kafka.security_problems());
         let w = &self.webhook;

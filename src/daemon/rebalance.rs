@@ -125,11 +125,17 @@ impl Rebalancer {
         };
         let mut chains = dir.partition_chains(p).map_err(io)?;
         let mut first_error = None;
+        // A checkpoint that vanished while it was read: another writer's base made it useless (a
+        // stale owner of this generation, or the previous owner's late handover). The store then
+        // holds a newer chain: list again.
+        let mut relists = 3;
         loop {
             let mut usable = Vec::new();
+            let mut vanished = false;
             for chain in chains {
                 match checkpoint::read_newest(dir, &chain) {
                     Ok(l) => usable.push((chain, l)),
+                    Err(SnapshotError::Missing(_)) if relists > 0 => vanished = true,
                     Err(e) => {
                         if !matches!(e, SnapshotError::Io { .. } | SnapshotError::Missing(_)) {
                             dir.set_aside(&chain.newest().key());
@@ -137,6 +143,15 @@ impl Rebalancer {
                         first_error.get_or_insert(e);
                     }
                 }
+            }
+            if vanished {
+                relists -= 1;
+                tracing::warn!(
+                    partition = p,
+                    "A checkpoint was removed while it was read; listing the store again."
+                );
+                chains = dir.partition_chains(p).map_err(io)?;
+                continue;
             }
             let next =
                 |l: &Loaded| [Input::Usage, Input::Events].map(|i| l.header.next(self.topic(i), p));
@@ -154,6 +169,11 @@ impl Rebalancer {
                         bytes,
                     };
                     return Ok((newest, state, from));
+                }
+                Err(SnapshotError::Missing(gone)) if relists > 0 => {
+                    relists -= 1;
+                    tracing::warn!(partition = p, checkpoint = %gone.display(), "A checkpoint was removed while the chain was read; listing the store again.");
+                    chains = dir.partition_chains(p).map_err(io)?;
                 }
                 Err(e) => {
                     tracing::error!(partition = p, error = %e, "A checkpoint chain could not be restored; trying the others.");
@@ -408,6 +428,9 @@ impl RebalanceHook for Rebalancer {
             if shard_rebuild && c[0].is_some() && plan.start[0] == Start::Committed {
                 // The partition keeps skipping what its snapshot holds; the shard takes the calls.
                 plan.start[0] = Start::Rebuild;
+            }
+            for i in inputs {
+                self.tracker.own(i, p, generation);
             }
             plans.insert(p, plan);
         }

@@ -222,10 +222,12 @@ struct ChainCursor {
     next_seq: u64,
     /// The newest checkpoint sent to the writer (`-1`: none).
     sent: i64,
-    /// Size of the newest base sent, and of the deltas sent since: a new base when the deltas
+    /// Size of the newest durable base, and of the deltas sent since: a new base when the deltas
     /// reach half a base, so a restore reads at most one and a half.
     base_bytes: usize,
     since_base: usize,
+    /// A base sent, not yet known durable: its sequence and size.
+    pending_base: Option<(u64, usize)>,
 }
 
 impl Partition {
@@ -401,6 +403,13 @@ impl Worker<'_> {
             // Snapshots off and the partition stayed here through an eager rebalance: keep its state,
             // read again from the committed offsets (duplicates are recognised by record id).
             part.bounds = bounds;
+            if part.generation != generation {
+                // A chain belongs to one owner's generation: the next checkpoint starts a new one.
+                part.chain = ChainCursor {
+                    sent: -1,
+                    ..Default::default()
+                };
+            }
             part.generation = generation;
             let old = std::mem::replace(&mut part.merge, merge);
             part.reported = None;
@@ -506,13 +515,33 @@ impl Worker<'_> {
             part.handed_over = part.handed_over.split_off(&(cap + 1));
         }
         // One checkpoint in flight per partition: a delta is relative to the newest durable one,
-        // which must not change under it (a base in flight would remove its parent). A forced one
-        // (revoke, shutdown) does not wait: it is a base.
+        // which must not change under it (a base in flight would remove its parent). One that
+        // somebody waits for (revoke, shutdown) waits for the one in flight to settle first, and
+        // is a base if it does not.
         let chain = &mut part.chain;
+        let settled = || chain.progress.settled.load(Ordering::SeqCst) >= chain.sent;
+        if !settled() && (force || done.is_some()) {
+            let until = Instant::now()
+                + Duration::from_secs(self.ctx.config.durability.delivery_timeout.0.max(1) as u64);
+            while !settled() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let in_flight = !settled();
+        if in_flight && !force && done.is_none() {
+            return;
+        }
         let durable = chain.progress.durable.load(Ordering::SeqCst);
-        let in_flight = chain.progress.settled.load(Ordering::SeqCst) < chain.sent;
-        if in_flight && !force {
-            return reply(done, true);
+        // The budget of deltas counts from the newest base once it is durable: a base that failed
+        // leaves the deltas on the one before, and the next checkpoint tries a base again.
+        if let Some((seq, bytes)) = chain.pending_base {
+            if !in_flight {
+                if durable >= seq as i64 {
+                    chain.base_bytes = bytes;
+                    chain.since_base = 0;
+                }
+                chain.pending_base = None;
+            }
         }
         let parent = (!in_flight && durable >= 0 && chain.since_base * 2 <= chain.base_bytes)
             .then_some(durable as u64);
@@ -556,10 +585,7 @@ impl Worker<'_> {
                 chain.next_seq = seq + 1;
                 chain.sent = seq as i64;
                 match parent {
-                    None => {
-                        chain.base_bytes = bytes.len();
-                        chain.since_base = 0;
-                    }
+                    None => chain.pending_base = Some((seq, bytes.len())),
                     Some(_) => chain.since_base += bytes.len(),
                 }
                 let link = Link {

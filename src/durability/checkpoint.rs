@@ -244,9 +244,9 @@ fn write_job(
         checkpoints.remove_before(link);
     }
     for &(input, partition, last) in &job.covers {
-        match job.kind {
-            SnapshotKind::Partition(_) => tracker.set_cap(input, partition, last),
-            SnapshotKind::Callers => tracker.set_shard_cap(partition, last),
+        match &job.link {
+            Some((link, _)) => tracker.set_cap_of(input, partition, last, link.generation),
+            None => tracker.set_shard_cap(partition, last),
         }
     }
     s.written.fetch_add(1, Ordering::Relaxed);

@@ -138,7 +138,7 @@ impl Store {
             store: self.shown.clone(),
             what,
             key: key.to_string(),
-            why: why.to_string(),
+            why: scrub(&why.to_string()),
         }
     }
 
@@ -201,18 +201,25 @@ impl Store {
                 out
             }
             Backend::Object { store, prefix, rt } => {
-                let base = (!prefix.is_empty()).then(|| object_store::path::Path::from(&**prefix));
+                let base = object_store::path::Path::from(&**prefix);
                 let found: Vec<object_store::ObjectMeta> = rt
-                    .block_on(store.list(base.as_ref()).try_collect())
+                    .block_on(
+                        store
+                            .list((!prefix.is_empty()).then_some(&base))
+                            .try_collect(),
+                    )
                     .map_err(|e| self.error("list", "", e))?;
-                let skip = if prefix.is_empty() {
-                    0
-                } else {
-                    prefix.len() + 1
-                };
+                // Keys relative to the prefix as the store normalised it (not by its length).
                 found
                     .into_iter()
-                    .filter_map(|m| Some((m.location.as_ref().get(skip..)?.to_string(), m.size)))
+                    .filter_map(|m| {
+                        let parts: Vec<String> = m
+                            .location
+                            .prefix_match(&base)?
+                            .map(|part| part.as_ref().to_string())
+                            .collect();
+                        Some((parts.join("/"), m.size))
+                    })
                     .collect()
             }
         };
@@ -250,6 +257,30 @@ impl Store {
             }
         }
     }
+}
+
+/// An error's text without what a server sent back beyond its error code and message: S3 error
+/// bodies can echo the request (`SignatureDoesNotMatch` carries the canonical request, with the
+/// session token header), and this text reaches logs and `/health`.
+fn scrub(text: &str) -> String {
+    let Some(at) = text.find("<?xml").or_else(|| text.find("<Error>")) else {
+        return text.to_string();
+    };
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = text[start..].find('<')? + start;
+        Some(text[start..end].to_string())
+    };
+    let mut out = text[..at].trim_end().to_string();
+    if let Some(code) = tag("Code") {
+        out.push_str(&format!(" [{code}"));
+        if let Some(message) = tag("Message") {
+            out.push_str(&format!(": {message}"));
+        }
+        out.push(']');
+    }
+    out
 }
 
 /// Files under `dir`, as `/`-joined keys relative to `root` (temporary and set-aside files too:
@@ -312,6 +343,20 @@ mod tests {
             .unwrap();
         assert!(!tmp.path().join("partition-1").exists(), "empty folders go");
         assert_eq!(s.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn server_error_bodies_are_cut_to_their_code_and_message() {
+        let body = "Client error with status 403 Forbidden: <?xml version=\"1.0\"?><Error>\
+                    <Code>SignatureDoesNotMatch</Code><Message>The signature does not match</Message>\
+                    <AWSAccessKeyId>AKIAEXAMPLE</AWSAccessKeyId><CanonicalRequest>x-amz-security-token:SECRET\
+                    </CanonicalRequest></Error>";
+        let s = scrub(body);
+        assert_eq!(
+            s,
+            "Client error with status 403 Forbidden: [SignatureDoesNotMatch: The signature does not match]"
+        );
+        assert_eq!(scrub("connection refused"), "connection refused");
     }
 
     #[test]

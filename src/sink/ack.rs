@@ -38,6 +38,9 @@ struct Partition {
     cap: Option<i64>,
     /// Last offset covered by the caller shard's durable snapshot (snapshots on, usage, with a shard).
     shard_cap: Option<i64>,
+    /// The group generation of the current assignment: a checkpoint of an earlier assignment that
+    /// becomes durable late (its revoke gave up waiting for it) must not raise this one's cap.
+    generation: Option<i32>,
 }
 
 #[derive(Default)]
@@ -104,6 +107,23 @@ impl Tracker {
         let mut parts = self.parts.lock().expect("tracker lock");
         let p = parts.entry((input, partition)).or_default();
         p.cap = Some(p.cap.map_or(last, |c| c.max(last)));
+    }
+
+    /// The partition is owned under group generation `generation` (after `start*`).
+    pub fn own(&self, input: Input, partition: i32, generation: i32) {
+        let mut parts = self.parts.lock().expect("tracker lock");
+        parts.entry((input, partition)).or_default().generation = Some(generation);
+    }
+
+    /// A durable checkpoint written under `generation` covers the partition up to `last`: raises
+    /// the cap only if that is the current assignment's generation.
+    pub fn set_cap_of(&self, input: Input, partition: i32, last: i64, generation: i32) {
+        let mut parts = self.parts.lock().expect("tracker lock");
+        if let Some(p) = parts.get_mut(&(input, partition)) {
+            if p.generation == Some(generation) {
+                p.cap = Some(p.cap.map_or(last, |c| c.max(last)));
+            }
+        }
     }
 
     /// The caller shard's durable snapshot covers usage `partition` up to `last` (inclusive).
@@ -338,6 +358,22 @@ mod tests {
         t.stored(u, 0, 15);
         t.set_cap(u, 0, 19);
         assert_eq!(t.committable(), [(u, 0, 19)]);
+        t.stored(u, 0, 19);
+        // A checkpoint of another assignment (generation) does not move the cap; one of this
+        // assignment does, and none creates a partition.
+        t.own(u, 0, 7);
+        t.set_shard_cap(0, 29);
+        for o in 20..30 {
+            t.processed(u, 0, o);
+        }
+        t.set_cap_of(u, 0, 29, 6);
+        t.set_cap_of(u, 1, 29, 7);
+        assert!(t.committable().is_empty(), "{:?}", t.committable());
+        t.set_cap_of(u, 0, 25, 7);
+        assert_eq!(t.committable(), [(u, 0, 25)]);
+        t.stored(u, 0, 25);
+        t.set_cap(u, 0, 29);
+        t.stored(u, 0, 29);
 
         // Delivery waits see acknowledgements; a permanent failure ends them.
         t.add(u, 0, 21);
