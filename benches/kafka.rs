@@ -158,14 +158,15 @@ fn start_daemon(
     })
 }
 
-fn backlog() {
+/// The backlog of parts 1 and 4 on a fresh embedded broker with 128 partitions: generated traffic
+/// with stories (`CDRGUARD_BENCH_RECORDS` usage records, 1M by default) and its account events.
+/// Returns the broker, its address and the records produced.
+fn backlog_on_broker(cfg: &Config) -> (cdrguard::demo::embedded::Embedded, String, u64) {
     let records: u64 = std::env::var("CDRGUARD_BENCH_RECORDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let cfg = config();
-    let partitions = 128;
-    let (_cluster, brokers) = cluster(partitions, &cfg);
+    let (cluster, brokers) = cluster(128, cfg);
     let (u, e) = traffic(records, (records / 10) as u32, 5, true);
     let producer = cdrguard::demo::embedded::input_producer(
         &Default::default(),
@@ -174,19 +175,20 @@ fn backlog() {
     )
     .unwrap();
     let t = Instant::now();
-    let total = cdrguard::demo::embedded::produce_input(
-        &producer,
-        &cfg,
-        &u,
-        &e,
-        0,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    let total =
+        cdrguard::demo::embedded::produce_input(&producer, cfg, &u, &e, 0, &AtomicBool::new(false))
+            .unwrap();
     eprintln!(
         "kafka bench: backlog of {total} records ({records} usage) produced in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    (cluster, brokers, total)
+}
+
+fn backlog() {
+    let cfg = config();
+    let partitions = 128;
+    let (_cluster, brokers, total) = backlog_on_broker(&cfg);
     let state = tempfile::tempdir().unwrap();
     for (label, dir) in [
         ("snapshots off", None),
@@ -546,30 +548,9 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn instances() {
-    let records: u64 = std::env::var("CDRGUARD_BENCH_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
     let cfg = config();
     let partitions = 128;
-    let (_cluster, brokers) = cluster(partitions, &cfg);
-    let (u, e) = traffic(records, (records / 10) as u32, 5, true);
-    let producer = cdrguard::demo::embedded::input_producer(
-        &Default::default(),
-        &brokers,
-        std::path::Path::new(""),
-    )
-    .unwrap();
-    let total = cdrguard::demo::embedded::produce_input(
-        &producer,
-        &cfg,
-        &u,
-        &e,
-        0,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
-    drop((u, e));
+    let (_cluster, brokers, total) = backlog_on_broker(&cfg);
     let scratch = tempfile::tempdir().unwrap();
     for n in 1..=3 {
         let store = scratch.path().join(format!("store-{n}"));

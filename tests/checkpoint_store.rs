@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -176,28 +175,10 @@ fn a_lost_machine_is_restored_from_the_object_store_and_an_outage_loses_nothing(
         reader.read_until(Duration::from_secs(3), |_| false);
         alerts_by_id(&reader.messages)
     };
-    let missing: Vec<_> = expected
-        .iter()
-        .filter(|(id, _)| !got.contains_key(*id))
-        .map(|(_, a)| format!("{} {}", a.rule.id, a.entity.key))
-        .collect();
-    assert!(missing.is_empty(), "alerts never delivered: {missing:?}");
-    let extra: BTreeSet<_> = got
-        .keys()
-        .filter(|id| !expected.contains_key(*id))
-        .collect();
-    assert!(
-        extra.is_empty(),
-        "alerts a replay does not raise: {extra:?}"
-    );
+    assert_alerts_of_replay(&expected, &got, &String::new);
 
     // And the state in the store is a clean replay's.
-    let store = cdrguard::durability::store::Store::open(
-        &cfg.durability.store,
-        std::path::Path::new(""),
-        &cfg.durability.store_options,
-    )
-    .unwrap();
+    let store = store_of(&cfg);
     assert_same_stores(stores_in(store), &features, at);
     eprintln!(
         "object store test: machine 1 lost at {at_loss} of {total} records committed; machine 2 \

@@ -97,20 +97,7 @@ fn crashes_mid_stream_lose_no_alert_and_count_no_record_twice() {
     stop(&c, d);
 
     let got = delivered(&mut reader);
-    let missing: Vec<_> = expected
-        .iter()
-        .filter(|(id, _)| !got.contains_key(*id))
-        .map(|(_, a)| format!("{} {}", a.rule.id, a.entity.key))
-        .collect();
-    assert!(missing.is_empty(), "alerts never delivered: {missing:?}");
-    let unexpected: Vec<_> = got
-        .keys()
-        .filter(|id| !expected.contains_key(*id))
-        .collect();
-    assert!(
-        unexpected.is_empty(),
-        "alerts a replay does not raise: {unexpected:?}"
-    );
+    assert_alerts_of_replay(&expected, &got, &String::new);
 
     let mut dlq = k.reader(&[&k.cfg.kafka.dead_letter_topic]);
     dlq.read_until(Duration::from_secs(20), |m| m.len() >= bad.len());

@@ -184,24 +184,7 @@ fn ten_sigkills_lose_no_alert_and_count_no_record_twice() {
     reader.read_until(Duration::from_secs(30), |m| m.len() >= copies);
     reader.read_until(Duration::from_secs(2), |_| false);
     let by_id = common::kafka::alerts_by_id(&reader.messages);
-    let missing: Vec<_> = expected
-        .iter()
-        .filter(|(id, _)| !by_id.contains_key(*id))
-        .map(|(_, a)| format!("{} {}", a.rule.id, a.entity.key))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "expected alerts never delivered: {missing:?}"
-    );
-    let extra: Vec<_> = by_id
-        .iter()
-        .filter(|(id, _)| !expected.contains_key(*id))
-        .map(|(_, v)| format!("{} {}", v["rule"]["id"], v["entity"]["key"]))
-        .collect();
-    assert!(
-        extra.is_empty(),
-        "alerts a clean replay does not raise: {extra:?}"
-    );
+    common::kafka::assert_alerts_of_replay(&expected, &by_id, &String::new);
 
     // The dead-letter topic holds each bad record (once or more: at least once).
     let mut dlq = k.reader(&[&k.cfg.kafka.dead_letter_topic]);

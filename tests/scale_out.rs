@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::kafka::{alerts_by_id, replay_state, split_in_time, stores_in};
+use common::kafka::{
+    alerts_by_id, assert_alerts_of_replay, replay_state, split_in_time, stores_in,
+};
 use common::process::{log_tail, write_config, DaemonProcess};
 use common::s3::S3Server;
 use common::tansu::Tansu;
@@ -25,6 +27,26 @@ fn alert_topics(cfg: &cdrguard::config::Config) -> Vec<String> {
         a.key_accounts.clone(),
         a.care.clone(),
     ]
+}
+
+/// A daemon log's lines about partitions starting and moving, for failure messages.
+fn starts(log: &std::path::Path) -> String {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            [
+                "restored",
+                "rebuil",
+                "new to the group",
+                "assigned",
+                "revoked",
+            ]
+            .iter()
+            .any(|w| l.contains(w))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The generation in a checkpoint key (`…/partition-<p>/g<generation>/…`).
@@ -204,52 +226,12 @@ fn a_paused_owner_that_wakes_after_its_partitions_moved_cannot_overwrite_the_new
     reader.read_until(Duration::from_secs(30), |m| m.len() >= copies);
     reader.read_until(Duration::from_secs(2), |_| false);
     let by_id = alerts_by_id(&reader.messages);
-    let missing: Vec<_> = expected
-        .iter()
-        .filter(|(id, _)| !by_id.contains_key(*id))
-        .map(|(_, a)| format!("{} {}", a.rule.id, a.entity.key))
-        .collect();
-    let starts = |log: &std::path::Path| {
-        std::fs::read_to_string(log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| {
-                [
-                    "restored",
-                    "rebuil",
-                    "Caller shard",
-                    "new to the group",
-                    "assigned",
-                    "revoked",
-                ]
-                .iter()
-                .any(|w| l.contains(w))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    assert!(
-        missing.is_empty(),
-        "alerts never delivered: {missing:?}\n--- a:\n{}\n--- b:\n{}",
-        starts(&log_a),
-        starts(&log_b)
-    );
-    let extra: Vec<_> = by_id
-        .keys()
-        .filter(|id| !expected.contains_key(*id))
-        .collect();
-    assert!(
-        extra.is_empty(),
-        "alerts a replay does not raise: {extra:?}"
-    );
+    assert_alerts_of_replay(&expected, &by_id, &|| {
+        format!("\n--- a:\n{}\n--- b:\n{}", starts(&log_a), starts(&log_b))
+    });
 
     // The state in the store is the replay's: the stale checkpoints were never restored.
-    let store = cdrguard::durability::store::Store::open(
-        &cfg.durability.store,
-        std::path::Path::new(""),
-        &cfg.durability.store_options,
-    )
-    .unwrap();
+    let store = common::kafka::store_of(&cfg);
     common::kafka::assert_same_stores(stores_in(store), &features, at);
     eprintln!(
         "fencing test: generation {old} paused; {} stale checkpoint(s) written under it after the \

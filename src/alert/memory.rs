@@ -10,7 +10,7 @@ use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::record::Severity;
-use crate::state::delta::{apply_entries, ChangedKeys};
+use crate::state::changes::{apply_entries, ChangedKeys};
 
 use crate::rules::library::StableHash;
 
@@ -247,11 +247,7 @@ impl AlertMemory {
     /// Starts (or stops) recording changed keys for incremental checkpoints; as
     /// `WindowStore::track_changes`.
     pub fn track_changes(&mut self, on: bool) {
-        match (on, &self.changes) {
-            (true, None) => self.changes = Some(Box::default()),
-            (false, _) => self.changes = None,
-            (true, Some(_)) => {}
-        }
+        crate::state::changes::track(&mut self.changes, on);
     }
 
     /// Closes the open epoch of changes under `epoch`; as `WindowStore::seal_changes`.

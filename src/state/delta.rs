@@ -29,156 +29,18 @@
 //! offsets the checkpoint claims.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::hash::Hash;
 
-use ahash::{AHashMap, AHashSet};
+use ahash::AHashSet;
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::record::GapMark;
 
+use super::changes::{apply_entries, track, StoreChanges};
 use super::dedup::DedupOp;
 use super::entity::Entity;
 use super::store::{Account, StoreCounters, WindowStore};
 use super::timers::Timer;
-
-/// Keys changed since the last durable checkpoint: those of the open epoch, and those of sealed
-/// epochs with the newest epoch that changed each.
-pub(crate) struct ChangedKeys<K> {
-    open: AHashSet<K>,
-    sealed: AHashMap<K, u64>,
-}
-
-impl<K> Default for ChangedKeys<K> {
-    fn default() -> Self {
-        ChangedKeys {
-            open: AHashSet::default(),
-            sealed: AHashMap::default(),
-        }
-    }
-}
-
-impl<K: Eq + Hash + Ord> ChangedKeys<K> {
-    pub(crate) fn mark(&mut self, key: K) {
-        self.open.insert(key);
-    }
-
-    pub(crate) fn seal(&mut self, epoch: u64) {
-        for k in self.open.drain() {
-            self.sealed.insert(k, epoch);
-        }
-        if self.open.capacity() > 4 * 1024 {
-            self.open.shrink_to(1024);
-        }
-    }
-
-    /// Forgets keys whose newest change is in a durable epoch: a key changed again since stays.
-    pub(crate) fn durable(&mut self, epoch: u64) {
-        self.sealed.retain(|_, e| *e > epoch);
-        // An outage's backlog, once durable, should not pin its peak size.
-        if self.sealed.capacity() > 4 * self.sealed.len() + 4 * 1024 {
-            self.sealed.shrink_to_fit();
-        }
-    }
-
-    pub(crate) fn open_is_empty(&self) -> bool {
-        self.open.is_empty()
-    }
-
-    /// Keys of sealed epochs not yet durable, sorted: the delta's bytes are then the same for the
-    /// same content, whatever the hash maps' order.
-    pub(crate) fn sorted(&self) -> Vec<&K> {
-        let mut keys: Vec<&K> = self.sealed.keys().collect();
-        keys.sort_unstable();
-        keys
-    }
-
-    /// The changed keys with their values in `map` now, `None` for a key gone since the base.
-    pub(crate) fn entries<'a, V>(&self, map: &'a AHashMap<K, V>) -> Vec<(K, Option<&'a V>)>
-    where
-        K: Copy,
-    {
-        self.sorted()
-            .into_iter()
-            .map(|k| (*k, map.get(k)))
-            .collect()
-    }
-
-    /// Keys held (open and sealed, a key in both counted twice).
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.open.len() + self.sealed.len()
-    }
-}
-
-/// Applies a delta's entries for one keyed map: a value replaces, a tombstone removes.
-pub(crate) fn apply_entries<K: Eq + Hash, V>(
-    map: &mut AHashMap<K, V>,
-    entries: Vec<(K, Option<V>)>,
-) {
-    for (k, v) in entries {
-        match v {
-            Some(v) => {
-                map.insert(k, v);
-            }
-            None => {
-                map.remove(&k);
-            }
-        }
-    }
-}
-
-/// The dedup journal: the open epoch's operations, then each sealed epoch's, oldest first.
-#[derive(Default)]
-pub(crate) struct Journal {
-    pub(crate) open: Vec<DedupOp>,
-    sealed: VecDeque<(u64, Vec<DedupOp>)>,
-}
-
-impl Journal {
-    fn seal(&mut self, epoch: u64) {
-        if !self.open.is_empty() {
-            self.sealed
-                .push_back((epoch, std::mem::take(&mut self.open)));
-        }
-        self.compact();
-    }
-
-    /// Drops what precedes the second newest generation start: two generations later nothing inserted
-    /// before it is remembered, on the base or anywhere. Keeps the journal (and a delta written after
-    /// hours of failed checkpoints) within the dedup memory's own size.
-    fn compact(&mut self) {
-        let mut starts = 0;
-        for e in (0..self.sealed.len()).rev() {
-            let ops = &mut self.sealed[e].1;
-            let Some(at) = (0..ops.len())
-                .rev()
-                .filter(|&i| matches!(ops[i], DedupOp::Generation { .. }))
-                .nth(1 - starts)
-            else {
-                starts += ops
-                    .iter()
-                    .filter(|op| matches!(op, DedupOp::Generation { .. }))
-                    .count();
-                continue;
-            };
-            ops.drain(..at);
-            self.sealed.drain(..e);
-            return;
-        }
-    }
-
-    fn durable(&mut self, epoch: u64) {
-        while self.sealed.front().is_some_and(|(e, _)| *e <= epoch) {
-            self.sealed.pop_front();
-        }
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.open.len() + self.sealed.iter().map(|(_, ops)| ops.len()).sum::<usize>()
-    }
-}
 
 /// The sealed epochs' journal, written as one sequence.
 struct JournalRef<'a>(&'a VecDeque<(u64, Vec<DedupOp>)>);
@@ -193,54 +55,6 @@ impl Serialize for JournalRef<'_> {
             seq.serialize_element(op)?;
         }
         seq.end()
-    }
-}
-
-/// A store's changes since its last durable checkpoint (`WindowStore::track_changes`).
-#[derive(Default)]
-pub(crate) struct StoreChanges {
-    pub(crate) subscribers: ChangedKeys<u64>,
-    pub(crate) calling_numbers: ChangedKeys<u64>,
-    pub(crate) imeis: ChangedKeys<u64>,
-    pub(crate) line_accounts: ChangedKeys<u64>,
-    pub(crate) accounts: ChangedKeys<u32>,
-    /// Accounts, by id, whose pending timers changed (scheduled, fired, cancelled).
-    pub(crate) timers: ChangedKeys<CompactString>,
-    pub(crate) dedup: Journal,
-    last_sealed: Option<u64>,
-}
-
-impl StoreChanges {
-    /// The three entity maps' keys: subscribers, calling numbers, IMEIs (the order `maintain` sweeps
-    /// the maps in).
-    pub(crate) fn entity_keys(&mut self) -> [&mut ChangedKeys<u64>; 3] {
-        [
-            &mut self.subscribers,
-            &mut self.calling_numbers,
-            &mut self.imeis,
-        ]
-    }
-
-    fn open_is_empty(&self) -> bool {
-        self.subscribers.open_is_empty()
-            && self.calling_numbers.open_is_empty()
-            && self.imeis.open_is_empty()
-            && self.line_accounts.open_is_empty()
-            && self.accounts.open_is_empty()
-            && self.timers.open_is_empty()
-            && self.dedup.open.is_empty()
-    }
-
-    /// Entries held across every map and the journal.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.subscribers.len()
-            + self.calling_numbers.len()
-            + self.imeis.len()
-            + self.line_accounts.len()
-            + self.accounts.len()
-            + self.timers.len()
-            + self.dedup.len()
     }
 }
 
@@ -293,11 +107,7 @@ impl WindowStore {
     /// restoring it. Turning it on starts with no recorded changes: the next delta is relative to a
     /// full checkpoint taken from then on. Turning it on again while on keeps what was recorded.
     pub fn track_changes(&mut self, on: bool) {
-        match (on, &self.changes) {
-            (true, None) => self.changes = Some(Box::default()),
-            (false, _) => self.changes = None,
-            (true, Some(_)) => {}
-        }
+        track(&mut self.changes, on);
     }
 
     /// Closes the open epoch of changes under `epoch` (a checkpoint's sequence number, increasing).
@@ -437,6 +247,7 @@ mod tests {
     use crate::classify::{Classifier, PrefixList};
     use crate::config::{Secs, StateConfig};
     use crate::record::{AccountEvent, Date, Decoder, EventTime, Number, Severity, UsageRecord};
+    use ahash::AHashMap;
     use proptest::prelude::*;
 
     const T0: i64 = 1_790_000_000;

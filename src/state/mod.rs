@@ -1,6 +1,7 @@
 //! State: per-entity sliding-window features, account ledgers and event-time timers.
 
 mod cells;
+pub(crate) mod changes;
 mod dedup;
 pub mod delta;
 mod distinct;

@@ -21,8 +21,8 @@ use crate::config::{CallingNumbers, StateConfig};
 use crate::record::{AccountEvent, Direction, GapMark, Number, RecordType, UsageRecord};
 
 use super::cells::WindowSums;
+use super::changes::{ChangedKeys, StoreChanges};
 use super::dedup::{event_digest, usage_digest, Dedup, Seen};
-use super::delta::{ChangedKeys, StoreChanges};
 use super::distinct::SeenKind;
 use super::entity::{Contribution, Entity, Fix, Limits, Span, NO_ACCOUNT};
 use super::ledger::{Ledger, LedgerWarning};

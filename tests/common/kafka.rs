@@ -477,6 +477,45 @@ pub fn assert_same_stores(
     );
 }
 
+/// Every alert of a clean replay (`expected`) is among those delivered (`got`, by id), and
+/// nothing else is; `context` is added to a failure's message (logs of the daemons, say).
+pub fn assert_alerts_of_replay(
+    expected: &BTreeMap<String, Alert>,
+    got: &BTreeMap<String, serde_json::Value>,
+    context: &dyn Fn() -> String,
+) {
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|(id, _)| !got.contains_key(*id))
+        .map(|(_, a)| format!("{} {}", a.rule.id, a.entity.key))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "expected alerts never delivered: {missing:?}{}",
+        context()
+    );
+    let extra: Vec<_> = got
+        .iter()
+        .filter(|(id, _)| !expected.contains_key(*id))
+        .map(|(_, v)| format!("{} {}", v["rule"]["id"], v["entity"]["key"]))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "alerts a clean replay does not raise: {extra:?}{}",
+        context()
+    );
+}
+
+/// The checkpoint store a daemon configuration names.
+pub fn store_of(cfg: &cdrguard::config::Config) -> cdrguard::durability::store::Store {
+    cdrguard::durability::store::Store::open(
+        &cfg.durability.store,
+        Path::new(&cfg.durability.dir),
+        &cfg.durability.store_options,
+    )
+    .unwrap()
+}
+
 /// Alerts read, by id (without `detected_at`); fails if an id came with two contents.
 pub fn alerts_by_id(messages: &[Read]) -> BTreeMap<String, serde_json::Value> {
     let mut by_id: BTreeMap<String, serde_json::Value> = BTreeMap::new();
