@@ -31,7 +31,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{Config, StartFrom};
 use crate::durability::checkpoint::{self, PartitionState, ReadBounds};
-use crate::durability::layout::Checkpoints;
+use crate::durability::layout::{Checkpoints, Link};
 use crate::durability::snapshot::{Loaded, SnapshotError};
 use crate::record::Input;
 use crate::sink::Tracker;
@@ -118,12 +118,16 @@ impl Rebalancer {
         dir: &Checkpoints,
         p: i32,
         c: [Option<i64>; 2],
+        listed: Option<&[Link]>,
     ) -> Result<(Loaded, PartitionState, Restored), SnapshotError> {
         let io = |e: crate::durability::store::StoreError| SnapshotError::Io {
             path: format!("partition-{p}").into(),
             source: std::io::Error::other(e.to_string()),
         };
-        let mut chains = dir.partition_chains(p).map_err(io)?;
+        let mut chains = match listed {
+            Some(links) => crate::durability::layout::chains(links, p),
+            None => dir.partition_chains(p).map_err(io)?,
+        };
         let mut first_error = None;
         // A checkpoint that vanished while it was read: another writer's base made it useless (a
         // stale owner of this generation, or the previous owner's late handover). The store then
@@ -273,6 +277,16 @@ impl RebalanceHook for Rebalancer {
             outcome: RestoreOutcome,
         }
         let mut plans: BTreeMap<i32, Plan> = BTreeMap::new();
+        // One listing of the store for every partition assigned (not one per partition: an object
+        // store answers each in tens of milliseconds); a partition lists its own folder again only
+        // if this fails or a checkpoint vanishes while it is read.
+        let listed: Option<Vec<Link>> = self.dir.as_ref().and_then(|d| match d.contents() {
+            Ok((links, _)) => Some(links),
+            Err(e) => {
+                tracing::warn!(error = %e, "Listing the checkpoint store failed; each partition lists its own.");
+                None
+            }
+        });
         for &p in &parts {
             let c = inputs.map(|i| committed.get(&(self.topic(i).to_string(), p)).copied());
             for i in inputs {
@@ -288,7 +302,7 @@ impl RebalanceHook for Rebalancer {
                 outcome: RestoreOutcome::NoSnapshots,
             };
             if let Some(dir) = &self.dir {
-                match self.load(dir, p, c) {
+                match self.load(dir, p, c, listed.as_deref()) {
                     Ok((loaded, state, from)) => {
                         let s = inputs.map(|i| loaded.header.next(self.topic(i), p));
                         let mut stale = false;

@@ -29,7 +29,7 @@
 //! by the next owner from the committed offset.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -579,29 +579,51 @@ impl Worker<'_> {
         });
         match encoded {
             Ok(bytes) => {
-                part.dirty = false;
-                part.snapshotted = true;
-                let chain = &mut part.chain;
-                chain.next_seq = seq + 1;
-                chain.sent = seq as i64;
-                match parent {
-                    None => chain.pending_base = Some((seq, bytes.len())),
-                    Some(_) => chain.since_base += bytes.len(),
-                }
+                let len = bytes.len();
                 let link = Link {
                     partition,
                     generation: part.generation,
                     seq,
                     parent,
                 };
-                let _ = sink.send(EncodedSnapshot {
-                    link: Some((link, chain.progress.clone())),
+                let waited = done.is_some();
+                let job = EncodedSnapshot {
+                    link: Some((link, part.chain.progress.clone())),
                     kind: SnapshotKind::Partition(partition),
                     bytes,
                     covers,
                     started,
                     done,
-                });
+                };
+                // While the store is slow or down the writer's queue fills: a periodic checkpoint
+                // is then dropped (its changes stay sealed, so the next one holds them) rather
+                // than stopping this worker; one somebody waits for is queued whatever it takes.
+                let sent = if waited || force {
+                    sink.send(job).is_ok()
+                } else {
+                    match sink.try_send(job) {
+                        Ok(()) => true,
+                        Err(TrySendError::Full(_)) => {
+                            tracing::debug!(
+                                partition,
+                                "Checkpoint writer busy; the next interval tries again."
+                            );
+                            false
+                        }
+                        Err(TrySendError::Disconnected(_)) => false,
+                    }
+                };
+                if sent {
+                    part.dirty = false;
+                    part.snapshotted = true;
+                    let chain = &mut part.chain;
+                    chain.next_seq = seq + 1;
+                    chain.sent = seq as i64;
+                    match parent {
+                        None => chain.pending_base = Some((seq, len)),
+                        Some(_) => chain.since_base += len,
+                    }
+                }
             }
             Err(e) => {
                 tracing::error!(partition, error = %e, "Partition state not encodable; no snapshot.");

@@ -286,17 +286,30 @@ impl Checkpoints {
         Ok((links, callers))
     }
 
+    /// Partition `p`'s checkpoints (one listing of its folder).
+    pub fn partition_links(&self, p: i32) -> Result<Vec<Link>, StoreError> {
+        Ok(self
+            .store
+            .list_under(&format!("partition-{p}"))?
+            .into_iter()
+            .filter_map(|(key, _)| match parse(&key) {
+                Some(Named::Checkpoint(l)) if l.partition == p => Some(l),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Partition `p`'s usable chains, newest generation first.
     pub fn partition_chains(&self, p: i32) -> Result<Vec<Chain>, StoreError> {
-        Ok(chains(&self.contents()?.0, p))
+        Ok(chains(&self.partition_links(p)?, p))
     }
 
     /// Once the base `base` is durable: removes what it makes useless — older generations of the
     /// partition, and older checkpoints of its own generation. Never a later generation's: that
     /// belongs to a newer owner. Failures are logged; the next base tries again.
     pub fn remove_before(&self, base: &Link) {
-        let links = match self.contents() {
-            Ok((links, _)) => links,
+        let links = match self.partition_links(base.partition) {
+            Ok(links) => links,
             Err(e) => {
                 tracing::warn!(error = %e, "Listing checkpoints to remove old ones failed.");
                 return;

@@ -191,24 +191,31 @@ impl Store {
         }
     }
 
-    /// Every key in the store with its size, sorted. A store holds a few objects per partition, so
-    /// one listing is cheap.
+    /// Every key in the store with its size, sorted.
     pub fn list(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.list_under("")
+    }
+
+    /// The keys under the folder `folder` (`partition-3`; empty: all), with their sizes, sorted: one
+    /// partition's checkpoints without listing every partition's.
+    pub fn list_under(&self, folder: &str) -> Result<Vec<(String, u64)>, StoreError> {
         let mut out = match &self.backend {
             Backend::Dir(root) => {
                 let mut out = Vec::new();
-                list_dir(root, root, &mut out).map_err(|e| self.error("list", "", e))?;
+                list_dir(root, &root.join(folder), &mut out)
+                    .map_err(|e| self.error("list", folder, e))?;
                 out
             }
             Backend::Object { store, prefix, rt } => {
                 let base = object_store::path::Path::from(&**prefix);
+                let under = Self::object_path(prefix, folder);
                 let found: Vec<object_store::ObjectMeta> = rt
                     .block_on(
                         store
-                            .list((!prefix.is_empty()).then_some(&base))
+                            .list((!under.as_ref().is_empty()).then_some(&under))
                             .try_collect(),
                     )
-                    .map_err(|e| self.error("list", "", e))?;
+                    .map_err(|e| self.error("list", folder, e))?;
                 // Keys relative to the prefix as the store normalised it (not by its length).
                 found
                     .into_iter()
@@ -337,6 +344,16 @@ mod tests {
             b"abc"
         );
         assert_eq!(s.get("partition-1/g3/none").unwrap(), None);
+        s.put("partition-10/g1/00000000000000000001.base", b"z".to_vec())
+            .unwrap();
+        assert_eq!(
+            s.list_under("partition-1").unwrap(),
+            [("partition-1/g3/00000000000000000001.base".to_string(), 3)],
+            "one partition's folder, not its namesakes'"
+        );
+        assert!(s.list_under("partition-9").unwrap().is_empty());
+        s.delete("partition-10/g1/00000000000000000001.base")
+            .unwrap();
         s.delete("partition-1/g3/00000000000000000001.base")
             .unwrap();
         s.delete("partition-1/g3/00000000000000000001.base")
