@@ -189,3 +189,56 @@ fn a_lost_machine_is_restored_from_the_object_store_and_an_outage_loses_nothing(
         s3.keys("site-a/cdrguard/").len()
     );
 }
+
+/// A base larger than two parts goes up as a multipart upload and reads back whole; the listing
+/// names it relative to the prefix, one partition's folder apart from its namesakes'.
+#[test]
+fn a_large_checkpoint_goes_up_in_parts_and_reads_back_whole() {
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+    let scratch = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start("big", scratch.path());
+    let mut cfg = cdrguard::config::Config::default();
+    s3.configure(&mut cfg, "deep/prefix");
+    let store = store_of(&cfg);
+    let mut rng = fastrand::Rng::with_seed(3);
+    let big: Vec<u8> = (0..40 << 20).map(|_| rng.u8(..)).collect();
+    store
+        .put("partition-1/g2/00000000000000000007.base", big.clone())
+        .unwrap();
+    store
+        .put(
+            "partition-10/g2/00000000000000000008.base",
+            b"small".to_vec(),
+        )
+        .unwrap();
+    assert_eq!(
+        store
+            .get("partition-1/g2/00000000000000000007.base")
+            .unwrap()
+            .as_deref(),
+        Some(&big[..])
+    );
+    assert_eq!(
+        store.list_under("partition-1").unwrap(),
+        [(
+            "partition-1/g2/00000000000000000007.base".to_string(),
+            big.len() as u64
+        )]
+    );
+    assert_eq!(store.list().unwrap().len(), 2);
+    assert!(
+        s3.keys("deep/prefix/partition-1/")
+            .iter()
+            .all(|k| k.starts_with("deep/prefix/")),
+        "keys live under the prefix"
+    );
+    store
+        .delete("partition-1/g2/00000000000000000007.base")
+        .unwrap();
+    assert_eq!(
+        store
+            .get("partition-1/g2/00000000000000000007.base")
+            .unwrap(),
+        None
+    );
+}

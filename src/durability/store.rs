@@ -22,7 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+
+/// Objects larger than two parts are uploaded in parts of this size, a few at a time.
+const PART_BYTES: usize = 16 << 20;
+const PARTS_IN_FLIGHT: usize = 4;
 
 /// Why a store operation failed. `Display` names the store and the key, never credentials.
 #[derive(Debug, thiserror::Error)]
@@ -162,9 +166,25 @@ impl Store {
             }
             Backend::Object { store, prefix, rt } => {
                 let at = Self::object_path(prefix, key);
-                rt.block_on(store.put(&at, bytes.into()))
-                    .map(|_| ())
-                    .map_err(|e| self.error("put", key, e))
+                let put = async {
+                    if bytes.len() <= 2 * PART_BYTES {
+                        return store.put(&at, bytes.into()).await.map(drop);
+                    }
+                    // A large base goes up in parts: each part is a request of its own, retried
+                    // and timed out on its own, and the 5 GiB limit of one PUT does not apply.
+                    let bytes = bytes::Bytes::from(bytes);
+                    let upload = store.put_multipart(&at).await?;
+                    let mut w = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+                    for start in (0..bytes.len()).step_by(PART_BYTES) {
+                        if let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                            let _ = w.abort().await;
+                            return Err(e);
+                        }
+                        w.put(bytes.slice(start..(start + PART_BYTES).min(bytes.len())));
+                    }
+                    w.finish().await.map(drop)
+                };
+                rt.block_on(put).map_err(|e| self.error("put", key, e))
             }
         }
     }
