@@ -180,6 +180,33 @@ fn a_lost_machine_is_restored_from_the_object_store_and_an_outage_loses_nothing(
     // And the state in the store is a clean replay's.
     let store = store_of(&cfg);
     assert_same_stores(stores_in(store), &features, at);
+
+    // `state` reads the same store by its URL, S3 settings from the environment.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cdrguard"))
+        .args(["state", "export", "--all", "--dir", &cfg.durability.store])
+        .env("AWS_ENDPOINT", s3.endpoint())
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let partitions: Vec<i64> = rows
+        .iter()
+        .filter_map(|r| r["partition"].as_i64())
+        .collect();
+    assert_eq!(partitions, [0, 1, 2, 3], "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r["file"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("s3://cdrguard/site-a/cdrguard/"))),
+        "{rows:?}"
+    );
     eprintln!(
         "object store test: machine 1 lost at {at_loss} of {total} records committed; machine 2 \
          restored {:?}; outage held commits at {committed_down}; {} alerts = a replay's; store keys \
