@@ -244,3 +244,139 @@ fn a_paused_owner_that_wakes_after_its_partitions_moved_cannot_overwrite_the_new
         started.elapsed().as_secs_f64()
     );
 }
+
+/// Three instances in one group on eight partitions, each with a local directory of its own: one
+/// is SIGKILLed and its directory deleted, the survivors restore its partitions from the store (no
+/// rebuild); then the group shrinks to one instance (a graceful leave) and grows back to three
+/// (new processes, new empty directories). The backlog is on the broker before anyone reads it.
+/// At the end: exactly the alerts of a clean replay, each with one content, and every subscriber's
+/// features in the store equal to the replay's.
+///
+/// Without Wangiri stories: the caller shard is still per process, so with several instances a
+/// wave is counted per instance (README, "Deploying"); the calling-number repartition lifts that.
+#[test]
+fn three_instances_lose_one_shrink_to_one_and_grow_back_with_state_from_the_store() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+    let started = Instant::now();
+    let k = Tansu::start(8);
+    let s3 = S3Server::start("cdrguard", k.dir.path());
+    let (usage, events, _) =
+        common::kafka::stories_except(73, 3_000, 40_000, &["wangiri_inbound", "wangiri_callback"]);
+    let (expected, features, at) = replay_state(&usage, &events);
+    let total = k.produce(&usage, &events);
+
+    let mut run = 0;
+    let mut spawn = |name: &str| {
+        run += 1;
+        let dir = k.dir.path().join(format!("{name}-{run}"));
+        let mut cfg = k.daemon_config(&dir);
+        s3.configure(&mut cfg, "cdrguard");
+        cfg.durability.instance = format!("{name}-{run}");
+        cfg.daemon.idle_watermark_after = cdrguard::config::Secs(0);
+        let path = k.dir.path().join(format!("{name}-{run}.toml"));
+        write_config(&cfg, &path);
+        let log = k.dir.path().join(format!("{name}-{run}.log"));
+        (DaemonProcess::spawn(&path, &log), dir, log, cfg)
+    };
+    let (mut a, _, log_a, cfg) = spawn("a");
+    let (mut b, dir_b, log_b, _) = spawn("b");
+    let (mut c, _, log_c, _) = spawn("c");
+    let mut logs = vec![log_a.clone(), log_b.clone(), log_c.clone()];
+    for (d, log) in [(&mut a, &log_a), (&mut b, &log_b), (&mut c, &log_c)] {
+        assert!(
+            d.wait_for_log("Partitions assigned.", 1, Duration::from_secs(60)),
+            "{}",
+            log_tail(log, 30)
+        );
+    }
+    // B's machine is lost soon after the group settled, while the backlog is worked through:
+    // killed, its directory gone. A and C restore its partitions from the store.
+    std::thread::sleep(Duration::from_millis(1500));
+    b.sigkill();
+    std::fs::remove_dir_all(&dir_b).ok();
+    let at_loss = k.committed_total();
+    let assigned = |log: &std::path::Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("Partitions assigned.")
+            .count()
+    };
+    let before = assigned(&log_a);
+    assert!(
+        a.wait_for_log("Partitions assigned.", before + 1, Duration::from_secs(60)),
+        "a took over b's partitions:\n{}",
+        log_tail(&log_a, 30)
+    );
+
+    // Down to one: C leaves gracefully.
+    c.sigterm();
+    assert!(
+        c.wait(Duration::from_secs(60)).success(),
+        "{}",
+        log_tail(&log_c, 30)
+    );
+    let at_one = k.committed_total();
+
+    // Back to three: two new processes with empty directories.
+    let (mut d, _, log_d, _) = spawn("d");
+    let (mut e, _, log_e, _) = spawn("e");
+    logs.extend([log_d.clone(), log_e.clone()]);
+    assert!(
+        k.wait_committed(total, Duration::from_secs(180)),
+        "{} of {total} committed with three instances again:\n{}",
+        k.committed_total(),
+        log_tail(&log_d, 30)
+    );
+    for p in [&a, &d, &e] {
+        p.sigterm();
+    }
+    for (p, log) in [(&mut a, &log_a), (&mut d, &log_d), (&mut e, &log_e)] {
+        assert!(
+            p.wait(Duration::from_secs(60)).success(),
+            "{}",
+            log_tail(log, 30)
+        );
+    }
+
+    let topics = alert_topics(&cfg);
+    let mut reader = k.reader(&topics.iter().map(String::as_str).collect::<Vec<_>>());
+    let copies: usize = expected.values().map(|a| a.departments.len()).sum();
+    reader.read_until(Duration::from_secs(30), |m| m.len() >= copies);
+    reader.read_until(Duration::from_secs(2), |_| false);
+    let by_id = alerts_by_id(&reader.messages);
+    let all_starts = || {
+        logs.iter()
+            .map(|l| format!("\n--- {}:\n{}", l.display(), starts(l)))
+            .collect::<String>()
+    };
+    assert_alerts_of_replay(&expected, &by_id, &all_starts);
+    common::kafka::assert_same_stores(stores_in(common::kafka::store_of(&cfg)), &features, at);
+
+    // Partitions moved with their state: restored from the store, never rebuilt.
+    let text: String = logs
+        .iter()
+        .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+        .collect();
+    let restored = text
+        .matches("Partition state restored from its snapshot.")
+        .count();
+    assert!(
+        restored >= 8,
+        "partitions restored from the store: {restored}{}",
+        all_starts()
+    );
+    assert_eq!(
+        text.matches("No usable snapshot").count(),
+        0,
+        "no partition rebuilt:{}",
+        all_starts()
+    );
+    eprintln!(
+        "scale test: 8 partitions, {total} records; b lost at {at_loss} committed, down to one \
+         instance at {at_one}, back to three; {restored} partition restores from the store, none \
+         rebuilt; {} alerts = a replay's; {:.0} s",
+        by_id.len(),
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -253,6 +253,16 @@ pub fn stories_sized(
     subscribers: u32,
     records: u64,
 ) -> (Vec<u8>, Vec<u8>, Vec<cdrguard::demo::gen::stories::Label>) {
+    stories_except(seed, subscribers, records, &[])
+}
+
+/// The same, without the stories of the rules in `except`.
+pub fn stories_except(
+    seed: u64,
+    subscribers: u32,
+    records: u64,
+    except: &[&str],
+) -> (Vec<u8>, Vec<u8>, Vec<cdrguard::demo::gen::stories::Label>) {
     let cfg = GenConfig {
         subscribers,
         records,
@@ -260,6 +270,7 @@ pub fn stories_sized(
         seed,
         inject: cdrguard::demo::gen::stories::STORY_RULES
             .iter()
+            .filter(|r| !except.contains(r))
             .map(|r| (r.to_string(), 1))
             .collect(),
         ..GenConfig::default()
