@@ -5,10 +5,12 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cdrguard::config::Config;
 use common::kafka::{
     alerts_by_id, assert_alerts_of_replay, replay_state, split_in_time, stores_in,
 };
@@ -49,6 +51,35 @@ fn starts(log: &std::path::Path) -> String {
         .join("\n")
 }
 
+/// An instance named `name`: its config file (checkpoints in `s3`, a local directory of its own,
+/// event time from the input only — a quiet stream's watermark following the wall clock would fire
+/// timers a replay never reaches), its log file, its directory and the config.
+fn instance(k: &Tansu, s3: &S3Server, name: &str) -> (PathBuf, PathBuf, PathBuf, Config) {
+    let dir = k.dir.path().join(name);
+    let mut cfg = k.daemon_config(&dir);
+    s3.configure(&mut cfg, "cdrguard");
+    cfg.durability.instance = name.to_string();
+    cfg.daemon.idle_watermark_after = cdrguard::config::Secs(0);
+    let path = k.dir.path().join(format!("{name}.toml"));
+    write_config(&cfg, &path);
+    (path, k.dir.path().join(format!("{name}.log")), dir, cfg)
+}
+
+/// The alerts on the department topics, by id, once every copy `expected` makes has arrived (or
+/// 30 s passed) and nothing more comes for 2 s.
+fn delivered(
+    k: &Tansu,
+    cfg: &Config,
+    expected: &std::collections::BTreeMap<String, cdrguard::record::Alert>,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let topics = alert_topics(cfg);
+    let mut reader = k.reader(&topics.iter().map(String::as_str).collect::<Vec<_>>());
+    let copies: usize = expected.values().map(|a| a.departments.len()).sum();
+    reader.read_until(Duration::from_secs(30), |m| m.len() >= copies);
+    reader.read_until(Duration::from_secs(2), |_| false);
+    alerts_by_id(&reader.messages)
+}
+
 /// The generation in a checkpoint key (`…/partition-<p>/g<generation>/…`).
 fn generation(key: &str) -> Option<i32> {
     let rest = key.split("/g").nth(1)?;
@@ -72,20 +103,8 @@ fn a_paused_owner_that_wakes_after_its_partitions_moved_cannot_overwrite_the_new
     let total = usage.iter().chain(&events).filter(|&&b| b == b'\n').count() as u64;
     let [(usage_1, events_1), (usage_2, events_2)] = split_in_time(&usage, &events);
 
-    let config = |name: &str| {
-        let dir = k.dir.path().join(name);
-        let mut cfg = k.daemon_config(&dir);
-        s3.configure(&mut cfg, "cdrguard");
-        cfg.durability.instance = name.to_string();
-        // Event time follows the input only: a quiet stream's watermark following the wall clock
-        // would fire timers a replay never reaches.
-        cfg.daemon.idle_watermark_after = cdrguard::config::Secs(0);
-        let path = k.dir.path().join(format!("{name}.toml"));
-        write_config(&cfg, &path);
-        (path, k.dir.path().join(format!("{name}.log")), cfg)
-    };
-    let (config_a, log_a, cfg) = config("a");
-    let (config_b, log_b, _) = config("b");
+    let (config_a, log_a, _, cfg) = instance(&k, &s3, "a");
+    let (config_b, log_b, _, _) = instance(&k, &s3, "b");
 
     // A owns everything and works through the first half.
     let first = k.produce(&usage_1, &events_1);
@@ -220,12 +239,7 @@ fn a_paused_owner_that_wakes_after_its_partitions_moved_cannot_overwrite_the_new
     );
 
     // Every alert of a clean replay, each with one content, nothing else.
-    let topics = alert_topics(&cfg);
-    let mut reader = k.reader(&topics.iter().map(String::as_str).collect::<Vec<_>>());
-    let copies: usize = expected.values().map(|a| a.departments.len()).sum();
-    reader.read_until(Duration::from_secs(30), |m| m.len() >= copies);
-    reader.read_until(Duration::from_secs(2), |_| false);
-    let by_id = alerts_by_id(&reader.messages);
+    let by_id = delivered(&k, &cfg, &expected);
     assert_alerts_of_replay(&expected, &by_id, &|| {
         format!("\n--- a:\n{}\n--- b:\n{}", starts(&log_a), starts(&log_b))
     });
@@ -269,14 +283,7 @@ fn three_instances_lose_one_shrink_to_one_and_grow_back_with_state_from_the_stor
     let mut run = 0;
     let mut spawn = |name: &str| {
         run += 1;
-        let dir = k.dir.path().join(format!("{name}-{run}"));
-        let mut cfg = k.daemon_config(&dir);
-        s3.configure(&mut cfg, "cdrguard");
-        cfg.durability.instance = format!("{name}-{run}");
-        cfg.daemon.idle_watermark_after = cdrguard::config::Secs(0);
-        let path = k.dir.path().join(format!("{name}-{run}.toml"));
-        write_config(&cfg, &path);
-        let log = k.dir.path().join(format!("{name}-{run}.log"));
+        let (path, log, dir, cfg) = instance(&k, &s3, &format!("{name}-{run}"));
         (DaemonProcess::spawn(&path, &log), dir, log, cfg)
     };
     let (mut a, _, log_a, cfg) = spawn("a");
@@ -339,12 +346,7 @@ fn three_instances_lose_one_shrink_to_one_and_grow_back_with_state_from_the_stor
         );
     }
 
-    let topics = alert_topics(&cfg);
-    let mut reader = k.reader(&topics.iter().map(String::as_str).collect::<Vec<_>>());
-    let copies: usize = expected.values().map(|a| a.departments.len()).sum();
-    reader.read_until(Duration::from_secs(30), |m| m.len() >= copies);
-    reader.read_until(Duration::from_secs(2), |_| false);
-    let by_id = alerts_by_id(&reader.messages);
+    let by_id = delivered(&k, &cfg, &expected);
     let all_starts = || {
         logs.iter()
             .map(|l| format!("\n--- {}:\n{}", l.display(), starts(l)))

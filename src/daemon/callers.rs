@@ -353,7 +353,6 @@ impl Shard<'_> {
                 self.dirty = false;
                 let _ = sink.send(EncodedSnapshot {
                     link: None,
-                    kind: SnapshotKind::Callers,
                     bytes,
                     covers,
                     started,

@@ -41,7 +41,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use crate::config::{CallingNumbers, Config};
 use crate::durability::checkpoint::{self, CallerState};
 use crate::durability::layout::Checkpoints;
-use crate::durability::snapshot::{Loaded, SnapshotError, SnapshotKind};
+use crate::durability::snapshot::{SnapshotError, SnapshotKind};
 use crate::durability::store::Store;
 use crate::record::Input;
 use crate::rules::{Library, Reloader};
@@ -410,24 +410,8 @@ pub fn run(
 /// Reads the caller shard's snapshot; the flag says whether its state must be rebuilt (none usable).
 fn load_shard(dir: &Checkpoints) -> (Option<CallerState>, bool) {
     let key = dir.callers_key();
-    let path = std::path::PathBuf::from(&key);
-    let read = match dir.store.get(&key) {
-        Ok(Some(bytes)) => Loaded::from_bytes(&path, bytes),
-        Ok(None) => Err(SnapshotError::Missing(path.clone())),
-        Err(e) => Err(SnapshotError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        }),
-    };
-    let read = read.and_then(|l| {
-        if l.header.kind != SnapshotKind::Callers {
-            return Err(SnapshotError::Incompatible {
-                path: path.clone(),
-                why: format!("holds {:?}", l.header.kind),
-            });
-        }
-        l.payload::<CallerState>()
-    });
+    let read = checkpoint::read_key(dir, &key, SnapshotKind::Callers)
+        .and_then(|l| l.payload::<CallerState>());
     match read {
         Ok(state) => {
             tracing::info!(

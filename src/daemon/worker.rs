@@ -589,7 +589,6 @@ impl Worker<'_> {
                 let waited = done.is_some();
                 let job = EncodedSnapshot {
                     link: Some((link, part.chain.progress.clone())),
-                    kind: SnapshotKind::Partition(partition),
                     bytes,
                     covers,
                     started,

@@ -143,8 +143,7 @@ impl Default for ChainProgress {
 
 /// An encoded snapshot on its way to the writer.
 pub struct EncodedSnapshot {
-    pub kind: SnapshotKind,
-    /// Partitions: where in the chain (generation, sequence, parent), and the progress to report to.
+    /// Partitions (the caller shard's snapshot has none): where in the chain (generation, sequence, parent), and the progress to report to.
     pub link: Option<(Link, Arc<ChainProgress>)>,
     pub bytes: Vec<u8>,
     /// Per input partition, the last offset the snapshot covers.
@@ -269,11 +268,16 @@ pub fn read_newest(checkpoints: &Checkpoints, chain: &Chain) -> Result<Loaded, S
     read(checkpoints, chain.newest())
 }
 
-fn read(checkpoints: &Checkpoints, link: &Link) -> Result<Loaded, SnapshotError> {
-    let key = link.key();
-    let path = std::path::PathBuf::from(&key);
-    let bytes = match checkpoints.store.get(&key) {
-        Ok(Some(b)) => b,
+/// Reads and verifies the checkpoint stored under `key` (named by its key in errors), and checks
+/// that it holds `kind`.
+pub fn read_key(
+    checkpoints: &Checkpoints,
+    key: &str,
+    kind: SnapshotKind,
+) -> Result<Loaded, SnapshotError> {
+    let path = std::path::PathBuf::from(key);
+    let loaded = match checkpoints.store.get(key) {
+        Ok(Some(bytes)) => Loaded::from_bytes(&path, bytes)?,
         Ok(None) => return Err(SnapshotError::Missing(path)),
         Err(e) => {
             return Err(SnapshotError::Io {
@@ -282,14 +286,21 @@ fn read(checkpoints: &Checkpoints, link: &Link) -> Result<Loaded, SnapshotError>
             })
         }
     };
-    let loaded = Loaded::from_bytes(&path, bytes)?;
-    match loaded.header.kind {
-        SnapshotKind::Partition(q) if q == link.partition => Ok(loaded),
-        other => Err(SnapshotError::Incompatible {
+    if loaded.header.kind != kind {
+        return Err(SnapshotError::Incompatible {
             path,
-            why: format!("holds {other:?}, not partition {}", link.partition),
-        }),
+            why: format!("holds {:?}, not {kind:?}", loaded.header.kind),
+        });
     }
+    Ok(loaded)
+}
+
+fn read(checkpoints: &Checkpoints, link: &Link) -> Result<Loaded, SnapshotError> {
+    read_key(
+        checkpoints,
+        &link.key(),
+        SnapshotKind::Partition(link.partition),
+    )
 }
 
 /// Restores a chain: its base, then each delta in order. `newest` is the chain's newest

@@ -495,24 +495,13 @@ fn entries(cp: &Checkpoints, dir: &Path) -> Result<Vec<Entry>, StateDirError> {
 fn read_newest(cp: &Checkpoints, entry: &Entry) -> Result<Loaded, SnapshotError> {
     match entry {
         Entry::Partition(chain) => checkpoint::read_newest(cp, chain),
-        Entry::Callers(key) => {
-            let path = PathBuf::from(key);
-            match cp.store.get(key) {
-                Ok(Some(b)) => Loaded::from_bytes(&path, b),
-                Ok(None) => Err(SnapshotError::Missing(path)),
-                Err(e) => Err(SnapshotError::Io {
-                    path,
-                    source: std::io::Error::other(e.to_string()),
-                }),
-            }
-        }
+        Entry::Callers(key) => checkpoint::read_key(cp, key, SnapshotKind::Callers),
     }
 }
 
 /// Reads a checkpoint whole (a partition's chain applied).
 fn read_entry(cp: &Checkpoints, entry: Entry) -> Result<Snapshot, SnapshotError> {
     let newest = read_newest(cp, &entry)?;
-    check_kind(&newest, &entry)?;
     let path = shown(cp, &entry.key());
     let (payload, bytes) = match &entry {
         Entry::Partition(chain) => {
