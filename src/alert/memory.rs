@@ -9,7 +9,7 @@
 use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::record::Severity;
+use crate::record::{Number, Severity};
 use crate::state::changes::{apply_entries, ChangedKeys};
 
 use crate::rules::library::StableHash;
@@ -96,6 +96,11 @@ pub fn key_hash(s: &str) -> u64 {
     let mut h = StableHash::new();
     h.write(s.as_bytes());
     h.finish() as u64
+}
+
+/// The memory key of an entity as seen from one number (`policy::TriggerInfo::scope`).
+pub fn scoped_key(entity_key: &str, number: Number) -> String {
+    format!("{entity_key}\u{1f}{number}")
 }
 
 impl AlertMemory {

@@ -1,10 +1,12 @@
 //! Alert policy: from a rule's verdict (the map its `evaluate` returned) to an `Alert` — or to nothing,
 //! when min-hits or the cooldown hold it back.
 //!
-//! - **Deterministic id**: a stable hash of (rule id, entity key, the rule's key if it gave one, the
-//!   cooldown bucket of the trigger time, severity). The same input gives the same ids on every replay
-//!   and on redelivery after a crash, so consumers can de-duplicate.
-//! - **Cooldown / min-hits** per (rule, entity): see `memory`.
+//! - **Deterministic id**: a stable hash of (rule id, entity key — with its scope, if any — the
+//!   rule's key if it gave one, the cooldown bucket of the trigger time, severity). The same input
+//!   gives the same ids on every replay and on redelivery after a crash, so consumers can
+//!   de-duplicate.
+//! - **Cooldown / min-hits** per (rule, entity), or per (rule, entity, scope) for a rule reading
+//!   calling-number alerts (`TriggerInfo::scope`): see `memory`.
 //! - **Routing and VIP overlay**: see `route`.
 //!
 //! The rule engine calls `decide` inline, right after each evaluation, rather than handing verdicts on
@@ -17,9 +19,9 @@ use rhai::{Dynamic, Map};
 
 use crate::record::time::{format_duration, parse_duration};
 use crate::record::{Alert, AlertWindow, EntityRef, Evidence, Mode, RuleRef, Severity};
-use crate::record::{EventTime, Segment};
+use crate::record::{EventTime, Number, Segment};
 
-use super::memory::{AlertMemory, Decision};
+use super::memory::{scoped_key, AlertMemory, Decision};
 use crate::rules::library::StableHash;
 use crate::rules::ruleset::Rule;
 use crate::rules::sandbox::ScriptError;
@@ -42,6 +44,9 @@ pub struct TriggerInfo<'a> {
     pub time: EventTime,
     pub record_id: Option<&'a str>,
     pub segment: Option<Segment>,
+    /// The number the rule's memory of the entity is kept per, besides the entity: the record's
+    /// destination for a rule reading calling-number alerts (`rules::engine`), else none.
+    pub scope: Option<Number>,
 }
 
 fn bad(got: String) -> ScriptError {
@@ -187,9 +192,14 @@ pub fn decide(
     let t = trigger.time.utc;
     let cooldown = rule.resolved.cooldown_s;
     let hit_window = rule.resolved.window_s.unwrap_or(cooldown);
-    let memory_key = match &v.key {
-        Some(k) => format!("{}\u{1f}{k}", entity.key),
+    // Unscoped, the entity's key alone: ids and memory as they always were.
+    let entity_key = match trigger.scope {
+        Some(n) => scoped_key(&entity.key, n),
         None => entity.key.clone(),
+    };
+    let memory_key = match &v.key {
+        Some(k) => format!("{entity_key}\u{1f}{k}"),
+        None => entity_key.clone(),
     };
     let decision = memory.decide(
         &meta.id,
@@ -207,7 +217,7 @@ pub fn decide(
     let mut h = StableHash::new();
     for part in [
         meta.id.as_str(),
-        entity.key.as_str(),
+        entity_key.as_str(),
         v.key.as_deref().unwrap_or(""),
         &t.div_euclid(cooldown).to_string(),
         &format!("{:?}", v.severity),

@@ -51,6 +51,9 @@ pub enum EntityKey {
     #[default]
     None,
     Number(Number),
+    /// A subscriber as seen from the number its record went to
+    /// (`alert::policy::TriggerInfo::scope`).
+    Scoped(Number, Number),
     Account(u32),
 }
 
@@ -429,6 +432,9 @@ pub fn register(engine: &mut Engine, shared: &Rc<Shared>, lists: Lists) {
         let entity = match entity {
             EntityKey::None => 0,
             EntityKey::Number(n) => n.key(),
+            EntityKey::Scoped(n, to) => crate::alert::memory::key_hash(
+                &crate::alert::memory::scoped_key(&n.to_string(), to),
+            ),
             EntityKey::Account(slot) => shared_e
                 .store
                 .borrow()
@@ -447,9 +453,9 @@ pub fn register(engine: &mut Engine, shared: &Rc<Shared>, lists: Lists) {
                 .into()
             })
     });
-    // `alerted("wangiri_inbound", rec.other_number, "72h")`: that rule alerted on that entity within
+    // `alerted("wangiri_inbound", rec.destination, "72h")`: that rule alerted on that entity within
     // the window before the trigger time. In the daemon a rule asking about a calling-number rule
-    // runs in the caller shard, whose memory holds those alerts (`rules::placement`).
+    // runs beside that number, whose memory holds those alerts (`rules::placement`).
     let memory = shared.memory.clone();
     let shared_w = shared.clone();
     engine.register_fn(

@@ -106,6 +106,8 @@ struct Subject<'a> {
     caller: Option<Number>,
     imei: Option<Number>,
     account: Option<u32>,
+    /// The number a usage record's traffic went to (`UsageRecord::destination`).
+    destination: Option<Number>,
     /// The account as the record's partition saw it (a rule run in the caller shard).
     facts: Option<&'a AccountFacts>,
 }
@@ -375,6 +377,7 @@ impl RuleEngine {
                     .subscriber(msisdn)
                     .map(|e| e.account)
                     .filter(|&s| store.account_at(s).is_some()),
+                destination: r.destination(),
                 facts,
             }
         };
@@ -509,13 +512,20 @@ impl RuleEngine {
         let acct = Dynamic::from(AccountView::new(self.shared.clone(), subject.account, time));
         let params = Dynamic::from(ParamsView(rule.params[segment_index(segment)].clone()));
 
+        // A rule reading calling-number alerts runs, in the daemon, in the partition of the number
+        // its record went to (`placement`). Its memory of the subscriber (cooldown, `edge`, alert
+        // ids) is kept per that number too, so that it depends on that partition's records only and
+        // replay matches the daemon: a victim calling back two flagged numbers gets an alert for each
+        // (each names another number to block); two callbacks to one number within the cooldown, one.
+        let scope = subject.destination.filter(|_| rule.reads_callers);
         self.shared.memory.borrow_mut().set_now(end);
         self.shared.current.set((
             rule.id_hash,
-            match (number, subject.account) {
-                (Some(n), _) => EntityKey::Number(n),
-                (None, Some(slot)) => EntityKey::Account(slot),
-                (None, None) => EntityKey::None,
+            match (number, scope, subject.account) {
+                (Some(n), Some(to), _) => EntityKey::Scoped(n, to),
+                (Some(n), None, _) => EntityKey::Number(n),
+                (None, _, Some(slot)) => EntityKey::Account(slot),
+                (None, _, None) => EntityKey::None,
             },
         ));
         let started = Instant::now();
@@ -572,6 +582,7 @@ impl RuleEngine {
                     time,
                     record_id,
                     segment,
+                    scope,
                 };
                 policy::decide(
                     rule,

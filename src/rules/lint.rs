@@ -146,21 +146,7 @@ fn unknown_properties(ast: &AST, known: &BTreeSet<String>, entry: &str) -> Vec<F
         return Vec::new();
     };
     let body = super::placement::function_only(ast, entry);
-    let mut rebound = BTreeSet::new();
-    body.walk(&mut |path: &[ASTNode]| {
-        match path.last() {
-            Some(ASTNode::Stmt(Stmt::Var(v, ..))) => {
-                rebound.insert(v.0.name.to_string());
-            }
-            Some(ASTNode::Stmt(Stmt::Assignment(a))) => {
-                if let Expr::Variable(v, ..) = &a.1.lhs {
-                    rebound.insert(v.1.to_string());
-                }
-            }
-            _ => {}
-        }
-        true
-    });
+    let rebound = super::placement::rebound(&body);
     let mut findings = Vec::new();
     let mut reported = BTreeSet::new();
     body.walk(&mut |path: &[ASTNode]| {

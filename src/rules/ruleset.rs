@@ -368,7 +368,7 @@ impl RuleSet {
                 reads_callers: false,
             });
         }
-        place(&mut rules, &mut errors, &mut warnings, &problem);
+        place(&mut rules, &mut errors, &mut warnings);
         for id in params.rule_ids().collect::<BTreeSet<_>>() {
             if !rules.iter().any(|r| r.id() == id) && errors.is_empty() {
                 errors.push(problem(
@@ -599,53 +599,23 @@ fn literal_problems(text: &str) -> Vec<(usize, usize, String)> {
 }
 
 /// Marks the rules that read calling-number rules' alerts (they run in the daemon's caller shard)
-/// and refuses those that cannot run there (`placement`).
-fn place(
-    rules: &mut [Rule],
-    errors: &mut Vec<Problem>,
-    warnings: &mut Vec<Problem>,
-    problem: &impl Fn(&str, usize, usize, String) -> Problem,
-) {
+/// and refuses those that cannot run there, or that ask about another number than the record's
+/// destination (`placement`).
+fn place(rules: &mut [Rule], errors: &mut Vec<Problem>, warnings: &mut Vec<Problem>) {
     let callers: BTreeSet<String> = rules
         .iter()
         .filter(|r| r.meta().entity == EntityType::CallingNumber)
         .map(|r| r.id().to_string())
         .collect();
-    let at = |p: rhai::Position| (p.line().unwrap_or(1), p.position().unwrap_or(1));
+    // `rule.file` is already the path as shown: `problem` in `build` would join the root twice.
+    let problem = |rule: &Rule, p: rhai::Position, message: String| Problem {
+        file: rule.file.clone(),
+        line: p.line().unwrap_or(1),
+        column: p.position().unwrap_or(1),
+        message,
+    };
     for rule in rules.iter_mut() {
         if rule.meta().entity == EntityType::CallingNumber {
-            continue;
-        }
-        let mut read = None;
-        for call in placement::alerted_calls(&rule.ast) {
-            match call.rule {
-                Some(id) if callers.contains(&id) => read = read.or(Some((id, call.position))),
-                Some(_) => {}
-                None => {
-                    let (line, column) = at(call.position);
-                    warnings.push(problem(
-                        &rule.file,
-                        line,
-                        column,
-                        "`alerted` with a rule id computed at run time: in the daemon it sees the alerts of rules kept beside this rule's entity only, never those of calling-number rules (write the id as a literal)".into(),
-                    ));
-                }
-            }
-        }
-        let Some((source, pos)) = read else { continue };
-        rule.reads_callers = true;
-        if rule.meta().entity != EntityType::Subscriber {
-            let (line, column) = at(pos);
-            errors.push(problem(
-                &rule.file,
-                line,
-                column,
-                format!(
-                    "rule {} reads the alerts of calling-number rule {source:?}, so it runs beside the calling numbers, which only a subscriber rule can: its entity is {:?}",
-                    rule.id(),
-                    rule.meta().entity.as_str()
-                ),
-            ));
             continue;
         }
         let entry = rule
@@ -654,13 +624,52 @@ fn place(
             .find(|f| f.name == ENTRY)
             .map(|f| f.params.iter().map(|p| p.to_string()).collect::<Vec<_>>())
             .unwrap_or_default();
+        let record = entry.first().map_or("rec", String::as_str);
+        let mut read = None;
+        for call in placement::alerted_calls(&rule.ast, ENTRY) {
+            match call.rule {
+                Some(id) if callers.contains(&id) => {
+                    if !call.keyed_by_destination {
+                        errors.push(problem(
+                            rule,
+                            call.position,
+                            format!(
+                                "`alerted({id:?}, …)` must ask about the record's destination, written `{record}.destination` in `fn {ENTRY}`: the daemon evaluates rule {} beside the calling number it asks about, found from the record before the script runs, and another number's alerts need not be there",
+                                rule.id()
+                            ),
+                        ));
+                    }
+                    read = read.or(Some((id, call.position)));
+                }
+                Some(_) => {}
+                None => {
+                    warnings.push(problem(
+                        rule,
+                        call.position,
+                        "`alerted` with a rule id computed at run time: in the daemon it sees the alerts of rules kept beside this rule's entity only, never those of calling-number rules (write the id as a literal)".into(),
+                    ));
+                }
+            }
+        }
+        let Some((source, pos)) = read else { continue };
+        rule.reads_callers = true;
+        if rule.meta().entity != EntityType::Subscriber {
+            errors.push(problem(
+                rule,
+                pos,
+                format!(
+                    "rule {} reads the alerts of calling-number rule {source:?}, so it runs beside the calling numbers, which only a subscriber rule can: its entity is {:?}",
+                    rule.id(),
+                    rule.meta().entity.as_str()
+                ),
+            ));
+            continue;
+        }
         for var in entry.iter().skip(1).take(2) {
             if let Some(p) = placement::first_read(&rule.ast, ENTRY, var) {
-                let (line, column) = at(p);
                 errors.push(problem(
-                    &rule.file,
-                    line,
-                    column,
+                    rule,
+                    p,
                     format!(
                         "rule {} reads the alerts of calling-number rule {source:?}, so the daemon runs it beside the calling numbers, where no subscriber or account state is kept: it cannot read `{var}` (use the record's fields, or split the rule)",
                         rule.id()
@@ -674,6 +683,7 @@ fn place(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::library::SourceFile;
 
     #[test]
     fn scanners_find_param_reads_and_bad_literals_outside_comments() {
@@ -687,5 +697,88 @@ mod tests {
         assert_eq!((bad[0].0, bad[0].1), (3, 15));
         assert!(bad[0].2.contains("intl"));
         assert_eq!((bad[1].0, bad[1].1), (4, 23));
+    }
+
+    fn build(sources: &RuleSources) -> Result<RuleSet, BuildErrors> {
+        let store = Rc::new(std::cell::RefCell::new(crate::state::WindowStore::new(
+            Default::default(),
+        )));
+        RuleSet::build(
+            sources,
+            &Default::default(),
+            &Shared::new(store, Default::default()),
+        )
+    }
+
+    fn shipped() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")
+    }
+
+    #[test]
+    fn the_shipped_library_builds_with_wangiri_callback_beside_the_calling_numbers() {
+        let sources = RuleSources::read(&shipped()).unwrap();
+        let set = build(&sources).unwrap_or_else(|e| panic!("{e}"));
+        let callback = set.rules.iter().find(|r| r.id() == "wangiri_callback");
+        assert!(callback.is_some_and(|r| r.reads_callers));
+    }
+
+    /// The shipped Wangiri pair, the callback asking `alerted` about `key` instead; and the line of
+    /// that call.
+    fn callback_asking_about(key: &str) -> (Result<RuleSet, BuildErrors>, usize) {
+        let read = |rel: &str| std::fs::read_to_string(shipped().join(rel)).unwrap();
+        let callback = read("fraud/wangiri_callback.rhai");
+        let asked = "alerted(\"wangiri_inbound\", rec.destination,";
+        assert!(callback.contains(asked));
+        let callback = callback.replace(asked, &format!("alerted(\"wangiri_inbound\", {key},"));
+        let callback = callback.replace(
+            "    if !alerted(",
+            "    let n = rec.destination;\n    if !alerted(",
+        );
+        let line = 1 + callback
+            .lines()
+            .position(|l| l.contains("alerted("))
+            .unwrap();
+        let file = |path: &str, text: String| SourceFile {
+            path: path.into(),
+            text,
+        };
+        let sources = RuleSources::new(
+            "lib".into(),
+            vec![
+                file("fraud/wangiri_callback.rhai", callback),
+                file(
+                    "fraud/wangiri_inbound.rhai",
+                    read("fraud/wangiri_inbound.rhai"),
+                ),
+            ],
+            Some(file(
+                "params.toml",
+                "[wangiri_inbound]\nmin_victims = 20\n[wangiri_callback]\nlookback = \"72h\"\n"
+                    .into(),
+            )),
+            vec![file("lists/wangiri_whitelist.txt", String::new())],
+        );
+        (build(&sources), line)
+    }
+
+    #[test]
+    fn a_rule_reading_calling_number_alerts_must_ask_about_the_records_destination() {
+        let (set, _) = callback_asking_about("rec.destination");
+        let set = set.unwrap_or_else(|e| panic!("{e}"));
+        assert!(set.rules.iter().any(|r| r.reads_callers));
+        for key in ["rec.other_number", "n"] {
+            let (set, line) = callback_asking_about(key);
+            let err = set.err().expect(key);
+            assert_eq!(err.errors.len(), 1, "{key}: {err}");
+            let shown = err.errors[0].to_string();
+            assert!(
+                shown.starts_with(&format!("lib/fraud/wangiri_callback.rhai:{line}:9: `alerted(\"wangiri_inbound\", …)` must ask about the record's destination, written `rec.destination` in `fn evaluate`")),
+                "{key}: {shown}"
+            );
+            assert!(
+                shown.contains("beside the calling number it asks about"),
+                "{shown}"
+            );
+        }
     }
 }
