@@ -22,6 +22,13 @@
 //!    vCPUs cap absolute scaling: the figure that carries over is the CPU per record (what another
 //!    instance costs), not the records per second.
 //!
+//! 5. **Calls topic**: the backlog of 1. consumed with calling numbers off (`state.calling_numbers =
+//!    "off"`: no Wangiri rules, no calls topic) and on (the default: MT international calls and
+//!    callbacks written to the calls repartition topic, sequenced, read back as each partition's
+//!    third topic), snapshots every second, each run a new group, until every input record is
+//!    committed: records per second each way, what the calls topic carried per input record, and
+//!    how much of it was still uncommitted then (it trails the inputs).
+//!
 //! The producer, the daemon and the probe reader share this process and the machine's two vCPUs.
 //!
 //! `cargo bench --bench kafka` (`CDRGUARD_BENCH_RECORDS=200000` for a shorter backlog). For
@@ -197,6 +204,8 @@ fn backlog() {
         let mut cfg = cfg.clone();
         cfg.kafka.group_id = format!("bench-{}", dir.is_some());
         cfg.durability.snapshot_interval = Secs(1);
+        cfg.demo.partitions = partitions;
+        _cluster.create_internal_topics(&cfg).unwrap();
         let control = Control::default();
         let started = Instant::now();
         let daemon = start_daemon(
@@ -247,6 +256,64 @@ fn backlog() {
             total as f64 / elapsed.as_secs_f64(),
             snap_bytes as f64 / 1048576.0,
             summary.fetch_pauses,
+        );
+    }
+}
+
+/// Part 5: the calls topic's cost (see the module docs).
+fn calls() {
+    use cdrguard::config::CallingNumbers;
+    let cfg = config();
+    let partitions = 128;
+    let (cluster, brokers, total) = backlog_on_broker(&cfg);
+    let state = tempfile::tempdir().unwrap();
+    for (label, calling) in [
+        ("calling numbers off", CallingNumbers::Off),
+        (
+            "calling numbers on (calls topic)",
+            CallingNumbers::International,
+        ),
+    ] {
+        let mut cfg = cfg.clone();
+        cfg.state.calling_numbers = calling;
+        cfg.kafka.group_id = format!("bench-calls-{}", calling != CallingNumbers::Off);
+        cfg.durability.snapshot_interval = Secs(1);
+        cfg.demo.partitions = partitions;
+        cluster.create_internal_topics(&cfg).unwrap();
+        let (_, by_number) = cdrguard::repartition::calls::topics(&cfg.kafka.group_id);
+        let dir = state.path().join(&cfg.kafka.group_id);
+        let control = Control::default();
+        let started = Instant::now();
+        let daemon = start_daemon(
+            cfg.clone(),
+            &brokers,
+            &Path::new(ROOT).join("rules"),
+            control.clone(),
+            Some(&dir),
+        );
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            if committed_total(&brokers, &cfg, partitions) as u64 >= total {
+                break;
+            }
+            if daemon.is_finished() || started.elapsed() > Duration::from_secs(900) {
+                panic!("kafka bench: the calls run did not finish");
+            }
+        }
+        // What the calls topic carried, and how far its reading trailed the inputs' last commit.
+        let (calls_committed, calls_read) =
+            committed_and_end(&brokers, &cfg.kafka.group_id, &[&by_number], partitions);
+        let elapsed = started.elapsed();
+        control.stop.store(true, Ordering::Relaxed);
+        let summary = daemon.join().unwrap().unwrap();
+        println!(
+            "kafka calls, {label}: {total} input records committed (alerts {}) in {:.1} s from daemon start: {:.0} records/s; calls topic {} messages (records and markers, {:.3} per input record), {} of them not yet committed then",
+            summary.alerts,
+            elapsed.as_secs_f64(),
+            total as f64 / elapsed.as_secs_f64(),
+            calls_read,
+            calls_read as f64 / total as f64,
+            calls_read - calls_committed,
         );
     }
 }
@@ -409,6 +476,9 @@ fn main() {
     if filter.as_deref().is_none_or(|f| "instances".contains(f)) {
         instances();
     }
+    if filter.as_deref().is_none_or(|f| "calls".contains(f)) {
+        calls();
+    }
     if filter.as_deref().is_none_or(|f| "repartition".contains(f)) {
         repartition();
     }
@@ -561,6 +631,8 @@ fn instances() {
         cfg.kafka.group_id = format!("bench-instances-{n}");
         cfg.durability.snapshot_interval = Secs(1);
         cfg.durability.dir = store.to_str().unwrap().to_string();
+        cfg.demo.partitions = partitions;
+        _cluster.create_internal_topics(&cfg).unwrap();
         for i in 0..n {
             cfg.durability.instance = format!("i{i}");
             let path = scratch.path().join(format!("{n}-{i}.toml"));

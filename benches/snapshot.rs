@@ -143,7 +143,7 @@ fn incremental(cfg: &Config, p: &mut Pipeline, held: &[u8], subscribers: u32) {
                 store,
                 memory,
                 highs: [i64::MIN; 2],
-                handed_over: &Default::default(),
+                calls: None,
             },
         )
         .unwrap()
@@ -187,7 +187,7 @@ fn incremental(cfg: &Config, p: &mut Pipeline, held: &[u8], subscribers: u32) {
                 store: store.delta(),
                 memory: memory.delta(),
                 highs: [i64::MIN; 2],
-                handed_over: &Default::default(),
+                calls: None,
             },
         )
         .unwrap()
@@ -288,7 +288,7 @@ fn main() {
             store: &store,
             memory: &memory,
             highs: [i64::MIN; 2],
-            handed_over: &Default::default(),
+            calls: None,
         },
     )
     .unwrap();

@@ -101,9 +101,10 @@ pub struct KafkaConfig {
     /// Default `40d`.
     pub internal_retention: Secs,
     /// The topics the workers read instead of `[usage_topic, events_topic]`: an input routed
-    /// through the repartition stages is read from its by-account topic (`repartition::worker_view`).
+    /// through the repartition stages is read from its by-account topic; the third is the calls
+    /// topic of the calling numbers (`repartition::worker_view`, `repartition::calls`).
     #[serde(skip)]
-    pub read_topics: Option<[String; 2]>,
+    pub read_topics: Option<[String; 3]>,
 }
 
 /// How an input topic's producers key its records.
@@ -223,34 +224,47 @@ impl AlertTopics {
 impl KafkaConfig {
     /// The topic of an input: the one mapping from `Input` to a topic name.
     pub fn topic(&self, input: crate::record::Input) -> &str {
-        match &self.read_topics {
-            Some(t) => &t[input.index()],
-            None => self.source_topic(input),
+        match (&self.read_topics, input) {
+            (Some(t), _) => &t[input.index()],
+            // Outside the daemon there is no calls topic (`repartition::worker_view` names it).
+            (None, crate::record::Input::Calls) => "",
+            (None, _) => self.source_topic(input),
         }
     }
 
-    /// The topic `input`'s producers write (`usage_topic`, `events_topic`).
+    /// The topic `input`'s producers write (`usage_topic`, `events_topic`; the calls topic is
+    /// cdrguard's own).
     pub fn source_topic(&self, input: crate::record::Input) -> &str {
         match input {
             crate::record::Input::Usage => &self.usage_topic,
             crate::record::Input::Events => &self.events_topic,
+            crate::record::Input::Calls => self.topic(input),
         }
     }
 
-    /// How `input`'s producers key it.
+    /// How `input`'s producers key it (the calls topic: by calling number, as cdrguard wants).
     pub fn keyed_by(&self, input: crate::record::Input) -> KeyedBy {
         match input {
             crate::record::Input::Usage => self.usage_keyed_by,
             crate::record::Input::Events => self.events_keyed_by,
+            crate::record::Input::Calls => KeyedBy::Account,
+        }
+    }
+
+    /// Whether the workers read `input` from a sequenced topic, whose messages carry lane headers
+    /// and whose end is told by markers (`crate::repartition`, `repartition::calls`).
+    pub fn sequenced(&self, input: crate::record::Input) -> bool {
+        match input {
+            crate::record::Input::Calls => true,
+            i => self.keyed_by(i) != KeyedBy::Account,
         }
     }
 
     /// The input a topic is, if it is one of the two.
     pub fn input_of(&self, topic: &str) -> Option<crate::record::Input> {
-        crate::record::Input::ALL
-            .iter()
-            .copied()
-            .find(|&i| self.topic(i) == topic)
+        crate::record::Input::LANES
+            .into_iter()
+            .find(|&i| !self.topic(i).is_empty() && self.topic(i) == topic)
     }
 
     /// The topics the daemon writes, with their settings: the four alert topics and the dead-letter
@@ -505,8 +519,8 @@ pub struct DurabilityConfig {
     pub rebuild_window: Secs,
     /// Longest wait for a snapshot's alerts to be acknowledged before it is written. Default `30s`.
     pub delivery_timeout: Secs,
-    /// This daemon's name in a state directory several daemons share: its caller shard's snapshot
-    /// is `callers.<instance>.snap`. Partition snapshots need no name (their owner comes from the
+    /// This daemon's name in a state directory several daemons share (its lock there). Partition
+    /// snapshots need no name (their owner comes from the
     /// consumer group). Letters, digits, `-`, `_`, `.`. Default: the host name.
     pub instance: String,
     /// Where checkpoints go, when not to `dir`: `file:///path` or `s3://bucket/prefix` (any S3 API:
@@ -887,10 +901,11 @@ impl Config {
         if d.rebuild_window.0 < 0 {
             errs.push("durability.rebuild_window: must not be negative".to_string());
         }
-        let repartitioned = crate::record::Input::ALL
-            .iter()
-            .any(|&i| self.kafka.keyed_by(i) != KeyedBy::Account);
-        if repartitioned && self.kafka.internal_retention.0 < d.rebuild_window.0 {
+        let internal = self.state.calling_numbers != CallingNumbers::Off
+            || crate::record::Input::ALL
+                .iter()
+                .any(|&i| self.kafka.keyed_by(i) != KeyedBy::Account);
+        if internal && self.kafka.internal_retention.0 < d.rebuild_window.0 {
             errs.push(format!(
                 "kafka.internal_retention: at least durability.rebuild_window ({}s): a partition without a usable snapshot is rebuilt from the internal topics",
                 d.rebuild_window.0

@@ -1,5 +1,5 @@
 //! The stages every record goes through, in one place. `replay`, `inspect`, `test` and the daemon's
-//! partitions and caller shard feed it; everything between source and sink is this code in all modes.
+//! partitions (their lines and accounts, and their calling numbers) feed it; everything between source and sink is this code in all modes.
 //!
 //! ```text
 //! decoded line ─► classify ─► state (lateness, dedup, windows, ledger) ─► rules ─► timers due ─► rules
@@ -77,10 +77,11 @@ pub enum Scope {
     #[default]
     Everything,
     /// Lines, accounts and devices (a daemon partition): calling numbers ring subscribers of every
-    /// partition, so their state and rules belong to the caller shard, and the calls that give them
-    /// state, and the records of rules reading their alerts, are handed over (`take_handover`).
+    /// partition, so their state and rules belong to the partition of the number, and the calls
+    /// that give them state, and the records of rules reading their alerts, are handed over
+    /// (`take_handover`, `repartition::calls`).
     Lines,
-    /// Calling numbers and the rules reading their alerts: the daemon's caller shard, fed by
+    /// Calling numbers and the rules reading their alerts: a daemon partition's calls lane, fed by
     /// `take_over`.
     CallingNumbers,
 }
@@ -97,12 +98,13 @@ pub struct RulesOptions<'a> {
     pub high_risk_from_rules: bool,
 }
 
-/// An applied usage record a daemon partition hands to the caller shard (`Scope::Lines`).
+/// An applied usage record a daemon partition hands to the calling numbers (`Scope::Lines`).
 pub struct Handover {
     pub record: UsageRecord,
-    /// It gives its calling number state (an MT call the shard keeps).
+    /// It gives its calling number state (an MT call).
     pub call: bool,
-    /// It triggers rules that run in the shard (`rules::placement`): its account as the partition
+    /// It triggers rules that run beside the calling numbers (`rules::placement`): its account as
+    /// the partition
     /// saw it then.
     pub facts: Option<AccountFacts>,
 }
@@ -142,9 +144,9 @@ pub struct Pipeline {
     high_risk_from_rules: bool,
     scope: Scope,
     /// Which calls give a calling number state (before the scope took calling numbers off a
-    /// partition's store): the calls a partition hands to the caller shard.
+    /// partition's store): the calls a partition hands over.
     calling_numbers: CallingNumbers,
-    /// The last applied record to hand to the caller shard (`Scope::Lines`).
+    /// The last applied record to hand over to the calling numbers (`Scope::Lines`).
     handover: Option<Handover>,
     pub counts: Counts,
     /// Records later than this are skipped (inspect `--at`).
@@ -165,8 +167,8 @@ impl Pipeline {
         match opts.scope {
             Scope::Everything => {}
             Scope::Lines => state.calling_numbers = CallingNumbers::Off,
-            // Partitions run at their own pace and the shard takes every call one of them accepted,
-            // whatever the other partitions' time.
+            // Partitions run at their own pace and the calling numbers take every call one of them
+            // accepted, whatever the other partitions' time.
             Scope::CallingNumbers => state.allowed_lateness = state.max_window,
         }
         let store = Rc::new(RefCell::new(WindowStore::new(state)));
@@ -194,7 +196,7 @@ impl Pipeline {
             let placement = match opts.scope {
                 Scope::Everything => Placement::All,
                 Scope::Lines => Placement::Partition,
-                Scope::CallingNumbers => Placement::CallerShard,
+                Scope::CallingNumbers => Placement::CallingNumbers,
             };
             let engine_opts = EngineOptions {
                 limits: r.sandbox.clone(),
@@ -249,33 +251,14 @@ impl Pipeline {
         }
     }
 
-    /// What the last record hands over to the caller shard, if anything (`Scope::Lines`).
+    /// What the last record hands over to the calling numbers, if anything (`Scope::Lines`).
     pub fn take_handover(&mut self) -> Option<Handover> {
         self.handover.take()
     }
 
-    /// What a partition hands over for a record it does not apply again (re-read from what its
-    /// restored snapshot holds), with the account facts it kept for it. Without them (the shard's
-    /// snapshot covered the record, and it will skip it; or the shard is being rebuilt) they are
-    /// taken from the state as it is now.
-    pub fn handover_of(&self, r: UsageRecord, kept: Option<AccountFacts>) -> Option<Handover> {
-        let class = self.classifier.classify(&r);
-        let call = tracks_caller(self.calling_numbers, &r, class);
-        let facts = self
-            .rules
-            .as_ref()
-            .filter(|e| e.hands_over(class))
-            .map(|e| kept.unwrap_or_else(|| e.account_facts(&r)));
-        (call || facts.is_some()).then_some(Handover {
-            record: r,
-            call,
-            facts,
-        })
-    }
-
-    /// The caller shard's step for a record a partition handed over: the call applied to the
-    /// calling numbers' state, then the shard's rules run on it, in the order of the shard's
-    /// merge.
+    /// The calls lane's step for a record a partition handed over: the call applied to the
+    /// calling numbers' state, then the rules beside them run on it, in the calls topic's order
+    /// (every partition's calls merged in event time).
     pub fn take_over(&mut self, h: Handover) -> Verdict {
         self.counts.lines += 1;
         if self.counts.lines % 4096 == 1 {
@@ -425,8 +408,8 @@ impl Pipeline {
         verdict
     }
 
-    /// Keeps an applied record for the caller shard: a call whose calling number it keeps state
-    /// for, or a record of a rule it runs (with the account facts of now).
+    /// Keeps an applied record for the calling numbers: a call whose calling number keeps state, or
+    /// a record of a rule run beside them (with the account facts of now).
     fn hand_over(&mut self, r: UsageRecord, class: RecordClass) {
         if self.scope != Scope::Lines {
             return;

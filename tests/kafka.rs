@@ -226,6 +226,11 @@ fn a_crash_loses_no_alert_of_a_committed_record_and_the_restart_resumes() {
         let Some(rid) = a.evidence.record_ids.first() else {
             continue; // timer alerts have no trigger record
         };
+        // The rules beside the calling numbers run from the calls topic: a usage commit says their
+        // record reached it, and their alerts are owed from its commit (checked by the second run).
+        if ["wangiri_inbound", "wangiri_callback"].contains(&a.rule.id.as_str()) {
+            continue;
+        }
         let (topic, p, offset) = &position[rid];
         let committed = if *topic == k.cfg.kafka.usage_topic {
             &committed_usage

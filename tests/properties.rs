@@ -152,7 +152,7 @@ fn snapshot_bytes() -> &'static (Vec<u8>, Vec<u8>) {
                 store,
                 memory,
                 highs: [0, 0],
-                handed_over: &Default::default(),
+                calls: None,
             };
             let header = checkpoint::header(SnapshotKind::Partition(0), vec![], store);
             (

@@ -46,7 +46,7 @@ fn the_daemon_runs_against_a_real_broker() {
     let config = k.dir.path().join("cdrguard.toml");
     write_config(&k.daemon_config(&state), &config);
     // A backlog on two partitions, on the broker before the daemon reads it: the partitions' records
-    // are merged in event time (the caller shard evaluates a Wangiri callback once the wave's rings
+    // are merged in event time (the calls topic evaluates a Wangiri callback once the wave's rings
     // in the other partition are in). Records produced while the daemon reads are merged as
     // they become visible, which a replay cannot reproduce.
     let produced = k.produce(&usage, &events);
@@ -174,6 +174,8 @@ fn ten_sigkills_lose_no_alert_and_count_no_record_twice() {
         k.committed_total(),
         log_tail(&log, 30)
     );
+    // The calls topic trails the inputs: every alert is out before the daemon stops.
+    let _ = k.alerts(&k.cfg, &expected, Duration::from_secs(180));
     daemon.sigterm();
     assert!(daemon.wait(Duration::from_secs(30)).success());
 

@@ -376,8 +376,8 @@ fn check_warns_about_a_rule_no_record_can_trigger() {
     );
 }
 
-/// A subscriber rule reading a calling-number rule's alerts runs where calling numbers are kept (the
-/// daemon's caller shard), which has no subscriber or account state: a library whose callback rule
+/// A subscriber rule reading a calling-number rule's alerts runs where calling numbers are kept (a
+/// daemon partition's calls lane), which has no subscriber or account state: a library whose callback rule
 /// reads `sub` is refused with one error at the read, in every mode; one that computes the rule id
 /// at run time gets a warning; the shipped callback rule is placed there.
 #[test]

@@ -1,15 +1,12 @@
 //! `cdrguard state inspect|export|clear` against snapshot directories written here without Kafka:
 //! stores fed with a few records, encoded and written exactly as the daemon's checkpoint does.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use cdrguard::alert::memory::AlertMemory;
 use cdrguard::config::Config;
-use cdrguard::durability::checkpoint::{
-    self, CallerStateRef, LanePosition, PartitionState, PartitionStateRef,
-};
+use cdrguard::durability::checkpoint::{self, CallsStateRef, PartitionState, PartitionStateRef};
 use cdrguard::durability::layout::{self, Checkpoints, Link};
 use cdrguard::durability::snapshot::{self, Loaded, Position, SnapshotKind};
 use cdrguard::durability::store::Store;
@@ -47,7 +44,7 @@ fn feed(store: &mut WindowStore, events: &[&str], usage: &[String]) {
     feed_as(store, events, usage, false)
 }
 
-/// `calls`: as the caller shard applies MT calls (calling-number state only).
+/// `calls`: as a partition's calls lane applies MT calls (calling-number state only).
 fn feed_as(store: &mut WindowStore, events: &[&str], usage: &[String], calls: bool) {
     let (cfg, _) = Config::load(None).unwrap();
     let decoder = cfg.decoder();
@@ -82,13 +79,27 @@ fn positions(p: i32, usage_next: i64) -> Vec<Position> {
     ]
 }
 
-fn write_partition(dir: &Path, p: i32, store: &WindowStore, usage_next: i64) {
-    let header = checkpoint::header(SnapshotKind::Partition(p), positions(p, usage_next), store);
+fn write_partition(
+    dir: &Path,
+    p: i32,
+    store: &WindowStore,
+    calls: Option<&WindowStore>,
+    usage_next: i64,
+) {
+    let mut header =
+        checkpoint::header(SnapshotKind::Partition(p), positions(p, usage_next), store);
+    header.calling_numbers += calls.map_or(0, |c| c.size().calling_numbers as u64);
+    let memory = AlertMemory::default();
+    let seen = Default::default();
     let state = PartitionStateRef {
         store,
-        memory: &AlertMemory::default(),
+        memory: &memory,
         highs: [i64::MIN; 2],
-        handed_over: &Default::default(),
+        calls: calls.map(|store| CallsStateRef {
+            store,
+            memory: &memory,
+            seen: &seen,
+        }),
     };
     let bytes = snapshot::encode(&header, &state).unwrap();
     let path = partition_path(dir, p);
@@ -97,13 +108,13 @@ fn write_partition(dir: &Path, p: i32, store: &WindowStore, usage_next: i64) {
 }
 
 /// partition-0: subscribers …01 (3 MO calls) and …02 (1) on account A-1, which has an invoice and so a
-/// pending overdue timer, and …03 (1) on A-2. partition-1: …04 on A-3. callers.test.snap: the
-/// international number that rang …01.
+/// pending overdue timer, and …03 (1) on A-2. partition-1: …04 on A-3, and among its calling
+/// numbers the international number that rang …01.
 fn state_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let (cfg, _) = Config::load(None).unwrap();
     let mut partition_cfg = cfg.state.clone();
-    // As the daemon runs with a caller shard: calling numbers live in callers.test.snap only.
+    // As the daemon runs: calling numbers live in a partition's calls state only.
     partition_cfg.calling_numbers = cdrguard::config::CallingNumbers::Off;
 
     let mut p0 = WindowStore::new(partition_cfg.clone());
@@ -130,7 +141,7 @@ fn state_dir() -> tempfile::TempDir {
         voice("u5", "mo", t, "33600000003", "A-2", "33611111111"),
     ];
     feed(&mut p0, &[INVOICE], &usage);
-    write_partition(dir.path(), 0, &p0, 5);
+    write_partition(dir.path(), 0, &p0, None, 5);
 
     let mut p1 = WindowStore::new(partition_cfg);
     feed(
@@ -138,8 +149,6 @@ fn state_dir() -> tempfile::TempDir {
         &[],
         &[voice("u6", "mo", t, "33600000004", "A-3", "33611111111")],
     );
-    write_partition(dir.path(), 1, &p1, 1);
-
     let mut callers_cfg = cfg.state.clone();
     callers_cfg.allowed_lateness = callers_cfg.max_window;
     let mut callers = WindowStore::new(callers_cfg);
@@ -149,21 +158,7 @@ fn state_dir() -> tempfile::TempDir {
         &[voice("m1", "mt", t, "33600000001", "A-1", "447700900123")],
         true,
     );
-    let lanes = BTreeMap::from([(
-        0,
-        LanePosition {
-            next: 6,
-            high: i64::MIN,
-        },
-    )]);
-    let header = checkpoint::header(SnapshotKind::Callers, positions(0, 6), &callers);
-    let state = CallerStateRef {
-        store: &callers,
-        memory: &AlertMemory::default(),
-        lanes: &lanes,
-    };
-    let bytes = snapshot::encode(&header, &state).unwrap();
-    snapshot::write_atomic(&dir.path().join("callers.test.snap"), &bytes).unwrap();
+    write_partition(dir.path(), 1, &p1, Some(&callers), 1);
     dir
 }
 
@@ -274,7 +269,7 @@ fn inspect_shows_the_subscribers_windows_and_the_snapshot_header() {
 }
 
 #[test]
-fn inspect_finds_calling_numbers_in_the_caller_shard() {
+fn inspect_finds_calling_numbers_in_their_partition() {
     let dir = state_dir();
     let (code, out, err) = run(&[
         "state",
@@ -287,7 +282,7 @@ fn inspect_finds_calling_numbers_in_the_caller_shard() {
     ]);
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["snapshot"]["kind"], "callers");
+    assert_eq!(v["snapshot"]["kind"], "partition");
     assert_eq!(v["entity"]["type"], "calling_number");
     assert_eq!(row(&v, "all", "24h")["count"], 1);
 }
@@ -348,11 +343,7 @@ fn export_all_lists_every_snapshot() {
         .collect();
     assert_eq!(
         summary,
-        [
-            ("partition".into(), 3, 2, 0),
-            ("partition".into(), 1, 1, 0),
-            ("callers".into(), 0, 0, 1)
-        ]
+        [("partition".into(), 3, 2, 0), ("partition".into(), 1, 1, 1)]
     );
     assert!(rows.iter().all(|r| r["bytes"].as_u64().unwrap() > 0));
 }
@@ -383,7 +374,7 @@ fn clear_removes_one_subscriber_and_leaves_a_valid_snapshot() {
     ]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("subscriber 33600000001 is in none of the 3 readable snapshot(s)"),
+        err.contains("subscriber 33600000001 is in none of the 2 readable snapshot(s)"),
         "{err}"
     );
     for other in ["33600000002", "33600000003", "33600000004"] {

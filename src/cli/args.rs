@@ -237,7 +237,7 @@ pub struct TargetArgs {
     /// An account id.
     #[arg(long)]
     pub account: Option<String>,
-    /// A calling number tracked from MT calls (the caller shard's, `callers.<instance>.snap`, in a state dir).
+    /// A calling number tracked from MT calls (in the partition of the number, beside its calls).
     #[arg(long)]
     pub calling_number: Option<String>,
     /// A device (needs state.track_imei).

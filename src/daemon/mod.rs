@@ -1,17 +1,16 @@
 //! The daemon (`cdrguard run`): Kafka in, the same pipeline as `replay`, sinks out, at least once.
 //!
 //! ```text
-//!  usage / events topics ─► poll (one thread) ─► worker p % N: pipelines of its partitions, each
-//!        ▲                  + end offsets         merging its usage and events in event time
-//!        │                                          │ MT calls, callbacks, progress ▼
-//!        │                                          │             caller shard: calling numbers of
-//!        │                                          │             every partition and the rules reading
-//!        │                                          │             them, merged in event time
-//!        │                                          ▼ alerts, dead letters     ▼ alerts
+//!  usage / events / calls topics ─► poll (one thread) ─► worker p % N: pipelines of its
+//!        ▲                  + end offsets         partitions, each merging its usage and events in
+//!        │                                        event time; its calls lane apart
+//!        │                                          │ MT calls, callbacks, markers ─► calls
+//!        │                                          │   repartition topic ─► sequencer ─► calls topic
+//!        │                                          ▼ alerts, dead letters
 //!        │                                        sinks: Kafka department topics, webhooks
 //!        └── store_offset ◄── ack tracker ◄── acknowledgements ◄─┘
-//!  rule watcher (files, SIGHUP) ─► validate once ─► every worker and the shard swap their rule sets
-//!  workers, shard ─► snapshot writer ─► durability.dir ─► (caps the commits; read back at assignment)
+//!  rule watcher (files, SIGHUP) ─► validate once ─► every worker swaps its rule sets
+//!  workers ─► snapshot writer ─► checkpoint store ─► (caps the commits; read back at assignment)
 //!  metrics: /metrics, /health          status line every `daemon.status_interval`
 //! ```
 //!
@@ -20,10 +19,9 @@
 //! parallelism: a partition's state lives in exactly one worker.
 //!
 //! Rooms: `poll` (the consumer loop and end offsets), `worker` (partition lifecycle and processing),
-//! `callers` (the caller shard), `rebalance` (state handover at assignment changes), `status` (the
-//! status line).
+//! `rebalance` (state handover at assignment changes), `status` (the status line); the calls topic
+//! is `repartition::calls`.
 
-pub mod callers;
 pub mod poll;
 pub mod rebalance;
 pub mod status;
@@ -39,11 +37,11 @@ use anyhow::Context;
 use rdkafka::consumer::{CommitMode, Consumer};
 
 use crate::config::{CallingNumbers, Config};
-use crate::durability::checkpoint::{self, CallerState};
+use crate::durability::checkpoint;
 use crate::durability::layout::Checkpoints;
-use crate::durability::snapshot::{SnapshotError, SnapshotKind};
 use crate::durability::store::Store;
 use crate::record::Input;
+use crate::repartition::Stages;
 use crate::rules::{Library, Reloader};
 use crate::sink::kafka::KafkaOutput;
 use crate::sink::webhook::WebhookOutput;
@@ -105,10 +103,7 @@ pub fn run(
     let cfg = Arc::new(crate::repartition::worker_view(&source_cfg));
     let library = Library::load(&opts.rules_dir, &cfg)?;
     let classifier = cfg.classifier(base).context("loading reference data")?;
-    let metrics = Arc::new(Metrics::new(
-        cfg.kafka.topic(Input::Usage),
-        cfg.kafka.topic(Input::Events),
-    ));
+    let metrics = Arc::new(Metrics::new(Input::LANES.map(|i| cfg.kafka.topic(i))));
     let d = &cfg.durability;
     let store = if !d.store.is_empty() {
         Some(Store::open(
@@ -131,16 +126,12 @@ pub fn run(
             None
         }
     };
-    let with_shard = cfg.state.calling_numbers != CallingNumbers::Off;
+    let with_calls = cfg.state.calling_numbers != CallingNumbers::Off;
     let tracker = Arc::new(if dir.is_some() {
-        Tracker::durable(with_shard)
+        Tracker::durable()
     } else {
         Tracker::default()
     });
-    let (shard_restored, shard_rebuild) = match (&dir, with_shard) {
-        (Some(dir), true) => load_shard(dir),
-        _ => (None, false),
-    };
     let (snapshot_tx, writer) = match &dir {
         Some(dir) => {
             let (tx, rx) = sync_channel(64);
@@ -177,6 +168,21 @@ pub fn run(
         opts.control.stop.clone(),
     )
     .context("starting the repartition stages")?;
+    let (calls_out, calls_stage) = match with_calls {
+        true => {
+            let (out, stage) = crate::repartition::start_calls(
+                &cfg,
+                brokers,
+                base,
+                metrics.clone(),
+                tracker.clone(),
+                opts.control.stop.clone(),
+            )
+            .context("starting the calls topic")?;
+            (Some(Arc::new(out)), Some(stage))
+        }
+        false => (None, None),
+    };
     let consumer = kafka_in::consumer(&cfg.kafka, brokers, base, metrics.clone())
         .context("creating the consumer")?;
     let stop_metrics = Arc::new(AtomicBool::new(false));
@@ -194,13 +200,6 @@ pub fn run(
     };
 
     let queued = Arc::new(QueuedBytes::new(metrics.clone()));
-    let (shard_tx, shard_rx) = match with_shard {
-        true => {
-            let (tx, rx) = sync_channel(4096);
-            (Some(tx), Some(rx))
-        }
-        false => (None, None),
-    };
     let ctx = WorkerContext {
         index: cfg.daemon.workers,
         config: cfg.clone(),
@@ -209,7 +208,7 @@ pub fn run(
         outputs,
         tracker: tracker.clone(),
         metrics: metrics.clone(),
-        shard: shard_tx.clone(),
+        calls: calls_out.clone(),
         queued: queued.clone(),
         abort: opts.control.abort.clone(),
         snapshots: snapshot_tx,
@@ -222,21 +221,6 @@ pub fn run(
         senders.push(tx);
         receivers.push(rx);
     }
-    let shard_thread = match shard_rx {
-        Some(rx) => {
-            // The shard must not hold a sender to itself: its channel closing is how it stops.
-            let ctx = WorkerContext {
-                shard: None,
-                ..ctx.clone()
-            };
-            Some(
-                std::thread::Builder::new()
-                    .name("caller-shard".into())
-                    .spawn(move || callers::run(ctx, rx, shard_restored))?,
-            )
-        }
-        None => None,
-    };
     let mut threads = Vec::new();
     for (index, rx) in receivers.into_iter().enumerate() {
         let ctx = WorkerContext {
@@ -257,20 +241,22 @@ pub fn run(
         metrics: metrics.clone(),
         assignment: assignment.clone(),
         workers: std::sync::Mutex::new(senders.clone()),
-        shard: std::sync::Mutex::new(shard_tx.clone()),
-        shard_rebuild: AtomicBool::new(shard_rebuild),
         stopped: AtomicBool::new(false),
     });
     drop(dir);
     if consumer.context().hook.set(rebalancer.clone()).is_err() {
         unreachable!("the hook is set once");
     }
-    consumer
-        .subscribe(&[
-            cfg.kafka.topic(Input::Usage),
-            cfg.kafka.topic(Input::Events),
-        ])
-        .context("subscribing")?;
+    // A partition's calls topic is co-partitioned with its inputs: the range assignor
+    // (`source::kafka`) hands partition p of each topic to the same member.
+    let mut topics = vec![
+        cfg.kafka.topic(Input::Usage),
+        cfg.kafka.topic(Input::Events),
+    ];
+    if with_calls {
+        topics.push(cfg.kafka.topic(Input::Calls));
+    }
+    consumer.subscribe(&topics).context("subscribing")?;
     tracing::info!(
         brokers,
         security = %crate::client::describe(&cfg.kafka),
@@ -290,7 +276,6 @@ pub fn run(
         &consumer,
         &cfg,
         &senders,
-        shard_tx.clone(),
         &tracker,
         &metrics,
         &queued,
@@ -302,8 +287,7 @@ pub fn run(
     drop(poller);
 
     // Stopping. Workers snapshot what they processed; what they still held unprocessed is read again
-    // after the restart (it is not committed). The shard snapshots after the workers, so it has heard
-    // of everything they processed.
+    // after the restart (it is not committed).
     stop_metrics.store(true, Ordering::Relaxed);
     let aborted = control.abort.load(Ordering::Relaxed);
     let deadline =
@@ -326,12 +310,7 @@ pub fn run(
     for t in threads {
         let _ = t.join();
     }
-    // The workers held the other senders to the caller shard.
     drop(ctx);
-    drop(shard_tx);
-    if let Some(t) = shard_thread {
-        let _ = t.join();
-    }
     // Every snapshot queued becomes durable (or fails) before the last commit.
     if let Some(w) = writer {
         let _ = w.join();
@@ -343,8 +322,13 @@ pub fn run(
     // The stages flush and commit what they passed on (at least once: a crash re-sends, and what
     // was sent twice is recognised downstream).
     let staged = stages.stop();
+    if let (Some(out), false) = (&calls_out, aborted) {
+        out.flush(Duration::from_secs(10));
+    }
+    let calls_staged = calls_stage.map_or(Ok(()), Stages::stop);
     polled?;
     staged?;
+    calls_staged?;
     if aborted {
         return Ok(RunSummary {
             in_flight_at_exit: tracker.in_flight(),
@@ -405,29 +389,4 @@ pub fn run(
         );
     }
     Ok(summary)
-}
-
-/// Reads the caller shard's snapshot; the flag says whether its state must be rebuilt (none usable).
-fn load_shard(dir: &Checkpoints) -> (Option<CallerState>, bool) {
-    let key = dir.callers_key();
-    let read = checkpoint::read_key(dir, &key, SnapshotKind::Callers)
-        .and_then(|l| l.payload::<CallerState>());
-    match read {
-        Ok(state) => {
-            tracing::info!(
-                calling_numbers = state.store.size().calling_numbers,
-                partitions = state.lanes.len(),
-                "Caller shard state restored from its snapshot."
-            );
-            (Some(state), false)
-        }
-        Err(SnapshotError::Missing(_)) => (None, true),
-        Err(e) => {
-            tracing::error!(error = %e, "No usable caller shard snapshot: its state is rebuilt by re-reading the rebuild window of every usage partition.");
-            if !matches!(e, SnapshotError::Io { .. }) {
-                dir.set_aside(&key);
-            }
-            (None, true)
-        }
-    }
 }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Sender, SyncSender};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use ahash::AHashMap;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use crate::source::lane_header::LaneHeader;
+use crate::source::lane_header::{Handed, LaneHeader};
 
 use crate::config::{Config, OnGap};
 use crate::record::{detect_gap, Input, OffsetGap};
@@ -26,7 +26,6 @@ use crate::source::kafka::{end_offsets, ConsumerCtx, InputMessage};
 use crate::telemetry::events::{OffsetGapFound, RateLimit, RulesReloaded};
 use crate::telemetry::metrics::{now_ms, Metrics};
 
-use super::callers::ShardMessage;
 use super::status::Status;
 use super::worker::{Polled, WorkerMessage};
 
@@ -126,7 +125,6 @@ pub struct Poller<'a> {
     pub consumer: &'a BaseConsumer<ConsumerCtx>,
     pub cfg: &'a Config,
     pub workers: &'a [Sender<WorkerMessage>],
-    pub shard: Option<SyncSender<ShardMessage>>,
     pub tracker: &'a Tracker,
     pub metrics: &'a Metrics,
     pub queued: &'a QueuedBytes,
@@ -143,7 +141,7 @@ pub struct Poller<'a> {
     stopped_by: Option<OffsetGap>,
     /// Per input: read from a by-account topic, whose messages carry lane headers and whose end is
     /// told by markers, not by its end offset (`crate::repartition`).
-    sequenced: [bool; 2],
+    sequenced: [bool; 3],
 }
 
 impl<'a> Poller<'a> {
@@ -152,7 +150,6 @@ impl<'a> Poller<'a> {
         consumer: &'a BaseConsumer<ConsumerCtx>,
         cfg: &'a Config,
         workers: &'a [Sender<WorkerMessage>],
-        shard: Option<SyncSender<ShardMessage>>,
         tracker: &'a Tracker,
         metrics: &'a Metrics,
         queued: &'a QueuedBytes,
@@ -164,7 +161,6 @@ impl<'a> Poller<'a> {
             consumer,
             cfg,
             workers,
-            shard,
             tracker,
             metrics,
             queued,
@@ -177,8 +173,7 @@ impl<'a> Poller<'a> {
             next_idle_check: Instant::now(),
             gap_log: RateLimit::default(),
             stopped_by: None,
-            sequenced: [Input::Usage, Input::Events]
-                .map(|i| cfg.kafka.keyed_by(i) != crate::config::KeyedBy::Account),
+            sequenced: Input::LANES.map(|i| cfg.kafka.sequenced(i)),
         }
     }
 
@@ -259,6 +254,10 @@ impl<'a> Poller<'a> {
                         lane: match self.sequenced[input.index()] {
                             true => LaneHeader::of(m.headers()),
                             false => None,
+                        },
+                        handed: match input {
+                            Input::Calls => Handed::of(m.headers()),
+                            _ => None,
                         },
                     };
                     let w = msg.partition.unsigned_abs() as usize % batches.len();
@@ -373,7 +372,7 @@ impl<'a> Poller<'a> {
     }
 
     /// Pauses fetching of an input partition whose records pile up in its worker (its merge waits
-    /// for the other input or the caller shard), and resumes it when they have been worked off.
+    /// for the other input), and resumes it when they have been worked off.
     fn bound_read_ahead(&mut self) {
         if self.readings.is_empty() {
             return;
@@ -405,7 +404,7 @@ impl<'a> Poller<'a> {
         }
     }
 
-    /// Hands a validated rule library to every worker and the caller shard.
+    /// Hands a validated rule library to every worker.
     fn reload(&mut self) {
         let Some(reloader) = &mut self.reloader else {
             return;
@@ -416,9 +415,6 @@ impl<'a> Poller<'a> {
                 RulesReloaded { accepted: true }.emit(self.metrics);
                 for w in self.workers {
                     let _ = w.send(WorkerMessage::Reload(sources.clone()));
-                }
-                if let Some(s) = &self.shard {
-                    let _ = s.send(ShardMessage::Reload(sources));
                 }
             }
             None if reloader.counts.refused > refused => {

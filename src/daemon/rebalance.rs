@@ -13,16 +13,17 @@
 //! | S, none committed | none | S (if the log reaches it) | skip below S | all |
 //! | none | none | `kafka.start_from` | new | all |
 //!
-//! The caller shard hears of the assigned usage partitions before any of their records, and the
-//! poller of every input partition's start offset (the event-time merge counts from it).
+//! The poller hears of every input partition's start offset (the event-time merge counts from it).
+//! A partition's calls topic (`repartition::calls`) is one more input here: same table, same
+//! checkpoint.
 //!
-//! **Revoking**: the partitions' workers snapshot and drop them, the caller shard snapshots, and once
-//! those are durable the offsets are committed, so the next owner (or this process, reassigned) starts
-//! exactly where the snapshots end.
+//! **Revoking**: the partitions' workers snapshot and drop them, and once those are durable the
+//! offsets are committed, so the next owner (or this process, reassigned) starts exactly where the
+//! snapshots end.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Sender, SyncSender};
+use std::sync::mpsc::{sync_channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,7 +40,6 @@ use crate::source::kafka::{ConsumerCtx, RebalanceHook};
 use crate::telemetry::events::PartitionStarted;
 use crate::telemetry::metrics::{Metrics, RestoreOutcome};
 
-use super::callers::ShardMessage;
 use super::poll::Assignment;
 use super::worker::{worker_of, WorkerMessage};
 
@@ -69,9 +69,6 @@ pub struct Rebalancer {
     pub metrics: Arc<Metrics>,
     pub assignment: Arc<Assignment>,
     pub workers: Mutex<Vec<Sender<WorkerMessage>>>,
-    pub shard: Mutex<Option<SyncSender<ShardMessage>>>,
-    /// The caller shard started without a usable snapshot: the first assignment re-reads usage for it.
-    pub shard_rebuild: AtomicBool,
     /// The run loop has stopped and committed: the revoke at close has nothing left to do.
     pub stopped: AtomicBool,
 }
@@ -102,7 +99,6 @@ impl Rebalancer {
     pub fn shutdown(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         self.workers.lock().expect("rebalancer lock").clear();
-        *self.shard.lock().expect("rebalancer lock") = None;
     }
 
     fn topic(&self, input: Input) -> &str {
@@ -117,7 +113,7 @@ impl Rebalancer {
         &self,
         dir: &Checkpoints,
         p: i32,
-        c: [Option<i64>; 2],
+        c: [Option<i64>; 3],
         listed: Option<&[Link]>,
     ) -> Result<(Loaded, PartitionState, Restored), SnapshotError> {
         let io = |e: crate::durability::store::StoreError| SnapshotError::Io {
@@ -157,9 +153,8 @@ impl Rebalancer {
                 chains = dir.partition_chains(p).map_err(io)?;
                 continue;
             }
-            let next =
-                |l: &Loaded| [Input::Usage, Input::Events].map(|i| l.header.next(self.topic(i), p));
-            let candidates: Vec<[Option<i64>; 2]> = usable.iter().map(|(_, l)| next(l)).collect();
+            let next = |l: &Loaded| Input::LANES.map(|i| l.header.next(self.topic(i), p));
+            let candidates: Vec<[Option<i64>; 3]> = usable.iter().map(|(_, l)| next(l)).collect();
             let Some(k) = crate::durability::layout::pick(&candidates, c) else {
                 return Err(first_error
                     .unwrap_or_else(|| SnapshotError::Missing(format!("partition-{p}").into())));
@@ -265,15 +260,18 @@ impl RebalanceHook for Rebalancer {
             }
         };
         let workers = self.workers.lock().expect("rebalancer lock").clone();
-        let shard = self.shard.lock().expect("rebalancer lock").clone();
-        let shard_rebuild = shard.is_some() && self.shard_rebuild.swap(false, Ordering::SeqCst);
-        let inputs = [Input::Usage, Input::Events];
+        // The topics of a partition: its inputs, and its calls when calling numbers are tracked.
+        let with_calls = self.cfg.state.calling_numbers != crate::config::CallingNumbers::Off;
+        let inputs: Vec<Input> = Input::LANES
+            .into_iter()
+            .filter(|&i| i != Input::Calls || with_calls)
+            .collect();
         let index = Input::index;
 
         struct Plan {
             state: Option<Box<PartitionState>>,
             bounds: ReadBounds,
-            start: [Start; 2],
+            start: [Start; 3],
             outcome: RestoreOutcome,
         }
         let mut plans: BTreeMap<i32, Plan> = BTreeMap::new();
@@ -288,26 +286,29 @@ impl RebalanceHook for Rebalancer {
             }
         });
         for &p in &parts {
-            let c = inputs.map(|i| committed.get(&(self.topic(i).to_string(), p)).copied());
-            for i in inputs {
+            let c = Input::LANES.map(|i| match inputs.contains(&i) {
+                true => committed.get(&(self.topic(i).to_string(), p)).copied(),
+                false => None,
+            });
+            for &i in &inputs {
                 self.tracker.start(i, p, c[index(i)]);
             }
             let mut plan = Plan {
                 state: None,
                 bounds: ReadBounds {
-                    apply_from: [None; 2],
+                    apply_from: [None; 3],
                     emit_from: c,
                 },
-                start: [Start::Committed; 2],
+                start: [Start::Committed; 3],
                 outcome: RestoreOutcome::NoSnapshots,
             };
             if let Some(dir) = &self.dir {
                 match self.load(dir, p, c, listed.as_deref()) {
                     Ok((loaded, state, from)) => {
-                        let s = inputs.map(|i| loaded.header.next(self.topic(i), p));
+                        let s = Input::LANES.map(|i| loaded.header.next(self.topic(i), p));
                         let mut stale = false;
                         let mut foreign = false;
-                        for i in inputs {
+                        for &i in &inputs {
                             let k = index(i);
                             match (s[k], c[k]) {
                                 (Some(s), Some(c)) if s < c => {
@@ -343,8 +344,8 @@ impl RebalanceHook for Rebalancer {
                         }
                         if foreign {
                             tracing::error!(partition = p, checkpoint = %loaded.path.display(), "The checkpoint is ahead of the partition's log (another cluster, or recreated topics): not used; starting new.");
-                            plan.bounds.apply_from = [None; 2];
-                            plan.start = [Start::Committed; 2];
+                            plan.bounds.apply_from = [None; 3];
+                            plan.start = [Start::Committed; 3];
                             plan.outcome = RestoreOutcome::ForeignSnapshot;
                         } else {
                             tracing::info!(
@@ -355,8 +356,10 @@ impl RebalanceHook for Rebalancer {
                                 accounts = loaded.header.accounts,
                                 usage_from = ?s[0],
                                 events_from = ?s[1],
+                                calls_from = ?s[2],
                                 committed_usage = ?c[0],
                                 committed_events = ?c[1],
+                                committed_calls = ?c[2],
                                 stale,
                                 from_generation = from.generation,
                                 generation,
@@ -369,7 +372,7 @@ impl RebalanceHook for Rebalancer {
                                 RestoreOutcome::Snapshot
                             };
                             // What the snapshot holds may be committed as soon as it is re-read.
-                            for i in inputs {
+                            for &i in &inputs {
                                 if let (Some(s), Start::Committed) =
                                     (s[index(i)], plan.start[index(i)])
                                 {
@@ -378,7 +381,7 @@ impl RebalanceHook for Rebalancer {
                             }
                         }
                     }
-                    Err(SnapshotError::Missing(_)) if c == [None, None] => {
+                    Err(SnapshotError::Missing(_)) if c.iter().all(Option::is_none) => {
                         plan.outcome = RestoreOutcome::New;
                     }
                     Err(e) => {
@@ -389,7 +392,7 @@ impl RebalanceHook for Rebalancer {
                             "No usable snapshot for a partition with committed offsets: rebuilding its state \
                              by re-reading the rebuild window (outputs already delivered are not sent again)."
                         );
-                        for i in inputs {
+                        for &i in &inputs {
                             if c[index(i)].is_some() {
                                 plan.start[index(i)] = Start::Rebuild;
                             }
@@ -403,15 +406,14 @@ impl RebalanceHook for Rebalancer {
             // assignment starts can hold librdkafka's fetchers, confluentinc/librdkafka#1605). A crash
             // after its first snapshot then finds a commit to compare the snapshot with (without one,
             // a snapshot is checked against the log's end, which some brokers report short).
-            for i in inputs {
+            for &i in &inputs {
                 let k = index(i);
                 if c[k].is_none() && plan.start[k] == Start::Committed {
                     match consumer.fetch_watermarks(self.topic(i), p, BROKER_TIMEOUT) {
                         Ok((low, high)) => {
-                            // A by-account topic holds what the repartition stages passed on
-                            // for this group: all of it is new to the group.
-                            let sequenced =
-                                self.cfg.kafka.keyed_by(i) != crate::config::KeyedBy::Account;
+                            // A by-account or calls topic holds what the repartition stages passed
+                            // on for this group: all of it is new to the group.
+                            let sequenced = self.cfg.kafka.sequenced(i);
                             let o = match self.cfg.kafka.start_from {
                                 StartFrom::Latest if !sequenced => high,
                                 _ => low,
@@ -439,11 +441,7 @@ impl RebalanceHook for Rebalancer {
                     }
                 }
             }
-            if shard_rebuild && c[0].is_some() && plan.start[0] == Start::Committed {
-                // The partition keeps skipping what its snapshot holds; the shard takes the calls.
-                plan.start[0] = Start::Rebuild;
-            }
-            for i in inputs {
+            for &i in &inputs {
                 self.tracker.own(i, p, generation);
             }
             plans.insert(p, plan);
@@ -453,21 +451,16 @@ impl RebalanceHook for Rebalancer {
             .iter()
             .flat_map(|(&p, plan)| {
                 inputs
-                    .into_iter()
+                    .iter()
+                    .copied()
                     .filter(move |&i| plan.start[index(i)] == Start::Rebuild)
                     .map(move |i| (i, p))
             })
             .collect();
         let rebuild = self.rebuild_offsets(consumer, &wanted);
-        // The caller shard hears of the usage partitions before any of their records is reported.
-        if let Some(shard) = &shard {
-            let _ = shard.send(ShardMessage::Assign {
-                partitions: plans.keys().copied().collect(),
-            });
-        }
         for (p, plan) in plans {
-            let mut starts = [None; 2];
-            for i in inputs {
+            let mut starts = [None; 3];
+            for &i in &inputs {
                 let k = index(i);
                 let at = match plan.start[k] {
                     Start::Committed => None,
@@ -536,7 +529,6 @@ impl RebalanceHook for Rebalancer {
         let started = Instant::now();
         let parts: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         let workers = self.workers.lock().expect("rebalancer lock").clone();
-        let shard = self.shard.lock().expect("rebalancer lock").clone();
         let mut by_worker: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
         for &p in &parts {
             by_worker
@@ -561,16 +553,6 @@ impl RebalanceHook for Rebalancer {
                 Err(_) => durable = false,
             }
         }
-        if let Some(shard) = &shard {
-            // The workers have reported everything they processed before they answered.
-            let (tx, rx) = sync_channel(1);
-            if shard
-                .send(ShardMessage::Snapshot { done: Some(tx) })
-                .is_ok()
-            {
-                done.push(rx);
-            }
-        }
         for rx in done {
             durable &= rx.recv_timeout(timeout).unwrap_or(false);
         }
@@ -581,15 +563,10 @@ impl RebalanceHook for Rebalancer {
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(error = %e, "Commit at revoke.");
         }
-        if let Some(shard) = &shard {
-            let _ = shard.send(ShardMessage::Revoke {
-                partitions: parts.iter().copied().collect(),
-            });
-        }
         for &p in &parts {
-            for i in Input::ALL {
-                self.tracker.forget(*i, p);
-                self.assignment.revoked(*i, p);
+            for i in Input::LANES {
+                self.tracker.forget(i, p);
+                self.assignment.revoked(i, p);
             }
         }
         tracing::info!(

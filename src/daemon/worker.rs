@@ -13,11 +13,13 @@
 //! `daemon.align_wait` adds a wait after the end is reached, for producers that write the two topics
 //! at different delays.
 //!
-//! **Caller shard.** A calling number rings subscribers of every partition, so its state (Wangiri)
-//! lives in the caller shard (`callers`): every usage record a partition processes is reported to it
-//! in order — whole when the shard needs it (an MT call it keeps state for, or a record of a rule
-//! reading calling-number alerts, with its account facts: `rules::placement`), the rest as progress
-//! — and it merges the partitions in event time. No partition ever waits for the shard.
+//! **Calling numbers.** A calling number rings subscribers of every partition, so its state
+//! (Wangiri) lives in the partition of the number (`repartition::calls`): a partition writes the
+//! records the calling numbers need (an MT call, or a record of a rule reading calling-number
+//! alerts, with its account facts: `rules::placement`) to the calls repartition topic, with markers
+//! of how far its usage has come, and reads its share of the calls topic, merged by event time
+//! across partitions, as a third lane with a pipeline of its own. The two never wait for each
+//! other: the calls lane is not merged with the partition's usage and events.
 //!
 //! Per record: run the pipeline, hand each alert and reject to the sinks, mark the offset processed;
 //! the tracker commits it once all of that is acknowledged (and, with snapshots on, once a durable
@@ -35,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 
+use crate::alert::memory::AlertMemory;
 use crate::classify::Classifier;
 use crate::config::Config;
 use crate::durability::checkpoint::{
@@ -44,33 +47,33 @@ use crate::durability::layout::Link;
 use crate::durability::snapshot::{self, Position, SnapshotKind};
 use crate::pipeline::{Handover, Pipeline, PipelineOptions, RulesOptions, Scope, Verdict};
 use crate::record::{Decoded, Decoder, GapMark, Input, Item, Mode, OffsetGap, Reject};
-use crate::rules::engine::AccountFacts;
+use crate::repartition::calls::CallsOut;
 use crate::rules::RuleSources;
 use crate::sink::{Origin, Output, Outputs, Rejected, Tracker};
 use crate::source::align::Aligner;
 use crate::source::kafka::InputMessage;
 use crate::source::lane;
-use crate::source::lane_header::LaneHeader;
+use crate::source::lane_header::{Handed, LaneHeader};
+use crate::state::WindowStore;
 use crate::telemetry::events::{
     AlertSent, DeadLettered, OutputFailed, RateLimit, RecordMiskeyed, RecordRejected,
 };
 use crate::telemetry::metrics::{Metrics, RuleView, WorkerView};
 
-use super::callers::{FeedItem, LaneHead, LaneReport, ShardMessage};
 use super::poll::QueuedBytes;
 
-/// What the polling thread, the rebalancer and the caller shard tell a worker.
+/// What the polling thread and the rebalancer tell a worker.
 pub enum WorkerMessage {
     /// Consumed messages and end-of-partition facts, in poll order.
     Polled(Vec<Polled>),
     Reload(Arc<RuleSources>),
     /// A partition assigned: its restored state (if any), how to treat re-read records, and where
-    /// each input starts reading (`[usage, events]`).
+    /// each of its topics starts reading (`[usage, events, calls]`).
     Assign {
         partition: i32,
         state: Option<Box<PartitionState>>,
         bounds: ReadBounds,
-        starts: [Option<i64>; 2],
+        starts: [Option<i64>; 3],
         /// The consumer-group generation of the assignment: names the partition's snapshots
         /// (`durability::dir`).
         generation: i32,
@@ -105,7 +108,7 @@ pub enum Polled {
     Gap(OffsetGap),
 }
 
-/// What every worker and the caller shard share.
+/// What every worker shares.
 #[derive(Clone)]
 pub struct WorkerContext {
     pub index: usize,
@@ -115,8 +118,8 @@ pub struct WorkerContext {
     pub outputs: Vec<Arc<dyn Output + Send + Sync>>,
     pub tracker: Arc<Tracker>,
     pub metrics: Arc<Metrics>,
-    /// The caller shard, when calling numbers are tracked.
-    pub shard: Option<SyncSender<ShardMessage>>,
+    /// The writer to the calls repartition topic, when calling numbers are tracked.
+    pub calls: Option<Arc<CallsOut>>,
     pub queued: Arc<QueuedBytes>,
     /// Crash-like stop (tests): leave at once, queued records unprocessed.
     pub abort: Arc<AtomicBool>,
@@ -172,6 +175,15 @@ pub fn send_alerts(
     }
 }
 
+/// Markers to the calls repartition topic go at most this often while the usage moves...
+const MARK_EVERY: Duration = Duration::from_millis(200);
+/// ...and at least this often: a sequencer that (re)starts learns where idle partitions stand.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// Markers of the calls topic read since a partition's last checkpoint that make it due for one
+/// on their own.
+const MARKERS_PER_CHECKPOINT: i64 = 1024;
+
 /// A consumed record waiting for its turn in its partition's merge.
 struct Queued {
     msg: InputMessage,
@@ -183,14 +195,14 @@ struct Queued {
 
 struct Partition {
     pipeline: Pipeline,
+    /// The calling numbers of this partition of the calls topic (`Scope::CallingNumbers`), when
+    /// they are tracked.
+    calls: Option<Pipeline>,
     merge: Aligner<Queued>,
     bounds: ReadBounds,
-    /// Per input (`[usage, events]`), the next offset: every record before it is in the state.
-    covered: [Option<i64>; 2],
-    /// The next usage offset to pass through `process` (applied, or skipped as already in the
-    /// restored state): what the caller shard may take as reported. Not `covered`, which a restored
-    /// partition starts at its snapshot's position, ahead of the records it re-reads for the shard.
-    usage_next: i64,
+    /// Per topic (`[usage, events, calls]`), the next offset: every record before it is in the
+    /// state.
+    covered: [Option<i64>; 3],
     last_record: Instant,
     /// Records processed since the last snapshot.
     dirty: bool,
@@ -199,14 +211,18 @@ struct Partition {
     /// Per input, the end offset reported, not yet passed on to the merge (`daemon.align_wait`),
     /// and since when.
     pending_end: [Option<Instant>; 2],
-    /// Account facts of the records handed to the caller shard for its rules, by usage offset,
-    /// until a durable shard snapshot covers them (snapshots on): kept in this partition's
-    /// snapshot, so that the records re-read after a restart are handed over as they were.
-    handed_over: std::collections::BTreeMap<i64, AccountFacts>,
-    /// What the caller shard heard last about this partition's usage lane.
-    reported: Option<LaneHead>,
-    /// For the caller shard, gathered while draining.
-    feed: Vec<FeedItem>,
+    /// What the last marker to the calls repartition topic said (next usage offset, running
+    /// maximum, ended), and when it went.
+    marked: Option<((i64, i64, bool), Instant)>,
+    /// Per source partition (lane) of the calls topic, the position of the last record applied
+    /// (checkpointed with the calling numbers).
+    calls_seen: std::collections::BTreeMap<u32, i64>,
+    /// The calls topic's position the last checkpoint sent covers.
+    calls_checkpointed: i64,
+    /// Assigned to this process now. A partition kept through a revoke (snapshots off) is not:
+    /// it sends no marker until it comes back, since its new owner may be re-reading below
+    /// where this one stood.
+    owned: bool,
     /// Per input, a gap reported before its next record (`Polled::Gap`).
     gap: [Option<GapMark>; 2],
     /// The consumer-group generation under which this process owns the partition.
@@ -231,26 +247,27 @@ struct ChainCursor {
 }
 
 impl Partition {
-    /// A partition whose inputs are read from `starts`, its state covering what `bounds` says.
+    /// A partition whose state covers what `bounds` says.
     fn new(
         pipeline: Pipeline,
+        calls: Option<Pipeline>,
         merge: Aligner<Queued>,
         bounds: ReadBounds,
-        starts: [Option<i64>; 2],
     ) -> Self {
         Partition {
             pipeline,
+            calls,
             merge,
             bounds,
             covered: bounds.apply_from,
-            usage_next: starts[0].unwrap_or(i64::MIN),
             last_record: Instant::now(),
             dirty: false,
             snapshotted: false,
             pending_end: [None; 2],
-            handed_over: Default::default(),
-            reported: None,
-            feed: Vec::new(),
+            marked: None,
+            owned: true,
+            calls_seen: Default::default(),
+            calls_checkpointed: bounds.apply_from[2].unwrap_or(0),
             gap: [None, None],
             generation: 0,
             chain: ChainCursor {
@@ -260,42 +277,14 @@ impl Partition {
         }
     }
 
-    /// Where the caller shard's merge may assume this partition's usage stands.
-    fn usage_head(&self) -> LaneHead {
+    /// What a marker to the calls repartition topic says of this partition's usage now: no record
+    /// before `next` is still to come, none after it is keyed below `high`, and whether the usage
+    /// had ended with nothing held.
+    fn usage_mark(&self) -> Option<(i64, i64, bool)> {
         let id = lane(Input::Usage);
-        let ended = self.merge.is_ended(id);
-        match self.merge.head(id) {
-            Some((key, q)) => LaneHead {
-                next: key.seq,
-                time: q
-                    .item
-                    .as_ref()
-                    .and_then(|i| i.as_ref().ok())
-                    .map(Item::time),
-                ended: false,
-            },
-            None => LaneHead {
-                next: self.usage_next,
-                time: None,
-                ended,
-            },
-        }
-    }
-
-    /// Adds a processed usage record's time to the progress reported to the caller shard.
-    fn progress(&mut self, offset: i64, time: Option<i64>) {
-        if let Some(FeedItem::Progress { next, time: t }) = self.feed.last_mut() {
-            *next = offset + 1;
-            *t = match (*t, time) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
-            return;
-        }
-        self.feed.push(FeedItem::Progress {
-            next: offset + 1,
-            time,
-        });
+        let (next, high) = self.merge.resume_point(id)?;
+        let ended = self.merge.is_ended(id) && self.merge.queued(id) == 0;
+        Some((next, high, ended))
     }
 }
 
@@ -308,7 +297,6 @@ pub fn run(ctx: WorkerContext, rx: Receiver<WorkerMessage>) {
         ctx,
         partitions: AHashMap::new(),
         worked_off: AHashMap::new(),
-        reports: Vec::new(),
     };
     let mut next_tick = Instant::now();
     let mut next_snapshot = Instant::now() + interval;
@@ -328,7 +316,6 @@ pub fn run(ctx: WorkerContext, rx: Receiver<WorkerMessage>) {
             }) => w.assign(partition, state, bounds, starts, generation),
             Ok(WorkerMessage::Release { partitions, reply }) => {
                 let done = w.release(&partitions);
-                // The caller shard hears of everything processed before the rebalancer goes on.
                 w.flush();
                 let _ = reply.send(done);
             }
@@ -350,6 +337,7 @@ pub fn run(ctx: WorkerContext, rx: Receiver<WorkerMessage>) {
             Err(RecvTimeoutError::Timeout) => {}
         }
         w.flush();
+        w.mark_all();
         if Instant::now() >= next_tick {
             w.tick();
             w.flush();
@@ -379,8 +367,6 @@ struct Worker<'a> {
     partitions: AHashMap<i32, Partition>,
     /// Read-ahead worked off (negative bytes), handed back to the poller once per batch.
     worked_off: AHashMap<(Input, i32), i64>,
-    /// Partition reports for the caller shard, sent once per batch.
-    reports: Vec<LaneReport>,
 }
 
 impl Worker<'_> {
@@ -390,7 +376,7 @@ impl Worker<'_> {
         partition: i32,
         state: Option<Box<PartitionState>>,
         bounds: ReadBounds,
-        starts: [Option<i64>; 2],
+        starts: [Option<i64>; 3],
         generation: i32,
     ) {
         let mut merge = Aligner::with_lanes(2);
@@ -401,7 +387,8 @@ impl Worker<'_> {
         }
         if let (None, Some(part)) = (&state, self.partitions.get_mut(&partition)) {
             // Snapshots off and the partition stayed here through an eager rebalance: keep its state,
-            // read again from the committed offsets (duplicates are recognised by record id).
+            // read again from the committed offsets (duplicates are recognised by record id; calls
+            // written again, by their position in the sequencer).
             part.bounds = bounds;
             if part.generation != generation {
                 // A chain belongs to one owner's generation: the next checkpoint starts a new one.
@@ -411,23 +398,27 @@ impl Worker<'_> {
                 };
             }
             part.generation = generation;
+            part.marked = None;
+            part.owned = true;
             let old = std::mem::replace(&mut part.merge, merge);
-            part.reported = None;
-            part.feed.clear();
-            part.usage_next = starts[0].unwrap_or(i64::MIN);
             self.unqueue(partition, old);
             return;
         }
-        let mut pipeline = self.ctx.pipeline(if self.ctx.shard.is_some() {
+        let with_calls = self.ctx.calls.is_some();
+        let mut pipeline = self.ctx.pipeline(if with_calls {
             Scope::Lines
         } else {
             Scope::Everything
         });
-        let mut handed_over = Default::default();
+        let mut calls = with_calls.then(|| self.ctx.pipeline(Scope::CallingNumbers));
+        let mut calls_seen = Default::default();
         if let Some(state) = state {
             let state = *state;
             pipeline.restore(state.store, state.memory);
-            handed_over = state.handed_over;
+            if let (Some(c), Some(s)) = (&mut calls, state.calls) {
+                c.restore(s.store, s.memory);
+                calls_seen = s.seen;
+            }
         }
         tracing::debug!(
             worker = self.ctx.index,
@@ -437,13 +428,15 @@ impl Worker<'_> {
         );
         if self.ctx.snapshots.is_some() {
             // The first checkpoint of this owner is a base; changes are recorded from here on.
-            pipeline.with_state_mut(|store, memory| {
-                store.track_changes(true);
-                memory.track_changes(true);
-            });
+            for p in std::iter::once(&pipeline).chain(calls.as_ref()) {
+                p.with_state_mut(|store, memory| {
+                    store.track_changes(true);
+                    memory.track_changes(true);
+                });
+            }
         }
-        let mut part = Partition::new(pipeline, merge, bounds, starts);
-        part.handed_over = handed_over;
+        let mut part = Partition::new(pipeline, calls, merge, bounds);
+        part.calls_seen = calls_seen;
         part.generation = generation;
         self.partitions.insert(partition, part);
     }
@@ -460,6 +453,8 @@ impl Worker<'_> {
                 if let Some(part) = self.partitions.remove(&p) {
                     self.unqueue(p, part.merge);
                 }
+            } else if let Some(part) = self.partitions.get_mut(&p) {
+                part.owned = false;
             }
         }
         done
@@ -496,23 +491,20 @@ impl Worker<'_> {
         let mut covers = Vec::new();
         let mut highs = [i64::MIN; 2];
         for input in Input::ALL {
-            let i = input.index();
-            highs[i] = part
+            highs[input.index()] = part
                 .merge
                 .resume_point(lane(*input))
                 .map_or(i64::MIN, |r| r.1);
-            if let Some(next) = part.covered[i] {
+        }
+        for input in Input::LANES {
+            if let Some(next) = part.covered[input.index()] {
                 positions.push(Position {
-                    topic: self.ctx.topic(*input).to_string(),
+                    topic: self.ctx.topic(input).to_string(),
                     partition,
                     next,
                 });
-                covers.push((*input, partition, next - 1));
+                covers.push((input, partition, next - 1));
             }
-        }
-        // What a durable shard snapshot covers is never handed over again.
-        if let Some(cap) = self.ctx.tracker.shard_cap(partition) {
-            part.handed_over = part.handed_over.split_off(&(cap + 1));
         }
         // One checkpoint in flight per partition: a delta is relative to the newest durable one,
         // which must not change under it (a base in flight would remove its parent). One that
@@ -547,23 +539,37 @@ impl Worker<'_> {
             .then_some(durable as u64);
         let now_us = crate::telemetry::metrics::now_ms().max(0) as u64 * 1000;
         let seq = chain.next_seq.max(now_us);
-        let handed_over = &part.handed_over;
-        let encoded = part.pipeline.with_state_mut(|store, memory| {
+        // Both stores of the partition (its lines and accounts, its calling numbers) seal their
+        // changes under the same sequence: one checkpoint holds both.
+        let seal = |store: &mut WindowStore, memory: &mut AlertMemory| {
             if durable >= 0 {
                 store.changes_durable(durable as u64);
                 memory.changes_durable(durable as u64);
             }
             store.seal_changes(seq);
             memory.seal_changes(seq);
-            let header = checkpoint::header(SnapshotKind::Partition(partition), positions, store);
-            match parent {
+        };
+        let calls = part.calls.as_ref();
+        let seen = &part.calls_seen;
+        let calling_numbers = calls.map_or(0, |c| c.store.borrow().size().calling_numbers);
+        let encoded = part.pipeline.with_state_mut(|store, memory| {
+            seal(store, memory);
+            let (store, memory) = (&*store, &*memory);
+            let mut header =
+                checkpoint::header(SnapshotKind::Partition(partition), positions, store);
+            header.calling_numbers += calling_numbers as u64;
+            let encode = |calls: Option<(&WindowStore, &AlertMemory)>| match parent {
                 None => snapshot::encode(
                     &header,
                     &checkpoint::PartitionStateRef {
                         store,
                         memory,
                         highs,
-                        handed_over,
+                        calls: calls.map(|(store, memory)| checkpoint::CallsStateRef {
+                            store,
+                            memory,
+                            seen,
+                        }),
                     },
                 ),
                 Some(_) => snapshot::encode(
@@ -572,9 +578,20 @@ impl Worker<'_> {
                         store: store.delta(),
                         memory: memory.delta(),
                         highs,
-                        handed_over,
+                        calls: calls.map(|(store, memory)| checkpoint::CallsDeltaRef {
+                            store: store.delta(),
+                            memory: memory.delta(),
+                            seen,
+                        }),
                     },
                 ),
+            };
+            match calls {
+                Some(c) => c.with_state_mut(|cs, cm| {
+                    seal(cs, cm);
+                    encode(Some((&*cs, &*cm)))
+                }),
+                None => encode(None),
             }
         });
         match encoded {
@@ -588,7 +605,7 @@ impl Worker<'_> {
                 };
                 let waited = done.is_some();
                 let job = EncodedSnapshot {
-                    link: Some((link, part.chain.progress.clone())),
+                    link: (link, part.chain.progress.clone()),
                     bytes,
                     covers,
                     started,
@@ -615,6 +632,7 @@ impl Worker<'_> {
                 if sent {
                     part.dirty = false;
                     part.snapshotted = true;
+                    part.calls_checkpointed = part.covered[Input::Calls.index()].unwrap_or(0);
                     let chain = &mut part.chain;
                     chain.next_seq = seq + 1;
                     chain.sent = seq as i64;
@@ -640,6 +658,18 @@ impl Worker<'_> {
                     if self.queue(m) && touched.last() != Some(&p) {
                         touched.push(p);
                     }
+                }
+                // The calls lane is not merged: its end decides nothing.
+                Polled::End {
+                    input: Input::Calls,
+                    ..
+                }
+                | Polled::Behind {
+                    input: Input::Calls,
+                    ..
+                } => {}
+                Polled::Gap(g) if g.input == Input::Calls => {
+                    // Counted and logged by the poller; the calls lost are the calling numbers'.
                 }
                 Polled::End {
                     input,
@@ -702,6 +732,10 @@ impl Worker<'_> {
             *self.worked_off.entry((m.input, m.partition)).or_default() -= m.weight();
             return false;
         };
+        if m.input == Input::Calls {
+            self.process_call(m);
+            return false;
+        }
         // A by-account topic: its markers say how far the merge upstream has come, and its records
         // go by the merge key they were released with, not by their own time.
         let origin = m.lane;
@@ -722,7 +756,7 @@ impl Worker<'_> {
         }
         self.ctx.metrics.records_in[m.input.index()].fetch_add(1, Ordering::Relaxed);
         let item = match m.input {
-            Input::Usage => self.decoder.usage(&m.payload).map(Item::Usage),
+            Input::Usage | Input::Calls => self.decoder.usage(&m.payload).map(Item::Usage),
             Input::Events => self.decoder.account_event(&m.payload).map(Item::Event),
         };
         let time = match origin {
@@ -749,63 +783,158 @@ impl Worker<'_> {
         true
     }
 
-    /// Processes the partition's queued records in event-time order as far as it is known, then tells
-    /// the caller shard where the partition's usage stands.
+    /// Processes the partition's queued records in event-time order as far as it is known.
     fn drain(&mut self, partition: i32) {
         loop {
             let Some(part) = self.partitions.get_mut(&partition) else {
                 return;
             };
-            if part.merge.peek().is_none() {
+            let Some((id, key, q)) = part.merge.pop() else {
                 break;
-            }
-            let (id, _, q) = part.merge.pop().expect("peeked");
+            };
             let input = if id == lane(Input::Usage) {
                 Input::Usage
             } else {
                 Input::Events
             };
-            self.process(partition, input, q);
+            self.process(partition, input, key.time, q);
         }
-        self.report_to_shard(partition);
+        self.mark(partition);
     }
 
-    fn report_to_shard(&mut self, partition: i32) {
-        if self.ctx.shard.is_none() {
-            return;
-        }
-        let Some(part) = self.partitions.get_mut(&partition) else {
+    /// Tells the calls repartition topic how far the partition's usage has come, when that moved
+    /// (at most every `MARK_EVERY`) or as a heartbeat: the sequencer merges every partition's
+    /// calls and releases none before each partition has shown it can send nothing earlier.
+    fn mark(&mut self, partition: i32) {
+        let (Some(out), Some(part)) = (&self.ctx.calls, self.partitions.get_mut(&partition)) else {
             return;
         };
-        let head = part.usage_head();
-        if part.feed.is_empty() && part.reported == Some(head) {
+        if !part.owned {
             return;
         }
-        part.reported = Some(head);
-        let items = std::mem::take(&mut part.feed);
-        self.reports.push(LaneReport {
-            partition,
-            items,
-            head,
-        });
+        let Some(state) = part.usage_mark() else {
+            return;
+        };
+        if !crate::repartition::marker_due(&part.marked, &state, MARK_EVERY, HEARTBEAT) {
+            return;
+        }
+        out.mark(LaneHeader::marker(
+            partition as u32,
+            state.0,
+            state.1,
+            state.2,
+        ));
+        part.marked = Some((state, Instant::now()));
     }
 
-    /// Hands back the read-ahead worked off and sends the caller shard what the partitions reported,
-    /// each once per batch.
+    fn mark_all(&mut self) {
+        if self.ctx.calls.is_none() {
+            return;
+        }
+        let parts: Vec<i32> = self.partitions.keys().copied().collect();
+        for p in parts {
+            self.mark(p);
+        }
+    }
+
+    /// Hands back the read-ahead worked off, once per batch.
     fn flush(&mut self) {
         self.ctx.queued.apply(&mut self.worked_off);
-        if self.reports.is_empty() {
-            return;
-        }
-        let reports = std::mem::take(&mut self.reports);
-        if let Some(shard) = &self.ctx.shard {
-            if shard.send(ShardMessage::Reports(reports)).is_err() {
-                tracing::error!("The caller shard stopped; offsets of usage stay uncommitted.");
-            }
-        }
     }
 
-    fn process(&mut self, partition: i32, input: Input, q: Queued) {
+    /// A record of the calls topic, in offset order (already merged by event time across
+    /// partitions): applied to the calling numbers' state, and the rules that run beside them.
+    fn process_call(&mut self, m: InputMessage) {
+        let partition = m.partition;
+        let weight = m.weight();
+        *self
+            .worked_off
+            .entry((Input::Calls, partition))
+            .or_default() -= weight;
+        let Some(part) = self.partitions.get_mut(&partition) else {
+            tracing::debug!(
+                partition,
+                offset = m.offset,
+                "Call of a partition not held here dropped."
+            );
+            return;
+        };
+        let marker = m.lane.is_some_and(|h| h.is_marker());
+        let applies = part.bounds.applies(Input::Calls, m.offset);
+        // The calls topic holds each source partition's records in their order there: one at or
+        // below the last applied of its lane is a copy (a sequencer released it again after a
+        // restart), which must not run the rules twice.
+        let copy = match m.lane.filter(|_| !marker && applies) {
+            Some(h) => {
+                let seen = part.calls_seen.entry(h.lane).or_insert(i64::MIN);
+                let copy = h.seq <= *seen;
+                *seen = (*seen).max(h.seq);
+                copy
+            }
+            None => false,
+        };
+        if copy {
+            self.ctx
+                .metrics
+                .repartition
+                .by(Input::Calls)
+                .duplicates
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if !marker && applies && !copy {
+            let record = self.decoder.usage(&m.payload);
+            match (record, m.handed, &mut part.calls) {
+                (Ok(record), Some(handed), Some(calls)) => {
+                    calls.take_over(Handover {
+                        record,
+                        call: handed.call,
+                        facts: handed.facts,
+                    });
+                    let alerts = calls.take_alerts();
+                    if part.bounds.emits(Input::Calls, m.offset) {
+                        send_alerts(
+                            &mut self.outputs,
+                            &self.ctx.metrics,
+                            alerts,
+                            Origin::record(Input::Calls, partition, m.offset),
+                        );
+                    } else {
+                        self.ctx
+                            .metrics
+                            .snapshots
+                            .outputs_suppressed
+                            .fetch_add(alerts.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                (record, handed, _) => {
+                    // Written by cdrguard itself: a record here that does not read back is a bug
+                    // or a foreign writer, not input to dead-letter.
+                    tracing::error!(
+                        partition,
+                        offset = m.offset,
+                        decoded = record.is_ok(),
+                        header = handed.is_some(),
+                        "Unreadable message on the calls topic skipped."
+                    );
+                }
+            }
+        }
+        if applies {
+            part.covered[Input::Calls.index()] = Some(m.offset + 1);
+            // A marker changes no state: an idle partition (heartbeats every 2 s) is not
+            // checkpointed for each one, only once they add up (so that its commit, its lag and
+            // what a restart re-reads stay bounded).
+            let behind = m.offset + 1 - part.calls_checkpointed;
+            part.dirty |= !marker || behind >= MARKERS_PER_CHECKPOINT;
+        }
+        self.ctx
+            .tracker
+            .processed(Input::Calls, partition, m.offset);
+    }
+
+    /// `key_time`: the record's merge key (its lane's running maximum), which orders it among the
+    /// calls of every partition.
+    fn process(&mut self, partition: i32, input: Input, key_time: i64, q: Queued) {
         let Some(item) = q.item else {
             return self.pass_marker(partition, input, q.msg);
         };
@@ -813,12 +942,10 @@ impl Worker<'_> {
         let origin_header = q.origin;
         let weight = m.weight();
         let origin = Origin::record(input, partition, m.offset);
-        let with_shard = self.ctx.shard.is_some();
         let snapshots = &self.ctx.metrics.snapshots;
         let part = self.partitions.get_mut(&partition).expect("queued here");
         let emit = part.bounds.emits(input, m.offset);
-        let time = item.as_ref().ok().map(Item::time);
-        // Usage for the caller shard: what it needs whole, else progress.
+        // What the calling numbers need of this record, if anything.
         let mut handover: Option<Handover> = None;
         let applies = part.bounds.applies(input, m.offset);
         if applies {
@@ -853,11 +980,6 @@ impl Worker<'_> {
             }
             if matches!(verdict, Verdict::Applied) {
                 handover = part.pipeline.take_handover();
-                if let (Some(h), true) = (&handover, self.ctx.snapshots.is_some()) {
-                    if let Some(f) = &h.facts {
-                        part.handed_over.insert(m.offset, f.clone());
-                    }
-                }
             }
             let alerts = part.pipeline.take_alerts();
             if emit {
@@ -910,37 +1032,28 @@ impl Worker<'_> {
                     .fetch_add(alerts.len() as u64 + dead, Ordering::Relaxed);
             }
         } else {
-            // Already in the restored snapshot; the caller shard decides for itself.
+            // Already in the restored snapshot, and written to the calls topic before it became
+            // durable (`repartition::calls`).
             snapshots.records_skipped.fetch_add(1, Ordering::Relaxed);
-            if let (Ok(Item::Usage(r)), true) = (item, with_shard) {
-                let facts = part.handed_over.get(&m.offset).cloned();
-                handover = part.pipeline.handover_of(r, facts);
-            }
         }
-        let part = self.partitions.get_mut(&partition).expect("queued here");
-        if input == Input::Usage {
-            part.usage_next = m.offset + 1;
-        }
-        if input == Input::Usage && with_shard {
-            match handover {
-                Some(h) => {
-                    // Without snapshots nothing else stops a commit from passing a call the shard
-                    // has not applied yet: the offset waits until the shard has handed the call's
-                    // alerts to the sinks. With snapshots, usage commits wait for the shard's own
-                    // snapshot (`Tracker::set_shard_cap`), and a partition's snapshot must not wait
-                    // for the shard's merge (it lags the fastest partition by design).
-                    if self.ctx.snapshots.is_none() {
-                        self.ctx.tracker.add(input, partition, m.offset);
-                    }
-                    part.feed.push(FeedItem::Record {
-                        offset: m.offset,
-                        time: h.record.event_start.utc,
-                        handover: Box::new(h),
-                        emit,
-                        admitted: applies,
-                    });
-                }
-                None => part.progress(m.offset, time),
+        if let (Some(h), Some(out)) = (handover, &self.ctx.calls) {
+            // Keyed by the number whose partition keeps it: an MT call's calling number; a
+            // callback's destination, where the calling number it asks about lives.
+            let number = match h.call {
+                true => h.record.other_party.number,
+                false => h.record.destination(),
+            };
+            if let Some(number) = number {
+                out.send(
+                    &self.ctx.tracker,
+                    &number.to_string(),
+                    &m.payload,
+                    LaneHeader::record(partition as u32, m.offset, key_time),
+                    &Handed {
+                        call: h.call,
+                        facts: h.facts,
+                    },
+                );
             }
         }
         self.ctx.tracker.processed(input, partition, m.offset);
@@ -956,12 +1069,6 @@ impl Worker<'_> {
         if part.bounds.applies(input, m.offset) {
             part.covered[input.index()] = Some(m.offset + 1);
         }
-        if input == Input::Usage {
-            part.usage_next = m.offset + 1;
-            if self.ctx.shard.is_some() {
-                part.progress(m.offset, None);
-            }
-        }
         self.ctx.tracker.processed(input, partition, m.offset);
         *self.worked_off.entry((input, partition)).or_default() -= m.weight();
     }
@@ -970,6 +1077,9 @@ impl Worker<'_> {
         for part in self.partitions.values_mut() {
             // Validated before it was sent: a failure here is logged by the engine, the set stays.
             let _ = part.pipeline.reload_rules(&sources);
+            if let Some(c) = &mut part.calls {
+                let _ = c.reload_rules(&sources);
+            }
         }
         self.ctx.sources = sources;
     }
@@ -1031,6 +1141,9 @@ impl Worker<'_> {
         };
         for (&p, part) in &self.partitions {
             add_to_view(&mut view, &part.pipeline);
+            if let Some(c) = &part.calls {
+                add_to_view(&mut view, c);
+            }
             if let Some(w) = part.pipeline.store.borrow().watermark() {
                 view.watermarks.insert(p, w);
             }
@@ -1100,12 +1213,28 @@ mod tests {
     use crate::config::Config;
     use crate::pipeline::PipelineOptions;
 
-    /// Regression: a partition restored from a snapshot at usage offset 100 and re-reading from the
-    /// commit at 40 told the caller shard it stood at 100 before it had re-read anything, so a shard
-    /// snapshot taken then skipped the calls at 40..100 after the next crash (one Wangiri alert
-    /// fired on another victim).
+    fn queued(offset: i64) -> Queued {
+        Queued {
+            msg: InputMessage {
+                input: Input::Usage,
+                partition: 0,
+                offset,
+                key: None,
+                payload: Vec::new(),
+                timestamp_ms: None,
+                lane: None,
+                handed: None,
+            },
+            item: None,
+            origin: None,
+        }
+    }
+
+    /// A marker to the calls repartition topic tells the sequencer that nothing of the partition
+    /// before its position, nor keyed below its time, is still to come: with records held in the
+    /// partition's merge it must stop at the first of them, whatever has been read past it.
     #[test]
-    fn a_restored_partition_tells_the_shard_only_what_it_has_re_read() {
+    fn a_marker_never_claims_more_than_the_partition_can_still_send() {
         let config = Config::default();
         let classifier = Classifier::new(
             crate::record::Number::parse("33").unwrap(),
@@ -1113,21 +1242,22 @@ mod tests {
         );
         let pipeline = Pipeline::new(PipelineOptions::new(classifier, config.state.clone()))
             .expect("no rules");
-        let bounds = ReadBounds {
-            apply_from: [Some(100), Some(10)],
-            emit_from: [Some(40), Some(5)],
-        };
-        let part = Partition::new(
+        let mut part = Partition::new(
             pipeline,
+            None,
             Aligner::with_lanes(2),
-            bounds,
-            [Some(40), Some(5)],
+            ReadBounds::default(),
         );
-        assert_eq!(part.usage_head().next, 40, "nothing re-read yet");
-        assert_eq!(
-            part.covered[0],
-            Some(100),
-            "the snapshot position stays what the state covers"
-        );
+        let usage = lane(Input::Usage);
+        part.merge.open(usage, 1_000, 40);
+        assert_eq!(part.usage_mark(), Some((40, 1_000, false)));
+        part.merge.push(usage, 40, Some(2_000), queued(40));
+        part.merge.push(usage, 41, Some(1_500), queued(41));
+        part.merge.set_ended(usage, true);
+        // Held: the first held record's position and the running maximum before it.
+        assert_eq!(part.usage_mark(), Some((40, 1_000, false)));
+        part.merge.pop_unbounded();
+        part.merge.pop_unbounded();
+        assert_eq!(part.usage_mark(), Some((42, 2_000, true)));
     }
 }

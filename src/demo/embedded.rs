@@ -30,6 +30,29 @@ pub struct Embedded {
 }
 
 impl Embedded {
+    /// Creates the internal topics a daemon of `cfg` needs (its group names them): the mock
+    /// cluster does not create topics on request. `start` does it for its own configuration; a
+    /// bench running several groups on one broker does it for each.
+    pub fn create_internal_topics(&self, cfg: &Config) -> anyhow::Result<()> {
+        let k = &cfg.kafka;
+        let parts = cfg.demo.partitions;
+        let cluster = &self._cluster;
+        for input in crate::repartition::inputs(cfg) {
+            let (repartition, by_account) = crate::repartition::topics(&k.group_id, input);
+            cluster.create_topic(&repartition, parts, 1)?;
+            cluster.create_topic(&by_account, parts, 1)?;
+        }
+        if k.usage_keyed_by != crate::config::KeyedBy::Account {
+            cluster.create_topic(&crate::repartition::lines_topic(&k.group_id), 1, 1)?;
+        }
+        if cfg.state.calling_numbers != crate::config::CallingNumbers::Off {
+            let (repartition, by_number) = crate::repartition::calls::topics(&k.group_id);
+            cluster.create_topic(&repartition, parts, 1)?;
+            cluster.create_topic(&by_number, parts, 1)?;
+        }
+        Ok(())
+    }
+
     /// Takes the (only) broker down or brings it back: outages for tests.
     pub fn set_broker_up(&self, up: bool) -> anyhow::Result<()> {
         if up {
@@ -52,15 +75,6 @@ pub fn start(cfg: &Config) -> anyhow::Result<Embedded> {
     cluster.create_topic(&k.usage_topic, parts, 1)?;
     cluster.create_topic(&k.events_topic, parts, 1)?;
     cluster.create_topic(&k.dead_letter_topic, 1, 1)?;
-    // The mock cluster does not create topics on request: the repartition stages' topics too.
-    for input in crate::repartition::inputs(cfg) {
-        let (repartition, by_account) = crate::repartition::topics(&k.group_id, input);
-        cluster.create_topic(&repartition, parts, 1)?;
-        cluster.create_topic(&by_account, parts, 1)?;
-    }
-    if k.usage_keyed_by != crate::config::KeyedBy::Account {
-        cluster.create_topic(&crate::repartition::lines_topic(&k.group_id), 1, 1)?;
-    }
     for t in [
         &k.alert_topics.fraud,
         &k.alert_topics.collections,
@@ -70,10 +84,12 @@ pub fn start(cfg: &Config) -> anyhow::Result<Embedded> {
         cluster.create_topic(t, 1, 1)?;
     }
     let bootstrap = cluster.bootstrap_servers();
-    Ok(Embedded {
+    let embedded = Embedded {
         _cluster: cluster,
         bootstrap,
-    })
+    };
+    embedded.create_internal_topics(cfg)?;
+    Ok(embedded)
 }
 
 /// Produces NDJSON usage and events to their topics in event-time order, keyed the way

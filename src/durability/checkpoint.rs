@@ -1,4 +1,4 @@
-//! Durable state: each partition's pipeline state and the caller shard's, checkpointed to the store
+//! Durable state: each partition's pipeline states (lines and accounts, calling numbers), checkpointed to the store
 //! (`durability::store`: a directory or S3) with the input offsets they reflect, as chains of a base
 //! and deltas (`durability::layout`), and the rules that keep Kafka's committed offsets consistent
 //! with them.
@@ -17,24 +17,21 @@
 //! machine reaching the same store is restored from its chain; one whose chain is unusable is
 //! rebuilt by re-reading `durability.rebuild_window` of input (outputs suppressed below C).
 //!
-//! **Caller shard.** Its state spans partitions, so it keeps per usage partition where its merge
-//! stands (`LanePosition`), snapshots on its own schedule, and caps each usage partition's commits at
-//! what its durable snapshot covers (`Tracker::set_shard_cap`). After a restart it skips what it had
-//! applied. With no usable shard snapshot it is rebuilt like a partition: every usage partition is
-//! re-read from the rebuild window (partitions skip what their own snapshots hold, the shard takes the
-//! calls).
+//! **Calling numbers** are partitioned like everything else (`repartition::calls`): a partition's
+//! checkpoint holds its share of them beside its lines and accounts, and the position of its calls
+//! topic beside those of its inputs.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::alert::memory::{AlertMemory, MemoryDelta, MemoryDeltaRef};
 use crate::record::Input;
-use crate::rules::engine::AccountFacts;
 use crate::sink::ack::Tracker;
 use crate::state::delta::{StoreDelta, StoreDeltaRef};
 use crate::state::WindowStore;
@@ -43,7 +40,7 @@ use crate::telemetry::metrics::Metrics;
 use super::layout::{Chain, Checkpoints, Link};
 use super::snapshot::{Header, Loaded, Position, SnapshotError, SnapshotKind};
 
-/// A partition's state as written (borrowed from its pipeline, no copy).
+/// A partition's state as written (borrowed from its pipelines, no copy).
 #[derive(Serialize)]
 pub struct PartitionStateRef<'a> {
     pub store: &'a WindowStore,
@@ -51,9 +48,9 @@ pub struct PartitionStateRef<'a> {
     /// The event-time alignment's running maximum per input (`[usage, events]`) at the snapshot's
     /// positions, so the merge resumes exactly where it was (`source::align`).
     pub highs: [i64; 2],
-    /// Account facts of records handed to the caller shard's rules that its durable snapshot does
-    /// not cover yet, by usage offset (`daemon::worker`).
-    pub handed_over: &'a BTreeMap<i64, AccountFacts>,
+    /// The calling numbers of the partition's share of the calls topic, when they are tracked
+    /// (`repartition::calls`).
+    pub calls: Option<CallsStateRef<'a>>,
 }
 
 /// A partition's state as read back. Same field order as `PartitionStateRef`.
@@ -62,32 +59,24 @@ pub struct PartitionState {
     pub store: WindowStore,
     pub memory: AlertMemory,
     pub highs: [i64; 2],
-    pub handed_over: BTreeMap<i64, AccountFacts>,
-}
-
-/// Where the caller shard's merge stands in one usage partition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LanePosition {
-    /// The next offset to apply: everything before it is in the state.
-    pub next: i64,
-    /// The partition's running maximum event time before `next`.
-    pub high: i64,
+    pub calls: Option<CallsState>,
 }
 
 #[derive(Serialize)]
-pub struct CallerStateRef<'a> {
+pub struct CallsStateRef<'a> {
     pub store: &'a WindowStore,
     pub memory: &'a AlertMemory,
-    pub lanes: &'a BTreeMap<i32, LanePosition>,
+    pub seen: &'a BTreeMap<u32, i64>,
 }
 
-/// The caller shard's state: calling numbers, its alert memory (with the alerts of the subscriber
-/// rules it runs), and where its merge stands in each usage partition.
+/// A partition's calling numbers: their state, the alert memory of the rules run beside them
+/// (calling-number rules, and subscriber rules reading their alerts), and per source partition the
+/// position of the last record applied (a copy the sequencer releases again is recognised).
 #[derive(Serialize, Deserialize)]
-pub struct CallerState {
+pub struct CallsState {
     pub store: WindowStore,
     pub memory: AlertMemory,
-    pub lanes: BTreeMap<i32, LanePosition>,
+    pub seen: BTreeMap<u32, i64>,
 }
 
 /// The header every snapshot of a store carries.
@@ -110,7 +99,15 @@ pub struct PartitionDeltaRef<'a> {
     pub store: StoreDeltaRef<'a>,
     pub memory: MemoryDeltaRef<'a>,
     pub highs: [i64; 2],
-    pub handed_over: &'a BTreeMap<i64, AccountFacts>,
+    pub calls: Option<CallsDeltaRef<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct CallsDeltaRef<'a> {
+    pub store: StoreDeltaRef<'a>,
+    pub memory: MemoryDeltaRef<'a>,
+    /// Whole: one entry per source partition.
+    pub seen: &'a BTreeMap<u32, i64>,
 }
 
 /// A delta as read back. Same field order as `PartitionDeltaRef`.
@@ -119,7 +116,14 @@ pub struct PartitionDelta {
     pub store: StoreDelta,
     pub memory: MemoryDelta,
     pub highs: [i64; 2],
-    pub handed_over: BTreeMap<i64, AccountFacts>,
+    pub calls: Option<CallsDelta>,
+}
+
+#[derive(Deserialize)]
+pub struct CallsDelta {
+    pub store: StoreDelta,
+    pub memory: MemoryDelta,
+    pub seen: BTreeMap<u32, i64>,
 }
 
 /// Where a partition's chain stands, as the writer tells its worker (read at the next checkpoint).
@@ -143,8 +147,9 @@ impl Default for ChainProgress {
 
 /// An encoded snapshot on its way to the writer.
 pub struct EncodedSnapshot {
-    /// Partitions (the caller shard's snapshot has none): where in the chain (generation, sequence, parent), and the progress to report to.
-    pub link: Option<(Link, Arc<ChainProgress>)>,
+    /// Where in its partition's chain (generation, sequence, parent), and the progress to report
+    /// to.
+    pub link: (Link, Arc<ChainProgress>),
     pub bytes: Vec<u8>,
     /// Per input partition, the last offset the snapshot covers.
     pub covers: Vec<(Input, i32, i64)>,
@@ -155,7 +160,7 @@ pub struct EncodedSnapshot {
 }
 
 /// The writer thread: waits until a snapshot's outputs are acknowledged, writes it to the store,
-/// then lets commits advance to it (partitions: the cap; the caller shard: its holds).
+/// then lets commits advance to it (the partition's cap).
 pub fn spawn_writer(
     checkpoints: Arc<Checkpoints>,
     tracker: Arc<Tracker>,
@@ -172,12 +177,11 @@ pub fn spawn_writer(
                     return;
                 }
                 let ok = write_job(&checkpoints, &tracker, &metrics, delivery_timeout, &job);
-                if let Some((link, progress)) = &job.link {
-                    if ok {
-                        progress.durable.store(link.seq as i64, Ordering::SeqCst);
-                    }
-                    progress.settled.store(link.seq as i64, Ordering::SeqCst);
+                let (link, progress) = &job.link;
+                if ok {
+                    progress.durable.store(link.seq as i64, Ordering::SeqCst);
                 }
+                progress.settled.store(link.seq as i64, Ordering::SeqCst);
                 if !ok {
                     metrics.snapshots.failed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -195,21 +199,12 @@ fn write_job(
     delivery_timeout: Duration,
     job: &EncodedSnapshot,
 ) -> bool {
-    let key = match &job.link {
-        Some((link, _)) => link.key(),
-        None => checkpoints.callers_key(),
-    };
-    if let Some((
-        Link {
-            parent: Some(parent),
-            ..
-        },
-        progress,
-    )) = &job.link
-    {
+    let (link, progress) = &job.link;
+    let key = link.key();
+    if let Some(parent) = link.parent {
         // A delta holds the changes since its parent: on any other checkpoint it would be wrong.
         let durable = progress.durable.load(Ordering::SeqCst);
-        if durable != *parent as i64 {
+        if durable != parent as i64 {
             tracing::warn!(key, durable, "Delta not written: its parent is not the newest durable checkpoint; the next checkpoint covers its changes.");
             return false;
         }
@@ -239,22 +234,18 @@ fn write_job(
         return false;
     }
     s.failing_since_ms.store(0, Ordering::Relaxed);
-    if let Some((link @ Link { parent: None, .. }, _)) = &job.link {
+    if link.parent.is_none() {
         checkpoints.remove_before(link);
     }
     for &(input, partition, last) in &job.covers {
-        match &job.link {
-            Some((link, _)) => tracker.set_cap_of(input, partition, last, link.generation),
-            None => tracker.set_shard_cap(partition, last),
-        }
+        tracker.set_cap_of(input, partition, last, link.generation);
     }
     s.written.fetch_add(1, Ordering::Relaxed);
     s.bytes_written
         .fetch_add(job.bytes.len() as u64, Ordering::Relaxed);
-    match &job.link {
-        Some((Link { parent: None, .. }, _)) => &s.bases_written,
-        Some(_) => &s.deltas_written,
+    match link.parent {
         None => &s.bases_written,
+        Some(_) => &s.deltas_written,
     }
     .fetch_add(1, Ordering::Relaxed);
     s.last_write_us
@@ -333,19 +324,24 @@ pub fn restore_chain(
         state.store.apply_delta(d.store);
         state.memory.apply_delta(d.memory);
         state.highs = d.highs;
-        state.handed_over = d.handed_over;
+        if let (Some(s), Some(d)) = (&mut state.calls, d.calls) {
+            s.store.apply_delta(d.store);
+            s.memory.apply_delta(d.memory);
+            s.seen = d.seen;
+        }
     }
     Ok((state, bytes))
 }
 
-/// How a partition's re-read records are treated after an assignment, per input (`[usage, events]`).
+/// How a partition's re-read records are treated after an assignment, per topic (`[usage, events,
+/// calls]`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReadBounds {
     /// Records below this offset are already in the restored state: skipped (`None`: apply all).
-    pub apply_from: [Option<i64>; 2],
+    pub apply_from: [Option<i64>; 3],
     /// Records below this offset were committed before: their alerts and dead letters were delivered,
     /// so recomputed ones are not sent again (`None`: send all).
-    pub emit_from: [Option<i64>; 2],
+    pub emit_from: [Option<i64>; 3],
 }
 
 impl ReadBounds {

@@ -1,11 +1,12 @@
 //! What the checkpoint store holds and who may write what: chains of checkpoints per partition,
-//! fenced by consumer-group generation; the caller shard's snapshot per instance; and, on a local
+//! fenced by consumer-group generation; and, on a local
 //! directory, the locks that keep `state clear` away from running daemons.
 //!
 //! ```text
 //!  partition-<p>/g<generation>/<seq>.base                 the whole state of partition p
 //!  partition-<p>/g<generation>/<seq>.delta-<parent>       what changed since checkpoint <parent>
-//!  callers.<instance>.snap                                the caller shard of one daemon
+//!  callers.<instance>.snap                                an earlier version's caller shard (listed,
+//!                                                         not read)
 //!  LOCK, callers.<instance>.lock                          (a directory only)
 //! ```
 //!
@@ -25,8 +26,9 @@
 //! its own durable checkpoint covers. The local `LOCK` is an optimisation for one machine (it keeps
 //! `state clear` from editing under a running daemon), not the guarantee.
 //!
-//! The caller shard's state spans the partitions of one process: it is named by the instance
-//! (`durability.instance`); on a directory a lock keeps two daemons from sharing one name.
+//! Earlier versions kept a caller shard per process, named by the instance (`durability.instance`);
+//! its calling numbers now live in the partitions (`repartition::calls`). The instance name and its
+//! lock on a directory remain, naming the daemon; its old snapshot is listed, never read.
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;
@@ -151,13 +153,16 @@ pub fn chains(links: &[Link], p: i32) -> Vec<Chain> {
 }
 
 /// Which of a partition's chains a new owner restores, given each one's next offsets (`[usage,
-/// events]`, newest generation first) and the group's committed offsets: the newest generation
+/// events, calls]`, newest generation first) and the group's committed offsets: the newest generation
 /// whose checkpoint covers every committed offset — its owner, or one before it, made the commits —
 /// else the one furthest ahead (the new owner then re-reads from it, with outputs below the commits
 /// suppressed: slower, never a loss).
-pub fn pick(candidates: &[[Option<i64>; 2]], committed: [Option<i64>; 2]) -> Option<usize> {
-    let covers = |s: &[Option<i64>; 2]| {
-        (0..2).all(|i| match (s[i], committed[i]) {
+pub fn pick<const N: usize>(
+    candidates: &[[Option<i64>; N]],
+    committed: [Option<i64>; N],
+) -> Option<usize> {
+    let covers = |s: &[Option<i64>; N]| {
+        (0..N).all(|i| match (s[i], committed[i]) {
             (Some(s), Some(c)) => s >= c,
             (None, Some(_)) => false,
             _ => true,
@@ -167,7 +172,9 @@ pub fn pick(candidates: &[[Option<i64>; 2]], committed: [Option<i64>; 2]) -> Opt
         (0..candidates.len()).max_by_key(|&k| {
             let s = candidates[k];
             (
-                s[0].unwrap_or(-1).saturating_add(s[1].unwrap_or(-1)),
+                s.iter()
+                    .map(|o| o.unwrap_or(-1))
+                    .fold(0i64, i64::saturating_add),
                 std::cmp::Reverse(k),
             )
         })
@@ -217,8 +224,8 @@ fn check_instance(instance: &str) -> anyhow::Result<()> {
 
 impl Checkpoints {
     /// A daemon's view. On a directory: the `LOCK` held shared (other daemons may share it), and
-    /// the caller shard's name locked for this instance. On an object store no lock is possible:
-    /// instance names must differ by configuration (the default is the host name).
+    /// this instance's name locked. On an object store no lock is possible: instance names must
+    /// differ by configuration (the default is the host name).
     pub fn open(store: Store, instance: &str) -> anyhow::Result<Checkpoints> {
         check_instance(instance)?;
         let Some(root) = store.local_dir().map(Path::to_path_buf) else {
@@ -272,7 +279,8 @@ impl Checkpoints {
         })
     }
 
-    /// Every checkpoint in the store, and the instances with a caller-shard snapshot.
+    /// Every checkpoint in the store, and the instances with a caller-shard snapshot of an earlier
+    /// version.
     pub fn contents(&self) -> Result<(Vec<Link>, Vec<String>), StoreError> {
         let mut links = Vec::new();
         let mut callers = Vec::new();
@@ -327,7 +335,7 @@ impl Checkpoints {
         }
     }
 
-    /// The key of this daemon's caller-shard snapshot.
+    /// The key an earlier version gave this daemon's caller-shard snapshot.
     pub fn callers_key(&self) -> String {
         let instance = self.instance.as_ref().map_or("", |(i, _)| i.as_str());
         format!("callers.{instance}.snap")

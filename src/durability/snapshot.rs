@@ -1,4 +1,4 @@
-//! Snapshot files: one partition's state (or the caller shard's) with the input offsets it reflects.
+//! Snapshot files: one partition's state with the input offsets it reflects.
 //!
 //! ```text
 //!  "CDRGSNAP" | format u32 | header length u32 | header | payload | CRC-32 of everything after the magic
@@ -26,15 +26,17 @@ const MAGIC: &[u8; 8] = b"CDRGSNAP";
 /// content digest beside each id, and stores count conflicting duplicates. 7: account events'
 /// digests are of their JSON form (their skipped optional blocks made postcard forms ambiguous).
 /// 8: timers keep their scheduling sequence (a delta's timers must keep their order among a base's),
-/// and checkpoints are chains of a base and deltas (`durability::layout`).
-pub const FORMAT: u32 = 8;
+/// and checkpoints are chains of a base and deltas (`durability::layout`). 9: a partition keeps its
+/// share of the calling numbers (`repartition::calls`); no caller shard.
+pub const FORMAT: u32 = 9;
 
 /// What a snapshot holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SnapshotKind {
     /// The state of one partition number (of both input topics).
     Partition(i32),
-    /// The caller shard: calling numbers of every partition, and the process's alert flags.
+    /// An earlier version's caller shard (calling numbers of one process): no longer written or
+    /// read; its calling numbers now live in the partitions.
     Callers,
 }
 

@@ -259,10 +259,7 @@ fn kafka(r: &mut Report, cfg: &Config, brokers: &str, mut settings: rdkafka::Cli
                 match (at(&repartition), at(&by_account)) {
                     (Ok(a), Ok(b)) => r.passed.push(format!(
                         "{} {:?} ({} partitions, keyed by {:?}): read through the repartition stages, {a} and {b}",
-                        match input {
-                            Input::Usage => "kafka.usage_topic",
-                            Input::Events => "kafka.events_topic",
-                        },
+                        input.setting(),
                         k.source_topic(input),
                         counts[input.index()],
                         k.keyed_by(input),
@@ -326,10 +323,7 @@ fn sample_keying(
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{Offset, TopicPartitionList};
     let topic = cfg.kafka.source_topic(input);
-    let setting = match input {
-        Input::Usage => "kafka.usage_topic",
-        Input::Events => "kafka.events_topic",
-    };
+    let setting = input.setting();
     let fail = |e: String| format!("{setting} {topic:?}: keying not sampled: {e}");
     // Assigned, never subscribed: no group is joined and nothing is committed.
     let consumer: BaseConsumer = settings
@@ -387,7 +381,7 @@ fn sample_keying(
         let payload = m.payload().unwrap_or_default();
         // The account (or, for usage without one, the msisdn) the key must be.
         let (expected, line) = match input {
-            Input::Usage => match decoder.usage(payload) {
+            Input::Usage | Input::Calls => match decoder.usage(payload) {
                 Ok(rec) => match rec.served.account_id {
                     Some(a) => (a.to_string(), Some(rec.served.msisdn.to_string())),
                     None => (rec.served.msisdn.to_string(), None),

@@ -17,7 +17,7 @@
 //! never rewrites a checkpoint it could not read. Subscribers and accounts live in each partition's
 //! newest chain (`partition-N/gG/…`, a base and its deltas, read as one; `clear` writes a new base
 //! after it),
-//! calling numbers in `callers.<instance>.snap` (or in the partitions when the daemon ran without a caller shard).
+//! calling numbers in the partition of the number (its calls lane's state, `repartition::calls`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::classify::ClassFilter;
-use crate::durability::checkpoint::{self, CallerState, PartitionState};
+use crate::durability::checkpoint::{self, PartitionState};
 use crate::durability::layout::{self, Chain, Checkpoints, Link, LockError};
 use crate::durability::snapshot::{self, Header, Loaded, SnapshotError, SnapshotKind};
 use crate::durability::store::Store;
@@ -105,7 +105,7 @@ pub fn inspect(
     let cp = open(dir, false)?;
     let mut first = true;
     for_each_holding(&cp, dir, target, "skipped", |s| {
-        let store = s.payload.store();
+        let store = s.store_for(target);
         let at = opts
             .at
             .unwrap_or_else(|| EventTime::from_utc(s.default_as_of()));
@@ -142,7 +142,7 @@ pub fn inspect(
 pub fn export(dir: &Path, target: &Target, out: &mut dyn Write) -> Result<(), StateDirError> {
     let cp = open(dir, false)?;
     for_each_holding(&cp, dir, target, "skipped", |s| {
-        let store = s.payload.store();
+        let store = s.store_for(target);
         let (entity, account) = match target {
             Target::Subscriber(n) => {
                 let e = store.subscriber(*n);
@@ -186,10 +186,9 @@ pub fn list(dir: &Path, out: &mut dyn Write) -> Result<(), StateDirError> {
         let row = match read_newest(&cp, &entry) {
             Ok(l) => {
                 let mut row = header_json(&path, &l.header, l.size());
-                if let Entry::Partition(chain) = &entry {
-                    row["generation"] = json!(chain.generation);
-                    row["checkpoints"] = json!(chain.links.len());
-                }
+                let Entry::Partition(chain) = &entry;
+                row["generation"] = json!(chain.generation);
+                row["checkpoints"] = json!(chain.links.len());
                 row
             }
             Err(e) => {
@@ -222,8 +221,8 @@ pub fn clear(dir: &Path, target: &Target, out: &mut dyn Write) -> Result<(), Sta
         "not checked and left as it is",
         |mut s| {
             let file = s.path.display().to_string();
-            let before = s.payload.store().size();
-            let store = s.payload.store_mut();
+            let before = s.payload.store.size();
+            let store = &mut s.payload.store;
             let what = match target {
                 Target::Subscriber(n) => {
                     let account = store
@@ -247,11 +246,10 @@ pub fn clear(dir: &Path, target: &Target, out: &mut dyn Write) -> Result<(), Sta
             };
             let after = store.size();
             // Same kind and positions: the state still reflects the same input, minus this entity.
-            let header = checkpoint::header(s.header.kind, s.header.positions.clone(), store);
-            let bytes = s
-                .payload
-                .encode(&header)
-                .map_err(|source| StateDirError::Encode {
+            let mut header = checkpoint::header(s.header.kind, s.header.positions.clone(), store);
+            header.calling_numbers = s.header.calling_numbers;
+            let bytes =
+                snapshot::encode(&header, &s.payload).map_err(|source| StateDirError::Encode {
                     path: s.path.clone(),
                     source,
                 })?;
@@ -261,29 +259,25 @@ pub fn clear(dir: &Path, target: &Target, out: &mut dyn Write) -> Result<(), Sta
                 .and_then(|l| decode(l, &s.entry))
                 .map_err(StateDirError::Verify)?;
             // A partition gets a new base after its chain (the daemon restores the newest), which
-            // makes the chain before it useless; the caller shard's snapshot is replaced.
-            let key = match &s.entry {
-                Entry::Partition(chain) => Link {
-                    seq: chain.newest().seq + 1,
-                    parent: None,
-                    ..*chain.newest()
-                }
-                .key(),
-                Entry::Callers(key) => key.clone(),
-            };
+            // makes the chain before it useless.
+            let Entry::Partition(chain) = &s.entry;
+            let key = Link {
+                seq: chain.newest().seq + 1,
+                parent: None,
+                ..*chain.newest()
+            }
+            .key();
             cp.store
                 .put(&key, bytes)
                 .map_err(|e| StateDirError::Write {
                     path: s.path.clone(),
                     source: std::io::Error::other(e.to_string()),
                 })?;
-            if let Entry::Partition(chain) = &s.entry {
-                cp.remove_before(&Link {
-                    seq: chain.newest().seq + 1,
-                    parent: None,
-                    ..*chain.newest()
-                });
-            }
+            cp.remove_before(&Link {
+                seq: chain.newest().seq + 1,
+                parent: None,
+                ..*chain.newest()
+            });
             writeln!(
             out,
             "Removed {what} from {file}: subscribers {} → {}, accounts {} → {}. Alert cooldowns \
@@ -301,44 +295,24 @@ struct Snapshot {
     path: PathBuf,
     header: Header,
     bytes: usize,
-    payload: Payload,
-}
-
-/// The payload by kind: both hold a window store and an alert memory; the caller shard's has more.
-enum Payload {
-    Partition(PartitionState),
-    Callers(CallerState),
-}
-
-impl Payload {
-    fn store(&self) -> &WindowStore {
-        match self {
-            Payload::Partition(p) => &p.store,
-            Payload::Callers(c) => &c.store,
-        }
-    }
-
-    fn store_mut(&mut self) -> &mut WindowStore {
-        match self {
-            Payload::Partition(p) => &mut p.store,
-            Payload::Callers(c) => &mut c.store,
-        }
-    }
-
-    fn encode(&self, header: &Header) -> Result<Vec<u8>, postcard::Error> {
-        match self {
-            Payload::Partition(p) => snapshot::encode(header, p),
-            Payload::Callers(c) => snapshot::encode(header, c),
-        }
-    }
+    payload: PartitionState,
 }
 
 impl Snapshot {
+    /// The store holding `target`: a calling number lives with the partition's calls
+    /// (`repartition::calls`), everything else with its lines and accounts.
+    fn store_for(&self, target: &Target) -> &WindowStore {
+        match (target, &self.payload.calls) {
+            (Target::CallingNumber(_), Some(calls)) => &calls.store,
+            _ => &self.payload.store,
+        }
+    }
+
     /// "As of" when none is given: the newest event time in the state; a store that has seen no
     /// usage (account events do not move event time) falls back to when the snapshot was written.
     fn default_as_of(&self) -> i64 {
         self.payload
-            .store()
+            .store
             .newest_event_time()
             .unwrap_or(self.header.written_ms.div_euclid(1000))
     }
@@ -422,18 +396,16 @@ fn holds(store: &WindowStore, t: &Target) -> bool {
 }
 
 /// What `state` reads: per partition its newest generation's chain (what a restart restores
-/// when it covers the commits), by partition number, then the caller shards' snapshots.
+/// when it covers the commits), by partition number. (The caller shards of earlier versions are
+/// not read: their calling numbers now live in the partitions.)
 enum Entry {
     Partition(Chain),
-    Callers(String),
 }
 
 impl Entry {
     fn key(&self) -> String {
-        match self {
-            Entry::Partition(chain) => chain.newest().key(),
-            Entry::Callers(key) => key.clone(),
-        }
+        let Entry::Partition(chain) = self;
+        chain.newest().key()
     }
 }
 
@@ -473,43 +445,30 @@ fn shown(cp: &Checkpoints, key: &str) -> PathBuf {
 }
 
 fn entries(cp: &Checkpoints, dir: &Path) -> Result<Vec<Entry>, StateDirError> {
-    let (links, mut callers) = cp.contents().map_err(|e| StateDirError::ListDir {
+    let (links, _) = cp.contents().map_err(|e| StateDirError::ListDir {
         path: dir.to_path_buf(),
         source: std::io::Error::other(e.to_string()),
     })?;
     let partitions: std::collections::BTreeSet<i32> = links.iter().map(|l| l.partition).collect();
-    let mut out: Vec<Entry> = partitions
+    let out: Vec<Entry> = partitions
         .into_iter()
         .filter_map(|p| layout::chains(&links, p).into_iter().next())
         .map(Entry::Partition)
         .collect();
-    callers.sort();
-    out.extend(
-        callers
-            .into_iter()
-            .map(|i| Entry::Callers(format!("callers.{i}.snap"))),
-    );
     Ok(out)
 }
 
 fn read_newest(cp: &Checkpoints, entry: &Entry) -> Result<Loaded, SnapshotError> {
-    match entry {
-        Entry::Partition(chain) => checkpoint::read_newest(cp, chain),
-        Entry::Callers(key) => checkpoint::read_key(cp, key, SnapshotKind::Callers),
-    }
+    let Entry::Partition(chain) = entry;
+    checkpoint::read_newest(cp, chain)
 }
 
 /// Reads a checkpoint whole (a partition's chain applied).
 fn read_entry(cp: &Checkpoints, entry: Entry) -> Result<Snapshot, SnapshotError> {
     let newest = read_newest(cp, &entry)?;
     let path = shown(cp, &entry.key());
-    let (payload, bytes) = match &entry {
-        Entry::Partition(chain) => {
-            let (state, bytes) = checkpoint::restore_chain(cp, chain, &newest)?;
-            (Payload::Partition(state), bytes)
-        }
-        Entry::Callers(_) => (Payload::Callers(newest.payload()?), newest.size()),
-    };
+    let Entry::Partition(chain) = &entry;
+    let (payload, bytes) = checkpoint::restore_chain(cp, chain, &newest)?;
     Ok(Snapshot {
         entry,
         path,
@@ -538,10 +497,8 @@ fn exists(dir: &Path) -> Result<(), StateDirError> {
 
 /// A checkpoint must hold what its name says; the daemon rejects one that does not.
 fn check_kind(loaded: &Loaded, entry: &Entry) -> Result<(), SnapshotError> {
-    let expected = match entry {
-        Entry::Partition(chain) => SnapshotKind::Partition(chain.newest().partition),
-        Entry::Callers(_) => SnapshotKind::Callers,
-    };
+    let Entry::Partition(chain) = entry;
+    let expected = SnapshotKind::Partition(chain.newest().partition);
     if loaded.header.kind == expected {
         return Ok(());
     }
@@ -559,7 +516,10 @@ fn decode(loaded: Loaded, entry: &Entry) -> Result<(), SnapshotError> {
     check_kind(&loaded, entry)?;
     match loaded.header.kind {
         SnapshotKind::Partition(_) => loaded.payload::<PartitionState>().map(drop),
-        SnapshotKind::Callers => loaded.payload::<CallerState>().map(drop),
+        SnapshotKind::Callers => Err(SnapshotError::Incompatible {
+            path: loaded.path.clone(),
+            why: "an earlier version's caller shard".into(),
+        }),
     }
 }
 
@@ -582,7 +542,7 @@ fn for_each_holding(
         match read_entry(cp, entry) {
             Ok(s) => {
                 read += 1;
-                if holds(s.payload.store(), target) {
+                if holds(s.store_for(target), target) {
                     found += 1;
                     each(s)?;
                 }

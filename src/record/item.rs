@@ -4,7 +4,10 @@
 use super::{AccountEvent, Reject, UsageRecord};
 
 /// The two inputs every mode reads: usage records (CDRs) and account events. In the daemon each is a
-/// topic, co-partitioned with the other; in `replay` each is a file.
+/// topic, co-partitioned with the other; in `replay` each is a file. The daemon's partitions read a
+/// third topic of their own making, `Calls` (`repartition::calls`): the calls and callbacks of the calling
+/// numbers the partition keeps, from every partition. It is no input of the user's: `ALL` leaves it
+/// out, `LANES` (a daemon partition's topics) has it.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
@@ -12,17 +15,53 @@ use super::{AccountEvent, Reject, UsageRecord};
 pub enum Input {
     Usage,
     Events,
+    Calls,
 }
 
-wire_names!(Input { Usage => "usage", Events => "events" });
-
 impl Input {
-    /// Index into per-input arrays (`[usage, events]`).
+    /// The inputs users write.
+    pub const ALL: &'static [Input] = &[Input::Usage, Input::Events];
+    /// The topics a daemon partition reads, in index order.
+    pub const LANES: [Input; 3] = [Input::Usage, Input::Events, Input::Calls];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Input::Usage => "usage",
+            Input::Events => "events",
+            Input::Calls => "calls",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Input> {
+        match s {
+            "usage" => Some(Input::Usage),
+            "events" => Some(Input::Events),
+            _ => None,
+        }
+    }
+
+    /// The setting naming its topic.
+    pub fn setting(self) -> &'static str {
+        match self {
+            Input::Usage => "kafka.usage_topic",
+            Input::Events => "kafka.events_topic",
+            Input::Calls => "the calls topic (<kafka.group_id>-calls-by-number)",
+        }
+    }
+
+    /// Index into per-input arrays (`[usage, events, calls]`).
     pub fn index(self) -> usize {
         match self {
             Input::Usage => 0,
             Input::Events => 1,
+            Input::Calls => 2,
         }
+    }
+}
+
+impl std::fmt::Display for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

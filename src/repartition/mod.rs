@@ -17,7 +17,7 @@
 //! load. The sequencer puts them back in an order that depends only on the records — the same k-way
 //! merge by event time the workers use (`source::align`), each record keyed by its source
 //! partition's running maximum — and writes that order out. The workers then read an ordinary,
-//! ordered, account-keyed topic, and everything downstream (snapshots, commits, the caller shard,
+//! ordered, account-keyed topic, and everything downstream (snapshots, commits, the calls topic,
 //! rebuilds) is the same as for input keyed right. A merge inside the worker would save the second
 //! write but give each worker partition as many positions as there are source partitions.
 //!
@@ -35,6 +35,7 @@
 //! msisdn (counted: `cdrguard_repartition_by_msisdn_total`), as the keying contract says. Lines
 //! whose account only an `activation` gives are not looked up here (README "Keying").
 
+pub mod calls;
 mod lines;
 mod rekey;
 mod sequence;
@@ -55,6 +56,7 @@ use crate::record::Input;
 use crate::telemetry::metrics::Metrics;
 
 pub use crate::source::lane_header::LaneHeader;
+pub use stage::marker_due;
 
 /// The inputs read through the repartition stages.
 pub fn inputs(cfg: &Config) -> Vec<Input> {
@@ -78,17 +80,17 @@ pub fn lines_topic(group: &str) -> String {
     format!("{group}-lines")
 }
 
-/// The configuration the workers read with: a repartitioned input's topic is its by-account topic.
-/// (`keyed_by` stays, so the workers know to read its markers.)
+/// The configuration the workers read with: a repartitioned input's topic is its by-account topic,
+/// and the calls topic is named (`repartition::calls`). (`keyed_by` stays, so the workers know to read
+/// the markers.)
 pub fn worker_view(cfg: &Config) -> Config {
     let mut view = cfg.clone();
-    if !inputs(cfg).is_empty() {
-        let k = &cfg.kafka;
-        view.kafka.read_topics = Some([Input::Usage, Input::Events].map(|i| match k.keyed_by(i) {
-            KeyedBy::Account => k.source_topic(i).to_string(),
-            _ => topics(&k.group_id, i).1,
-        }));
-    }
+    let k = &cfg.kafka;
+    view.kafka.read_topics = Some(Input::LANES.map(|i| match (i, k.keyed_by(i)) {
+        (Input::Calls, _) => calls::topics(&k.group_id).1,
+        (_, KeyedBy::Account) => k.source_topic(i).to_string(),
+        _ => topics(&k.group_id, i).1,
+    }));
     view
 }
 
@@ -135,7 +137,6 @@ pub fn ensure_topics(
         .copied()
         .unwrap_or(Input::Usage);
     let n = sources[direct.index()];
-    let retention = (k.internal_retention.0.saturating_mul(1000)).to_string();
     let mut missing = Vec::new();
     let lines = lines_topic(&k.group_id);
     let with_lines = k.usage_keyed_by != KeyedBy::Account;
@@ -155,14 +156,30 @@ pub fn ensure_topics(
             }
         }
     }
+    create(cfg, brokers, base, &missing, n, Some(&lines))?;
+    Ok((sources, n))
+}
+
+/// Creates the internal topics `missing`: `n` partitions kept `kafka.internal_retention`, but the
+/// line table (`lines`): one partition, compacted.
+fn create(
+    cfg: &Config,
+    brokers: &str,
+    base: &std::path::Path,
+    missing: &[String],
+    n: i32,
+    lines: Option<&str>,
+) -> anyhow::Result<()> {
     if missing.is_empty() {
-        return Ok((sources, n));
+        return Ok(());
     }
+    let k = &cfg.kafka;
+    let retention = (k.internal_retention.0.saturating_mul(1000)).to_string();
     let admin: AdminClient<DefaultClientContext> =
         crate::client::client_config(k, brokers, base)?.create()?;
     let new: Vec<NewTopic<'_>> = missing
         .iter()
-        .map(|t| match *t == lines {
+        .map(|t| match Some(t.as_str()) == lines {
             // One partition, read whole by every instance; compacted: the latest per line.
             true => {
                 NewTopic::new(t, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact")
@@ -186,7 +203,7 @@ pub fn ensure_topics(
             ),
         }
     }
-    Ok((sources, n))
+    Ok(())
 }
 
 /// Runs a stage; an error or a panic stops the daemon.
@@ -245,6 +262,73 @@ impl Stages {
         }
         Ok(())
     }
+}
+
+/// The calls topics (`calls`), created if missing with the partitions of the topic the workers
+/// read usage from, and their sequencer; the writer the workers hand calls to. `cfg`: the workers'
+/// view (`worker_view`). `tracker`: the daemon's, which the writer's acknowledgements clear.
+pub fn start_calls(
+    cfg: &Config,
+    brokers: &str,
+    base: &std::path::Path,
+    metrics: Arc<Metrics>,
+    tracker: Arc<crate::sink::Tracker>,
+    failed: Arc<AtomicBool>,
+) -> anyhow::Result<(calls::CallsOut, Stages)> {
+    let k = &cfg.kafka;
+    let counts = partition_counts(cfg, brokers, base, metrics.clone())?;
+    let usage = k.topic(Input::Usage);
+    let n = *counts.get(usage).with_context(|| {
+        format!("topic {usage:?} does not exist (or is not readable with these credentials)")
+    })?;
+    let (repartition, by_number) = calls::topics(&k.group_id);
+    let mut missing = Vec::new();
+    for t in [&repartition, &by_number] {
+        match counts.get(t) {
+            Some(&c) if c == n => {}
+            Some(&c) => anyhow::bail!(
+                "internal topic {t:?} has {c} partitions; it needs {n} (the partitions of {usage:?}). Delete it (it is rebuilt from the input) or give it {n}"
+            ),
+            None => missing.push(t.clone()),
+        }
+    }
+    create(cfg, brokers, base, &missing, n, None)?;
+    let out = calls::CallsOut::new(cfg, brokers, base, n, tracker, metrics.clone())?;
+    let c = stage::clients(
+        cfg,
+        brokers,
+        base,
+        &format!("{}-calls-sequence", k.group_id),
+        crate::config::StartFrom::Earliest,
+        Input::Calls,
+        metrics.clone(),
+    )?;
+    let mut sequencer = sequence::Sequencer {
+        input: Input::Calls,
+        consumer: c.consumer,
+        producer: c.producer,
+        source: repartition,
+        target: by_number,
+        lanes: n as u32,
+        tracker: c.tracker,
+        released: c.released,
+        metrics,
+        parts: Default::default(),
+        generation: u64::MAX,
+        touched: Vec::new(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("sequence-calls".into())
+        .spawn(move || failing(|| sequencer.run(&s), &failed))?;
+    Ok((
+        out,
+        Stages {
+            stop,
+            threads: vec![("calls sequence".to_string(), thread)],
+        },
+    ))
 }
 
 /// Starts the rekey and sequence stages of every repartitioned input.
@@ -328,7 +412,7 @@ pub fn start(
             on_gap: k.on_gap,
             lines: match input {
                 Input::Usage => lines.clone(),
-                Input::Events => None,
+                _ => None,
             },
             lanes: Default::default(),
             generation: u64::MAX,

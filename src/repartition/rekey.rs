@@ -387,7 +387,7 @@ pub(super) enum Routed {
 
 fn route(decoder: &Decoder, input: Input, payload: &[u8]) -> (Routed, Option<i64>) {
     match input {
-        Input::Usage => match decoder.usage(payload) {
+        Input::Usage | Input::Calls => match decoder.usage(payload) {
             Ok(r) => {
                 let t = Some(r.event_start.utc);
                 match r.served.account_id {

@@ -46,6 +46,8 @@ pub(super) struct Waiting {
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
     timestamp: Option<i64>,
+    /// A call's: what it is handed over for (`calls`), passed on with it.
+    handed: Option<crate::source::lane_header::Handed>,
 }
 
 pub(super) struct Part {
@@ -184,10 +186,14 @@ impl Sequencer {
         self.tracker.processed(self.input, q, offset);
         if h.is_marker() {
             // A marker older than what the lane already showed (a first-stage instance that lost
-            // the partition) says nothing new.
+            // the partition, or its new owner re-reading below where the old one stood) says
+            // nothing new — but "not ended" never claims too much, and lets a new owner clear what
+            // the old one said at its end.
             if h.seq >= next {
                 part.merge.advance(h.lane, h.seq, Some(h.time));
                 part.merge.set_ended(h.lane, h.ended());
+            } else if !h.ended() {
+                part.merge.set_ended(h.lane, false);
             }
             return true;
         }
@@ -210,6 +216,7 @@ impl Sequencer {
                 key: m.key().map(<[u8]>::to_vec),
                 payload: m.payload().unwrap_or_default().to_vec(),
                 timestamp: m.timestamp().to_millis(),
+                handed: crate::source::lane_header::Handed::of(m.headers()),
             },
         );
         self.metrics
@@ -245,7 +252,10 @@ impl Sequencer {
             )
             .partition(q)
             .payload(&w.payload[..])
-            .headers(header.to_headers());
+            .headers(match &w.handed {
+                Some(h) => h.add_to(header.to_headers()),
+                None => header.to_headers(),
+            });
             if let Some(k) = &w.key {
                 record = record.key(&k[..]);
             }

@@ -108,7 +108,7 @@ struct Subject<'a> {
     account: Option<u32>,
     /// The number a usage record's traffic went to (`UsageRecord::destination`).
     destination: Option<Number>,
-    /// The account as the record's partition saw it (a rule run in the caller shard).
+    /// The account as the record's partition saw it (a rule run beside the calling numbers).
     facts: Option<&'a AccountFacts>,
 }
 
@@ -120,23 +120,24 @@ pub enum Placement {
     All,
     /// A daemon partition: all but the calling-number rules and the rules reading their alerts.
     Partition,
-    /// The daemon's caller shard: the calling-number rules and the rules reading their alerts.
-    CallerShard,
+    /// A daemon partition's calls lane: the calling-number rules and the rules reading their
+    /// alerts.
+    CallingNumbers,
 }
 
 impl Placement {
     pub fn runs(self, rule: &Rule) -> bool {
-        let at_shard = rule.meta().entity == EntityType::CallingNumber || rule.reads_callers;
+        let beside_calls = rule.meta().entity == EntityType::CallingNumber || rule.reads_callers;
         match self {
             Placement::All => true,
-            Placement::Partition => !at_shard,
-            Placement::CallerShard => at_shard,
+            Placement::Partition => !beside_calls,
+            Placement::CallingNumbers => beside_calls,
         }
     }
 }
 
-/// What a subscriber rule run in the caller shard needs of the record's account, taken in the
-/// partition when the record was applied (the shard keeps no accounts).
+/// What a subscriber rule run beside the calling numbers needs of the record's account, taken in
+/// the partition when the record was applied (the calls lane keeps no accounts).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AccountFacts {
     pub id: Option<String>,
@@ -309,7 +310,7 @@ impl RuleEngine {
     }
 
     /// Whether a usage record of this class triggers a rule that reads calling-number alerts, which
-    /// a daemon partition hands to the caller shard with `account_facts` (`rules::placement`).
+    /// a daemon partition hands over with `account_facts` (`rules::placement`).
     pub fn hands_over(&self, class: RecordClass) -> bool {
         self.opts.placement == Placement::Partition
             && self
@@ -337,7 +338,7 @@ impl RuleEngine {
     }
 
     /// Evaluates the rules a usage record (already applied to state) can trigger; `facts`: its
-    /// account as its partition saw it (the caller shard, which keeps no accounts).
+    /// account as its partition saw it (the calls lane, which keeps no accounts).
     pub fn on_usage(&mut self, r: &UsageRecord, class: RecordClass, facts: Option<&AccountFacts>) {
         self.counters.usage_records += 1;
         if self.set.for_class(class).is_empty() {

@@ -1,26 +1,26 @@
-//! Which pipeline of the daemon runs a rule: a partition (lines, accounts, devices) or the caller
-//! shard (calling numbers), decided from the script itself.
+//! Which pipeline of the daemon runs a rule: a partition's lines, accounts and devices, or its
+//! calling numbers (the calls lane, `repartition::calls`), decided from the script itself.
 //!
 //! A calling number rings subscribers of every partition, so its state and the rules keyed by it
-//! live in the caller shard. A subscriber rule that reads those rules' alerts — `alerted(
-//! "wangiri_inbound", rec.destination, …)`, a victim calling a flagged Wangiri source back — must
-//! see every call before its record applied, in event time, whatever partition the calls came from.
-//! The shard already merges the partitions' calls in event time, so such a rule runs there: its
-//! partition hands it the record and the account facts of that moment (`engine::AccountFacts`), and
-//! the shard evaluates it at its place in the merge. Nothing waits; the partition goes on with its
-//! next record at once. (The alternative — holding the record in its partition until the shard has
-//! caught up — stalled partitions on each other: 12k holds per million records cost a third of the
-//! Kafka backlog throughput, measured in `benches/kafka.rs`.)
+//! live in the partition of the number, fed by every partition's calls merged in event time. A
+//! subscriber rule that reads those rules' alerts — `alerted("wangiri_inbound", rec.destination,
+//! …)`, a victim calling a flagged Wangiri source back — must see every call before its record
+//! applied, in event time, whatever partition the calls came from. So such a rule runs there too:
+//! its partition hands the record over with the account facts of that moment
+//! (`engine::AccountFacts`), keyed by the number it asks about, and the calls lane evaluates it at
+//! its place in the merge, after exactly the rings before it. Nothing waits; the partition goes on
+//! with its next record at once. (Holding the record in its partition until every calling number
+//! has caught up stalled partitions on each other: 12k holds per million records cost a third of
+//! the Kafka backlog throughput, measured in `benches/kafka.rs`.)
 //!
-//! The shard keeps no subscriber or account state, so such a rule may read the record, its
+//! The calls lane keeps no subscriber or account state, so such a rule may read the record, its
 //! parameters and alerts, but not `sub` or `acct`: the library is refused otherwise, in every mode,
 //! so that what `check` accepts runs the same in replay and in the daemon. Found by walking the AST.
 //!
-//! The daemon takes such a rule's record to the calling number it asks about, which it must know
-//! from the record before any script runs: the record's destination (`UsageRecord::destination`),
-//! evaluated in the partition of that number beside its alerts. So every `alerted` of a
-//! calling-number rule must ask about `rec.destination`, written so (`AlertedCall`): another
-//! number's alerts are not there. Refused otherwise, in every mode too.
+//! The number the record goes to must be known before any script runs: the record's destination
+//! (`UsageRecord::destination`). So every `alerted` of a calling-number rule must ask about
+//! `rec.destination`, written so (`AlertedCall`): another number's alerts are not there. Refused
+//! otherwise, in every mode too.
 
 use std::collections::BTreeSet;
 

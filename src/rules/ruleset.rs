@@ -95,7 +95,7 @@ pub struct Rule {
     /// Resolved parameters per segment, in `params::SEGMENTS` order.
     pub params: Vec<Rc<ParamTable>>,
     /// The script reads the alerts of a calling-number rule (`alerted("wangiri_inbound", …)`): the
-    /// daemon runs it in the caller shard (`placement`).
+    /// daemon runs it beside the calling numbers (`placement`).
     pub reads_callers: bool,
 }
 
@@ -598,7 +598,7 @@ fn literal_problems(text: &str) -> Vec<(usize, usize, String)> {
     out
 }
 
-/// Marks the rules that read calling-number rules' alerts (they run in the daemon's caller shard)
+/// Marks the rules that read calling-number rules' alerts (they run beside the calling numbers)
 /// and refuses those that cannot run there, or that ask about another number than the record's
 /// destination (`placement`).
 fn place(rules: &mut [Rule], errors: &mut Vec<Problem>, warnings: &mut Vec<Problem>) {

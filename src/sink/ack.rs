@@ -11,8 +11,6 @@
 //! state from its snapshot and re-reads Kafka from the committed offset:
 //! - **cap**: the last offset the partition's durable snapshot covers. Commits never pass it, so a
 //!   record whose effect is not in any snapshot is always read again after a crash.
-//! - **shard cap** (usage, with a caller shard): the last offset of the partition the shard's durable
-//!   snapshot covers; the shard hears of every usage record of the partition, in order.
 //!
 //! Used by every sink (`super::Output`): the same at-least-once contract whatever the destination.
 
@@ -36,8 +34,6 @@ struct Partition {
     failed: Option<i64>,
     /// Last offset covered by a durable snapshot (snapshots on).
     cap: Option<i64>,
-    /// Last offset covered by the caller shard's durable snapshot (snapshots on, usage, with a shard).
-    shard_cap: Option<i64>,
     /// The group generation of the current assignment: a checkpoint of an earlier assignment that
     /// becomes durable late (its revoke gave up waiting for it) must not raise this one's cap.
     generation: Option<i32>,
@@ -50,17 +46,13 @@ pub struct Tracker {
     acked: Condvar,
     /// Snapshots are on: commits wait for them (`cap`).
     durable: bool,
-    /// A caller shard snapshots usage too: usage commits also wait for it (`shard_cap`).
-    shard: bool,
 }
 
 impl Tracker {
     /// A tracker for a daemon with snapshots on: nothing is committable beyond a durable snapshot
-    /// (nor, with a caller shard, beyond the shard's for usage).
-    pub fn durable(with_shard: bool) -> Self {
+    pub fn durable() -> Self {
         Tracker {
             durable: true,
-            shard: with_shard,
             ..Default::default()
         }
     }
@@ -75,7 +67,6 @@ impl Tracker {
         if let Some(n) = next {
             p.stored = Some(n - 1);
             p.cap = Some(n - 1);
-            p.shard_cap = Some(n - 1);
         }
     }
 
@@ -87,12 +78,11 @@ impl Tracker {
         *p = Partition::default();
         p.processed = Some(first - 1);
         p.cap = Some(first - 1);
-        p.shard_cap = Some(first - 1);
     }
 
     /// A partition restored from a durable snapshot that covers it up to `next - 1` but has no
     /// commit (one lost to a rebalance, or expired): what the snapshot covers is processed and may
-    /// be committed at once — usage only once the caller shard's snapshot covers it too. Without
+    /// be committed at once. Without
     /// this a partition with nothing new to read would never be committed.
     pub fn start_restored(&self, input: Input, partition: i32, next: i64) {
         let mut parts = self.parts.lock().expect("tracker lock");
@@ -124,21 +114,6 @@ impl Tracker {
                 p.cap = Some(p.cap.map_or(last, |c| c.max(last)));
             }
         }
-    }
-
-    /// The caller shard's durable snapshot covers usage `partition` up to `last` (inclusive).
-    pub fn set_shard_cap(&self, partition: i32, last: i64) {
-        let mut parts = self.parts.lock().expect("tracker lock");
-        let p = parts.entry((Input::Usage, partition)).or_default();
-        p.shard_cap = Some(p.shard_cap.map_or(last, |c| c.max(last)));
-    }
-
-    /// Last usage offset of `partition` the caller shard's durable snapshot covers, if known.
-    pub fn shard_cap(&self, partition: i32) -> Option<i64> {
-        let parts = self.parts.lock().expect("tracker lock");
-        parts
-            .get(&(Input::Usage, partition))
-            .and_then(|p| p.shard_cap)
     }
 
     /// Waits until every message produced for offsets up to `upto` is acknowledged; false on timeout
@@ -233,12 +208,6 @@ impl Tracker {
                     Some(cap) => upto = upto.min(cap),
                     None => continue,
                 }
-                if self.shard && input == Input::Usage {
-                    match p.shard_cap {
-                        Some(cap) => upto = upto.min(cap),
-                        None => continue,
-                    }
-                }
             }
             // -1 is committable: storing it commits offset 0, a new partition's start.
             if p.stored.is_none_or(|s| upto > s) && upto >= -1 {
@@ -321,26 +290,20 @@ mod tests {
     /// lost to the next rebalance) and with nothing new to read was never committed.
     #[test]
     fn a_partition_restored_without_a_commit_commits_what_its_snapshot_covers() {
-        let t = Tracker::durable(true);
+        let t = Tracker::durable();
         let (u, e) = (Input::Usage, Input::Events);
         t.start(u, 1, None);
         t.start(e, 1, None);
         t.start_restored(u, 1, 4343);
         t.start_restored(e, 1, 472);
-        assert_eq!(
-            t.committable(),
-            [(e, 1, 471)],
-            "usage waits for the caller shard"
-        );
-        t.set_shard_cap(1, 4342);
         let mut c = t.committable();
         c.sort();
         assert_eq!(c, [(u, 1, 4342), (e, 1, 471)]);
     }
 
     #[test]
-    fn with_snapshots_commits_wait_for_the_snapshot_and_the_caller_shard() {
-        let t = Tracker::durable(true);
+    fn with_snapshots_commits_wait_for_the_snapshot() {
+        let t = Tracker::durable();
         let u = Input::Usage;
         t.start(u, 0, Some(10));
         for o in 10..20 {
@@ -350,10 +313,7 @@ mod tests {
             t.committable().is_empty(),
             "nothing past the committed 10 is in a snapshot"
         );
-        t.set_shard_cap(0, 12);
         t.set_cap(u, 0, 15);
-        assert_eq!(t.committable(), [(u, 0, 12)], "capped by the caller shard");
-        t.set_shard_cap(0, 19);
         assert_eq!(t.committable(), [(u, 0, 15)], "capped by the snapshot");
         t.stored(u, 0, 15);
         t.set_cap(u, 0, 19);
@@ -362,7 +322,6 @@ mod tests {
         // A checkpoint of another assignment (generation) does not move the cap; one of this
         // assignment does, and none creates a partition.
         t.own(u, 0, 7);
-        t.set_shard_cap(0, 29);
         for o in 20..30 {
             t.processed(u, 0, o);
         }

@@ -1,5 +1,6 @@
 //! One event-time alignment for every place where ordered inputs meet: a replay's usage and event
-//! files, a Kafka partition's usage and event topics, and the caller shard's usage partitions.
+//! files, a Kafka partition's usage and event topics, and a sequencer's source partitions
+//! (`crate::repartition`).
 //!
 //! Each input (a *lane*) is a sequence in its own order (file lines, offsets); the aligner interleaves
 //! the lanes by event time and never reorders a lane. An item's key is (the highest event time of its
@@ -13,7 +14,8 @@
 //! the same inputs give the same order whatever the machine's load, the batch sizes or the timing.
 //!
 //! What "ended" means is the caller's: the end of a file; for Kafka, the partition's end offset
-//! reached, so nothing unread can be older; for the caller shard, a usage partition caught up. Ties
+//! reached, so nothing unread can be older; for a sequencer, a marker saying the source partition
+//! had nothing more. Ties
 //! go to the lower lane: account events before usage at the same instant (an invoice is on the
 //! ledger when a call of that instant is rated), partitions in number order.
 
@@ -160,7 +162,7 @@ impl<T> Aligner<T> {
     }
 
     /// Lane `id` moved on without an item for the merge: everything before `next` has been seen, the
-    /// newest at event time `time` (the caller shard hears of usage records that carry no call).
+    /// newest at event time `time` (a marker of a lane that sent no record).
     pub fn advance(&mut self, id: u32, next: i64, time: Option<i64>) {
         let lane = self.lane_mut(id);
         if let Some(t) = time {

@@ -15,6 +15,7 @@ pub fn lane(input: Input) -> u32 {
     match input {
         Input::Events => 0,
         Input::Usage => 1,
+        Input::Calls => 2,
     }
 }
 
@@ -86,7 +87,9 @@ impl FileSource {
                         ))
                     } else {
                         match f.input {
-                            Input::Usage => self.decoder.usage(&r.buf).map(Item::Usage),
+                            Input::Usage | Input::Calls => {
+                                self.decoder.usage(&r.buf).map(Item::Usage)
+                            }
                             Input::Events => self.decoder.account_event(&r.buf).map(Item::Event),
                         }
                     };

@@ -38,6 +38,8 @@ pub struct InputMessage {
     pub timestamp_ms: Option<i64>,
     /// The lane header of a by-account topic's message (`crate::repartition`).
     pub lane: Option<super::lane_header::LaneHeader>,
+    /// A calls-topic message: what its record is handed over for (`repartition::calls`).
+    pub handed: Option<super::lane_header::Handed>,
 }
 
 impl InputMessage {

@@ -5,6 +5,7 @@
 
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 
+use crate::rules::engine::AccountFacts;
 use crate::source::align::Key;
 
 /// The header's name.
@@ -101,6 +102,37 @@ impl LaneHeader {
     }
 }
 
+/// The header of a calls-topic message (`repartition::calls`): what its record is handed over for.
+const HANDED: &str = "cdrguard-handover";
+
+/// What a record is handed over to the calling numbers for, beside its raw line.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Handed {
+    /// An MT call that gives its calling number state.
+    pub call: bool,
+    /// It triggers subscriber rules that read calling-number alerts: its account as its partition
+    /// saw it then.
+    pub facts: Option<AccountFacts>,
+}
+
+impl Handed {
+    pub fn add_to(&self, headers: OwnedHeaders) -> OwnedHeaders {
+        let value = serde_json::to_vec(self).expect("plain data serialises");
+        headers.insert(Header {
+            key: HANDED,
+            value: Some(&value),
+        })
+    }
+
+    /// The header of a consumed message, if it has a readable one.
+    pub fn of<H: Headers>(headers: Option<&H>) -> Option<Self> {
+        headers?
+            .iter()
+            .find(|h| h.key == HANDED)
+            .and_then(|h| serde_json::from_slice(h.value?).ok())
+    }
+}
+
 /// A merge key as commit metadata (`time:lane:seq`), and back.
 pub fn key_to_metadata(k: Key) -> String {
     format!("{}:{}:{}", k.time, k.lane, k.seq)
@@ -135,5 +167,20 @@ mod tests {
         assert_eq!(LaneHeader::decode(b"short"), None);
         assert_eq!(key_from_metadata("1:2"), None);
         assert_eq!(key_from_metadata("1:2:3:4"), None);
+        let handed = Handed {
+            call: true,
+            facts: Some(AccountFacts {
+                id: Some("A1".into()),
+                segment: None,
+                credit_limit: true,
+                overdue: false,
+            }),
+        };
+        let headers = handed.add_to(LaneHeader::record(1, 2, 3).to_headers());
+        assert_eq!(Handed::of(Some(&headers)), Some(handed));
+        assert_eq!(
+            LaneHeader::of(Some(&headers)),
+            Some(LaneHeader::record(1, 2, 3))
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Sources: where records come from, and the one event-time alignment (`align`) that interleaves
-//! inputs — files for `replay`, a partition's two topics for the daemon, usage partitions for the
-//! caller shard.
+//! inputs — files for `replay`, a partition's two topics for the daemon, source partitions for the
+//! repartition sequencers.
 
 pub mod align;
 mod files;

@@ -367,8 +367,9 @@ impl WindowStore {
         }
     }
 
-    /// Applies an MT call to its calling number only: the daemon's caller shard, which sees the calls
-    /// of every partition while the lines and accounts live in the partitions' stores.
+    /// Applies an MT call to its calling number only: a daemon partition's calls lane, which sees the
+    /// calls of every partition to its numbers while the lines and accounts live in the partitions'
+    /// stores.
     pub fn apply_call(&mut self, r: &UsageRecord, class: RecordClass) -> Outcome {
         if let Some(refused) = self.admit(r) {
             return refused;
@@ -907,7 +908,7 @@ fn contribution(r: &UsageRecord, class: RecordClass, max_call_s: i64) -> Contrib
 }
 
 /// Whether an MT call gives its calling number state of its own (a Wangiri source): the one test the
-/// store and the daemon's hand-over to its caller shard both use.
+/// store and the daemon's hand-over to the calling numbers (`repartition::calls`) both use.
 pub fn tracks_caller(calling: CallingNumbers, r: &UsageRecord, class: RecordClass) -> bool {
     let mt_voice = r.record_type == RecordType::Voice && r.direction == Some(Direction::Mt);
     mt_voice

@@ -1,4 +1,4 @@
-//! Metrics: counters the consumer, the workers, the caller shard and the sinks update, rendered as
+//! Metrics: counters the consumer, the workers, the repartition stages and the sinks update, rendered as
 //! Prometheus text (`http` serves them). Labels are closed sets (enums indexed into arrays) or
 //! interned rule ids: counting an alert or a reject allocates nothing after a label's first use.
 
@@ -179,7 +179,7 @@ pub struct WebhookMetrics {
     pub failed: AtomicU64,
 }
 
-/// The event-time alignment in the workers and the caller shard.
+/// The event-time alignment in the workers.
 #[derive(Default)]
 pub struct AlignMetrics {
     /// Times fetching of a partition was paused because too much of it waited in a worker.
@@ -209,7 +209,9 @@ pub struct RepartitionCounts {
 
 #[derive(Default)]
 pub struct RepartitionMetrics {
-    inputs: [RepartitionCounts; 2],
+    /// Per input repartitioned by account, and the calls repartitioned by number
+    /// (`repartition::calls`, input "calls").
+    inputs: [RepartitionCounts; 3],
     /// Lines in the line table (`repartition::lines`).
     pub lines: AtomicI64,
 }
@@ -228,8 +230,8 @@ pub struct GapCount {
 }
 
 pub struct Metrics {
-    /// Topic names, for labels: `[usage, events]`.
-    topics: [String; 2],
+    /// Topic names, for labels: `[usage, events, calls]`.
+    topics: [String; 3],
     pub records_in: [AtomicU64; 2],
     /// Records whose message key is not the one their partitioning needs (`Pipeline::miskeyed`).
     pub miskeyed: [AtomicU64; 2],
@@ -258,7 +260,7 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics::new("usage", "events")
+        Metrics::new(["usage", "events", "calls"])
     }
 }
 
@@ -269,9 +271,10 @@ pub fn now_ms() -> i64 {
 }
 
 impl Metrics {
-    pub fn new(usage_topic: &str, events_topic: &str) -> Self {
+    /// `topics`: the names of the topics read, `[usage, events, calls]`, for labels.
+    pub fn new(topics: [&str; 3]) -> Self {
         Metrics {
-            topics: [usage_topic.to_string(), events_topic.to_string()],
+            topics: topics.map(str::to_string),
             records_in: Default::default(),
             miskeyed: Default::default(),
             rejected: Default::default(),
@@ -494,7 +497,7 @@ impl Metrics {
             ),
             (
                 "cdrguard_checkpoint_bases_total",
-                "Partition checkpoints written whole (a base; caller-shard snapshots count here too).",
+                "Partition checkpoints written whole (a base).",
                 &snap.bases_written,
             ),
             (
@@ -614,9 +617,8 @@ impl Metrics {
 
     /// The repartition stages' series, for the inputs that have them.
     fn render_repartition(&self, s: &mut String, head: &impl Fn(&mut String, &str, &str, &str)) {
-        let used: Vec<Input> = Input::ALL
-            .iter()
-            .copied()
+        let used: Vec<Input> = Input::LANES
+            .into_iter()
             .filter(|&i| {
                 let c = self.repartition.by(i);
                 c.rekeyed.load(Ordering::Relaxed) + c.markers.load(Ordering::Relaxed) > 0
@@ -822,7 +824,7 @@ mod tests {
 
     #[test]
     fn exposition_has_build_info_watermarks_and_an_aggregatable_histogram() {
-        let m = Metrics::new("u", "e");
+        let m = Metrics::new(["u", "e", "c"]);
         let mut latency = Histogram::<u64>::new(3).unwrap();
         for ns in [800, 3_000, 3_000, 40_000, 20_000_000] {
             latency.record(ns).unwrap();

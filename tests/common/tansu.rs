@@ -416,6 +416,27 @@ impl Tansu {
         super::kafka::committed_offsets_with(self.client(), group, topic, self.partitions(topic))
     }
 
+    /// The alerts on the four department topics, by id, once every alert of `expected` is among
+    /// them (or `wait` passed) and nothing more comes for 2 s. Waits on ids, not on message
+    /// counts: at-least-once delivery repeats some. The calls topic trails the inputs by two hops,
+    /// so a test that stops daemons waits here first, not only for the inputs' commits.
+    pub fn alerts(
+        &self,
+        cfg: &Config,
+        expected: &BTreeMap<String, cdrguard::record::Alert>,
+        wait: Duration,
+    ) -> BTreeMap<String, serde_json::Value> {
+        let t = &cfg.kafka.alert_topics;
+        let topics = [&t.fraud, &t.collections, &t.key_accounts, &t.care];
+        let mut reader = self.reader(&topics.map(String::as_str));
+        reader.read_until(wait, |m| {
+            let got = super::kafka::alerts_by_id(m);
+            expected.keys().all(|id| got.contains_key(id))
+        });
+        reader.read_until(Duration::from_secs(2), |_| false);
+        super::kafka::alerts_by_id(&reader.messages)
+    }
+
     /// Records committed by the daemon's group on both input topics.
     pub fn committed_total(&self) -> i64 {
         let k = &self.cfg.kafka;
