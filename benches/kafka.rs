@@ -192,10 +192,51 @@ fn backlog_on_broker(cfg: &Config) -> (cdrguard::demo::embedded::Embedded, Strin
     (cluster, brokers, total)
 }
 
+/// Runs a daemon of `cfg` (snapshots in `dir`, if any) until its group has committed `total` input
+/// records, then stops it: the time from its start, and its summary.
+fn drain(
+    cfg: &Config,
+    brokers: &str,
+    dir: Option<&Path>,
+    total: u64,
+    partitions: i32,
+) -> (Duration, daemon::RunSummary) {
+    let control = Control::default();
+    let started = Instant::now();
+    let daemon = start_daemon(
+        cfg.clone(),
+        brokers,
+        &Path::new(ROOT).join("rules"),
+        control.clone(),
+        dir,
+    );
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        if committed_total(brokers, cfg, partitions) as u64 >= total {
+            break;
+        }
+        // A daemon that stopped (a rule library it refuses, a broker it cannot reach) ends the
+        // bench with its reason instead of a 15-minute wait.
+        if daemon.is_finished() {
+            match daemon.join().unwrap() {
+                Ok(_) => panic!("kafka bench: the daemon stopped before the backlog was committed"),
+                Err(e) => panic!("kafka bench: the daemon failed: {e:#}"),
+            }
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            eprintln!("kafka bench: backlog not drained in 15 min");
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    control.stop.store(true, Ordering::Relaxed);
+    (elapsed, daemon.join().unwrap().unwrap())
+}
+
 fn backlog() {
     let cfg = config();
     let partitions = 128;
-    let (_cluster, brokers, total) = backlog_on_broker(&cfg);
+    let (cluster, brokers, total) = backlog_on_broker(&cfg);
     let state = tempfile::tempdir().unwrap();
     for (label, dir) in [
         ("snapshots off", None),
@@ -205,39 +246,8 @@ fn backlog() {
         cfg.kafka.group_id = format!("bench-{}", dir.is_some());
         cfg.durability.snapshot_interval = Secs(1);
         cfg.demo.partitions = partitions;
-        _cluster.create_internal_topics(&cfg).unwrap();
-        let control = Control::default();
-        let started = Instant::now();
-        let daemon = start_daemon(
-            cfg.clone(),
-            &brokers,
-            &Path::new(ROOT).join("rules"),
-            control.clone(),
-            dir,
-        );
-        loop {
-            std::thread::sleep(Duration::from_millis(500));
-            if committed_total(&brokers, &cfg, partitions) as u64 >= total {
-                break;
-            }
-            // A daemon that stopped (a rule library it refuses, a broker it cannot reach) ends the
-            // bench with its reason instead of a 15-minute wait.
-            if daemon.is_finished() {
-                match daemon.join().unwrap() {
-                    Ok(_) => {
-                        panic!("kafka bench: the daemon stopped before the backlog was committed")
-                    }
-                    Err(e) => panic!("kafka bench: the daemon failed: {e:#}"),
-                }
-            }
-            if started.elapsed() > Duration::from_secs(900) {
-                eprintln!("kafka bench: backlog not drained in 15 min");
-                break;
-            }
-        }
-        let elapsed = started.elapsed();
-        control.stop.store(true, Ordering::Relaxed);
-        let summary = daemon.join().unwrap().unwrap();
+        cluster.create_internal_topics(&cfg).unwrap();
+        let (elapsed, summary) = drain(&cfg, &brokers, dir, total, partitions);
         let snap_bytes: u64 = dir
             .map(|d| {
                 cdrguard::durability::store::Store::dir(d)
@@ -282,30 +292,10 @@ fn calls() {
         cluster.create_internal_topics(&cfg).unwrap();
         let (_, by_number) = cdrguard::repartition::calls::topics(&cfg.kafka.group_id);
         let dir = state.path().join(&cfg.kafka.group_id);
-        let control = Control::default();
-        let started = Instant::now();
-        let daemon = start_daemon(
-            cfg.clone(),
-            &brokers,
-            &Path::new(ROOT).join("rules"),
-            control.clone(),
-            Some(&dir),
-        );
-        loop {
-            std::thread::sleep(Duration::from_millis(500));
-            if committed_total(&brokers, &cfg, partitions) as u64 >= total {
-                break;
-            }
-            if daemon.is_finished() || started.elapsed() > Duration::from_secs(900) {
-                panic!("kafka bench: the calls run did not finish");
-            }
-        }
+        let (elapsed, summary) = drain(&cfg, &brokers, Some(&dir), total, partitions);
         // What the calls topic carried, and how far its reading trailed the inputs' last commit.
         let (calls_committed, calls_read) =
             committed_and_end(&brokers, &cfg.kafka.group_id, &[&by_number], partitions);
-        let elapsed = started.elapsed();
-        control.stop.store(true, Ordering::Relaxed);
-        let summary = daemon.join().unwrap().unwrap();
         println!(
             "kafka calls, {label}: {total} input records committed (alerts {}) in {:.1} s from daemon start: {:.0} records/s; calls topic {} messages (records and markers, {:.3} per input record), {} of them not yet committed then",
             summary.alerts,
@@ -620,7 +610,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 fn instances() {
     let cfg = config();
     let partitions = 128;
-    let (_cluster, brokers, total) = backlog_on_broker(&cfg);
+    let (cluster, brokers, total) = backlog_on_broker(&cfg);
     let scratch = tempfile::tempdir().unwrap();
     for n in 1..=3 {
         let store = scratch.path().join(format!("store-{n}"));
@@ -632,7 +622,7 @@ fn instances() {
         cfg.durability.snapshot_interval = Secs(1);
         cfg.durability.dir = store.to_str().unwrap().to_string();
         cfg.demo.partitions = partitions;
-        _cluster.create_internal_topics(&cfg).unwrap();
+        cluster.create_internal_topics(&cfg).unwrap();
         for i in 0..n {
             cfg.durability.instance = format!("i{i}");
             let path = scratch.path().join(format!("{n}-{i}.toml"));
