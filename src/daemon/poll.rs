@@ -185,6 +185,10 @@ impl<'a> Poller<'a> {
             for (w, batch) in batches.into_iter().enumerate() {
                 if !batch.is_empty() && self.workers[w].send(WorkerMessage::Polled(batch)).is_err()
                 {
+                    // An abort stops the workers at once: one may be gone before this round ends.
+                    if abort.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
                     anyhow::bail!("worker {w} stopped unexpectedly");
                 }
             }
