@@ -381,7 +381,12 @@ impl RebalanceHook for Rebalancer {
                             }
                         }
                     }
-                    Err(SnapshotError::Missing(_)) if c.iter().all(Option::is_none) => {
+                    // Committed at offset 0 at most: an owner that joined, committed where it
+                    // started (`Tracker::start_new`) and was lost before its first checkpoint.
+                    // Nothing was ever processed, so reading from the start is exact, not a rebuild.
+                    Err(SnapshotError::Missing(_))
+                        if c.iter().all(|c| c.is_none_or(|c| c == 0)) =>
+                    {
                         plan.outcome = RestoreOutcome::New;
                     }
                     Err(e) => {
