@@ -166,7 +166,24 @@ pub fn produce_input(
             }
         }
     }
-    producer.flush(Duration::from_secs(30))?;
+    // A slow broker (a loaded machine) takes what it takes; one that stops acknowledging for
+    // 30 s fails the call.
+    let mut left = producer.in_flight_count();
+    let mut stalled = Duration::ZERO;
+    while let Err(e) = producer.flush(Duration::from_secs(5)) {
+        let now = producer.in_flight_count();
+        if now < left {
+            left = now;
+            stalled = Duration::ZERO;
+        } else {
+            stalled += Duration::from_secs(5);
+            if stalled >= Duration::from_secs(30) {
+                return Err(anyhow::anyhow!(
+                    "{now} records unacknowledged after 30 s without progress: {e}"
+                ));
+            }
+        }
+    }
     Ok(sent)
 }
 
