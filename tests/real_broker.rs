@@ -52,7 +52,7 @@ fn the_daemon_runs_against_a_real_broker() {
     let produced = k.produce(&usage, &events);
     let mut daemon = DaemonProcess::spawn(&config, &k.dir.path().join("daemon.log"));
     assert!(
-        daemon.wait_for_log("Partitions assigned.", 1, Duration::from_secs(60)),
+        daemon.wait_for_log("Assignment prepared.", 1, Duration::from_secs(60)),
         "the daemon joined its group"
     );
     eprintln!(

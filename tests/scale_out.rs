@@ -271,7 +271,7 @@ fn three_instances_lose_one_shrink_to_one_and_grow_back_with_state_from_the_stor
     let mut logs = vec![log_a.clone(), log_b.clone(), log_c.clone()];
     for (d, log) in [(&mut a, &log_a), (&mut b, &log_b), (&mut c, &log_c)] {
         assert!(
-            d.wait_for_log("Partitions assigned.", 1, Duration::from_secs(60)),
+            d.wait_for_log("Assignment prepared.", 1, Duration::from_secs(60)),
             "{}",
             log_tail(log, 30)
         );
@@ -285,12 +285,12 @@ fn three_instances_lose_one_shrink_to_one_and_grow_back_with_state_from_the_stor
     let assigned = |log: &std::path::Path| {
         std::fs::read_to_string(log)
             .unwrap_or_default()
-            .matches("Partitions assigned.")
+            .matches("Assignment prepared.")
             .count()
     };
     let before = assigned(&log_a);
     assert!(
-        a.wait_for_log("Partitions assigned.", before + 1, Duration::from_secs(60)),
+        a.wait_for_log("Assignment prepared.", before + 1, Duration::from_secs(60)),
         "a took over b's partitions:\n{}",
         log_tail(&log_a, 30)
     );

@@ -117,7 +117,7 @@ impl DaemonProcess {
     }
 
     /// Waits until the log (of every start so far) has `count` lines containing `needle`, e.g.
-    /// `"Partitions assigned."`; false on timeout or if the process exits first.
+    /// `"Assignment prepared."`; false on timeout or if the process exits first.
     pub fn wait_for_log(&mut self, needle: &str, count: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
@@ -132,9 +132,10 @@ impl DaemonProcess {
     }
 
     /// Waits until start number `run` (from 0) has joined its group; panics with the log's tail.
+    /// (Its group's: "Partitions assigned." is also logged by the calls sequencer's own group.)
     pub fn expect_assigned(&mut self, run: usize) {
         assert!(
-            self.wait_for_log("Partitions assigned.", run + 1, Duration::from_secs(60)),
+            self.wait_for_log("Assignment prepared.", run + 1, Duration::from_secs(60)),
             "run {run} joined its group:\n{}",
             log_tail(&self.log, 30)
         );

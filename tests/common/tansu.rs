@@ -14,7 +14,9 @@
 //! - A fetch from an offset inside a record batch returns only the batches that start at or after
 //!   it (`offsets.split_off(&offset)` in its dynostore): the rest of that batch is skipped, so a
 //!   consumer resuming from a commit inside a batch loses records. Found when the crash test moved to
-//!   a backlog produced in bulk (large batches); the tests write one record per batch (`produce`).
+//!   a backlog produced in bulk (large batches); the tests write one record per batch (`produce`),
+//!   and so do the daemons' own producers (`daemon_config`): a calls sequencer that took over a
+//!   partition from its commit inside a batch lost the rings of a Wangiri wave that way.
 //! - The high watermark (ListOffsets latest, `fetch_watermarks`, the fetch statistics) is the last
 //!   record batch's base offset + 1, short of the end by the rest of that batch; see `end_offsets`.
 //!   With one record per batch it is the end.
@@ -503,6 +505,12 @@ impl Tansu {
         cfg.daemon.status_interval = cdrguard::config::Secs(5);
         cfg.rules.watch_interval = cdrguard::config::Secs(1);
         cfg.durability.dir = state_dir.to_str().unwrap().to_string();
+        // The daemon's own producers (calls and by-account topics, alerts) write one record per
+        // batch too: a stage or worker resuming from a commit inside a batch would lose the rest
+        // of it on tansu (module doc).
+        cfg.kafka
+            .options
+            .insert("batch.num.messages".into(), "1".into());
         cfg
     }
 }
