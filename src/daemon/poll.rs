@@ -267,7 +267,16 @@ impl<'a> Poller<'a> {
                     let w = msg.partition.unsigned_abs() as usize % batches.len();
                     if let Some(r) = self.readings.get_mut(&(input, msg.partition)) {
                         if let Some(gap) = r.next.and_then(|expected| {
-                            gap_before(self.consumer, r, input, msg.partition, expected, msg.offset)
+                            let contiguous = self.sequenced[input.index()];
+                            gap_before(
+                                self.consumer,
+                                r,
+                                input,
+                                msg.partition,
+                                expected,
+                                msg.offset,
+                                contiguous,
+                            )
                         }) {
                             OffsetGapFound {
                                 gap: &gap,
@@ -448,6 +457,7 @@ fn gap_before(
     partition: i32,
     expected: i64,
     received: i64,
+    contiguous: bool,
 ) -> Option<OffsetGap> {
     if received == expected {
         return None;
@@ -462,7 +472,7 @@ fn gap_before(
             .ok()
             .map(|(l, _)| l);
     }
-    detect_gap(input, partition, expected, received, low)
+    detect_gap(input, partition, expected, received, low, contiguous)
 }
 
 /// The consumer's position (next offset it will hand over) per assigned input partition.

@@ -16,6 +16,10 @@ pub enum GapReason {
     /// The log restarted below the next offset: the topic was recreated or truncated. How many
     /// records the old log still had is unknown.
     Rewound,
+    /// The broker delivered a later offset although the records before it were still in its log.
+    /// Only said of cdrguard's own topics (`detect`'s `contiguous`), whose offsets have no holes:
+    /// a broker fault (tansu 0.6 does this when a fetch starts inside a record batch).
+    Skipped,
 }
 
 impl GapReason {
@@ -23,6 +27,7 @@ impl GapReason {
         match self {
             GapReason::Deleted => "deleted",
             GapReason::Rewound => "rewound",
+            GapReason::Skipped => "skipped",
         }
     }
 }
@@ -50,18 +55,23 @@ impl OffsetGap {
 /// partition's first offset as the broker last reported it. A jump that starts at or above the log
 /// start skipped nothing: transaction markers and compacted-away records take offsets and are never
 /// delivered. A jump from below it means the expected record was deleted, and the consumer's offset
-/// reset skipped everything up to what it received.
+/// reset skipped everything up to what it received. `contiguous`: a topic cdrguard writes itself
+/// (idempotent producer, no transactions, never compacted), where any jump lost records.
 pub fn detect(
     input: Input,
     partition: i32,
     expected: i64,
     received: i64,
     log_start: Option<i64>,
+    contiguous: bool,
 ) -> Option<OffsetGap> {
+    let deleted = log_start.is_some_and(|low| low > expected);
     let reason = if received < expected {
         GapReason::Rewound
-    } else if received > expected && log_start.is_some_and(|low| low > expected) {
+    } else if received > expected && deleted {
         GapReason::Deleted
+    } else if received > expected && contiguous {
+        GapReason::Skipped
     } else {
         return None;
     };
@@ -99,17 +109,33 @@ mod tests {
     fn only_jumps_from_below_the_log_start_and_rewinds_are_gaps() {
         let u = Input::Usage;
         // In order: nothing.
-        assert_eq!(detect(u, 0, 10, 10, Some(0)), None);
+        assert_eq!(detect(u, 0, 10, 10, Some(0), false), None);
         // A transaction marker at 10: the log still starts below, nothing lost.
-        assert_eq!(detect(u, 0, 10, 11, Some(0)), None);
+        assert_eq!(detect(u, 0, 10, 11, Some(0), false), None);
         // Retention moved the log start to 7401 past the expected 100; the reset went to 11102
         // (where the cache said the log began when it reset): every offset from 100 is gone.
-        let g = detect(u, 3, 100, 11_102, Some(7_401)).unwrap();
+        let g = detect(u, 3, 100, 11_102, Some(7_401), false).unwrap();
         assert_eq!((g.reason, g.skipped()), (GapReason::Deleted, 11_002));
         // A recreated topic starts again at 0.
-        let g = detect(u, 3, 5_000, 0, Some(0)).unwrap();
+        let g = detect(u, 3, 5_000, 0, Some(0), false).unwrap();
         assert_eq!((g.reason, g.skipped()), (GapReason::Rewound, 0));
         // Log start unknown: a jump is not called a loss.
-        assert_eq!(detect(u, 0, 10, 20, None), None);
+        assert_eq!(detect(u, 0, 10, 20, None, false), None);
+    }
+
+    #[test]
+    fn on_a_topic_cdrguard_writes_any_jump_is_a_loss() {
+        let c = Input::Calls;
+        assert_eq!(detect(c, 7, 9, 9, Some(0), true), None);
+        // Still in the log from 0, yet 9..57 never came (a fetch that started inside a batch).
+        let g = detect(c, 7, 9, 57, Some(0), true).unwrap();
+        assert_eq!((g.reason, g.skipped()), (GapReason::Skipped, 48));
+        let g = detect(c, 7, 9, 57, None, true).unwrap();
+        assert_eq!(g.reason, GapReason::Skipped);
+        // Deleted and rewound are told apart as on any topic.
+        let g = detect(c, 7, 9, 57, Some(30), true).unwrap();
+        assert_eq!(g.reason, GapReason::Deleted);
+        let g = detect(c, 7, 9, 0, Some(0), true).unwrap();
+        assert_eq!(g.reason, GapReason::Rewound);
     }
 }

@@ -163,7 +163,9 @@ impl Rekeyer {
         let offset = m.offset();
         if let Some(expected) = lane.next.filter(|&e| e != offset) {
             let low = stage::ends(&self.consumer, &self.source_c, p).map(|(low, _)| low);
-            if let Some(gap) = crate::record::detect_gap(self.input, p, expected, offset, low) {
+            if let Some(gap) =
+                crate::record::detect_gap(self.input, p, expected, offset, low, false)
+            {
                 self.metrics
                     .repartition
                     .by(self.input)

@@ -58,6 +58,9 @@ pub(super) struct Part {
     marked: Option<((i64, bool), Instant)>,
     /// Highest merge key time released.
     released_high: i64,
+    /// The offset the consumer should hand over next (from the commit on): cdrguard writes this
+    /// topic without holes, so a jump is records lost (`record::gap`).
+    expected: Option<i64>,
 }
 
 pub struct Sequencer {
@@ -148,6 +151,7 @@ impl Sequencer {
                     delivered_before,
                     marked: None,
                     released_high: i64::MIN,
+                    expected: committed,
                 },
             );
         }
@@ -161,6 +165,27 @@ impl Sequencer {
             return false;
         };
         let offset = m.offset();
+        if let Some(expected) = part.expected.filter(|&e| e != offset) {
+            let low = std::ffi::CString::new(self.source.as_str())
+                .ok()
+                .and_then(|t| stage::ends(&self.consumer, &t, q))
+                .map(|(low, _)| low)
+                .filter(|&l| l >= 0);
+            if let Some(gap) = crate::record::detect_gap(self.input, q, expected, offset, low, true)
+            {
+                self.metrics
+                    .repartition
+                    .by(self.input)
+                    .skipped
+                    .fetch_add(gap.skipped(), Ordering::Relaxed);
+                tracing::error!(
+                    topic = %self.source, partition = q, expected, received = offset,
+                    reason = gap.reason.as_str(),
+                    "Records of a repartition topic never reached its sequencer; what they carried is lost (cdrguard_repartition_records_skipped_total)."
+                );
+            }
+        }
+        part.expected = Some(offset + 1);
         let Some(h) = LaneHeader::of(m.headers()) else {
             // Not written by the first stage: nothing to order it by, and nobody to send it to.
             tracing::warn!(

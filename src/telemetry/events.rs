@@ -241,6 +241,7 @@ impl OffsetGapFound<'_> {
             match g.reason {
                 crate::record::GapReason::Deleted => "deleted: retention, deleted records or the broker's size limit",
                 crate::record::GapReason::Rewound => "the log restarted lower: topic recreated or truncated",
+                crate::record::GapReason::Skipped => "not delivered by the broker though still in its log: a broker fault",
             }
         );
     }

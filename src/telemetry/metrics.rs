@@ -203,7 +203,8 @@ pub struct RepartitionCounts {
     pub duplicates: AtomicU64,
     /// Records waiting in the sequencers' merges.
     pub held: AtomicI64,
-    /// Offsets of the input topic gone from the broker before the first stage read them.
+    /// Offsets of the input topic gone from the broker before the first stage read them, and
+    /// offsets of a repartition topic its sequencer never received.
     pub skipped: AtomicU64,
 }
 
@@ -629,7 +630,7 @@ impl Metrics {
         }
         type Get = fn(&RepartitionCounts) -> i64;
         let series: [(&str, &str, &str, Get); 7] = [
-            ("cdrguard_repartition_records_skipped_total", "Input records gone from the broker before the repartition stage read them.", "counter", |c| c.skipped.load(Ordering::Relaxed) as i64),
+            ("cdrguard_repartition_records_skipped_total", "Offsets a repartition stage never received: input records gone from the broker before the first stage read them, or records of a repartition topic the sequencer never got (a broker fault).", "counter", |c| c.skipped.load(Ordering::Relaxed) as i64),
             ("cdrguard_repartition_records_total", "Records written to the repartition topic, by input.", "counter", |c| c.rekeyed.load(Ordering::Relaxed) as i64),
             ("cdrguard_repartition_by_msisdn_total", "Usage records that name no account, repartitioned by their msisdn.", "counter", |c| c.by_msisdn.load(Ordering::Relaxed) as i64),
             ("cdrguard_repartition_markers_total", "Markers written by the repartition stages.", "counter", |c| c.markers.load(Ordering::Relaxed) as i64),
