@@ -263,115 +263,212 @@ impl Windowed for AccountView {
     }
 }
 
-fn register_windowed<T: Windowed + Clone + 'static>(engine: &mut Engine) {
-    fn sums<T: Windowed>(
-        v: &T,
-        filter: &ImmutableString,
-        window: &ImmutableString,
-    ) -> Fallible<crate::state::WindowSums> {
-        let f = v.shared().filter(filter)?;
-        let w = v.shared().window(window, false)?;
-        Ok(v.features(Default::default(), |x| x.sum(&f, w, v.end())))
+/// The sums of a windowed feature call: `window` ending at the trigger, or `ago` before it (the
+/// baselines of spike rules, "the 30 days before the last 72 hours").
+fn window_sums<T: Windowed>(
+    v: &T,
+    filter: &ImmutableString,
+    window: &ImmutableString,
+    ago: Option<&ImmutableString>,
+) -> Fallible<crate::state::WindowSums> {
+    let f = v.shared().filter(filter)?;
+    let w = v.shared().window(window, false)?;
+    let Some(ago) = ago else {
+        return Ok(v.features(Default::default(), |x| x.sum(&f, w, v.end())));
+    };
+    let a = v.shared().window(ago, false)?;
+    if w + a > v.shared().store.borrow().config().max_window.0 {
+        return fail(format!(
+            "window {window:?} ending {ago:?} ago reaches beyond state.max_window"
+        ));
     }
-    fn sums_ago<T: Windowed>(
-        v: &T,
-        filter: &ImmutableString,
-        window: &ImmutableString,
-        ago: &ImmutableString,
-    ) -> Fallible<crate::state::WindowSums> {
-        let f = v.shared().filter(filter)?;
-        let w = v.shared().window(window, false)?;
-        let a = v.shared().window(ago, false)?;
-        if w + a > v.shared().store.borrow().config().max_window.0 {
-            return fail(format!(
-                "window {window:?} ending {ago:?} ago reaches beyond state.max_window"
-            ));
+    Ok(v.features(Default::default(), |x| x.sum(&f, w, v.end() - a)))
+}
+
+/// Distinct numbers (`cells` false) or cells within `window` ending at the trigger.
+fn window_distinct<T: Windowed>(
+    v: &T,
+    filter: &ImmutableString,
+    window: &ImmutableString,
+    cells: bool,
+) -> Fallible<i64> {
+    let f = v.shared().filter(filter)?;
+    let w = v.shared().window(window, true)?;
+    Ok(v.features(0, |x| {
+        if cells {
+            x.distinct_cells(&f, w, v.end())
+        } else {
+            x.distinct_numbers(&f, w, v.end())
         }
-        Ok(v.features(Default::default(), |x| x.sum(&f, w, v.end() - a)))
+    }) as i64)
+}
+
+/// The window features a script reads on an entity or account view, and that a gate (`gate`)
+/// reads natively before deciding whether the script needs to run at all: one function per feature
+/// serves both, so that the two cannot disagree. All of them are pure: they read the store and
+/// change nothing (the parse caches aside).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accessor {
+    /// `count(filter, window[, ago])`, an `INT`.
+    Count,
+    /// `seconds(filter, window)`, an `INT`.
+    Seconds,
+    /// `minutes(filter, window[, ago])`, a `FLOAT`.
+    Minutes,
+    /// `bytes(filter, window)`, an `INT`.
+    Bytes,
+    /// `charges(filter, window[, ago])`, a `FLOAT`.
+    Charges,
+    /// `distinct_numbers(filter, window)`, an `INT`.
+    DistinctNumbers,
+    /// `distinct_cells(filter, window)`, an `INT`.
+    DistinctCells,
+    /// `distinct_called(window)`, an `INT`.
+    DistinctCalled,
+    /// `travel_km()` of an entity, a `FLOAT`.
+    TravelKm,
+    /// `travel_kmh()` of an entity, a `FLOAT`.
+    TravelKmh,
+    /// `age_days()` of an account, a `FLOAT`.
+    AgeDays,
+}
+
+/// The view an accessor reads: the entity of a subscriber, calling-number or device rule, or an
+/// account (the entity of an account rule, and every rule's third argument).
+#[derive(Clone, Copy)]
+pub enum View<'a> {
+    Entity(&'a EntityView),
+    Account(&'a AccountView),
+}
+
+/// What an accessor returns, as a script sees it: Rhai's `INT` or `FLOAT`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Reading {
+    Int(i64),
+    Float(f64),
+}
+
+impl Accessor {
+    /// The accessor a script calls as `view.name(args)` on this kind of view (`account` true for an
+    /// account view) with `args` string arguments, if it is one.
+    pub fn by_call(name: &str, args: usize, account: bool) -> Option<Accessor> {
+        use Accessor::*;
+        Some(match (name, args, account) {
+            ("count", 2 | 3, _) => Count,
+            ("seconds", 2, _) => Seconds,
+            ("minutes", 2 | 3, _) => Minutes,
+            ("bytes", 2, _) => Bytes,
+            ("charges", 2 | 3, _) => Charges,
+            ("distinct_numbers", 2, _) => DistinctNumbers,
+            ("distinct_cells", 2, _) => DistinctCells,
+            ("distinct_called", 1, _) => DistinctCalled,
+            ("travel_km", 0, false) => TravelKm,
+            ("travel_kmh", 0, false) => TravelKmh,
+            ("age_days", 0, true) => AgeDays,
+            _ => return None,
+        })
     }
+
+    /// Reads the feature, exactly as the script function of that name does (same code, same
+    /// errors). `args` has the arity `by_call` accepted for this view.
+    pub fn read(self, view: View<'_>, args: &[ImmutableString]) -> Fallible<Reading> {
+        match view {
+            View::Entity(v) => match self {
+                Accessor::TravelKm => Ok(Reading::Float(travel_km(v))),
+                Accessor::TravelKmh => Ok(Reading::Float(travel_kmh(v))),
+                _ => self.read_window(v, args),
+            },
+            View::Account(v) => match self {
+                Accessor::AgeDays => Ok(Reading::Float(age_days(v))),
+                _ => self.read_window(v, args),
+            },
+        }
+    }
+
+    fn read_window<T: Windowed>(self, v: &T, args: &[ImmutableString]) -> Fallible<Reading> {
+        use Accessor::*;
+        let sums = |ago| window_sums(v, &args[0], &args[1], ago);
+        Ok(match self {
+            Count => Reading::Int(count(&sums(args.get(2))?)),
+            Seconds => Reading::Int(seconds(&sums(None)?)),
+            Minutes => Reading::Float(minutes(&sums(args.get(2))?)),
+            Bytes => Reading::Int(bytes(&sums(None)?)),
+            Charges => Reading::Float(charges(&sums(args.get(2))?)),
+            DistinctNumbers => Reading::Int(window_distinct(v, &args[0], &args[1], false)?),
+            DistinctCells => Reading::Int(window_distinct(v, &args[0], &args[1], true)?),
+            DistinctCalled => Reading::Int(window_distinct(v, &"mo".into(), &args[0], false)?),
+            TravelKm | TravelKmh | AgeDays => {
+                return fail(format!("{self:?} is not a window feature of this view"))
+            }
+        })
+    }
+}
+
+fn count(s: &crate::state::WindowSums) -> i64 {
+    s.count as i64
+}
+
+fn seconds(s: &crate::state::WindowSums) -> i64 {
+    s.duration_s as i64
+}
+
+fn minutes(s: &crate::state::WindowSums) -> f64 {
+    s.duration_s as f64 / 60.0
+}
+
+fn bytes(s: &crate::state::WindowSums) -> i64 {
+    s.bytes as i64
+}
+
+fn charges(s: &crate::state::WindowSums) -> f64 {
+    money(s.charge)
+}
+
+fn register_windowed<T: Windowed + Clone + 'static>(engine: &mut Engine) {
+    type S = ImmutableString;
     engine
-        .register_fn(
-            "count",
-            |v: &mut T, f: ImmutableString, w: ImmutableString| -> Fallible<i64> {
-                Ok(sums(v, &f, &w)?.count as i64)
-            },
-        )
-        .register_fn(
-            "seconds",
-            |v: &mut T, f: ImmutableString, w: ImmutableString| -> Fallible<i64> {
-                Ok(sums(v, &f, &w)?.duration_s as i64)
-            },
-        )
-        .register_fn(
-            "minutes",
-            |v: &mut T, f: ImmutableString, w: ImmutableString| -> Fallible<f64> {
-                Ok(sums(v, &f, &w)?.duration_s as f64 / 60.0)
-            },
-        )
-        .register_fn(
-            "bytes",
-            |v: &mut T, f: ImmutableString, w: ImmutableString| -> Fallible<i64> {
-                Ok(sums(v, &f, &w)?.bytes as i64)
-            },
-        )
-        .register_fn(
-            "charges",
-            |v: &mut T, f: ImmutableString, w: ImmutableString| -> Fallible<f64> {
-                Ok(money(sums(v, &f, &w)?.charge))
-            },
-        )
+        .register_fn("count", |v: &mut T, f: S, w: S| -> Fallible<i64> {
+            Ok(count(&window_sums(v, &f, &w, None)?))
+        })
+        .register_fn("seconds", |v: &mut T, f: S, w: S| -> Fallible<i64> {
+            Ok(seconds(&window_sums(v, &f, &w, None)?))
+        })
+        .register_fn("minutes", |v: &mut T, f: S, w: S| -> Fallible<f64> {
+            Ok(minutes(&window_sums(v, &f, &w, None)?))
+        })
+        .register_fn("bytes", |v: &mut T, f: S, w: S| -> Fallible<i64> {
+            Ok(bytes(&window_sums(v, &f, &w, None)?))
+        })
+        .register_fn("charges", |v: &mut T, f: S, w: S| -> Fallible<f64> {
+            Ok(charges(&window_sums(v, &f, &w, None)?))
+        })
         // The same sums over a window that ends `ago` before the trigger: baselines ("the 30 days
         // before the last 72 hours") for spike rules.
-        .register_fn(
-            "count",
-            |v: &mut T,
-             f: ImmutableString,
-             w: ImmutableString,
-             ago: ImmutableString|
-             -> Fallible<i64> { Ok(sums_ago(v, &f, &w, &ago)?.count as i64) },
-        )
+        .register_fn("count", |v: &mut T, f: S, w: S, ago: S| -> Fallible<i64> {
+            Ok(count(&window_sums(v, &f, &w, Some(&ago))?))
+        })
         .register_fn(
             "minutes",
-            |v: &mut T,
-             f: ImmutableString,
-             w: ImmutableString,
-             ago: ImmutableString|
-             -> Fallible<f64> {
-                Ok(sums_ago(v, &f, &w, &ago)?.duration_s as f64 / 60.0)
+            |v: &mut T, f: S, w: S, ago: S| -> Fallible<f64> {
+                Ok(minutes(&window_sums(v, &f, &w, Some(&ago))?))
             },
         )
         .register_fn(
             "charges",
-            |v: &mut T,
-             f: ImmutableString,
-             w: ImmutableString,
-             ago: ImmutableString|
-             -> Fallible<f64> { Ok(money(sums_ago(v, &f, &w, &ago)?.charge)) },
+            |v: &mut T, f: S, w: S, ago: S| -> Fallible<f64> {
+                Ok(charges(&window_sums(v, &f, &w, Some(&ago))?))
+            },
         )
         .register_fn(
             "distinct_numbers",
-            |v: &mut T, f: ImmutableString, w: ImmutableString| -> Fallible<i64> {
-                let f = v.shared().filter(&f)?;
-                let w = v.shared().window(&w, true)?;
-                Ok(v.features(0, |x| x.distinct_numbers(&f, w, v.end())) as i64)
-            },
+            |v: &mut T, f: S, w: S| -> Fallible<i64> { window_distinct(v, &f, &w, false) },
         )
-        .register_fn(
-            "distinct_called",
-            |v: &mut T, w: ImmutableString| -> Fallible<i64> {
-                let f = v.shared().filter(&"mo".into())?;
-                let w = v.shared().window(&w, true)?;
-                Ok(v.features(0, |x| x.distinct_numbers(&f, w, v.end())) as i64)
-            },
-        )
-        .register_fn(
-            "distinct_cells",
-            |v: &mut T, f: ImmutableString, w: ImmutableString| -> Fallible<i64> {
-                let f = v.shared().filter(&f)?;
-                let w = v.shared().window(&w, true)?;
-                Ok(v.features(0, |x| x.distinct_cells(&f, w, v.end())) as i64)
-            },
-        );
+        .register_fn("distinct_called", |v: &mut T, w: S| -> Fallible<i64> {
+            window_distinct(v, &"mo".into(), &w, false)
+        })
+        .register_fn("distinct_cells", |v: &mut T, f: S, w: S| -> Fallible<i64> {
+            window_distinct(v, &f, &w, true)
+        });
 }
 
 /// Registers every type and function scripts may use. `lists` are the set's reference lists.
@@ -667,12 +764,26 @@ fn register_entity(engine: &mut Engine) {
             },
         )
         // Distance and implied speed between the last two located records (0 when fewer than two).
-        .register_fn("travel_km", |v: &mut EntityView| -> f64 {
-            v.with(0.0, |e| travel(e).map_or(0.0, |(km, _)| km))
-        })
-        .register_fn("travel_kmh", |v: &mut EntityView| -> f64 {
-            v.with(0.0, |e| travel(e).map_or(0.0, |(_, kmh)| kmh))
-        });
+        .register_fn("travel_km", |v: &mut EntityView| -> f64 { travel_km(v) })
+        .register_fn("travel_kmh", |v: &mut EntityView| -> f64 { travel_kmh(v) });
+}
+
+fn travel_km(v: &EntityView) -> f64 {
+    v.with(0.0, |e| travel(e).map_or(0.0, |(km, _)| km))
+}
+
+fn travel_kmh(v: &EntityView) -> f64 {
+    v.with(0.0, |e| travel(e).map_or(0.0, |(_, kmh)| kmh))
+}
+
+/// Days since the account's activation, as a fraction; -1 when no activation is known.
+fn age_days(v: &AccountView) -> f64 {
+    let end = v.end.utc;
+    v.with(-1.0, |_, a| {
+        a.ledger
+            .activated_at
+            .map_or(-1.0, |t| (end - t.utc) as f64 / 86_400.0)
+    })
 }
 
 /// Great-circle distance (km) and implied speed (km/h) between an entity's last two fixes.
@@ -762,14 +873,7 @@ fn register_account(engine: &mut Engine) {
             v.with(false, |_, a| a.ledger.promise_active(end))
         })
         // Days since activation, as a fraction; -1 when no activation is known.
-        .register_fn("age_days", |v: &mut AccountView| -> f64 {
-            let end = v.end.utc;
-            v.with(-1.0, |_, a| {
-                a.ledger
-                    .activated_at
-                    .map_or(-1.0, |t| (end - t.utc) as f64 / 86_400.0)
-            })
-        })
+        .register_fn("age_days", |v: &mut AccountView| -> f64 { age_days(v) })
         // Ledger history reaches back `state.ledger_history` (90 days), further than usage windows.
         .register_fn(
             "reversals_within",
