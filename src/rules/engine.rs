@@ -21,8 +21,9 @@ use crate::record::{Alert, EntityRef, EntityType, Mode, Segment};
 use crate::state::Timer;
 
 use super::api::{
-    AccountView, EntityKey, EntityView, EventView, ParamsView, Shared, TimerView, UsageView,
+    AccountView, EntityKey, EntityView, EventView, ParamsView, Shared, TimerView, UsageView, View,
 };
+use super::gate::{Inputs, Verdict};
 use super::library::RuleSources;
 use super::meta;
 use super::params::segment_index;
@@ -35,7 +36,11 @@ use crate::alert::policy::{self, TriggerInfo};
 pub struct RuleStats {
     pub id: String,
     pub version: String,
+    /// Evaluations, those the rule's gate decided included (`gate`).
     pub evaluations: u64,
+    /// Evaluations the rule's gate decided without calling the script: it would have returned
+    /// nothing (`gate`).
+    pub gated: u64,
     pub alerts: u64,
     /// Positive verdicts held back by the cooldown.
     pub suppressed: u64,
@@ -66,6 +71,7 @@ impl RuleStats {
             id: id.to_string(),
             version: version.to_string(),
             evaluations: 0,
+            gated: 0,
             alerts: 0,
             suppressed: 0,
             pending_hits: 0,
@@ -92,7 +98,10 @@ pub struct EngineCounters {
     pub usage_without_rules: u64,
     pub events: u64,
     pub timers: u64,
+    /// Rule evaluations, those decided by gates included.
     pub evaluations: u64,
+    /// Rule evaluations decided by a rule's gate, without calling its script (`gate`).
+    pub gated: u64,
     pub alerts: u64,
     pub errors: u64,
     pub reloads_ok: u64,
@@ -469,13 +478,17 @@ impl RuleEngine {
                 };
                 let Some(n) = n else { return };
                 (
-                    Dynamic::from(EntityView::new(self.shared.clone(), kind, n, end)),
+                    EntityArg::Entity(EntityView::new(self.shared.clone(), kind, n, end)),
                     Some(n),
                 )
             }
             EntityType::Account => match subject.account {
                 Some(_) => (
-                    Dynamic::from(AccountView::new(self.shared.clone(), subject.account, time)),
+                    EntityArg::Account(AccountView::new(
+                        self.shared.clone(),
+                        subject.account,
+                        time,
+                    )),
                     None,
                 ),
                 None => return,
@@ -510,8 +523,8 @@ impl RuleEngine {
                 .filter(|_| matches!(kind, EntityType::Subscriber | EntityType::Account))
                 .map(|a| a.ledger.segment)
         };
-        let acct = Dynamic::from(AccountView::new(self.shared.clone(), subject.account, time));
-        let params = Dynamic::from(ParamsView(rule.params[segment_index(segment)].clone()));
+        let acct = AccountView::new(self.shared.clone(), subject.account, time);
+        let params = rule.params[segment_index(segment)].clone();
 
         // A rule reading calling-number alerts runs, in the daemon, in the partition of the number
         // its record went to (`placement`). Its memory of the subscriber (cooldown, `edge`, alert
@@ -530,18 +543,47 @@ impl RuleEngine {
             },
         ));
         let started = Instant::now();
-        let result = sandbox::call(
-            &set.engine,
-            &rule.ast,
-            &mut rule.scope,
-            ENTRY,
-            vec![trigger.clone(), entity, acct, params],
-        )
-        .and_then(sandbox::expect_map_or_unit);
+        // The guards at the top of the script, evaluated natively: when one holds, the script
+        // would return nothing, and is not called (`gate`).
+        let gated = rule.gate.as_ref().is_some_and(|g| {
+            let inputs = Inputs {
+                entity: entity.view(),
+                account: &acct,
+                params: &params,
+            };
+            g.check(&inputs) == Verdict::Skip
+        });
+        let result = if gated && !VERIFY_GATES {
+            Ok(None)
+        } else {
+            let result = sandbox::call(
+                &set.engine,
+                &rule.ast,
+                &mut rule.scope,
+                ENTRY,
+                vec![
+                    trigger.clone(),
+                    entity.into_dynamic(),
+                    Dynamic::from(acct),
+                    Dynamic::from(ParamsView(params)),
+                ],
+            )
+            .and_then(sandbox::expect_map_or_unit);
+            assert!(
+                !gated || matches!(result, Ok(None)),
+                "the gate of rule {} skipped an evaluation its script answers with {result:?}",
+                rule.id()
+            );
+            result
+        };
         let elapsed = started.elapsed().as_nanos() as u64;
 
         let stats = &mut self.stats[slot];
         stats.evaluations += 1;
+        if gated {
+            stats.gated += 1;
+            self.counters.gated += 1;
+        }
         // A full block starts the next before this evaluation counts, so that its error, if any,
         // lands in the same block as the evaluation.
         if stats.recent[1].0 >= self.opts.quarantine.window {
@@ -697,6 +739,33 @@ impl RuleEngine {
     /// Takes the alerts emitted so far.
     pub fn take_alerts(&mut self) -> std::vec::Drain<'_, Alert> {
         self.alerts.drain(..)
+    }
+}
+
+/// Debug builds (every test among them) call the script after a gate said `Skip` too, and panic
+/// unless it returned nothing: each replay in a test checks every gated evaluation against Rhai.
+/// Release builds trust the gate, which is sound by construction (`gate`).
+const VERIFY_GATES: bool = cfg!(debug_assertions);
+
+/// The entity argument of `evaluate`: a subscriber, calling number or device, or an account.
+enum EntityArg {
+    Entity(EntityView),
+    Account(AccountView),
+}
+
+impl EntityArg {
+    fn view(&self) -> View<'_> {
+        match self {
+            EntityArg::Entity(v) => View::Entity(v),
+            EntityArg::Account(v) => View::Account(v),
+        }
+    }
+
+    fn into_dynamic(self) -> Dynamic {
+        match self {
+            EntityArg::Entity(v) => Dynamic::from(v),
+            EntityArg::Account(v) => Dynamic::from(v),
+        }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod param_types;
 pub mod params;
 pub mod api;
 pub mod lint;
+pub mod gate;
 pub mod placement;
 pub mod ruleset;
 pub mod engine;

@@ -20,6 +20,7 @@ use crate::classify::{is_possible, PrefixList, RecordClass, CLASS_COUNT};
 use crate::record::{EntityType, EventType};
 
 use super::api::{self, Lists, ParamTable, Shared};
+use super::gate::Gate;
 use super::library::RuleSources;
 use super::meta::{Resolved, RuleMeta, TimerTrigger, Trigger};
 use super::params::{Params, SEGMENTS};
@@ -97,6 +98,9 @@ pub struct Rule {
     /// The script reads the alerts of a calling-number rule (`alerted("wangiri_inbound", …)`): the
     /// daemon runs it beside the calling numbers (`placement`).
     pub reads_callers: bool,
+    /// The guards at the top of `evaluate`, evaluated natively before the script (`gate`); `None`
+    /// when the script starts otherwise.
+    pub gate: Option<Gate>,
 }
 
 impl Rule {
@@ -358,7 +362,9 @@ impl RuleSet {
                     ),
                 ));
             }
+            let gate = Gate::recognise(&ast, ENTRY, resolved.meta.entity, limits, scope.len()).ok();
             rules.push(Rule {
+                gate,
                 file: display,
                 id_hash: crate::alert::memory::key_hash(&resolved.meta.id),
                 resolved,
