@@ -745,7 +745,7 @@ impl RuleEngine {
 /// Debug builds (every test among them) call the script after a gate said `Skip` too, and panic
 /// unless it returned nothing: each replay in a test checks every gated evaluation against Rhai.
 /// Release builds trust the gate, which is sound by construction (`gate`).
-const VERIFY_GATES: bool = cfg!(debug_assertions);
+pub(crate) const VERIFY_GATES: bool = cfg!(debug_assertions);
 
 /// The entity argument of `evaluate`: a subscriber, calling number or device, or an account.
 enum EntityArg {

@@ -507,7 +507,7 @@ impl Recogniser<'_> {
                 Some((Cond::Any(any), true))
             }
             Expr::FnCall(call, _) if call.op_token.is_some() && call.namespace.is_empty() => {
-                match (call.name.as_str(), call.args.as_slice()) {
+                match (call.name.as_str(), &call.args[..]) {
                     ("!", [a]) => match self.cond(a)? {
                         (c, true) => Some((Cond::Not(Box::new(c)), true)),
                         (_, false) => None,
@@ -623,4 +623,405 @@ fn compare(op: Cmp, x: Value, y: Value) -> Option<bool> {
         Cmp::Lt => max != 0.0 && (y - x) / max > EPSILON,
         Cmp::Le => max == 0.0 || (y - x) / max > -EPSILON,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::path::{Path, PathBuf};
+    use std::rc::Rc;
+
+    use crate::rules::library::RuleSources;
+    use crate::rules::{RuleSet, Shared};
+
+    fn shipped() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")
+    }
+
+    fn shipped_set() -> RuleSet {
+        let store = Rc::new(std::cell::RefCell::new(crate::state::WindowStore::new(
+            Default::default(),
+        )));
+        let sources = RuleSources::read(&shipped()).unwrap();
+        RuleSet::build(
+            &sources,
+            &Default::default(),
+            &Shared::new(store, Default::default()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The survey in the module docs, rule by rule: (guards, last one read in part).
+    #[test]
+    fn shipped_rules_are_gated_as_the_survey_says() {
+        let expected: &[(&str, Option<(usize, bool)>)] = &[
+            ("irsf_high_risk_destination", Some((1, false))),
+            ("pbx_off_hours_international", Some((1, false))),
+            ("roaming_high_usage", Some((1, false))),
+            ("simbox_behaviour", Some((1, false))),
+            ("impossible_travel", Some((2, false))),
+            ("usage_spike_in_arrears", Some((1, false))),
+            ("early_life_high_usage", Some((1, false))),
+            ("bill_shock", Some((1, true))),
+            ("sms_sim_farm", None),
+            ("wangiri_inbound", None),
+            ("wangiri_callback", None),
+            ("call_forwarding_high_risk", None),
+            ("simultaneous_calls", None),
+            ("credit_limit_exceeded", None),
+            ("credit_limit_warning", None),
+            ("invoice_overdue", None),
+            ("payment_reversal", None),
+        ];
+        let set = shipped_set();
+        assert_eq!(
+            set.rules.len(),
+            expected.len(),
+            "a rule was added: survey it"
+        );
+        for (id, want) in expected {
+            let rule = set
+                .rules
+                .iter()
+                .find(|r| r.id() == *id)
+                .unwrap_or_else(|| panic!("{id} is shipped"));
+            let got = rule.gate.as_ref().map(|g| (g.guards, g.partial));
+            assert_eq!(
+                got,
+                *want,
+                "{id}: {:?}",
+                rule.gate.as_ref().map(|g| &g.ends)
+            );
+        }
+    }
+
+    /// The gate of `body` in `fn evaluate(rec, sub, acct, params)` of a subscriber rule (with
+    /// `extra` script before it), or why there is none.
+    fn gate_of(extra: &str, body: &str, limits: &SandboxLimits) -> Result<Gate, NoGate> {
+        let engine = crate::rules::build_engine(&Default::default());
+        let script = format!("{extra}\nfn evaluate(rec, sub, acct, params) {{\n{body}\n#{{}}\n}}");
+        let ast = engine
+            .compile(&script)
+            .unwrap_or_else(|e| panic!("{script}: {e}"));
+        Gate::recognise(&ast, "evaluate", EntityType::Subscriber, limits, 1)
+    }
+
+    fn guards(body: &str) -> Option<(usize, bool)> {
+        gate_of("", body, &Default::default())
+            .ok()
+            .map(|g| (g.guards, g.partial))
+    }
+
+    #[test]
+    fn the_recogniser_reads_pure_guards() {
+        for (body, want) in [
+            (
+                r#"let c = sub.count("voice", "1h"); if c < params.n { return; }"#,
+                (1, false),
+            ),
+            (r#"if sub.count("voice", "1h") < 3 { return; }"#, (1, false)),
+            (
+                r#"let c = sub.count("voice", "1h"); let m = acct.minutes("voice", "1h", "2h");
+                   if c < 1 || c > params.n { return; }
+                   if !(m >= 2.5) && sub.travel_km() <= params.km { return; }"#,
+                (2, false),
+            ),
+            (
+                r#"const c = sub.distinct_called("24h"); if c != 0 { return (); }"#,
+                (1, false),
+            ),
+            // The leading part of an `||` is enough for `return`; the gate ends there.
+            (
+                r#"let c = sub.count("v", "1h"); if c < 1 || rec.duration_s == 0 { return; }
+                   if c > 5 { return; }"#,
+                (1, true),
+            ),
+            // An `else` that does nothing is no `else` (Rhai's optimizer drops it).
+            (
+                r#"if sub.count("v", "1h") < 1 { return; } else { }"#,
+                (1, false),
+            ),
+            // `let`s after the last guard are dropped; the guards before a statement it cannot
+            // read stay.
+            (
+                r#"if sub.count("v", "1h") < 1 { return; } let x = rec.msisdn; if x == "" { return; }"#,
+                (1, false),
+            ),
+        ] {
+            assert_eq!(guards(body), Some(want), "{body}");
+        }
+    }
+
+    #[test]
+    fn the_recogniser_refuses_near_misses() {
+        for body in [
+            // A function that is not a pure state accessor.
+            r#"if listed("l", rec.msisdn) { return; }"#,
+            // `edge` latches: a side effect.
+            r#"if !edge("x", sub.count("v", "1h") > 1) { return; }"#,
+            // A `let` with a side effect.
+            r#"let e = edge("x", true); if e { return; }"#,
+            // A window that is not a literal.
+            r#"let c = sub.count("voice", params.window); if c < 1 { return; }"#,
+            r#"let c = sub.count("voice", `${params.h}h`); if c < 1 { return; }"#,
+            // A record field, arithmetic, a method on a number.
+            r#"if rec.duration_s == 0 { return; }"#,
+            r#"let c = sub.count("v", "1h"); if c < params.n * 2 { return; }"#,
+            r#"let c = sub.count("v", "1h"); if c.to_float() < 2.0 { return; }"#,
+            // A `let` of a comparison, read later.
+            r#"let ok = sub.count("v", "1h") > 2; if !ok { return; }"#,
+            // An `if` that does something else than return nothing.
+            r#"if sub.count("v", "1h") < 1 { return #{}; }"#,
+            r#"if sub.count("v", "1h") < 1 { throw "no"; }"#,
+            r#"if sub.count("v", "1h") < 1 { return; } else { print("x"); }"#,
+            // `?.`, a rebound argument, an accessor of another view, an unknown feature.
+            r#"if sub?.count("v", "1h") < 1 { return; }"#,
+            r#"let sub = acct; if sub.count("v", "1h") < 1 { return; }"#,
+            r#"if sub.age_days() < 1.0 { return; }"#,
+            r#"if sub.exposure() < 1.0 { return; }"#,
+            // `params.segment` is a string getter, not a parameter; a `let` of a literal.
+            r#"if sub.count("v", "1h") < params.segment { return; }"#,
+            r#"let n = 3; if sub.count("v", "1h") < n { return; }"#,
+            // An `&&` whose first term the gate cannot read.
+            r#"if rec.duration_s == 0 && sub.count("v", "1h") < 1 { return; }"#,
+            // `!` of a part of an `||`.
+            r#"if !(sub.count("v", "1h") < 1 || rec.answered) { return; }"#,
+        ] {
+            let got = gate_of("const RULE = #{};", body, &Default::default());
+            assert!(got.is_err(), "{body}: {got:?}");
+        }
+        // A script function named like an accessor is what `sub.count(…)` calls.
+        let shadowed = gate_of(
+            "fn count(f, w) { 0 }",
+            r#"if sub.count("v", "1h") < 1 { return; }"#,
+            &Default::default(),
+        );
+        assert!(shadowed.is_err(), "{shadowed:?}");
+        // Limits too tight for the script's own guard path: the script could fail where the gate
+        // would not.
+        let body = r#"let c = sub.count("v", "1h"); if c < params.n { return; }"#;
+        for limits in [
+            SandboxLimits {
+                max_operations: 50,
+                ..Default::default()
+            },
+            SandboxLimits {
+                max_variables: 6,
+                ..Default::default()
+            },
+        ] {
+            let got = gate_of("", body, &limits);
+            assert!(
+                got.as_ref().is_err_and(|e| e.0.contains("rules.sandbox")),
+                "{limits:?}: {got:?}"
+            );
+        }
+        assert!(gate_of("", body, &Default::default()).is_ok());
+    }
+
+    #[test]
+    fn comparisons_agree_with_rhai() {
+        let engine = rhai::Engine::new();
+        let values = [
+            Value::Int(0),
+            Value::Int(3),
+            Value::Int(-3),
+            Value::Int(10),
+            Value::Int(i64::MAX),
+            Value::Int(i64::MIN),
+            Value::Float(0.0),
+            Value::Float(-0.0),
+            Value::Float(3.0),
+            Value::Float(10.0),
+            Value::Float(9.999999999999998),
+            Value::Float(10.000000000000002),
+            Value::Float(0.1 + 0.2),
+            Value::Float(0.3),
+            Value::Float(1e-300),
+            Value::Float(-1e-300),
+            Value::Float(9.2e18),
+            Value::Float(f64::INFINITY),
+            Value::Float(f64::NEG_INFINITY),
+            Value::Float(f64::NAN),
+        ];
+        let dynamic = |v: Value| match v {
+            Value::Int(i) => rhai::Dynamic::from(i),
+            Value::Float(f) => rhai::Dynamic::from(f),
+        };
+        let ops = [
+            (Cmp::Eq, "=="),
+            (Cmp::Ne, "!="),
+            (Cmp::Lt, "<"),
+            (Cmp::Le, "<="),
+            (Cmp::Gt, ">"),
+            (Cmp::Ge, ">="),
+        ];
+        let mut differs_from_rust = 0;
+        for x in values {
+            for y in values {
+                for (op, text) in ops {
+                    let mut scope = rhai::Scope::new();
+                    scope.push_dynamic("x", dynamic(x));
+                    scope.push_dynamic("y", dynamic(y));
+                    let rhai: bool = engine
+                        .eval_with_scope(&mut scope, &format!("x {text} y"))
+                        .unwrap();
+                    assert_eq!(compare(op, x, y), Some(rhai), "{x:?} {text} {y:?}");
+                    if let (Value::Float(a), Value::Float(b)) = (x, y) {
+                        let rust = match op {
+                            Cmp::Eq => a == b,
+                            Cmp::Ne => a != b,
+                            Cmp::Lt => a < b,
+                            Cmp::Le => a <= b,
+                            Cmp::Gt => a > b,
+                            Cmp::Ge => a >= b,
+                        };
+                        differs_from_rust += usize::from(rust != rhai);
+                    }
+                }
+            }
+        }
+        // Why the gate does not use Rust's own float comparisons.
+        assert!(differs_from_rust > 0);
+    }
+
+    /// A copy of the shipped library whose gated rules' thresholds are drawn at random, some of
+    /// them round values that measured features often equal exactly.
+    fn library_with_random_thresholds(dir: &Path, rng: &mut fastrand::Rng) {
+        fn copy(from: &Path, to: &Path) {
+            std::fs::create_dir_all(to).unwrap();
+            for e in std::fs::read_dir(from).unwrap() {
+                let e = e.unwrap();
+                if e.path().is_dir() {
+                    copy(&e.path(), &to.join(e.file_name()));
+                } else {
+                    std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+                }
+            }
+        }
+        copy(&shipped(), dir);
+        let text = std::fs::read_to_string(dir.join("params.toml")).unwrap();
+        let mut params: toml::Table = toml::from_str(&text).unwrap();
+        let mut float = |max: f64| {
+            const ROUND: [f64; 8] = [0.5, 1.0, 2.0, 2.5, 3.0, 5.0, 10.0, 20.0];
+            if rng.bool() {
+                ROUND[rng.usize(..ROUND.len())].min(max)
+            } else {
+                (rng.f64() * max * 100.0).round() / 100.0
+            }
+        };
+        let mut set = |rule: &str, key: &str, value: toml::Value| {
+            params
+                .get_mut(rule)
+                .and_then(|t| t.as_table_mut())
+                .unwrap()
+                .insert(key.into(), value);
+        };
+        set(
+            "irsf_high_risk_destination",
+            "min_calls",
+            toml::Value::Integer(1 + (float(5.0) as i64)),
+        );
+        set(
+            "irsf_high_risk_destination",
+            "min_minutes",
+            toml::Value::Float(float(20.0)),
+        );
+        set(
+            "pbx_off_hours_international",
+            "min_minutes",
+            toml::Value::Float(float(90.0)),
+        );
+        set(
+            "roaming_high_usage",
+            "min_charges",
+            toml::Value::Float(float(400.0)),
+        );
+        set(
+            "simbox_behaviour",
+            "min_mo_calls",
+            toml::Value::Integer(1 + (float(60.0) as i64)),
+        );
+        set(
+            "impossible_travel",
+            "min_km",
+            toml::Value::Float(float(100.0)),
+        );
+        set(
+            "impossible_travel",
+            "min_kmh",
+            toml::Value::Float(float(1500.0)),
+        );
+        set(
+            "usage_spike_in_arrears",
+            "min_charges",
+            toml::Value::Float(float(50.0)),
+        );
+        set(
+            "early_life_high_usage",
+            "max_age_days",
+            toml::Value::Float(float(60.0)),
+        );
+        set("bill_shock", "min_charges", toml::Value::Float(float(20.0)));
+        std::fs::write(dir.join("params.toml"), toml::to_string(&params).unwrap()).unwrap();
+    }
+
+    /// Gated and ungated evaluation give the same verdicts: generated traffic with every story,
+    /// over the shipped rules with random thresholds. In a debug build the engine calls the script
+    /// after every `Skip` of a gate and panics unless it returned nothing (`VERIFY_GATES`), so this
+    /// replay compares every gated evaluation with Rhai's own verdict on the same state.
+    #[test]
+    fn gated_and_ungated_evaluation_agree_on_random_states() {
+        use crate::demo::gen::{generate, stories::STORY_RULES, GenConfig};
+        use crate::modes::replay::{run_to, ReplayOptions, RulesChoice};
+        assert!(
+            crate::rules::engine::VERIFY_GATES,
+            "run in a debug build: release builds trust the gates"
+        );
+        let mut rng = fastrand::Rng::with_seed(15);
+        let mut totals: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        for seed in 1..=3 {
+            let dir = tempfile::tempdir().unwrap();
+            library_with_random_thresholds(&dir.path().join("rules"), &mut rng);
+            let cfg = GenConfig {
+                subscribers: 600,
+                records: 6_000,
+                days: 4,
+                seed,
+                inject: STORY_RULES.iter().map(|r| (r.to_string(), 1)).collect(),
+                ..GenConfig::default()
+            };
+            let (mut usage, mut events) = (Vec::new(), Vec::new());
+            generate(&cfg, &mut usage, &mut events).unwrap();
+            std::fs::write(dir.path().join("u.ndjson"), usage).unwrap();
+            std::fs::write(dir.path().join("e.ndjson"), events).unwrap();
+            let opts = ReplayOptions {
+                usage: dir.path().join("u.ndjson"),
+                events: Some(dir.path().join("e.ndjson")),
+                no_dead_letter: true,
+                rules: RulesChoice::Dir(dir.path().join("rules")),
+                ..Default::default()
+            };
+            let (_, pipeline) = run_to(&opts, &mut std::io::sink()).unwrap();
+            let engine = pipeline.rules.as_ref().unwrap();
+            for s in engine.stats() {
+                let t = totals.entry(s.id.clone()).or_default();
+                t.0 += s.evaluations;
+                t.1 += s.gated;
+            }
+        }
+        let set = shipped_set();
+        for (id, (evaluations, gated)) in &totals {
+            let has_gate = set.rules.iter().any(|r| r.id() == id && r.gate.is_some());
+            assert!(has_gate || *gated == 0, "{id}: gated without a gate");
+            // Every gate was put to the test (and some evaluations still ran the script).
+            if has_gate && *evaluations >= 50 {
+                assert!(*gated > 0, "{id}: {evaluations} evaluations, none gated");
+            }
+        }
+        let gated: u64 = totals.values().map(|t| t.1).sum();
+        let evaluations: u64 = totals.values().map(|t| t.0).sum();
+        assert!(0 < gated && gated < evaluations, "{totals:?}");
+    }
 }

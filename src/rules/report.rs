@@ -78,10 +78,11 @@ impl RulesReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "  rules               {} active (rule set {}); {} evaluations, {} alerts, {} errors; {:.1}% of usage records ran no rule{}",
+            "  rules               {} active (rule set {}); {} evaluations ({} decided by gates), {} alerts, {} errors; {:.1}% of usage records ran no rule{}",
             self.rules_active,
             self.ruleset_version,
             c.evaluations,
+            c.gated,
             c.alerts,
             c.errors,
             100.0 * self.no_rule_share(),
