@@ -632,6 +632,7 @@ mod tests {
     use std::path::{Path, PathBuf};
     use std::rc::Rc;
 
+    use crate::rules::api::EntityView;
     use crate::rules::library::RuleSources;
     use crate::rules::{RuleSet, Shared};
 
@@ -820,9 +821,78 @@ mod tests {
         assert!(gate_of("", body, &Default::default()).is_ok());
     }
 
+    /// Views of a subscriber nobody has seen, at one instant: every window feature reads 0.
+    fn quiet() -> (EntityView, AccountView) {
+        let store = Rc::new(std::cell::RefCell::new(crate::state::WindowStore::new(
+            Default::default(),
+        )));
+        let shared = Shared::new(store, Default::default());
+        let at = crate::record::EventTime::parse("2026-11-01T12:00:00+01:00").unwrap();
+        let n = crate::record::Number::parse("33612000001").unwrap();
+        (
+            EntityView::new(shared.clone(), EntityType::Subscriber, n, at.utc),
+            AccountView::new(shared, None, at),
+        )
+    }
+
+    fn table(values: &[(&str, rhai::Dynamic)]) -> ParamTable {
+        ParamTable {
+            rule_id: "irsf_high_risk_destination".into(),
+            segment: "consumer",
+            values: values
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_gate_skips_what_its_guard_decides_and_runs_what_it_cannot_tell() {
+        let set = shipped_set();
+        let irsf = set
+            .rules
+            .iter()
+            .find(|r| r.id() == "irsf_high_risk_destination")
+            .unwrap();
+        let gate = irsf.gate.as_ref().unwrap();
+        let (sub, acct) = quiet();
+        let verdict = |params: &ParamTable| {
+            gate.check(&Inputs {
+                entity: View::Entity(&sub),
+                account: &acct,
+                params,
+            })
+        };
+        // 0 calls < 3 and 0 minutes < 10: the script would return nothing.
+        assert_eq!(verdict(irsf.params[0].as_ref()), Verdict::Skip);
+        let int = |i: i64| rhai::Dynamic::from(i);
+        let float = |f: f64| rhai::Dynamic::from(f);
+        // 0 < 0 is false: the script decides.
+        let zero = table(&[("min_calls", int(0)), ("min_minutes", float(0.0))]);
+        assert_eq!(verdict(&zero), Verdict::Run);
+        // A missing parameter, or one that is not a number: the script's to fail or decide.
+        assert_eq!(verdict(&table(&[])), Verdict::Run);
+        let text = table(&[("min_calls", "3".into()), ("min_minutes", float(10.0))]);
+        assert_eq!(verdict(&text), Verdict::Run);
+        // A read that fails (a window beyond state.max_window): the script runs, and fails.
+        let far = gate_of(
+            "",
+            r#"if sub.count("voice", "400d") < 1 { return; }"#,
+            &Default::default(),
+        )
+        .unwrap();
+        let far = far.check(&Inputs {
+            entity: View::Entity(&sub),
+            account: &acct,
+            params: &table(&[]),
+        });
+        assert_eq!(far, Verdict::Run);
+    }
+
     #[test]
     fn comparisons_agree_with_rhai() {
-        let engine = rhai::Engine::new();
+        // The rules' own engine: its operators are the ones scripts use.
+        let engine = crate::rules::build_engine(&Default::default());
         let values = [
             Value::Int(0),
             Value::Int(3),
@@ -1015,6 +1085,8 @@ mod tests {
         for (id, (evaluations, gated)) in &totals {
             let has_gate = set.rules.iter().any(|r| r.id() == id && r.gate.is_some());
             assert!(has_gate || *gated == 0, "{id}: gated without a gate");
+            // A gated evaluation is an evaluation too.
+            assert!(gated <= evaluations, "{id}");
             // Every gate was put to the test (and some evaluations still ran the script).
             if has_gate && *evaluations >= 50 {
                 assert!(*gated > 0, "{id}: {evaluations} evaluations, none gated");
