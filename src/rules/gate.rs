@@ -229,6 +229,7 @@ impl Gate {
         let mut partial = false;
         let mut ends = String::from("the end of the function");
         for s in &body {
+            let nodes_before = r.nodes;
             let line = s.position().line().unwrap_or(0);
             let at = |what: &str| format!("line {line}: {what}");
             match s {
@@ -288,6 +289,7 @@ impl Gate {
                     guards -= 1;
                     partial = false;
                 }
+                r.nodes = nodes_before;
                 ends = at("a gate longer than it is worth");
                 break;
             }
