@@ -3,7 +3,8 @@
 //!
 //! Per usage record: the class's dispatch list (often empty: one lookup and done); otherwise one view
 //! of the record, its subscriber and its account, shared by the rules that run, and one sandboxed call
-//! per rule. A failing call is counted against its rule with its message and the record goes on to the
+//! per rule — unless the rule's gate (`gate`), its first guards evaluated natively, says the script
+//! would return nothing: then no call, and the evaluation counts as `gated`. A failing call is counted against its rule with its message and the record goes on to the
 //! other rules; a rule that fails `quarantine_after` times stops running until the next reload.
 //!
 //! Owned by one worker thread with the window store it reads (the Rhai engine is not `Send`).
