@@ -1094,6 +1094,9 @@ mod tests {
                 assert!(*gated > 0, "{id}: {evaluations} evaluations, none gated");
             }
         }
+        for (id, (evaluations, gated)) in &totals {
+            eprintln!("{id:32} {evaluations:7} evaluations {gated:7} gated");
+        }
         let gated: u64 = totals.values().map(|t| t.1).sum();
         let evaluations: u64 = totals.values().map(|t| t.0).sum();
         assert!(0 < gated && gated < evaluations, "{totals:?}");
