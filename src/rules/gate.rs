@@ -1044,13 +1044,13 @@ mod tests {
     /// after every `Skip` of a gate and panics unless it returned nothing (`VERIFY_GATES`), so this
     /// replay compares every gated evaluation with Rhai's own verdict on the same state.
     #[test]
+    #[cfg_attr(
+        not(debug_assertions),
+        ignore = "release builds trust the gates: the script is not re-run after a skip"
+    )]
     fn gated_and_ungated_evaluation_agree_on_random_states() {
         use crate::demo::gen::{generate, stories::STORY_RULES, GenConfig};
         use crate::modes::replay::{run_to, ReplayOptions, RulesChoice};
-        assert!(
-            crate::rules::engine::VERIFY_GATES,
-            "run in a debug build: release builds trust the gates"
-        );
         let mut rng = fastrand::Rng::with_seed(15);
         let mut totals: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
         for seed in 1..=3 {
