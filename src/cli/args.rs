@@ -166,8 +166,12 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub no_rules: bool,
     /// Reload the rules when their files change or on SIGHUP, e.g. while replaying from stdin.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "threads")]
     pub watch_rules: bool,
+    /// Split the input by account over this many worker threads (as the daemon splits partitions),
+    /// plus a reader and a collector; the alerts are those of one thread.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
 }
 
 #[derive(Args, Debug)]

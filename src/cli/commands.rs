@@ -10,6 +10,7 @@ use anyhow::Context;
 use crate::classify::ClassFilter;
 use crate::modes::inspect::{self, Target};
 use crate::modes::replay::{self, ReplayOptions};
+use crate::modes::replay_split;
 use crate::record::{EventTime, Number};
 
 use super::args::*;
@@ -219,7 +220,10 @@ pub fn replay_cmd(a: ReplayArgs) -> anyhow::Result<i32> {
         },
         watch_rules: a.watch_rules,
     };
-    let (report, _) = replay::run(&opts)?;
+    let report = match a.threads {
+        Some(n) => replay_split::run(&opts, n as usize)?,
+        None => replay::run(&opts)?.0,
+    };
     eprint!("{}", report.render());
     if let Some(p) = a.summary_json {
         let f = File::create(&p).with_context(|| format!("creating {}", p.display()))?;

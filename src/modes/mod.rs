@@ -4,5 +4,6 @@
 pub mod inspect;
 pub mod preflight;
 pub mod replay;
+pub mod replay_split;
 pub mod ruletest;
 pub mod state;

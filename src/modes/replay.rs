@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::pipeline::{Counts, Pipeline, PipelineOptions, RulesOptions, Verdict};
+use crate::pipeline::{Counts, Pipeline, PipelineOptions, RulesOptions, Scope, Verdict};
 use crate::record::{EventTime, Mode};
 use crate::rules::{runtime, Library, Reloader, RulesReport};
 use crate::sink::{AlertFile, DeadLetterFile, Origin, Outputs, Rejected};
@@ -194,13 +194,17 @@ fn default_dead_letter(opts: &ReplayOptions) -> PathBuf {
 /// Builds the pipeline from a config file (or defaults) and runs the inputs through it, writing alerts
 /// to `opts.out` (stdout when `None`).
 pub fn run(opts: &ReplayOptions) -> anyhow::Result<(ReplayReport, Pipeline)> {
-    let mut out: Box<dyn Write> = match &opts.out {
+    run_to(opts, &mut open_out(opts)?)
+}
+
+/// The alerts output: `opts.out`, else stdout.
+pub(super) fn open_out(opts: &ReplayOptions) -> anyhow::Result<Box<dyn Write>> {
+    Ok(match &opts.out {
         Some(p) => Box::new(BufWriter::new(
             File::create(p).with_context(|| format!("creating {}", p.display()))?,
         )),
         None => Box::new(BufWriter::new(io::stdout().lock())),
-    };
-    run_to(opts, &mut out)
+    })
 }
 
 /// Runs a replay with no alert output (inspect, tests); rejects go to `dead_letter` or are only counted.
@@ -227,50 +231,97 @@ pub fn run_quiet(
     run_to(&opts, &mut io::sink())
 }
 
+/// What every replay builds before reading: the configuration, the classifier and the rule library.
+pub(super) struct Setup {
+    pub cfg: Config,
+    classifier: crate::classify::Classifier,
+    library: Option<Library>,
+}
+
+impl Setup {
+    pub fn load(opts: &ReplayOptions) -> anyhow::Result<Self> {
+        let (cfg, base) = Config::load(opts.config.as_deref())?;
+        let classifier = cfg.classifier(&base).context("loading reference data")?;
+        let library = match &opts.rules {
+            RulesChoice::Off => None,
+            RulesChoice::Dir(d) => Some(Library::load(d, &cfg)?),
+            RulesChoice::Default => match runtime::locate_optional(None, &cfg, &base) {
+                Some(d) => Some(Library::load(&d, &cfg)?),
+                None => {
+                    tracing::warn!(
+                        "No rule library ({}/ not found, no --rules): replaying without rules.",
+                        crate::config::DEFAULT_RULES_DIR
+                    );
+                    None
+                }
+            },
+        };
+        Ok(Setup {
+            cfg,
+            classifier,
+            library,
+        })
+    }
+
+    /// A pipeline over `scope` with the replay's rules.
+    pub fn pipeline(&self, scope: Scope) -> anyhow::Result<Pipeline> {
+        self.pipeline_with(scope, None, false)
+    }
+
+    fn pipeline_with(
+        &self,
+        scope: Scope,
+        cutoff: Option<i64>,
+        keep_fired: bool,
+    ) -> anyhow::Result<Pipeline> {
+        let cfg = &self.cfg;
+        Ok(Pipeline::new(PipelineOptions {
+            rules: self.library.as_ref().map(|l| RulesOptions {
+                sources: &l.sources,
+                sandbox: &cfg.rules.sandbox,
+                quarantine: cfg.rules.quarantine_policy(),
+                mode: Mode::Replay,
+                high_risk_from_rules: cfg.reference.high_risk_prefixes.is_none(),
+            }),
+            cutoff,
+            keep_fired,
+            scope,
+            ..PipelineOptions::new(self.classifier.clone(), cfg.state.clone())
+        })?)
+    }
+
+    /// Where rejected lines go, if anywhere.
+    pub fn dead_letter_path(&self, opts: &ReplayOptions) -> Option<PathBuf> {
+        match (opts.no_dead_letter, &opts.dead_letter) {
+            (true, _) => None,
+            (false, Some(p)) => Some(p.clone()),
+            (false, None) => Some(default_dead_letter(opts)),
+        }
+    }
+}
+
 /// Runs a replay writing alerts (NDJSON) to `out`; `opts.out` is not used.
 pub fn run_to(
     opts: &ReplayOptions,
     out: &mut dyn Write,
 ) -> anyhow::Result<(ReplayReport, Pipeline)> {
-    let (cfg, base) = Config::load(opts.config.as_deref())?;
-    let classifier = cfg.classifier(&base).context("loading reference data")?;
-    let library = match &opts.rules {
-        RulesChoice::Off => None,
-        RulesChoice::Dir(d) => Some(Library::load(d, &cfg)?),
-        RulesChoice::Default => match runtime::locate_optional(None, &cfg, &base) {
-            Some(d) => Some(Library::load(&d, &cfg)?),
-            None => {
-                tracing::warn!(
-                    "No rule library ({}/ not found, no --rules): replaying without rules.",
-                    crate::config::DEFAULT_RULES_DIR
-                );
-                None
-            }
-        },
-    };
-    let mut pipeline = Pipeline::new(PipelineOptions {
-        rules: library.as_ref().map(|l| RulesOptions {
-            sources: &l.sources,
-            sandbox: &cfg.rules.sandbox,
-            quarantine: cfg.rules.quarantine_policy(),
-            mode: Mode::Replay,
-            high_risk_from_rules: cfg.reference.high_risk_prefixes.is_none(),
-        }),
-        cutoff: opts.cutoff.map(|t| t.utc),
-        keep_fired: opts.keep_fired,
-        ..PipelineOptions::new(classifier, cfg.state.clone())
-    })?;
-    let mut reloader = match (&library, opts.watch_rules) {
-        (Some(l), true) => Some(Reloader::spawn(l, &cfg, true)?),
+    let setup = Setup::load(opts)?;
+    let cfg = &setup.cfg;
+    let library = &setup.library;
+    let mut pipeline = setup.pipeline_with(
+        Scope::Everything,
+        opts.cutoff.map(|t| t.utc),
+        opts.keep_fired,
+    )?;
+    let mut reloader = match (library, opts.watch_rules) {
+        (Some(l), true) => Some(Reloader::spawn(l, cfg, true)?),
         _ => None,
     };
     let mut source = FileSource::open(&opts.usage, opts.events.as_deref(), cfg.decoder())?;
-    let dl_path = match (opts.no_dead_letter, &opts.dead_letter) {
-        (true, _) => None,
-        (false, Some(p)) => Some(p.clone()),
-        (false, None) => Some(default_dead_letter(opts)),
-    };
-    let dead_letter = DeadLetterFile::new(dl_path, cfg.input.dead_letter_file_max_mib << 20);
+    let dead_letter = DeadLetterFile::new(
+        setup.dead_letter_path(opts),
+        cfg.input.dead_letter_file_max_mib << 20,
+    );
     let alerts = AlertFile::new(out);
     let mut outputs = Outputs::new(vec![&alerts, &dead_letter]);
     let mut progress = Progress::new(opts.progress);

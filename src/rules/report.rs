@@ -67,6 +67,52 @@ impl RulesReport {
         }
     }
 
+    /// The reports of pipelines that ran the same library over parts of one input (`replay
+    /// --threads`): counts added, the mean weighted by evaluations, the p99 the highest part's (its
+    /// histogram stays with its thread), and a rule quarantined if it was anywhere.
+    pub fn merge(parts: Vec<RulesReport>) -> Option<RulesReport> {
+        let mut parts = parts.into_iter();
+        let mut to = parts.next()?;
+        for p in parts {
+            let (a, b) = (&mut to.counters, &p.counters);
+            a.usage_records += b.usage_records;
+            a.usage_without_rules += b.usage_without_rules;
+            a.events += b.events;
+            a.timers += b.timers;
+            a.evaluations += b.evaluations;
+            a.gated += b.gated;
+            a.alerts += b.alerts;
+            a.errors += b.errors;
+            to.alert_memory_bytes += p.alert_memory_bytes;
+            to.edges_refused += p.edges_refused;
+            for r in p.rules {
+                match to.rules.iter_mut().find(|t| t.id == r.id) {
+                    Some(t) => {
+                        let n = t.evaluations + r.evaluations;
+                        if n > 0 {
+                            t.mean_us = (t.mean_us * t.evaluations as f64
+                                + r.mean_us * r.evaluations as f64)
+                                / n as f64;
+                        }
+                        t.evaluations = n;
+                        t.alerts += r.alerts;
+                        t.entities += r.entities;
+                        t.suppressed += r.suppressed;
+                        t.errors += r.errors;
+                        t.quarantined |= r.quarantined;
+                        t.p99_us = t.p99_us.max(r.p99_us);
+                        if r.last_error.is_some() {
+                            t.last_error = r.last_error;
+                        }
+                    }
+                    None => to.rules.push(r),
+                }
+            }
+        }
+        to.rules.sort_by(|a, b| a.id.cmp(&b.id));
+        Some(to)
+    }
+
     /// Share of usage records that ran no rule at all (trigger dispatch found none).
     pub fn no_rule_share(&self) -> f64 {
         let c = &self.counters;

@@ -122,6 +122,14 @@ impl FileSource {
         }))
     }
 
+    /// The input files' names: usage first, then events if given.
+    pub fn names(&self) -> Vec<String> {
+        self.files
+            .iter()
+            .map(|f| f.reader.name().to_string())
+            .collect()
+    }
+
     /// Fraction of input bytes consumed, when sizes are known.
     pub fn progress(&self) -> Option<f64> {
         let (mut done, mut total) = (0u64, 0u64);

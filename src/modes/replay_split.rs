@@ -1,0 +1,595 @@
+//! `replay --threads N`: the input split by account over N workers, as the daemon splits its
+//! partitions, with the alerts of a one-thread replay.
+//!
+//! ```text
+//!                      ┌─► worker 0 (lines and accounts, Scope::Lines) ──┐ alerts, rejects,
+//! reader: decode, merge ┼─► worker 1                                    ─┼─► collector (this thread):
+//! in event time, key    └─► worker N-1                                  ──┘   calls lane (Scope::
+//!                                                                             CallingNumbers), output
+//! ```
+//!
+//! - **Reader**: decodes both files merged in event time, as a one-thread replay reads
+//!   them, numbers each line (`seq`) and sends it to the worker of its account: `served.account_id`,
+//!   else the account the line was last seen on (account events and usage records naming one, as the
+//!   state attributes a line), else the msisdn.
+//! - **Workers**: one pipeline each, owning their accounts' lines and accounts (`Scope::Lines`).
+//! - **Collector**: merges what the workers did by `seq`, runs the calling numbers' lane on the
+//!   records they hand over (MT calls, Wangiri callbacks) in input order, and writes alerts and
+//!   dead letters.
+//!
+//! **Why the alerts are the same.** A record's lines, account and device state live in one worker
+//! and see that account's records in input order. What a partition of the daemon does not share is
+//! event time: its watermark is its own. Here the reader sends every worker the global newest usage
+//! time (`Clock`) before its next record and at each batch end, so lateness, timers and dedup
+//! horizons move exactly as in one thread. Calling numbers see every partition's calls in input order,
+//! the order of one thread. Alerts come out in input order; those of the same line (a timer due for
+//! several accounts at once) by alert id, so the file is the same for every N.
+//!
+//! **Where it differs from one thread** (as the daemon's partitions do):
+//! - a line whose first records name no account, and that no account event named yet, is placed by
+//!   its msisdn; when a later record names its account, the account's worker sees the line from
+//!   then on, and the usage before stays with the msisdn's worker (one thread moves the line's
+//!   earlier usage into the account);
+//! - a record id is de-duplicated within its account's worker, so two records sharing an id on
+//!   different accounts are both kept;
+//! - a usage record stamped after the real time (`future`) is judged against each thread's clock;
+//! - the summary's per-rule p99 is the highest of the threads'.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::time::Instant;
+
+use ahash::AHashMap;
+use anyhow::Context;
+use compact_str::CompactString;
+
+use crate::pipeline::{Counts, Handover, Pipeline, Scope, Verdict};
+use crate::record::{Alert, Decoded, Item, Reject};
+use crate::rules::RulesReport;
+use crate::sink::{AlertFile, DeadLetterFile, Origin, Outputs, Rejected};
+use crate::source::FileSource;
+use crate::state::{StoreCounters, StoreSize};
+use crate::telemetry::{peak_rss_bytes, Progress};
+
+use super::replay::{open_out, ReplayOptions, ReplayReport, Setup};
+
+/// Lines read between two flushes of every worker's batch: how far the workers can drift apart,
+/// and so how much the collector holds before it can write.
+const BATCH_LINES: u64 = 2048;
+/// Batches in flight per worker before the reader waits.
+const QUEUED_BATCHES: usize = 4;
+
+/// What the reader sends a worker.
+struct Batch {
+    /// Every line up to this `seq` has been read: the worker reports it back when done.
+    upto: u64,
+    msgs: Vec<Msg>,
+    /// Raw bytes of the batch's lines (`Line::raw` ranges into it).
+    raws: Vec<u8>,
+}
+
+// Boxing the line would allocate once per line to save the space of clocks in a batch.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    /// A line of the input.
+    Line {
+        seq: u64,
+        /// 0 usage, 1 events.
+        source: u8,
+        line: u64,
+        raw: (usize, usize),
+        truncated: u64,
+        item: Result<Item, Reject>,
+    },
+    /// The newest usage time reached at line `seq`.
+    Clock { seq: u64, t: i64 },
+}
+
+/// What a worker did with a batch.
+struct Done {
+    worker: usize,
+    upto: u64,
+    entries: Vec<(u64, Entry)>,
+}
+
+enum Entry {
+    Alert(Alert),
+    Reject {
+        source: u8,
+        line: u64,
+        raw: Vec<u8>,
+        truncated: u64,
+        reject: Reject,
+    },
+    Handover(Handover),
+}
+
+/// A worker's part of the summary.
+struct Part {
+    counts: Counts,
+    store: StoreCounters,
+    size: StoreSize,
+    rules: Option<RulesReport>,
+}
+
+/// Runs a replay over `threads` workers, writing alerts to `opts.out` (stdout when `None`).
+pub fn run(opts: &ReplayOptions, threads: usize) -> anyhow::Result<ReplayReport> {
+    run_to(opts, threads, &mut open_out(opts)?)
+}
+
+/// Runs a replay over `threads` workers, writing alerts (NDJSON) to `out`.
+pub fn run_to(
+    opts: &ReplayOptions,
+    threads: usize,
+    out: &mut dyn Write,
+) -> anyhow::Result<ReplayReport> {
+    anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+    anyhow::ensure!(
+        !opts.watch_rules && opts.cutoff.is_none() && !opts.keep_fired,
+        "--threads runs a whole replay: it cannot be combined with --watch-rules"
+    );
+    let setup = Setup::load(opts)?;
+    let mut source = FileSource::open(&opts.usage, opts.events.as_deref(), setup.cfg.decoder())?;
+    let names = source.names();
+    let dead_letter = DeadLetterFile::new(
+        setup.dead_letter_path(opts),
+        setup.cfg.input.dead_letter_file_max_mib << 20,
+    );
+    let alerts = AlertFile::new(out);
+    let mut progress = Progress::new(opts.progress);
+    let started = Instant::now();
+    let skew = setup.cfg.state.max_future_skew.0;
+
+    let (parts, calls_part) = std::thread::scope(|s| -> anyhow::Result<_> {
+        let (done_tx, done_rx) = mpsc::channel::<Done>();
+        let mut to_workers = Vec::with_capacity(threads);
+        let mut handles = Vec::with_capacity(threads);
+        for w in 0..threads {
+            let (tx, rx) = mpsc::sync_channel::<Batch>(QUEUED_BATCHES);
+            to_workers.push(tx);
+            let done_tx = done_tx.clone();
+            let setup = &setup;
+            handles.push(s.spawn(move || work(w, setup, rx, done_tx)));
+        }
+        drop(done_tx);
+        let names = &names;
+        let source = &mut source;
+        let progress = &mut progress;
+        let reader = s.spawn(move || read(source, names, to_workers, skew, progress));
+        let calls_part = collect(&setup, threads, done_rx, &alerts, &dead_letter, names);
+        let read = reader.join().expect("the replay reader panicked");
+        let mut parts = Vec::with_capacity(threads);
+        for h in handles {
+            parts.push(h.join().expect("a replay worker panicked")?);
+        }
+        read?;
+        let calls_part = calls_part?;
+        Ok((parts, calls_part))
+    })?;
+    progress.done();
+
+    let mut counts = Counts::default();
+    let mut store = StoreCounters::default();
+    let mut size = StoreSize::default();
+    let mut rules = Vec::new();
+    for p in parts.into_iter().chain(std::iter::once(calls_part)) {
+        add_counts(&mut counts, &p.counts);
+        add_store(&mut store, &p.store);
+        add_size(&mut size, &p.size);
+        rules.extend(p.rules);
+    }
+    Ok(ReplayReport {
+        counts,
+        blank_lines: source.blank_lines,
+        store,
+        size,
+        alerts: alerts.written(),
+        rules: RulesReport::merge(rules),
+        elapsed: started.elapsed(),
+        peak_rss_bytes: peak_rss_bytes(),
+        dead_letter: dead_letter
+            .path()
+            .filter(|_| dead_letter.written() > 0)
+            .map(Path::to_path_buf),
+        dead_letters_dropped: dead_letter.dropped(),
+    })
+}
+
+/// The reader: decodes, keys and sends every line to its worker, with the clock.
+fn read(
+    source: &mut FileSource,
+    names: &[String],
+    to_workers: Vec<SyncSender<Batch>>,
+    max_future_skew: i64,
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
+    let n = to_workers.len();
+    let mut batches: Vec<Batch> = (0..n).map(|_| new_batch()).collect();
+    // The clock each worker was last sent.
+    let mut sent = vec![i64::MIN; n];
+    let mut clock: Option<(u64, i64)> = None;
+    let mut line_accounts: AHashMap<u64, CompactString> = AHashMap::new();
+    let wall_clock = wall_clock_now();
+    let mut seq = 0u64;
+    let send = |batches: &mut Vec<Batch>,
+                sent: &mut Vec<i64>,
+                clock: Option<(u64, i64)>,
+                upto: u64|
+     -> anyhow::Result<()> {
+        for (w, tx) in to_workers.iter().enumerate() {
+            push_clock(&mut batches[w], &mut sent[w], clock);
+            let mut b = std::mem::replace(&mut batches[w], new_batch());
+            b.upto = upto;
+            // A worker that stopped has failed; its error comes from its join.
+            if tx.send(b).is_err() {
+                anyhow::bail!("a replay worker stopped");
+            }
+        }
+        Ok(())
+    };
+    loop {
+        let Some(d) = source.next_decoded()? else {
+            break;
+        };
+        seq += 1;
+        let Decoded {
+            source: name,
+            line,
+            raw,
+            truncated,
+            item,
+        } = d;
+        let w = match &item {
+            Ok(item) => {
+                let key = key(item, &mut line_accounts);
+                (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % n as u64) as usize
+            }
+            Err(_) => (seq % n as u64) as usize,
+        };
+        if let Ok(Item::Usage(r)) = &item {
+            let t = r.event_start.utc;
+            if clock.is_none_or(|(_, c)| t > c) && t <= wall_clock + max_future_skew {
+                clock = Some((seq, t));
+            }
+        }
+        let b = &mut batches[w];
+        push_clock(b, &mut sent[w], clock);
+        let start = b.raws.len();
+        b.raws.extend_from_slice(raw);
+        b.msgs.push(Msg::Line {
+            seq,
+            source: names.iter().position(|n| n == name).unwrap_or(0) as u8,
+            line,
+            raw: (start, b.raws.len()),
+            truncated,
+            item,
+        });
+        if seq.is_multiple_of(BATCH_LINES) {
+            send(&mut batches, &mut sent, clock, seq)?;
+            progress.tick(seq, source.progress());
+        }
+    }
+    send(&mut batches, &mut sent, clock, seq)
+}
+
+fn new_batch() -> Batch {
+    Batch {
+        upto: 0,
+        msgs: Vec::with_capacity(BATCH_LINES as usize),
+        raws: Vec::new(),
+    }
+}
+
+/// Tells a worker the newest usage time, before its next line, if it moved since.
+fn push_clock(b: &mut Batch, sent: &mut i64, clock: Option<(u64, i64)>) {
+    if let Some((seq, t)) = clock {
+        if t > *sent {
+            *sent = t;
+            b.msgs.push(Msg::Clock { seq, t });
+        }
+    }
+}
+
+/// The key that places a record: its account, else its line's last known account, else its line.
+fn key(item: &Item, line_accounts: &mut AHashMap<u64, CompactString>) -> CompactString {
+    match item {
+        Item::Event(e) => {
+            if let Some(m) = e.msisdn {
+                line_accounts.insert(m.key(), e.account_id.clone());
+            }
+            e.account_id.clone()
+        }
+        Item::Usage(r) => {
+            let line = r.served.msisdn;
+            match &r.served.account_id {
+                Some(a) => {
+                    line_accounts.insert(line.key(), a.clone());
+                    a.clone()
+                }
+                None => match line_accounts.get(&line.key()) {
+                    Some(a) => a.clone(),
+                    None => CompactString::from(line.to_string()),
+                },
+            }
+        }
+    }
+}
+
+fn wall_clock_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A worker: its accounts' lines and accounts, the records it is sent in input order.
+fn work(
+    worker: usize,
+    setup: &Setup,
+    rx: Receiver<Batch>,
+    done: Sender<Done>,
+) -> anyhow::Result<Part> {
+    let mut pipeline = setup.pipeline(Scope::Lines)?;
+    let mut last_clock = None;
+    for batch in rx {
+        let mut entries = Vec::new();
+        for msg in batch.msgs {
+            let seq = match msg {
+                Msg::Clock { seq, t } => {
+                    last_clock = Some(t);
+                    pipeline.advance_idle(t);
+                    seq
+                }
+                Msg::Line {
+                    seq,
+                    source,
+                    line,
+                    raw,
+                    truncated,
+                    item,
+                } => {
+                    let raw = &batch.raws[raw.0..raw.1];
+                    let d = Decoded {
+                        source: "",
+                        line,
+                        raw,
+                        truncated,
+                        item,
+                    };
+                    if let Verdict::Reject(reject) = pipeline.process(d) {
+                        entries.push((
+                            seq,
+                            Entry::Reject {
+                                source,
+                                line,
+                                raw: raw.to_vec(),
+                                truncated,
+                                reject,
+                            },
+                        ));
+                    }
+                    if let Some(h) = pipeline.take_handover() {
+                        entries.push((seq, Entry::Handover(h)));
+                    }
+                    seq
+                }
+            };
+            for a in pipeline.take_alerts() {
+                entries.push((seq, Entry::Alert(a)));
+            }
+        }
+        if done
+            .send(Done {
+                worker,
+                upto: batch.upto,
+                entries,
+            })
+            .is_err()
+        {
+            anyhow::bail!("the replay collector stopped");
+        }
+    }
+    // The end: as one thread, windows close at the newest usage time of the whole input.
+    if let Some(t) = last_clock {
+        pipeline.advance_idle(t);
+    }
+    pipeline.finish();
+    let entries = pipeline
+        .take_alerts()
+        .into_iter()
+        .map(|a| (u64::MAX, Entry::Alert(a)))
+        .collect();
+    let _ = done.send(Done {
+        worker,
+        upto: u64::MAX,
+        entries,
+    });
+    Ok(part(&pipeline))
+}
+
+fn part(p: &Pipeline) -> Part {
+    let store = p.store.borrow();
+    Part {
+        counts: p.counts.clone(),
+        store: store.counters.clone(),
+        size: store.size(),
+        rules: p.rules.as_ref().map(RulesReport::of),
+    }
+}
+
+/// The collector: merges the workers' results by line, runs the calling numbers on what they hand
+/// over, and writes alerts and dead letters in input order.
+fn collect(
+    setup: &Setup,
+    threads: usize,
+    rx: Receiver<Done>,
+    alerts: &AlertFile<&mut dyn Write>,
+    dead_letter: &DeadLetterFile,
+    names: &[String],
+) -> anyhow::Result<Part> {
+    let mut calls = setup.pipeline(Scope::CallingNumbers)?;
+    let mut outputs = Outputs::new(vec![alerts, dead_letter]);
+    let mut queues: Vec<VecDeque<(u64, Entry)>> = (0..threads).map(|_| VecDeque::new()).collect();
+    let mut upto = vec![0u64; threads];
+    let mut group: Vec<(u64, Entry)> = Vec::new();
+    let mut finished = false;
+    for done in rx {
+        queues[done.worker].extend(done.entries);
+        upto[done.worker] = done.upto;
+        let safe = upto.iter().copied().min().unwrap_or(0);
+        if safe == u64::MAX && !finished {
+            // Every worker is done: the calling numbers close their windows at their end too.
+            drain(
+                &mut queues,
+                u64::MAX - 1,
+                &mut calls,
+                &mut group,
+                &mut outputs,
+                names,
+            )?;
+            calls.finish();
+            for a in calls.take_alerts() {
+                group.push((u64::MAX, Entry::Alert(a)));
+            }
+            finished = true;
+        }
+        drain(
+            &mut queues,
+            safe,
+            &mut calls,
+            &mut group,
+            &mut outputs,
+            names,
+        )?;
+    }
+    outputs.flush(std::time::Duration::ZERO)?;
+    let mut p = part(&calls);
+    // The calls lane's lines are the workers' handovers, counted there already.
+    p.counts = Counts::default();
+    p.store = StoreCounters {
+        evicted_entities: p.store.evicted_entities,
+        ..StoreCounters::default()
+    };
+    Ok(p)
+}
+
+/// Writes everything of lines up to `safe`, line by line: the workers' rejects, then the alerts of
+/// the line (the calling numbers' included, after running their lane on the line's handover), by id.
+fn drain(
+    queues: &mut [VecDeque<(u64, Entry)>],
+    safe: u64,
+    calls: &mut Pipeline,
+    group: &mut Vec<(u64, Entry)>,
+    outputs: &mut Outputs<'_>,
+    names: &[String],
+) -> anyhow::Result<()> {
+    loop {
+        let next = queues
+            .iter()
+            .filter_map(|q| q.front().map(|(s, _)| *s))
+            .min();
+        let line = match next {
+            Some(s) if s <= safe => s,
+            _ => break,
+        };
+        for q in queues.iter_mut() {
+            while q.front().is_some_and(|(s, _)| *s == line) {
+                group.push(q.pop_front().expect("front"));
+            }
+        }
+        write_group(group, calls, outputs, names)?;
+    }
+    if safe == u64::MAX && !group.is_empty() {
+        write_group(group, calls, outputs, names)?;
+    }
+    Ok(())
+}
+
+fn write_group(
+    group: &mut Vec<(u64, Entry)>,
+    calls: &mut Pipeline,
+    outputs: &mut Outputs<'_>,
+    names: &[String],
+) -> anyhow::Result<()> {
+    let mut alerts = Vec::new();
+    for (_, e) in group.drain(..) {
+        match e {
+            Entry::Alert(a) => alerts.push(a),
+            Entry::Handover(h) => {
+                // Rejects of the calls lane are the partition's to report (`take_over`).
+                calls.take_over(h);
+                alerts.extend(calls.take_alerts());
+            }
+            Entry::Reject {
+                source,
+                line: position,
+                raw,
+                truncated,
+                reject,
+            } => {
+                let rejected = Rejected {
+                    source: &names[source as usize],
+                    partition: None,
+                    position,
+                    key: &[],
+                    raw: &raw,
+                    truncated,
+                    reject: &reject,
+                };
+                if let Some((_, e)) = outputs.reject(&rejected, Origin::Untracked).pop() {
+                    return Err(e).context("writing the dead-letter file");
+                }
+            }
+        }
+    }
+    alerts.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+    for a in &alerts {
+        if let Some((_, e)) = outputs.alert(a, Origin::Untracked).pop() {
+            return Err(e).context("writing alerts");
+        }
+    }
+    Ok(())
+}
+
+fn add_counts(to: &mut Counts, c: &Counts) {
+    to.lines += c.lines;
+    to.usage_accepted += c.usage_accepted;
+    to.events_accepted += c.events_accepted;
+    to.duplicates += c.duplicates;
+    to.after_cutoff += c.after_cutoff;
+    for (r, n) in &c.rejected {
+        *to.rejected.entry(*r).or_default() += n;
+    }
+}
+
+fn add_store(to: &mut StoreCounters, c: &StoreCounters) {
+    to.usage_applied += c.usage_applied;
+    to.events_applied += c.events_applied;
+    to.duplicates += c.duplicates;
+    to.conflicts += c.conflicts;
+    to.late += c.late;
+    to.timers_fired += c.timers_fired;
+    to.timers_cancelled += c.timers_cancelled;
+    to.evicted_entities += c.evicted_entities;
+    to.future += c.future;
+    to.calls_clipped += c.calls_clipped;
+    for (w, n) in &c.ledger_warnings {
+        *to.ledger_warnings.entry(w.clone()).or_default() += n;
+    }
+}
+
+fn add_size(to: &mut StoreSize, z: &StoreSize) {
+    to.subscribers += z.subscribers;
+    to.accounts += z.accounts;
+    to.calling_numbers += z.calling_numbers;
+    to.imeis += z.imeis;
+    to.cells += z.cells;
+    to.distinct_entries += z.distinct_entries;
+    to.timers_pending += z.timers_pending;
+    to.dedup_ids += z.dedup_ids;
+    to.entity_bytes += z.entity_bytes;
+    to.account_bytes += z.account_bytes;
+    to.dedup_bytes += z.dedup_bytes;
+    to.estimated_bytes += z.estimated_bytes;
+}
