@@ -2,17 +2,19 @@
 # DuckDB against `cdrguard replay`: the same NDJSON files, the same three fraud rules
 # (irsf_high_risk_destination, sms_sim_farm, simbox_behaviour), the same (rule, subscriber) pairs.
 #
-# usage: benches/peers/duckdb/run.sh [--usage U.ndjson --events E.ndjson | --stories]
+# usage: benches/peers/duckdb/run.sh [--usage U.ndjson --events E.ndjson | --stories] [--params P.toml]
 #
 # Without files, generates `cdrguard gen --subscribers 100000 --records 1000000 --days 1 --seed 1`
 # into target/peers-data/ (once). `--stories` instead generates a smaller 4-day file with 5 injected
 # stories per rule and also fails unless every rule has pairs (that traffic has few true positives:
-# equal empty sets prove little). The binary is $CDRGUARD (default target/release/cdrguard).
+# equal empty sets prove little). `--params` replaces the thresholds of both engines (e.g.
+# benches/peers/duckdb/stress-params.toml, low enough that background traffic fires thousands of
+# pairs). The binary is $CDRGUARD (default target/release/cdrguard).
 # DuckDB 2.0.1 comes from pip, in a venv at target/peers-venv (created if missing), runs with one
 # thread, and its time includes loading the JSON. Exits non-zero if the pair sets differ.
 set -euo pipefail
 
-usage_line="usage: benches/peers/duckdb/run.sh [--usage U.ndjson --events E.ndjson | --stories]"
+usage_line="usage: benches/peers/duckdb/run.sh [--usage U.ndjson --events E.ndjson | --stories] [--params P.toml]"
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
 cd "$root"
@@ -21,11 +23,13 @@ cdrguard=${CDRGUARD:-target/release/cdrguard}
 usage=""
 events=""
 stories=""
+params=""
 while [ $# -gt 0 ]; do
     case $1 in
         --usage) usage=${2:?$usage_line}; shift 2 ;;
         --events) events=${2:?$usage_line}; shift 2 ;;
         --stories) stories=1; shift ;;
+        --params) params=${2:?$usage_line}; shift 2 ;;
         -h | --help) echo "$usage_line"; exit 0 ;;
         *) echo "$usage_line" >&2; exit 64 ;;
     esac
@@ -86,6 +90,9 @@ awk -v ids="$ids" '
         keep = (name in want) || (k == 3 && p[1] == "segments" && (p[3] in want))
     }
     keep { print }' rules/params.toml >"$rules/params.toml"
+if [ -n "$params" ]; then
+    cp "$params" "$rules/params.toml"
+fi
 
 out=target/peers-out
 mkdir -p "$out"
