@@ -9,6 +9,9 @@ use clap::{Args, Subcommand};
 pub enum Command {
     /// Replay NDJSON history through the pipeline (decode → state → rules → alerts) and summarise.
     Replay(ReplayArgs),
+    /// Replay history through two rule libraries and list, per rule, the alerts only one raises
+    /// and those whose severity or departments change.
+    Diff(DiffArgs),
     /// Replay, then print one entity's window features and account view.
     Inspect(InspectArgs),
     /// Write realistic generated traffic (usage records and account events) as NDJSON.
@@ -172,6 +175,27 @@ pub struct ReplayArgs {
     /// plus a reader and a collector; the alerts are those of one thread.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: Option<u16>,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// The rule library as it is (A).
+    #[arg(long)]
+    pub rules: PathBuf,
+    /// The library to compare it with (B), e.g. a copy with a threshold changed.
+    #[arg(long)]
+    pub against: PathBuf,
+    /// Examples listed per rule and kind of difference.
+    #[arg(long, default_value_t = 5)]
+    pub examples: usize,
+    /// Print the comparison as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Args, Debug)]

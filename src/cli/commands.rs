@@ -232,6 +232,24 @@ pub fn replay_cmd(a: ReplayArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+pub fn diff_cmd(a: DiffArgs) -> anyhow::Result<i32> {
+    let report = crate::modes::diff::run(&crate::modes::diff::DiffOptions {
+        usage: a.input.usage,
+        events: a.input.events,
+        config: a.input.config,
+        rules: a.rules,
+        against: a.against,
+        examples: a.examples,
+        progress: !a.quiet,
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(0)
+}
+
 fn number(s: &str, what: &str) -> anyhow::Result<Number> {
     Number::parse(s).map_err(|why| anyhow::anyhow!("--{what} {s:?}: {why}"))
 }

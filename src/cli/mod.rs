@@ -73,6 +73,7 @@ pub fn init_tracing(cli: &Cli) -> anyhow::Result<()> {
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Replay(a) => commands::replay_cmd(a),
+        Command::Diff(a) => commands::diff_cmd(a),
         Command::Inspect(a) => commands::inspect_cmd(a),
         Command::Gen(a) => commands::gen_cmd(a),
         Command::Check(a) => commands::check_cmd(a),

@@ -66,6 +66,7 @@ impl std::fmt::Display for Input {
 }
 
 /// A decoded record of either input.
+#[derive(Clone)]
 pub enum Item {
     Usage(UsageRecord),
     Event(AccountEvent),
