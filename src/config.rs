@@ -74,6 +74,9 @@ pub struct KafkaConfig {
     /// Alert topic per department. Defaults `alerts.fraud`, `alerts.collections`,
     /// `alerts.key_accounts`, `alerts.care`.
     pub alert_topics: AlertTopics,
+    /// The alerts of shadow rules (`RULE.mode: "shadow"`), one message each, keyed by entity: never a
+    /// department's topic. Default `alerts.shadow`.
+    pub shadow_topic: String,
     /// Where a new consumer group starts: `earliest` (default) or `latest`.
     pub start_from: StartFrom,
     /// When the next offset of a partition is gone (retention, deleted records, a recreated topic):
@@ -355,6 +358,7 @@ impl Default for KafkaConfig {
             events_topic: "cdr.account-events".into(),
             dead_letter_topic: "cdrguard.dead-letter".into(),
             alert_topics: AlertTopics::default(),
+            shadow_topic: "alerts.shadow".into(),
             start_from: StartFrom::Earliest,
             on_gap: OnGap::Continue,
             tls: None,
@@ -1009,6 +1013,7 @@ impl Config {
         ]
         .into_iter()
         .chain(k.output_topics())
+        .chain([("kafka.shadow_topic", k.shadow_topic.as_str())])
         {
             if topic.is_empty()
                 || !topic

@@ -10,6 +10,8 @@ pub const RULE: &str = "cdrguard.rule";
 pub const SEVERITY: &str = "cdrguard.severity";
 pub const RULESET_VERSION: &str = "cdrguard.ruleset_version";
 pub const DEPARTMENT: &str = "cdrguard.department";
+/// `shadow` on the alerts of shadow rules (their own topic).
+pub const MODE: &str = "cdrguard.mode";
 
 /// Appends the alert's JSON (one object, no newline) to `buf`.
 pub fn encode(alert: &Alert, buf: &mut Vec<u8>) -> serde_json::Result<()> {
@@ -24,6 +26,17 @@ pub fn alert_headers(alert: &Alert, department: Department) -> [(&'static str, &
         (SEVERITY, alert.severity.as_str()),
         (RULESET_VERSION, &alert.rule.ruleset_version),
         (DEPARTMENT, department.as_str()),
+    ]
+}
+
+/// The metadata of a shadow rule's alert: no department (it goes to none).
+pub fn shadow_headers(alert: &Alert) -> [(&'static str, &str); 5] {
+    [
+        (ALERT_ID, &alert.alert_id),
+        (RULE, &alert.rule.id),
+        (SEVERITY, alert.severity.as_str()),
+        (RULESET_VERSION, &alert.rule.ruleset_version),
+        (MODE, "shadow"),
     ]
 }
 

@@ -156,6 +156,10 @@ pub struct ReplayArgs {
     /// Rejected lines with reasons (default `<out>.rejected.ndjson`, or `<usage>.rejected.ndjson`).
     #[arg(long)]
     pub dead_letter: Option<PathBuf>,
+    /// Alerts of shadow rules (`RULE.mode: "shadow"`; default `<out>.shadow.ndjson`, or
+    /// `<usage>.shadow.ndjson`), never in the alerts output.
+    #[arg(long)]
+    pub shadow_out: Option<PathBuf>,
     /// Also write the summary as JSON to this file.
     #[arg(long)]
     pub summary_json: Option<PathBuf>,

@@ -219,6 +219,8 @@ pub fn replay_cmd(a: ReplayArgs) -> anyhow::Result<i32> {
             (None, false) => replay::RulesChoice::Default,
         },
         watch_rules: a.watch_rules,
+        shadow_out: a.shadow_out,
+        shadow_in_alerts: false,
     };
     let report = match a.threads {
         Some(n) => replay_split::run(&opts, n as usize)?,

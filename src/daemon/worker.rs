@@ -1194,6 +1194,7 @@ pub fn add_to_view(view: &mut WorkerView, pipeline: &Pipeline) {
                         quarantined: s.quarantined,
                         quarantines: s.quarantines,
                         latency: s.latency.clone(),
+                        mode: s.mode.as_str(),
                     },
                 );
             }

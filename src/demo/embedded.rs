@@ -80,6 +80,7 @@ pub fn start(cfg: &Config) -> anyhow::Result<Embedded> {
         &k.alert_topics.collections,
         &k.alert_topics.key_accounts,
         &k.alert_topics.care,
+        &k.shadow_topic,
     ] {
         cluster.create_topic(t, 1, 1)?;
     }

@@ -63,7 +63,16 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Runs every check. `cfg` is already parsed and validated (with the command line's overrides).
 pub fn run(cfg: &Config, base: &Path, rules_dir: &Path) -> Report {
     let mut r = Report::default();
-    r.check(rules(cfg, rules_dir));
+    let shadow_rules = match rules(cfg, rules_dir) {
+        Ok((line, shadow)) => {
+            r.passed.push(line);
+            shadow
+        }
+        Err(e) => {
+            r.problems.push(e);
+            0
+        }
+    };
     r.check(
         cfg.classifier(base)
             .map(|_| match &cfg.reference.high_risk_prefixes {
@@ -90,7 +99,7 @@ pub fn run(cfg: &Config, base: &Path, rules_dir: &Path) -> Report {
         );
     }
     match crate::client::client_config(&cfg.kafka, brokers, base) {
-        Ok(client) => kafka(&mut r, cfg, brokers, client),
+        Ok(client) => kafka(&mut r, cfg, brokers, client, shadow_rules),
         Err(e) => r.problems.push(format!("{e:#}")),
     }
     if cfg.durability.dir.is_empty() {
@@ -104,16 +113,30 @@ pub fn run(cfg: &Config, base: &Path, rules_dir: &Path) -> Report {
     r
 }
 
-fn rules(cfg: &Config, dir: &Path) -> Result<String, String> {
+/// The library's summary line, and how many of its rules run in shadow.
+fn rules(cfg: &Config, dir: &Path) -> Result<(String, usize), String> {
     let sources = crate::rules::RuleSources::read(dir)
         .map_err(|e| format!("rule library {}: {e:#}", dir.display()))?;
     let set = crate::rules::runtime::validate(&sources, cfg)
         .map_err(|e| format!("rule library {}: {e:#}", dir.display()))?;
-    Ok(format!(
-        "rule library {}: {} rules (rule set {})",
-        dir.display(),
-        set.rules.len(),
-        sources.version
+    let shadow = set
+        .rules
+        .iter()
+        .filter(|r| r.meta().mode == crate::rules::meta::RuleMode::Shadow)
+        .count();
+    Ok((
+        format!(
+            "rule library {}: {} rules (rule set {}){}",
+            dir.display(),
+            set.rules.len(),
+            sources.version,
+            if shadow > 0 {
+                format!(", {shadow} in shadow")
+            } else {
+                String::new()
+            }
+        ),
+        shadow,
     ))
 }
 
@@ -179,7 +202,13 @@ impl Seen {
     }
 }
 
-fn kafka(r: &mut Report, cfg: &Config, brokers: &str, mut settings: rdkafka::ClientConfig) {
+fn kafka(
+    r: &mut Report,
+    cfg: &Config,
+    brokers: &str,
+    mut settings: rdkafka::ClientConfig,
+    shadow_rules: usize,
+) {
     let how = crate::client::describe(&cfg.kafka);
     // No group: the pre-flight never joins the daemon's group (that would rebalance it).
     settings.set("log_level", "3");
@@ -293,7 +322,14 @@ fn kafka(r: &mut Report, cfg: &Config, brokers: &str, mut settings: rdkafka::Cli
         }
     }
     let mut missing = Vec::new();
-    for (setting, topic) in k.output_topics() {
+    // The shadow topic matters once a rule runs in shadow: its alerts, undeliverable, would hold
+    // the commits behind them.
+    let shadow = ("kafka.shadow_topic", k.shadow_topic.as_str());
+    for (setting, topic) in k
+        .output_topics()
+        .into_iter()
+        .chain((shadow_rules > 0).then_some(shadow))
+    {
         if let Err(e) = partitions(topic) {
             missing.push(format!("{setting}: topic {topic:?} {e}"));
         }

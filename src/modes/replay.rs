@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::pipeline::{Counts, Pipeline, PipelineOptions, RulesOptions, Scope, Verdict};
 use crate::record::{EventTime, Mode};
 use crate::rules::{runtime, Library, Reloader, RulesReport};
-use crate::sink::{AlertFile, DeadLetterFile, Origin, Outputs, Rejected};
+use crate::sink::{AlertFile, DeadLetterFile, Origin, Outputs, Rejected, ShadowFile};
 use crate::source::FileSource;
 use crate::state::{StoreCounters, StoreSize};
 use crate::telemetry::{peak_rss_bytes, Progress};
@@ -39,6 +39,11 @@ pub struct ReplayOptions {
     pub rules: RulesChoice,
     /// Reload the rules when their files change or on SIGHUP (long replays from stdin).
     pub watch_rules: bool,
+    /// Alerts of shadow rules; default `<out>.shadow.ndjson` (or `<usage>.shadow.ndjson`), created
+    /// on the first.
+    pub shadow_out: Option<PathBuf>,
+    /// Shadow alerts in the alerts output, no shadow file (`cdrguard test`).
+    pub shadow_in_alerts: bool,
 }
 
 /// Which rule library a replay runs.
@@ -67,6 +72,9 @@ pub struct ReplayReport {
     pub dead_letters_dropped: u64,
     /// Alerts written.
     pub alerts: u64,
+    /// Alerts of shadow rules written, and where.
+    pub shadow_alerts: u64,
+    pub shadow_out: Option<PathBuf>,
     pub rules: Option<RulesReport>,
 }
 
@@ -102,6 +110,14 @@ impl ReplayReport {
             );
         }
         let _ = writeln!(s, "  rejected            {:>12}{dl}", n(c.rejected_total()));
+        if let Some(p) = &self.shadow_out {
+            let _ = writeln!(
+                s,
+                "  shadow alerts       {:>12}   → {} (shadow rules: no department)",
+                n(self.shadow_alerts),
+                p.display()
+            );
+        }
         for (reason, count) in &c.rejected {
             let _ = writeln!(s, "    {:<18}{:>12}", reason.as_str(), n(*count));
         }
@@ -181,13 +197,18 @@ pub fn group(v: u64) -> String {
 }
 
 fn default_dead_letter(opts: &ReplayOptions) -> PathBuf {
+    beside_output(opts, ".rejected.ndjson")
+}
+
+/// `<out><suffix>`, else `<usage><suffix>`, else `cdrguard<suffix>` (stdin to stdout).
+fn beside_output(opts: &ReplayOptions, suffix: &str) -> PathBuf {
     let base = match (&opts.out, opts.usage.as_os_str() == "-") {
         (Some(out), _) => out.clone(),
         (None, false) => opts.usage.clone(),
         (None, true) => PathBuf::from("cdrguard"),
     };
     let mut s = base.into_os_string();
-    s.push(".rejected.ndjson");
+    s.push(suffix);
     PathBuf::from(s)
 }
 
@@ -227,6 +248,8 @@ pub fn run_quiet(
         keep_fired: true,
         rules: RulesChoice::Off,
         watch_rules: false,
+        shadow_out: None,
+        shadow_in_alerts: false,
     };
     run_to(&opts, &mut io::sink())
 }
@@ -290,6 +313,15 @@ impl Setup {
         })?)
     }
 
+    /// Where the alerts of shadow rules go.
+    pub fn shadow_file(&self, opts: &ReplayOptions) -> ShadowFile {
+        ShadowFile::new(
+            opts.shadow_out
+                .clone()
+                .unwrap_or_else(|| beside_output(opts, ".shadow.ndjson")),
+        )
+    }
+
     /// Where rejected lines go, if anywhere.
     pub fn dead_letter_path(&self, opts: &ReplayOptions) -> Option<PathBuf> {
         match (opts.no_dead_letter, &opts.dead_letter) {
@@ -322,8 +354,15 @@ pub fn run_to(
         setup.dead_letter_path(opts),
         cfg.input.dead_letter_file_max_mib << 20,
     );
-    let alerts = AlertFile::new(out);
-    let mut outputs = Outputs::new(vec![&alerts, &dead_letter]);
+    let alerts = match opts.shadow_in_alerts {
+        true => AlertFile::with_shadow(out),
+        false => AlertFile::new(out),
+    };
+    let shadow = setup.shadow_file(opts);
+    let mut outputs = Outputs::new(match opts.shadow_in_alerts {
+        true => vec![&alerts, &dead_letter],
+        false => vec![&alerts, &shadow, &dead_letter],
+    });
     let mut progress = Progress::new(opts.progress);
     let started = Instant::now();
     loop {
@@ -367,6 +406,8 @@ pub fn run_to(
         store: store.counters.clone(),
         size: store.size(),
         alerts: alerts.written(),
+        shadow_alerts: shadow.written(),
+        shadow_out: (shadow.written() > 0).then(|| shadow.path().to_path_buf()),
         rules: pipeline.rules.as_ref().map(RulesReport::of),
         elapsed: started.elapsed(),
         peak_rss_bytes: peak_rss_bytes(),

@@ -48,7 +48,7 @@ use compact_str::CompactString;
 use crate::pipeline::{Counts, Handover, Pipeline, Scope, Verdict};
 use crate::record::{Alert, Decoded, Item, Reject};
 use crate::rules::RulesReport;
-use crate::sink::{AlertFile, DeadLetterFile, Origin, Outputs, Rejected};
+use crate::sink::{AlertFile, DeadLetterFile, Origin, Outputs, Rejected, ShadowFile};
 use crate::source::FileSource;
 use crate::state::{StoreCounters, StoreSize};
 use crate::telemetry::{peak_rss_bytes, Progress};
@@ -127,7 +127,7 @@ pub fn run_to(
 ) -> anyhow::Result<ReplayReport> {
     anyhow::ensure!(threads >= 1, "--threads must be at least 1");
     anyhow::ensure!(
-        !opts.watch_rules && opts.cutoff.is_none() && !opts.keep_fired,
+        !opts.watch_rules && opts.cutoff.is_none() && !opts.keep_fired && !opts.shadow_in_alerts,
         "--threads runs a whole replay: it cannot be combined with --watch-rules"
     );
     let setup = Setup::load(opts)?;
@@ -138,6 +138,7 @@ pub fn run_to(
         setup.cfg.input.dead_letter_file_max_mib << 20,
     );
     let alerts = AlertFile::new(out);
+    let shadow = setup.shadow_file(opts);
     let mut progress = Progress::new(opts.progress);
     let started = Instant::now();
     let skew = setup.cfg.state.max_future_skew.0;
@@ -158,7 +159,12 @@ pub fn run_to(
         let source = &mut source;
         let progress = &mut progress;
         let reader = s.spawn(move || read(source, names, to_workers, skew, progress));
-        let calls_part = collect(&setup, threads, done_rx, &alerts, &dead_letter, names);
+        let sinks = Sinks {
+            alerts: &alerts,
+            shadow: &shadow,
+            dead_letter: &dead_letter,
+        };
+        let calls_part = collect(&setup, threads, done_rx, sinks, names);
         let read = reader.join().expect("the replay reader panicked");
         let mut parts = Vec::with_capacity(threads);
         for h in handles {
@@ -186,6 +192,8 @@ pub fn run_to(
         store,
         size,
         alerts: alerts.written(),
+        shadow_alerts: shadow.written(),
+        shadow_out: (shadow.written() > 0).then(|| shadow.path().to_path_buf()),
         rules: RulesReport::merge(rules),
         elapsed: started.elapsed(),
         peak_rss_bytes: peak_rss_bytes(),
@@ -420,16 +428,22 @@ fn part(p: &Pipeline) -> Part {
 
 /// The collector: merges the workers' results by line, runs the calling numbers on what they hand
 /// over, and writes alerts and dead letters in input order.
+/// Where the collector writes.
+struct Sinks<'a, 'w> {
+    alerts: &'a AlertFile<&'w mut dyn Write>,
+    shadow: &'a ShadowFile,
+    dead_letter: &'a DeadLetterFile,
+}
+
 fn collect(
     setup: &Setup,
     threads: usize,
     rx: Receiver<Done>,
-    alerts: &AlertFile<&mut dyn Write>,
-    dead_letter: &DeadLetterFile,
+    sinks: Sinks<'_, '_>,
     names: &[String],
 ) -> anyhow::Result<Part> {
     let mut calls = setup.pipeline(Scope::CallingNumbers)?;
-    let mut outputs = Outputs::new(vec![alerts, dead_letter]);
+    let mut outputs = Outputs::new(vec![sinks.alerts, sinks.shadow, sinks.dead_letter]);
     let mut queues: Vec<VecDeque<(u64, Entry)>> = (0..threads).map(|_| VecDeque::new()).collect();
     let mut upto = vec![0u64; threads];
     let mut group: Vec<(u64, Entry)> = Vec::new();

@@ -272,6 +272,8 @@ pub fn replay_case(
         no_dead_letter: true,
         config: config.exists().then_some(config),
         rules: RulesChoice::Dir(rules_dir.to_path_buf()),
+        // A rule in shadow is a candidate: its cases test it as they will once it is promoted.
+        shadow_in_alerts: true,
         ..Default::default()
     };
     let mut out = Vec::new();

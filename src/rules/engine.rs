@@ -26,7 +26,7 @@ use super::api::{
 };
 use super::gate::{Inputs, Verdict};
 use super::library::RuleSources;
-use super::meta;
+use super::meta::{self, RuleMode};
 use super::params::segment_index;
 use super::ruleset::{BuildErrors, Rule, RuleSet, ENTRY};
 use super::sandbox::{self, SandboxLimits, ScriptError};
@@ -37,6 +37,8 @@ use crate::alert::policy::{self, TriggerInfo};
 pub struct RuleStats {
     pub id: String,
     pub version: String,
+    /// The rule's mode in the active set (a reload can promote it).
+    pub mode: RuleMode,
     /// Evaluations, those the rule's gate decided included (`gate`).
     pub evaluations: u64,
     /// Evaluations the rule's gate decided without calling the script: it would have returned
@@ -71,6 +73,7 @@ impl RuleStats {
         RuleStats {
             id: id.to_string(),
             version: version.to_string(),
+            mode: RuleMode::Live,
             evaluations: 0,
             gated: 0,
             alerts: 0,
@@ -280,6 +283,7 @@ impl RuleEngine {
             };
             let s = &mut self.stats[slot];
             s.version = r.meta().version.clone();
+            s.mode = r.meta().mode;
             s.errors_since_load = 0;
             s.quarantined = false;
             s.quarantined_at = None;
@@ -635,7 +639,10 @@ impl RuleEngine {
                     &info,
                     entity,
                     &mut self.shared.memory.borrow_mut(),
-                    self.opts.mode,
+                    match rule.meta().mode {
+                        RuleMode::Shadow => Mode::Shadow,
+                        RuleMode::Live => self.opts.mode,
+                    },
                     wall_clock_now(),
                 )
             }

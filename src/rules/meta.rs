@@ -18,6 +18,8 @@
 //!     min_hits: 1,                         // optional: positive evaluations needed within the window
 //!     actions: ["bar_international"],      // optional: default recommended actions
 //!     params: #{ min_calls: "int 1.." },   // the type of each params.toml value (`param_types`)
+//!     mode: "live",                        // optional: `shadow` runs the rule on the same state and
+//!                                          // records, its alerts only to the shadow output
 //! };
 //! ```
 
@@ -55,6 +57,28 @@ pub struct RuleMeta {
     /// Declared type of each parameter in `params.toml` (`param_types::ParamSpec`).
     #[serde(default)]
     pub params: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub mode: RuleMode,
+}
+
+/// Whether a rule's alerts go to the departments (`live`) or only to the shadow output (`shadow`):
+/// a candidate rule evaluated on the same state and records as the live ones, to be promoted by
+/// editing this one word (a hot reload).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleMode {
+    #[default]
+    Live,
+    Shadow,
+}
+
+impl RuleMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleMode::Live => "live",
+            RuleMode::Shadow => "shadow",
+        }
+    }
 }
 
 /// Record predicates a usage trigger can add to its class filter, checked natively before any script

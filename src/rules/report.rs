@@ -8,6 +8,8 @@ use super::engine::{EngineCounters, RuleEngine};
 pub struct RuleRow {
     pub id: String,
     pub version: String,
+    /// `live` or `shadow`.
+    pub mode: &'static str,
     pub evaluations: u64,
     pub alerts: u64,
     pub entities: u64,
@@ -40,6 +42,7 @@ impl RulesReport {
             .map(|s| RuleRow {
                 id: s.id.clone(),
                 version: s.version.clone(),
+                mode: s.mode.as_str(),
                 evaluations: s.evaluations,
                 alerts: s.alerts,
                 entities: s.entities.len() as u64,
@@ -185,7 +188,12 @@ impl RulesReport {
                 r.errors,
                 r.mean_us,
                 r.p99_us,
-                if r.quarantined { "  QUARANTINED" } else { "" }
+                match (r.quarantined, r.mode) {
+                    (true, "shadow") => "  QUARANTINED (shadow)",
+                    (true, _) => "  QUARANTINED",
+                    (false, "shadow") => "  (shadow)",
+                    _ => "",
+                }
             );
         }
         for r in self.rules.iter().filter(|r| r.errors > 0) {

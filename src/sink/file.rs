@@ -15,14 +15,17 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::record::{Alert, Reject};
+use crate::record::{Alert, Mode, Reject};
 
 use super::{Origin, Output, Rejected, SinkError};
 
-/// Alerts to a writer, one JSON object per line.
+/// Alerts to a writer, one JSON object per line: those of live rules (shadow alerts go to the
+/// `ShadowFile`, never here).
 pub struct AlertFile<W: Write> {
     out: RefCell<W>,
     written: std::cell::Cell<u64>,
+    /// Shadow alerts too (`cdrguard test`: a candidate rule is tested before it is promoted).
+    shadow: bool,
 }
 
 impl<W: Write> AlertFile<W> {
@@ -30,6 +33,15 @@ impl<W: Write> AlertFile<W> {
         AlertFile {
             out: RefCell::new(out),
             written: Default::default(),
+            shadow: false,
+        }
+    }
+
+    /// Every alert, shadow rules' included.
+    pub fn with_shadow(out: W) -> Self {
+        AlertFile {
+            shadow: true,
+            ..AlertFile::new(out)
         }
     }
 
@@ -44,7 +56,10 @@ impl<W: Write> Output for AlertFile<W> {
         "file"
     }
 
-    fn alert(&self, _: &Alert, body: &[u8], _: Origin) -> Result<(), SinkError> {
+    fn alert(&self, alert: &Alert, body: &[u8], _: Origin) -> Result<(), SinkError> {
+        if alert.mode == Mode::Shadow && !self.shadow {
+            return Ok(());
+        }
         let mut out = self.out.borrow_mut();
         out.write_all(body)?;
         out.write_all(b"\n")?;
@@ -54,6 +69,61 @@ impl<W: Write> Output for AlertFile<W> {
 
     fn flush(&self, _: Duration) -> Result<(), SinkError> {
         Ok(self.out.borrow_mut().flush()?)
+    }
+}
+
+/// The alerts of shadow rules (`RULE.mode: "shadow"`), one JSON object per line, in a file of their
+/// own created on the first one: a replay's alert file, like a department topic, never holds them.
+pub struct ShadowFile {
+    path: PathBuf,
+    out: RefCell<Option<BufWriter<File>>>,
+    written: std::cell::Cell<u64>,
+}
+
+impl ShadowFile {
+    pub fn new(path: PathBuf) -> Self {
+        ShadowFile {
+            path,
+            out: RefCell::new(None),
+            written: Default::default(),
+        }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Shadow alerts written.
+    pub fn written(&self) -> u64 {
+        self.written.get()
+    }
+}
+
+impl Output for ShadowFile {
+    fn name(&self) -> &'static str {
+        "shadow file"
+    }
+
+    fn alert(&self, alert: &Alert, body: &[u8], _: Origin) -> Result<(), SinkError> {
+        if alert.mode != Mode::Shadow {
+            return Ok(());
+        }
+        let mut out = self.out.borrow_mut();
+        let out = match &mut *out {
+            Some(w) => w,
+            None => out.insert(BufWriter::new(File::create(&self.path)?)),
+        };
+        out.write_all(body)?;
+        out.write_all(b"\n")?;
+        self.written.set(self.written.get() + 1);
+        Ok(())
+    }
+
+    fn flush(&self, _: Duration) -> Result<(), SinkError> {
+        match &mut *self.out.borrow_mut() {
+            Some(w) => Ok(w.flush()?),
+            None => Ok(()),
+        }
     }
 }
 

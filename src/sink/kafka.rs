@@ -19,7 +19,7 @@ use rdkafka::ClientContext;
 
 use crate::alert::wire;
 use crate::config::KafkaConfig;
-use crate::record::Alert;
+use crate::record::{Alert, Mode};
 use crate::telemetry::events::{KafkaClientError, RateLimit};
 use crate::telemetry::metrics::Metrics;
 
@@ -80,6 +80,7 @@ pub struct KafkaOutput {
     producer: ThreadedProducer<Delivery>,
     tracker: Arc<Tracker>,
     topics: crate::config::AlertTopics,
+    shadow_topic: String,
     dead_letter_topic: String,
 }
 
@@ -110,6 +111,7 @@ impl KafkaOutput {
             producer,
             tracker,
             topics: cfg.alert_topics.clone(),
+            shadow_topic: cfg.shadow_topic.clone(),
             dead_letter_topic: cfg.dead_letter_topic.clone(),
         })
     }
@@ -166,8 +168,20 @@ impl Output for KafkaOutput {
         "kafka"
     }
 
-    /// One message per department topic, keyed by the entity (one entity's alerts stay in order).
+    /// One message per department topic, keyed by the entity (one entity's alerts stay in order);
+    /// a shadow rule's alert, one message to the shadow topic and none to a department.
     fn alert(&self, alert: &Alert, body: &[u8], origin: Origin) -> Result<(), SinkError> {
+        if alert.mode == Mode::Shadow {
+            let h = headers(&wire::shadow_headers(alert));
+            self.send(
+                &self.shadow_topic,
+                alert.entity.key.as_bytes(),
+                body,
+                h,
+                origin,
+            )?;
+            return Ok(());
+        }
         for &dept in &alert.departments {
             let h = headers(&wire::alert_headers(alert, dept));
             self.send(

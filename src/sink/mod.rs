@@ -21,7 +21,7 @@ pub mod webhook;
 use std::time::Duration;
 
 pub use ack::Tracker;
-pub use file::{base64, AlertFile, DeadLetterFile};
+pub use file::{base64, AlertFile, DeadLetterFile, ShadowFile};
 
 use crate::record::{Alert, Input, Reject};
 

@@ -160,6 +160,10 @@ impl Output for WebhookOutput {
     }
 
     fn alert(&self, alert: &Alert, body: &[u8], origin: Origin) -> Result<(), SinkError> {
+        // Webhooks are departments' systems: a shadow rule's alert reaches none of them.
+        if alert.mode == crate::record::Mode::Shadow {
+            return Ok(());
+        }
         let mut shared_body: Option<Arc<[u8]>> = None;
         for dept in &alert.departments {
             let Some(url) = self.urls.get(dept) else {

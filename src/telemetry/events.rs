@@ -89,8 +89,13 @@ pub struct AlertSent<'a> {
 
 impl AlertSent<'_> {
     pub fn emit(&self, metrics: &Metrics) {
+        // A shadow alert is counted by the departments it would go to once promoted.
+        let counts = match self.alert.mode {
+            crate::record::Mode::Shadow => &metrics.shadow_alerts,
+            _ => &metrics.alerts,
+        };
         for d in &self.alert.departments {
-            metrics.alerts.count(&self.alert.rule.id, *d);
+            counts.count(&self.alert.rule.id, *d);
         }
     }
 }

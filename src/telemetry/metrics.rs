@@ -52,6 +52,8 @@ pub struct RuleView {
     /// Times quarantined (each re-admission after a cool-down can be followed by another).
     pub quarantines: u64,
     pub latency: Histogram<u64>,
+    /// `live` or `shadow` (the label `mode`).
+    pub mode: &'static str,
 }
 
 /// (rule id hash, department) → (rule id, count).
@@ -247,6 +249,8 @@ pub struct Metrics {
     /// Unix milliseconds of the consumer's last poll.
     pub last_poll_ms: AtomicI64,
     pub alerts: AlertCounts,
+    /// Alerts of shadow rules, by the department each would go to once promoted.
+    pub shadow_alerts: AlertCounts,
     /// (input, partition) → messages behind the partition's end offset.
     pub lag: Mutex<BTreeMap<(Input, i32), i64>>,
     pub workers: Mutex<Vec<WorkerView>>,
@@ -287,6 +291,7 @@ impl Metrics {
             reloads_ok: AtomicU64::new(0),
             last_poll_ms: AtomicI64::new(now_ms()),
             alerts: AlertCounts::default(),
+            shadow_alerts: AlertCounts::default(),
             lag: Mutex::default(),
             workers: Mutex::default(),
             snapshots: SnapshotMetrics::default(),
@@ -569,6 +574,18 @@ impl Metrics {
         }
         head(
             &mut s,
+            "cdrguard_shadow_alerts_total",
+            "Alerts of shadow rules (sent to the shadow topic only), by rule and the department each would go to once promoted.",
+            "counter",
+        );
+        for ((rule, dept), n) in self.shadow_alerts.sorted() {
+            let _ = writeln!(
+                s,
+                "cdrguard_shadow_alerts_total{{rule=\"{rule}\",department=\"{dept}\"}} {n}"
+            );
+        }
+        head(
+            &mut s,
             "cdrguard_consumer_lag",
             "Messages behind the partition's end offset.",
             "gauge",
@@ -707,13 +724,13 @@ impl Metrics {
         let per_rule: [PerRule; 4] = [
             (
                 "cdrguard_rule_evaluations_total",
-                "Rule evaluations, by rule.",
+                "Rule evaluations, by rule and mode (live, shadow).",
                 "counter",
                 |r| r.evaluations,
             ),
             (
                 "cdrguard_rule_errors_total",
-                "Rule failures (sandbox limits, runtime errors, bad verdicts), by rule.",
+                "Rule failures (sandbox limits, runtime errors, bad verdicts), by rule and mode.",
                 "counter",
                 |r| r.errors,
             ),
@@ -733,27 +750,34 @@ impl Metrics {
         for (name, help, kind, value) in per_rule {
             head(s, name, help, kind);
             for (id, r) in &rules {
-                let _ = writeln!(s, "{name}{{rule=\"{id}\"}} {}", value(r));
+                let _ = writeln!(
+                    s,
+                    "{name}{{rule=\"{id}\",mode=\"{}\"}} {}",
+                    r.mode,
+                    value(r)
+                );
             }
         }
         // A histogram, not a summary: buckets add up across instances and over time.
         head(
             s,
             "cdrguard_rule_eval_seconds",
-            "Rule evaluation time (sandboxed call), by rule.",
+            "Rule evaluation time (sandboxed call), by rule and mode.",
             "histogram",
         );
         for (id, r) in &rules {
+            let m = r.mode;
             for le in EVAL_BUCKETS {
                 let _ = writeln!(
                     s,
-                    "cdrguard_rule_eval_seconds_bucket{{rule=\"{id}\",le=\"{le}\"}} {}",
+                    "cdrguard_rule_eval_seconds_bucket{{rule=\"{id}\",mode=\"{}\",le=\"{le}\"}} {}",
+                    r.mode,
                     r.latency.count_between(0, (le * 1e9) as u64)
                 );
             }
             let _ = writeln!(
                 s,
-                "cdrguard_rule_eval_seconds_bucket{{rule=\"{id}\",le=\"+Inf\"}} {}\ncdrguard_rule_eval_seconds_sum{{rule=\"{id}\"}} {:.9}\ncdrguard_rule_eval_seconds_count{{rule=\"{id}\"}} {}",
+                "cdrguard_rule_eval_seconds_bucket{{rule=\"{id}\",mode=\"{m}\",le=\"+Inf\"}} {}\ncdrguard_rule_eval_seconds_sum{{rule=\"{id}\",mode=\"{m}\"}} {:.9}\ncdrguard_rule_eval_seconds_count{{rule=\"{id}\",mode=\"{m}\"}} {}",
                 r.latency.len(),
                 r.latency.mean() * r.latency.len() as f64 / 1e9,
                 r.latency.len()
@@ -836,6 +860,7 @@ mod tests {
             quarantined: false,
             quarantines: 0,
             latency,
+            mode: "live",
         };
         let mut view = WorkerView::default();
         view.rules.insert("r".into(), rule);
@@ -846,12 +871,12 @@ mod tests {
         assert!(text.contains("# TYPE cdrguard_rule_eval_seconds histogram"));
         // Cumulative buckets: 1 µs holds one, 5 µs three, 50 µs four, +Inf all five.
         for line in [
-            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"0.000001\"} 1",
-            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"0.000005\"} 3",
-            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"0.00005\"} 4",
-            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"0.01\"} 4",
-            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"+Inf\"} 5",
-            "cdrguard_rule_eval_seconds_count{rule=\"r\"} 5",
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",mode=\"live\",le=\"0.000001\"} 1",
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",mode=\"live\",le=\"0.000005\"} 3",
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",mode=\"live\",le=\"0.00005\"} 4",
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",mode=\"live\",le=\"0.01\"} 4",
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",mode=\"live\",le=\"+Inf\"} 5",
+            "cdrguard_rule_eval_seconds_count{rule=\"r\",mode=\"live\"} 5",
             "cdrguard_event_time_watermark_seconds{partition=\"3\"} 1700000000",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
