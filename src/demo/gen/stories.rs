@@ -20,9 +20,9 @@ use super::numbering::NumberPlan;
 use super::population::Population;
 use super::tariff::VISITED;
 use crate::record::{
-    AccountEvent, Amount, Charge, Credit, Date, Direction, EventTime, EventType, Forwarding,
-    Invoice, Location, Money, Number, OtherParty, Payment, RecordType, Roaming, Segment, Served,
-    Severity, UsageRecord, Volume,
+    AccountEvent, Amount, Charge, Credit, Date, Direction, EntityType, EventTime, EventType,
+    Forwarding, Invoice, Location, Money, Number, OtherParty, Payment, RecordType, Roaming,
+    Segment, Served, Severity, UsageRecord, Volume,
 };
 
 /// Rules a story can be injected for, in catalogue order.
@@ -51,6 +51,8 @@ pub const STORY_RULES: [&str; 17] = [
 pub struct Label {
     pub rule: String,
     pub entity: String,
+    /// The rule's entity type: with the rule and the key, what `replay --labels` matches an alert by.
+    pub entity_type: EntityType,
     pub severity: Severity,
     /// Which story raised it, e.g. `wangiri_callback#1`.
     pub story: String,
@@ -225,10 +227,11 @@ impl Writer<'_> {
             .expect("the shipped plan has high-risk ranges")
     }
 
-    fn label(&mut self, rule: &str, entity: impl ToString, severity: Severity) {
+    fn label(&mut self, rule: &str, kind: EntityType, entity: impl ToString, severity: Severity) {
         self.out.labels.push(Label {
             rule: rule.into(),
             entity: entity.to_string(),
+            entity_type: kind,
             severity,
             story: self.story.clone(),
         });
@@ -369,7 +372,12 @@ impl Writer<'_> {
             r.duration_s = if r.answered { 2 } else { 0 };
             self.emit(r);
         }
-        self.label("wangiri_inbound", caller, Severity::High);
+        self.label(
+            "wangiri_inbound",
+            EntityType::CallingNumber,
+            caller,
+            Severity::High,
+        );
         victims
     }
 
@@ -387,7 +395,7 @@ impl Writer<'_> {
                     r.duration_s = 240;
                     self.emit(r);
                 }
-                self.label(rule, s, Severity::High);
+                self.label(rule, EntityType::Subscriber, s, Severity::High);
             }
             "wangiri_inbound" => {
                 let (t, caller) = (self.when(HOUR), self.high_risk());
@@ -402,7 +410,7 @@ impl Writer<'_> {
                 r.other = Some(caller);
                 r.duration_s = 75;
                 self.emit(r);
-                self.label(rule, victims[7], Severity::Medium);
+                self.label(rule, EntityType::Subscriber, victims[7], Severity::Medium);
             }
             // 60 calls to 40 numbers over 10 h from one cell, 2 received, no data or SMS.
             "simbox_behaviour" => {
@@ -426,7 +434,7 @@ impl Writer<'_> {
                     r.cell = Some(cell);
                     self.emit(r);
                 }
-                self.label(rule, s, Severity::High);
+                self.label(rule, EntityType::Subscriber, s, Severity::High);
             }
             // 120 SMS in an hour, each to another recipient.
             "sms_sim_farm" => {
@@ -436,7 +444,7 @@ impl Writer<'_> {
                     r.other = Some(self.plan.home_mobile(&mut self.rng));
                     self.emit(r);
                 }
-                self.label(rule, s, Severity::Medium);
+                self.label(rule, EntityType::Subscriber, s, Severity::Medium);
             }
             // An enterprise PBX: three lines call abroad from 22:00 local, 25 minutes each.
             "pbx_off_hours_international" => {
@@ -456,7 +464,7 @@ impl Writer<'_> {
                     r.account = Some(acct.clone());
                     self.emit(r);
                 }
-                self.label(rule, acct, Severity::Critical);
+                self.label(rule, EntityType::Account, acct, Severity::Critical);
             }
             // Paris, then Marseille (660 km) 20 minutes later.
             "impossible_travel" => {
@@ -471,7 +479,7 @@ impl Writer<'_> {
                     r.fix = Some(fix);
                     self.emit(r);
                 }
-                self.label(rule, s, Severity::High);
+                self.label(rule, EntityType::Subscriber, s, Severity::High);
             }
             // Four roaming calls of 60.00 in the UK within 2.5 hours.
             "roaming_high_usage" => {
@@ -485,7 +493,7 @@ impl Writer<'_> {
                     r.charge = Money::from_units(60);
                     self.emit(r);
                 }
-                self.label(rule, s, Severity::High);
+                self.label(rule, EntityType::Subscriber, s, Severity::High);
             }
             // Three answered MO calls overlapping.
             "simultaneous_calls" => {
@@ -496,7 +504,7 @@ impl Writer<'_> {
                     r.duration_s = 1800;
                     self.emit(r);
                 }
-                self.label(rule, s, Severity::Medium);
+                self.label(rule, EntityType::Subscriber, s, Severity::Medium);
             }
             // Activated 10 days ago; fourteen 9-minute high-risk calls an hour apart (126 minutes,
             // never 10 minutes within an hour, so IRSF stays quiet).
@@ -515,7 +523,7 @@ impl Writer<'_> {
                     r.account = Some(acct.clone());
                     self.emit(r);
                 }
-                self.label(rule, acct, Severity::High);
+                self.label(rule, EntityType::Account, acct, Severity::High);
             }
             // An incoming call forwarded to a satellite number.
             "call_forwarding_high_risk" => {
@@ -526,7 +534,7 @@ impl Writer<'_> {
                 r.forwarded_to = Some(self.high_risk());
                 r.duration_s = 120;
                 self.emit(r);
-                self.label(rule, s, Severity::Critical);
+                self.label(rule, EntityType::Subscriber, s, Severity::Critical);
             }
             // Limit 100: 30 + 30 + 25 of data crosses 80%.
             "credit_limit_warning" | "credit_limit_exceeded" => {
@@ -544,9 +552,14 @@ impl Writer<'_> {
                     r.account = Some(acct.clone());
                     self.emit(r);
                 }
-                self.label("credit_limit_warning", &acct, Severity::Medium);
+                self.label(
+                    "credit_limit_warning",
+                    EntityType::Account,
+                    &acct,
+                    Severity::Medium,
+                );
                 if exceed {
-                    self.label(rule, &acct, Severity::High);
+                    self.label(rule, EntityType::Account, &acct, Severity::High);
                 }
             }
             // An invoice 16 days overdue (a promise to pay keeps dunning quiet), 1.00 a day of usage for
@@ -578,7 +591,7 @@ impl Writer<'_> {
                     r.account = Some(acct.clone());
                     self.emit(r);
                 }
-                self.label(rule, acct, Severity::High);
+                self.label(rule, EntityType::Account, acct, Severity::High);
             }
             // Due 12 days before the period: +7 passes before it, +15 inside it (a 4-day period or
             // longer), +30 after.
@@ -599,7 +612,7 @@ impl Writer<'_> {
                         .utc;
                     // The last background records are within minutes of the end; keep a margin.
                     if fires < end - 12 * HOUR {
-                        self.label(rule, &acct, sev);
+                        self.label(rule, EntityType::Account, &acct, sev);
                     }
                 }
             }
@@ -633,7 +646,7 @@ impl Writer<'_> {
                     currency: Some("EUR".into()),
                 });
                 self.push_event(e);
-                self.label(rule, acct, Severity::High);
+                self.label(rule, EntityType::Account, acct, Severity::High);
             }
             // Eight days of 1.00 a day, then 12.00 and 6.00 of data within 20 minutes.
             "bill_shock" => {
@@ -658,7 +671,7 @@ impl Writer<'_> {
                     r.charge = Money::from_units(a);
                     self.emit(r);
                 }
-                self.label(rule, s, Severity::Medium);
+                self.label(rule, EntityType::Subscriber, s, Severity::Medium);
             }
             other => unreachable!("checked against STORY_RULES: {other}"),
         }
