@@ -11,6 +11,8 @@ pub struct RuleRow {
     /// `live` or `shadow`.
     pub mode: &'static str,
     pub evaluations: u64,
+    /// Evaluations its gate decided without calling the script (counted in `evaluations`).
+    pub gated: u64,
     pub alerts: u64,
     pub entities: u64,
     pub suppressed: u64,
@@ -44,6 +46,7 @@ impl RulesReport {
                 version: s.version.clone(),
                 mode: s.mode.as_str(),
                 evaluations: s.evaluations,
+                gated: s.gated,
                 alerts: s.alerts,
                 entities: s.entities.len() as u64,
                 suppressed: s.suppressed,
@@ -98,6 +101,7 @@ impl RulesReport {
                                 / n as f64;
                         }
                         t.evaluations = n;
+                        t.gated += r.gated;
                         t.alerts += r.alerts;
                         t.entities += r.entities;
                         t.suppressed += r.suppressed;
