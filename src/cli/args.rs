@@ -163,6 +163,14 @@ pub struct ReplayArgs {
     /// Also write the summary as JSON to this file.
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
+    /// Write the back-test as one self-contained HTML page: alerts over time by rule and department,
+    /// severities, top entities, rule timings, rejects, input volume (and the score with --labels).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Score the alerts against confirmed cases: the JSON `gen --labels` writes, or CSV
+    /// `rule,entity_type,entity_key` (header optional). Precision and recall per rule in the summary.
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::classify::ClassFilter;
+use crate::modes::backtest::{Labels, Page, Score};
 use crate::modes::inspect::{self, Target};
 use crate::modes::replay::{self, ReplayOptions};
 use crate::modes::replay_split;
@@ -221,15 +222,41 @@ pub fn replay_cmd(a: ReplayArgs) -> anyhow::Result<i32> {
         watch_rules: a.watch_rules,
         shadow_out: a.shadow_out,
         shadow_in_alerts: false,
+        tally: a.report.is_some() || a.labels.is_some(),
     };
+    // Read before the replay: a mistake in the file should not cost a long run.
+    let labels = a.labels.as_deref().map(Labels::read).transpose()?;
     let report = match a.threads {
         Some(n) => replay_split::run(&opts, n as usize)?,
         None => replay::run(&opts)?.0,
     };
+    let no_tally = crate::modes::backtest::Tally::default();
+    let tally = report.tally.as_ref().unwrap_or(&no_tally);
+    // The summary lists a few missed and unexpected alerts per rule, the page more.
+    let score = labels.as_ref().map(|l| Score::new(l, &tally.alerts, 10));
     eprint!("{}", report.render());
+    if let Some(s) = &score {
+        eprint!("{}", s.render());
+    }
     if let Some(p) = a.summary_json {
         let f = File::create(&p).with_context(|| format!("creating {}", p.display()))?;
-        serde_json::to_writer_pretty(BufWriter::new(f), &report)?;
+        let summary = replay::Summary {
+            report: &report,
+            labels: score.as_ref(),
+        };
+        serde_json::to_writer_pretty(BufWriter::new(f), &summary)?;
+    }
+    if let Some(p) = a.report {
+        let score = labels.as_ref().map(|l| Score::new(l, &tally.alerts, 200));
+        let html = crate::modes::backtest::page::render(&Page {
+            report: &report,
+            tally,
+            score: score.as_ref(),
+            usage: &opts.usage,
+            events: opts.events.as_deref(),
+        });
+        std::fs::write(&p, html).with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("  report              {}", p.display());
     }
     Ok(0)
 }

@@ -1,6 +1,7 @@
-//! The commands beside the daemon: `replay`, `inspect`, `test` (rule cases), `state` (snapshot
-//! tools) and the daemon's pre-flight (`run --check`).
+//! The commands beside the daemon: `replay` (with its `backtest` page and label score), `inspect`,
+//! `test` (rule cases), `state` (snapshot tools) and the daemon's pre-flight (`run --check`).
 
+pub mod backtest;
 pub mod diff;
 pub mod inspect;
 pub mod preflight;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use super::backtest::{AlertTally, InputVolume, Score, Tally};
 use crate::config::Config;
 use crate::pipeline::{Counts, Pipeline, PipelineOptions, RulesOptions, Scope, Verdict};
 use crate::record::{EventTime, Mode};
@@ -44,6 +45,8 @@ pub struct ReplayOptions {
     pub shadow_out: Option<PathBuf>,
     /// Shadow alerts in the alerts output, no shadow file (`cdrguard test`).
     pub shadow_in_alerts: bool,
+    /// Collect the back-test tally (`--report`, `--labels`): input per hour, alerts folded.
+    pub tally: bool,
 }
 
 /// Which rule library a replay runs.
@@ -65,6 +68,8 @@ pub struct ReplayReport {
     pub blank_lines: u64,
     pub store: StoreCounters,
     pub size: StoreSize,
+    /// Written as `elapsed_s`, seconds with a fraction: a plain unit for dashboards and schemas.
+    #[serde(rename = "elapsed_s", serialize_with = "seconds")]
     pub elapsed: Duration,
     pub peak_rss_bytes: Option<u64>,
     pub dead_letter: Option<PathBuf>,
@@ -76,6 +81,22 @@ pub struct ReplayReport {
     pub shadow_alerts: u64,
     pub shadow_out: Option<PathBuf>,
     pub rules: Option<RulesReport>,
+    /// What `ReplayOptions::tally` asked to collect.
+    #[serde(skip)]
+    pub tally: Option<Tally>,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// What `--summary-json` writes: the replay's report and, with `--labels`, its score.
+#[derive(serde::Serialize)]
+pub struct Summary<'a> {
+    #[serde(flatten)]
+    pub report: &'a ReplayReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<&'a Score>,
 }
 
 impl ReplayReport {
@@ -250,6 +271,7 @@ pub fn run_quiet(
         watch_rules: false,
         shadow_out: None,
         shadow_in_alerts: false,
+        tally: false,
     };
     run_to(&opts, &mut io::sink())
 }
@@ -359,16 +381,25 @@ pub fn run_to(
         false => AlertFile::new(out),
     };
     let shadow = setup.shadow_file(opts);
-    let mut outputs = Outputs::new(match opts.shadow_in_alerts {
-        true => vec![&alerts, &dead_letter],
-        false => vec![&alerts, &shadow, &dead_letter],
-    });
+    let tally = AlertTally::default();
+    let mut volume = opts.tally.then(InputVolume::default);
+    let mut sinks: Vec<&dyn crate::sink::Output> = vec![&alerts, &dead_letter];
+    if !opts.shadow_in_alerts {
+        sinks.push(&shadow);
+    }
+    if opts.tally {
+        sinks.push(&tally);
+    }
+    let mut outputs = Outputs::new(sinks);
     let mut progress = Progress::new(opts.progress);
     let started = Instant::now();
     loop {
         let Some(d) = source.next_decoded()? else {
             break;
         };
+        if let (Some(v), Ok(item)) = (volume.as_mut(), &d.item) {
+            v.add(item);
+        }
         let (src, line, raw, truncated) = (d.source, d.line, d.raw, d.truncated);
         if let Verdict::Reject(reject) = pipeline.process(d) {
             let rejected = Rejected {
@@ -416,6 +447,10 @@ pub fn run_to(
             .filter(|_| dead_letter.written() > 0)
             .map(Path::to_path_buf),
         dead_letters_dropped: dead_letter.dropped(),
+        tally: volume.map(|volume| Tally {
+            volume,
+            alerts: tally.into_alerts(),
+        }),
     };
     drop(store);
     Ok((report, pipeline))

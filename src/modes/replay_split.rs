@@ -53,6 +53,7 @@ use crate::source::FileSource;
 use crate::state::{StoreCounters, StoreSize};
 use crate::telemetry::{peak_rss_bytes, Progress};
 
+use super::backtest::{AlertTally, InputVolume, Tally};
 use super::replay::{open_out, ReplayOptions, ReplayReport, Setup};
 
 /// Lines read between two flushes of every worker's batch: how far the workers can drift apart,
@@ -139,6 +140,8 @@ pub fn run_to(
     );
     let alerts = AlertFile::new(out);
     let shadow = setup.shadow_file(opts);
+    let tally = AlertTally::default();
+    let mut volume = opts.tally.then(InputVolume::default);
     let mut progress = Progress::new(opts.progress);
     let started = Instant::now();
     let skew = setup.cfg.state.max_future_skew.0;
@@ -158,11 +161,13 @@ pub fn run_to(
         let names = &names;
         let source = &mut source;
         let progress = &mut progress;
-        let reader = s.spawn(move || read(source, names, to_workers, skew, progress));
+        let volume = volume.as_mut();
+        let reader = s.spawn(move || read(source, names, to_workers, skew, progress, volume));
         let sinks = Sinks {
             alerts: &alerts,
             shadow: &shadow,
             dead_letter: &dead_letter,
+            tally: opts.tally.then_some(&tally),
         };
         let calls_part = collect(&setup, threads, done_rx, sinks, names);
         let read = reader.join().expect("the replay reader panicked");
@@ -202,6 +207,10 @@ pub fn run_to(
             .filter(|_| dead_letter.written() > 0)
             .map(Path::to_path_buf),
         dead_letters_dropped: dead_letter.dropped(),
+        tally: volume.map(|volume| Tally {
+            volume,
+            alerts: tally.into_alerts(),
+        }),
     })
 }
 
@@ -212,6 +221,7 @@ fn read(
     to_workers: Vec<SyncSender<Batch>>,
     max_future_skew: i64,
     progress: &mut Progress,
+    mut volume: Option<&mut InputVolume>,
 ) -> anyhow::Result<()> {
     let n = to_workers.len();
     let mut batches: Vec<Batch> = (0..n).map(|_| new_batch()).collect();
@@ -242,6 +252,9 @@ fn read(
             break;
         };
         seq += 1;
+        if let (Some(v), Ok(item)) = (volume.as_deref_mut(), &d.item) {
+            v.add(item);
+        }
         let Decoded {
             source: name,
             line,
@@ -433,6 +446,8 @@ struct Sinks<'a, 'w> {
     alerts: &'a AlertFile<&'w mut dyn Write>,
     shadow: &'a ShadowFile,
     dead_letter: &'a DeadLetterFile,
+    /// The back-test tally (`--report`, `--labels`).
+    tally: Option<&'a AlertTally>,
 }
 
 fn collect(
@@ -443,7 +458,10 @@ fn collect(
     names: &[String],
 ) -> anyhow::Result<Part> {
     let mut calls = setup.pipeline(Scope::CallingNumbers)?;
-    let mut outputs = Outputs::new(vec![sinks.alerts, sinks.shadow, sinks.dead_letter]);
+    let mut outputs = Outputs::new(match sinks.tally {
+        Some(t) => vec![sinks.alerts, sinks.shadow, sinks.dead_letter, t],
+        None => vec![sinks.alerts, sinks.shadow, sinks.dead_letter],
+    });
     let mut queues: Vec<VecDeque<(u64, Entry)>> = (0..threads).map(|_| VecDeque::new()).collect();
     let mut upto = vec![0u64; threads];
     let mut group: Vec<(u64, Entry)> = Vec::new();
