@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 const USAGE: &str = "usage_record.schema.json";
 const ACCOUNT: &str = "account_event.schema.json";
 const ALERT: &str = "alert.schema.json";
+const SUMMARY: &str = "replay-summary.schema.json";
 
 /// The usage record example from the wire-contract issue, byte for byte (not produced by any generator).
 const ISSUE_USAGE: &str = r#"{"record_id":"msc1-729081236-0","record_type":"voice","direction":"mo",
@@ -207,7 +208,7 @@ fn check_invalid_fixture(file: &str, kind: Kind, min_lines: usize) {
 
 #[test]
 fn schemas_are_valid_documented_draft_2020_12() {
-    for name in [USAGE, ACCOUNT, ALERT] {
+    for name in [USAGE, ACCOUNT, ALERT, SUMMARY] {
         let schema = load_schema(name);
         if let Err(e) = jsonschema::draft202012::meta::validate(&schema) {
             panic!("{name} is not a valid draft 2020-12 schema: {e}");
@@ -599,4 +600,92 @@ fn collect_pointers(v: &Value, at: String, out: &mut Vec<String>) {
             collect_pointers(sub, p, out);
         }
     }
+}
+
+/// Summaries of real replays (`replay --summary-json`): with rules and labels (a missed and an
+/// unexpected case listed), with a rejected line, without rules. Each must validate; a summary in
+/// the old shape (`elapsed` as `{secs, nanos}`) or with a precision above 1 must not.
+#[test]
+fn replay_summaries_validate_against_their_schema() {
+    use cdrguard::demo::gen::{generate, GenConfig};
+    use cdrguard::modes::backtest::{Labels, Score};
+    use cdrguard::modes::replay::{self, ReplayOptions, RulesChoice, Summary};
+
+    let schema = Schema::load(SUMMARY);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = GenConfig {
+        subscribers: 300,
+        records: 6_000,
+        days: 4,
+        inject: vec![
+            ("irsf_high_risk_destination".into(), 2),
+            ("invoice_overdue".into(), 1),
+        ],
+        ..GenConfig::default()
+    };
+    let (mut usage, mut events) = (Vec::new(), Vec::new());
+    let g = generate(&cfg, &mut usage, &mut events).unwrap();
+    usage.extend_from_slice(b"{\"record_id\": 1}\n");
+    let (u, e) = (dir.path().join("u.ndjson"), dir.path().join("e.ndjson"));
+    fs::write(&u, usage).unwrap();
+    fs::write(&e, events).unwrap();
+    let l = &g.labels[0];
+    let csv = format!(
+        "{},{},{}\nirsf_high_risk_destination,subscriber,33700000000\n",
+        l.rule,
+        l.entity_type.as_str(),
+        l.entity
+    );
+    let labels = Labels::parse(std::path::Path::new("confirmed.csv"), &csv).unwrap();
+
+    let mut checked = Vec::new();
+    for rules in [RulesChoice::Dir(path("rules")), RulesChoice::Off] {
+        let with_rules = matches!(rules, RulesChoice::Dir(_));
+        let opts = ReplayOptions {
+            usage: u.clone(),
+            events: Some(e.clone()),
+            dead_letter: Some(dir.path().join("rejected.ndjson")),
+            rules,
+            tally: true,
+            ..Default::default()
+        };
+        let (report, _) = replay::run_to(&opts, &mut std::io::sink()).unwrap();
+        let score = Score::new(&labels, &report.tally.as_ref().unwrap().alerts, 10);
+        let summary = serde_json::to_value(Summary {
+            report: &report,
+            labels: with_rules.then_some(&score),
+        })
+        .unwrap();
+        let errors = schema.errors(&summary);
+        assert!(errors.is_empty(), "{errors:#?}\n{summary:#}");
+        assert!(schema.is_valid(&summary));
+        checked.push(summary);
+    }
+    let with = &checked[0];
+    assert_eq!(with["counts"]["rejected"]["wrong_type"], 1, "{with:#}");
+    assert!(with["dead_letter"].is_string());
+    assert!(with["elapsed_s"].as_f64().unwrap() > 0.0);
+    let irsf = with["labels"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == "irsf_high_risk_destination")
+        .unwrap();
+    assert_eq!(irsf["missed"][0]["entity_key"], "33700000000", "{irsf:#}");
+    assert!(irsf["unexpected"][0]["first"].is_string(), "{irsf:#}");
+    assert!(checked[1]["rules"].is_null());
+
+    let mut old = with.clone();
+    let secs = old.as_object_mut().unwrap().remove("elapsed_s").unwrap();
+    old["elapsed"] = json!({"secs": secs.as_f64().unwrap() as u64, "nanos": 0});
+    assert!(
+        !schema.is_valid(&old),
+        "the old `elapsed` shape must not validate"
+    );
+    let mut over = with.clone();
+    over["labels"]["overall"]["precision"] = json!(1.5);
+    assert!(
+        !schema.is_valid(&over),
+        "a precision above 1 must not validate"
+    );
 }
