@@ -84,6 +84,7 @@ pub fn readme_toml(heading: &str) -> Vec<String> {
         .collect()
 }
 
+pub mod chromium;
 pub mod kafka;
 pub mod process;
 pub mod s3;
