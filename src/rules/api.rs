@@ -331,6 +331,49 @@ pub enum Accessor {
     TravelKmh,
     /// `age_days()` of an account, a `FLOAT`.
     AgeDays,
+    /// `exposure()` of an account (unpaid invoices and unbilled usage), a `FLOAT`.
+    Exposure,
+    /// `credit_limit()` of an account (0 when none), a `FLOAT`.
+    CreditLimit,
+    /// `unpaid()` of an account, a `FLOAT`.
+    Unpaid,
+    /// `unbilled()` of an account, a `FLOAT`.
+    Unbilled,
+    /// The property `first_seen` of an entity or an account, an `INT` (UTC seconds; 0 when none).
+    FirstSeen,
+    /// `concurrent_calls(from, to)` of an entity, two `INT` arguments, an `INT`.
+    ConcurrentCalls,
+}
+
+/// The type of an argument a gate passes to an accessor, as the script's call would: Rhai picks
+/// the registered function by its argument types, so an accessor is only recognised with the types
+/// its function takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgType {
+    Str,
+    Int,
+}
+
+/// An argument of an accessor, as the script passes it.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg<'a> {
+    Str(&'a ImmutableString),
+    Int(i64),
+}
+
+impl<'a> Arg<'a> {
+    fn str(self) -> Fallible<&'a ImmutableString> {
+        match self {
+            Arg::Str(s) => Ok(s),
+            Arg::Int(_) => fail("a string argument was expected".into()),
+        }
+    }
+    fn int(self) -> Fallible<i64> {
+        match self {
+            Arg::Int(i) => Ok(i),
+            Arg::Str(_) => fail("an integer argument was expected".into()),
+        }
+    }
 }
 
 /// The view an accessor reads: the entity of a subscriber, calling-number or device rule, or an
@@ -350,58 +393,182 @@ pub enum Reading {
 
 impl Accessor {
     /// The accessor a script calls as `view.name(args)` on this kind of view (`account` true for an
-    /// account view) with `args` string arguments, if it is one.
-    pub fn by_call(name: &str, args: usize, account: bool) -> Option<Accessor> {
+    /// account view) with arguments of these types, if it is one.
+    pub fn by_call(name: &str, args: &[ArgType], account: bool) -> Option<Accessor> {
         use Accessor::*;
+        use ArgType::{Int, Str};
         Some(match (name, args, account) {
-            ("count", 2 | 3, _) => Count,
-            ("seconds", 2, _) => Seconds,
-            ("minutes", 2 | 3, _) => Minutes,
-            ("bytes", 2, _) => Bytes,
-            ("charges", 2 | 3, _) => Charges,
-            ("distinct_numbers", 2, _) => DistinctNumbers,
-            ("distinct_cells", 2, _) => DistinctCells,
-            ("distinct_called", 1, _) => DistinctCalled,
-            ("travel_km", 0, false) => TravelKm,
-            ("travel_kmh", 0, false) => TravelKmh,
-            ("age_days", 0, true) => AgeDays,
+            ("count", [Str, Str] | [Str, Str, Str], _) => Count,
+            ("seconds", [Str, Str], _) => Seconds,
+            ("minutes", [Str, Str] | [Str, Str, Str], _) => Minutes,
+            ("bytes", [Str, Str], _) => Bytes,
+            ("charges", [Str, Str] | [Str, Str, Str], _) => Charges,
+            ("distinct_numbers", [Str, Str], _) => DistinctNumbers,
+            ("distinct_cells", [Str, Str], _) => DistinctCells,
+            ("distinct_called", [Str], _) => DistinctCalled,
+            ("travel_km", [], false) => TravelKm,
+            ("travel_kmh", [], false) => TravelKmh,
+            ("concurrent_calls", [Int, Int], false) => ConcurrentCalls,
+            ("age_days", [], true) => AgeDays,
+            ("exposure", [], true) => Exposure,
+            ("credit_limit", [], true) => CreditLimit,
+            ("unpaid", [], true) => Unpaid,
+            ("unbilled", [], true) => Unbilled,
             _ => return None,
         })
     }
 
-    /// Reads the feature, exactly as the script function of that name does (same code, same
-    /// errors). `args` has the arity `by_call` accepted for this view.
-    pub fn read(self, view: View<'_>, args: &[ImmutableString]) -> Fallible<Reading> {
+    /// The accessor a script reads as the property `view.name` of this kind of view, if it is one.
+    pub fn by_property(name: &str) -> Option<Accessor> {
+        match name {
+            "first_seen" => Some(Accessor::FirstSeen),
+            _ => None,
+        }
+    }
+
+    /// Reads the feature, exactly as the script function (or getter) of that name does (same code,
+    /// same errors). `args` has the types `by_call` accepted for this view.
+    pub fn read(self, view: View<'_>, args: &[Arg<'_>]) -> Fallible<Reading> {
+        use Accessor::*;
         match view {
             View::Entity(v) => match self {
-                Accessor::TravelKm => Ok(Reading::Float(travel_km(v))),
-                Accessor::TravelKmh => Ok(Reading::Float(travel_kmh(v))),
+                TravelKm => Ok(Reading::Float(travel_km(v))),
+                TravelKmh => Ok(Reading::Float(travel_kmh(v))),
+                FirstSeen => Ok(Reading::Int(entity_first_seen(v))),
+                ConcurrentCalls => Ok(Reading::Int(concurrent_calls(
+                    v,
+                    arg(args, 0)?.int()?,
+                    arg(args, 1)?.int()?,
+                ))),
                 _ => self.read_window(v, args),
             },
             View::Account(v) => match self {
-                Accessor::AgeDays => Ok(Reading::Float(age_days(v))),
+                AgeDays => Ok(Reading::Float(age_days(v))),
+                Exposure => Ok(Reading::Float(exposure(v))),
+                CreditLimit => Ok(Reading::Float(credit_limit(v))),
+                Unpaid => Ok(Reading::Float(unpaid(v))),
+                Unbilled => Ok(Reading::Float(unbilled(v))),
+                FirstSeen => Ok(Reading::Int(account_first_seen(v))),
                 _ => self.read_window(v, args),
             },
         }
     }
 
-    fn read_window<T: Windowed>(self, v: &T, args: &[ImmutableString]) -> Fallible<Reading> {
+    fn read_window<T: Windowed>(self, v: &T, args: &[Arg<'_>]) -> Fallible<Reading> {
         use Accessor::*;
-        let sums = |ago| window_sums(v, &args[0], &args[1], ago);
+        let s = |k: usize| arg(args, k)?.str();
+        let ago = match args.get(2) {
+            Some(a) => Some(a.str()?),
+            None => None,
+        };
+        let sums = |ago| window_sums(v, s(0)?, s(1)?, ago);
         Ok(match self {
-            Count => Reading::Int(count(&sums(args.get(2))?)),
+            Count => Reading::Int(count(&sums(ago)?)),
             Seconds => Reading::Int(seconds(&sums(None)?)),
-            Minutes => Reading::Float(minutes(&sums(args.get(2))?)),
+            Minutes => Reading::Float(minutes(&sums(ago)?)),
             Bytes => Reading::Int(bytes(&sums(None)?)),
-            Charges => Reading::Float(charges(&sums(args.get(2))?)),
-            DistinctNumbers => Reading::Int(window_distinct(v, &args[0], &args[1], false)?),
-            DistinctCells => Reading::Int(window_distinct(v, &args[0], &args[1], true)?),
-            DistinctCalled => Reading::Int(window_distinct(v, &"mo".into(), &args[0], false)?),
-            TravelKm | TravelKmh | AgeDays => {
-                return fail(format!("{self:?} is not a window feature of this view"))
+            Charges => Reading::Float(charges(&sums(ago)?)),
+            DistinctNumbers => Reading::Int(window_distinct(v, s(0)?, s(1)?, false)?),
+            DistinctCells => Reading::Int(window_distinct(v, s(0)?, s(1)?, true)?),
+            DistinctCalled => Reading::Int(window_distinct(v, &"mo".into(), s(0)?, false)?),
+            TravelKm | TravelKmh | AgeDays | Exposure | CreditLimit | Unpaid | Unbilled
+            | FirstSeen | ConcurrentCalls => {
+                return fail(format!("{self:?} is not a feature of this view"))
             }
         })
     }
+}
+
+fn arg<'a>(args: &[Arg<'a>], k: usize) -> Fallible<Arg<'a>> {
+    match args.get(k) {
+        Some(a) => Ok(*a),
+        None => fail(format!("argument {k} is missing")),
+    }
+}
+
+/// A numeric field of the usage record that triggered the evaluation, as its getter reads it: the
+/// getter and a gate (`gate`) call the same function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordField {
+    /// `duration_s`, an `INT`.
+    DurationS,
+    /// `minutes`, a `FLOAT`.
+    Minutes,
+    /// `charge`, a `FLOAT`.
+    Charge,
+    /// `bytes`, an `INT`.
+    Bytes,
+    /// `time`, the start (UTC seconds), an `INT`.
+    Time,
+    /// `end_time`, the start plus the duration (UTC seconds), an `INT`.
+    EndTime,
+    /// `local_hour`, an `INT`.
+    LocalHour,
+}
+
+impl RecordField {
+    /// The getter `rec.name` of a usage record, if it is a numeric one.
+    pub fn by_name(name: &str) -> Option<RecordField> {
+        use RecordField::*;
+        Some(match name {
+            "duration_s" => DurationS,
+            "minutes" => Minutes,
+            "charge" => Charge,
+            "bytes" => Bytes,
+            "time" => Time,
+            "end_time" => EndTime,
+            "local_hour" => LocalHour,
+            _ => return None,
+        })
+    }
+
+    /// Whether the getter returns an `INT` (else a `FLOAT`).
+    pub fn is_int(self) -> bool {
+        !matches!(self, RecordField::Minutes | RecordField::Charge)
+    }
+
+    /// The field's value, as the script's getter returns it.
+    pub fn read(self, v: &UsageView) -> Reading {
+        use RecordField::*;
+        let r = v.r();
+        match self {
+            DurationS => Reading::Int(rec_duration_s(r)),
+            Minutes => Reading::Float(rec_minutes(r)),
+            Charge => Reading::Float(rec_charge(r)),
+            Bytes => Reading::Int(rec_bytes(r)),
+            Time => Reading::Int(rec_time(r)),
+            EndTime => Reading::Int(rec_end_time(r)),
+            LocalHour => Reading::Int(rec_local_hour(r)),
+        }
+    }
+}
+
+fn rec_duration_s(r: &UsageRecord) -> i64 {
+    r.duration_s as i64
+}
+
+fn rec_minutes(r: &UsageRecord) -> f64 {
+    r.duration_s as f64 / 60.0
+}
+
+fn rec_charge(r: &UsageRecord) -> f64 {
+    money(r.charge.amount)
+}
+
+fn rec_bytes(r: &UsageRecord) -> i64 {
+    r.bytes() as i64
+}
+
+fn rec_time(r: &UsageRecord) -> i64 {
+    r.event_start.utc
+}
+
+fn rec_end_time(r: &UsageRecord) -> i64 {
+    r.event_start.utc + r.duration_s as i64
+}
+
+fn rec_local_hour(r: &UsageRecord) -> i64 {
+    r.event_start.local_hour() as i64
 }
 
 fn count(s: &crate::state::WindowSums) -> i64 {
@@ -605,13 +772,11 @@ fn register_usage(engine: &mut Engine) {
             digits(v.r().forwarded_to())
         })
         .register_get("forwarded", |v: &mut UsageView| v.r().is_forwarded())
-        .register_get("duration_s", |v: &mut UsageView| v.r().duration_s as i64)
-        .register_get("minutes", |v: &mut UsageView| {
-            v.r().duration_s as f64 / 60.0
-        })
+        .register_get("duration_s", |v: &mut UsageView| rec_duration_s(v.r()))
+        .register_get("minutes", |v: &mut UsageView| rec_minutes(v.r()))
         .register_get("answered", |v: &mut UsageView| v.r().answered)
-        .register_get("charge", |v: &mut UsageView| money(v.r().charge.amount))
-        .register_get("bytes", |v: &mut UsageView| v.r().bytes() as i64)
+        .register_get("charge", |v: &mut UsageView| rec_charge(v.r()))
+        .register_get("bytes", |v: &mut UsageView| rec_bytes(v.r()))
         .register_get("roaming", |v: &mut UsageView| v.r().roaming.is_roaming)
         .register_get("visited_plmn", |v: &mut UsageView| -> ImmutableString {
             v.r().roaming.visited_plmn.as_deref().unwrap_or("").into()
@@ -628,16 +793,12 @@ fn register_usage(engine: &mut Engine) {
         .register_get("short", |v: &mut UsageView| {
             v.0 .1.has(crate::classify::SHORT)
         })
-        .register_get("time", |v: &mut UsageView| v.r().event_start.utc)
+        .register_get("time", |v: &mut UsageView| rec_time(v.r()))
         .register_get("start", |v: &mut UsageView| -> ImmutableString {
             v.r().event_start.to_string().into()
         })
-        .register_get("end_time", |v: &mut UsageView| {
-            v.r().event_start.utc + v.r().duration_s as i64
-        })
-        .register_get("local_hour", |v: &mut UsageView| {
-            v.r().event_start.local_hour() as i64
-        })
+        .register_get("end_time", |v: &mut UsageView| rec_end_time(v.r()))
+        .register_get("local_hour", |v: &mut UsageView| rec_local_hour(v.r()))
         .register_get("cell_id", |v: &mut UsageView| -> Dynamic {
             v.r()
                 .location
@@ -747,9 +908,7 @@ fn register_entity(engine: &mut Engine) {
     engine
         .register_get("key", |v: &mut EntityView| digits(Some(v.number)))
         .register_get("exists", |v: &mut EntityView| v.with(false, |_| true))
-        .register_get("first_seen", |v: &mut EntityView| {
-            v.with(0, |e| e.first_seen)
-        })
+        .register_get("first_seen", |v: &mut EntityView| entity_first_seen(v))
         .register_get("last_seen", |v: &mut EntityView| v.with(0, |e| e.last_seen))
         // Calls (answered MO/forwarded voice) in progress at the trigger time, this one included.
         .register_fn("open_calls", |v: &mut EntityView| -> i64 {
@@ -759,13 +918,39 @@ fn register_entity(engine: &mut Engine) {
         // The most calls at once within [from, to) (e.g. the triggering call's span).
         .register_fn(
             "concurrent_calls",
-            |v: &mut EntityView, from: i64, to: i64| -> i64 {
-                v.with(0, |e| e.max_concurrent_calls(from, to) as i64)
-            },
+            |v: &mut EntityView, from: i64, to: i64| -> i64 { concurrent_calls(v, from, to) },
         )
         // Distance and implied speed between the last two located records (0 when fewer than two).
         .register_fn("travel_km", |v: &mut EntityView| -> f64 { travel_km(v) })
         .register_fn("travel_kmh", |v: &mut EntityView| -> f64 { travel_kmh(v) });
+}
+
+fn entity_first_seen(v: &EntityView) -> i64 {
+    v.with(0, |e| e.first_seen)
+}
+
+fn concurrent_calls(v: &EntityView, from: i64, to: i64) -> i64 {
+    v.with(0, |e| e.max_concurrent_calls(from, to) as i64)
+}
+
+fn account_first_seen(v: &AccountView) -> i64 {
+    v.with(0, |store, a| store.usage_of(a).first_seen().unwrap_or(0))
+}
+
+fn credit_limit(v: &AccountView) -> f64 {
+    v.with(0.0, |_, a| a.ledger.credit_limit.map_or(0.0, money))
+}
+
+fn exposure(v: &AccountView) -> f64 {
+    v.with(0.0, |_, a| money(a.ledger.exposure()))
+}
+
+fn unpaid(v: &AccountView) -> f64 {
+    v.with(0.0, |_, a| money(a.ledger.unpaid()))
+}
+
+fn unbilled(v: &AccountView) -> f64 {
+    v.with(0.0, |_, a| money(a.ledger.unbilled))
 }
 
 fn travel_km(v: &EntityView) -> f64 {
@@ -821,27 +1006,17 @@ fn register_account(engine: &mut Engine) {
             v.with(false, |_, a| a.ledger.segment.is_key_account())
         })
         // The earliest usage of any of its lines in state (UTC seconds; 0 when none).
-        .register_get("first_seen", |v: &mut AccountView| {
-            v.with(0, |store, a| store.usage_of(a).first_seen().unwrap_or(0))
-        })
+        .register_get("first_seen", |v: &mut AccountView| account_first_seen(v))
         .register_get("line_count", |v: &mut AccountView| {
             v.with(0, |_, a| a.lines.len() as i64)
         })
         .register_fn("has_credit_limit", |v: &mut AccountView| {
             v.with(false, |_, a| a.ledger.credit_limit.is_some())
         })
-        .register_fn("credit_limit", |v: &mut AccountView| {
-            v.with(0.0, |_, a| a.ledger.credit_limit.map_or(0.0, money))
-        })
-        .register_fn("exposure", |v: &mut AccountView| {
-            v.with(0.0, |_, a| money(a.ledger.exposure()))
-        })
-        .register_fn("unpaid", |v: &mut AccountView| {
-            v.with(0.0, |_, a| money(a.ledger.unpaid()))
-        })
-        .register_fn("unbilled", |v: &mut AccountView| {
-            v.with(0.0, |_, a| money(a.ledger.unbilled))
-        })
+        .register_fn("credit_limit", |v: &mut AccountView| credit_limit(v))
+        .register_fn("exposure", |v: &mut AccountView| exposure(v))
+        .register_fn("unpaid", |v: &mut AccountView| unpaid(v))
+        .register_fn("unbilled", |v: &mut AccountView| unbilled(v))
         .register_fn("overdue_amount", |v: &mut AccountView| {
             let end = v.end;
             v.with(0.0, |_, a| money(a.ledger.overdue(end)))

@@ -551,7 +551,9 @@ impl RuleEngine {
         // The guards at the top of the script, evaluated natively: when one holds, the script
         // would return nothing, and is not called (`gate`).
         let gated = rule.gate.as_ref().is_some_and(|g| {
+            let record = trigger.read_lock::<UsageView>();
             let inputs = Inputs {
+                record: record.as_deref(),
                 entity: entity.view(),
                 account: &acct,
                 params: &params,

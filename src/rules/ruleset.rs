@@ -362,7 +362,19 @@ impl RuleSet {
                     ),
                 ));
             }
-            let gate = Gate::recognise(&ast, ENTRY, resolved.meta.entity, limits, scope.len()).ok();
+            let usage = resolved
+                .triggers
+                .iter()
+                .all(|t| matches!(t, Trigger::Usage(..)));
+            let gate = Gate::recognise(
+                &ast,
+                ENTRY,
+                resolved.meta.entity,
+                usage,
+                limits,
+                scope.len(),
+            )
+            .ok();
             rules.push(Rule {
                 gate,
                 file: display,
