@@ -1369,8 +1369,15 @@ mod tests {
         let int = |i: i64| rhai::Dynamic::from(i);
         let float = |f: f64| rhai::Dynamic::from(f);
         let share = [("share", float(1.0))];
-        // (body, call duration, params, gate, script returned nothing)
-        let cases: &[(&str, u32, &[(&str, rhai::Dynamic)], Verdict, Result<bool, ()>)] = &[
+        /// (body, call duration, params, gate, script returned nothing)
+        type Case<'a> = (
+            &'a str,
+            u32,
+            &'a [(&'a str, rhai::Dynamic)],
+            Verdict,
+            Result<bool, ()>,
+        );
+        let cases: &[Case] = &[
             // Record getters.
             ("if rec.duration_s == 0 { return; }", 0, &[], Skip, Ok(true)),
             ("if rec.duration_s == 0 { return; }", 60, &[], Run, Ok(false)),
