@@ -170,9 +170,10 @@ impl RulesReport {
             .max(4);
         let _ = writeln!(
             s,
-            "    {:<w$}  {:>11} {:>8} {:>8} {:>10} {:>7} {:>9} {:>9}",
+            "    {:<w$}  {:>11} {:>11} {:>8} {:>8} {:>10} {:>7} {:>9} {:>9}",
             "rule",
             "evaluations",
+            "gated",
             "alerts",
             "entities",
             "suppressed",
@@ -183,9 +184,10 @@ impl RulesReport {
         for r in &self.rules {
             let _ = writeln!(
                 s,
-                "    {:<w$}  {:>11} {:>8} {:>8} {:>10} {:>7} {:>9.2} {:>9.2}{}",
+                "    {:<w$}  {:>11} {:>11} {:>8} {:>8} {:>10} {:>7} {:>9.2} {:>9.2}{}",
                 r.id,
                 r.evaluations,
+                r.gated,
                 r.alerts,
                 r.entities,
                 r.suppressed,
