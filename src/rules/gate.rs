@@ -77,7 +77,7 @@
 //! | `invoice_overdue` | none | `acct.invoice_remaining(timer.invoice_id)`: a string argument read from the trigger |
 //! | `payment_reversal` | none | `acct.payment_time(ev.reversed_payment_id)` and `let … = if …`: a trigger field, a branch |
 //!
-//! Eleven of the seventeen are gated, none of them in part any more
+//! Ten of the seventeen are gated, none of them in part any more
 //! (`shipped_rules_are_gated_as_the_survey_says` keeps this table honest). What would go further,
 //! each still exact: boolean record getters (`rec.forwarded`, `rec.answered`) and `listed(…)` of a
 //! record field (a pure lookup); `let`s of comparisons; a larger `MAX_NODES` (its bound on Rhai's
