@@ -19,10 +19,11 @@
 //!
 //! **Why the alerts are the same.** A record's lines, account and device state live in one worker
 //! and see that account's records in input order. What a partition of the daemon does not share is
-//! event time: its watermark is its own. Here the reader sends every worker the global newest usage
-//! time (`Clock`) before its next record and at each batch end, so lateness, timers and dedup
-//! horizons move exactly as in one thread. Calling numbers see every partition's calls in input order,
-//! the order of one thread. Alerts come out in input order; those of the same line (a timer due for
+//! event time: its watermark is its own. Here every batch carries each move of the newest usage
+//! time in its span, with the line that made it, and a worker steps through them between its own
+//! lines: lateness, timers and dedup horizons move exactly as in one thread, and a timer fires at the
+//! line where one thread fires it. Calling numbers see every partition's calls in input order, the
+//! order of one thread. Alerts come out in input order; those of the same line (a timer due for
 //! several accounts at once) by alert id, so the file is the same for every N.
 //!
 //! **Where it differs from one thread** (as the daemon's partitions do):
@@ -32,13 +33,19 @@
 //!   earlier usage into the account);
 //! - a record id is de-duplicated within its account's worker, so two records sharing an id on
 //!   different accounts are both kept;
+//! - a line that moves to another account leaves its subscriber windows in the old account's
+//!   worker (one thread keeps one subscriber and moves it);
+//! - the reader moves the clock on every usage record not dated in the future, before its worker
+//!   judges it: a resend that turns out a duplicate or a conflict, and is newer than everything
+//!   before it, moves the clock here and not in one thread;
 //! - a usage record stamped after the real time (`future`) is judged against each thread's clock;
 //! - the summary's per-rule p99 is the highest of the threads'.
 
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ahash::AHashMap;
@@ -46,7 +53,7 @@ use anyhow::Context;
 use compact_str::CompactString;
 
 use crate::pipeline::{Counts, Handover, Pipeline, Scope, Verdict};
-use crate::record::{Alert, Decoded, Item, Reject};
+use crate::record::{Alert, Decoded, Input, Item, Reject};
 use crate::rules::RulesReport;
 use crate::sink::{AlertFile, DeadLetterFile, Origin, Outputs, Rejected, ShadowFile};
 use crate::source::FileSource;
@@ -66,28 +73,23 @@ const QUEUED_BATCHES: usize = 4;
 struct Batch {
     /// Every line up to this `seq` has been read: the worker reports it back when done.
     upto: u64,
-    msgs: Vec<Msg>,
+    lines: Vec<Line>,
     /// Raw bytes of the batch's lines (`Line::raw` ranges into it).
     raws: Vec<u8>,
+    /// Every step of the newest usage time within the batch's span of lines, `(seq, t)` in order:
+    /// the same list for every worker.
+    clocks: Arc<Vec<(u64, i64)>>,
 }
 
-// Boxing the line would allocate once per line to save the space of clocks in a batch.
-#[allow(clippy::large_enum_variant)]
-enum Msg {
-    /// A line of the input.
-    Line {
-        seq: u64,
-        /// 0 usage, 1 events.
-        source: u8,
-        line: u64,
-        raw: (usize, usize),
-        truncated: u64,
-        item: Result<Item, Reject>,
-    },
-    /// The newest usage time reached at line `seq`.
-    Clock { seq: u64, t: i64 },
+/// A line of the input.
+struct Line {
+    seq: u64,
+    input: Input,
+    line: u64,
+    raw: (usize, usize),
+    truncated: u64,
+    item: Result<Item, Reject>,
 }
-
 /// What a worker did with a batch.
 struct Done {
     worker: usize,
@@ -98,7 +100,7 @@ struct Done {
 enum Entry {
     Alert(Alert),
     Reject {
-        source: u8,
+        input: Input,
         line: u64,
         raw: Vec<u8>,
         truncated: u64,
@@ -128,8 +130,13 @@ pub fn run_to(
 ) -> anyhow::Result<ReplayReport> {
     anyhow::ensure!(threads >= 1, "--threads must be at least 1");
     anyhow::ensure!(
-        !opts.watch_rules && opts.cutoff.is_none() && !opts.keep_fired && !opts.shadow_in_alerts,
+        !opts.watch_rules,
         "--threads runs a whole replay: it cannot be combined with --watch-rules"
+    );
+    // `inspect --at` and rule test cases run one thread.
+    anyhow::ensure!(
+        opts.cutoff.is_none() && !opts.keep_fired && !opts.shadow_in_alerts,
+        "a cutoff, kept timers or shadow alerts with the alerts are one-thread options"
     );
     let setup = Setup::load(opts)?;
     let mut source = FileSource::open(&opts.usage, opts.events.as_deref(), setup.cfg.decoder())?;
@@ -147,7 +154,9 @@ pub fn run_to(
     let skew = setup.cfg.state.max_future_skew.0;
 
     let (parts, calls_part) = std::thread::scope(|s| -> anyhow::Result<_> {
-        let (done_tx, done_rx) = mpsc::channel::<Done>();
+        // Bounded: a slow collector (its calls lane, a slow output) holds the workers back instead
+        // of their results piling up.
+        let (done_tx, done_rx) = mpsc::sync_channel::<Done>(threads * QUEUED_BATCHES);
         let mut to_workers = Vec::with_capacity(threads);
         let mut handles = Vec::with_capacity(threads);
         for w in 0..threads {
@@ -171,12 +180,27 @@ pub fn run_to(
         };
         let calls_part = collect(&setup, threads, done_rx, sinks, names);
         let read = reader.join().expect("the replay reader panicked");
-        let mut parts = Vec::with_capacity(threads);
-        for h in handles {
-            parts.push(h.join().expect("a replay worker panicked")?);
-        }
-        read?;
+        let worked: Vec<Result<Part, Ended>> = handles
+            .into_iter()
+            .map(|h| h.join().expect("a replay worker panicked"))
+            .collect();
+        // One failure stops the others, which then report `Stopped`: the error to show is the
+        // one that started it — the output's, else a worker's, else the input's.
         let calls_part = calls_part?;
+        let mut parts = Vec::with_capacity(threads);
+        for w in worked {
+            match w {
+                Ok(p) => parts.push(p),
+                Err(Ended::Failed(e)) => return Err(e),
+                Err(Ended::Stopped(_)) => {}
+            }
+        }
+        match read {
+            Err(Ended::Failed(e)) => return Err(e),
+            Err(Ended::Stopped(s)) => return Err(s.into()),
+            Ok(()) if parts.len() < threads => return Err(Stopped.into()),
+            Ok(()) => {}
+        }
         Ok((parts, calls_part))
     })?;
     progress.done();
@@ -222,33 +246,32 @@ fn read(
     max_future_skew: i64,
     progress: &mut Progress,
     mut volume: Option<&mut InputVolume>,
-) -> anyhow::Result<()> {
+) -> Result<(), Ended> {
     let n = to_workers.len();
     let mut batches: Vec<Batch> = (0..n).map(|_| new_batch()).collect();
-    // The clock each worker was last sent.
-    let mut sent = vec![i64::MIN; n];
-    let mut clock: Option<(u64, i64)> = None;
+    let mut clocks: Vec<(u64, i64)> = Vec::new();
+    let mut newest: Option<i64> = None;
     let mut line_accounts: AHashMap<u64, CompactString> = AHashMap::new();
     let wall_clock = wall_clock_now();
     let mut seq = 0u64;
-    let send = |batches: &mut Vec<Batch>,
-                sent: &mut Vec<i64>,
-                clock: Option<(u64, i64)>,
-                upto: u64|
-     -> anyhow::Result<()> {
+    let send = |batches: &mut Vec<Batch>, clocks: &mut Vec<(u64, i64)>, upto: u64| {
+        let shared = Arc::new(std::mem::take(clocks));
         for (w, tx) in to_workers.iter().enumerate() {
-            push_clock(&mut batches[w], &mut sent[w], clock);
             let mut b = std::mem::replace(&mut batches[w], new_batch());
             b.upto = upto;
+            b.clocks = shared.clone();
             // A worker that stopped has failed; its error comes from its join.
             if tx.send(b).is_err() {
-                anyhow::bail!("a replay worker stopped");
+                return Err(Ended::Stopped(Stopped));
             }
         }
         Ok(())
     };
     loop {
-        let Some(d) = source.next_decoded()? else {
+        let Some(d) = source
+            .next_decoded()
+            .map_err(|e| Ended::Failed(anyhow::Error::from(e).context("reading the input")))?
+        else {
             break;
         };
         seq += 1;
@@ -271,45 +294,46 @@ fn read(
         };
         if let Ok(Item::Usage(r)) = &item {
             let t = r.event_start.utc;
-            if clock.is_none_or(|(_, c)| t > c) && t <= wall_clock + max_future_skew {
-                clock = Some((seq, t));
+            if newest.is_none_or(|c| t > c) && t <= wall_clock + max_future_skew {
+                newest = Some(t);
+                clocks.push((seq, t));
             }
         }
         let b = &mut batches[w];
-        push_clock(b, &mut sent[w], clock);
         let start = b.raws.len();
         b.raws.extend_from_slice(raw);
-        b.msgs.push(Msg::Line {
+        b.lines.push(Line {
             seq,
-            source: names.iter().position(|n| n == name).unwrap_or(0) as u8,
+            input: if names.first().is_some_and(|u| u == name) {
+                Input::Usage
+            } else {
+                Input::Events
+            },
             line,
             raw: (start, b.raws.len()),
             truncated,
             item,
         });
         if seq.is_multiple_of(BATCH_LINES) {
-            send(&mut batches, &mut sent, clock, seq)?;
+            send(&mut batches, &mut clocks, seq)?;
             progress.tick(seq, source.progress());
         }
     }
-    send(&mut batches, &mut sent, clock, seq)
+    send(&mut batches, &mut clocks, seq)?;
+    Ok(())
 }
+
+/// A peer thread stopped: the error worth reporting is its own (`run_to` picks it).
+#[derive(Debug, thiserror::Error)]
+#[error("a replay thread stopped early")]
+struct Stopped;
 
 fn new_batch() -> Batch {
     Batch {
         upto: 0,
-        msgs: Vec::with_capacity(BATCH_LINES as usize),
+        lines: Vec::with_capacity(BATCH_LINES as usize),
         raws: Vec::new(),
-    }
-}
-
-/// Tells a worker the newest usage time, before its next line, if it moved since.
-fn push_clock(b: &mut Batch, sent: &mut i64, clock: Option<(u64, i64)>) {
-    if let Some((seq, t)) = clock {
-        if t > *sent {
-            *sent = t;
-            b.msgs.push(Msg::Clock { seq, t });
-        }
+        clocks: Arc::default(),
     }
 }
 
@@ -345,70 +369,76 @@ fn wall_clock_now() -> i64 {
 }
 
 /// A worker: its accounts' lines and accounts, the records it is sent in input order.
+///
+/// Before each of its lines, it steps the clock through every move of the newest usage time at the
+/// lines before (the other workers'), each at its own line, and after its last line through the
+/// rest of the batch's: a timer then fires at the line where one thread fires it, so its alerts
+/// come out at the same place in the file whatever N (and its own line's move is its record's,
+/// applied when the record is, as one thread does).
 fn work(
     worker: usize,
     setup: &Setup,
     rx: Receiver<Batch>,
-    done: Sender<Done>,
-) -> anyhow::Result<Part> {
+    done: SyncSender<Done>,
+) -> Result<Part, Ended> {
     let mut pipeline = setup.pipeline(Scope::Lines)?;
     let mut last_clock = None;
     for batch in rx {
         let mut entries = Vec::new();
-        for msg in batch.msgs {
-            let seq = match msg {
-                Msg::Clock { seq, t } => {
+        let mut clocks = batch.clocks.iter().copied().peekable();
+        let mut step_to =
+            |before: u64, pipeline: &mut Pipeline, entries: &mut Vec<(u64, Entry)>| {
+                while let Some((seq, t)) = clocks.next_if(|&(seq, _)| seq < before) {
                     last_clock = Some(t);
                     pipeline.advance_idle(t);
-                    seq
-                }
-                Msg::Line {
-                    seq,
-                    source,
-                    line,
-                    raw,
-                    truncated,
-                    item,
-                } => {
-                    let raw = &batch.raws[raw.0..raw.1];
-                    let d = Decoded {
-                        source: "",
-                        line,
-                        raw,
-                        truncated,
-                        item,
-                    };
-                    if let Verdict::Reject(reject) = pipeline.process(d) {
-                        entries.push((
-                            seq,
-                            Entry::Reject {
-                                source,
-                                line,
-                                raw: raw.to_vec(),
-                                truncated,
-                                reject,
-                            },
-                        ));
-                    }
-                    if let Some(h) = pipeline.take_handover() {
-                        entries.push((seq, Entry::Handover(h)));
-                    }
-                    seq
+                    entries.extend(
+                        pipeline
+                            .take_alerts()
+                            .into_iter()
+                            .map(|a| (seq, Entry::Alert(a))),
+                    );
                 }
             };
-            for a in pipeline.take_alerts() {
-                entries.push((seq, Entry::Alert(a)));
+        for l in batch.lines {
+            step_to(l.seq, &mut pipeline, &mut entries);
+            let raw = &batch.raws[l.raw.0..l.raw.1];
+            let d = Decoded {
+                source: "",
+                line: l.line,
+                raw,
+                truncated: l.truncated,
+                item: l.item,
+            };
+            if let Verdict::Reject(reject) = pipeline.process(d) {
+                entries.push((
+                    l.seq,
+                    Entry::Reject {
+                        input: l.input,
+                        line: l.line,
+                        raw: raw.to_vec(),
+                        truncated: l.truncated,
+                        reject,
+                    },
+                ));
             }
+            if let Some(h) = pipeline.take_handover() {
+                entries.push((l.seq, Entry::Handover(h)));
+            }
+            entries.extend(
+                pipeline
+                    .take_alerts()
+                    .into_iter()
+                    .map(|a| (l.seq, Entry::Alert(a))),
+            );
         }
-        if done
-            .send(Done {
-                worker,
-                upto: batch.upto,
-                entries,
-            })
-            .is_err()
-        {
-            anyhow::bail!("the replay collector stopped");
+        step_to(u64::MAX, &mut pipeline, &mut entries);
+        let done_batch = Done {
+            worker,
+            upto: batch.upto,
+            entries,
+        };
+        if done.send(done_batch).is_err() {
+            return Err(Ended::Stopped(Stopped));
         }
     }
     // The end: as one thread, windows close at the newest usage time of the whole input.
@@ -429,6 +459,15 @@ fn work(
     Ok(part(&pipeline))
 }
 
+/// Why a thread ended early: its own failure, or a peer's (reported by the peer).
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    #[error(transparent)]
+    Stopped(Stopped),
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
 fn part(p: &Pipeline) -> Part {
     let store = p.store.borrow();
     Part {
@@ -439,8 +478,6 @@ fn part(p: &Pipeline) -> Part {
     }
 }
 
-/// The collector: merges the workers' results by line, runs the calling numbers on what they hand
-/// over, and writes alerts and dead letters in input order.
 /// Where the collector writes.
 struct Sinks<'a, 'w> {
     alerts: &'a AlertFile<&'w mut dyn Write>,
@@ -450,6 +487,8 @@ struct Sinks<'a, 'w> {
     tally: Option<&'a AlertTally>,
 }
 
+/// The collector: merges the workers' results by line, runs the calling numbers on what they hand
+/// over, and writes alerts and dead letters in input order.
 fn collect(
     setup: &Setup,
     threads: usize,
@@ -503,6 +542,11 @@ fn collect(
         evicted_entities: p.store.evicted_entities,
         ..StoreCounters::default()
     };
+    // So are the usage records its rules ran on (their evaluations are the lane's own).
+    if let Some(r) = &mut p.rules {
+        r.counters.usage_records = 0;
+        r.counters.usage_without_rules = 0;
+    }
     Ok(p)
 }
 
@@ -554,14 +598,14 @@ fn write_group(
                 alerts.extend(calls.take_alerts());
             }
             Entry::Reject {
-                source,
+                input,
                 line: position,
                 raw,
                 truncated,
                 reject,
             } => {
                 let rejected = Rejected {
-                    source: &names[source as usize],
+                    source: &names[input.index().min(names.len() - 1)],
                     partition: None,
                     position,
                     key: &[],
