@@ -1,8 +1,8 @@
 //! `diff`: what a change to the rule library would change in the alerts, on history. The input is
 //! read and decoded once and run through two pipelines, one per library, in the same order; their
-//! alerts are matched by id (rule, entity, window or trigger: `alert::policy`), so an alert both
-//! libraries raise is one alert, and one whose severity, departments or trigger time changed is
-//! listed as changed.
+//! alerts are paired by id (rule, entity, window or trigger, severity: `alert::policy`), then what
+//! is left by rule, entity and trigger time, so an alert both libraries raise is one alert, and one
+//! whose severity, departments, trigger time or mode (live, shadow) changed is listed as changed.
 //!
 //! **Two states, not one.** Rules do not write the state, but a library's lists classify the records
 //! (`high_risk_prefixes`), and the classes are what the windows count: a change to the list is a
@@ -41,10 +41,20 @@ pub struct Example {
     pub time: String,
     pub severity: String,
     pub departments: Vec<String>,
+    /// `live`, or `shadow`: a shadow rule's alert reaches no department.
+    pub mode: String,
     pub explanation: String,
 }
 
 impl Example {
+    /// Its departments, or that it reaches none (a shadow rule's).
+    fn goes_to(&self) -> String {
+        match self.mode.as_str() {
+            "shadow" => format!("shadow, not {}", self.departments.join("+")),
+            _ => self.departments.join("+"),
+        }
+    }
+
     fn of(a: &Alert) -> Self {
         Example {
             alert_id: a.alert_id.clone(),
@@ -57,13 +67,14 @@ impl Example {
                 .iter()
                 .map(|d| d.as_str().to_string())
                 .collect(),
+            mode: a.mode.as_str().to_string(),
             explanation: a.evidence.explanation.clone(),
         }
     }
 }
 
-/// An alert id both libraries raise, with another severity, other departments or another trigger
-/// time (a changed threshold moves the record an alert of the same window fires on).
+/// An alert both libraries raise with another severity, other departments, another trigger time
+/// (a changed threshold moves the record an alert of the same window fires on) or another mode.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Changed {
     pub a: Example,
@@ -143,7 +154,7 @@ impl DiffReport {
                 e.entity,
                 e.time,
                 e.severity,
-                e.departments.join("+"),
+                e.goes_to(),
                 e.explanation
             )
         };
@@ -172,10 +183,10 @@ impl DiffReport {
                         c.a.entity,
                         c.a.time,
                         c.a.severity,
-                        c.a.departments.join("+"),
+                        c.a.goes_to(),
                         c.b.time,
                         c.b.severity,
-                        c.b.departments.join("+"),
+                        c.b.goes_to(),
                         c.b.explanation
                     );
                 }
@@ -251,13 +262,6 @@ pub fn compare(
     examples: usize,
     rules: impl IntoIterator<Item = String>,
 ) -> Vec<RuleDiff> {
-    let by_id = |list: &[Alert]| -> BTreeMap<String, usize> {
-        list.iter()
-            .enumerate()
-            .map(|(i, x)| (x.alert_id.clone(), i))
-            .collect()
-    };
-    let (ia, ib) = (by_id(a), by_id(b));
     let mut rules: BTreeMap<String, RuleDiff> = rules
         .into_iter()
         .map(|id| {
@@ -268,17 +272,17 @@ pub fn compare(
             (id, r)
         })
         .collect();
-    for x in a {
-        let r = entry(&mut rules, &x.rule.id);
-        r.a += 1;
-        match ib.get(&x.alert_id).map(|&j| &b[j]) {
-            Some(y) => {
+    for (x, y) in pair(a, b) {
+        match (x, y) {
+            (Some(x), Some(y)) => {
+                let r = entry(&mut rules, &x.rule.id);
+                r.a += 1;
+                r.b += 1;
                 r.both += 1;
-                // One id, another alert: a threshold can move the record an alert of the same
-                // window fires on, or its severity, or where it goes.
                 if x.severity != y.severity
                     || x.departments != y.departments
                     || x.trigger_event_time != y.trigger_event_time
+                    || x.mode != y.mode
                 {
                     r.changed += 1;
                     if r.changed_examples.len() < examples {
@@ -289,25 +293,75 @@ pub fn compare(
                     }
                 }
             }
-            None => {
+            (Some(x), None) => {
+                let r = entry(&mut rules, &x.rule.id);
+                r.a += 1;
                 r.only_a += 1;
                 if r.only_a_examples.len() < examples {
                     r.only_a_examples.push(Example::of(x));
                 }
             }
-        }
-    }
-    for y in b {
-        let r = entry(&mut rules, &y.rule.id);
-        r.b += 1;
-        if !ia.contains_key(&y.alert_id) {
-            r.only_b += 1;
-            if r.only_b_examples.len() < examples {
-                r.only_b_examples.push(Example::of(y));
+            (None, Some(y)) => {
+                let r = entry(&mut rules, &y.rule.id);
+                r.b += 1;
+                r.only_b += 1;
+                if r.only_b_examples.len() < examples {
+                    r.only_b_examples.push(Example::of(y));
+                }
             }
+            (None, None) => {}
         }
     }
     rules.into_values().collect()
+}
+
+/// Pairs the alerts of A with those of B: first by id (rule, entity, window or trigger, severity:
+/// the same alert, though a threshold can move the record of its window it fires on), then what is
+/// left by rule, entity and trigger time (the same alert with another severity, whose id differs);
+/// unpaired alerts are one library's only. In the order of A, then B's unpaired.
+fn pair<'a>(a: &'a [Alert], b: &'a [Alert]) -> Vec<(Option<&'a Alert>, Option<&'a Alert>)> {
+    let mut b_by_id: BTreeMap<&str, usize> = BTreeMap::new();
+    for (j, y) in b.iter().enumerate() {
+        b_by_id.entry(y.alert_id.as_str()).or_insert(j);
+    }
+    let mut taken = vec![false; b.len()];
+    let mut paired: Vec<Option<usize>> = a
+        .iter()
+        .map(|x| {
+            let j = *b_by_id.get(x.alert_id.as_str())?;
+            (!taken[j]).then(|| {
+                taken[j] = true;
+                j
+            })
+        })
+        .collect();
+    type Occasion<'a> = (&'a str, &'a str, i64);
+    let occasion =
+        |x: &'a Alert| -> Occasion<'a> { (&x.rule.id, &x.entity.key, x.trigger_event_time.utc) };
+    let mut b_left: BTreeMap<Occasion<'a>, std::collections::VecDeque<usize>> = BTreeMap::new();
+    for (j, y) in b.iter().enumerate().filter(|&(j, _)| !taken[j]) {
+        b_left.entry(occasion(y)).or_default().push_back(j);
+    }
+    for (i, x) in a.iter().enumerate() {
+        if paired[i].is_none() {
+            if let Some(j) = b_left.get_mut(&occasion(x)).and_then(|q| q.pop_front()) {
+                taken[j] = true;
+                paired[i] = Some(j);
+            }
+        }
+    }
+    let mut out: Vec<_> = a
+        .iter()
+        .zip(&paired)
+        .map(|(x, j)| (Some(x), j.map(|j| &b[j])))
+        .collect();
+    out.extend(
+        b.iter()
+            .enumerate()
+            .filter(|&(j, _)| !taken[j])
+            .map(|(_, y)| (None, Some(y))),
+    );
+    out
 }
 
 fn entry<'a>(rules: &'a mut BTreeMap<String, RuleDiff>, id: &str) -> &'a mut RuleDiff {
