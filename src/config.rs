@@ -1026,6 +1026,20 @@ impl Config {
         if k.usage_topic == k.events_topic {
             errs.push("kafka.events_topic: must differ from kafka.usage_topic".into());
         }
+        // Shadow alerts reach no department: not through a topic a department or the pipeline reads.
+        for (name, topic) in [
+            ("kafka.usage_topic", k.usage_topic.as_str()),
+            ("kafka.events_topic", k.events_topic.as_str()),
+        ]
+        .into_iter()
+        .chain(k.output_topics())
+        {
+            if topic == k.shadow_topic {
+                errs.push(format!(
+                    "kafka.shadow_topic: {topic:?} is also {name}; shadow alerts need a topic of their own"
+                ));
+            }
+        }
         if !(1..=64).contains(&self.daemon.workers) {
             errs.push("daemon.workers: 1..=64".into());
         }
@@ -1147,6 +1161,17 @@ mod tests {
             "[kafka.options]\n\"client.rack\" = \"a\"\n[kafka.tls]\nca = \"ca.pem\"\n",
         );
         assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn the_shadow_topic_is_no_department_topic() {
+        let mut c = Config::default();
+        c.kafka.shadow_topic = c.kafka.alert_topics.fraud.clone();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("kafka.shadow_topic") && e.contains("kafka.alert_topics.FRAUD"),
+            "{e}"
+        );
     }
 
     #[test]

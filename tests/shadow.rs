@@ -183,3 +183,40 @@ fn in_the_daemon_shadow_alerts_go_to_the_shadow_topic_only() {
         "the replay's shadow alerts, once each"
     );
 }
+
+/// A live rule reading a shadow rule's alerts (`alerted`) does not see them: with the Wangiri wave
+/// rule in shadow, no callback alert reaches a department.
+#[test]
+fn a_live_rule_does_not_read_a_shadow_rules_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("rules");
+    copy_tree(&Path::new(ROOT).join("rules"), &lib);
+    let wave = lib.join("fraud/wangiri_inbound.rhai");
+    let text = std::fs::read_to_string(&wave).unwrap();
+    let shadowed = text.replacen(
+        "version: \"1.0.0\",",
+        "version: \"1.0.0\",\n    mode: \"shadow\",",
+        1,
+    );
+    assert_ne!(shadowed, text);
+    std::fs::write(&wave, shadowed).unwrap();
+    let (u, e, _, _) = inputs(dir.path());
+
+    let count = |v: &[Alert], rule: &str| v.iter().filter(|a| a.rule.id == rule).count();
+    let (plain, _) = replay_files(dir.path(), &Path::new(ROOT).join("rules"), &u, &e);
+    assert!(
+        count(&plain, "wangiri_callback") > 0,
+        "with the wave rule live, the callback story alerts"
+    );
+    let (live, shadow) = replay_files(dir.path(), &lib, &u, &e);
+    assert!(
+        count(&shadow, "wangiri_inbound") > 0,
+        "the waves go to the shadow file"
+    );
+    assert_eq!(count(&live, "wangiri_inbound"), 0);
+    assert_eq!(
+        count(&live, "wangiri_callback"),
+        0,
+        "no callback alert from a wave only a shadow rule saw"
+    );
+}

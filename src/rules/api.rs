@@ -65,6 +65,9 @@ pub struct Shared {
     pub current: std::cell::Cell<(u64, EntityKey)>,
     filters: RefCell<AHashMap<ImmutableString, Rc<ClassFilter>>>,
     windows: RefCell<AHashMap<ImmutableString, i64>>,
+    /// Rules of the active set in shadow: `alerted` never sees their alerts, so a candidate's
+    /// output cannot reach a department through a live rule reading it.
+    pub shadow: RefCell<ahash::AHashSet<String>>,
 }
 
 impl Shared {
@@ -75,6 +78,7 @@ impl Shared {
             current: Default::default(),
             filters: RefCell::default(),
             windows: RefCell::default(),
+            shadow: RefCell::default(),
         })
     }
 
@@ -726,6 +730,9 @@ pub fn register(engine: &mut Engine, shared: &Rc<Shared>, lists: Lists) {
         "alerted",
         move |rule: &str, key: &str, window: ImmutableString| -> Fallible<bool> {
             let w = shared_w.window(&window, false)?;
+            if shared_w.shadow.borrow().contains(rule) {
+                return Ok(false);
+            }
             Ok(memory.borrow().alerted_since(rule, key, w))
         },
     );

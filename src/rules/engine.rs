@@ -270,6 +270,13 @@ impl RuleEngine {
     }
 
     fn index_stats(&mut self) {
+        *self.shared.shadow.borrow_mut() = self
+            .set
+            .rules
+            .iter()
+            .filter(|r| r.meta().mode == RuleMode::Shadow)
+            .map(|r| r.id().to_string())
+            .collect();
         self.slots.clear();
         for r in &self.set.rules {
             let slot = match self.stats_index.get(r.id()) {

@@ -172,13 +172,16 @@ impl Output for KafkaOutput {
     /// a shadow rule's alert, one message to the shadow topic and none to a department.
     fn alert(&self, alert: &Alert, body: &[u8], origin: Origin) -> Result<(), SinkError> {
         if alert.mode == Mode::Shadow {
+            // Untracked: a candidate's alert that cannot be delivered (no shadow topic) is counted
+            // and logged, and does not hold the live alerts' commits behind it.
+            let _ = origin;
             let h = headers(&wire::shadow_headers(alert));
             self.send(
                 &self.shadow_topic,
                 alert.entity.key.as_bytes(),
                 body,
                 h,
-                origin,
+                Origin::Untracked,
             )?;
             return Ok(());
         }

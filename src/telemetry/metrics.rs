@@ -724,13 +724,13 @@ impl Metrics {
         let per_rule: [PerRule; 4] = [
             (
                 "cdrguard_rule_evaluations_total",
-                "Rule evaluations, by rule and mode (live, shadow).",
+                "Rule evaluations, by rule.",
                 "counter",
                 |r| r.evaluations,
             ),
             (
                 "cdrguard_rule_errors_total",
-                "Rule failures (sandbox limits, runtime errors, bad verdicts), by rule and mode.",
+                "Rule failures (sandbox limits, runtime errors, bad verdicts), by rule.",
                 "counter",
                 |r| r.errors,
             ),
@@ -747,6 +747,20 @@ impl Metrics {
                 |r| r.quarantines,
             ),
         ];
+        // The mode as an info series: a promotion changes it, and the counters above keep theirs.
+        head(
+            s,
+            "cdrguard_rule_mode",
+            "1 for each rule's mode in the active set: live, or shadow (its alerts reach no department).",
+            "gauge",
+        );
+        for (id, r) in &rules {
+            let _ = writeln!(
+                s,
+                "cdrguard_rule_mode{{rule=\"{id}\",mode=\"{}\"}} 1",
+                r.mode
+            );
+        }
         for (name, help, kind, value) in per_rule {
             head(s, name, help, kind);
             for (id, r) in &rules {
@@ -762,22 +776,20 @@ impl Metrics {
         head(
             s,
             "cdrguard_rule_eval_seconds",
-            "Rule evaluation time (sandboxed call), by rule and mode.",
+            "Rule evaluation time (sandboxed call), by rule.",
             "histogram",
         );
         for (id, r) in &rules {
-            let m = r.mode;
             for le in EVAL_BUCKETS {
                 let _ = writeln!(
                     s,
-                    "cdrguard_rule_eval_seconds_bucket{{rule=\"{id}\",mode=\"{}\",le=\"{le}\"}} {}",
-                    r.mode,
+                    "cdrguard_rule_eval_seconds_bucket{{rule=\"{id}\",le=\"{le}\"}} {}",
                     r.latency.count_between(0, (le * 1e9) as u64)
                 );
             }
             let _ = writeln!(
                 s,
-                "cdrguard_rule_eval_seconds_bucket{{rule=\"{id}\",mode=\"{m}\",le=\"+Inf\"}} {}\ncdrguard_rule_eval_seconds_sum{{rule=\"{id}\",mode=\"{m}\"}} {:.9}\ncdrguard_rule_eval_seconds_count{{rule=\"{id}\",mode=\"{m}\"}} {}",
+                "cdrguard_rule_eval_seconds_bucket{{rule=\"{id}\",le=\"+Inf\"}} {}\ncdrguard_rule_eval_seconds_sum{{rule=\"{id}\"}} {:.9}\ncdrguard_rule_eval_seconds_count{{rule=\"{id}\"}} {}",
                 r.latency.len(),
                 r.latency.mean() * r.latency.len() as f64 / 1e9,
                 r.latency.len()
@@ -871,12 +883,12 @@ mod tests {
         assert!(text.contains("# TYPE cdrguard_rule_eval_seconds histogram"));
         // Cumulative buckets: 1 µs holds one, 5 µs three, 50 µs four, +Inf all five.
         for line in [
-            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",mode=\"live\",le=\"0.000001\"} 1",
-            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",mode=\"live\",le=\"0.000005\"} 3",
-            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",mode=\"live\",le=\"0.00005\"} 4",
-            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",mode=\"live\",le=\"0.01\"} 4",
-            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",mode=\"live\",le=\"+Inf\"} 5",
-            "cdrguard_rule_eval_seconds_count{rule=\"r\",mode=\"live\"} 5",
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"0.000001\"} 1",
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"0.000005\"} 3",
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"0.00005\"} 4",
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"0.01\"} 4",
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"+Inf\"} 5",
+            "cdrguard_rule_eval_seconds_count{rule=\"r\"} 5",
             "cdrguard_event_time_watermark_seconds{partition=\"3\"} 1700000000",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
