@@ -297,7 +297,6 @@ pub fn run(ctx: WorkerContext, rx: Receiver<WorkerMessage>) {
         ctx,
         partitions: AHashMap::new(),
         worked_off: AHashMap::new(),
-        marks: Vec::new(),
     };
     let mut next_tick = Instant::now();
     let mut next_snapshot = Instant::now() + interval;
@@ -339,7 +338,6 @@ pub fn run(ctx: WorkerContext, rx: Receiver<WorkerMessage>) {
         }
         w.flush();
         w.mark_all();
-        w.send_marks();
         if Instant::now() >= next_tick {
             w.tick();
             w.flush();
@@ -369,8 +367,6 @@ struct Worker<'a> {
     partitions: AHashMap<i32, Partition>,
     /// Read-ahead worked off (negative bytes), handed back to the poller once per batch.
     worked_off: AHashMap<(Input, i32), i64>,
-    /// Calls markers of this round's partitions, sent together (`send_marks`).
-    marks: Vec<LaneHeader>,
 }
 
 impl Worker<'_> {
@@ -810,7 +806,7 @@ impl Worker<'_> {
     /// (at most every `MARK_EVERY`) or as a heartbeat: the sequencer merges every partition's
     /// calls and releases none before each partition has shown it can send nothing earlier.
     fn mark(&mut self, partition: i32) {
-        let (Some(_), Some(part)) = (&self.ctx.calls, self.partitions.get_mut(&partition)) else {
+        let (Some(out), Some(part)) = (&self.ctx.calls, self.partitions.get_mut(&partition)) else {
             return;
         };
         if !part.owned {
@@ -822,22 +818,13 @@ impl Worker<'_> {
         if !crate::repartition::marker_due(&part.marked, &state, MARK_EVERY, HEARTBEAT) {
             return;
         }
-        self.marks.push(LaneHeader::marker(
+        out.mark(LaneHeader::marker(
             partition as u32,
             state.0,
             state.1,
             state.2,
         ));
         part.marked = Some((state, Instant::now()));
-    }
-
-    /// Sends the round's markers, one message per partition of the calls repartition topic. After
-    /// the records they cover: those went out while the round processed them.
-    fn send_marks(&mut self) {
-        if let Some(out) = &self.ctx.calls {
-            out.mark(&self.marks);
-        }
-        self.marks.clear();
     }
 
     fn mark_all(&mut self) {

@@ -11,8 +11,7 @@
 //!
 //! ```text
 //!  partition p's worker ─► <g>-calls-repartition (key: the number; lane header: p, usage offset,
-//!        running max; markers to every partition, one message for a worker's partitions)
-//!        ─► sequence (group <g>-calls-sequence)
+//!        running max; markers to every partition) ─► sequence (group <g>-calls-sequence)
 //!  <g>-calls-by-number ─► partition q's worker, calls lane: calling-number state and rules
 //! ```
 //!
@@ -123,15 +122,10 @@ impl CallsOut {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Tells every partition of the repartition topic how far these usage partitions have come:
-    /// one message per partition for all of them (a worker's round), not one per usage partition —
-    /// with P partitions, P² markers every interval were most of what this topic carried.
-    pub fn mark(&self, marks: &[LaneHeader]) {
-        if marks.is_empty() {
-            return;
-        }
+    /// Tells every partition of the repartition topic how far a usage partition has come.
+    pub fn mark(&self, header: LaneHeader) {
         for q in 0..self.partitions {
-            stage::send_marks(&self.producer, &self.topic, q, marks);
+            stage::send_marker(&self.producer, &self.topic, q, &header);
         }
         self.metrics
             .repartition

@@ -186,31 +186,13 @@ impl Sequencer {
             }
         }
         part.expected = Some(offset + 1);
-        let h = match LaneHeader::of(m.headers()) {
-            Some(h) => h,
-            None => {
-                self.tracker.processed(self.input, q, offset);
-                // The markers of a worker's partitions, in one message.
-                let Some(marks) = LaneHeader::marks_of(m.headers()) else {
-                    // Not written by the first stage: nothing to order it by, nobody to send it to.
-                    tracing::warn!(
-                        topic = %self.source, partition = q, offset,
-                        "Message without a lane header in a repartition topic; skipped."
-                    );
-                    return false;
-                };
-                let mut any = false;
-                for h in marks {
-                    any |= self.mark_lane(q, h);
-                }
-                return any;
-            }
-        };
-        if h.is_marker() {
+        let Some(h) = LaneHeader::of(m.headers()) else {
+            // Not written by the first stage: nothing to order it by, and nobody to send it to.
+            tracing::warn!(
+                topic = %self.source, partition = q, offset,
+                "Message without a lane header in a repartition topic; skipped."
+            );
             self.tracker.processed(self.input, q, offset);
-            return self.mark_lane(q, h);
-        }
-        let Some(part) = self.parts.get_mut(&q) else {
             return false;
         };
         if h.lane >= self.lanes + MAX_NEW_LANES {
@@ -227,6 +209,19 @@ impl Sequencer {
         }
         let next = part.merge.next_of(h.lane).unwrap_or(0);
         self.tracker.processed(self.input, q, offset);
+        if h.is_marker() {
+            // A marker older than what the lane already showed (a first-stage instance that lost
+            // the partition, or its new owner re-reading below where the old one stood) says
+            // nothing new — but "not ended" never claims too much, and lets a new owner clear what
+            // the old one said at its end.
+            if h.seq >= next {
+                part.merge.advance(h.lane, h.seq, Some(h.time));
+                part.merge.set_ended(h.lane, h.ended());
+            } else if !h.ended() {
+                part.merge.set_ended(h.lane, false);
+            }
+            return true;
+        }
         if h.seq < next {
             self.metrics
                 .repartition
@@ -254,36 +249,6 @@ impl Sequencer {
             .by(self.input)
             .held
             .fetch_add(1, Ordering::Relaxed);
-        true
-    }
-
-    /// Applies a marker of `h.lane` to partition `q`'s merge; true if it was taken.
-    fn mark_lane(&mut self, q: i32, h: LaneHeader) -> bool {
-        let Some(part) = self.parts.get_mut(&q) else {
-            return false;
-        };
-        if h.lane >= self.lanes + MAX_NEW_LANES {
-            tracing::warn!(lane = h.lane, topic = %self.source, partition = q, "Marker names a source partition far beyond the topic's; skipped.");
-            return false;
-        }
-        if !part.merge.is_open(h.lane) {
-            tracing::warn!(
-                lane = h.lane,
-                "A source partition beyond the count known at start (partitions added?); merged from now on."
-            );
-            part.merge.open(h.lane, i64::MIN, 0);
-        }
-        let next = part.merge.next_of(h.lane).unwrap_or(0);
-        // A marker older than what the lane already showed (a first-stage instance that lost the
-        // partition, or its new owner re-reading below where the old one stood) says nothing new
-        // — but "not ended" never claims too much, and lets a new owner clear what the old one
-        // said at its end.
-        if h.seq >= next {
-            part.merge.advance(h.lane, h.seq, Some(h.time));
-            part.merge.set_ended(h.lane, h.ended());
-        } else if !h.ended() {
-            part.merge.set_ended(h.lane, false);
-        }
         true
     }
 

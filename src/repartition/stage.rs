@@ -286,21 +286,6 @@ pub fn send_marker(producer: &ThreadedProducer<Acks>, topic: &str, q: i32, heade
     send(producer, record);
 }
 
-/// The markers of several lanes in one message to partition `q` (`LaneHeader::marks_to_headers`).
-pub fn send_marks(producer: &ThreadedProducer<Acks>, topic: &str, q: i32, marks: &[LaneHeader]) {
-    let record = BaseRecord::<[u8], [u8], Box<Sent>>::with_opaque_to(
-        topic,
-        Box::new(Sent {
-            partition: q,
-            offset: None,
-            key: None,
-        }),
-    )
-    .partition(q)
-    .headers(LaneHeader::marks_to_headers(marks));
-    send(producer, record);
-}
-
 /// A stage's clients: a consumer in `group` starting at `start`, and a producer whose
 /// acknowledgements clear the stage's tracker (and, for a sequencer, its released records).
 pub struct Clients {

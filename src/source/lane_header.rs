@@ -10,8 +10,6 @@ use crate::source::align::Key;
 
 /// The header's name.
 pub const NAME: &str = "cdrguard-lane";
-/// The header of a message carrying the markers of several lanes (and no record).
-pub const MARKS: &str = "cdrguard-lanes";
 
 const MARK: u8 = 1;
 const ENDED: u8 = 2;
@@ -93,26 +91,6 @@ impl LaneHeader {
             key: NAME,
             value: Some(&self.encode()[..]),
         })
-    }
-
-    /// Markers of several lanes in one message (`MARKS`): what one worker's partitions say in a
-    /// round, sent once to each partition of a repartition topic instead of once per lane.
-    pub fn marks_to_headers(marks: &[LaneHeader]) -> OwnedHeaders {
-        let value: Vec<u8> = marks.iter().flat_map(|m| m.encode()).collect();
-        OwnedHeaders::new_with_capacity(1).insert(Header {
-            key: MARKS,
-            value: Some(&value[..]),
-        })
-    }
-
-    /// The markers of a message written by `marks_to_headers`, if it is one (each a marker).
-    pub fn marks_of<H: Headers>(headers: Option<&H>) -> Option<Vec<Self>> {
-        let value = headers?.iter().find(|h| h.key == MARKS)?.value?;
-        if value.is_empty() || !value.len().is_multiple_of(LEN) {
-            return None;
-        }
-        let marks: Option<Vec<Self>> = value.chunks(LEN).map(Self::decode).collect();
-        marks.filter(|m| m.iter().all(Self::is_marker))
     }
 
     /// The header of a consumed message, if it has one.
