@@ -64,7 +64,7 @@ fn conflict(field: &str, id: &str) -> Reject {
     )
 }
 
-fn wall_clock_now() -> i64 {
+pub(crate) fn wall_clock_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

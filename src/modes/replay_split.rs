@@ -252,7 +252,7 @@ fn read(
     let mut clocks: Vec<(u64, i64)> = Vec::new();
     let mut newest: Option<i64> = None;
     let mut line_accounts: AHashMap<u64, CompactString> = AHashMap::new();
-    let wall_clock = wall_clock_now();
+    let wall_clock = crate::pipeline::wall_clock_now();
     let mut seq = 0u64;
     let send = |batches: &mut Vec<Batch>, clocks: &mut Vec<(u64, i64)>, upto: u64| {
         let shared = Arc::new(std::mem::take(clocks));
@@ -360,12 +360,6 @@ fn key(item: &Item, line_accounts: &mut AHashMap<u64, CompactString>) -> Compact
             }
         }
     }
-}
-
-fn wall_clock_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// A worker: its accounts' lines and accounts, the records it is sent in input order.

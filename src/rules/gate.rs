@@ -1536,84 +1536,47 @@ mod tests {
                 (rng.f64() * max * 100.0).round() / 100.0
             }
         };
-        let mut set = |rule: &str, key: &str, value: toml::Value| {
+        // (rule, parameter, the random draw's maximum, how the draw becomes the value), drawn in
+        // this order.
+        let int_from_one = |x: f64| toml::Value::Integer(1 + x as i64);
+        let int = |x: f64| toml::Value::Integer(x as i64);
+        let float_from_one = |x: f64| toml::Value::Float(1.0 + x);
+        let float_value = toml::Value::Float;
+        type Draw = fn(f64) -> toml::Value;
+        let table: [(&str, &str, f64, Draw); 15] = [
+            ("irsf_high_risk_destination", "min_calls", 5.0, int_from_one),
+            (
+                "irsf_high_risk_destination",
+                "min_minutes",
+                20.0,
+                float_value,
+            ),
+            (
+                "pbx_off_hours_international",
+                "min_minutes",
+                90.0,
+                float_value,
+            ),
+            ("roaming_high_usage", "min_charges", 400.0, float_value),
+            ("simbox_behaviour", "min_mo_calls", 60.0, int_from_one),
+            ("impossible_travel", "min_km", 100.0, float_value),
+            ("impossible_travel", "min_kmh", 1500.0, float_value),
+            ("usage_spike_in_arrears", "min_charges", 50.0, float_value),
+            ("early_life_high_usage", "max_age_days", 60.0, float_value),
+            ("bill_shock", "min_charges", 20.0, float_value),
+            ("bill_shock", "shock_factor", 5.0, float_from_one),
+            ("simbox_behaviour", "min_mo_mt_ratio", 20.0, float_value),
+            ("usage_spike_in_arrears", "min_baseline_days", 10.0, int),
+            ("simultaneous_calls", "min_concurrent", 3.0, int_from_one),
+            ("credit_limit_exceeded", "exceed_share", 2.0, float_value),
+        ];
+        for (rule, key, max, value) in table {
             params
                 .get_mut(rule)
                 .and_then(|t| t.as_table_mut())
                 .unwrap()
-                .insert(key.into(), value);
-        };
-        set(
-            "irsf_high_risk_destination",
-            "min_calls",
-            toml::Value::Integer(1 + (float(5.0) as i64)),
-        );
-        set(
-            "irsf_high_risk_destination",
-            "min_minutes",
-            toml::Value::Float(float(20.0)),
-        );
-        set(
-            "pbx_off_hours_international",
-            "min_minutes",
-            toml::Value::Float(float(90.0)),
-        );
-        set(
-            "roaming_high_usage",
-            "min_charges",
-            toml::Value::Float(float(400.0)),
-        );
-        set(
-            "simbox_behaviour",
-            "min_mo_calls",
-            toml::Value::Integer(1 + (float(60.0) as i64)),
-        );
-        set(
-            "impossible_travel",
-            "min_km",
-            toml::Value::Float(float(100.0)),
-        );
-        set(
-            "impossible_travel",
-            "min_kmh",
-            toml::Value::Float(float(1500.0)),
-        );
-        set(
-            "usage_spike_in_arrears",
-            "min_charges",
-            toml::Value::Float(float(50.0)),
-        );
-        set(
-            "early_life_high_usage",
-            "max_age_days",
-            toml::Value::Float(float(60.0)),
-        );
-        set("bill_shock", "min_charges", toml::Value::Float(float(20.0)));
-        set(
-            "bill_shock",
-            "shock_factor",
-            toml::Value::Float(1.0 + float(5.0)),
-        );
-        set(
-            "simbox_behaviour",
-            "min_mo_mt_ratio",
-            toml::Value::Float(float(20.0)),
-        );
-        set(
-            "usage_spike_in_arrears",
-            "min_baseline_days",
-            toml::Value::Integer(float(10.0) as i64),
-        );
-        set(
-            "simultaneous_calls",
-            "min_concurrent",
-            toml::Value::Integer(1 + (float(3.0) as i64)),
-        );
-        set(
-            "credit_limit_exceeded",
-            "exceed_share",
-            toml::Value::Float(float(2.0)),
-        );
+                .insert(key.into(), value(float(max)));
+        }
         std::fs::write(dir.join("params.toml"), toml::to_string(&params).unwrap()).unwrap();
     }
 
