@@ -251,6 +251,15 @@ impl Pipeline {
         }
     }
 
+    /// Applies an analyst's decision to this pipeline's alert memory (`alert::feedback`): `Unknown`
+    /// when it issued no alert of that id.
+    pub fn judge(&mut self, f: &crate::alert::feedback::Feedback) -> crate::alert::memory::Judged {
+        match &self.rules {
+            Some(e) => e.shared().memory.borrow_mut().judge(f.judgement()),
+            None => crate::alert::memory::Judged::Unknown,
+        }
+    }
+
     /// What the last record hands over to the calling numbers, if anything (`Scope::Lines`).
     pub fn take_handover(&mut self) -> Option<Handover> {
         self.handover.take()

@@ -22,6 +22,7 @@ const USAGE: &str = "usage_record.schema.json";
 const ACCOUNT: &str = "account_event.schema.json";
 const ALERT: &str = "alert.schema.json";
 const SUMMARY: &str = "replay-summary.schema.json";
+const FEEDBACK: &str = "feedback.schema.json";
 
 /// The usage record example from the wire-contract issue, byte for byte (not produced by any generator).
 const ISSUE_USAGE: &str = r#"{"record_id":"msc1-729081236-0","record_type":"voice","direction":"mo",
@@ -208,7 +209,7 @@ fn check_invalid_fixture(file: &str, kind: Kind, min_lines: usize) {
 
 #[test]
 fn schemas_are_valid_documented_draft_2020_12() {
-    for name in [USAGE, ACCOUNT, ALERT, SUMMARY] {
+    for name in [USAGE, ACCOUNT, ALERT, SUMMARY, FEEDBACK] {
         let schema = load_schema(name);
         if let Err(e) = jsonschema::draft202012::meta::validate(&schema) {
             panic!("{name} is not a valid draft 2020-12 schema: {e}");
@@ -285,6 +286,59 @@ fn schema_examples_validate_and_decode() {
                 Some(k) => k.decode(&bytes).unwrap(),
                 None => drop(serde_json::from_slice::<Alert>(&bytes).unwrap()),
             }
+        }
+    }
+}
+
+/// The decision schema and its decoder agree: the examples pass both; each common mistake fails
+/// both.
+#[test]
+fn feedback_schema_and_decoder_agree() {
+    use cdrguard::alert::feedback;
+    let schema = Schema::load(FEEDBACK);
+    let examples = load_schema(FEEDBACK)["examples"]
+        .as_array()
+        .cloned()
+        .unwrap();
+    for ex in &examples {
+        assert!(
+            schema.errors(ex).is_empty(),
+            "{ex}: {:#?}",
+            schema.errors(ex)
+        );
+        feedback::decode(&serde_json::to_vec(ex).unwrap()).unwrap();
+    }
+    let snooze = &examples[0];
+    let fp = &examples[1];
+    for (what, bad) in [
+        ("no alert id", without(fp, "/alert_id")),
+        ("short alert id", with(fp, "/alert_id", json!("8c1f"))),
+        (
+            "unknown disposition",
+            with(fp, "/disposition", json!("maybe")),
+        ),
+        ("snooze without until", without(snooze, "/until")),
+        ("until on a false positive", {
+            let mut v = fp.clone();
+            v["until"] = json!("2026-12-24T00:00:00Z");
+            v
+        }),
+        ("no analyst", without(fp, "/analyst")),
+        ("empty analyst", with(fp, "/analyst", json!(""))),
+        ("numeric analyst", with(fp, "/analyst", json!(7))),
+        (
+            "until without offset",
+            with(snooze, "/until", json!("2026-12-24T00:00:00")),
+        ),
+    ] {
+        let bytes = serde_json::to_vec(&bad).unwrap();
+        assert!(
+            feedback::decode(&bytes).is_err(),
+            "decoder accepts {what}: {bad}"
+        );
+        // The schema's `format` is an annotation: the offset is the decoder's to check.
+        if what != "until without offset" {
+            assert!(!schema.is_valid(&bad), "schema accepts {what}: {bad}");
         }
     }
 }

@@ -2,6 +2,12 @@
 //! severity (cooldown, escalation), and positive evaluations so far (min-hits). Rules read it too:
 //! `alerted("wangiri_inbound", number, "72h")` is how a callback to a flagged Wangiri number is found.
 //!
+//! It also holds what analysts said (`alert::feedback`): the alerts it issued by id, so that a
+//! decision naming an alert id finds its (rule, entity); a snooze per (rule, entity), until an event
+//! time; and each entity's last few decisions, for `inspect`. Those are small (alerts are rare next
+//! to records) and are checkpointed with the rest, so a snooze survives a restart and follows its
+//! partition to another instance.
+//!
 //! Keyed by rule *id*, not by position in a rule set, so it survives a reload: a rule edited while a
 //! SIM box is being tracked keeps its cooldown. Serializable, like the window store, for snapshots,
 //! full or incremental (the changed entries and latches, with tombstones: see `state::delta`).
@@ -24,6 +30,72 @@ pub struct Memo {
     pub first_hit: i64,
     /// Newest time this entry was touched, for pruning.
     pub touched: i64,
+    /// An analyst's snooze: positive evaluations before this time raise nothing.
+    pub snoozed_until: Option<i64>,
+}
+
+/// An alert this memory issued: what a decision naming its id acts on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Issued {
+    /// The memory entry of its (rule, entity).
+    pub entry: (u64, u64),
+    pub rule: String,
+    /// The entity's key (unscoped), under which its decisions are listed.
+    pub entity: String,
+    /// Trigger time (UTC seconds).
+    pub t: i64,
+}
+
+/// What an analyst decided about one alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Disposition {
+    Confirmed,
+    FalsePositive,
+    Snooze,
+}
+
+impl Disposition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Confirmed => "confirmed",
+            Disposition::FalsePositive => "false_positive",
+            Disposition::Snooze => "snooze",
+        }
+    }
+
+    pub const ALL: [Disposition; 3] = [
+        Disposition::Confirmed,
+        Disposition::FalsePositive,
+        Disposition::Snooze,
+    ];
+}
+
+/// A decision as the memory keeps it, in an entity's list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Judgement {
+    pub alert_id: u128,
+    pub rule: String,
+    pub disposition: Disposition,
+    /// Snooze end (UTC seconds).
+    pub until: Option<i64>,
+    pub analyst: String,
+    pub note: Option<String>,
+    /// The memory's event time when it was applied.
+    pub at: i64,
+}
+
+/// Decisions kept per entity, newest last: enough for `inspect`; the counts are Prometheus's.
+pub const JUDGEMENTS_KEPT: usize = 8;
+
+/// What applying a decision did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Judged {
+    /// Applied to the alert of this rule.
+    Applied { rule: String },
+    /// The same decision was applied before (a re-read after a restart): nothing changed.
+    Again,
+    /// No alert of that id here (another partition's, pruned, or never issued).
+    Unknown,
 }
 
 /// An `edge` condition's key: (rule, entity, name).
@@ -48,6 +120,10 @@ pub struct AlertMemory {
     /// `edge` calls refused by the bound since start.
     #[serde(skip)]
     pub edges_refused: u64,
+    /// Alerts issued, by id, while their entry is kept.
+    issued: AHashMap<u128, Issued>,
+    /// Analysts' decisions per entity key hash, newest last, at most `JUDGEMENTS_KEPT`.
+    judgements: AHashMap<u64, Vec<Judgement>>,
     /// Keys changed since the last durable checkpoint (`track_changes`); `None`, and free, when off.
     #[serde(skip)]
     changes: Option<Box<MemoryChanges>>,
@@ -57,6 +133,8 @@ pub struct AlertMemory {
 struct MemoryChanges {
     entries: ChangedKeys<(u64, u64)>,
     latches: ChangedKeys<LatchKey>,
+    issued: ChangedKeys<u128>,
+    judgements: ChangedKeys<u64>,
 }
 
 /// The memory's changes since its last durable checkpoint as written, borrowed. Decoded as
@@ -65,6 +143,8 @@ struct MemoryChanges {
 pub struct MemoryDeltaRef<'a> {
     entries: Vec<((u64, u64), Option<&'a Memo>)>,
     latches: Vec<(LatchKey, Option<&'a Latch>)>,
+    issued: Vec<(u128, Option<&'a Issued>)>,
+    judgements: Vec<(u64, Option<&'a Vec<Judgement>>)>,
     pruned_at_len: usize,
 }
 
@@ -73,6 +153,8 @@ pub struct MemoryDeltaRef<'a> {
 pub struct MemoryDelta {
     entries: Vec<((u64, u64), Option<Memo>)>,
     latches: Vec<(LatchKey, Option<Latch>)>,
+    issued: Vec<(u128, Option<Issued>)>,
+    judgements: Vec<(u64, Option<Vec<Judgement>>)>,
     pruned_at_len: usize,
 }
 
@@ -90,6 +172,8 @@ pub enum Decision {
     NeedMoreHits,
     /// Within the cooldown of an alert at the same or a higher severity.
     Cooldown,
+    /// An analyst snoozed this (rule, entity) past the trigger time.
+    Snoozed,
 }
 
 pub fn key_hash(s: &str) -> u64 {
@@ -176,6 +260,13 @@ impl AlertMemory {
             + self.latch_counts.as_ref().map_or(0, |c| {
                 c.capacity() * (std::mem::size_of::<((u64, u64), u32)>() + 1)
             })
+            + self.issued.capacity() * (std::mem::size_of::<(u128, Issued)>() + 1 + 48)
+            + self.judgements.capacity() * (std::mem::size_of::<(u64, Vec<Judgement>)>() + 1)
+            + self
+                .judgements
+                .values()
+                .map(|l| l.capacity() * (std::mem::size_of::<Judgement>() + 32))
+                .sum::<usize>()
     }
 
     /// Records a positive evaluation at `t` and decides whether it becomes an alert.
@@ -200,8 +291,12 @@ impl AlertMemory {
             hits: 0,
             first_hit: t,
             touched: t,
+            snoozed_until: None,
         });
         m.touched = m.touched.max(t);
+        if m.snoozed_until.is_some_and(|u| t < u) {
+            return Decision::Snoozed;
+        }
         if t >= m.first_hit + hit_window_s || t < m.first_hit {
             m.hits = 0;
             m.first_hit = t;
@@ -232,7 +327,7 @@ impl AlertMemory {
         }
         let mut changes = self.changes.as_deref_mut();
         self.entries.retain(|&k, m| {
-            let keep = m.touched >= now - keep_s;
+            let keep = m.touched >= now - keep_s || m.snoozed_until.is_some_and(|u| u > now);
             if let (false, Some(c)) = (keep, changes.as_deref_mut()) {
                 c.entries.mark(k);
             }
@@ -245,8 +340,91 @@ impl AlertMemory {
             }
             keep
         });
+        let entries = &self.entries;
+        self.issued.retain(|&id, i| {
+            let keep = i.t >= now - keep_s && entries.contains_key(&i.entry);
+            if let (false, Some(c)) = (keep, changes.as_deref_mut()) {
+                c.issued.mark(id);
+            }
+            keep
+        });
+        self.judgements.retain(|&k, list| {
+            let keep = list
+                .iter()
+                .any(|j| j.at >= now - keep_s || j.until.is_some_and(|u| u > now));
+            if let (false, Some(c)) = (keep, changes.as_deref_mut()) {
+                c.judgements.mark(k);
+            }
+            keep
+        });
         self.latch_counts = None;
         self.pruned_at_len = self.entries.len() + self.latches.len();
+    }
+
+    /// Remembers an alert just emitted, so that a decision naming its id finds it.
+    pub fn issue(&mut self, id: u128, issued: Issued) {
+        if let Some(c) = self.changes.as_deref_mut() {
+            c.issued.mark(id);
+        }
+        self.issued.insert(id, issued);
+    }
+
+    /// Whether this memory issued the alert `id` (and still keeps it).
+    pub fn knows(&self, id: u128) -> bool {
+        self.issued.contains_key(&id)
+    }
+
+    /// Applies an analyst's decision about alert `id`: lists it under the alert's entity and, for a
+    /// snooze, holds back the alert's (rule, entity) until `j.until`. The same decision twice (a
+    /// re-read of the feedback after a restart) changes nothing.
+    pub fn judge(&mut self, mut j: Judgement) -> Judged {
+        let Some(issued) = self.issued.get(&j.alert_id) else {
+            return Judged::Unknown;
+        };
+        let entity = key_hash(&issued.entity);
+        let list = self.judgements.entry(entity).or_default();
+        let same = |k: &Judgement| {
+            (k.alert_id, k.disposition, k.until, &k.analyst, &k.note)
+                == (j.alert_id, j.disposition, j.until, &j.analyst, &j.note)
+        };
+        if list.iter().any(same) {
+            return Judged::Again;
+        }
+        j.rule = issued.rule.clone();
+        j.at = self.now;
+        let rule = j.rule.clone();
+        if let (Disposition::Snooze, Some(until)) = (j.disposition, j.until) {
+            if let Some(m) = self.entries.get_mut(&issued.entry) {
+                m.snoozed_until = Some(until);
+                m.touched = m.touched.max(self.now);
+            }
+            if let Some(c) = self.changes.as_deref_mut() {
+                c.entries.mark(issued.entry);
+            }
+        }
+        list.push(j);
+        if list.len() > JUDGEMENTS_KEPT {
+            list.remove(0);
+        }
+        if let Some(c) = self.changes.as_deref_mut() {
+            c.judgements.mark(entity);
+        }
+        Judged::Applied { rule }
+    }
+
+    /// An entity's decisions, newest last.
+    pub fn judgements_of(&self, entity_key: &str) -> &[Judgement] {
+        self.judgements
+            .get(&key_hash(entity_key))
+            .map_or(&[], |v| v.as_slice())
+    }
+
+    /// The snooze on (rule, entity), if one holds at `now`.
+    pub fn snoozed_until(&self, rule: &str, entity_key: &str) -> Option<i64> {
+        self.entries
+            .get(&(key_hash(rule), key_hash(entity_key)))
+            .and_then(|m| m.snoozed_until)
+            .filter(|&u| u > self.now)
     }
 
     /// Starts (or stops) recording changed keys for incremental checkpoints; as
@@ -260,6 +438,8 @@ impl AlertMemory {
         if let Some(c) = self.changes.as_deref_mut() {
             c.entries.seal(epoch);
             c.latches.seal(epoch);
+            c.issued.seal(epoch);
+            c.judgements.seal(epoch);
         }
     }
 
@@ -267,22 +447,29 @@ impl AlertMemory {
     /// `WindowStore::delta` (encode it before the memory changes again).
     pub fn delta(&self) -> MemoryDeltaRef<'_> {
         debug_assert!(self.changes.is_some(), "delta() with change tracking off");
-        let (entries, latches) = match self.changes.as_deref() {
+        let (entries, latches, issued, judgements) = match self.changes.as_deref() {
             Some(c) => {
                 debug_assert!(
-                    c.entries.open_is_empty() && c.latches.open_is_empty(),
+                    c.entries.open_is_empty()
+                        && c.latches.open_is_empty()
+                        && c.issued.open_is_empty()
+                        && c.judgements.open_is_empty(),
                     "delta() after changes since seal_changes"
                 );
                 (
                     c.entries.entries(&self.entries),
                     c.latches.entries(&self.latches),
+                    c.issued.entries(&self.issued),
+                    c.judgements.entries(&self.judgements),
                 )
             }
-            None => (Vec::new(), Vec::new()),
+            None => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
         };
         MemoryDeltaRef {
             entries,
             latches,
+            issued,
+            judgements,
             pruned_at_len: self.pruned_at_len,
         }
     }
@@ -292,6 +479,8 @@ impl AlertMemory {
         if let Some(c) = self.changes.as_deref_mut() {
             c.entries.durable(epoch);
             c.latches.durable(epoch);
+            c.issued.durable(epoch);
+            c.judgements.durable(epoch);
         }
     }
 
@@ -303,13 +492,20 @@ impl AlertMemory {
         entries.sort_unstable_by_key(|(k, _)| **k);
         let mut latches: Vec<_> = self.latches.iter().collect();
         latches.sort_unstable_by_key(|(k, _)| **k);
-        postcard::to_stdvec(&(entries, latches, self.pruned_at_len)).expect("encodes")
+        let mut issued: Vec<_> = self.issued.iter().collect();
+        issued.sort_unstable_by_key(|(k, _)| **k);
+        let mut judgements: Vec<_> = self.judgements.iter().collect();
+        judgements.sort_unstable_by_key(|(k, _)| **k);
+        postcard::to_stdvec(&(entries, latches, issued, judgements, self.pruned_at_len))
+            .expect("encodes")
     }
 
     /// Restore: applies a delta on top of the state it was taken relative to.
     pub fn apply_delta(&mut self, d: MemoryDelta) {
         apply_entries(&mut self.entries, d.entries);
         apply_entries(&mut self.latches, d.latches);
+        apply_entries(&mut self.issued, d.issued);
+        apply_entries(&mut self.judgements, d.judgements);
         self.pruned_at_len = d.pruned_at_len;
         // Rebuilt from the latches when next needed.
         self.latch_counts = None;
@@ -360,6 +556,68 @@ mod tests {
         assert_eq!(m.edges_refused, 1);
         assert!(!m.edge(1, 2, "other", true, 2).unwrap());
         assert!(m.edge(1, 4, "third", true, 2).unwrap(), "per entity");
+    }
+
+    fn snooze(id: u128, until: i64) -> Judgement {
+        Judgement {
+            alert_id: id,
+            rule: String::new(),
+            disposition: Disposition::Snooze,
+            until: Some(until),
+            analyst: "m".into(),
+            note: None,
+            at: 0,
+        }
+    }
+
+    /// A snooze holds back the (rule, entity) of the alert it names until its end, escalations
+    /// included, and no other; it survives a prune and a checkpoint; the same decision twice
+    /// changes nothing; an id never issued is unknown.
+    #[test]
+    fn a_snooze_holds_back_its_rule_and_entity_until_it_ends() {
+        let mut m = AlertMemory::default();
+        m.track_changes(true);
+        let d = |m: &mut AlertMemory, e: &str, t, s| m.decide("r", e, t, s, 1, 600, 600);
+        assert_eq!(d(&mut m, "e", 0, Severity::High), Decision::Emit);
+        let issued = |e: &str| Issued {
+            entry: (key_hash("r"), key_hash(e)),
+            rule: "r".into(),
+            entity: e.into(),
+            t: 0,
+        };
+        m.issue(7, issued("e"));
+        assert_eq!(d(&mut m, "f", 0, Severity::High), Decision::Emit);
+        m.issue(8, issued("f"));
+        m.seal_changes(1);
+        let base = postcard::to_stdvec(&m).unwrap();
+        m.changes_durable(1);
+
+        m.set_now(10);
+        assert_eq!(m.judge(snooze(99, 5000)), Judged::Unknown);
+        assert_eq!(
+            m.judge(snooze(7, 5000)),
+            Judged::Applied { rule: "r".into() }
+        );
+        assert_eq!(m.judge(snooze(7, 5000)), Judged::Again);
+        assert_eq!(m.snoozed_until("r", "e"), Some(5000));
+        assert_eq!(m.judgements_of("e").len(), 1);
+        assert_eq!(m.judgements_of("e")[0].at, 10);
+        // Past the cooldown, and escalating: still held back; the other entity is not.
+        assert_eq!(d(&mut m, "e", 1000, Severity::Critical), Decision::Snoozed);
+        assert_eq!(d(&mut m, "f", 1000, Severity::High), Decision::Emit);
+        // A checkpoint delta carries the snooze and the decision.
+        m.seal_changes(2);
+        let delta = postcard::to_stdvec(&m.delta()).unwrap();
+        let restored = restore(&base, &[delta]);
+        assert_eq!(restored.canonical(), m.canonical());
+        // A prune long after keeps the snoozed entry while the snooze holds.
+        for e in 0..3000 {
+            m.decide("other", &e.to_string(), 4000, Severity::Low, 1, 60, 60);
+        }
+        m.maybe_prune(4500, 100);
+        assert_eq!(d(&mut m, "e", 4900, Severity::High), Decision::Snoozed);
+        // It ends.
+        assert_eq!(d(&mut m, "e", 5000, Severity::High), Decision::Emit);
     }
 
     fn restore(base: &[u8], deltas: &[Vec<u8>]) -> AlertMemory {

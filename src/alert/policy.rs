@@ -21,7 +21,7 @@ use crate::record::time::{format_duration, parse_duration};
 use crate::record::{Alert, AlertWindow, EntityRef, Evidence, Mode, RuleRef, Severity};
 use crate::record::{EventTime, Number, Segment};
 
-use super::memory::{scoped_key, AlertMemory, Decision};
+use super::memory::{key_hash, scoped_key, AlertMemory, Decision, Issued};
 use crate::rules::library::StableHash;
 use crate::rules::ruleset::Rule;
 use crate::rules::sandbox::ScriptError;
@@ -225,7 +225,17 @@ pub fn decide(
         h.write(part.as_bytes());
         h.write(&[0x1f]);
     }
-    let alert_id = format!("{:032x}", h.finish());
+    let id = h.finish();
+    let alert_id = format!("{id:032x}");
+    memory.issue(
+        id,
+        Issued {
+            entry: (key_hash(&meta.id), key_hash(&memory_key)),
+            rule: meta.id.clone(),
+            entity: entity.key.clone(),
+            t,
+        },
+    );
 
     let (departments, actions) = super::route::route(&meta.departments, v.actions, trigger.segment);
 

@@ -171,6 +171,11 @@ pub struct ReplayArgs {
     /// `rule,entity_type,entity_key` (header optional). Precision and recall per rule in the summary.
     #[arg(long, value_name = "FILE")]
     pub labels: Option<PathBuf>,
+    /// Analysts' decisions (NDJSON, docs/schema/feedback.schema.json), each applied right after
+    /// the alert it names is raised: snoozes hold back what follows, dispositions are counted per
+    /// rule; decisions naming no alert of the replay are dead-lettered.
+    #[arg(long, value_name = "FILE", conflicts_with = "threads")]
+    pub feedback: Option<PathBuf>,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -221,6 +226,13 @@ pub struct InspectArgs {
     /// Write rejected lines here (default: only count them; `replay` reports them in full).
     #[arg(long)]
     pub dead_letter: Option<PathBuf>,
+    /// Analysts' decisions (as `replay --feedback`): run the rules too, and show the entity's
+    /// snoozes and last decisions.
+    #[arg(long, value_name = "FILE")]
+    pub feedback: Option<PathBuf>,
+    /// Rule library for --feedback (default: `rules.dir` from the config, else `rules/`).
+    #[arg(long, requires = "feedback")]
+    pub rules: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

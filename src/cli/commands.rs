@@ -223,6 +223,7 @@ pub fn replay_cmd(a: ReplayArgs) -> anyhow::Result<i32> {
         shadow_out: a.shadow_out,
         shadow_in_alerts: false,
         tally: a.report.is_some() || a.labels.is_some(),
+        feedback: a.feedback,
     };
     // Read before the replay: a mistake in the file should not cost a long run.
     let labels = a.labels.as_deref().map(Labels::read).transpose()?;
@@ -318,13 +319,36 @@ pub fn inspect_cmd(a: InspectArgs) -> anyhow::Result<i32> {
     let json = a.report.json;
     let (at, windows, filters) = report_options(a.report)?;
     let dl = a.dead_letter;
-    let (report, pipeline) = replay::run_quiet(
-        &a.input.usage,
-        a.input.events.as_deref(),
-        a.input.config.as_deref(),
-        at,
-        dl,
-    )?;
+    let (report, pipeline) = match a.feedback {
+        None => replay::run_quiet(
+            &a.input.usage,
+            a.input.events.as_deref(),
+            a.input.config.as_deref(),
+            at,
+            dl,
+        )?,
+        // The rules raise the alerts the decisions name.
+        Some(feedback) => replay::run_to(
+            &ReplayOptions {
+                usage: a.input.usage.clone(),
+                events: a.input.events.clone(),
+                no_dead_letter: dl.is_none(),
+                dead_letter: dl,
+                config: a.input.config.clone(),
+                cutoff: at,
+                keep_fired: true,
+                rules: match a.rules {
+                    Some(d) => replay::RulesChoice::Dir(d),
+                    None => replay::RulesChoice::Default,
+                },
+                feedback: Some(feedback),
+                // Nothing is written: no shadow file beside the input either.
+                shadow_in_alerts: true,
+                ..Default::default()
+            },
+            &mut std::io::sink(),
+        )?,
+    };
     if report.counts.rejected_total() > 0 {
         eprintln!(
             "note: {} input lines were rejected (see `cdrguard replay` for details)",
@@ -336,7 +360,7 @@ pub fn inspect_cmd(a: InspectArgs) -> anyhow::Result<i32> {
         utc: pipeline.store.borrow().watermark().unwrap_or(0),
         offset_min: pipeline.display_offset,
     });
-    let v = inspect::report(
+    let mut v = inspect::report(
         &pipeline.store.borrow(),
         &pipeline.fired,
         &target,
@@ -344,6 +368,7 @@ pub fn inspect_cmd(a: InspectArgs) -> anyhow::Result<i32> {
         &windows,
         &filters,
     )?;
+    pipeline.with_state(|_, memory| inspect::add_decisions(&mut v, memory));
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &v)?;

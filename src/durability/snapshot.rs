@@ -27,8 +27,9 @@ const MAGIC: &[u8; 8] = b"CDRGSNAP";
 /// digests are of their JSON form (their skipped optional blocks made postcard forms ambiguous).
 /// 8: timers keep their scheduling sequence (a delta's timers must keep their order among a base's),
 /// and checkpoints are chains of a base and deltas (`durability::layout`). 9: a partition keeps its
-/// share of the calling numbers (`repartition::calls`); no caller shard.
-pub const FORMAT: u32 = 9;
+/// share of the calling numbers (`repartition::calls`); no caller shard. 10: the alert memory keeps
+/// the alerts it issued, analysts' decisions and snoozes (`alert::feedback`).
+pub const FORMAT: u32 = 10;
 
 /// What a snapshot holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -123,6 +123,69 @@ pub struct Report {
     /// they were read) over a span some window still covers: counts there may be short.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub gaps: Vec<GapView>,
+    /// Snoozes holding as of `as_of`, per rule (`alert::feedback`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub snoozes: Vec<SnoozeView>,
+    /// Analysts' last decisions about its alerts, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<DecisionView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SnoozeView {
+    pub rule: String,
+    pub until: EventTime,
+    pub analyst: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DecisionView {
+    pub alert_id: String,
+    pub rule: String,
+    pub disposition: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<EventTime>,
+    pub analyst: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Event time of the state when it was applied.
+    pub applied_at: EventTime,
+}
+
+/// Adds what analysts said about the entity's alerts, from the alert memory that issued them.
+pub fn add_decisions(r: &mut Report, memory: &crate::alert::memory::AlertMemory) {
+    use crate::alert::memory::Disposition;
+    let off = r.as_of.offset_min;
+    let list = memory.judgements_of(&r.entity.key);
+    r.decisions = list
+        .iter()
+        .map(|j| DecisionView {
+            alert_id: format!("{:032x}", j.alert_id),
+            rule: j.rule.clone(),
+            disposition: j.disposition.as_str(),
+            until: j.until.map(|u| local(u, off)),
+            analyst: j.analyst.clone(),
+            note: j.note.clone(),
+            applied_at: local(j.at, off),
+        })
+        .collect();
+    // The newest snooze of each rule is the one in force.
+    let mut newest: std::collections::BTreeMap<&str, &crate::alert::memory::Judgement> =
+        Default::default();
+    for j in list.iter().filter(|j| j.disposition == Disposition::Snooze) {
+        newest.insert(&j.rule, j);
+    }
+    r.snoozes = newest
+        .into_iter()
+        .filter_map(|(rule, j)| {
+            let until = j.until.filter(|&u| u > r.as_of.utc)?;
+            Some(SnoozeView {
+                rule: rule.to_string(),
+                until: local(until, off),
+                analyst: j.analyst.clone(),
+            })
+        })
+        .collect();
 }
 
 #[derive(Debug, Serialize)]
@@ -337,6 +400,8 @@ pub fn report(
         features: None,
         account: None,
         gaps: Vec::new(),
+        snoozes: Vec::new(),
+        decisions: Vec::new(),
     };
     let off = at.offset_min;
     r.gaps = store
@@ -466,6 +531,32 @@ pub fn render_text(r: &Report) -> String {
             s,
             "  (rows with no records omitted; `-`: window longer than state.distinct_horizon)"
         );
+    }
+    for z in &r.snoozes {
+        let _ = writeln!(
+            s,
+            "\n  SNOOZED: {} until {} (by {}): its positive verdicts raise nothing until then",
+            z.rule, z.until, z.analyst
+        );
+    }
+    if !r.decisions.is_empty() {
+        let _ = writeln!(s, "\n  analysts' decisions (oldest first)");
+        for d in &r.decisions {
+            let _ = writeln!(
+                s,
+                "    {}  {:<16} {:<14} by {}{}{}  alert {}",
+                d.applied_at,
+                d.rule,
+                d.disposition,
+                d.analyst,
+                d.until.map(|u| format!(" until {u}")).unwrap_or_default(),
+                d.note
+                    .as_deref()
+                    .map(|n| format!(" — {n}"))
+                    .unwrap_or_default(),
+                d.alert_id
+            );
+        }
     }
     for g in &r.gaps {
         let _ = writeln!(

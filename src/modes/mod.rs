@@ -3,6 +3,7 @@
 
 pub mod backtest;
 pub mod diff;
+pub mod feedback;
 pub mod inspect;
 pub mod preflight;
 pub mod replay;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::backtest::{AlertTally, InputVolume, Score, Tally};
+use super::feedback::{FeedbackFile, FeedbackReport};
 use crate::config::Config;
 use crate::pipeline::{Counts, Pipeline, PipelineOptions, RulesOptions, Scope, Verdict};
 use crate::record::{EventTime, Mode};
@@ -47,6 +48,8 @@ pub struct ReplayOptions {
     pub shadow_in_alerts: bool,
     /// Collect the back-test tally (`--report`, `--labels`): input per hour, alerts folded.
     pub tally: bool,
+    /// Analysts' decisions to apply as the alerts they name are raised (`modes::feedback`).
+    pub feedback: Option<PathBuf>,
 }
 
 /// Which rule library a replay runs.
@@ -81,6 +84,9 @@ pub struct ReplayReport {
     pub shadow_alerts: u64,
     pub shadow_out: Option<PathBuf>,
     pub rules: Option<RulesReport>,
+    /// What became of `--feedback`'s decisions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<FeedbackReport>,
     /// What `ReplayOptions::tally` asked to collect.
     #[serde(skip)]
     pub tally: Option<Tally>,
@@ -200,6 +206,9 @@ impl ReplayReport {
         if let Some(r) = &self.rules {
             s.push_str(&r.render());
         }
+        if let Some(f) = &self.feedback {
+            s.push_str(&f.render());
+        }
         s
     }
 }
@@ -272,6 +281,7 @@ pub fn run_quiet(
         shadow_out: None,
         shadow_in_alerts: false,
         tally: false,
+        feedback: None,
     };
     run_to(&opts, &mut io::sink())
 }
@@ -391,6 +401,10 @@ pub fn run_to(
         sinks.push(&tally);
     }
     let mut outputs = Outputs::new(sinks);
+    let mut feedback = match &opts.feedback {
+        Some(p) => Some(FeedbackFile::load(p, &mut outputs)?),
+        None => None,
+    };
     let mut progress = Progress::new(opts.progress);
     let started = Instant::now();
     loop {
@@ -415,7 +429,7 @@ pub fn run_to(
                 return Err(e).context("writing the dead-letter file");
             }
         }
-        write_alerts(&mut pipeline, &mut outputs)?;
+        write_alerts(&mut pipeline, &mut outputs, feedback.as_mut())?;
         progress.tick(pipeline.counts.lines, source.progress());
         // Every line: a channel poll is an atomic load, and a replay from stdin may be slow.
         if let Some(sources) = reloader.as_mut().and_then(Reloader::poll) {
@@ -426,7 +440,11 @@ pub fn run_to(
         }
     }
     pipeline.finish();
-    write_alerts(&mut pipeline, &mut outputs)?;
+    write_alerts(&mut pipeline, &mut outputs, feedback.as_mut())?;
+    let feedback = match feedback {
+        Some(f) => Some(f.finish(&mut outputs)?),
+        None => None,
+    };
     progress.done();
     outputs.flush(Duration::ZERO)?;
     drop(outputs);
@@ -440,6 +458,7 @@ pub fn run_to(
         shadow_alerts: shadow.written(),
         shadow_out: (shadow.written() > 0).then(|| shadow.path().to_path_buf()),
         rules: pipeline.rules.as_ref().map(RulesReport::of),
+        feedback,
         elapsed: started.elapsed(),
         peak_rss_bytes: peak_rss_bytes(),
         dead_letter: dead_letter
@@ -456,11 +475,22 @@ pub fn run_to(
     Ok((report, pipeline))
 }
 
-/// Writes the alerts the pipeline emitted since the last call.
-fn write_alerts(pipeline: &mut Pipeline, outputs: &mut Outputs<'_>) -> anyhow::Result<()> {
+/// Writes the alerts the pipeline emitted since the last call, and applies the analysts' decisions
+/// about them.
+fn write_alerts(
+    pipeline: &mut Pipeline,
+    outputs: &mut Outputs<'_>,
+    mut feedback: Option<&mut FeedbackFile>,
+) -> anyhow::Result<()> {
     for alert in pipeline.take_alerts() {
         if let Some((_, e)) = outputs.alert(&alert, Origin::Untracked).pop() {
             return Err(e).context("writing alerts");
+        }
+        if let (Some(f), Ok(id)) = (
+            feedback.as_deref_mut(),
+            u128::from_str_radix(&alert.alert_id, 16),
+        ) {
+            f.on_alert(pipeline, id);
         }
     }
     Ok(())

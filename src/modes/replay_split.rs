@@ -216,6 +216,7 @@ pub fn run_to(
         rules.extend(p.rules);
     }
     Ok(ReplayReport {
+        feedback: None,
         counts,
         blank_lines: source.blank_lines,
         store,

@@ -109,8 +109,9 @@ pub fn inspect(
         let at = opts
             .at
             .unwrap_or_else(|| EventTime::from_utc(s.default_as_of()));
-        let report = inspect::report(store, &[], target, at, &opts.windows, &opts.filters)
+        let mut report = inspect::report(store, &[], target, at, &opts.windows, &opts.filters)
             .map_err(StateDirError::Report)?;
+        inspect::add_decisions(&mut report, s.memory_for(target));
         if opts.json {
             /// The report with the snapshot it comes from.
             #[derive(serde::Serialize)]
@@ -305,6 +306,14 @@ impl Snapshot {
         match (target, &self.payload.calls) {
             (Target::CallingNumber(_), Some(calls)) => &calls.store,
             _ => &self.payload.store,
+        }
+    }
+
+    /// The alert memory beside `store_for(target)`.
+    fn memory_for(&self, target: &Target) -> &crate::alert::memory::AlertMemory {
+        match (target, &self.payload.calls) {
+            (Target::CallingNumber(_), Some(calls)) => &calls.memory,
+            _ => &self.payload.memory,
         }
     }
 

@@ -47,6 +47,8 @@ pub enum RejectReason {
     Future,
     /// The id of a record seen before with other content (`state::dedup`): the first is kept.
     ConflictingDuplicate,
+    /// An analyst's decision about an alert no alert memory here knows (`alert::feedback`).
+    UnknownAlert,
 }
 
 wire_names!(RejectReason {
@@ -63,6 +65,7 @@ wire_names!(RejectReason {
     Late => "late",
     Future => "future",
     ConflictingDuplicate => "conflicting_duplicate",
+    UnknownAlert => "unknown_alert",
 });
 
 /// A rejected record's reason, the field it concerns and a sentence for the operator.

@@ -49,6 +49,8 @@ pub struct RuleStats {
     pub suppressed: u64,
     /// Positive verdicts still short of `min_hits`.
     pub pending_hits: u64,
+    /// Positive verdicts held back by an analyst's snooze (`alert::feedback`).
+    pub snoozed: u64,
     pub errors: u64,
     pub errors_by_kind: std::collections::BTreeMap<&'static str, u64>,
     pub last_error: Option<String>,
@@ -79,6 +81,7 @@ impl RuleStats {
             alerts: 0,
             suppressed: 0,
             pending_hits: 0,
+            snoozed: 0,
             errors: 0,
             errors_by_kind: Default::default(),
             last_error: None,
@@ -666,6 +669,7 @@ impl RuleEngine {
             }
             Ok((Decision::Cooldown, _)) => stats.suppressed += 1,
             Ok((Decision::NeedMoreHits, _)) => stats.pending_hits += 1,
+            Ok((Decision::Snoozed, _)) => stats.snoozed += 1,
             Ok((Decision::Emit, None)) => {}
             Err(e) => self.count_error(slot, &e, end),
         }

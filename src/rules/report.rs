@@ -16,6 +16,8 @@ pub struct RuleRow {
     pub alerts: u64,
     pub entities: u64,
     pub suppressed: u64,
+    /// Positive verdicts held back by an analyst's snooze.
+    pub snoozed: u64,
     pub errors: u64,
     pub quarantined: bool,
     pub mean_us: f64,
@@ -50,6 +52,7 @@ impl RulesReport {
                 alerts: s.alerts,
                 entities: s.entities.len() as u64,
                 suppressed: s.suppressed,
+                snoozed: s.snoozed,
                 errors: s.errors,
                 quarantined: s.quarantined,
                 mean_us: if s.latency.is_empty() {
@@ -105,6 +108,7 @@ impl RulesReport {
                         t.alerts += r.alerts;
                         t.entities += r.entities;
                         t.suppressed += r.suppressed;
+                        t.snoozed += r.snoozed;
                         t.errors += r.errors;
                         t.quarantined |= r.quarantined;
                         t.p99_us = t.p99_us.max(r.p99_us);
@@ -200,6 +204,13 @@ impl RulesReport {
                     (false, "shadow") => "  (shadow)",
                     _ => "",
                 }
+            );
+        }
+        for r in self.rules.iter().filter(|r| r.snoozed > 0) {
+            let _ = writeln!(
+                s,
+                "    {} held back by analysts' snoozes: {}",
+                r.id, r.snoozed
             );
         }
         for r in self.rules.iter().filter(|r| r.errors > 0) {

@@ -59,6 +59,33 @@ pub struct RuleView {
 /// (rule id hash, department) → (rule id, count).
 type AlertCountMap = AHashMap<(u64, Department), (Arc<str>, u64)>;
 
+/// Analysts' decisions read (`alert::feedback`): what became of them, and the applied ones by
+/// (rule, disposition) — each rule's precision as the desk judges it.
+#[derive(Default)]
+pub struct FeedbackCounts {
+    /// By outcome: `[applied, again, unknown_alert, malformed]`.
+    pub outcomes: [AtomicU64; 4],
+    by: Mutex<BTreeMap<(String, &'static str), u64>>,
+}
+
+impl FeedbackCounts {
+    pub const OUTCOMES: [&'static str; 4] = ["applied", "again", "unknown_alert", "malformed"];
+
+    pub fn applied(&self, rule: &str, disposition: crate::alert::memory::Disposition) {
+        self.outcomes[0].fetch_add(1, Ordering::Relaxed);
+        *self
+            .by
+            .lock()
+            .expect("metrics lock")
+            .entry((rule.to_string(), disposition.as_str()))
+            .or_default() += 1;
+    }
+
+    pub fn by_rule(&self) -> BTreeMap<(String, &'static str), u64> {
+        self.by.lock().expect("metrics lock").clone()
+    }
+}
+
 /// Alerts handed to the sinks, by (rule, department). Rule ids are interned on first use.
 #[derive(Default)]
 pub struct AlertCounts {
@@ -251,6 +278,7 @@ pub struct Metrics {
     pub alerts: AlertCounts,
     /// Alerts of shadow rules, by the department each would go to once promoted.
     pub shadow_alerts: AlertCounts,
+    pub feedback: FeedbackCounts,
     /// (input, partition) → messages behind the partition's end offset.
     pub lag: Mutex<BTreeMap<(Input, i32), i64>>,
     pub workers: Mutex<Vec<WorkerView>>,
@@ -292,6 +320,7 @@ impl Metrics {
             last_poll_ms: AtomicI64::new(now_ms()),
             alerts: AlertCounts::default(),
             shadow_alerts: AlertCounts::default(),
+            feedback: FeedbackCounts::default(),
             lag: Mutex::default(),
             workers: Mutex::default(),
             snapshots: SnapshotMetrics::default(),
@@ -582,6 +611,31 @@ impl Metrics {
             let _ = writeln!(
                 s,
                 "cdrguard_shadow_alerts_total{{rule=\"{rule}\",department=\"{dept}\"}} {n}"
+            );
+        }
+        head(
+            &mut s,
+            "cdrguard_alert_dispositions_total",
+            "Analysts' decisions applied, by rule and disposition (confirmed, false_positive, snooze).",
+            "counter",
+        );
+        for ((rule, d), n) in self.feedback.by_rule() {
+            let _ = writeln!(
+                s,
+                "cdrguard_alert_dispositions_total{{rule=\"{rule}\",disposition=\"{d}\"}} {n}"
+            );
+        }
+        head(
+            &mut s,
+            "cdrguard_feedback_total",
+            "Analysts' decisions read, by outcome: applied, again (re-read, already applied), unknown_alert and malformed (both dead-lettered).",
+            "counter",
+        );
+        for (o, n) in FeedbackCounts::OUTCOMES.iter().zip(&self.feedback.outcomes) {
+            let _ = writeln!(
+                s,
+                "cdrguard_feedback_total{{outcome=\"{o}\"}} {}",
+                n.load(Ordering::Relaxed)
             );
         }
         head(
