@@ -77,6 +77,10 @@ pub struct KafkaConfig {
     /// The alerts of shadow rules (`RULE.mode: "shadow"`), one message each, keyed by entity: never a
     /// department's topic. Default `alerts.shadow`.
     pub shadow_topic: String,
+    /// Analysts' decisions about alerts (`alert::feedback`, docs/schema/feedback.schema.json), read
+    /// whole by every instance. Default `cdrguard.feedback`; empty: none read. Who may write to it is
+    /// Kafka's ACLs.
+    pub feedback_topic: String,
     /// Where a new consumer group starts: `earliest` (default) or `latest`.
     pub start_from: StartFrom,
     /// When the next offset of a partition is gone (retention, deleted records, a recreated topic):
@@ -359,6 +363,7 @@ impl Default for KafkaConfig {
             dead_letter_topic: "cdrguard.dead-letter".into(),
             alert_topics: AlertTopics::default(),
             shadow_topic: "alerts.shadow".into(),
+            feedback_topic: "cdrguard.feedback".into(),
             start_from: StartFrom::Earliest,
             on_gap: OnGap::Continue,
             tls: None,
@@ -1038,6 +1043,32 @@ impl Config {
                 errs.push(format!(
                     "kafka.shadow_topic: {topic:?} is also {name}; shadow alerts need a topic of their own"
                 ));
+            }
+        }
+        if !k.feedback_topic.is_empty() {
+            if !k
+                .feedback_topic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                errs.push(format!(
+                    "kafka.feedback_topic: {:?} is not a valid topic name",
+                    k.feedback_topic
+                ));
+            }
+            for (name, topic) in [
+                ("kafka.usage_topic", k.usage_topic.as_str()),
+                ("kafka.events_topic", k.events_topic.as_str()),
+                ("kafka.shadow_topic", k.shadow_topic.as_str()),
+            ]
+            .into_iter()
+            .chain(k.output_topics())
+            {
+                if topic == k.feedback_topic {
+                    errs.push(format!(
+                        "kafka.feedback_topic: {topic:?} is also {name}; decisions need a topic of their own"
+                    ));
+                }
             }
         }
         if !(1..=64).contains(&self.daemon.workers) {

@@ -217,3 +217,131 @@ fn inspect_shows_snoozes_and_decisions() {
         .collect();
     assert_eq!(d, ["snooze", "confirmed"]);
 }
+
+/// A counter of the daemon's `/metrics`, 0 until it is served.
+fn metric(address: &str, line: &str) -> u64 {
+    let (_, body) = common::http_get(address, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_for(what: &str, timeout: std::time::Duration, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The daemon reads decisions from `kafka.feedback_topic`: a snooze holds back the rule on its
+/// subscriber, the malformed and the unknown decision are dead-lettered with their reasons, and
+/// the disposition is counted per rule. After a restart it re-reads the topic: the snooze, in the
+/// checkpoint already, counts as `again`, and nothing is dead-lettered twice.
+#[test]
+fn in_the_daemon_decisions_come_from_the_feedback_topic() {
+    use common::kafka::*;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let plain = replay(dir.path(), None).alerts;
+    let usage = usage();
+    let lines: Vec<&str> = usage.lines().collect();
+    let (day1, rest) = (lines[..3].join("\n") + "\n", lines[3..].join("\n") + "\n");
+
+    let k = Kafka::start(2);
+    let mut cfg = common::durable(&k.cfg);
+    let address = format!("127.0.0.1:{}", common::free_port());
+    cfg.daemon.metrics_address = address.clone();
+    let state = dir.path().join("state");
+    let rules = Path::new(ROOT).join("rules");
+    let (fraud, dl, fb) = (
+        cfg.kafka.alert_topics.fraud.clone(),
+        cfg.kafka.dead_letter_topic.clone(),
+        cfg.kafka.feedback_topic.clone(),
+    );
+    let count = |m: &[Read], t: &str| m.iter().filter(|m| m.topic == t).count();
+
+    k.produce(day1.as_bytes(), b"");
+    let c = control();
+    let daemon = k.daemon_with_state(cfg.clone(), &rules, c.clone(), Some(&state));
+    let mut reader = k.reader(&[&fraud, &dl]);
+    assert!(
+        reader.read_until(Duration::from_secs(90), |m| count(m, &fraud) >= 1),
+        "day 1's alert"
+    );
+    let first: Alert = parse(&reader.messages[0]);
+    assert_eq!(first.alert_id, plain[0].alert_id, "the replay's id");
+
+    let snooze = json!({"alert_id": first.alert_id, "disposition": "snooze",
+                        "until": "2026-11-12T00:00:00+01:00", "analyst": "m.durand"})
+    .to_string();
+    let unknown = json!({"alert_id": "0123456789abcdef0123456789abcdef",
+                         "disposition": "false_positive", "analyst": "a.okafor"})
+    .to_string();
+    // In this order: a worker answers the unknown decision after the snooze, so its dead letter
+    // says the snooze has been applied.
+    k.produce_raw(
+        &fb,
+        &[snooze.as_bytes(), b"{\"alert_id\": 12", unknown.as_bytes()],
+    );
+    assert!(
+        reader.read_until(Duration::from_secs(60), |m| count(m, &dl) >= 2),
+        "two dead letters"
+    );
+    let mut reasons: Vec<String> = reader
+        .messages
+        .iter()
+        .filter(|m| m.topic == dl)
+        .map(|m| m.headers["cdrguard.reason"].clone())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["invalid_json", "unknown_alert"]);
+    assert_eq!(
+        metric(
+            &address,
+            "cdrguard_alert_dispositions_total{rule=\"irsf_high_risk_destination\",disposition=\"snooze\"}"
+        ),
+        1
+    );
+
+    k.produce(rest.as_bytes(), b"");
+    assert!(
+        reader.read_until(Duration::from_secs(90), |m| count(m, &fraud) >= 3),
+        "days 3 and 4"
+    );
+    stop(&c, daemon);
+    reader.read_until(Duration::from_secs(2), |_| false);
+    let got: Vec<String> = reader
+        .messages
+        .iter()
+        .filter(|m| m.topic == fraud)
+        .map(|m| parse(m).alert_id)
+        .collect();
+    let want: Vec<String> = [0, 2, 3]
+        .iter()
+        .map(|&i| plain[i].alert_id.clone())
+        .collect();
+    assert_eq!(got, want, "day 2 snoozed, nothing else changed");
+
+    // Restarted on its checkpoints: the decisions are read again; none is dead-lettered again.
+    let c = control();
+    let daemon = k.daemon_with_state(cfg.clone(), &rules, c.clone(), Some(&state));
+    let outcome = |o: &str| {
+        metric(
+            &address,
+            &format!("cdrguard_feedback_total{{outcome=\"{o}\"}}"),
+        )
+    };
+    wait_for("the decisions re-read", Duration::from_secs(60), || {
+        outcome("again") >= 1 && outcome("unknown_alert") >= 1 && outcome("malformed") >= 1
+    });
+    assert_eq!(outcome("applied"), 0, "the snooze was in the checkpoint");
+    reader.read_until(Duration::from_secs(2), |_| false);
+    stop(&c, daemon);
+    assert_eq!(count(&reader.messages, &dl), 2, "no dead letter twice");
+    assert_eq!(count(&reader.messages, &fraud), 3, "no alert again");
+}

@@ -22,6 +22,7 @@
 //! `rebalance` (state handover at assignment changes), `status` (the status line); the calls topic
 //! is `repartition::calls`.
 
+pub mod feedback;
 pub mod poll;
 pub mod rebalance;
 pub mod status;
@@ -200,6 +201,12 @@ pub fn run(
     };
 
     let queued = Arc::new(QueuedBytes::new(metrics.clone()));
+    let assignment = Arc::new(Assignment::default());
+    let desk = Arc::new(feedback::Desk::new(
+        &cfg.kafka.feedback_topic,
+        assignment.clone(),
+    ));
+    let feedback_reader = feedback::Reader::open(&cfg, brokers, base, desk.clone())?;
     let ctx = WorkerContext {
         index: cfg.daemon.workers,
         config: cfg.clone(),
@@ -213,6 +220,7 @@ pub fn run(
         abort: opts.control.abort.clone(),
         snapshots: snapshot_tx,
         miskeyed_log: Default::default(),
+        feedback: feedback_reader.is_some().then_some(desk),
     };
     let mut senders: Vec<Sender<WorkerMessage>> = Vec::new();
     let mut receivers = Vec::new();
@@ -233,7 +241,6 @@ pub fn run(
                 .spawn(move || worker::run(ctx, rx))?,
         );
     }
-    let assignment = Arc::new(Assignment::default());
     let rebalancer = Arc::new(rebalance::Rebalancer {
         cfg: cfg.clone(),
         dir: dir.clone(),
@@ -283,6 +290,7 @@ pub fn run(
         reloader,
         Status::new(&cfg, opts.status),
     );
+    poller.feedback = feedback_reader;
     let polled = poller.run(&control.stop, &control.abort);
     drop(poller);
 

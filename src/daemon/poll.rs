@@ -96,6 +96,16 @@ impl Assignment {
             .remove(&(input, partition));
     }
 
+    /// Partitions of `input` assigned here now.
+    pub fn held(&self, input: Input) -> usize {
+        self.starts
+            .lock()
+            .expect("assignment lock")
+            .keys()
+            .filter(|(i, _)| *i == input)
+            .count()
+    }
+
     fn current(&self) -> BTreeMap<(Input, i32), Option<i64>> {
         self.starts.lock().expect("assignment lock").clone()
     }
@@ -142,6 +152,8 @@ pub struct Poller<'a> {
     /// Per input: read from a by-account topic, whose messages carry lane headers and whose end is
     /// told by markers, not by its end offset (`crate::repartition`).
     sequenced: [bool; 3],
+    /// Analysts' decisions, when read (`daemon::feedback`).
+    pub feedback: Option<super::feedback::Reader>,
 }
 
 impl<'a> Poller<'a> {
@@ -174,6 +186,7 @@ impl<'a> Poller<'a> {
             gap_log: RateLimit::default(),
             stopped_by: None,
             sequenced: Input::LANES.map(|i| cfg.kafka.sequenced(i)),
+            feedback: None,
         }
     }
 
@@ -202,6 +215,9 @@ impl<'a> Poller<'a> {
                     g.partition,
                     g.reason.as_str()
                 );
+            }
+            if let Some(f) = &self.feedback {
+                f.poll(self.workers);
             }
             self.bound_read_ahead();
             self.metrics.last_poll_ms.store(now_ms(), Ordering::Relaxed);

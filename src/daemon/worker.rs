@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 
-use crate::alert::memory::AlertMemory;
+use crate::alert::memory::{AlertMemory, Judged};
 use crate::classify::Classifier;
 use crate::config::Config;
 use crate::durability::checkpoint::{
@@ -84,6 +84,8 @@ pub enum WorkerMessage {
         partitions: Vec<i32>,
         reply: SyncSender<Vec<Receiver<bool>>>,
     },
+    /// An analyst's decision (`daemon::feedback`): offered to every partition held.
+    Feedback(Arc<super::feedback::Decision>),
     /// Snapshot and stop.
     Stop,
 }
@@ -127,6 +129,8 @@ pub struct WorkerContext {
     pub snapshots: Option<SyncSender<EncodedSnapshot>>,
     /// Mis-keyed records are logged at most once a minute per input, by all workers together.
     pub miskeyed_log: Arc<RateLimit<Input>>,
+    /// Analysts' decisions, when the feedback topic is read.
+    pub feedback: Option<Arc<super::feedback::Desk>>,
 }
 
 impl WorkerContext {
@@ -148,6 +152,21 @@ impl WorkerContext {
 
     pub fn topic(&self, input: Input) -> &str {
         self.config.kafka.topic(input)
+    }
+}
+
+/// Counts what applying a decision to one pipeline did; true when the pipeline knew the alert.
+fn judged(metrics: &Metrics, f: &crate::alert::feedback::Feedback, j: Judged) -> bool {
+    match j {
+        Judged::Applied { rule } => {
+            metrics.feedback.applied(&rule, f.disposition);
+            true
+        }
+        Judged::Again => {
+            metrics.feedback.outcomes[1].fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Judged::Unknown => false,
     }
 }
 
@@ -314,6 +333,7 @@ pub fn run(ctx: WorkerContext, rx: Receiver<WorkerMessage>) {
                 starts,
                 generation,
             }) => w.assign(partition, state, bounds, starts, generation),
+            Ok(WorkerMessage::Feedback(d)) => w.feedback(&d),
             Ok(WorkerMessage::Release { partitions, reply }) => {
                 let done = w.release(&partitions);
                 w.flush();
@@ -435,10 +455,90 @@ impl Worker<'_> {
                 });
             }
         }
+        // Decisions read while the partition was elsewhere, or before its checkpoint was written.
+        if let Some(desk) = &self.ctx.feedback {
+            for d in desk.retained() {
+                if let Ok(f) = &d.read {
+                    for p in std::iter::once(&mut pipeline).chain(calls.as_mut()) {
+                        judged(&self.ctx.metrics, f, p.judge(f));
+                    }
+                }
+            }
+        }
         let mut part = Partition::new(pipeline, calls, merge, bounds);
         part.calls_seen = calls_seen;
         part.generation = generation;
         self.partitions.insert(partition, part);
+    }
+
+    /// Offers an analyst's decision to every partition held; the dead letter of a malformed one, or
+    /// of one no partition knows (`daemon::feedback`).
+    fn feedback(&mut self, d: &super::feedback::Decision) {
+        use super::feedback::Answer;
+        let metrics = &self.ctx.metrics;
+        let reject = match &d.read {
+            Err(reject) => {
+                metrics.feedback.outcomes[3].fetch_add(1, Ordering::Relaxed);
+                Some(reject.clone())
+            }
+            Ok(f) => {
+                let mut known = false;
+                for part in self.partitions.values_mut() {
+                    for p in std::iter::once(&mut part.pipeline).chain(part.calls.as_mut()) {
+                        if judged(metrics, f, p.judge(f)) {
+                            known = true;
+                            part.dirty = true;
+                        }
+                    }
+                }
+                let desk = self
+                    .ctx
+                    .feedback
+                    .as_ref()
+                    .expect("decisions come from the desk");
+                match desk.answer(d, known) {
+                    Answer::Settled => None,
+                    Answer::NotHere => {
+                        metrics.feedback.outcomes[4].fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                    Answer::Unknown => {
+                        metrics.feedback.outcomes[2].fetch_add(1, Ordering::Relaxed);
+                        Some(crate::alert::feedback::unknown(f))
+                    }
+                }
+            }
+        };
+        let Some(reject) = reject.filter(|_| !d.reread) else {
+            return;
+        };
+        let topic = self
+            .ctx
+            .feedback
+            .as_ref()
+            .map_or("", |desk| desk.topic.as_str());
+        let rejected = Rejected {
+            source: topic,
+            partition: Some(d.partition),
+            position: d.offset as u64,
+            key: &d.key,
+            raw: &d.raw,
+            truncated: 0,
+            reject: &reject,
+        };
+        let failed = self.outputs.reject(&rejected, Origin::Untracked);
+        for (sink, e) in &failed {
+            OutputFailed {
+                sink,
+                what: "dead letter",
+                id: &format!("{topic}/{}/{}", d.partition, d.offset),
+                error: e,
+            }
+            .emit(&self.ctx.metrics);
+        }
+        if failed.is_empty() {
+            DeadLettered.emit(&self.ctx.metrics);
+        }
     }
 
     /// Snapshots (when on) and drops the partitions; what they held unprocessed is read again by

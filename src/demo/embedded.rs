@@ -75,6 +75,9 @@ pub fn start(cfg: &Config) -> anyhow::Result<Embedded> {
     cluster.create_topic(&k.usage_topic, parts, 1)?;
     cluster.create_topic(&k.events_topic, parts, 1)?;
     cluster.create_topic(&k.dead_letter_topic, 1, 1)?;
+    if !k.feedback_topic.is_empty() {
+        cluster.create_topic(&k.feedback_topic, 1, 1)?;
+    }
     for t in [
         &k.alert_topics.fraud,
         &k.alert_topics.collections,

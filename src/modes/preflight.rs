@@ -334,6 +334,19 @@ fn kafka(
             missing.push(format!("{setting}: topic {topic:?} {e}"));
         }
     }
+    if !k.feedback_topic.is_empty() {
+        // Optional: without it the daemon runs, and says so at start.
+        r.passed.push(match partitions(&k.feedback_topic) {
+            Ok(n) => format!(
+                "kafka.feedback_topic {:?}: {n} partition(s); analysts' decisions are read",
+                k.feedback_topic
+            ),
+            Err(e) => format!(
+                "kafka.feedback_topic {:?} {e}: analysts' decisions are not read until it exists (create it to use feedback)",
+                k.feedback_topic
+            ),
+        });
+    }
     if missing.is_empty() {
         r.passed
             .push("output topics: the four alert topics and the dead-letter topic exist".into());

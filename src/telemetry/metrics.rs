@@ -63,13 +63,14 @@ type AlertCountMap = AHashMap<(u64, Department), (Arc<str>, u64)>;
 /// (rule, disposition) — each rule's precision as the desk judges it.
 #[derive(Default)]
 pub struct FeedbackCounts {
-    /// By outcome: `[applied, again, unknown_alert, malformed]`.
-    pub outcomes: [AtomicU64; 4],
+    /// By outcome: `[applied, again, unknown_alert, malformed, not_here]`.
+    pub outcomes: [AtomicU64; 5],
     by: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 impl FeedbackCounts {
-    pub const OUTCOMES: [&'static str; 4] = ["applied", "again", "unknown_alert", "malformed"];
+    pub const OUTCOMES: [&'static str; 5] =
+        ["applied", "again", "unknown_alert", "malformed", "not_here"];
 
     pub fn applied(&self, rule: &str, disposition: crate::alert::memory::Disposition) {
         self.outcomes[0].fetch_add(1, Ordering::Relaxed);
@@ -628,7 +629,7 @@ impl Metrics {
         head(
             &mut s,
             "cdrguard_feedback_total",
-            "Analysts' decisions read, by outcome: applied, again (re-read, already applied), unknown_alert and malformed (both dead-lettered).",
+            "Analysts' decisions read, by outcome: applied, again (re-read, already applied), unknown_alert and malformed (both dead-lettered), not_here (no partition of this instance knows the alert; another instance may).",
             "counter",
         );
         for (o, n) in FeedbackCounts::OUTCOMES.iter().zip(&self.feedback.outcomes) {
