@@ -120,6 +120,7 @@ fn warm(cfg: &Config, base: &Path, dir: &Path, input: &[Item]) -> Pipeline {
             quarantine: cfg.rules.quarantine_policy(),
             mode: Mode::Replay,
             high_risk_from_rules: false,
+            candidate: None,
         }),
         ..PipelineOptions::new(cfg.classifier(base).unwrap(), cfg.state.clone())
     });

@@ -610,6 +610,11 @@ pub struct RulesConfig {
     /// The rule library folder (scripts, `params.toml`, `lists/`). Relative paths are resolved from
     /// the config file's folder. Default `rules` in the working directory.
     pub dir: Option<PathBuf>,
+    /// A candidate library run in shadow beside the live one (`rules::candidate`): every rule of
+    /// it on the same records and state, its alerts to the shadow destination only, its cooldowns
+    /// and snoozes its own, and per rule shared with the live library the overlap of their
+    /// alerts. Relative to the config file's folder. Default: none.
+    pub shadow_dir: Option<PathBuf>,
     /// A rule is quarantined when this many of its recent evaluations failed (limits, runtime
     /// errors, bad verdicts)... Default 50.
     pub quarantine_after: u64,
@@ -641,6 +646,7 @@ impl Default for RulesConfig {
     fn default() -> Self {
         RulesConfig {
             dir: None,
+            shadow_dir: None,
             quarantine_after: 50,
             quarantine_error_rate: 0.05,
             quarantine_window: 1000,

@@ -96,7 +96,11 @@ pub struct RulesOptions<'a> {
     /// Classification takes the high-risk list from the rule library (and its reloads) rather than
     /// from a path in the config.
     pub high_risk_from_rules: bool,
+    /// A candidate library run in shadow beside this one (`rules.shadow_dir`).
+    pub candidate: Option<&'a RuleSources>,
 }
+
+pub use crate::alert::overlap::Overlap;
 
 /// An applied usage record a daemon partition hands to the calling numbers (`Scope::Lines`).
 pub struct Handover {
@@ -157,6 +161,13 @@ pub struct Pipeline {
     newest_any: Option<i64>,
     /// UTC offset of the latest accepted usage record: reports default to the records' own clock.
     pub display_offset: i16,
+    /// The candidate library's engine (`rules.shadow_dir`): the same state, its own part of the
+    /// alert memory, every alert in shadow.
+    pub candidate: Option<RuleEngine>,
+    /// Per rule id in both libraries, the overlap of their alerts (`alert::overlap`).
+    overlap: crate::alert::overlap::OverlapTracker,
+    /// The input ended (`finish`): alerts wait for no partner.
+    overlap_done: bool,
 }
 
 impl Pipeline {
@@ -186,6 +197,9 @@ impl Pipeline {
             keep_fired: opts.keep_fired,
             newest_any: None,
             display_offset: 0,
+            candidate: None,
+            overlap: Default::default(),
+            overlap_done: false,
         };
         if let Some(r) = opts.rules {
             let shared = Shared::new(
@@ -204,6 +218,15 @@ impl Pipeline {
                 mode: r.mode,
                 placement,
             };
+            if let Some(sources) = r.candidate {
+                let shared = Shared::candidate(pipeline.store.clone(), shared.memory.clone());
+                let set = RuleSet::build(sources, r.sandbox, &shared)?;
+                let opts = EngineOptions {
+                    mode: Mode::Shadow,
+                    ..engine_opts.clone()
+                };
+                pipeline.candidate = Some(RuleEngine::new(set, shared, opts));
+            }
             pipeline.rules = Some(RuleEngine::new(set, shared, engine_opts));
             pipeline.high_risk_from_rules = r.high_risk_from_rules;
             pipeline.adopt_rule_lists();
@@ -219,6 +242,25 @@ impl Pipeline {
             self.adopt_rule_lists();
         }
         Ok(())
+    }
+
+    /// Swaps in a new candidate library, or keeps the active one if anything is wrong with it.
+    pub fn reload_candidate(&mut self, sources: &RuleSources) -> Result<(), BuildErrors> {
+        if let Some(engine) = &mut self.candidate {
+            engine.reload(sources)?;
+        }
+        Ok(())
+    }
+
+    /// The live and the candidate engine, those present.
+    fn engines(&mut self) -> impl Iterator<Item = &mut RuleEngine> {
+        self.rules.iter_mut().chain(self.candidate.iter_mut())
+    }
+
+    /// The overlap of the two libraries' alerts counted since the last call, per rule id in both
+    /// (an alert counts once its partner came or could no longer come).
+    pub fn take_overlap(&mut self) -> std::collections::BTreeMap<String, Overlap> {
+        self.overlap.take()
     }
 
     /// Replaces the state and alert memory with restored ones (a snapshot), keeping this pipeline's
@@ -288,7 +330,7 @@ impl Pipeline {
                 _ => return Verdict::Skipped,
             }
         }
-        if let Some(engine) = &mut self.rules {
+        for engine in self.engines() {
             engine.on_usage(&r, class, h.facts.as_ref());
         }
         Verdict::Applied
@@ -316,12 +358,51 @@ impl Pipeline {
         (n != Some(r.served.msisdn)).then(|| r.served.msisdn.to_string())
     }
 
-    /// Takes the alerts emitted since the last call.
+    /// Takes the alerts emitted since the last call: the live library's, then the candidate's
+    /// (whose overlap with the live ones it counts).
     pub fn take_alerts(&mut self) -> Vec<crate::record::Alert> {
-        self.rules
+        let mut alerts: Vec<crate::record::Alert> = self
+            .rules
             .as_mut()
             .map(|e| e.take_alerts().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let Some(candidate) = &mut self.candidate else {
+            return alerts;
+        };
+        let shadow: Vec<crate::record::Alert> = candidate.take_alerts().collect();
+        let Some(live) = &self.rules else {
+            return shadow;
+        };
+        // The live rule's cooldown: how far apart two alerts of one finding can be.
+        let window = |id: &str| {
+            let live = live.set().rules.iter().find(|r| r.id() == id)?;
+            Some(live.resolved.cooldown_s)
+        };
+        let both = |id: &str| candidate.set().rules.iter().any(|r| r.id() == id);
+        for (a, is_live) in alerts
+            .iter()
+            .map(|a| (a, true))
+            .chain(shadow.iter().map(|a| (a, false)))
+        {
+            if let (Some(w), true) = (window(&a.rule.id), both(&a.rule.id)) {
+                self.overlap.alert(
+                    &a.rule.id,
+                    &a.entity.key,
+                    a.trigger_event_time.utc,
+                    is_live,
+                    w,
+                );
+            }
+        }
+        let now = match self.overlap_done {
+            true => Some(i64::MAX),
+            false => self.store.borrow().newest_event_time(),
+        };
+        if let Some(now) = now {
+            self.overlap.expire(now);
+        }
+        alerts.extend(shadow);
+        alerts
     }
 
     fn adopt_rule_lists(&mut self) {
@@ -354,7 +435,7 @@ impl Pipeline {
                         self.counts.usage_accepted += 1;
                         self.note_time(r.event_start.utc);
                         self.display_offset = r.event_start.offset_min;
-                        if let Some(engine) = &mut self.rules {
+                        for engine in self.engines() {
                             engine.on_usage(&r, class, None);
                         }
                         self.hand_over(r, class);
@@ -400,7 +481,7 @@ impl Pipeline {
                     _ => {
                         self.counts.events_accepted += 1;
                         self.note_time(e.occurred_at.utc);
-                        if let Some(engine) = &mut self.rules {
+                        for engine in self.engines() {
                             engine.on_event(&e);
                         }
                         Verdict::Applied
@@ -426,8 +507,9 @@ impl Pipeline {
         let call = tracks_caller(self.calling_numbers, &r, class);
         let facts = self
             .rules
-            .as_ref()
-            .filter(|e| e.hands_over(class))
+            .iter()
+            .chain(self.candidate.iter())
+            .find(|e| e.hands_over(class))
             .map(|e| e.account_facts(&r));
         if call || facts.is_some() {
             self.handover = Some(Handover {
@@ -446,8 +528,10 @@ impl Pipeline {
             store.set_wall_clock(wall_clock_now());
             store.watermark()
         };
-        if let (Some(engine), Some(w)) = (&mut self.rules, watermark) {
-            engine.maintain(w);
+        if let Some(w) = watermark {
+            for engine in self.engines() {
+                engine.maintain(w);
+            }
         }
     }
 
@@ -481,10 +565,13 @@ impl Pipeline {
             self.store.borrow_mut().finish(t, &mut self.fired);
         }
         self.on_fired(before);
+        // The end of the input: no alert waits for a partner any more. (Taking the last alerts
+        // adds their own; `take_alerts` after this call expires them the same way.)
+        self.overlap_done = true;
     }
 
     fn on_fired(&mut self, before: usize) {
-        if let Some(engine) = &mut self.rules {
+        for engine in self.rules.iter_mut().chain(self.candidate.iter_mut()) {
             for t in &self.fired[before..] {
                 engine.on_timer(t);
             }

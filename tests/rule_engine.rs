@@ -39,6 +39,7 @@ fn pipeline(rules: &Path) -> Pipeline {
             quarantine: Default::default(),
             mode: Mode::Replay,
             high_risk_from_rules: false,
+            candidate: None,
         }),
         ..PipelineOptions::new(
             cfg.classifier(&Path::new(ROOT).join(base)).unwrap(),

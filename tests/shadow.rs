@@ -220,3 +220,167 @@ fn a_live_rule_does_not_read_a_shadow_rules_alerts() {
         "no callback alert from a wave only a shadow rule saw"
     );
 }
+
+/// A copy of the shipped library with IRSF at two calls instead of three: the candidate.
+fn candidate_library(dir: &Path) -> PathBuf {
+    let lib = dir.join("candidate");
+    copy_tree(&Path::new(ROOT).join("rules"), &lib);
+    let params = std::fs::read_to_string(lib.join("params.toml")).unwrap();
+    let changed = params.replacen(
+        "[irsf_high_risk_destination]\nmin_calls = 3",
+        "[irsf_high_risk_destination]\nmin_calls = 2",
+        1,
+    );
+    assert_ne!(changed, params);
+    std::fs::write(lib.join("params.toml"), changed).unwrap();
+    lib
+}
+
+/// A candidate library (`replay --shadow-rules`, `rules.shadow_dir`) runs beside the live one on
+/// the same records and state: the live alerts are those of the live library alone; every
+/// candidate alert goes to the shadow file, with an id of its own; the overlap finds every
+/// unchanged rule's alerts in both, and the lowered IRSF threshold catching what the live rule
+/// catches and more.
+#[test]
+fn in_a_replay_a_candidate_library_runs_in_shadow_beside_the_live_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cand = candidate_library(dir.path());
+    let (u, e, _, _) = inputs(dir.path());
+    let rules = Path::new(ROOT).join("rules");
+    let (plain, _) = replay_files(dir.path(), &rules, &u, &e);
+
+    let out = dir.path().join("with-candidate.ndjson");
+    let opts = ReplayOptions {
+        usage: u.clone(),
+        events: Some(e.clone()),
+        out: Some(out.clone()),
+        no_dead_letter: true,
+        rules: RulesChoice::Dir(rules.clone()),
+        candidate: Some(cand.clone()),
+        ..Default::default()
+    };
+    let (report, _) = replay::run(&opts).unwrap();
+    let live = read_alerts(&out);
+    let shadow = read_alerts(&dir.path().join("with-candidate.ndjson.shadow.ndjson"));
+    let by_id = |v: &[Alert]| -> BTreeMap<String, Value> {
+        v.iter()
+            .map(|a| (a.alert_id.clone(), comparable(a)))
+            .collect()
+    };
+    assert_eq!(by_id(&live), by_id(&plain), "the live alerts are unchanged");
+    assert_eq!(report.shadow_alerts as usize, shadow.len());
+    assert!(
+        shadow.len() >= plain.len(),
+        "the candidate raises what the live rules do"
+    );
+    for a in &shadow {
+        assert_eq!(a.mode, Mode::Shadow);
+        assert!(!by_id(&live).contains_key(&a.alert_id), "an id of its own");
+    }
+
+    let c = report.candidate.as_ref().expect("the candidate's report");
+    assert_eq!(c.rules.rules_active, 17);
+    let count = |v: &[Alert], rule: &str| v.iter().filter(|a| a.rule.id == rule).count() as u64;
+    for row in &c.overlap {
+        let o = row.overlap;
+        if row.rule == "irsf_high_risk_destination" {
+            assert_eq!(
+                o.live_only, 0,
+                "the candidate catches what the live rule does"
+            );
+            assert_eq!(o.both, count(&plain, &row.rule), "{o:?}");
+            // Sooner: at the second call, where the live rule fires at the third.
+            let first = |v: &[Alert]| {
+                v.iter()
+                    .filter(|a| a.rule.id == row.rule)
+                    .map(|a| a.trigger_event_time.utc)
+                    .min()
+                    .unwrap()
+            };
+            assert!(first(&shadow) < first(&plain), "{o:?}");
+        } else {
+            assert_eq!(
+                (o.both, o.live_only, o.shadow_only),
+                (count(&plain, &row.rule), 0, 0),
+                "{} is unchanged",
+                row.rule
+            );
+        }
+    }
+    assert_eq!(c.overlap.len(), 17);
+    assert!(report.render().contains("overlap with the live rules"));
+}
+
+/// The daemon with `rules.shadow_dir`: candidate alerts reach the shadow topic only, the live
+/// ones the departments as without it, and the overlap is in the metrics.
+#[test]
+fn in_the_daemon_a_candidate_library_reaches_the_shadow_topic_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let cand = candidate_library(dir.path());
+    let (u, e, usage, events) = inputs(dir.path());
+    let rules = Path::new(ROOT).join("rules");
+    let (plain, _) = replay_files(dir.path(), &rules, &u, &e);
+    let opts = ReplayOptions {
+        usage: u,
+        events: Some(e),
+        no_dead_letter: true,
+        rules: RulesChoice::Dir(rules.clone()),
+        candidate: Some(cand.clone()),
+        shadow_in_alerts: true,
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    replay::run_to(&opts, &mut out).unwrap();
+    let shadow_count = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"mode\":\"shadow\""))
+        .count();
+    assert!(shadow_count > 0);
+
+    let k = Kafka::start(2);
+    k.produce(&usage, &events);
+    let mut cfg = k.cfg.clone();
+    cfg.rules.shadow_dir = Some(cand);
+    let address = format!("127.0.0.1:{}", common::free_port());
+    cfg.daemon.metrics_address = address.clone();
+    let c = control();
+    let daemon = k.daemon(cfg.clone(), &rules, c.clone());
+    let shadow_topic = cfg.kafka.shadow_topic.clone();
+    let mut topics = alert_topics(&k);
+    topics.push(shadow_topic.clone());
+    let mut reader = k.reader(&topics.iter().map(String::as_str).collect::<Vec<_>>());
+    let want: usize = plain.iter().map(|a| a.departments.len()).sum::<usize>() + shadow_count;
+    let complete = reader.read_until(Duration::from_secs(90), |m| m.len() >= want);
+    let (_, metrics) = common::http_get(&address, "/metrics");
+    stop(&c, daemon);
+    reader.read_until(Duration::from_secs(2), |_| false);
+    assert!(complete, "{} of {want} messages", reader.messages.len());
+    assert_eq!(reader.messages.len(), want, "nothing more");
+    let on_shadow = reader
+        .messages
+        .iter()
+        .filter(|m| m.topic == shadow_topic)
+        .count();
+    assert_eq!(on_shadow, shadow_count);
+    for m in &reader.messages {
+        assert_eq!(
+            parse(m).mode == Mode::Shadow,
+            m.topic == shadow_topic,
+            "{}",
+            m.topic
+        );
+    }
+    assert!(
+        metrics.contains(
+            "cdrguard_shadow_overlap_total{rule=\"irsf_high_risk_destination\",side=\"both\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "cdrguard_rule_evaluations_total{rule=\"irsf_high_risk_destination\",mode=\"shadow\"}"
+        ),
+        "the candidate's rules by mode"
+    );
+}

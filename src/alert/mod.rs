@@ -7,6 +7,7 @@
 
 pub mod feedback;
 pub mod memory;
+pub mod overlap;
 pub mod policy;
 pub mod route;
 pub mod wire;

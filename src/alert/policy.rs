@@ -175,10 +175,13 @@ fn parse_verdict(rule: &Rule, map: &Map, t: &TriggerInfo) -> Result<Verdict, Scr
     Ok(v)
 }
 
-/// Turns a positive verdict into an alert, or nothing when the policy holds it back.
+/// Turns a positive verdict into an alert, or nothing when the policy holds it back. `memory_id`
+/// is the rule's id in the alert memory, and in alert ids: its id, or the id with a candidate
+/// library's namespace (`rules::api::Shared::memory_id`).
 #[allow(clippy::too_many_arguments)]
 pub fn decide(
     rule: &Rule,
+    memory_id: &str,
     ruleset_version: &str,
     map: &Map,
     trigger: &TriggerInfo,
@@ -202,7 +205,7 @@ pub fn decide(
         None => entity_key.clone(),
     };
     let decision = memory.decide(
-        &meta.id,
+        memory_id,
         &memory_key,
         t,
         v.severity,
@@ -216,7 +219,7 @@ pub fn decide(
 
     let mut h = StableHash::new();
     for part in [
-        meta.id.as_str(),
+        memory_id,
         entity_key.as_str(),
         v.key.as_deref().unwrap_or(""),
         &t.div_euclid(cooldown).to_string(),
@@ -230,7 +233,7 @@ pub fn decide(
     memory.issue(
         id,
         Issued {
-            entry: (key_hash(&meta.id), key_hash(&memory_key)),
+            entry: (key_hash(memory_id), key_hash(&memory_key)),
             rule: meta.id.clone(),
             entity: entity.key.clone(),
             t,

@@ -176,6 +176,11 @@ pub struct ReplayArgs {
     /// rule; decisions naming no alert of the replay are dead-lettered.
     #[arg(long, value_name = "FILE", conflicts_with = "threads")]
     pub feedback: Option<PathBuf>,
+    /// A candidate library run in shadow beside the rules (default `rules.shadow_dir` of the
+    /// config): its alerts to the shadow file, and per rule the overlap with the live rule of the
+    /// same id in the summary.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["threads", "no_rules"])]
+    pub shadow_rules: Option<PathBuf>,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,

@@ -204,6 +204,14 @@ pub fn test_cmd(a: TestArgs) -> anyhow::Result<i32> {
 }
 
 pub fn replay_cmd(a: ReplayArgs) -> anyhow::Result<i32> {
+    let candidate = match a.shadow_rules {
+        Some(d) => Some(d),
+        None if a.no_rules || a.threads.is_some() => None,
+        None => {
+            let (cfg, base) = crate::config::Config::load(a.input.config.as_deref())?;
+            cfg.rules.shadow_dir.map(|d| base.join(d))
+        }
+    };
     let opts = ReplayOptions {
         usage: a.input.usage,
         events: a.input.events,
@@ -224,6 +232,7 @@ pub fn replay_cmd(a: ReplayArgs) -> anyhow::Result<i32> {
         shadow_in_alerts: false,
         tally: a.report.is_some() || a.labels.is_some(),
         feedback: a.feedback,
+        candidate,
     };
     // Read before the replay: a mistake in the file should not cost a long run.
     let labels = a.labels.as_deref().map(Labels::read).transpose()?;

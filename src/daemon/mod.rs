@@ -103,6 +103,13 @@ pub fn run(
     let source_cfg = cfg;
     let cfg = Arc::new(crate::repartition::worker_view(&source_cfg));
     let library = Library::load(&opts.rules_dir, &cfg)?;
+    let candidate =
+        match &cfg.rules.shadow_dir {
+            Some(d) => Some(Library::load(&base.join(d), &cfg).with_context(|| {
+                format!("the candidate library rules.shadow_dir {}", d.display())
+            })?),
+            None => None,
+        };
     let classifier = cfg.classifier(base).context("loading reference data")?;
     let metrics = Arc::new(Metrics::new(Input::LANES.map(|i| cfg.kafka.topic(i))));
     let d = &cfg.durability;
@@ -212,6 +219,7 @@ pub fn run(
         config: cfg.clone(),
         classifier,
         sources: library.sources.clone(),
+        candidate: candidate.as_ref().map(|c| c.sources.clone()),
         outputs,
         tracker: tracker.clone(),
         metrics: metrics.clone(),
@@ -291,6 +299,11 @@ pub fn run(
         Status::new(&cfg, opts.status),
     );
     poller.feedback = feedback_reader;
+    poller.candidate_reloader = match (&candidate, opts.watch_rules) {
+        // SIGHUP is the live library's watcher's.
+        (Some(c), true) => Some(Reloader::spawn(c, &cfg, false)?),
+        _ => None,
+    };
     let polled = poller.run(&control.stop, &control.abort);
     drop(poller);
 

@@ -154,6 +154,8 @@ pub struct Poller<'a> {
     sequenced: [bool; 3],
     /// Analysts' decisions, when read (`daemon::feedback`).
     pub feedback: Option<super::feedback::Reader>,
+    /// The candidate library's watcher (`rules.shadow_dir`).
+    pub candidate_reloader: Option<Reloader>,
 }
 
 impl<'a> Poller<'a> {
@@ -187,6 +189,7 @@ impl<'a> Poller<'a> {
             stopped_by: None,
             sequenced: Input::LANES.map(|i| cfg.kafka.sequenced(i)),
             feedback: None,
+            candidate_reloader: None,
         }
     }
 
@@ -435,6 +438,13 @@ impl<'a> Poller<'a> {
 
     /// Hands a validated rule library to every worker.
     fn reload(&mut self) {
+        // A promotion moves a file from the candidate library to the live one: each reloads.
+        if let Some(sources) = self.candidate_reloader.as_mut().and_then(Reloader::poll) {
+            tracing::info!(version = %sources.version, "Candidate library reloaded.");
+            for w in self.workers {
+                let _ = w.send(WorkerMessage::ReloadCandidate(sources.clone()));
+            }
+        }
         let Some(reloader) = &mut self.reloader else {
             return;
         };

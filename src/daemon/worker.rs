@@ -48,6 +48,7 @@ use crate::durability::snapshot::{self, Position, SnapshotKind};
 use crate::pipeline::{Handover, Pipeline, PipelineOptions, RulesOptions, Scope, Verdict};
 use crate::record::{Decoded, Decoder, GapMark, Input, Item, Mode, OffsetGap, Reject};
 use crate::repartition::calls::CallsOut;
+use crate::rules::api::CANDIDATE_NAMESPACE;
 use crate::rules::RuleSources;
 use crate::sink::{Origin, Output, Outputs, Rejected, Tracker};
 use crate::source::align::Aligner;
@@ -67,6 +68,8 @@ pub enum WorkerMessage {
     /// Consumed messages and end-of-partition facts, in poll order.
     Polled(Vec<Polled>),
     Reload(Arc<RuleSources>),
+    /// The candidate library changed (`rules.shadow_dir`).
+    ReloadCandidate(Arc<RuleSources>),
     /// A partition assigned: its restored state (if any), how to treat re-read records, and where
     /// each of its topics starts reading (`[usage, events, calls]`).
     Assign {
@@ -117,6 +120,8 @@ pub struct WorkerContext {
     pub config: Arc<Config>,
     pub classifier: Classifier,
     pub sources: Arc<RuleSources>,
+    /// The candidate library run in shadow beside it (`rules.shadow_dir`).
+    pub candidate: Option<Arc<RuleSources>>,
     pub outputs: Vec<Arc<dyn Output + Send + Sync>>,
     pub tracker: Arc<Tracker>,
     pub metrics: Arc<Metrics>,
@@ -144,6 +149,7 @@ impl WorkerContext {
                 quarantine: self.config.rules.quarantine_policy(),
                 mode: Mode::Live,
                 high_risk_from_rules: self.config.reference.high_risk_prefixes.is_none(),
+                candidate: self.candidate.as_deref(),
             }),
             ..PipelineOptions::new(self.classifier.clone(), self.config.state.clone())
         })
@@ -153,6 +159,17 @@ impl WorkerContext {
     pub fn topic(&self, input: Input) -> &str {
         self.config.kafka.topic(input)
     }
+}
+
+/// The pipeline's alerts, counting the overlap of a candidate library's with the live ones.
+fn take_alerts(p: &mut Pipeline, metrics: &Metrics) -> Vec<crate::record::Alert> {
+    let alerts = p.take_alerts();
+    if p.candidate.is_some() {
+        for (rule, o) in p.take_overlap() {
+            metrics.overlap(&rule, &o);
+        }
+    }
+    alerts
 }
 
 /// Counts what applying a decision to one pipeline did; true when the pipeline knew the alert.
@@ -326,6 +343,7 @@ pub fn run(ctx: WorkerContext, rx: Receiver<WorkerMessage>) {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(WorkerMessage::Polled(batch)) => w.polled(batch),
             Ok(WorkerMessage::Reload(sources)) => w.reload(sources),
+            Ok(WorkerMessage::ReloadCandidate(sources)) => w.reload_candidate(sources),
             Ok(WorkerMessage::Assign {
                 partition,
                 state,
@@ -990,7 +1008,7 @@ impl Worker<'_> {
                         call: handed.call,
                         facts: handed.facts,
                     });
-                    let alerts = calls.take_alerts();
+                    let alerts = take_alerts(calls, &self.ctx.metrics);
                     if part.bounds.emits(Input::Calls, m.offset) {
                         send_alerts(
                             &mut self.outputs,
@@ -1081,7 +1099,7 @@ impl Worker<'_> {
             if matches!(verdict, Verdict::Applied) {
                 handover = part.pipeline.take_handover();
             }
-            let alerts = part.pipeline.take_alerts();
+            let alerts = take_alerts(&mut part.pipeline, &self.ctx.metrics);
             if emit {
                 if let Verdict::Reject(reject) = &verdict {
                     RecordRejected {
@@ -1184,6 +1202,15 @@ impl Worker<'_> {
         self.ctx.sources = sources;
     }
 
+    fn reload_candidate(&mut self, sources: Arc<RuleSources>) {
+        for part in self.partitions.values_mut() {
+            for p in std::iter::once(&mut part.pipeline).chain(part.calls.as_mut()) {
+                let _ = p.reload_candidate(&sources);
+            }
+        }
+        self.ctx.candidate = Some(sources);
+    }
+
     fn tick(&mut self) {
         // `daemon.align_wait`: an input whose end was reached holds its partner back this long.
         let wait = Duration::from_secs(self.ctx.config.daemon.align_wait.0.max(0) as u64);
@@ -1222,7 +1249,7 @@ impl Worker<'_> {
                     continue;
                 };
                 part.pipeline.advance_idle(now);
-                let alerts = part.pipeline.take_alerts();
+                let alerts = take_alerts(&mut part.pipeline, &self.ctx.metrics);
                 send_alerts(
                     &mut self.outputs,
                     &self.ctx.metrics,
@@ -1276,8 +1303,17 @@ pub fn add_to_view(view: &mut WorkerView, pipeline: &Pipeline) {
     // Every pipeline reloads the same library: a reload counts once, not once per partition.
     view.reloads_ok = view.reloads_ok.max(engine.counters.reloads_ok);
     view.reloads_failed = view.reloads_failed.max(engine.counters.reloads_failed);
-    for s in engine.stats() {
-        match view.rules.get_mut(&s.id) {
+    let candidate = pipeline.candidate.iter().flat_map(|c| {
+        c.stats()
+            .iter()
+            .map(|s| (format!("{}{}", s.id, CANDIDATE_NAMESPACE), s, "shadow"))
+    });
+    let live = engine
+        .stats()
+        .iter()
+        .map(|s| (s.id.clone(), s, s.mode.as_str()));
+    for (key, s, mode) in live.chain(candidate) {
+        match view.rules.get_mut(&key) {
             Some(r) => {
                 let _ = r.latency.add(&s.latency);
                 r.evaluations += s.evaluations;
@@ -1287,14 +1323,14 @@ pub fn add_to_view(view: &mut WorkerView, pipeline: &Pipeline) {
             }
             None => {
                 view.rules.insert(
-                    s.id.clone(),
+                    key,
                     RuleView {
                         evaluations: s.evaluations,
                         errors: s.errors,
                         quarantined: s.quarantined,
                         quarantines: s.quarantines,
                         latency: s.latency.clone(),
-                        mode: s.mode.as_str(),
+                        mode,
                     },
                 );
             }

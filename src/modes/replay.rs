@@ -50,6 +50,10 @@ pub struct ReplayOptions {
     pub tally: bool,
     /// Analysts' decisions to apply as the alerts they name are raised (`modes::feedback`).
     pub feedback: Option<PathBuf>,
+    /// A candidate library to run in shadow beside the rules (`replay --shadow-rules`, else
+    /// `rules.shadow_dir`): its alerts to the shadow file, its overlap with the live rules in
+    /// the summary.
+    pub candidate: Option<PathBuf>,
 }
 
 /// Which rule library a replay runs.
@@ -84,12 +88,56 @@ pub struct ReplayReport {
     pub shadow_alerts: u64,
     pub shadow_out: Option<PathBuf>,
     pub rules: Option<RulesReport>,
+    /// The candidate library run in shadow beside the rules, with its overlap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<CandidateReport>,
     /// What became of `--feedback`'s decisions.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub feedback: Option<FeedbackReport>,
     /// What `ReplayOptions::tally` asked to collect.
     #[serde(skip)]
     pub tally: Option<Tally>,
+}
+
+/// What the candidate library did (`--shadow-rules`, `rules.shadow_dir`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CandidateReport {
+    pub dir: PathBuf,
+    pub rules: RulesReport,
+    /// Per rule id in both libraries: alerts raised by both, by the live rule only, by the
+    /// candidate only (matched by entity and trigger time).
+    pub overlap: Vec<OverlapRow>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OverlapRow {
+    pub rule: String,
+    #[serde(flatten)]
+    pub overlap: crate::pipeline::Overlap,
+}
+
+impl CandidateReport {
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "candidate library {} (in shadow: its alerts to the shadow file)\n",
+            self.dir.display()
+        );
+        s += &self.rules.render();
+        if !self.overlap.is_empty() {
+            let w = self.overlap.iter().map(|r| r.rule.len()).max().unwrap_or(4);
+            s += &format!(
+                "  overlap with the live rules\n    {:<w$}  {:>8} {:>10} {:>12}\n",
+                "rule", "both", "live only", "shadow only"
+            );
+            for r in &self.overlap {
+                s += &format!(
+                    "    {:<w$}  {:>8} {:>10} {:>12}\n",
+                    r.rule, r.overlap.both, r.overlap.live_only, r.overlap.shadow_only
+                );
+            }
+        }
+        s
+    }
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -206,6 +254,9 @@ impl ReplayReport {
         if let Some(r) = &self.rules {
             s.push_str(&r.render());
         }
+        if let Some(c) = &self.candidate {
+            s.push_str(&c.render());
+        }
         if let Some(f) = &self.feedback {
             s.push_str(&f.render());
         }
@@ -282,6 +333,7 @@ pub fn run_quiet(
         shadow_in_alerts: false,
         tally: false,
         feedback: None,
+        candidate: None,
     };
     run_to(&opts, &mut io::sink())
 }
@@ -291,6 +343,7 @@ pub(super) struct Setup {
     pub cfg: Config,
     classifier: crate::classify::Classifier,
     library: Option<Library>,
+    pub candidate: Option<Library>,
 }
 
 impl Setup {
@@ -311,10 +364,21 @@ impl Setup {
                 }
             },
         };
+        let candidate = match (&opts.candidate, &library) {
+            (Some(d), Some(_)) => Some(
+                Library::load(d, &cfg)
+                    .with_context(|| format!("the candidate library {}", d.display()))?,
+            ),
+            (Some(_), None) => {
+                anyhow::bail!("a candidate library runs beside rules: not with --no-rules")
+            }
+            (None, _) => None,
+        };
         Ok(Setup {
             cfg,
             classifier,
             library,
+            candidate,
         })
     }
 
@@ -337,6 +401,7 @@ impl Setup {
                 quarantine: cfg.rules.quarantine_policy(),
                 mode: Mode::Replay,
                 high_risk_from_rules: cfg.reference.high_risk_prefixes.is_none(),
+                candidate: self.candidate.as_ref().map(|c| &*c.sources),
             }),
             cutoff,
             keep_fired,
@@ -448,6 +513,7 @@ pub fn run_to(
     progress.done();
     outputs.flush(Duration::ZERO)?;
     drop(outputs);
+    let overlap = pipeline.take_overlap();
     let store = pipeline.store.borrow();
     let report = ReplayReport {
         counts: pipeline.counts.clone(),
@@ -458,6 +524,14 @@ pub fn run_to(
         shadow_alerts: shadow.written(),
         shadow_out: (shadow.written() > 0).then(|| shadow.path().to_path_buf()),
         rules: pipeline.rules.as_ref().map(RulesReport::of),
+        candidate: match (&setup.candidate, &pipeline.candidate) {
+            (Some(lib), Some(engine)) => Some(CandidateReport {
+                dir: lib.dir.clone(),
+                rules: RulesReport::of(engine),
+                overlap: overlap_rows(&pipeline, engine, &overlap),
+            }),
+            _ => None,
+        },
         feedback,
         elapsed: started.elapsed(),
         peak_rss_bytes: peak_rss_bytes(),
@@ -473,6 +547,29 @@ pub fn run_to(
     };
     drop(store);
     Ok((report, pipeline))
+}
+
+/// Every rule id of both libraries with its overlap, those that raised nothing too.
+fn overlap_rows(
+    pipeline: &Pipeline,
+    candidate: &crate::rules::RuleEngine,
+    counted: &std::collections::BTreeMap<String, crate::pipeline::Overlap>,
+) -> Vec<OverlapRow> {
+    let Some(live) = &pipeline.rules else {
+        return Vec::new();
+    };
+    let mut rows: Vec<OverlapRow> = candidate
+        .set()
+        .rules
+        .iter()
+        .filter(|r| live.set().rules.iter().any(|l| l.id() == r.id()))
+        .map(|r| OverlapRow {
+            rule: r.id().to_string(),
+            overlap: counted.get(r.id()).copied().unwrap_or_default(),
+        })
+        .collect();
+    rows.sort_by(|a, b| a.rule.cmp(&b.rule));
+    rows
 }
 
 /// Writes the alerts the pipeline emitted since the last call, and applies the analysts' decisions

@@ -139,6 +139,9 @@ pub fn run_to(
         "a cutoff, kept timers or shadow alerts with the alerts are one-thread options"
     );
     let setup = Setup::load(opts)?;
+    if setup.candidate.is_some() {
+        anyhow::bail!("--threads does not run a candidate library (--shadow-rules) yet: replay it in one thread");
+    }
     let mut source = FileSource::open(&opts.usage, opts.events.as_deref(), setup.cfg.decoder())?;
     let names = source.names();
     let dead_letter = DeadLetterFile::new(
@@ -217,6 +220,7 @@ pub fn run_to(
     }
     Ok(ReplayReport {
         feedback: None,
+        candidate: None,
         counts,
         blank_lines: source.blank_lines,
         store,

@@ -58,6 +58,9 @@ pub enum EntityKey {
 }
 
 /// What views share: the store, the alert memory (for `alerted`), and the parse caches.
+/// What a candidate library's rule ids carry in the alert memory (and in its alert ids).
+pub const CANDIDATE_NAMESPACE: &str = "\u{1f}candidate";
+
 pub struct Shared {
     pub store: SharedStore,
     pub memory: Rc<RefCell<AlertMemory>>,
@@ -68,6 +71,11 @@ pub struct Shared {
     /// Rules of the active set in shadow: `alerted` never sees their alerts, so a candidate's
     /// output cannot reach a department through a live rule reading it.
     pub shadow: RefCell<ahash::AHashSet<String>>,
+    /// The library's part of the alert memory: empty for the live library; for a candidate
+    /// library beside it (`rules.shadow_dir`) a suffix of every rule id it remembers by, so that
+    /// a candidate and the live rule of the same id keep their own cooldowns, latches, alerts
+    /// and snoozes in the one memory the partition checkpoints.
+    pub namespace: &'static str,
 }
 
 impl Shared {
@@ -79,7 +87,26 @@ impl Shared {
             filters: RefCell::default(),
             windows: RefCell::default(),
             shadow: RefCell::default(),
+            namespace: "",
         })
+    }
+
+    /// The same, for a candidate library: its memory kept apart under `namespace`.
+    pub fn candidate(store: SharedStore, memory: Rc<RefCell<AlertMemory>>) -> Rc<Self> {
+        Rc::new(Shared {
+            namespace: CANDIDATE_NAMESPACE,
+            ..Rc::try_unwrap(Shared::new(store, memory))
+                .ok()
+                .expect("just made")
+        })
+    }
+
+    /// The id a rule is remembered by in this library's part of the alert memory.
+    pub fn memory_id<'a>(&self, rule: &'a str) -> std::borrow::Cow<'a, str> {
+        match self.namespace {
+            "" => rule.into(),
+            ns => format!("{rule}{ns}").into(),
+        }
     }
 
     fn filter(&self, text: &ImmutableString) -> Fallible<Rc<ClassFilter>> {
@@ -733,7 +760,9 @@ pub fn register(engine: &mut Engine, shared: &Rc<Shared>, lists: Lists) {
             if shared_w.shadow.borrow().contains(rule) {
                 return Ok(false);
             }
-            Ok(memory.borrow().alerted_since(rule, key, w))
+            Ok(memory
+                .borrow()
+                .alerted_since(&shared_w.memory_id(rule), key, w))
         },
     );
 }

@@ -549,7 +549,10 @@ impl RuleEngine {
         let scope = subject.destination.filter(|_| rule.reads_callers);
         self.shared.memory.borrow_mut().set_now(end);
         self.shared.current.set((
-            rule.id_hash,
+            match self.shared.namespace {
+                "" => rule.id_hash,
+                ns => rule.id_hash ^ key_hash(ns),
+            },
             match (number, scope, subject.account) {
                 (Some(n), Some(to), _) => EntityKey::Scoped(n, to),
                 (Some(n), None, _) => EntityKey::Number(n),
@@ -646,6 +649,7 @@ impl RuleEngine {
                 };
                 policy::decide(
                     rule,
+                    &self.shared.memory_id(&rule.meta().id),
                     &set.version,
                     &map,
                     &info,

@@ -280,6 +280,8 @@ pub struct Metrics {
     /// Alerts of shadow rules, by the department each would go to once promoted.
     pub shadow_alerts: AlertCounts,
     pub feedback: FeedbackCounts,
+    /// Per rule id in the live and the candidate library: alerts by both, live only, shadow only.
+    overlap: Mutex<BTreeMap<String, crate::pipeline::Overlap>>,
     /// (input, partition) → messages behind the partition's end offset.
     pub lag: Mutex<BTreeMap<(Input, i32), i64>>,
     pub workers: Mutex<Vec<WorkerView>>,
@@ -305,6 +307,16 @@ pub fn now_ms() -> i64 {
 }
 
 impl Metrics {
+    /// Adds to the overlap of a rule's live and candidate alerts.
+    pub fn overlap(&self, rule: &str, o: &crate::pipeline::Overlap) {
+        self.overlap
+            .lock()
+            .expect("metrics lock")
+            .entry(rule.to_string())
+            .or_default()
+            .add(o);
+    }
+
     /// `topics`: the names of the topics read, `[usage, events, calls]`, for labels.
     pub fn new(topics: [&str; 3]) -> Self {
         Metrics {
@@ -322,6 +334,7 @@ impl Metrics {
             alerts: AlertCounts::default(),
             shadow_alerts: AlertCounts::default(),
             feedback: FeedbackCounts::default(),
+            overlap: Mutex::default(),
             lag: Mutex::default(),
             workers: Mutex::default(),
             snapshots: SnapshotMetrics::default(),
@@ -616,6 +629,24 @@ impl Metrics {
         }
         head(
             &mut s,
+            "cdrguard_shadow_overlap_total",
+            "Per rule id in both the live and the candidate library (rules.shadow_dir): alerts raised by both, by the live rule only, by the candidate only.",
+            "counter",
+        );
+        for (rule, o) in self.overlap.lock().expect("metrics lock").iter() {
+            for (side, n) in [
+                ("both", o.both),
+                ("live_only", o.live_only),
+                ("shadow_only", o.shadow_only),
+            ] {
+                let _ = writeln!(
+                    s,
+                    "cdrguard_shadow_overlap_total{{rule=\"{rule}\",side=\"{side}\"}} {n}"
+                );
+            }
+        }
+        head(
+            &mut s,
             "cdrguard_alert_dispositions_total",
             "Analysts' decisions applied, by rule and disposition (confirmed, false_positive, snooze).",
             "counter",
@@ -809,10 +840,13 @@ impl Metrics {
             "1 for each rule's mode in the active set: live, or shadow (its alerts reach no department).",
             "gauge",
         );
+        // A candidate library's rule is keyed `id␟candidate` beside the live one of its id.
+        let label = |key: &str| key.split('\u{1f}').next().unwrap_or(key).to_string();
         for (id, r) in &rules {
             let _ = writeln!(
                 s,
-                "cdrguard_rule_mode{{rule=\"{id}\",mode=\"{}\"}} 1",
+                "cdrguard_rule_mode{{rule=\"{}\",mode=\"{}\"}} 1",
+                label(id),
                 r.mode
             );
         }
@@ -821,7 +855,8 @@ impl Metrics {
             for (id, r) in &rules {
                 let _ = writeln!(
                     s,
-                    "{name}{{rule=\"{id}\",mode=\"{}\"}} {}",
+                    "{name}{{rule=\"{}\",mode=\"{}\"}} {}",
+                    label(id),
                     r.mode,
                     value(r)
                 );
@@ -834,17 +869,18 @@ impl Metrics {
             "Rule evaluation time (sandboxed call), by rule.",
             "histogram",
         );
-        for (id, r) in &rules {
+        for (key, r) in &rules {
+            let (id, mode) = (label(key), r.mode);
             for le in EVAL_BUCKETS {
                 let _ = writeln!(
                     s,
-                    "cdrguard_rule_eval_seconds_bucket{{rule=\"{id}\",le=\"{le}\"}} {}",
+                    "cdrguard_rule_eval_seconds_bucket{{rule=\"{id}\",mode=\"{mode}\",le=\"{le}\"}} {}",
                     r.latency.count_between(0, (le * 1e9) as u64)
                 );
             }
             let _ = writeln!(
                 s,
-                "cdrguard_rule_eval_seconds_bucket{{rule=\"{id}\",le=\"+Inf\"}} {}\ncdrguard_rule_eval_seconds_sum{{rule=\"{id}\"}} {:.9}\ncdrguard_rule_eval_seconds_count{{rule=\"{id}\"}} {}",
+                "cdrguard_rule_eval_seconds_bucket{{rule=\"{id}\",mode=\"{mode}\",le=\"+Inf\"}} {}\ncdrguard_rule_eval_seconds_sum{{rule=\"{id}\",mode=\"{mode}\"}} {:.9}\ncdrguard_rule_eval_seconds_count{{rule=\"{id}\",mode=\"{mode}\"}} {}",
                 r.latency.len(),
                 r.latency.mean() * r.latency.len() as f64 / 1e9,
                 r.latency.len()
