@@ -30,7 +30,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -47,6 +47,8 @@ use crate::record::{Input, Reject};
 pub const RETAINED: usize = 100_000;
 /// Decisions read per poll round at most: the records come first.
 const PER_ROUND: usize = 512;
+/// How often a reader that cannot read yet (broker down, no topic) tries again.
+const RETRY: Duration = Duration::from_secs(10);
 
 /// One message of the feedback topic, as the workers see it.
 pub struct Decision {
@@ -124,13 +126,18 @@ pub struct Reader {
     consumer: BaseConsumer,
     desk: Arc<Desk>,
     topic: String,
+    usage_topic: String,
     /// Per partition, the position an earlier run committed: below it, a decision is re-read.
     resume: Vec<i64>,
+    /// The topic's partitions are assigned (`assign`).
+    assigned: bool,
+    next_try: Instant,
+    /// The last reason given for not reading yet.
+    said: Option<String>,
 }
 
 impl Reader {
-    /// The reader of `kafka.feedback_topic`, assigned every partition from the beginning; `None`
-    /// when the setting is empty or the topic does not exist (said once; decisions are optional).
+    /// The reader of `kafka.feedback_topic`; `None` when the setting is empty.
     pub fn open(
         cfg: &Config,
         brokers: &str,
@@ -155,63 +162,97 @@ impl Reader {
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "50");
         let consumer: BaseConsumer = c.create().context("creating the feedback reader")?;
-        let topics = |t: &str| -> anyhow::Result<Option<usize>> {
-            let m = consumer
-                .fetch_metadata(Some(t), Duration::from_secs(10))
+        Ok(Some(Reader {
+            consumer,
+            desk,
+            topic: k.feedback_topic.clone(),
+            usage_topic: k.topic(Input::Usage).to_string(),
+            resume: Vec::new(),
+            assigned: false,
+            next_try: Instant::now(),
+            said: None,
+        }))
+    }
+
+    /// Assigns every partition of the topic from the beginning, once the broker answers and the
+    /// topic exists: tried now and then, so that a broker down at start or a topic created later
+    /// delays the decisions, never the records. Says once why it waits.
+    fn assign(&mut self) {
+        if self.assigned || Instant::now() < self.next_try {
+            return;
+        }
+        self.next_try = Instant::now() + RETRY;
+        match self.try_assign() {
+            Ok(true) => {
+                self.assigned = true;
+                tracing::info!(topic = %self.topic, partitions = self.resume.len(), "Reading analysts' decisions.");
+            }
+            Ok(false) => self.say(format!(
+                "no topic {:?}: analysts' decisions are not read until it exists (or set kafka.feedback_topic = \"\")",
+                self.topic
+            )),
+            Err(e) => self.say(format!("the feedback topic {:?}: {e:#}", self.topic)),
+        }
+    }
+
+    fn say(&mut self, why: String) {
+        if self.said.as_ref() != Some(&why) {
+            tracing::warn!("Feedback: {why}; trying again every {} s.", RETRY.as_secs());
+            self.said = Some(why);
+        }
+    }
+
+    fn try_assign(&mut self) -> anyhow::Result<bool> {
+        let partitions = |t: &str| -> anyhow::Result<Option<usize>> {
+            let m = self
+                .consumer
+                .fetch_metadata(Some(t), Duration::from_millis(500))
                 .with_context(|| format!("reading the metadata of {t:?}"))?;
             Ok(m.topics()
                 .first()
                 .filter(|t| t.error().is_none() && !t.partitions().is_empty())
                 .map(|t| t.partitions().len()))
         };
-        let Some(n) = topics(&k.feedback_topic)? else {
-            tracing::warn!(
-                topic = %k.feedback_topic,
-                "No feedback topic: analysts' decisions are not read (create it, or set kafka.feedback_topic = \"\")."
-            );
-            return Ok(None);
+        let Some(n) = partitions(&self.topic)? else {
+            return Ok(false);
         };
-        if let Some(u) = topics(k.topic(Input::Usage))? {
-            desk.usage_partitions.store(u, Ordering::Relaxed);
+        if let Some(u) = partitions(&self.usage_topic)? {
+            self.desk.usage_partitions.store(u, Ordering::Relaxed);
         }
         let mut tpl = TopicPartitionList::new();
         for p in 0..n as i32 {
-            tpl.add_partition(&k.feedback_topic, p);
+            tpl.add_partition(&self.topic, p);
         }
-        let committed = consumer
-            .committed_offsets(tpl.clone(), Duration::from_secs(10))
-            .context("reading the feedback reader's position")?;
-        let resume: Vec<i64> = (0..n as i32)
-            .map(|p| {
-                match committed
-                    .find_partition(&k.feedback_topic, p)
-                    .map(|e| e.offset())
-                {
+        let committed = self
+            .consumer
+            .committed_offsets(tpl.clone(), Duration::from_secs(2))
+            .context("reading the reader's position")?;
+        self.resume = (0..n as i32)
+            .map(
+                |p| match committed.find_partition(&self.topic, p).map(|e| e.offset()) {
                     Some(Offset::Offset(o)) => o,
                     _ => 0,
-                }
-            })
+                },
+            )
             .collect();
         for p in 0..n as i32 {
-            tpl.set_partition_offset(&k.feedback_topic, p, Offset::Beginning)?;
+            tpl.set_partition_offset(&self.topic, p, Offset::Beginning)?;
         }
-        consumer
+        self.consumer
             .assign(&tpl)
             .context("assigning the feedback topic")?;
-        tracing::info!(topic = %k.feedback_topic, partitions = n, "Reading analysts' decisions.");
-        Ok(Some(Reader {
-            consumer,
-            desk,
-            topic: k.feedback_topic.clone(),
-            resume,
-        }))
+        Ok(true)
     }
 
     /// Reads what has come and hands it over: a decision to every worker, a malformed message to
     /// the first (which dead-letters it). Only once this instance holds partitions: their state is
     /// restored before (the assignment's messages are ahead of these in each worker's queue).
-    pub fn poll(&self, workers: &[Sender<WorkerMessage>]) {
+    pub fn poll(&mut self, workers: &[Sender<WorkerMessage>]) {
         if self.desk.assignment.held(Input::Usage) == 0 {
+            return;
+        }
+        self.assign();
+        if !self.assigned {
             return;
         }
         for _ in 0..PER_ROUND {

@@ -219,7 +219,7 @@ impl<'a> Poller<'a> {
                     g.reason.as_str()
                 );
             }
-            if let Some(f) = &self.feedback {
+            if let Some(f) = &mut self.feedback {
                 f.poll(self.workers);
             }
             self.bound_read_ahead();

@@ -974,12 +974,12 @@ mod tests {
         assert!(text.contains("# TYPE cdrguard_rule_eval_seconds histogram"));
         // Cumulative buckets: 1 µs holds one, 5 µs three, 50 µs four, +Inf all five.
         for line in [
-            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"0.000001\"} 1",
-            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"0.000005\"} 3",
-            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"0.00005\"} 4",
-            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"0.01\"} 4",
-            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",le=\"+Inf\"} 5",
-            "cdrguard_rule_eval_seconds_count{rule=\"r\"} 5",
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",mode=\"live\",le=\"0.000001\"} 1",
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",mode=\"live\",le=\"0.000005\"} 3",
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",mode=\"live\",le=\"0.00005\"} 4",
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",mode=\"live\",le=\"0.01\"} 4",
+            "cdrguard_rule_eval_seconds_bucket{rule=\"r\",mode=\"live\",le=\"+Inf\"} 5",
+            "cdrguard_rule_eval_seconds_count{rule=\"r\",mode=\"live\"} 5",
             "cdrguard_event_time_watermark_seconds{partition=\"3\"} 1700000000",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
