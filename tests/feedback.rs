@@ -155,19 +155,7 @@ fn in_a_replay_a_snooze_suppresses_until_it_ends_and_bad_decisions_are_dead_lett
         .contains("2 applied, 1 again, 1 unknown alert, 1 malformed"));
 
     // The summary with its feedback block validates against the schema.
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(ROOT).join("docs/schema/replay-summary.schema.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    let summary = serde_json::to_value(replay::Summary {
-        report: &run.report,
-        labels: None,
-    })
-    .unwrap();
-    let v = jsonschema::draft202012::new(&schema).unwrap();
-    let errors: Vec<String> = v.iter_errors(&summary).map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "{errors:#?}");
+    common::assert_summary_valid(&run.report);
 }
 
 /// `inspect --feedback` shows the snooze while it holds and the decisions in order.

@@ -311,19 +311,7 @@ fn in_a_replay_a_candidate_library_runs_in_shadow_beside_the_live_one() {
     assert!(report.render().contains("overlap with the live rules"));
 
     // The summary with its candidate block validates against the schema.
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(ROOT).join("docs/schema/replay-summary.schema.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    let summary = serde_json::to_value(replay::Summary {
-        report: &report,
-        labels: None,
-    })
-    .unwrap();
-    let v = jsonschema::draft202012::new(&schema).unwrap();
-    let errors: Vec<String> = v.iter_errors(&summary).map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "{errors:#?}");
+    common::assert_summary_valid(&report);
 }
 
 /// The daemon with `rules.shadow_dir`: candidate alerts reach the shadow topic only, the live

@@ -185,6 +185,9 @@ impl ReplayReport {
             );
         }
         let _ = writeln!(s, "  rejected            {:>12}{dl}", n(c.rejected_total()));
+        for (reason, count) in &c.rejected {
+            let _ = writeln!(s, "    {:<18}{:>12}", reason.as_str(), n(*count));
+        }
         if let Some(p) = &self.shadow_out {
             let _ = writeln!(
                 s,
@@ -192,9 +195,6 @@ impl ReplayReport {
                 n(self.shadow_alerts),
                 p.display()
             );
-        }
-        for (reason, count) in &c.rejected {
-            let _ = writeln!(s, "    {:<18}{:>12}", reason.as_str(), n(*count));
         }
         if c.after_cutoff > 0 {
             let _ = writeln!(

@@ -52,6 +52,23 @@ pub fn replay_with(
     (report, pipeline, alerts)
 }
 
+/// The replay's summary (`--summary-json`) validates against docs/schema/replay-summary.schema.json.
+pub fn assert_summary_valid(report: &ReplayReport) {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(ROOT).join("docs/schema/replay-summary.schema.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let summary = serde_json::to_value(replay::Summary {
+        report,
+        labels: None,
+    })
+    .unwrap();
+    let v = jsonschema::draft202012::new(&schema).unwrap();
+    let errors: Vec<String> = v.iter_errors(&summary).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:#?}\n{summary:#}");
+}
+
 /// Copies a folder tree (a rule library to edit in a test).
 pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
