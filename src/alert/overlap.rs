@@ -28,12 +28,24 @@ impl Overlap {
 /// An alert waiting for its partner: trigger time, live side, how long it waits.
 type Waiting = (i64, bool, i64);
 
-#[derive(Default)]
 pub struct OverlapTracker {
     /// (rule, entity) → alerts not matched yet, oldest first.
     waiting: BTreeMap<(String, String), Vec<Waiting>>,
     /// Counts since the last `take`.
     counted: BTreeMap<String, Overlap>,
+    /// The soonest any waiting alert's window ends: `expire` has nothing to do before (it runs
+    /// after every record).
+    soonest: i64,
+}
+
+impl Default for OverlapTracker {
+    fn default() -> Self {
+        OverlapTracker {
+            waiting: BTreeMap::new(),
+            counted: BTreeMap::new(),
+            soonest: i64::MAX,
+        }
+    }
 }
 
 impl OverlapTracker {
@@ -53,16 +65,22 @@ impl OverlapTracker {
             self.counted.entry(rule.to_string()).or_default().both += 1;
         } else {
             list.push((t, live, window));
+            self.soonest = self.soonest.min(t.saturating_add(window.max(1)));
         }
     }
 
     /// Alerts whose partner can no longer come (`now` is past their window) count alone; all of
     /// them with `now = i64::MAX` (end of input).
     pub fn expire(&mut self, now: i64) {
+        if self.waiting.is_empty() || now < self.soonest {
+            return;
+        }
+        let mut soonest = i64::MAX;
         let counted = &mut self.counted;
         self.waiting.retain(|(rule, _), list| {
             list.retain(|&(t, live, w)| {
                 if now.saturating_sub(t) < w.max(1) {
+                    soonest = soonest.min(t.saturating_add(w.max(1)));
                     return true;
                 }
                 let o = counted.entry(rule.clone()).or_default();
@@ -74,6 +92,7 @@ impl OverlapTracker {
             });
             !list.is_empty()
         });
+        self.soonest = soonest;
     }
 
     /// The counts since the last call.
