@@ -100,7 +100,7 @@ pub struct RulesOptions<'a> {
     pub candidate: Option<&'a RuleSources>,
 }
 
-pub use crate::alert::overlap::Overlap;
+use crate::alert::overlap::Overlap;
 
 /// An applied usage record a daemon partition hands to the calling numbers (`Scope::Lines`).
 pub struct Handover {

@@ -113,7 +113,7 @@ pub struct CandidateReport {
 pub struct OverlapRow {
     pub rule: String,
     #[serde(flatten)]
-    pub overlap: crate::pipeline::Overlap,
+    pub overlap: crate::alert::overlap::Overlap,
 }
 
 impl CandidateReport {
@@ -553,7 +553,7 @@ pub fn run_to(
 fn overlap_rows(
     pipeline: &Pipeline,
     candidate: &crate::rules::RuleEngine,
-    counted: &std::collections::BTreeMap<String, crate::pipeline::Overlap>,
+    counted: &std::collections::BTreeMap<String, crate::alert::overlap::Overlap>,
 ) -> Vec<OverlapRow> {
     let Some(live) = &pipeline.rules else {
         return Vec::new();

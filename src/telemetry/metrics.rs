@@ -281,7 +281,7 @@ pub struct Metrics {
     pub shadow_alerts: AlertCounts,
     pub feedback: FeedbackCounts,
     /// Per rule id in the live and the candidate library: alerts by both, live only, shadow only.
-    overlap: Mutex<BTreeMap<String, crate::pipeline::Overlap>>,
+    overlap: Mutex<BTreeMap<String, crate::alert::overlap::Overlap>>,
     /// (input, partition) → messages behind the partition's end offset.
     pub lag: Mutex<BTreeMap<(Input, i32), i64>>,
     pub workers: Mutex<Vec<WorkerView>>,
@@ -308,7 +308,7 @@ pub fn now_ms() -> i64 {
 
 impl Metrics {
     /// Adds to the overlap of a rule's live and candidate alerts.
-    pub fn overlap(&self, rule: &str, o: &crate::pipeline::Overlap) {
+    pub fn overlap(&self, rule: &str, o: &crate::alert::overlap::Overlap) {
         self.overlap
             .lock()
             .expect("metrics lock")
