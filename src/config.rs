@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::classify::{Classifier, PrefixList};
 use crate::record::time::{format_duration, parse_duration};
-use crate::record::{Decoder, Number};
+use crate::record::{Decoder, Number, Numbering};
 
 pub const DEFAULT_HIGH_RISK_PREFIXES: &str = "rules/lists/high_risk_prefixes.txt";
 const BUILTIN_HIGH_RISK_PREFIXES: &str = include_str!("../rules/lists/high_risk_prefixes.txt");
@@ -38,6 +38,8 @@ pub struct Config {
     pub input: InputConfig,
     /// Reference data used to classify records.
     pub reference: ReferenceConfig,
+    /// The home numbering plan: how the numbers feeds write become canonical E.164 and a kind.
+    pub numbering: NumberingConfig,
     /// Window state, lateness, de-duplication and timers.
     pub state: StateConfig,
     /// The rule library and the sandbox its scripts run in.
@@ -690,7 +692,9 @@ pub struct ReferenceConfig {
     /// resolved from the config file's folder and must exist. Default: `rules/lists/high_risk_prefixes.txt`
     /// in the working directory, else the list shipped inside the binary.
     pub high_risk_prefixes: Option<PathBuf>,
-    /// Numbers shorter than this are short codes and never international. Default 7.
+    /// Digit strings shorter than this, written without `+` or an international prefix, are short
+    /// codes (`record::numbering`): never international, and matched only by `short:` list
+    /// entries. Default 7.
     pub min_international_digits: usize,
     /// Local hours `[start, end)` that count as off-hours, wrapping midnight. Default `[20, 7]`.
     pub off_hours: [u8; 2],
@@ -709,6 +713,39 @@ impl Default for ReferenceConfig {
         }
     }
 }
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NumberingConfig {
+    /// Dialled before a country code in feeds that do not write `+`: `["00"]` in most of the
+    /// world, `["011"]` in North America. Default `["00"]`.
+    pub international_prefixes: Vec<String>,
+    /// Dialled before a national number (`0612345678` in France); `""` when the plan has none.
+    /// Default `"0"`; North America `"1"`.
+    pub trunk_prefix: String,
+    /// E.164 prefixes inside the home country code that count as international (another
+    /// country sharing the code). Unset: the Caribbean members of the North American plan when
+    /// `reference.home_country_code` is `1` (their numbers look domestic, and one-ring scams use
+    /// them), none otherwise.
+    pub foreign_prefixes: Option<Vec<String>>,
+}
+
+impl Default for NumberingConfig {
+    fn default() -> Self {
+        NumberingConfig {
+            international_prefixes: vec!["00".into()],
+            trunk_prefix: "0".into(),
+            foreign_prefixes: None,
+        }
+    }
+}
+
+/// The North American plan's members that are not the United States or its territories, by area
+/// code (NANPA): dialled as `1 NPA`, billed and abused as international.
+pub const NANP_FOREIGN_PREFIXES: &[&str] = &[
+    "1242", "1246", "1264", "1268", "1284", "1345", "1441", "1473", "1649", "1658", "1664", "1721",
+    "1758", "1767", "1784", "1809", "1829", "1849", "1868", "1869", "1876",
+];
 
 /// Which calling numbers (the other party of MT voice calls) get state of their own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -938,6 +975,17 @@ impl Config {
                 r.home_country_code
             ));
         }
+        if let Err(why) = self.numbering_plan().validate() {
+            errs.push(why);
+        }
+        for p in self.foreign_prefixes() {
+            if Number::parse(&p).is_err() || !p.starts_with(&r.home_country_code) {
+                errs.push(format!(
+                    "numbering.foreign_prefixes: {p:?} must be E.164 digits starting with the home country code {:?}",
+                    r.home_country_code
+                ));
+            }
+        }
         if r.off_hours.iter().any(|&h| h > 23) {
             errs.push(format!(
                 "reference.off_hours: {:?} must be hours 0..=23",
@@ -1125,6 +1173,28 @@ impl Config {
         Decoder {
             max_record_bytes: self.input.max_record_bytes,
             currency: self.input.currency.to_ascii_uppercase(),
+            numbering: self.numbering_plan(),
+        }
+    }
+
+    pub fn numbering_plan(&self) -> Numbering {
+        Numbering {
+            country_code: self.reference.home_country_code.clone(),
+            international_prefixes: self.numbering.international_prefixes.clone(),
+            trunk_prefix: self.numbering.trunk_prefix.clone(),
+            min_international_digits: self.reference.min_international_digits,
+        }
+    }
+
+    /// `numbering.foreign_prefixes`, or its default for the home country code.
+    pub fn foreign_prefixes(&self) -> Vec<String> {
+        match &self.numbering.foreign_prefixes {
+            Some(p) => p.clone(),
+            None if self.reference.home_country_code == "1" => NANP_FOREIGN_PREFIXES
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            None => Vec::new(),
         }
     }
 
@@ -1153,7 +1223,10 @@ impl Config {
             Number::parse(&r.home_country_code).map_err(anyhow::Error::msg)?,
             list,
         );
-        c.min_international_digits = r.min_international_digits;
+        for p in self.foreign_prefixes() {
+            c.foreign
+                .insert(Number::parse(&p).map_err(anyhow::Error::msg)?, true);
+        }
         c.off_hours = (r.off_hours[0], r.off_hours[1]);
         c.short_call_s = r.short_call_s;
         Ok(c)

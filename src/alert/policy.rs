@@ -47,6 +47,9 @@ pub struct TriggerInfo<'a> {
     /// The number the rule's memory of the entity is kept per, besides the entity: the record's
     /// destination for a rule reading calling-number alerts (`rules::engine`), else none.
     pub scope: Option<Number>,
+    /// The triggering record's numbers as its feed wrote them, where that differs (canonical,
+    /// written); empty for nearly every record.
+    pub written: &'a [(String, String)],
 }
 
 fn bad(got: String) -> ScriptError {
@@ -114,6 +117,7 @@ fn parse_verdict(rule: &Rule, map: &Map, t: &TriggerInfo) -> Result<Verdict, Scr
         evidence: Evidence {
             explanation: meta.description.clone(),
             record_ids: t.record_id.map(|r| vec![r.to_string()]).unwrap_or_default(),
+            written_numbers: t.written.iter().cloned().collect(),
             ..Default::default()
         },
         actions: meta.actions.clone(),

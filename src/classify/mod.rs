@@ -10,15 +10,17 @@ pub use class::{
 };
 pub use prefixes::{ListError, PrefixList};
 
-use crate::record::{Number, RecordType, UsageRecord};
+use crate::record::{Number, NumberKind, RecordType, UsageRecord};
 
 /// Reference data for classification. Cheap to clone (the trie is small).
 #[derive(Clone, Debug)]
 pub struct Classifier {
     pub home_cc: Number,
     pub high_risk: PrefixList,
-    /// Numbers with fewer digits are short codes / service numbers (112, 3244): never international.
-    pub min_international_digits: usize,
+    /// Ranges inside the home country code that are abroad all the same: in the North American
+    /// plan (`+1`) Jamaica (1876) or the Dominican Republic (1809) are dialled like a US area code,
+    /// and one-ring scams use exactly that (`numbering.foreign_prefixes`).
+    pub foreign: PrefixList,
     /// Local hours [start, end) that count as off-hours; wraps midnight when start > end.
     pub off_hours: (u8, u8),
     /// Voice calls up to this many seconds are `short` (Wangiri rings last 1–3 s).
@@ -30,14 +32,16 @@ impl Classifier {
         Classifier {
             home_cc,
             high_risk,
-            min_international_digits: 7,
+            foreign: PrefixList::new(),
             off_hours: (20, 7),
             short_call_s: 3,
         }
     }
 
-    pub fn is_international(&self, n: Number) -> bool {
-        n.digits() >= self.min_international_digits && !n.starts_with(self.home_cc)
+    /// Only E.164 numbers are ever international: a short code, a sender name or a withheld number
+    /// is not, whatever its digits.
+    pub fn is_international(&self, n: Number, kind: NumberKind) -> bool {
+        kind == NumberKind::E164 && (!n.starts_with(self.home_cc) || self.foreign.matches(n))
     }
 
     pub fn is_off_hours(&self, local_hour: u8) -> bool {
@@ -51,12 +55,11 @@ impl Classifier {
 
     pub fn classify(&self, r: &UsageRecord) -> RecordClass {
         let mut flags = 0u16;
-        let dest = r.destination();
-        if let Some(n) = dest {
-            if self.is_international(n) {
+        if let Some((n, kind)) = r.destination_party() {
+            if self.is_international(n, kind) {
                 flags |= INTERNATIONAL;
             }
-            if self.high_risk.matches(n) {
+            if self.high_risk.matches_kind(n, kind) {
                 flags |= HIGH_RISK;
             }
         }

@@ -130,4 +130,8 @@ pub struct Evidence {
     pub thresholds: std::collections::BTreeMap<String, serde_json::Value>,
     pub record_ids: Vec<String>,
     pub explanation: String,
+    /// The numbers of the triggering record its feed wrote in another form than the canonical one
+    /// (`record::numbering`): canonical → as written, e.g. `"33140000000": "0140000000"`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub written_numbers: std::collections::BTreeMap<String, String>,
 }

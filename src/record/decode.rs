@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::time::TIMESTAMP_ERROR;
-use super::{AccountEvent, UsageRecord};
+use super::{AccountEvent, Numbering, UsageRecord};
 
 /// Why a record was rejected: a small closed set, used as a metric label and dead-letter reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -103,6 +103,8 @@ pub struct Decoder {
     pub max_record_bytes: usize,
     /// Charges and amounts must be in this ISO 4217 currency (when they name one).
     pub currency: String,
+    /// How the parties' numbers are made canonical (`record::numbering`).
+    pub numbering: Numbering,
 }
 
 impl Default for Decoder {
@@ -110,6 +112,7 @@ impl Default for Decoder {
         Decoder {
             max_record_bytes: 64 * 1024,
             currency: "EUR".into(),
+            numbering: Numbering::default(),
         }
     }
 }
@@ -117,6 +120,12 @@ impl Default for Decoder {
 impl Decoder {
     pub fn usage(&self, bytes: &[u8]) -> Result<UsageRecord, Reject> {
         let mut rec: UsageRecord = self.decode(bytes)?;
+        let plan = &self.numbering;
+        rec.served
+            .normalise(plan)
+            .and_then(|()| rec.other_party.normalise(plan))
+            .and_then(|()| rec.forwarding.normalise(plan))
+            .map_err(|(path, why)| invalid(path, why))?;
         // Mediation often writes "" for an unknown account: that is no account, not one shared by all.
         if rec.served.account_id.as_deref() == Some("") {
             rec.served.account_id = None;

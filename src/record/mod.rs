@@ -37,7 +37,9 @@ mod gap;
 mod item;
 mod money;
 mod number;
+pub mod numbering;
 mod object;
+mod party;
 mod text;
 pub mod time;
 mod usage;
@@ -54,6 +56,7 @@ pub use gap::{detect as detect_gap, GapMark, GapReason, OffsetGap};
 pub use item::{Decoded, Input, Item};
 pub use money::Money;
 pub use number::Number;
+pub use numbering::{NumberKind, Numbering, TypeOfNumber};
 pub use text::Text;
 pub use time::{Date, EventTime};
 pub use usage::{

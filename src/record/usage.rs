@@ -4,7 +4,8 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use super::object::object;
-use super::{EventTime, Money, Number};
+pub use super::party::{Forwarding, OtherParty, Served};
+use super::{EventTime, Money, Number, NumberKind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -61,23 +62,6 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Served {
-    pub msisdn: Number,
-    #[serde(default)]
-    pub imsi: Option<Number>,
-    #[serde(default)]
-    pub imei: Option<Number>,
-    #[serde(default)]
-    pub account_id: Option<CompactString>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct OtherParty {
-    #[serde(default)]
-    pub number: Option<Number>,
-}
-
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Location {
     #[serde(default)]
@@ -94,12 +78,6 @@ pub struct Roaming {
     pub is_roaming: bool,
     #[serde(default)]
     pub visited_plmn: Option<CompactString>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Forwarding {
-    #[serde(default)]
-    pub forwarded_to_number: Option<Number>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -137,6 +115,44 @@ impl UsageRecord {
         } else {
             self.other_party.number
         }
+    }
+
+    /// `destination` with its kind (`record::numbering`).
+    pub fn destination_party(&self) -> Option<(Number, NumberKind)> {
+        let forward = &self.forwarding;
+        if self.is_forwarded() {
+            if let Some(n) = forward.forwarded_to_number {
+                return Some((n, forward.kind));
+            }
+        }
+        let other = &self.other_party;
+        other.number.map(|n| (n, other.kind))
+    }
+
+    /// (canonical, as written) for each number the feed wrote in another form; no allocation when
+    /// there is none, which is nearly always.
+    pub fn written_numbers(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut add = |number: Option<Number>,
+                       kind: NumberKind,
+                       written: &Option<compact_str::CompactString>| {
+            if let Some(w) = written {
+                // A sender name or a withheld party has no digits: named by its kind.
+                let canonical = number.map_or_else(|| kind.to_string(), |n| n.to_string());
+                if !out.iter().any(|(c, _)| *c == canonical) {
+                    out.push((canonical, w.to_string()));
+                }
+            }
+        };
+        let (other, forward) = (&self.other_party, &self.forwarding);
+        add(
+            Some(self.served.msisdn),
+            NumberKind::E164,
+            &self.served.msisdn_written,
+        );
+        add(other.number, other.kind, &other.written);
+        add(forward.forwarded_to_number, forward.kind, &forward.written);
+        out
     }
 
     pub fn is_forwarded(&self) -> bool {

@@ -26,7 +26,7 @@ use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Position};
 
 use crate::classify::{ClassFilter, PrefixList, RecordClass};
 use crate::record::EntityType;
-use crate::record::{AccountEvent, EventTime, Money, Number, RecordType, UsageRecord};
+use crate::record::{AccountEvent, EventTime, Money, Number, NumberKind, RecordType, UsageRecord};
 use crate::state::{Account, Entity, Features, Timer, TimerKind, WindowStore};
 
 use crate::alert::memory::AlertMemory;
@@ -706,6 +706,7 @@ pub fn register(engine: &mut Engine, shared: &Rc<Shared>, lists: Lists) {
         format!("{:.*}", decimals.clamp(0, 6) as usize, x as f64)
     });
     // `listed("simbox_whitelist", rec.msisdn)`: the number matches a prefix of lists/<name>.txt.
+    let lists_k = lists.clone();
     engine.register_fn(
         "listed",
         move |name: &str, number: &str| -> Fallible<bool> {
@@ -716,6 +717,23 @@ pub fn register(engine: &mut Engine, shared: &Rc<Shared>, lists: Lists) {
                 return Ok(false);
             }
             Ok(Number::parse(number).is_ok_and(|n| list.matches(n)))
+        },
+    );
+    // `listed("premium_short_codes", rec.destination, rec.destination_kind)`: the same among the
+    // entries of that kind (`short:` lines for `short_code`); a sender name or a withheld party is
+    // never listed.
+    engine.register_fn(
+        "listed",
+        move |name: &str, number: &str, kind: &str| -> Fallible<bool> {
+            let Some(list) = lists_k.get(name) else {
+                return fail(format!("no list lists/{name}.txt in the rule library"));
+            };
+            let Some(kind) = NumberKind::parse(kind) else {
+                return fail(format!(
+                    "listed: unknown number kind {kind:?} (e164, short_code, alphanumeric, withheld)"
+                ));
+            };
+            Ok(Number::parse(number).is_ok_and(|n| list.matches_kind(n, kind)))
         },
     );
     // `edge("above_80", exposure >= 0.8 * limit)`: true only when the condition turns true for this
@@ -801,8 +819,26 @@ fn register_usage(engine: &mut Engine) {
         .register_get("other_number", |v: &mut UsageView| {
             digits(v.r().other_party.number)
         })
+        // `e164`, `short_code`, `alphanumeric` or `withheld` (`record::numbering`); `other_number`
+        // is empty for the last two, `other_written` keeps what the feed wrote.
+        .register_get("other_kind", |v: &mut UsageView| -> ImmutableString {
+            v.r().other_party.kind.as_str().into()
+        })
+        .register_get("other_written", |v: &mut UsageView| -> ImmutableString {
+            let p = &v.r().other_party;
+            match (&p.written, p.number) {
+                (Some(w), _) => w.as_str().into(),
+                (None, n) => digits(n),
+            }
+        })
         .register_get("destination", |v: &mut UsageView| {
             digits(v.r().destination())
+        })
+        .register_get("destination_kind", |v: &mut UsageView| -> ImmutableString {
+            v.r()
+                .destination_party()
+                .map_or("", |(_, kind)| kind.as_str())
+                .into()
         })
         .register_get("forwarded_to", |v: &mut UsageView| {
             digits(v.r().forwarded_to())

@@ -406,6 +406,7 @@ impl RuleEngine {
                 facts,
             }
         };
+        let written = r.written_numbers();
         let trigger = Dynamic::from(UsageView::new(r, class));
         let entries = self.set.for_class(class).len();
         let mut last = usize::MAX;
@@ -417,7 +418,13 @@ impl RuleEngine {
                 continue;
             }
             last = i;
-            self.evaluate(i, &trigger, r.event_start, Some(&r.record_id), &subject);
+            self.evaluate(
+                i,
+                &trigger,
+                r.event_start,
+                (Some(&r.record_id), &written),
+                &subject,
+            );
         }
     }
 
@@ -439,7 +446,13 @@ impl RuleEngine {
         let n = self.set.for_event(e.event_type).len();
         for k in 0..n {
             let i = self.set.for_event(e.event_type)[k] as usize;
-            self.evaluate(i, &trigger, e.occurred_at, Some(&e.event_id), &subject);
+            self.evaluate(
+                i,
+                &trigger,
+                e.occurred_at,
+                (Some(&e.event_id), &[]),
+                &subject,
+            );
         }
     }
 
@@ -456,7 +469,7 @@ impl RuleEngine {
         let trigger = Dynamic::from(TimerView::new(t));
         for k in 0..self.set.for_timer().len() {
             let i = self.set.for_timer()[k] as usize;
-            self.evaluate(i, &trigger, t.at, None, &subject);
+            self.evaluate(i, &trigger, t.at, (None, &[]), &subject);
         }
     }
 
@@ -465,7 +478,7 @@ impl RuleEngine {
         i: usize,
         trigger: &Dynamic,
         time: EventTime,
-        record_id: Option<&str>,
+        (record_id, written): (Option<&str>, &[(String, String)]),
         subject: &Subject<'_>,
     ) {
         let slot = self.slots[i];
@@ -646,6 +659,7 @@ impl RuleEngine {
                     record_id,
                     segment,
                     scope,
+                    written,
                 };
                 policy::decide(
                     rule,

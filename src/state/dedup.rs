@@ -351,4 +351,24 @@ mod tests {
             "event digest changed: bump snapshot FORMAT"
         );
     }
+
+    /// A resend written in another notation (`record::numbering`) is the same record, not a conflict.
+    #[test]
+    fn notation_does_not_change_the_digest() {
+        let d = crate::record::Decoder::default();
+        let rec = |served: &str, other: &str| {
+            let json = format!(
+                r#"{{"record_id":"n1","record_type":"voice","direction":"mo","event_start":"2026-11-10T12:00:00+01:00","duration_s":60,"served":{{"msisdn":"{served}"}},"other_party":{{"number":"{other}"}}}}"#
+            );
+            usage_digest(&d.usage(json.as_bytes()).unwrap())
+        };
+        let plain = rec("33612345678", "33140000000");
+        assert_eq!(rec("+33612345678", "0140000000"), plain);
+        assert_eq!(rec("tel:+33612345678", "0033140000000"), plain);
+        assert_ne!(rec("33612345678", "33140000001"), plain);
+        assert_ne!(
+            rec("33612345678", "anonymous"),
+            rec("33612345678", "MYBANK")
+        );
+    }
 }

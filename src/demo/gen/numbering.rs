@@ -2,8 +2,13 @@
 
 use fastrand::Rng;
 
+use compact_str::{format_compact, CompactString};
+
 use super::dist::weighted;
-use crate::record::{Money, Number};
+use crate::record::{Direction, Money, Number, NumberKind, OtherParty, RecordType, UsageRecord};
+
+/// Sender names of received A2P messages (banks' one-time codes, parcel notices).
+const SENDERS: [&str; 3] = ["MYBANK", "ParcelCo", "INFO"];
 
 /// Foreign mobile ranges people in France call most (prefix, free digits, share, retail € per minute in
 /// micro-units). Deliberately none of them is on the high-risk list (Tunisia and Côte d'Ivoire are large
@@ -93,6 +98,7 @@ pub struct NumberPlan {
     foreign: Vec<Destination>,
     foreign_weights: Vec<u32>,
     high_risk: Vec<Destination>,
+    home_cc: String,
 }
 
 impl NumberPlan {
@@ -126,7 +132,60 @@ impl NumberPlan {
             foreign,
             foreign_weights,
             high_risk,
+            home_cc: home_cc.to_string(),
         }
+    }
+
+    /// Rewrites some of a record's numbers the ways real feeds write them (`record::numbering`):
+    /// `+` and spaces, the international or trunk prefix, tel and SIP URIs, sender names and
+    /// withheld callers. The choice hangs on the record id, not on the generator's random stream, so
+    /// the traffic itself (who, when, what) is the same with or without it. Only notation changes for
+    /// numbers the rules read; the sender names and withheld callers replace received SMS from short
+    /// codes and domestic callers, which no shipped rule keys on.
+    pub fn vary_notation(&self, rec: &mut UsageRecord) {
+        let h = xxhash_rust::xxh3::xxh3_64(rec.record_id.as_bytes());
+        let (pick, served_pick) = (h % 1000, (h >> 20) % 1000);
+        if served_pick < 20 {
+            rec.served.msisdn_written = Some(format_compact!("+{}", rec.served.msisdn));
+        }
+        let mt = rec.direction == Some(Direction::Mt);
+        let other = &mut rec.other_party;
+        if other.kind == NumberKind::ShortCode {
+            if rec.record_type == RecordType::Sms && mt && pick < 300 {
+                other.number = None;
+                other.kind = NumberKind::Alphanumeric;
+                other.written = Some(CompactString::const_new(SENDERS[(h >> 40) as usize % 3]));
+            }
+            return;
+        }
+        let Some(n) = other.number else {
+            return;
+        };
+        let digits = n.to_string();
+        let domestic = digits.starts_with(&self.home_cc);
+        // The North American plan dials 011 abroad and 1 at home; most others 00 and 0.
+        let (international, trunk) = if self.home_cc == "1" {
+            ("011", "1")
+        } else {
+            ("00", "0")
+        };
+        other.written = match pick {
+            0..=39 => Some(format_compact!("+{digits}")),
+            40..=69 if domestic => {
+                Some(format_compact!("{trunk}{}", &digits[self.home_cc.len()..]))
+            }
+            40..=69 => Some(format_compact!("{international}{digits}")),
+            70..=79 => Some(format_compact!("tel:+{digits}")),
+            80..=84 if rec.record_type == RecordType::Voice => {
+                Some(format_compact!("sip:+{digits}@ims.example;user=phone"))
+            }
+            85..=94 if domestic && mt && rec.record_type == RecordType::Voice => {
+                other.number = None;
+                other.kind = NumberKind::Withheld;
+                Some(CompactString::const_new("anonymous"))
+            }
+            _ => None,
+        };
     }
 
     pub fn home_mobile(&self, rng: &mut Rng) -> Number {
@@ -145,6 +204,15 @@ impl NumberPlan {
             self.home_mobile(rng)
         } else {
             self.home_fixed(rng)
+        }
+    }
+
+    /// An application-to-person short code, as a party of its kind.
+    pub fn short_code_party(&self, rng: &mut Rng) -> OtherParty {
+        OtherParty {
+            number: Some(self.short_code(rng)),
+            kind: NumberKind::ShortCode,
+            ..OtherParty::default()
         }
     }
 

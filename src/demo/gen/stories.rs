@@ -273,12 +273,13 @@ impl Writer<'_> {
             duration_s: r.duration_s,
             answered: r.answered,
             served: Served {
-                msisdn: r.msisdn,
-                imsi: None,
-                imei: None,
                 account_id: r.account,
+                ..Served::new(r.msisdn)
             },
-            other_party: OtherParty { number: r.other },
+            other_party: OtherParty {
+                number: r.other,
+                ..OtherParty::default()
+            },
             location: Location {
                 cell_id: r.cell,
                 lat,
@@ -290,6 +291,7 @@ impl Writer<'_> {
             },
             forwarding: Forwarding {
                 forwarded_to_number: r.forwarded_to,
+                ..Forwarding::default()
             },
             volume: Volume {
                 bytes_up: 0,

@@ -2,7 +2,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::*;
 use crate::record::{
-    AccountEvent, Date, Decoder, Direction, EventType, Money, RecordType, UsageRecord,
+    AccountEvent, Date, Decoder, Direction, EventType, Money, NumberKind, RecordType, UsageRecord,
 };
 
 fn run(cfg: &GenConfig) -> (Vec<u8>, Vec<u8>, GenSummary) {
@@ -128,7 +128,11 @@ fn record_mix_is_within_tolerance() {
         0.01,
     );
     in_range(share(&|r| r.answered, &voice), 0.78, 0.88);
-    let abroad = |r: &UsageRecord| !r.other_party.number.unwrap().to_string().starts_with("33");
+    let abroad = |r: &UsageRecord| {
+        r.other_party
+            .number
+            .is_some_and(|n| !n.to_string().starts_with("33"))
+    };
     in_range(share(&abroad, &voice), 0.035, 0.065);
     in_range(share(&|r| r.roaming.is_roaming, &all), 0.005, 0.035);
     in_range(
@@ -145,7 +149,9 @@ fn record_mix_is_within_tolerance() {
         assert_eq!(r.roaming.is_roaming, r.roaming.visited_plmn.is_some());
         match r.record_type {
             RecordType::Voice => {
-                assert!(r.other_party.number.is_some());
+                assert!(
+                    r.other_party.number.is_some() || r.other_party.kind == NumberKind::Withheld
+                );
                 assert_eq!(r.answered, r.duration_s > 0, "{r:?}");
                 assert!(r.duration_s <= 1800);
                 if !r.answered {
@@ -156,7 +162,10 @@ fn record_mix_is_within_tolerance() {
                     r.forwarding.forwarded_to_number.is_some()
                 );
             }
-            RecordType::Sms => assert!(r.other_party.number.is_some() && r.duration_s == 0),
+            RecordType::Sms => {
+                let sender_name = r.other_party.kind == NumberKind::Alphanumeric;
+                assert!((r.other_party.number.is_some() || sender_name) && r.duration_s == 0)
+            }
             RecordType::Data => {
                 assert!(r.direction.is_none() && r.other_party.number.is_none());
                 assert!((60..=3600).contains(&r.duration_s));
@@ -332,10 +341,50 @@ fn generated_international_traffic_matches_the_shipped_high_risk_list() {
         .collect();
     let risky = voice
         .iter()
-        .filter(|r| list.matches(r.other_party.number.unwrap()))
+        .filter(|r| r.other_party.number.is_some_and(|n| list.matches(n)))
         .count();
     // 0.05% expected; anything in the percent range would mean ordinary destinations are listed.
     assert!(risky * 500 < voice.len(), "{risky} of {}", voice.len());
+}
+
+/// The ways real feeds write numbers (`record::numbering`) all appear, and decode to what the
+/// generator meant.
+#[test]
+fn numbers_are_written_in_every_form_feeds_use() {
+    let (u, ..) = run(&GenConfig {
+        subscribers: 500,
+        records: 20_000,
+        ..small(5)
+    });
+    let text = String::from_utf8(u.clone()).unwrap();
+    for form in [
+        r#""msisdn":"+33"#,
+        r#""number":"+"#,
+        r#""number":"00"#,
+        r#""number":"06"#,
+        r#""number":"tel:+"#,
+        r#""number":"sip:+"#,
+        r#""number":"anonymous""#,
+        r#""number":"MYBANK""#,
+    ] {
+        assert!(text.contains(form), "no {form} in the generated usage");
+    }
+    let recs = usage(&u);
+    let kinds: HashSet<_> = recs.iter().map(|r| r.other_party.kind).collect();
+    assert_eq!(
+        kinds.len(),
+        4,
+        "every kind of number among the other parties: {kinds:?}"
+    );
+    let kept = recs
+        .iter()
+        .filter(|r| r.other_party.written.is_some())
+        .count();
+    assert!(
+        kept * 20 > recs.len(),
+        "{kept} of {} written otherwise",
+        recs.len()
+    );
 }
 
 #[test]

@@ -147,10 +147,10 @@ impl Maker<'_> {
             duration_s: 0,
             answered: true,
             served: Served {
-                msisdn: line.msisdn,
                 imsi: Some(line.imsi),
                 imei: Some(line.imei),
                 account_id: Some(self.pop.accounts[line.account as usize].id.clone()),
+                ..Served::new(line.msisdn)
             },
             other_party: OtherParty::default(),
             location: location(rng, line),
@@ -173,6 +173,7 @@ impl Maker<'_> {
             RecordType::Sms => self.sms(rng, line_idx, visiting, &mut rec),
             RecordType::Data => data(rng, visiting, &mut rec),
         }
+        self.plan.vary_notation(&mut rec);
         rec
     }
 
@@ -266,16 +267,16 @@ impl Maker<'_> {
         };
         let (party, international) = if chance(rng, INTERNATIONAL_SMS) {
             (
-                contacts::abroad(self.seed, line_idx, self.plan, rng).0,
+                OtherParty::of(contacts::abroad(self.seed, line_idx, self.plan, rng).0),
                 true,
             )
         } else if direction == Direction::Mt && chance(rng, A2P_SMS) {
-            (self.plan.short_code(rng), false)
+            (self.plan.short_code_party(rng), false)
         } else {
-            (self.home_party(rng, line_idx), false)
+            (OtherParty::of(self.home_party(rng, line_idx)), false)
         };
         rec.direction = Some(direction);
-        rec.other_party.number = Some(party);
+        rec.other_party = party;
         rec.charge.amount = match (direction, visiting) {
             (Direction::Mo, Some(v)) => v.sms_mo,
             (Direction::Mo, None) if international => SMS_INTERNATIONAL,
