@@ -16,7 +16,7 @@ use std::rc::Rc;
 use crate::alert::memory::AlertMemory;
 use crate::classify::{Classifier, RecordClass};
 use crate::config::{CallingNumbers, StateConfig};
-use crate::record::{Decoded, Item, Mode, Reject, RejectReason, UsageRecord};
+use crate::record::{Decoded, Item, Mode, Reject, RejectReason, Repair, UsageRecord};
 use crate::rules::engine::{AccountFacts, EngineOptions, Placement};
 use crate::rules::{
     BuildErrors, RuleEngine, RuleSet, RuleSources, SandboxLimits, Shared, SharedStore,
@@ -35,6 +35,8 @@ pub struct Counts {
     pub rejected: BTreeMap<RejectReason, u64>,
     /// Records after `--at` (inspect), not applied.
     pub after_cutoff: u64,
+    /// Optional fields dropped from records that were kept (`record::repair`), by field.
+    pub repaired: BTreeMap<Repair, u64>,
 }
 
 impl Counts {
@@ -426,6 +428,9 @@ impl Pipeline {
                 Verdict::Skipped
             }
             Ok(Item::Usage(r)) => {
+                for repair in r.repairs.iter() {
+                    *self.counts.repaired.entry(repair).or_default() += 1;
+                }
                 let class = self.classifier.classify(&r);
                 let outcome = self.store.borrow_mut().apply_usage(&r, class);
                 let store = self.store.borrow();

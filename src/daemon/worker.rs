@@ -1076,6 +1076,11 @@ impl Worker<'_> {
                 (Ok(item), true, None) => part.pipeline.miskeyed(item, m.key.as_deref()),
                 _ => None,
             };
+            if emit {
+                if let Ok(Item::Usage(r)) = &item {
+                    self.ctx.metrics.count_repairs(r.repairs);
+                }
+            }
             let verdict = part.pipeline.process(Decoded {
                 source,
                 line: m.offset as u64,

@@ -188,6 +188,17 @@ impl ReplayReport {
         for (reason, count) in &c.rejected {
             let _ = writeln!(s, "    {:<18}{:>12}", reason.as_str(), n(*count));
         }
+        if !c.repaired.is_empty() {
+            let total: u64 = c.repaired.values().sum();
+            let _ = writeln!(
+                s,
+                "  fields dropped      {:>12}   (records kept; the field was unusable)",
+                n(total)
+            );
+            for (field, count) in &c.repaired {
+                let _ = writeln!(s, "    {:<18}{:>12}", field.as_str(), n(*count));
+            }
+        }
         if let Some(p) = &self.shadow_out {
             let _ = writeln!(
                 s,

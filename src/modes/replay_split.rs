@@ -636,6 +636,9 @@ fn add_counts(to: &mut Counts, c: &Counts) {
     for (r, n) in &c.rejected {
         *to.rejected.entry(*r).or_default() += n;
     }
+    for (r, n) in &c.repaired {
+        *to.repaired.entry(*r).or_default() += n;
+    }
 }
 
 fn add_store(to: &mut StoreCounters, c: &StoreCounters) {

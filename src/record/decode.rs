@@ -121,8 +121,9 @@ impl Decoder {
     pub fn usage(&self, bytes: &[u8]) -> Result<UsageRecord, Reject> {
         let mut rec: UsageRecord = self.decode(bytes)?;
         let plan = &self.numbering;
+        rec.repair_position();
         rec.served
-            .normalise(plan)
+            .normalise(plan, &mut rec.repairs)
             .and_then(|()| rec.other_party.normalise(plan))
             .and_then(|()| rec.forwarding.normalise(plan))
             .map_err(|(path, why)| invalid(path, why))?;
@@ -272,6 +273,7 @@ fn strip_position(msg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Repair;
 
     const GOOD: &str = r#"{"record_id":"msc1-729081236-0","record_type":"voice","direction":"mo",
  "event_start":"2026-11-21T03:17:05+01:00","duration_s":95,"answered":true,
@@ -341,11 +343,6 @@ mod tests {
                 Some("direction"),
             ),
             (
-                GOOD.replace("48.85", "148.85"),
-                RejectReason::InvalidValue,
-                Some("location.lat"),
-            ),
-            (
                 GOOD.replace("\"EUR\"", "\"USD\""),
                 RejectReason::CurrencyMismatch,
                 Some("charge.currency"),
@@ -373,6 +370,40 @@ mod tests {
                 (r.reason, r.field.as_deref()),
                 (reason, field),
                 "{input}: {r}"
+            );
+        }
+    }
+
+    /// A bad optional field is dropped and noted; the record is kept (issue "Real mediation feeds").
+    #[test]
+    fn bad_optional_fields_are_dropped_not_the_record() {
+        let d = Decoder::default();
+        let cases = [
+            ("48.85", "148.85", vec![Repair::PositionDropped]),
+            (
+                "\"35698701234567\"",
+                "\"3569870123456712345\"",
+                vec![Repair::ImeiDropped],
+            ),
+            ("\"208011234567890\"", "\"2080\"", vec![Repair::ImsiDropped]),
+            ("\"35698701234567\"", "\"35698701234567\"", vec![]),
+        ];
+        for (from, to, want) in cases {
+            let r = d.usage(GOOD.replace(from, to).as_bytes()).unwrap();
+            assert_eq!(r.repairs.iter().collect::<Vec<_>>(), want, "{to}");
+            assert_eq!(r.served.msisdn.to_string(), "33612345678");
+        }
+        // An IMEISV (16 digits) and an IMEI with its check digit (15) name the handset of the
+        // 14-digit IMEI.
+        for imei in ["3569870123456712", "356987012345671", "35698701234567"] {
+            let r = d
+                .usage(GOOD.replace("35698701234567", imei).as_bytes())
+                .unwrap();
+            assert!(r.repairs.is_empty());
+            assert_eq!(
+                r.served.imei.unwrap().to_string(),
+                "35698701234567",
+                "{imei}"
             );
         }
     }

@@ -40,6 +40,7 @@ mod number;
 pub mod numbering;
 mod object;
 mod party;
+mod repair;
 mod text;
 pub mod time;
 mod usage;
@@ -57,6 +58,7 @@ pub use item::{Decoded, Input, Item};
 pub use money::Money;
 pub use number::Number;
 pub use numbering::{NumberKind, Numbering, TypeOfNumber};
+pub use repair::{Repair, Repairs};
 pub use text::Text;
 pub use time::{Date, EventTime};
 pub use usage::{

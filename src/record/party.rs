@@ -15,6 +15,7 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::numbering::{NumberKind, Numbering, TypeOfNumber};
+use super::repair::{Repair, Repairs};
 use super::Number;
 
 /// The served line. `msisdn` is canonical E.164 once decoded; before, a placeholder, with the text
@@ -28,27 +29,41 @@ pub struct Served {
     pub account_id: Option<CompactString>,
     /// As the feed wrote the msisdn, when that is not its canonical digits.
     pub msisdn_written: Option<CompactString>,
+    /// IMSI and IMEI as written, read at decode (empty after).
+    pub ids_written: Option<Box<WrittenIds>>,
 }
 
 #[derive(Deserialize)]
 struct ServedWire {
     msisdn: CompactString,
     #[serde(default)]
-    imsi: Option<Number>,
+    imsi: Option<CompactString>,
     #[serde(default)]
-    imei: Option<Number>,
+    imei: Option<CompactString>,
     #[serde(default)]
     account_id: Option<CompactString>,
+}
+
+/// The identities as written, until `Served::normalise` reads them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WrittenIds {
+    imsi: Option<CompactString>,
+    imei: Option<CompactString>,
 }
 
 impl From<ServedWire> for Served {
     fn from(w: ServedWire) -> Self {
         Served {
             msisdn: Number::from_key(0),
-            imsi: w.imsi,
-            imei: w.imei,
+            imsi: None,
+            imei: None,
             account_id: w.account_id,
             msisdn_written: Some(w.msisdn),
+            ids_written: Box::new(WrittenIds {
+                imsi: w.imsi,
+                imei: w.imei,
+            })
+            .into(),
         }
     }
 }
@@ -61,11 +76,27 @@ impl Served {
             imei: None,
             account_id: None,
             msisdn_written: None,
+            ids_written: None,
         }
     }
 
-    /// The served number must be a line: E.164 after normalisation.
-    pub(crate) fn normalise(&mut self, plan: &Numbering) -> Result<(), (&'static str, String)> {
+    /// The served number must be a line: E.164 after normalisation. A bad IMSI or IMEI is an
+    /// optional field gone wrong: dropped and noted in `repairs`, the record kept.
+    pub(crate) fn normalise(
+        &mut self,
+        plan: &Numbering,
+        repairs: &mut Repairs,
+    ) -> Result<(), (&'static str, String)> {
+        if let Some(ids) = self.ids_written.take() {
+            if let Some(text) = &ids.imsi {
+                self.imsi = imsi(text);
+                repairs.note_if(self.imsi.is_none(), Repair::ImsiDropped);
+            }
+            if let Some(text) = &ids.imei {
+                self.imei = imei(text);
+                repairs.note_if(self.imei.is_none(), Repair::ImeiDropped);
+            }
+        }
         let Some(text) = self.msisdn_written.take() else {
             return Ok(());
         };
@@ -215,6 +246,24 @@ impl Serialize for Forwarding {
         }
         st.end()
     }
+}
+
+/// An IMSI: 6 to 15 digits (MCC, MNC and at least one digit of MSIN; TS 23.003 §2.2).
+fn imsi(text: &str) -> Option<Number> {
+    (text.len() >= 6 && text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| Number::parse(text).ok())
+        .flatten()
+}
+
+/// A handset's identity: TAC and serial number, the first 14 digits. A 15-digit IMEI adds a check
+/// digit and a 16-digit IMEISV a software version (TS 23.003 §6.2): neither names another handset,
+/// so both are cut to 14 and the three forms of one handset are one key. Shorter digit strings are
+/// kept as they are (test feeds use them).
+fn imei(text: &str) -> Option<Number> {
+    if !text.bytes().all(|b| b.is_ascii_digit()) || text.is_empty() || text.len() > 16 {
+        return None;
+    }
+    Number::parse(&text[..text.len().min(14)]).ok()
 }
 
 type Party = (Option<Number>, NumberKind, Option<CompactString>);

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::object::object;
 pub use super::party::{Forwarding, OtherParty, Served};
-use super::{EventTime, Money, Number, NumberKind};
+use super::{EventTime, Money, Number, NumberKind, Repair, Repairs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,6 +56,9 @@ pub struct UsageRecord {
     pub volume: Volume,
     #[serde(default, deserialize_with = "object")]
     pub charge: Charge,
+    /// Optional fields dropped at decode (`record::repair`).
+    #[serde(skip)]
+    pub repairs: Repairs,
 }
 
 fn yes() -> bool {
@@ -164,6 +167,17 @@ impl UsageRecord {
         self.volume.bytes_up.saturating_add(self.volume.bytes_down)
     }
 
+    /// A position outside the globe is dropped (the cell id stays): the record is still a call.
+    pub(crate) fn repair_position(&mut self) {
+        let l = &mut self.location;
+        let bad = l.lat.is_some_and(|lat| !(-90.0..=90.0).contains(&lat))
+            || l.lon.is_some_and(|lon| !(-180.0..=180.0).contains(&lon));
+        if bad {
+            (l.lat, l.lon) = (None, None);
+        }
+        self.repairs.note_if(bad, Repair::PositionDropped);
+    }
+
     /// Checks that serde cannot express. Each error names its field path.
     pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.record_id.is_empty() {
@@ -177,16 +191,6 @@ impl UsageRecord {
                     self.record_type
                 ),
             ));
-        }
-        if let Some(lat) = self.location.lat {
-            if !(-90.0..=90.0).contains(&lat) {
-                return Err(("location.lat", format!("latitude {lat} outside -90..90")));
-            }
-        }
-        if let Some(lon) = self.location.lon {
-            if !(-180.0..=180.0).contains(&lon) {
-                return Err(("location.lon", format!("longitude {lon} outside -180..180")));
-            }
         }
         if self.charge.amount.is_negative() {
             return Err((

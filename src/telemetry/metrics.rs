@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use ahash::AHashMap;
 use hdrhistogram::Histogram;
 
-use crate::record::{Department, GapReason, Input, OffsetGap, RejectReason};
+use crate::record::{Department, GapReason, Input, OffsetGap, RejectReason, Repair, Repairs};
 
 /// What one worker reports about its rule engines and state, replaced every second.
 #[derive(Clone, Default)]
@@ -267,6 +267,8 @@ pub struct Metrics {
     /// Records whose message key is not the one their partitioning needs (`Pipeline::miskeyed`).
     pub miskeyed: [AtomicU64; 2],
     pub rejected: [AtomicU64; RejectReason::ALL.len()],
+    /// Optional fields dropped from records that were kept (`record::repair`).
+    pub repaired: [AtomicU64; Repair::ALL.len()],
     pub dead_letters: AtomicU64,
     pub delivered: AtomicU64,
     pub delivery_failed: AtomicU64,
@@ -324,6 +326,7 @@ impl Metrics {
             records_in: Default::default(),
             miskeyed: Default::default(),
             rejected: Default::default(),
+            repaired: Default::default(),
             dead_letters: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             delivery_failed: AtomicU64::new(0),
@@ -415,6 +418,12 @@ impl Metrics {
         self.rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn count_repairs(&self, repairs: Repairs) {
+        for r in repairs.iter() {
+            self.repaired[r as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn records_total(&self) -> u64 {
         self.records_in
             .iter()
@@ -484,6 +493,18 @@ impl Metrics {
                     s,
                     "cdrguard_records_rejected_total{{reason=\"{reason}\"}} {n}"
                 );
+            }
+        }
+        head(
+            &mut s,
+            "cdrguard_fields_dropped_total",
+            "Optional fields dropped from records that were kept (an IMSI or IMEI that is no identity, a position off the globe), by field.",
+            "counter",
+        );
+        for field in Repair::ALL {
+            let n = load(&self.repaired[*field as usize]);
+            if n > 0 {
+                let _ = writeln!(s, "cdrguard_fields_dropped_total{{field=\"{field}\"}} {n}");
             }
         }
         let snap = &self.snapshots;

@@ -301,6 +301,7 @@ impl Writer<'_> {
                 amount: r.charge,
                 currency: (r.charge > Money::ZERO).then(|| "EUR".into()),
             },
+            repairs: Default::default(),
         });
     }
 

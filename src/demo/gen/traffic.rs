@@ -167,6 +167,7 @@ impl Maker<'_> {
                 amount: Money::ZERO,
                 currency: Some(CompactString::const_new("EUR")),
             },
+            repairs: Default::default(),
         };
         match record_type {
             RecordType::Voice => self.voice(rng, line_idx, t, visiting, &mut rec),
