@@ -766,6 +766,11 @@ pub struct StateConfig {
     /// Usage records older than (newest event time − this) are dead-lettered as `late`. Default `6h`
     /// (roaming NRTRDE files arrive up to 4 h late).
     pub allowed_lateness: Secs,
+    /// The same for roaming records (`roaming.is_roaming`), which TAP files deliver up to 36 h
+    /// after the call: a late roaming record is applied where the rest would be `late`, without
+    /// holding back the watermark of the rest. Unset: `allowed_lateness`. At most
+    /// `dedup_horizon`, so that a record accepted that late is still checked for duplicates.
+    pub roaming_allowed_lateness: Option<Secs>,
     /// Usage stamped more than this after the real time now is rejected as `future` (a broken
     /// producer clock; a local time written with `Z`). Default `1h`.
     pub max_future_skew: Secs,
@@ -793,10 +798,26 @@ pub struct StateConfig {
     pub max_call_duration: Secs,
 }
 
+impl StateConfig {
+    /// How late a usage record may be: `roaming_allowed_lateness` for roaming records.
+    pub fn lateness_for(&self, roaming: bool) -> i64 {
+        match self.roaming_allowed_lateness {
+            Some(r) if roaming => r.0,
+            _ => self.allowed_lateness.0,
+        }
+    }
+
+    /// The longest lateness of any record kind.
+    pub fn max_lateness(&self) -> i64 {
+        self.lateness_for(true).max(self.allowed_lateness.0)
+    }
+}
+
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             allowed_lateness: Secs(6 * 3600),
+            roaming_allowed_lateness: None,
             max_future_skew: Secs(3600),
             dedup_horizon: Secs(24 * 3600),
             max_window: Secs(35 * 86_400),
@@ -1011,6 +1032,20 @@ impl Config {
         }
         if s.max_call_duration.0 <= 0 {
             errs.push("state.max_call_duration: must be positive".into());
+        }
+        if let Some(r) = s.roaming_allowed_lateness {
+            if r.0 < 0 || r.0 > s.max_window.0 {
+                errs.push(
+                    "state.roaming_allowed_lateness: must be between 0s and state.max_window"
+                        .into(),
+                );
+            } else if r.0 > s.dedup_horizon.0 {
+                errs.push(format!(
+                    "state.roaming_allowed_lateness: {} is longer than state.dedup_horizon ({}): a roaming record accepted that late could repeat one no longer remembered; raise the horizon",
+                    format_duration(r.0),
+                    format_duration(s.dedup_horizon.0)
+                ));
+            }
         }
         if s.dedup_horizon.0 <= 0 {
             errs.push("state.dedup_horizon: must be positive".into());
@@ -1281,6 +1316,21 @@ mod tests {
         assert!(
             e.contains("kafka.shadow_topic") && e.contains("kafka.alert_topics.FRAUD"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn roaming_lateness_needs_a_dedup_horizon_as_long() {
+        let c = Config::parse("[state]\nroaming_allowed_lateness = \"36h\"\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("longer than state.dedup_horizon"), "{e}");
+        let c =
+            Config::parse("[state]\nroaming_allowed_lateness = \"36h\"\ndedup_horizon = \"36h\"\n")
+                .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            (c.state.lateness_for(true), c.state.lateness_for(false)),
+            (36 * 3600, 6 * 3600)
         );
     }
 

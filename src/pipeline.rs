@@ -182,7 +182,10 @@ impl Pipeline {
             Scope::Lines => state.calling_numbers = CallingNumbers::Off,
             // Partitions run at their own pace and the calling numbers take every call one of them
             // accepted, whatever the other partitions' time.
-            Scope::CallingNumbers => state.allowed_lateness = state.max_window,
+            Scope::CallingNumbers => {
+                state.allowed_lateness = state.max_window;
+                state.roaming_allowed_lateness = None;
+            }
         }
         let store = Rc::new(RefCell::new(WindowStore::new(state)));
         let mut pipeline = Pipeline {
@@ -458,7 +461,7 @@ impl Pipeline {
                         ),
                     )),
                     Outcome::Late => {
-                        let wm = store.watermark().unwrap_or_default();
+                        let wm = store.watermark_for(&r).unwrap_or_default();
                         Verdict::Reject(Reject::new(
                             RejectReason::Late,
                             Some("event_start".into()),
@@ -471,7 +474,7 @@ impl Pipeline {
                                     offset_min: r.event_start.offset_min
                                 },
                                 crate::record::time::format_duration(
-                                    store.config().allowed_lateness.0
+                                    store.config().lateness_for(r.roaming.is_roaming)
                                 )
                             ),
                         ))

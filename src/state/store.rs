@@ -205,7 +205,7 @@ impl WindowStore {
         let limits = Limits {
             retention_s: cfg.max_window.0,
             distinct_horizon_s: cfg.distinct_horizon.0,
-            allowed_lateness_s: cfg.allowed_lateness.0,
+            allowed_lateness_s: cfg.max_lateness(),
             max_call_s: cfg.max_call_duration.0,
         };
         WindowStore {
@@ -248,7 +248,7 @@ impl WindowStore {
         self.limits = Limits {
             retention_s: cfg.max_window.0,
             distinct_horizon_s: cfg.distinct_horizon.0,
-            allowed_lateness_s: cfg.allowed_lateness.0,
+            allowed_lateness_s: cfg.max_lateness(),
             max_call_s: cfg.max_call_duration.0,
         };
         self.dedup.set_horizon(cfg.dedup_horizon.0);
@@ -318,6 +318,13 @@ impl WindowStore {
             .or(self.newest.map(|n| n - self.cfg.allowed_lateness.0))
     }
 
+    /// The watermark a usage record is judged against: roaming records may have a lateness of
+    /// their own (`state.roaming_allowed_lateness`).
+    pub fn watermark_for(&self, r: &UsageRecord) -> Option<i64> {
+        let lateness = self.cfg.lateness_for(r.roaming.is_roaming);
+        self.final_watermark.or(self.newest.map(|n| n - lateness))
+    }
+
     pub fn newest_event_time(&self) -> Option<i64> {
         self.newest
     }
@@ -330,7 +337,7 @@ impl WindowStore {
         // 7-hour data session delivered when it closes is on time, though it started before the
         // watermark. Windows still place it at its start.
         let ends = t + r.duration_s as i64;
-        if self.watermark().is_some_and(|w| ends < w) {
+        if self.watermark_for(r).is_some_and(|w| ends < w) {
             self.counters.late += 1;
             return Some(Outcome::Late);
         }
