@@ -28,8 +28,9 @@ const MAGIC: &[u8; 8] = b"CDRGSNAP";
 /// 8: timers keep their scheduling sequence (a delta's timers must keep their order among a base's),
 /// and checkpoints are chains of a base and deltas (`durability::layout`). 9: a partition keeps its
 /// share of the calling numbers (`repartition::calls`); no caller shard. 10: the alert memory keeps
-/// the alerts it issued, analysts' decisions and snoozes (`alert::feedback`).
-pub const FORMAT: u32 = 10;
+/// the alerts it issued, analysts' decisions and snoozes (`alert::feedback`). 11: stores keep the
+/// open calls of partial records (`state::calls`).
+pub const FORMAT: u32 = 11;
 
 /// What a snapshot holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -62,8 +62,8 @@ pub use repair::{Repair, Repairs};
 pub use text::Text;
 pub use time::{Date, EventTime};
 pub use usage::{
-    Charge, Direction, Forwarding, Location, OtherParty, RecordType, Roaming, Served, UsageRecord,
-    Volume,
+    Charge, Direction, Forwarding, Location, OtherParty, Partial, RecordType, Roaming, Served,
+    UsageRecord, Volume,
 };
 
 #[cfg(test)]

@@ -30,6 +30,17 @@ pub enum Direction {
 
 wire_names!(Direction { Mo => "mo", Mt => "mt", Forwarded => "forwarded" });
 
+/// Which part of a long call a partial record is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Partial {
+    First,
+    Intermediate,
+    Last,
+}
+
+wire_names!(Partial { First => "first", Intermediate => "intermediate", Last => "last" });
+
 /// A decoded usage record. Numbers are packed, money is exact, optional blocks have their defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UsageRecord {
@@ -56,6 +67,21 @@ pub struct UsageRecord {
     pub volume: Volume,
     #[serde(default, deserialize_with = "object")]
     pub charge: Charge,
+    /// The call this record is a part of, when the switch cut a long call into partial records
+    /// (TS 32.298 `causeForRecClosing` partialRecord / timeLimit, TAP `partialTypeIndicator`): the
+    /// same on every part of one call of one line. Absent on whole records. (Left out of the
+    /// serialised form when absent, so the dedup digest of a whole record is what it was.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_ref: Option<CompactString>,
+    /// The part's sequence number within its call: parts are told apart by (`call_ref`, `seq`),
+    /// not by `record_id`, which some exporters repeat on every part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<Partial>,
+    /// The part's `duration_s` and charge are the call's totals so far, not the part's own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cumulative: bool,
     /// Optional fields dropped at decode (`record::repair`).
     #[serde(skip)]
     pub repairs: Repairs,
@@ -191,6 +217,17 @@ impl UsageRecord {
                     self.record_type
                 ),
             ));
+        }
+        if self.call_ref.is_none()
+            && (self.seq.is_some() || self.partial.is_some() || self.cumulative)
+        {
+            return Err((
+                "call_ref",
+                "missing field `call_ref` (required with seq, partial or cumulative)".into(),
+            ));
+        }
+        if self.call_ref.as_deref() == Some("") {
+            return Err(("call_ref", "must not be empty".into()));
         }
         if self.charge.amount.is_negative() {
             return Err((

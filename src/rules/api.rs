@@ -844,6 +844,14 @@ fn register_usage(engine: &mut Engine) {
             digits(v.r().forwarded_to())
         })
         .register_get("forwarded", |v: &mut UsageView| v.r().is_forwarded())
+        // A part of a long call (`state::calls`): its call, and `first` / `intermediate` /
+        // `last` ("" for a whole record). The windows hold the call once, whatever the part.
+        .register_get("call_ref", |v: &mut UsageView| -> ImmutableString {
+            v.r().call_ref.as_deref().unwrap_or("").into()
+        })
+        .register_get("partial", |v: &mut UsageView| -> ImmutableString {
+            v.r().partial.map_or("", |p| p.as_str()).into()
+        })
         .register_get("duration_s", |v: &mut UsageView| rec_duration_s(v.r()))
         .register_get("minutes", |v: &mut UsageView| rec_minutes(v.r()))
         .register_get("answered", |v: &mut UsageView| v.r().answered)

@@ -124,7 +124,15 @@ pub struct Cells {
 impl Cells {
     /// Adds one record at `at` (UTC seconds); `now` is the entity's newest event time, which sets the
     /// resolution a late record lands in.
-    pub fn add(&mut self, at: i64, now: i64, class: RecordClass, units: u64, charge: Money) {
+    pub fn add(
+        &mut self,
+        at: i64,
+        now: i64,
+        class: RecordClass,
+        count: u32,
+        units: u64,
+        charge: Money,
+    ) {
         let tier = tier_for_age(now - at);
         let res = TIERS[tier as usize].0;
         let tick = tick_of(at) / res * res;
@@ -141,11 +149,11 @@ impl Cells {
             _ => self.cells.binary_search_by_key(&key, Cell::sort_key),
         };
         match pos {
-            Ok(i) => self.cells[i].add(1, units, charge.micros()),
+            Ok(i) => self.cells[i].add(count, units, charge.micros()),
             Err(i) => {
                 super::reserve_tight(&mut self.cells);
                 let mut c = probe;
-                c.add(1, units, charge.micros());
+                c.add(count, units, charge.micros());
                 self.cells.insert(i, c);
             }
         }
@@ -260,9 +268,9 @@ mod tests {
         let mut c = Cells::default();
         let intl = voice_mo(INTERNATIONAL | ANSWERED);
         let dom = voice_mo(ANSWERED);
-        c.add(T0, T0, intl, 120, Money(2_000_000));
-        c.add(T0 + 600, T0 + 600, dom, 60, Money(0));
-        c.add(T0 + 1200, T0 + 1200, intl, 30, Money(500_000));
+        c.add(T0, T0, intl, 1, 120, Money(2_000_000));
+        c.add(T0 + 600, T0 + 600, dom, 1, 60, Money(0));
+        c.add(T0 + 1200, T0 + 1200, intl, 1, 30, Money(500_000));
         let all = ClassFilter::all();
         let f = ClassFilter::parse("voice.mo.international").unwrap();
         let s = c.sum(&f, 3600, T0 + 1200);
@@ -286,7 +294,7 @@ mod tests {
         let mut c = Cells::default();
         let class = voice_mo(ANSWERED);
         for i in 0..180 {
-            c.add(T0 + i * 20, T0 + i * 20, class, 10, Money(1));
+            c.add(T0 + i * 20, T0 + i * 20, class, 1, 10, Money(1));
         }
         assert_eq!(c.len(), 180);
         let now = T0 + 10 * 86_400;
@@ -309,7 +317,7 @@ mod tests {
         let now = T0 + days * 86_400;
         for m in 0..(days * 1440) {
             let t = T0 + m * 60;
-            c.add(t, t, class, 1, Money(0));
+            c.add(t, t, class, 1, 1, Money(0));
             if m % 600 == 0 {
                 c.compact(t, 36 * 86_400);
             }

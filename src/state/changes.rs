@@ -164,6 +164,7 @@ pub(crate) struct StoreChanges {
     pub(crate) calling_numbers: ChangedKeys<u64>,
     pub(crate) imeis: ChangedKeys<u64>,
     pub(crate) line_accounts: ChangedKeys<u64>,
+    pub(crate) open_calls: ChangedKeys<u64>,
     pub(crate) accounts: ChangedKeys<u32>,
     /// Accounts, by id, whose pending timers changed (scheduled, fired, cancelled).
     pub(crate) timers: ChangedKeys<CompactString>,
@@ -187,6 +188,7 @@ impl StoreChanges {
             && self.calling_numbers.open_is_empty()
             && self.imeis.open_is_empty()
             && self.line_accounts.open_is_empty()
+            && self.open_calls.open_is_empty()
             && self.accounts.open_is_empty()
             && self.timers.open_is_empty()
             && self.dedup.open.is_empty()
@@ -199,6 +201,7 @@ impl StoreChanges {
             + self.calling_numbers.len()
             + self.imeis.len()
             + self.line_accounts.len()
+            + self.open_calls.len()
             + self.accounts.len()
             + self.timers.len()
             + self.dedup.len()

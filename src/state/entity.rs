@@ -52,11 +52,15 @@ pub const NO_ACCOUNT: u32 = u32::MAX;
 pub struct Contribution {
     pub at: i64,
     pub class: RecordClass,
+    /// Records counted: 1, or 0 for a later part of a call already counted (`state::calls`).
+    pub count: u32,
     pub units: u64,
     pub charge: Money,
     pub other: Option<u32>,
     pub cell: Option<u32>,
     pub call: Option<Span>,
+    /// The span an earlier part of the same call applied, which `call` extends.
+    pub replaces: Option<Span>,
     pub fix: Option<Fix>,
 }
 
@@ -79,12 +83,24 @@ impl Entity {
         self.first_seen = self.first_seen.min(c.at);
         self.last_seen = self.last_seen.max(c.at);
         self.cells
-            .add(c.at, self.last_seen, c.class, c.units, c.charge);
+            .add(c.at, self.last_seen, c.class, c.count, c.units, c.charge);
         if let Some(h) = c.other {
             self.distinct.add(SeenKind::Number, h, c.class, c.at);
         }
         if let Some(h) = c.cell {
             self.distinct.add(SeenKind::Cell, h, c.class, c.at);
+        }
+        if let Some(old) = c.replaces {
+            self.sync_ends();
+            if let Ok(at) = self
+                .calls
+                .binary_search_by_key(&(old.start, old.end), |s| (s.start, s.end))
+            {
+                self.calls.remove(at);
+                if let Ok(at) = self.ends.binary_search(&old.end) {
+                    self.ends.remove(at);
+                }
+            }
         }
         if let Some(span) = c.call {
             self.sync_ends();
@@ -242,11 +258,13 @@ mod tests {
             let c = Contribution {
                 at: start,
                 class: RecordClass::default(),
+                count: 1,
                 units: end as u64 - start as u64,
                 charge: Money::ZERO,
                 other: None,
                 cell: None,
                 call: Some(Span { start, end }),
+                replaces: None,
                 fix: None,
             };
             applied.apply(&c, &limits);

@@ -2,6 +2,7 @@
 
 mod cells;
 pub(crate) mod changes;
+mod calls;
 mod dedup;
 pub mod delta;
 mod distinct;

@@ -20,6 +20,7 @@ use crate::classify::{ClassFilter, RecordClass};
 use crate::config::{CallingNumbers, StateConfig};
 use crate::record::{AccountEvent, Direction, GapMark, Number, RecordType, UsageRecord};
 
+use super::calls::{self, OpenCall};
 use super::cells::WindowSums;
 use super::changes::{ChangedKeys, StoreChanges};
 use super::dedup::{event_digest, usage_digest, Dedup, Seen};
@@ -133,6 +134,8 @@ pub struct WindowStore {
     pub(super) account_index: AHashMap<CompactString, u32>,
     /// Lines that account events (activation...) named, for usage records without `account_id`.
     pub(super) line_accounts: AHashMap<u64, u32>,
+    /// Calls whose partial records are still arriving, by line and call reference (`state::calls`).
+    pub(super) open_calls: AHashMap<u64, OpenCall>,
     pub(super) timers: TimerQueue,
     pub(super) dedup: Dedup,
     /// Newest usage event time (UTC seconds), if any.
@@ -218,6 +221,7 @@ impl WindowStore {
             accounts: Vec::new(),
             account_index: AHashMap::new(),
             line_accounts: AHashMap::new(),
+            open_calls: AHashMap::new(),
             timers: TimerQueue::default(),
             newest: None,
             wall_clock: far_future(),
@@ -346,7 +350,17 @@ impl WindowStore {
             return Some(Outcome::Future);
         }
         let newest = self.newest.map_or(t, |n| n.max(t));
-        if let Some(seen) = self.seen_before(0, &r.record_id, usage_digest(r), newest) {
+        // The parts of a long call are told apart by (call, sequence number), not by record id:
+        // some exporters give every part the call's id, and the second part is no resend.
+        let part_id;
+        let id = match (&r.call_ref, r.seq) {
+            (Some(call), Some(seq)) => {
+                part_id = format!("{}\u{1f}{call}\u{1f}{seq}", r.served.msisdn);
+                part_id.as_str()
+            }
+            _ => r.record_id.as_str(),
+        };
+        if let Some(seen) = self.seen_before(0, id, usage_digest(r), newest) {
             return Some(seen);
         }
         self.newest = Some(newest);
@@ -374,6 +388,20 @@ impl WindowStore {
         }
     }
 
+    /// A partial record (one with a `call_ref`) adds to its call what it adds, not a call of its
+    /// own (`state::calls`).
+    fn part_of_call(&mut self, r: &UsageRecord, c: &mut Contribution) {
+        let Some(call_ref) = r.call_ref.as_deref() else {
+            return;
+        };
+        let key = calls::key(r.served.msisdn, call_ref);
+        let call = calls::apply_part(self.open_calls.get(&key), r, c);
+        self.open_calls.insert(key, call);
+        if let Some(changes) = self.changes.as_deref_mut() {
+            changes.open_calls.mark(key);
+        }
+    }
+
     /// Applies an MT call to its calling number only: a daemon partition's calls lane, which sees the
     /// calls of every partition to its numbers while the lines and accounts live in the partitions'
     /// stores.
@@ -382,9 +410,10 @@ impl WindowStore {
             return refused;
         }
         let limits = self.limits;
-        let c = contribution(r, class, limits.max_call_s);
+        let mut c = contribution(r, class, limits.max_call_s);
         self.counters.calls_clipped +=
             u64::from(c.call.is_some() && r.duration_s as i64 > limits.max_call_s);
+        self.part_of_call(r, &mut c);
         self.apply_caller(r, class, &c, &limits);
         Outcome::Accepted
     }
@@ -397,9 +426,10 @@ impl WindowStore {
         }
         let t = r.event_start.utc;
         let limits = self.limits;
-        let c = contribution(r, class, limits.max_call_s);
+        let mut c = contribution(r, class, limits.max_call_s);
         self.counters.calls_clipped +=
             u64::from(c.call.is_some() && r.duration_s as i64 > limits.max_call_s);
+        self.part_of_call(r, &mut c);
         let msisdn = r.served.msisdn;
         let sub = self
             .subscribers
@@ -437,8 +467,8 @@ impl WindowStore {
             .and_then(Option::as_mut)
         {
             let billed = acct.ledger.last_invoice_at.is_some_and(|i| t < i.utc);
-            if !billed && r.charge.amount != crate::record::Money::ZERO {
-                acct.ledger.unbilled += r.charge.amount;
+            if !billed && c.charge != crate::record::Money::ZERO {
+                acct.ledger.unbilled += c.charge;
                 if let Some(c) = changes.as_deref_mut() {
                     c.accounts.mark(slot);
                 }
@@ -448,6 +478,7 @@ impl WindowStore {
             let dev = Contribution {
                 other: Some(msisdn.hash32()),
                 call: None,
+                replaces: None,
                 charge: crate::record::Money::ZERO,
                 ..c
             };
@@ -479,6 +510,7 @@ impl WindowStore {
                 other: Some(r.served.msisdn.hash32()),
                 cell: None,
                 call: None,
+                replaces: None,
                 fix: None,
                 ..*c
             };
@@ -671,6 +703,19 @@ impl WindowStore {
             if map.capacity() > 2 * map.len() + 1024 {
                 map.shrink_to_fit();
             }
+        }
+        // A call whose latest part ended before every record kind's watermark gets no more parts
+        // that are not late (`state::calls`).
+        if let Some(newest) = self.newest {
+            let horizon = newest - self.cfg.max_lateness();
+            let mut marks = changes.as_deref_mut().map(|c| &mut c.open_calls);
+            self.open_calls.retain(|&k, call| {
+                let keep = call.ends >= horizon;
+                if let (false, Some(m)) = (keep, marks.as_deref_mut()) {
+                    m.mark(k);
+                }
+                keep
+            });
         }
         let subscribers = &self.subscribers;
         for (i, slot) in self.accounts.iter_mut().enumerate() {
@@ -905,11 +950,13 @@ fn contribution(r: &UsageRecord, class: RecordClass, max_call_s: i64) -> Contrib
     Contribution {
         at: t,
         class,
+        count: 1,
         units,
         charge: r.charge.amount,
         other: other.map(Number::hash32),
         cell: r.location.cell_id.map(|id| Number::from_key(id).hash32()),
         call,
+        replaces: None,
         fix,
     }
 }

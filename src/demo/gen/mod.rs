@@ -33,6 +33,7 @@ mod contacts;
 mod dist;
 mod events;
 mod numbering;
+mod partials;
 mod population;
 pub mod stories;
 mod tariff;

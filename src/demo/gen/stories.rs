@@ -301,6 +301,10 @@ impl Writer<'_> {
                 amount: r.charge,
                 currency: (r.charge > Money::ZERO).then(|| "EUR".into()),
             },
+            call_ref: None,
+            seq: None,
+            partial: None,
+            cumulative: false,
             repairs: Default::default(),
         });
     }

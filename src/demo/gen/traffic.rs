@@ -10,6 +10,7 @@ use super::clock::Clock;
 use super::contacts;
 use super::dist::{chance, log_normal, weighted};
 use super::numbering::NumberPlan;
+use super::partials;
 use super::population::{Line, Population};
 use super::tariff::{per_mb, per_minute, VisitedNetwork, SMS_INTERNATIONAL, VISITED};
 use crate::record::{
@@ -37,7 +38,7 @@ const STRANGER_SHARE: f64 = 0.1;
 const NO_LOCATION: f64 = 0.03;
 
 /// Writes `records` usage records as NDJSON, sorted by `event_start`, with the stories' records (sorted)
-/// merged in. Returns the count written.
+/// merged in. Some long calls take several lines (`partials`). Returns the lines written.
 #[allow(clippy::too_many_arguments)]
 pub fn write(
     rng: &mut Rng,
@@ -69,17 +70,21 @@ pub fn write(
     };
     // Stories (sorted) merge into the sorted background by event time.
     let mut told = stories.iter().peekable();
+    let mut written = stories.len() as u64;
     for slot in slots {
         let rec = maker.record(rng, slot as u32, (slot >> 32) as u32);
         while let Some(s) = told.next_if(|s| s.event_start.utc <= rec.event_start.utc) {
             write(s)?;
         }
-        write(&rec)?;
+        for part in partials::split(rec) {
+            write(&part)?;
+            written += 1;
+        }
     }
     for s in told {
         write(s)?;
     }
-    Ok(records + stories.len() as u64)
+    Ok(written)
 }
 
 /// Who and when for every record, sorted by time: `seconds after start << 32 | line`, 8 bytes a record
@@ -167,6 +172,10 @@ impl Maker<'_> {
                 amount: Money::ZERO,
                 currency: Some(CompactString::const_new("EUR")),
             },
+            call_ref: None,
+            seq: None,
+            partial: None,
+            cumulative: false,
             repairs: Default::default(),
         };
         match record_type {
