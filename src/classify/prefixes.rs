@@ -136,7 +136,8 @@ impl PrefixList {
     /// The same among the entries of `n`'s kind: a short code only meets `short:` entries.
     #[inline]
     pub fn matches_kind(&self, n: Number, kind: NumberKind) -> bool {
-        let Some(mut at) = self.root(kind) else {
+        // An IMSI's digits are no dialling prefix.
+        let Some(mut at) = self.root(kind).filter(|_| !n.is_imsi_line()) else {
             return false;
         };
         let mut verdict = false;

@@ -408,6 +408,38 @@ mod tests {
         }
     }
 
+    /// A TAP record of an inbound roamer may have no MSISDN: the line is keyed by its IMSI.
+    #[test]
+    fn a_line_without_msisdn_is_keyed_by_its_imsi() {
+        let d = Decoder::default();
+        let tap = r#"{"record_id":"tap-1","record_type":"data","event_start":"2026-11-21T03:17:05Z","served":{"imsi":"310260123456789"},"roaming":{"is_roaming":true,"visited_plmn":"20801"}}"#;
+        let r = d.usage(tap.as_bytes()).unwrap();
+        assert!(r.served.msisdn.is_imsi_line());
+        assert_eq!(r.served.msisdn.to_string(), "imsi:310260123456789");
+        let json = serde_json::to_string(&r.served).unwrap();
+        assert!(
+            !json.contains("msisdn"),
+            "written back without an MSISDN: {json}"
+        );
+        for served in [
+            r#"{"imei":"35698701234567"}"#,
+            r#"{"imsi":"3102"}"#,
+            r#"{"msisdn":null}"#,
+        ] {
+            let e = d
+                .usage(
+                    tap.replace(r#"{"imsi":"310260123456789"}"#, served)
+                        .as_bytes(),
+                )
+                .unwrap_err();
+            assert_eq!(
+                (e.reason, e.field.as_deref()),
+                (RejectReason::MissingField, Some("served.msisdn")),
+                "{served}: {e}"
+            );
+        }
+    }
+
     #[test]
     fn oversized_and_non_utf8() {
         let d = Decoder {

@@ -9,6 +9,10 @@ use std::fmt;
 
 const VALUE_BITS: u32 = 50;
 const VALUE_MASK: u64 = (1 << VALUE_BITS) - 1;
+/// Set on a line known only by its IMSI (an inbound roamer in a TAP file without MSISDN): its key
+/// can never equal a phone number's, and it prints as `imsi:<digits>`.
+const IMSI_BIT: u64 = 1 << 60;
+const IMSI_PREFIX: &str = "imsi:";
 
 /// A digit string of 1..=15 digits (E.164 without `+`, an IMEI, or a short code).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -28,6 +32,9 @@ impl Number {
     pub const MAX_DIGITS: usize = 15;
 
     pub fn parse(s: &str) -> Result<Self, &'static str> {
+        if let Some(imsi) = s.strip_prefix(IMSI_PREFIX) {
+            return Number::parse(imsi).map(Number::as_imsi_line);
+        }
         let b = s.as_bytes();
         if b.is_empty() {
             return Err("empty number");
@@ -50,7 +57,17 @@ impl Number {
     }
 
     pub fn digits(self) -> usize {
-        (self.0 >> VALUE_BITS) as usize
+        ((self.0 >> VALUE_BITS) & 0xF) as usize
+    }
+
+    /// The key of a line known only by this IMSI.
+    pub fn as_imsi_line(self) -> Number {
+        Number(self.0 | IMSI_BIT)
+    }
+
+    /// A line known only by its IMSI (`as_imsi_line`).
+    pub fn is_imsi_line(self) -> bool {
+        self.0 & IMSI_BIT != 0
     }
 
     pub fn value(self) -> u64 {
@@ -92,6 +109,9 @@ impl Number {
 
 impl fmt::Display for Number {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_imsi_line() {
+            f.write_str(IMSI_PREFIX)?;
+        }
         write!(f, "{:0width$}", self.value(), width = self.digits())
     }
 }
@@ -151,6 +171,17 @@ mod tests {
         assert_eq!(n.digit(0), 3);
         assert_eq!(n.digit(10), 8);
         assert_eq!(n.prefix(3).to_string(), "336");
+    }
+
+    #[test]
+    fn a_line_known_by_its_imsi_is_no_phone_number() {
+        let imsi = Number::parse("208011234567890").unwrap();
+        let line = imsi.as_imsi_line();
+        assert_ne!(line, imsi);
+        assert_ne!(line.key(), imsi.key());
+        assert_eq!(line.to_string(), "imsi:208011234567890");
+        assert_eq!(Number::parse(&line.to_string()), Ok(line));
+        assert_eq!((line.digits(), line.value()), (imsi.digits(), imsi.value()));
     }
 
     #[test]

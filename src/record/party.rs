@@ -35,7 +35,8 @@ pub struct Served {
 
 #[derive(Deserialize)]
 struct ServedWire {
-    msisdn: CompactString,
+    #[serde(default)]
+    msisdn: Option<CompactString>,
     #[serde(default)]
     imsi: Option<CompactString>,
     #[serde(default)]
@@ -58,7 +59,7 @@ impl From<ServedWire> for Served {
             imsi: None,
             imei: None,
             account_id: w.account_id,
-            msisdn_written: Some(w.msisdn),
+            msisdn_written: w.msisdn,
             ids_written: Box::new(WrittenIds {
                 imsi: w.imsi,
                 imei: w.imei,
@@ -80,8 +81,9 @@ impl Served {
         }
     }
 
-    /// The served number must be a line: E.164 after normalisation. A bad IMSI or IMEI is an
-    /// optional field gone wrong: dropped and noted in `repairs`, the record kept.
+    /// The served number must be a line: E.164 after normalisation, or, without an MSISDN, the
+    /// IMSI. A bad IMSI or IMEI is an optional field gone wrong: dropped and noted in `repairs`, the
+    /// record kept (unless the IMSI was all there was to name the line).
     pub(crate) fn normalise(
         &mut self,
         plan: &Numbering,
@@ -98,7 +100,18 @@ impl Served {
             }
         }
         let Some(text) = self.msisdn_written.take() else {
-            return Ok(());
+            // No MSISDN: an inbound roamer in a TAP file, or a data session of a SIM known only by
+            // its IMSI. The line is keyed by the IMSI, apart from every phone number.
+            return match self.imsi {
+                Some(imsi) => {
+                    self.msisdn = imsi.as_imsi_line();
+                    Ok(())
+                }
+                None => Err((
+                    "served.msisdn",
+                    "missing field `msisdn` (required unless served.imsi names the line)".into(),
+                )),
+            };
         };
         let n = plan
             .normalise_line(&text)
@@ -123,6 +136,8 @@ impl Serialize for Served {
         let mut st = s.serialize_struct("Served", 4)?;
         match &self.msisdn_written {
             Some(w) if human => st.serialize_field("msisdn", w.as_str())?,
+            // A line known by its IMSI was written without an MSISDN.
+            None if human && self.msisdn.is_imsi_line() => st.skip_field("msisdn")?,
             _ => st.serialize_field("msisdn", &self.msisdn)?,
         }
         st.serialize_field("imsi", &self.imsi)?;
