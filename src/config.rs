@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::classify::{Classifier, PrefixList};
 use crate::record::time::{format_duration, parse_duration};
-use crate::record::{Decoder, Number, Numbering};
+use crate::record::{Decoder, Number, Numbering, Rates};
 
 pub const DEFAULT_HIGH_RISK_PREFIXES: &str = "rules/lists/high_risk_prefixes.txt";
 const BUILTIN_HIGH_RISK_PREFIXES: &str = include_str!("../rules/lists/high_risk_prefixes.txt");
@@ -54,6 +54,10 @@ pub struct Config {
     pub demo: DemoConfig,
     /// Alerts as HTTP POSTs to a URL per department, beside the Kafka topics (`cdrguard run`).
     pub webhook: WebhookConfig,
+    /// The exchange rates in force (`input.exchange_rates`), shared by every decoder made from
+    /// this config and its clones.
+    #[serde(skip)]
+    pub rates: Rates,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -671,6 +675,10 @@ pub struct InputConfig {
     /// Largest dead-letter file a replay writes, in MiB; further rejects are counted, not written.
     /// Default 256.
     pub dead_letter_file_max_mib: u64,
+    /// Exchange rates (`CURRENCY,RATE[,FROM]` per line, `record::rates`): a charge priced in
+    /// another currency (TAP in SDR, `XDR`) is converted, not rejected. Relative to the config
+    /// file's folder. The daemon reloads it when it changes. Default: none.
+    pub exchange_rates: Option<PathBuf>,
 }
 
 impl Default for InputConfig {
@@ -679,6 +687,7 @@ impl Default for InputConfig {
             max_record_bytes: 64 * 1024,
             currency: "EUR".into(),
             dead_letter_file_max_mib: 256,
+            exchange_rates: None,
         }
     }
 }
@@ -884,6 +893,10 @@ impl Config {
             None => (Config::default(), PathBuf::new()),
         };
         cfg.validate()?;
+        let mut cfg = cfg;
+        if let Some(p) = &cfg.input.exchange_rates {
+            cfg.rates = Rates::load(&base.join(p))?;
+        }
         Ok((cfg, base))
     }
 
@@ -1209,6 +1222,7 @@ impl Config {
             max_record_bytes: self.input.max_record_bytes,
             currency: self.input.currency.to_ascii_uppercase(),
             numbering: self.numbering_plan(),
+            rates: self.rates.clone(),
         }
     }
 

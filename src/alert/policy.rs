@@ -50,6 +50,8 @@ pub struct TriggerInfo<'a> {
     /// The triggering record's numbers as its feed wrote them, where that differs (canonical,
     /// written); empty for nearly every record.
     pub written: &'a [(String, String)],
+    /// The triggering record's charge as priced in another currency (`record::rates`).
+    pub original_charge: Option<String>,
 }
 
 fn bad(got: String) -> ScriptError {
@@ -118,6 +120,7 @@ fn parse_verdict(rule: &Rule, map: &Map, t: &TriggerInfo) -> Result<Verdict, Scr
             explanation: meta.description.clone(),
             record_ids: t.record_id.map(|r| vec![r.to_string()]).unwrap_or_default(),
             written_numbers: t.written.iter().cloned().collect(),
+            original_charge: t.original_charge.clone(),
             ..Default::default()
         },
         actions: meta.actions.clone(),

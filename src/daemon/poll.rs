@@ -156,6 +156,8 @@ pub struct Poller<'a> {
     pub feedback: Option<super::feedback::Reader>,
     /// The candidate library's watcher (`rules.shadow_dir`).
     pub candidate_reloader: Option<Reloader>,
+    /// When `input.exchange_rates` is next looked at.
+    next_rates_check: Instant,
 }
 
 impl<'a> Poller<'a> {
@@ -190,6 +192,7 @@ impl<'a> Poller<'a> {
             sequenced: Input::LANES.map(|i| cfg.kafka.sequenced(i)),
             feedback: None,
             candidate_reloader: None,
+            next_rates_check: Instant::now(),
         }
     }
 
@@ -436,8 +439,20 @@ impl<'a> Poller<'a> {
         }
     }
 
-    /// Hands a validated rule library to every worker.
+    /// Hands a validated rule library to every worker, and puts a changed exchange-rate table in
+    /// force (every decoder of the process shares it: `record::rates`).
     fn reload(&mut self) {
+        if Instant::now() >= self.next_rates_check {
+            self.next_rates_check = Instant::now() + Duration::from_secs(5);
+            match self.cfg.rates.reload_if_changed() {
+                Ok(Some(n)) => tracing::info!(rates = n, "Exchange rates reloaded."),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(
+                    error = %format!("{e:#}"),
+                    "Exchange rates not reloaded; the rates in force stay."
+                ),
+            }
+        }
         // A promotion moves a file from the candidate library to the live one: each reloads.
         if let Some(sources) = self.candidate_reloader.as_mut().and_then(Reloader::poll) {
             tracing::info!(version = %sources.version, "Candidate library reloaded.");

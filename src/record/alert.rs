@@ -134,4 +134,8 @@ pub struct Evidence {
     /// (`record::numbering`): canonical → as written, e.g. `"33140000000": "0140000000"`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub written_numbers: std::collections::BTreeMap<String, String>,
+    /// The triggering record's charge as priced, when that was another currency converted at
+    /// decode (`record::rates`), e.g. `"90.00 XDR"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_charge: Option<String>,
 }

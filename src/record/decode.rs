@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::time::TIMESTAMP_ERROR;
-use super::{AccountEvent, Numbering, UsageRecord};
+use super::{AccountEvent, Numbering, Rates, UsageRecord};
 
 /// Why a record was rejected: a small closed set, used as a metric label and dead-letter reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -105,6 +105,8 @@ pub struct Decoder {
     pub currency: String,
     /// How the parties' numbers are made canonical (`record::numbering`).
     pub numbering: Numbering,
+    /// Charges priced in another currency are converted with these (`record::rates`).
+    pub rates: Rates,
 }
 
 impl Default for Decoder {
@@ -113,6 +115,7 @@ impl Default for Decoder {
             max_record_bytes: 64 * 1024,
             currency: "EUR".into(),
             numbering: Numbering::default(),
+            rates: Rates::default(),
         }
     }
 }
@@ -136,8 +139,20 @@ impl Decoder {
             rec.direction = None;
         }
         rec.validate().map_err(|(path, why)| invalid(path, why))?;
-        if let Some(c) = &rec.charge.currency {
-            self.check_currency(c, "charge.currency")?;
+        if let Some(c) = rec.charge.currency.take() {
+            if c.eq_ignore_ascii_case(&self.currency) {
+                rec.charge.currency = Some(c);
+            } else {
+                // Priced elsewhere (a TAP record in SDR, a visited network's currency): converted
+                // at the rate in force on its date, the priced amount kept.
+                let at = rec.event_start.utc;
+                let Some(amount) = self.rates.get().convert(rec.charge.amount, &c, at) else {
+                    return Err(self.mismatch(&c, "charge.currency", true));
+                };
+                rec.charge.original = Some(Box::new((rec.charge.amount, c)));
+                rec.charge.amount = amount;
+                rec.charge.currency = Some(self.currency.as_str().into());
+            }
         }
         Ok(rec)
     }
@@ -155,15 +170,24 @@ impl Decoder {
         if c.eq_ignore_ascii_case(&self.currency) {
             Ok(())
         } else {
-            Err(Reject::new(
-                RejectReason::CurrencyMismatch,
-                Some(path.into()),
-                format!(
-                    "currency {c:?} is not the deployment currency {:?}",
-                    self.currency
-                ),
-            ))
+            Err(self.mismatch(c, path, false))
         }
+    }
+
+    fn mismatch(&self, c: &str, path: &str, convertible: bool) -> Reject {
+        let hint = if convertible {
+            " and input.exchange_rates has no rate for it on the record's date"
+        } else {
+            ""
+        };
+        Reject::new(
+            RejectReason::CurrencyMismatch,
+            Some(path.into()),
+            format!(
+                "currency {c:?} is not the deployment currency {:?}{hint}",
+                self.currency
+            ),
+        )
     }
 
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, Reject> {

@@ -123,6 +123,10 @@ pub struct Charge {
     pub amount: Money,
     #[serde(default)]
     pub currency: Option<CompactString>,
+    /// The amount as priced, when the record was priced in another currency and converted at
+    /// decode (`record::rates`); `amount` and `currency` are then the deployment's.
+    #[serde(skip)]
+    pub original: Option<Box<(Money, CompactString)>>,
 }
 
 impl UsageRecord {

@@ -407,6 +407,11 @@ impl RuleEngine {
             }
         };
         let written = r.written_numbers();
+        let priced = r
+            .charge
+            .original
+            .as_deref()
+            .map(|(amount, currency)| format!("{amount} {currency}"));
         let trigger = Dynamic::from(UsageView::new(r, class));
         let entries = self.set.for_class(class).len();
         let mut last = usize::MAX;
@@ -422,7 +427,7 @@ impl RuleEngine {
                 i,
                 &trigger,
                 r.event_start,
-                (Some(&r.record_id), &written),
+                (Some(&r.record_id), &written, priced.as_deref()),
                 &subject,
             );
         }
@@ -450,7 +455,7 @@ impl RuleEngine {
                 i,
                 &trigger,
                 e.occurred_at,
-                (Some(&e.event_id), &[]),
+                (Some(&e.event_id), &[], None),
                 &subject,
             );
         }
@@ -469,7 +474,7 @@ impl RuleEngine {
         let trigger = Dynamic::from(TimerView::new(t));
         for k in 0..self.set.for_timer().len() {
             let i = self.set.for_timer()[k] as usize;
-            self.evaluate(i, &trigger, t.at, (None, &[]), &subject);
+            self.evaluate(i, &trigger, t.at, (None, &[], None), &subject);
         }
     }
 
@@ -478,7 +483,7 @@ impl RuleEngine {
         i: usize,
         trigger: &Dynamic,
         time: EventTime,
-        (record_id, written): (Option<&str>, &[(String, String)]),
+        (record_id, written, original_charge): (Option<&str>, &[(String, String)], Option<&str>),
         subject: &Subject<'_>,
     ) {
         let slot = self.slots[i];
@@ -660,6 +665,7 @@ impl RuleEngine {
                     segment,
                     scope,
                     written,
+                    original_charge: original_charge.map(str::to_string),
                 };
                 policy::decide(
                     rule,

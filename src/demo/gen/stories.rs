@@ -300,6 +300,7 @@ impl Writer<'_> {
             charge: Charge {
                 amount: r.charge,
                 currency: (r.charge > Money::ZERO).then(|| "EUR".into()),
+                original: None,
             },
             call_ref: None,
             seq: None,

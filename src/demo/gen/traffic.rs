@@ -171,6 +171,7 @@ impl Maker<'_> {
             charge: Charge {
                 amount: Money::ZERO,
                 currency: Some(CompactString::const_new("EUR")),
+                original: None,
             },
             call_ref: None,
             seq: None,
