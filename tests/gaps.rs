@@ -125,14 +125,16 @@ fn records_dropped_while_the_daemon_was_stopped_are_counted_marked_and_nothing_e
         .split(|&b| b == b'\n')
         .rfind(|l| !l.is_empty())
         .unwrap();
-    let last: serde_json::Value = serde_json::from_slice(last).unwrap();
-    let msisdn = last["served"]["msisdn"].as_str().unwrap();
+    // Decoded: the line is named in any form a feed writes (`+33…`, by IMSI alone).
+    let msisdn = cdrguard::record::Decoder::default()
+        .usage(last)
+        .unwrap()
+        .served
+        .msisdn;
     let report = cdrguard::modes::inspect::report(
         &stores[0],
         &[],
-        &cdrguard::modes::inspect::Target::Subscriber(
-            cdrguard::record::Number::parse(msisdn).unwrap(),
-        ),
+        &cdrguard::modes::inspect::Target::Subscriber(msisdn),
         cdrguard::record::EventTime {
             utc: g.before.unwrap(),
             offset_min: 0,

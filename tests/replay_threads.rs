@@ -41,7 +41,13 @@ fn input(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
         // Every 40th line of a line seen before names no account: it is placed by the account its
         // line was last seen on. (A line whose first records name no account is placed by its
         // msisdn until one does, as in the daemon: the module docs of `replay_split`.)
-        let seen = !known.insert(v["served"]["msisdn"].as_str().unwrap().to_string());
+        // (An inbound roamer's line is named by its IMSI alone.)
+        let served = &v["served"];
+        let line = served["msisdn"]
+            .as_str()
+            .or(served["imsi"].as_str())
+            .unwrap();
+        let seen = !known.insert(line.to_string());
         if i % 40 == 7 && seen {
             v["served"].as_object_mut().unwrap().remove("account_id");
         }

@@ -39,7 +39,7 @@ mod money;
 mod number;
 pub mod numbering;
 mod object;
-mod party;
+pub mod party;
 pub mod rates;
 mod repair;
 mod text;

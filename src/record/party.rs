@@ -48,8 +48,8 @@ struct ServedWire {
 /// The identities as written, until `Served::normalise` reads them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WrittenIds {
-    imsi: Option<CompactString>,
-    imei: Option<CompactString>,
+    pub imsi: Option<CompactString>,
+    pub imei: Option<CompactString>,
 }
 
 impl From<ServedWire> for Served {
@@ -141,7 +141,11 @@ impl Serialize for Served {
             _ => st.serialize_field("msisdn", &self.msisdn)?,
         }
         st.serialize_field("imsi", &self.imsi)?;
-        st.serialize_field("imei", &self.imei)?;
+        // The IMEI as written (an IMEISV) when `gen` set one; the canonical key otherwise.
+        match self.ids_written.as_deref().and_then(|w| w.imei.as_deref()) {
+            Some(w) if human => st.serialize_field("imei", w)?,
+            _ => st.serialize_field("imei", &self.imei)?,
+        }
         st.serialize_field("account_id", &self.account_id)?;
         st.end()
     }

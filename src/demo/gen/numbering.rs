@@ -5,6 +5,7 @@ use fastrand::Rng;
 use compact_str::{format_compact, CompactString};
 
 use super::dist::weighted;
+use crate::record::party::WrittenIds;
 use crate::record::{Direction, Money, Number, NumberKind, OtherParty, RecordType, UsageRecord};
 
 /// Sender names of received A2P messages (banks' one-time codes, parcel notices).
@@ -147,6 +148,13 @@ impl NumberPlan {
         let (pick, served_pick) = (h % 1000, (h >> 20) % 1000);
         if served_pick < 20 {
             rec.served.msisdn_written = Some(format_compact!("+{}", rec.served.msisdn));
+        }
+        // Some probes report the IMEISV (the IMEI and a 2-digit software version): the same handset.
+        if let (Some(imei), 20..=69) = (rec.served.imei, served_pick) {
+            rec.served.ids_written = Some(Box::new(WrittenIds {
+                imsi: None,
+                imei: Some(format_compact!("{imei}{:02}", (h >> 40) % 100)),
+            }));
         }
         let mt = rec.direction == Some(Direction::Mt);
         let other = &mut rec.other_party;
