@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::classify::{Classifier, PrefixList};
 use crate::record::time::{format_duration, parse_duration};
-use crate::record::{Decoder, Number, Numbering, Rates};
+use crate::record::{CostTable, Decoder, Number, Numbering, Rates};
 
 pub const DEFAULT_HIGH_RISK_PREFIXES: &str = "rules/lists/high_risk_prefixes.txt";
 const BUILTIN_HIGH_RISK_PREFIXES: &str = include_str!("../rules/lists/high_risk_prefixes.txt");
@@ -58,6 +58,9 @@ pub struct Config {
     /// this config and its clones.
     #[serde(skip)]
     pub rates: Rates,
+    /// The cost table for unrated records (`input.unrated_costs`).
+    #[serde(skip)]
+    pub costs: std::sync::Arc<CostTable>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -679,6 +682,10 @@ pub struct InputConfig {
     /// another currency (TAP in SDR, `XDR`) is converted, not rejected. Relative to the config
     /// file's folder. The daemon reloads it when it changes. Default: none.
     pub exchange_rates: Option<PathBuf>,
+    /// Prices for unrated records (`PREFIX,PER_MINUTE[,PER_SMS]` per line, `record::costs`): a
+    /// record without an amount (straight from the switch) is priced from its destination, so the
+    /// charge rules see it. Relative to the config file's folder; read at start. Default: none.
+    pub unrated_costs: Option<PathBuf>,
 }
 
 impl Default for InputConfig {
@@ -688,6 +695,7 @@ impl Default for InputConfig {
             currency: "EUR".into(),
             dead_letter_file_max_mib: 256,
             exchange_rates: None,
+            unrated_costs: None,
         }
     }
 }
@@ -896,6 +904,9 @@ impl Config {
         let mut cfg = cfg;
         if let Some(p) = &cfg.input.exchange_rates {
             cfg.rates = Rates::load(&base.join(p))?;
+        }
+        if let Some(p) = &cfg.input.unrated_costs {
+            cfg.costs = std::sync::Arc::new(CostTable::load(&base.join(p))?);
         }
         Ok((cfg, base))
     }
@@ -1223,6 +1234,7 @@ impl Config {
             currency: self.input.currency.to_ascii_uppercase(),
             numbering: self.numbering_plan(),
             rates: self.rates.clone(),
+            costs: self.costs.clone(),
         }
     }
 

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::time::TIMESTAMP_ERROR;
-use super::{AccountEvent, Numbering, Rates, UsageRecord};
+use super::{AccountEvent, CostTable, Numbering, Rates, UsageRecord};
 
 /// Why a record was rejected: a small closed set, used as a metric label and dead-letter reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -107,6 +107,8 @@ pub struct Decoder {
     pub numbering: Numbering,
     /// Charges priced in another currency are converted with these (`record::rates`).
     pub rates: Rates,
+    /// Unrated records are priced from this (`record::costs`); empty: left unpriced.
+    pub costs: std::sync::Arc<CostTable>,
 }
 
 impl Default for Decoder {
@@ -116,6 +118,7 @@ impl Default for Decoder {
             currency: "EUR".into(),
             numbering: Numbering::default(),
             rates: Rates::default(),
+            costs: Default::default(),
         }
     }
 }
@@ -151,6 +154,12 @@ impl Decoder {
                 };
                 rec.charge.original = Some(Box::new((rec.charge.amount, c)));
                 rec.charge.amount = amount;
+                rec.charge.currency = Some(self.currency.as_str().into());
+            }
+        }
+        if !rec.charge.rated {
+            if let Some(price) = self.costs.price(&rec) {
+                rec.charge.amount = price;
                 rec.charge.currency = Some(self.currency.as_str().into());
             }
         }

@@ -32,6 +32,7 @@ macro_rules! wire_names {
 
 mod account_event;
 mod alert;
+mod costs;
 mod decode;
 mod gap;
 mod item;
@@ -53,6 +54,7 @@ pub use alert::{
     Alert, AlertWindow, Category, Department, EntityRef, EntityType, Evidence, Mode, RuleRef,
     Severity,
 };
+pub use costs::CostTable;
 pub use decode::{Decoder, Reject, RejectReason};
 pub use gap::{detect as detect_gap, GapMark, GapReason, OffsetGap};
 pub use item::{Decoded, Input, Item};

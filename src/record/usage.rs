@@ -118,15 +118,42 @@ pub struct Volume {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "ChargeWire")]
 pub struct Charge {
-    #[serde(default)]
     pub amount: Money,
-    #[serde(default)]
     pub currency: Option<CompactString>,
     /// The amount as priced, when the record was priced in another currency and converted at
     /// decode (`record::rates`); `amount` and `currency` are then the deployment's.
     #[serde(skip)]
     pub original: Option<Box<(Money, CompactString)>>,
+    /// The record stated an amount (zero included). An unrated record may be priced from the
+    /// cost table at decode (`record::costs`).
+    #[serde(skip)]
+    pub rated: bool,
+}
+
+#[derive(Deserialize)]
+struct ChargeWire {
+    /// Absent: unrated. `null` is no amount either way, and rejected as before.
+    #[serde(default, deserialize_with = "present")]
+    amount: Option<Money>,
+    #[serde(default)]
+    currency: Option<CompactString>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Money>, D::Error> {
+    Money::deserialize(d).map(Some)
+}
+
+impl From<ChargeWire> for Charge {
+    fn from(w: ChargeWire) -> Self {
+        Charge {
+            amount: w.amount.unwrap_or_default(),
+            currency: w.currency,
+            original: None,
+            rated: w.amount.is_some(),
+        }
+    }
 }
 
 impl UsageRecord {

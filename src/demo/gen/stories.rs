@@ -301,6 +301,7 @@ impl Writer<'_> {
                 amount: r.charge,
                 currency: (r.charge > Money::ZERO).then(|| "EUR".into()),
                 original: None,
+                rated: true,
             },
             call_ref: None,
             seq: None,

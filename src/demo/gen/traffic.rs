@@ -172,6 +172,7 @@ impl Maker<'_> {
                 amount: Money::ZERO,
                 currency: Some(CompactString::const_new("EUR")),
                 original: None,
+                rated: true,
             },
             call_ref: None,
             seq: None,
