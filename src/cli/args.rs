@@ -282,6 +282,11 @@ pub struct GenArgs {
     /// Write the alerts the stories must raise (rule, entity, severity, story) as JSON.
     #[arg(long)]
     pub labels: Option<PathBuf>,
+    /// Write roaming records as TAP files deliver them: priced in SDR (XDR, 1 XDR = 1.20 of the
+    /// home currency) and one in three 24–34 h late. Read them with `input.exchange_rates`
+    /// holding `XDR,1.20` and `state.roaming_allowed_lateness = "36h"` (and `dedup_horizon`).
+    #[arg(long)]
+    pub tap: bool,
 }
 
 /// The entity a report is about: exactly one of these.

@@ -445,6 +445,7 @@ pub fn gen_cmd(a: GenArgs) -> anyhow::Result<i32> {
         home_cc: a.home_cc,
         inject: parse_inject(&a.inject)?,
         tag: a.tag.clone(),
+        tap: a.tap,
     };
     if let Some(brokers) = &a.brokers {
         let (kcfg, base) = crate::config::Config::load(a.config.as_deref())?;

@@ -275,6 +275,7 @@ fn demo_rounds(brokers: &str, cfg: &Config, stop: &AtomicBool) -> anyhow::Result
             home_cc: cfg.reference.home_country_code.clone(),
             inject,
             tag: format!("r{round}-"),
+            tap: false,
         };
         let (mut usage, mut events) = (Vec::new(), Vec::new());
         let summary = generate(&gen, &mut usage, &mut events)?;

@@ -69,6 +69,9 @@ pub struct GenConfig {
     /// Inserted into every generated id (accounts, records, events), so that several generated
     /// periods can share one stream without their ids colliding. Default empty.
     pub tag: String,
+    /// Write roaming records as TAP files deliver them (`partials::tap`): priced in SDR and some
+    /// up to 34 h late. Default false (the default deployment would reject them).
+    pub tap: bool,
 }
 
 impl Default for GenConfig {
@@ -82,6 +85,7 @@ impl Default for GenConfig {
             home_cc: "33".into(),
             inject: Vec::new(),
             tag: String::new(),
+            tap: false,
         }
     }
 }
@@ -136,6 +140,7 @@ pub fn generate(
         &clock,
         cfg.seed,
         &cfg.tag,
+        cfg.tap,
         &told.usage,
         usage,
     )?;

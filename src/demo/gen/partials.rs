@@ -11,6 +11,9 @@ use compact_str::format_compact;
 
 use crate::record::{Money, Partial, RecordType, UsageRecord};
 
+/// The SDR rate `gen --tap` prices at: one `XDR` is this many micro-units of the home currency.
+pub const TAP_XDR_RATE: i64 = 1_200_000;
+
 /// Calls at least this long may be cut.
 const LONG_CALL_S: u32 = 20 * 60;
 /// The switch's cut: one part per this much call.
@@ -43,4 +46,21 @@ pub fn split(rec: UsageRecord) -> Vec<UsageRecord> {
             part
         })
         .collect()
+}
+
+/// A roaming record as a TAP file delivers it: priced in SDR (`XDR`, at `TAP_XDR_RATE`), and one in
+/// three delivered 24 to 34 h after its call — within TAP's 36 h, past a 6 h watermark. Returns the
+/// delivery time of a record to hold back. Read such data with `input.exchange_rates` (`XDR,1.20`)
+/// and `state.roaming_allowed_lateness = "36h"` (and `dedup_horizon` as long).
+pub fn tap(rec: &mut UsageRecord) -> Option<i64> {
+    if !rec.roaming.is_roaming || rec.served.msisdn.is_imsi_line() {
+        return None;
+    }
+    let eur = rec.charge.amount.micros() as i128;
+    let xdr = (eur * 1_000_000 + TAP_XDR_RATE as i128 / 2) / TAP_XDR_RATE as i128;
+    rec.charge.amount = Money(xdr as i64);
+    rec.charge.currency = Some("XDR".into());
+    let h = xxhash_rust::xxh3::xxh3_64(rec.record_id.as_bytes());
+    h.is_multiple_of(3)
+        .then(|| rec.event_start.utc + 24 * 3600 + (h >> 8) as i64 % (10 * 3600))
 }

@@ -48,6 +48,7 @@ pub fn write(
     clock: &Clock,
     seed: u64,
     tag: &str,
+    tap: bool,
     stories: &[UsageRecord],
     out: &mut dyn Write,
 ) -> io::Result<u64> {
@@ -71,18 +72,35 @@ pub fn write(
     // Stories (sorted) merge into the sorted background by event time.
     let mut told = stories.iter().peekable();
     let mut written = stories.len() as u64;
+    // TAP records held back until their delivery time: (delivered at, order) → record.
+    let mut held: std::collections::BTreeMap<(i64, u64), UsageRecord> = Default::default();
     for slot in slots {
         let rec = maker.record(rng, slot as u32, (slot >> 32) as u32);
         while let Some(s) = told.next_if(|s| s.event_start.utc <= rec.event_start.utc) {
             write(s)?;
         }
-        for part in partials::split(rec) {
-            write(&part)?;
+        while let Some(e) = held.first_entry() {
+            if e.key().0 > rec.event_start.utc {
+                break;
+            }
+            write(&e.remove())?;
+        }
+        for mut part in partials::split(rec) {
             written += 1;
+            if tap {
+                if let Some(delivered) = partials::tap(&mut part) {
+                    held.insert((delivered, written), part);
+                    continue;
+                }
+            }
+            write(&part)?;
         }
     }
     for s in told {
         write(s)?;
+    }
+    for (_, rec) in held {
+        write(&rec)?;
     }
     Ok(written)
 }
