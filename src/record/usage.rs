@@ -141,6 +141,18 @@ struct ChargeWire {
     currency: Option<CompactString>,
 }
 
+impl Charge {
+    /// A charge the record states (rated).
+    pub fn stated(amount: Money, currency: Option<CompactString>) -> Charge {
+        Charge {
+            amount,
+            currency,
+            original: None,
+            rated: true,
+        }
+    }
+}
+
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Money>, D::Error> {
     Money::deserialize(d).map(Some)
 }

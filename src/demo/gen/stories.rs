@@ -297,12 +297,7 @@ impl Writer<'_> {
                 bytes_up: 0,
                 bytes_down: r.bytes,
             },
-            charge: Charge {
-                amount: r.charge,
-                currency: (r.charge > Money::ZERO).then(|| "EUR".into()),
-                original: None,
-                rated: true,
-            },
+            charge: Charge::stated(r.charge, (r.charge > Money::ZERO).then(|| "EUR".into())),
             call_ref: None,
             seq: None,
             partial: None,

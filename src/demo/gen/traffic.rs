@@ -186,12 +186,7 @@ impl Maker<'_> {
             },
             forwarding: Forwarding::default(),
             volume: Volume::default(),
-            charge: Charge {
-                amount: Money::ZERO,
-                currency: Some(CompactString::const_new("EUR")),
-                original: None,
-                rated: true,
-            },
+            charge: Charge::stated(Money::ZERO, Some(CompactString::const_new("EUR"))),
             call_ref: None,
             seq: None,
             partial: None,
