@@ -1288,6 +1288,7 @@ impl Config {
             c.foreign
                 .insert(Number::parse(&p).map_err(anyhow::Error::msg)?, true);
         }
+        c.numbering = self.numbering_plan();
         c.off_hours = (r.off_hours[0], r.off_hours[1]);
         c.short_call_s = r.short_call_s;
         Ok(c)

@@ -357,10 +357,12 @@ impl Pipeline {
         if let Some(a) = self.store.borrow().line_account_id(r.served.msisdn) {
             return by_account(a);
         }
+        // Producers key a line as they write it: compare canonical lines, not texts.
+        let line = r.served.msisdn;
         let n = key
             .and_then(|k| std::str::from_utf8(k).ok())
-            .and_then(|k| crate::record::Number::parse(k).ok());
-        (n != Some(r.served.msisdn)).then(|| r.served.msisdn.to_string())
+            .and_then(|k| self.classifier.line_of_key(k, line.is_imsi_line()));
+        (n != Some(line)).then(|| line.to_string())
     }
 
     /// Takes the alerts emitted since the last call: the live library's, then the candidate's

@@ -172,3 +172,20 @@ fn two_calls_are_two_calls() {
     ]);
     assert_eq!(r.line, (2, 1800, "30.00".to_string(), 2));
 }
+
+/// A data session's charging id and a voice call's reference may be the same text: two records,
+/// neither a duplicate of the other nor a part of the other. And a reference reused long after its
+/// call ended names a new call (decided from the records' times, whatever the store swept).
+#[test]
+fn a_reference_names_one_call_of_one_kind_at_one_time() {
+    let data = r#"{"record_id":"d1","record_type":"data","event_start":"2026-11-10T10:00:00+01:00","duration_s":600,"served":{"msisdn":"33612000001","account_id":"A-1"},"volume":{"bytes_down":1000},"call_ref":"C1","seq":1}"#;
+    let r = run(&[part("a1", "10:00:00", 240, "C1", 1, ""), data.to_string()]);
+    assert_eq!((r.line.0, r.line.1, r.duplicates), (1, 240, 0));
+    // The same reference a day and a half later (state.max_call_duration is 24 h).
+    let r = run(&[
+        part("a1", "10:00:00", 240, "C1", 1, ""),
+        r#"{"record_id":"a2","record_type":"voice","direction":"mo","event_start":"2026-11-11T22:00:00+01:00","duration_s":240,"served":{"msisdn":"33612000001","account_id":"A-1"},"other_party":{"number":"88216000111"},"call_ref":"C1","seq":2}"#.to_string(),
+    ]);
+    // Merged into the first call it would count 0 in the last 3 h; a call of its own counts 1.
+    assert_eq!(r.line.0, 1, "the reused reference is a new call");
+}

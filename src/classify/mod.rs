@@ -10,7 +10,7 @@ pub use class::{
 };
 pub use prefixes::{ListError, PrefixList};
 
-use crate::record::{Number, NumberKind, RecordType, UsageRecord};
+use crate::record::{Number, NumberKind, Numbering, RecordType, UsageRecord};
 
 /// Reference data for classification. Cheap to clone (the trie is small).
 #[derive(Clone, Debug)]
@@ -21,6 +21,9 @@ pub struct Classifier {
     /// plan (`+1`) Jamaica (1876) or the Dominican Republic (1809) are dialled like a US area code,
     /// and one-ring scams use exactly that (`numbering.foreign_prefixes`).
     pub foreign: PrefixList,
+    /// The plan numbers were made canonical by at decode, for text that did not go through the
+    /// decoder (a message key naming a line).
+    pub numbering: Numbering,
     /// Local hours [start, end) that count as off-hours; wraps midnight when start > end.
     pub off_hours: (u8, u8),
     /// Voice calls up to this many seconds are `short` (Wangiri rings last 1–3 s).
@@ -33,6 +36,10 @@ impl Classifier {
             home_cc,
             high_risk,
             foreign: PrefixList::new(),
+            numbering: Numbering {
+                country_code: home_cc.to_string(),
+                ..Numbering::default()
+            },
             off_hours: (20, 7),
             short_call_s: 3,
         }
@@ -42,6 +49,20 @@ impl Classifier {
     /// is not, whatever its digits.
     pub fn is_international(&self, n: Number, kind: NumberKind) -> bool {
         kind == NumberKind::E164 && (!n.starts_with(self.home_cc) || self.foreign.matches(n))
+    }
+
+    /// The line a message key names, in any form a producer writes it (`+33…`, `0033…`, national,
+    /// `imsi:…`, or an IMSI-only line's bare IMSI when `imsi_line` says the line is one).
+    pub fn line_of_key(&self, key: &str, imsi_line: bool) -> Option<Number> {
+        if let Ok(n) = Number::parse(key) {
+            if n.is_imsi_line() {
+                return Some(n);
+            }
+            if imsi_line {
+                return Some(n.as_imsi_line());
+            }
+        }
+        self.numbering.normalise_line(key).ok()?.number
     }
 
     pub fn is_off_hours(&self, local_hour: u8) -> bool {
@@ -132,6 +153,19 @@ mod tests {
             format!("{class:?}"),
             "voice.forwarded.international.high_risk.answered"
         );
+    }
+
+    #[test]
+    fn a_message_key_names_its_line_in_any_form() {
+        let c = classifier();
+        let line = Number::parse("33612345678").unwrap();
+        for key in ["33612345678", "+33612345678", "0612345678", "0033612345678"] {
+            assert_eq!(c.line_of_key(key, false), Some(line), "{key}");
+        }
+        let imsi = Number::parse("310260123456789").unwrap().as_imsi_line();
+        assert_eq!(c.line_of_key("310260123456789", true), Some(imsi));
+        assert_eq!(c.line_of_key("imsi:310260123456789", true), Some(imsi));
+        assert_eq!(c.line_of_key("A-1001", false), None);
     }
 
     #[test]

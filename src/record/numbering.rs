@@ -298,6 +298,18 @@ impl Numbering {
                 self.trunk_prefix
             ));
         }
+        // A bare E.164 number never starts with 0, and one starting with 1 is North American,
+        // which the national reading of a `1` trunk prefix gives back: any other trunk digit
+        // would misread international numbers written without `+` (`8` in Russia: `86…` is China).
+        if !matches!(self.trunk_prefix.as_str(), "" | "0")
+            && self.trunk_prefix != self.country_code
+            && !self.international_prefixes.contains(&self.trunk_prefix)
+        {
+            return Err(format!(
+                "numbering.trunk_prefix: {:?} starts country codes, so E.164 numbers written without `+` would read as national; set it to \"\" and send type_of_number = national for national numbers",
+                self.trunk_prefix
+            ));
+        }
         if self.international_prefixes.contains(&self.trunk_prefix) {
             return Err(format!(
                 "numbering: the trunk prefix {:?} is also an international prefix",
@@ -339,7 +351,7 @@ fn strip_uri(text: &str) -> Option<(&str, bool)> {
     let is_number = user
         .trim_start_matches('+')
         .chars()
-        .all(|c| c.is_ascii_digit() || matches!(c, '-' | '.' | '(' | ')'));
+        .all(|c| c.is_ascii_digit() || matches!(c, '-' | '.' | '(' | ')' | ' '));
     if sip && !is_number && !is_withheld(user) {
         return None;
     }
@@ -500,5 +512,7 @@ mod tests {
             .contains("also an international prefix"));
         p.trunk_prefix = "x".into();
         assert!(p.validate().unwrap_err().contains("trunk_prefix"));
+        p.trunk_prefix = "8".into();
+        assert!(p.validate().unwrap_err().contains("starts country codes"));
     }
 }

@@ -653,8 +653,9 @@ impl RuleEngine {
                         Some(n) => n.to_string(),
                         None => account_id.clone().unwrap_or_default(),
                     },
+                    // A line known only by its IMSI has no MSISDN to name (its key says `imsi:…`).
                     msisdn: number
-                        .filter(|_| kind == EntityType::Subscriber)
+                        .filter(|n| kind == EntityType::Subscriber && !n.is_imsi_line())
                         .map(|n| n.to_string()),
                     account_id,
                     segment,

@@ -15,14 +15,15 @@
 //! So a call is visible to the rules from its first part on, with what it has cost so far: an IRSF
 //! call running for 90 minutes alerts at its first 30-minute cut, not when it ends.
 //!
-//! What is remembered per open call is small (an `OpenCall`, keyed by line and `call_ref`) and is
-//! part of the store's snapshots and deltas. A call is forgotten once the watermark has passed the
-//! end of its latest part: a part arriving after that would be late anyway, unless it ends later
-//! still, and then it is counted as a call of its own (the price of bounded memory).
+//! What is remembered per open call is small (an `OpenCall`, keyed by line, record kind and
+//! `call_ref`) and is part of the store's snapshots and deltas. A part that starts more than
+//! `state.max_call_duration` after its call's latest end is a call of its own, decided from the
+//! records' times alone (`is_same_call`); the store forgets a call only once no part that is not
+//! late could still belong to it (`is_over`), so forgetting never changes a result.
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::{Money, Number, UsageRecord};
+use crate::record::{Money, UsageRecord};
 
 use super::entity::{Contribution, Span};
 
@@ -39,27 +40,43 @@ pub struct OpenCall {
     pub ends: i64,
 }
 
-/// The key of a call: its line and its reference (a reference is unique per switch, not across
-/// lines of every switch).
-pub fn key(line: Number, call_ref: &str) -> u64 {
-    let mut buf = [0u8; 8 + 64];
-    let n = call_ref.len().min(64);
-    buf[..8].copy_from_slice(&line.key().to_le_bytes());
-    buf[8..8 + n].copy_from_slice(&call_ref.as_bytes()[..n]);
-    if call_ref.len() <= 64 {
-        xxhash_rust::xxh3::xxh3_64(&buf[..8 + n])
-    } else {
-        let mut long = line.key().to_le_bytes().to_vec();
-        long.extend_from_slice(call_ref.as_bytes());
-        xxhash_rust::xxh3::xxh3_64(&long)
-    }
+/// The key of a call: its line, its kind (type and direction: a voice call reference and a data
+/// session's charging id may collide, and so may the two legs of one call) and its reference (unique
+/// per switch, not across every switch).
+pub fn key(r: &UsageRecord, call_ref: &str) -> u64 {
+    let mut bytes = Vec::with_capacity(10 + call_ref.len());
+    bytes.extend_from_slice(&r.served.msisdn.key().to_le_bytes());
+    bytes.push(r.record_type as u8);
+    bytes.push(r.direction.map_or(u8::MAX, |d| d as u8));
+    bytes.extend_from_slice(call_ref.as_bytes());
+    xxhash_rust::xxh3::xxh3_64(&bytes)
 }
+
+/// A part that starts this long after the latest end of its call's parts is a call of its own
+/// (a feed reusing a reference): decided from the records' times alone, never from when the store
+/// last swept, so every thread and instance counts alike.
+pub fn is_same_call(open: &OpenCall, r: &UsageRecord, max_call_s: i64) -> bool {
+    r.event_start.utc <= open.ends + max_call_s
+}
+
+/// Whether an open call can be forgotten at watermark `w`: no part that is not late can still be
+/// one of its parts (a record lasts at most a week, `UsageRecord::validate`).
+pub fn is_over(open: &OpenCall, w: i64, max_call_s: i64) -> bool {
+    open.ends + max_call_s + MAX_RECORD_S < w
+}
+
+const MAX_RECORD_S: i64 = 7 * 86_400;
 
 /// Turns a part's contribution (computed as if it were a whole record) into what it adds to its
 /// call, given what the call's earlier parts applied; returns the call after it.
-pub fn apply_part(open: Option<&OpenCall>, r: &UsageRecord, c: &mut Contribution) -> OpenCall {
+pub fn apply_part(
+    open: Option<&OpenCall>,
+    r: &UsageRecord,
+    c: &mut Contribution,
+    max_call_s: i64,
+) -> OpenCall {
     let ends = r.event_start.utc + r.duration_s as i64;
-    let Some(open) = open else {
+    let Some(open) = open.filter(|o| is_same_call(o, r, max_call_s)) else {
         return OpenCall {
             span: c.call,
             units: c.units,
@@ -76,13 +93,18 @@ pub fn apply_part(open: Option<&OpenCall>, r: &UsageRecord, c: &mut Contribution
         c.charge = charge - open.charge;
         (units, charge)
     } else {
-        (open.units + c.units, open.charge + c.charge)
+        (open.units.saturating_add(c.units), open.charge + c.charge)
     };
+    // One call, one span: the union of its parts', clipped like any call's
+    // (`state.max_call_duration`).
     let span = match (open.span, c.call) {
-        (Some(a), Some(b)) => Some(Span {
-            start: a.start.min(b.start),
-            end: a.end.max(b.end),
-        }),
+        (Some(a), Some(b)) => {
+            let start = a.start.min(b.start);
+            Some(Span {
+                start,
+                end: a.end.max(b.end).min(start + max_call_s),
+            })
+        }
         (a, b) => a.or(b),
     };
     c.replaces = open.span.filter(|_| span != open.span);

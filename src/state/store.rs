@@ -355,7 +355,12 @@ impl WindowStore {
         let part_id;
         let id = match (&r.call_ref, r.seq) {
             (Some(call), Some(seq)) => {
-                part_id = format!("{}\u{1f}{call}\u{1f}{seq}", r.served.msisdn);
+                part_id = format!(
+                    "{}\u{1f}{}\u{1f}{:?}\u{1f}{call}\u{1f}{seq}",
+                    r.served.msisdn,
+                    r.record_type.as_str(),
+                    r.direction
+                );
                 part_id.as_str()
             }
             _ => r.record_id.as_str(),
@@ -394,8 +399,9 @@ impl WindowStore {
         let Some(call_ref) = r.call_ref.as_deref() else {
             return;
         };
-        let key = calls::key(r.served.msisdn, call_ref);
-        let call = calls::apply_part(self.open_calls.get(&key), r, c);
+        let key = calls::key(r, call_ref);
+        let max_call_s = self.limits.max_call_s;
+        let call = calls::apply_part(self.open_calls.get(&key), r, c, max_call_s);
         self.open_calls.insert(key, call);
         if let Some(changes) = self.changes.as_deref_mut() {
             changes.open_calls.mark(key);
@@ -704,13 +710,13 @@ impl WindowStore {
                 map.shrink_to_fit();
             }
         }
-        // A call whose latest part ended before every record kind's watermark gets no more parts
-        // that are not late (`state::calls`).
+        // A call no part that is not late can still belong to (`state::calls::is_over`).
         if let Some(newest) = self.newest {
-            let horizon = newest - self.cfg.max_lateness();
+            let w = newest - self.cfg.max_lateness();
+            let max_call_s = limits.max_call_s;
             let mut marks = changes.as_deref_mut().map(|c| &mut c.open_calls);
             self.open_calls.retain(|&k, call| {
-                let keep = call.ends >= horizon;
+                let keep = !calls::is_over(call, w, max_call_s);
                 if let (false, Some(m)) = (keep, marks.as_deref_mut()) {
                     m.mark(k);
                 }
@@ -844,6 +850,7 @@ impl WindowStore {
             + self.accounts.capacity() * 8
             + self.account_index.capacity() * (std::mem::size_of::<(CompactString, u32)>() + 1)
             + self.line_accounts.capacity() * 13
+            + self.open_calls.capacity() * (std::mem::size_of::<(u64, OpenCall)>() + 1)
             + self.timers.heap_bytes();
         let entity_bytes: usize = maps.iter().map(|m| map_bytes(m)).sum();
         let dedup_bytes = self.dedup.heap_bytes();
