@@ -258,11 +258,19 @@ fn input_keyed_three_ways_gives_the_alerts_of_a_replay_through_a_real_broker() {
         cdrguard::demo::gen::generate(&gen, &mut u, &mut e).unwrap();
         (u, e)
     };
-    let named = plain_usage
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .inspect(|l| assert!(l.windows(12).any(|w| w == b"\"account_id\"")))
-        .count();
+    // Every record names its account, but for the inbound roamers' (known by their IMSI alone:
+    // no account, keyed by the line whichever way, so never mis-keyed).
+    let lines = || plain_usage.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+    let names_account = |l: &[u8]| l.windows(14).any(|w| w == b"\"account_id\":\"");
+    let named = lines().filter(|l| names_account(l)).count();
+    for l in lines().filter(|l| !names_account(l)) {
+        let text = String::from_utf8_lossy(l);
+        assert!(
+            text.contains(r#""served":{"imsi":"#) && !text.contains("msisdn"),
+            "{text}"
+        );
+    }
+    assert!(named > 7_900 && named < lines().count(), "{named}");
     // (usage produced keyed by, configured as, events keyed by)
     for (produced, usage_by, events_by) in [
         (KeyedBy::Account, KeyedBy::Account, KeyedBy::Account),
