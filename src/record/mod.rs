@@ -40,7 +40,7 @@ mod money;
 mod number;
 pub mod numbering;
 mod object;
-pub mod party;
+mod party;
 pub mod rates;
 mod repair;
 mod text;

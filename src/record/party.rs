@@ -29,8 +29,10 @@ pub struct Served {
     pub account_id: Option<CompactString>,
     /// As the feed wrote the msisdn, when that is not its canonical digits.
     pub msisdn_written: Option<CompactString>,
-    /// IMSI and IMEI as written, read at decode (empty after).
-    pub ids_written: Option<Box<WrittenIds>>,
+    /// The IMEI as a feed writes it (an IMEISV), for `gen` to write; decoding never sets it.
+    pub imei_written: Option<CompactString>,
+    /// A bad IMSI or IMEI dropped on reading, for `normalise` to note on the record.
+    pub dropped: Repairs,
 }
 
 #[derive(Deserialize)]
@@ -45,26 +47,29 @@ struct ServedWire {
     account_id: Option<CompactString>,
 }
 
-/// The identities as written, until `Served::normalise` reads them.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct WrittenIds {
-    pub imsi: Option<CompactString>,
-    pub imei: Option<CompactString>,
-}
-
+/// IMSI and IMEI need no numbering plan: read here, where serde hands them over, with nothing kept
+/// or allocated per record; a bad one is dropped and noted.
 impl From<ServedWire> for Served {
     fn from(w: ServedWire) -> Self {
+        let mut dropped = Repairs::default();
+        let imsi = w.imsi.as_deref().and_then(|t| {
+            let n = imsi(t);
+            dropped.note_if(n.is_none(), Repair::ImsiDropped);
+            n
+        });
+        let imei = w.imei.as_deref().and_then(|t| {
+            let n = imei(t);
+            dropped.note_if(n.is_none(), Repair::ImeiDropped);
+            n
+        });
         Served {
             msisdn: Number::from_key(0),
-            imsi: None,
-            imei: None,
+            imsi,
+            imei,
             account_id: w.account_id,
             msisdn_written: w.msisdn,
-            ids_written: Box::new(WrittenIds {
-                imsi: w.imsi,
-                imei: w.imei,
-            })
-            .into(),
+            imei_written: None,
+            dropped,
         }
     }
 }
@@ -77,7 +82,8 @@ impl Served {
             imei: None,
             account_id: None,
             msisdn_written: None,
-            ids_written: None,
+            imei_written: None,
+            dropped: Repairs::default(),
         }
     }
 
@@ -89,15 +95,8 @@ impl Served {
         plan: &Numbering,
         repairs: &mut Repairs,
     ) -> Result<(), (&'static str, String)> {
-        if let Some(ids) = self.ids_written.take() {
-            if let Some(text) = &ids.imsi {
-                self.imsi = imsi(text);
-                repairs.note_if(self.imsi.is_none(), Repair::ImsiDropped);
-            }
-            if let Some(text) = &ids.imei {
-                self.imei = imei(text);
-                repairs.note_if(self.imei.is_none(), Repair::ImeiDropped);
-            }
+        for r in std::mem::take(&mut self.dropped).iter() {
+            repairs.note_if(true, r);
         }
         let Some(text) = self.msisdn_written.take() else {
             // No MSISDN: an inbound roamer in a TAP file, or a data session of a SIM known only by
@@ -142,7 +141,7 @@ impl Serialize for Served {
         }
         st.serialize_field("imsi", &self.imsi)?;
         // The IMEI as written (an IMEISV) when `gen` set one; the canonical key otherwise.
-        match self.ids_written.as_deref().and_then(|w| w.imei.as_deref()) {
+        match self.imei_written.as_deref() {
             Some(w) if human => st.serialize_field("imei", w)?,
             _ => st.serialize_field("imei", &self.imei)?,
         }

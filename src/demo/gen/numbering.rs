@@ -5,7 +5,6 @@ use fastrand::Rng;
 use compact_str::{format_compact, CompactString};
 
 use super::dist::weighted;
-use crate::record::party::WrittenIds;
 use crate::record::{Direction, Money, Number, NumberKind, OtherParty, RecordType, UsageRecord};
 
 /// Sender names of received A2P messages (banks' one-time codes, parcel notices).
@@ -151,10 +150,7 @@ impl NumberPlan {
         }
         // Some probes report the IMEISV (the IMEI and a 2-digit software version): the same handset.
         if let (Some(imei), 20..=69) = (rec.served.imei, served_pick) {
-            rec.served.ids_written = Some(Box::new(WrittenIds {
-                imsi: None,
-                imei: Some(format_compact!("{imei}{:02}", (h >> 40) % 100)),
-            }));
+            rec.served.imei_written = Some(format_compact!("{imei}{:02}", (h >> 40) % 100));
         }
         let mt = rec.direction == Some(Direction::Mt);
         let other = &mut rec.other_party;
